@@ -1,0 +1,47 @@
+# kprobe: the two commands that do all the set-up are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup host-packages venv bpf test unit demo bench lint clean
+
+## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects
+setup: host-packages venv bpf
+
+host-packages:
+	@bash infra/scripts/install-host-packages.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+bpf:
+	@if [ -f capture_agent/bpf/Makefile ]; then $(MAKE) --no-print-directory -C capture_agent/bpf; fi
+
+## test: the whole suite (root needed for the kernel tests). pytest exit 5 = nothing collected.
+test: setup
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## demo: the main job
+demo: setup
+	$(VENV)/bin/kprobe demo
+
+bench: setup
+	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info
+	@if [ -f capture_agent/bpf/Makefile ]; then $(MAKE) -C capture_agent/bpf clean; fi

@@ -1,0 +1,1 @@
+"""Node agent: BPF capture, ring-buffer drain, enrichment, OTLP receiver, the record loop."""

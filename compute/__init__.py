@@ -1,0 +1,1 @@
+"""Causal engine: per-window analysis, domain mapping, graph store, Ray driver."""

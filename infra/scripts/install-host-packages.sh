@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kprobe needs, only those missing (idempotent, fast when done).
+# Capture (BPF), cgroups and the replay sandbox need root; without root this only reports.
+set -euo pipefail
+
+PACKAGES=(
+  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # build of the CO-RE BPF objects
+  bubblewrap strace iptables iproute2 util-linux        # sandbox, peers, fault injection
+  bpftrace                                              # benchmark peer
+  sqlite3 curl python3-venv                             # test programs and the demo
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: not root; cannot install: ${missing[*]} (capture and replay need root anyway)" >&2
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,60 @@
+"""Opening Delta tables and translating deltalake's errors into ours, in one place."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
+
+from lake.errors import LakeError, LakeUnavailable, SchemaVersionError
+from lake.schema import SCHEMA_VERSION, SCHEMA_VERSION_TAG
+from lake.storage import LakeLocation
+
+# Substrings of object-store errors that mean "cannot reach or not allowed", as opposed to
+# a bug in the request.
+_UNAVAILABLE = re.compile(
+    r"connect|timed out|timeout|dns|resolve|refused|unreachable|credential|access ?denied|"
+    r"forbidden|403|401|signature|invalidaccesskey|nosuchbucket|no such bucket|"
+    r"error sending request|tcp connect|io error|os error",
+    re.IGNORECASE,
+)
+_VERSION_TAG = re.compile(re.escape(SCHEMA_VERSION_TAG) + r"(\d+)")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+@contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn storage and Delta failures during ``action`` into one-line LakeErrors."""
+    try:
+        yield
+    except LakeError:
+        raise
+    except (OSError, DeltaError, DeltaProtocolError) as err:
+        reason = _one_line(err)
+        if isinstance(err, OSError) or _UNAVAILABLE.search(reason):
+            raise LakeUnavailable(f"lake unavailable ({action}): {reason}") from err
+        raise LakeError(f"{action} failed: {reason}") from err
+
+
+def open_table(location: LakeLocation, table: str) -> DeltaTable | None:
+    """The table, or None when it does not exist yet. Checks the schema version."""
+    uri = location.for_deltalake(table)
+    try:
+        dt = DeltaTable(uri, storage_options=location.storage_options or None)
+    except TableNotFoundError:
+        return None
+    match = _VERSION_TAG.match(dt.metadata().description or "")
+    found = match.group(1) if match else None
+    if found != str(SCHEMA_VERSION):
+        raise SchemaVersionError(
+            f"table {table} has schema version {found or 'unknown'}; "
+            f"this kprobe reads version {SCHEMA_VERSION}"
+        )
+    return dt

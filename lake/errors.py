@@ -1,0 +1,38 @@
+"""Errors of the lake package.
+
+    LakeError                 base; carries a one-line human reason
+    ├── LakeUnavailable       storage unreachable, bucket missing, wrong credentials
+    ├── SchemaError           a batch or a table does not match schema v1
+    │   └── SchemaVersionError  a table written by another schema version
+    ├── UnknownTable          a table name that schema v1 does not define
+    └── ReadOnlyViolation     a statement that would write or reach outside the lake
+
+Errors from deltalake, pyarrow and DuckDB are translated into these at the boundary, so
+callers (the CLI, the API) map one family to exit codes and HTTP statuses.
+"""
+
+from __future__ import annotations
+
+
+class LakeError(Exception):
+    """Base class: ``str(err)`` is a one-line reason fit for a user."""
+
+
+class LakeUnavailable(LakeError):
+    """The lake's storage cannot be reached or refuses our credentials."""
+
+
+class SchemaError(LakeError):
+    """Data that does not fit the table's schema."""
+
+
+class SchemaVersionError(SchemaError):
+    """A table written with a schema version this code does not read."""
+
+
+class UnknownTable(LakeError):
+    """A table name that schema v1 does not define."""
+
+
+class ReadOnlyViolation(LakeError):
+    """A SQL statement that is not a read-only query."""

@@ -1,0 +1,310 @@
+"""Lake schema v1: every table, defined once.
+
+Every other module imports these definitions; nothing else spells a column list.
+Column names are the contract (DESIGN.md "Lake"): add columns freely, never change a
+meaning without bumping ``SCHEMA_VERSION``.
+
+All timestamps are Unix-epoch nanoseconds (UTC) in int64 columns named ``*_ns``.
+Delta has no unsigned integers, so pids, tids, cpus and ports are signed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+SCHEMA_VERSION_TAG = "kprobe schema v"  # prefix of every table's Delta description
+
+# Columns the writer adds to every row; the first two are the Delta partition columns.
+PARTITION_COLUMNS: tuple[str, ...] = ("node", "hour")
+BATCH_ID_COLUMN = "batch_id"
+
+_I32 = pa.int32()
+_I64 = pa.int64()
+_STR = pa.string()
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool = True) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One lake table: its payload columns and the column that decides its hour."""
+
+    name: str
+    fields: tuple[pa.Field, ...]
+    time_column: str
+    doc: str
+
+    @property
+    def payload_schema(self) -> pa.Schema:
+        """Columns a producer supplies (no node/hour/batch_id)."""
+        return pa.schema(list(self.fields))
+
+    @property
+    def schema(self) -> pa.Schema:
+        """Columns as stored: payload, then batch id, then the partition columns."""
+        return pa.schema(
+            [
+                *self.fields,
+                _f(BATCH_ID_COLUMN, _STR, nullable=False),
+                _f("node", _STR, nullable=False),
+                _f("hour", _STR, nullable=False),
+            ]
+        )
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.schema.names
+
+
+_SPECS: tuple[TableSpec, ...] = (
+    TableSpec(
+        "sched",
+        (
+            _f("ts_ns", _I64, False),
+            _f("cpu", _I32),
+            _f("kind", _STR),  # switch | wakeup | waking | wakeup_new
+            _f("prev_pid", _I32),
+            _f("prev_tid", _I32),
+            _f("prev_comm", _STR),
+            _f("prev_state", _STR),  # R, S, D, T, t, X, Z, P, I (task state letter)
+            _f("next_pid", _I32),
+            _f("next_tid", _I32),
+            _f("next_comm", _STR),
+            _f("waker_pid", _I32),
+            _f("waker_tid", _I32),
+            _f("wakee_pid", _I32),
+            _f("wakee_tid", _I32),
+            _f("target_cpu", _I32),
+        ),
+        "ts_ns",
+        "sched_switch / sched_wakeup / sched_waking",
+    ),
+    TableSpec(
+        "offcpu",
+        (
+            _f("ts_ns", _I64, False),  # when the thread switched out
+            _f("dur_ns", _I64),
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("cpu", _I32),
+            _f("comm", _STR),
+            _f("state", _STR),
+            _f("wait_reason", _STR),  # reclaim, page_fault_io, disk, futex, socket, ...
+            _f("kstack_id", _I64),
+            _f("waker_pid", _I32),
+            _f("waker_tid", _I32),
+            _f("waker_comm", _STR),
+        ),
+        "ts_ns",
+        "blocked interval of a watched thread above a threshold",
+    ),
+    TableSpec(
+        "syscalls",
+        (
+            _f("ts_ns", _I64, False),
+            _f("dur_ns", _I64),
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("cpu", _I32),
+            _f("comm", _STR),
+            _f("nr", _I32),
+            _f("name", _STR),
+            _f("ret", _I64),
+            _f("fd", _I64),
+            _f("args", pa.list_(_I64)),
+            _f("seq", _I64),  # per-thread sequence number; joins syscall_data
+        ),
+        "ts_ns",
+        "completed syscall (enter+exit merged in the kernel)",
+    ),
+    TableSpec(
+        "syscall_data",
+        (
+            _f("ts_ns", _I64, False),
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("seq", _I64),
+            _f("nr", _I32),
+            _f("arg_index", _I32),
+            _f("offset", _I64),
+            _f("data", pa.binary()),
+            _f("total_len", _I64),  # bytes the syscall produced, before the cap
+            _f("truncated", pa.bool_()),
+        ),
+        "ts_ns",
+        "bytes a syscall wrote into user memory (replay input)",
+    ),
+    TableSpec(
+        "net",
+        (
+            _f("ts_ns", _I64, False),
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("comm", _STR),
+            _f("kind", _STR),  # send | recv | retransmit | state | reset
+            _f("family", _I32),
+            _f("saddr", _STR),
+            _f("sport", _I32),
+            _f("daddr", _STR),
+            _f("dport", _I32),
+            _f("bytes", _I64),
+            _f("state", _STR),
+            _f("old_state", _STR),
+            _f("srtt_us", _I64),
+            _f("sock_id", _I64),
+        ),
+        "ts_ns",
+        "TCP send/recv/retransmit/state/reset",
+    ),
+    TableSpec(
+        "mem",
+        (
+            _f("ts_ns", _I64, False),
+            _f("dur_ns", _I64),
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("comm", _STR),
+            # fault | direct_reclaim | memcg_reclaim | kswapd_wake | oom_kill | page_alloc
+            _f("kind", _STR),
+            _f("nr_reclaimed", _I64),
+            _f("count", _I64),  # aggregated rows (faults, page allocations) per flush
+            _f("memcg", _I64),  # cgroup id
+            _f("address", _I64),
+        ),
+        "ts_ns",
+        "page fault, reclaim (begin+end merged), kswapd, OOM kill, page allocations",
+    ),
+    TableSpec(
+        "block_io",
+        (
+            _f("ts_ns", _I64, False),  # issue time
+            _f("dur_ns", _I64),  # issue -> complete
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("comm", _STR),
+            _f("dev", _STR),  # major:minor
+            _f("sector", _I64),
+            _f("bytes", _I64),
+            _f("rwbs", _STR),
+            _f("error", _I32),
+        ),
+        "ts_ns",
+        "block request (issue+complete merged)",
+    ),
+    TableSpec(
+        "processes",
+        (
+            _f("ts_ns", _I64, False),
+            _f("kind", _STR),  # exec | fork | exit | seen (already running at start)
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("ppid", _I32),
+            _f("comm", _STR),
+            _f("exe", _STR),
+            _f("argv", pa.list_(_STR)),
+            _f("env", pa.list_(_STR)),
+            _f("cwd", _STR),
+            _f("cgroup", _STR),
+            _f("cgroup_id", _I64),
+            _f("container_id", _STR),
+            _f("exit_code", _I32),
+        ),
+        "ts_ns",
+        "exec / fork / exit",
+    ),
+    TableSpec(
+        "kstacks",
+        (
+            _f("ts_ns", _I64, False),  # first seen
+            _f("stack_id", _I64),
+            _f("frames", pa.list_(_STR)),
+        ),
+        "ts_ns",
+        "kernel stack id -> symbolised frames",
+    ),
+    TableSpec(
+        "spans",
+        (
+            _f("trace_id", _STR, False),  # 32 hex digits
+            _f("span_id", _STR, False),  # 16 hex digits
+            _f("parent_span_id", _STR),
+            _f("service", _STR),
+            _f("name", _STR),
+            _f("kind", _STR),  # INTERNAL | SERVER | CLIENT | PRODUCER | CONSUMER | UNSPECIFIED
+            _f("start_ns", _I64, False),
+            _f("end_ns", _I64),
+            _f("dur_ns", _I64),
+            _f("status", _STR),  # UNSET | OK | ERROR
+            _f("status_message", _STR),
+            _f("pid", _I32),
+            _f("tid", _I64),
+            _f("client_address", _STR),
+            _f("client_port", _I32),
+            _f("server_address", _STR),
+            _f("server_port", _I32),
+            _f("peer_address", _STR),
+            _f("peer_port", _I32),
+            _f("attributes", _STR),  # JSON object
+            _f("resource", _STR),  # JSON object
+            _f("events", _STR),  # JSON array
+        ),
+        "start_ns",
+        "OpenTelemetry span",
+    ),
+    TableSpec(
+        "lost",
+        (
+            _f("ts_ns", _I64, False),
+            _f("source", _STR),
+            _f("count", _I64),
+            _f("reason", _STR),
+        ),
+        "ts_ns",
+        "loss report per flush",
+    ),
+    TableSpec(
+        "agent_meta",
+        (
+            _f("ts_ns", _I64, False),
+            _f("kind", _STR),  # start | clock | stop
+            _f("kernel", _STR),
+            _f("agent_version", _STR),
+            _f("boot_id", _STR),
+            _f("mono_to_epoch_ns", _I64),
+            _f("config", _STR),  # JSON
+        ),
+        "ts_ns",
+        "agent start / clock sample",
+    ),
+    TableSpec(
+        "causal_edges",
+        (
+            _f("window", _STR, False),
+            _f("window_start_ns", _I64, False),
+            _f("window_end_ns", _I64),
+            _f("src", _STR),
+            _f("dst", _STR),
+            _f("kind", _STR),
+            _f("delay_ns", _I64),
+            _f("evidence", _STR),  # JSON
+        ),
+        "window_start_ns",
+        "edge of the causal graph (written by compute)",
+    ),
+)
+
+TABLES: dict[str, TableSpec] = {spec.name: spec for spec in _SPECS}
+TABLE_NAMES: tuple[str, ...] = tuple(TABLES)
+
+
+def spec(table: str) -> TableSpec:
+    """The spec of ``table``; KeyError names the known tables."""
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise KeyError(f"unknown table {table!r}; known: {', '.join(TABLE_NAMES)}") from None

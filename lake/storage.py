@@ -1,0 +1,98 @@
+"""Where the lake lives and how to reach it: ``file://`` paths and ``s3://`` buckets."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lake.errors import LakeError
+
+DEFAULT_LAKE_URI = "file:///var/lib/kprobe/lake"
+
+
+class LakeSettings(BaseSettings):
+    """Lake location and S3 credentials, from ``KPROBE_*`` (or the usual ``AWS_*``) env."""
+
+    model_config = SettingsConfigDict(env_prefix="KPROBE_", extra="ignore")
+
+    lake: str = DEFAULT_LAKE_URI
+    node: str = Field(default_factory=socket.gethostname)
+    s3_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("KPROBE_S3_ENDPOINT", "AWS_ENDPOINT_URL")
+    )
+    s3_access_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("KPROBE_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KPROBE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+    )
+    s3_region: str = Field(
+        default="us-east-1", validation_alias=AliasChoices("KPROBE_S3_REGION", "AWS_REGION")
+    )
+    # Plain HTTP to the endpoint: only for a local SeaweedFS/MinIO on loopback.
+    s3_allow_http: bool = False
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """A resolved lake root: the URI every table lives under and how to open it."""
+
+    root: str  # no trailing slash: file:///abs/path or s3://bucket/prefix
+    scheme: str  # "file" | "s3"
+    storage_options: dict[str, str]
+
+    def table_uri(self, table: str, version: int = 1) -> str:
+        return f"{self.root}/v{version}/{table}"
+
+    def path_uri(self, *parts: str) -> str:
+        """A URI under the root (graph snapshots, spools, job state)."""
+        return "/".join([self.root, *parts])
+
+    @property
+    def local_path(self) -> Path:
+        if self.scheme != "file":
+            raise LakeError(f"{self.root} is not a local lake")
+        return Path(urlparse(self.root).path)
+
+    def for_deltalake(self, table: str) -> str:
+        """deltalake takes plain paths for local tables and URIs for object stores."""
+        uri = self.table_uri(table)
+        return uri[len("file://") :] if self.scheme == "file" else uri
+
+
+def resolve(settings: LakeSettings) -> LakeLocation:
+    """Turn settings into a location; a malformed URI is a one-line LakeError."""
+    uri = settings.lake.strip()
+    if "://" not in uri:  # a bare path is a local lake
+        uri = "file://" + str(Path(uri).expanduser().resolve())
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+        if not path.is_absolute():
+            raise LakeError(f"lake path must be absolute: {settings.lake}")
+        return LakeLocation(f"file://{str(path).rstrip('/') or '/'}", "file", {})
+    if parsed.scheme in ("s3", "s3a"):
+        if not parsed.netloc:
+            raise LakeError(f"lake URI has no bucket: {settings.lake}")
+        prefix = parsed.path.strip("/")
+        root = f"s3://{parsed.netloc}" + (f"/{prefix}" if prefix else "")
+        options = {"AWS_REGION": settings.s3_region}
+        if settings.s3_endpoint:
+            options["AWS_ENDPOINT_URL"] = settings.s3_endpoint
+        if settings.s3_access_key:
+            options["AWS_ACCESS_KEY_ID"] = settings.s3_access_key
+        if settings.s3_secret_key:
+            options["AWS_SECRET_ACCESS_KEY"] = settings.s3_secret_key
+        if settings.s3_allow_http or (settings.s3_endpoint or "").startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+        # Commits race on the same log entry name; conditional put makes the loser retry
+        # instead of overwriting (several agents append to one table).
+        options["conditional_put"] = "etag"
+        return LakeLocation(root, "s3", options)
+    raise LakeError(f"unsupported lake URI scheme {parsed.scheme!r}: use file:// or s3://")

@@ -1,0 +1,1 @@
+"""Stateless FastAPI service over the lake."""

@@ -1,0 +1,1 @@
+"""ptrace replay of recorded processes under a virtual clock."""
