@@ -24,8 +24,11 @@ _UNAVAILABLE = re.compile(
 _VERSION_TAG = re.compile(re.escape(SCHEMA_VERSION_TAG) + r"(\d+)")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    text = " ".join(_ANSI.sub("", str(err)).replace("↳", ":").split())
     return text[:300] + ("…" if len(text) > 300 else "")
 
 

@@ -5,7 +5,8 @@
     ├── SchemaError           a batch or a table does not match schema v1
     │   └── SchemaVersionError  a table written by another schema version
     ├── UnknownTable          a table name that schema v1 does not define
-    └── ReadOnlyViolation     a statement that would write or reach outside the lake
+    ├── ReadOnlyViolation     a statement that would write or reach outside the lake
+    └── QueryError            a read-only query that failed (syntax, unknown column, limits)
 
 Errors from deltalake, pyarrow and DuckDB are translated into these at the boundary, so
 callers (the CLI, the API) map one family to exit codes and HTTP statuses.
@@ -36,3 +37,7 @@ class UnknownTable(LakeError):
 
 class ReadOnlyViolation(LakeError):
     """A SQL statement that is not a read-only query."""
+
+
+class QueryError(LakeError):
+    """A read-only query that DuckDB could not run (syntax, unknown column, limits)."""

@@ -53,8 +53,13 @@ def connect(
     for name in tables if tables is not None else TABLE_NAMES:
         con.register(name, table_dataset(location, name))
     if lock_down:
-        con.execute("SET enable_external_access = false")
-        con.execute("SET autoinstall_known_extensions = false")
-        con.execute("SET autoload_known_extensions = false")
-        con.execute("SET lock_configuration = true")
+        lock(con)
     return con
+
+
+def lock(con: duckdb.DuckDBPyConnection) -> None:
+    """No files, URLs, extensions or settings changes from here on (call after registering)."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")

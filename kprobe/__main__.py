@@ -1,0 +1,5 @@
+import sys
+
+from kprobe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""``kprobe`` entry point: parse, dispatch, and turn errors into exit codes (only here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from kprobe import __version__
+from kprobe.commands import COMMAND_MODULES
+from kprobe.errors import CommandError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kprobe",
+        description="Flight recorder and debugger for financial systems, "
+        "from the Linux kernel up.",
+    )
+    parser.add_argument("--version", action="version", version=f"kprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"kprobe.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"kprobe.commands.{name}":
+                continue  # not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def _package_errors() -> tuple[type[BaseException], ...]:
+    """Every package's base error: each carries a one-line reason for the user."""
+    found: list[type[BaseException]] = []
+    for module, name in (
+        ("lake.errors", "LakeError"),
+        ("capture_agent.errors", "CaptureAgentError"),
+        ("compute.errors", "ComputeError"),
+        ("replay_sandbox.errors", "ReplaySandboxError"),
+        ("query_api.errors", "QueryApiError"),
+    ):
+        found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as err:
+        print(f"kprobe {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except _package_errors() as err:
+        print(f"kprobe {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `kprobe sql ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
