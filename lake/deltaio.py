@@ -18,7 +18,8 @@ from lake.storage import LakeLocation
 _UNAVAILABLE = re.compile(
     r"connect|timed out|timeout|dns|resolve|refused|unreachable|credential|access ?denied|"
     r"forbidden|403|401|signature|invalidaccesskey|nosuchbucket|no such bucket|"
-    r"error sending request|tcp connect|io error|os error",
+    r"error sending request|tcp connect|io error|os error|could not create|permission denied|"
+    r"no such file|read-only file system|no space left",
     re.IGNORECASE,
 )
 _VERSION_TAG = re.compile(re.escape(SCHEMA_VERSION_TAG) + r"(\d+)")
