@@ -1,0 +1,101 @@
+"""Prometheus metrics of the agent, collected when scraped (never a counter bump per event).
+
+Sources keep plain integer totals (the drain counts events per batch, the sink counts rows
+and losses); this collector reads them at scrape time, so the hot path pays nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class AgentCounters:
+    """Totals the agent updates once per drain/flush."""
+
+    events: dict[str, int] = field(default_factory=dict)  # source -> events drained
+    kernel_drops: dict[str, int] = field(default_factory=dict)  # source -> ring reserve failures
+    ring_fill: dict[str, float] = field(default_factory=dict)  # ring -> fill ratio at last drain
+    flush_seconds_last: float = 0.0
+    flushes: int = 0
+
+    def add_events(self, source: str, n: int) -> None:
+        self.events[source] = self.events.get(source, 0) + n
+
+
+class AgentCollector(Collector):
+    def __init__(
+        self,
+        counters: AgentCounters,
+        sink_stats: Callable[[], object] | None = None,
+        spool_bytes: Callable[[], int] | None = None,
+        queue_depth: Callable[[], int] | None = None,
+    ) -> None:
+        self.counters = counters
+        self.sink_stats = sink_stats
+        self.spool_bytes = spool_bytes
+        self.queue_depth = queue_depth
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self.counters
+        events = CounterMetricFamily("kprobe_events", "Events drained from the kernel",
+                                     labels=["source"])
+        for source, n in sorted(c.events.items()):
+            events.add_metric([source], n)
+        yield events
+        drops = CounterMetricFamily("kprobe_kernel_drops", "Events the kernel could not "
+                                    "queue (ring buffer full)", labels=["source"])
+        for source, n in sorted(c.kernel_drops.items()):
+            drops.add_metric([source], n)
+        yield drops
+        fill = GaugeMetricFamily("kprobe_ring_fill_ratio", "Ring buffer fill at last drain",
+                                 labels=["ring"])
+        for ring, ratio in sorted(c.ring_fill.items()):
+            fill.add_metric([ring], ratio)
+        yield fill
+        yield GaugeMetricFamily("kprobe_flush_seconds", "Duration of the last flush",
+                                value=c.flush_seconds_last)
+        yield CounterMetricFamily("kprobe_flushes", "Flushes done", value=c.flushes)
+        if self.sink_stats is not None:
+            stats = self.sink_stats()
+            rows = CounterMetricFamily("kprobe_lake_rows", "Rows committed to the lake",
+                                       labels=["table"])
+            for table, n in sorted(stats.committed_rows.items()):  # type: ignore[attr-defined]
+                rows.add_metric([table], n)
+            yield rows
+            lost = CounterMetricFamily("kprobe_lost_rows", "Rows lost on the way to the lake",
+                                       labels=["table", "reason"])
+            for key, n in sorted(stats.lost_rows.items()):  # type: ignore[attr-defined]
+                table, reason = key.split(":", 1)
+                lost.add_metric([table, reason], n)
+            yield lost
+            yield CounterMetricFamily("kprobe_lake_errors", "Failed lake writes",
+                                      value=stats.lake_errors)  # type: ignore[attr-defined]
+            yield GaugeMetricFamily("kprobe_lake_commit_seconds", "Duration of the last commit",
+                                    value=stats.last_flush_seconds)  # type: ignore[attr-defined]
+        if self.spool_bytes is not None:
+            yield GaugeMetricFamily("kprobe_spool_bytes", "Bytes waiting in the local spool",
+                                    value=self.spool_bytes())
+        if self.queue_depth is not None:
+            yield GaugeMetricFamily("kprobe_lake_queue_batches", "Batches queued for the lake",
+                                    value=self.queue_depth())
+
+
+class MetricsServer:
+    """``collector`` on http://host:port/metrics, served by a daemon thread until stop()."""
+
+    def __init__(self, collector: AgentCollector, host: str, port: int) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
