@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from lake.errors import SchemaError
-from lake.schema import BATCH_ID_COLUMN, TableSpec
+from lake.schema import TableSpec
 
 NS_PER_HOUR = 3_600_000_000_000
 

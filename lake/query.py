@@ -40,7 +40,8 @@ def open_connection(location: LakeLocation, tables: Iterable[str]) -> duckdb.Duc
     """
     wanted = list(tables)
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(wanted)))) as pool:
-        datasets = dict(zip(wanted, pool.map(lambda t: table_dataset(location, t), wanted)))
+        opened = pool.map(lambda t: table_dataset(location, t), wanted)
+        datasets = dict(zip(wanted, opened))
     con = duckdb.connect(":memory:")
     for name, dataset in datasets.items():
         con.register(name, dataset)

@@ -29,6 +29,8 @@ from lake.storage import LakeLocation, LakeSettings, resolve
 
 _TRANSIENT_RETRIES = 5
 
+BatchData = pa.Table | pa.RecordBatch | dict[str, object]
+
 
 @dataclass(frozen=True)
 class PreparedBatch:
@@ -70,7 +72,7 @@ class LakeWriter:
         return cls(resolve(settings), settings.node, **kwargs)
 
     # -- public API ---------------------------------------------------------------------
-    def prepare(self, table: str, data: pa.Table | pa.RecordBatch | dict[str, object]) -> PreparedBatch:
+    def prepare(self, table: str, data: BatchData) -> PreparedBatch:
         """Conform ``data`` to ``table`` and give it the next sequence number."""
         table_spec = spec(table)
         with self._lock:
@@ -109,7 +111,7 @@ class LakeWriter:
                 return CommitResult(batch.table, batch.batch_id, rows, dt.version())
         raise LakeUnavailable(f"append to {batch.table} failed after retries: {last_error}")
 
-    def append(self, table: str, data: pa.Table | pa.RecordBatch | dict[str, object]) -> CommitResult:
+    def append(self, table: str, data: BatchData) -> CommitResult:
         """Prepare and commit in one step."""
         return self.commit(self.prepare(table, data))
 

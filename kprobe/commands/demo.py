@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         port = _free_port()
         receiver = _start_receiver(lake_uri, port, Path(work) / "otlp.log")
         try:
-            _say(text, f"OTLP receiver pid {receiver.pid} on 127.0.0.1:{port}, lake {location.root}")
+            _say(text, f"OTLP receiver pid {receiver.pid} on 127.0.0.1:{port}, "
+                       f"lake {location.root}")
             workload = subprocess.run(
                 [sys.executable, "-m", "kprobe.demo.ledger_workload",
                  "--endpoint", f"http://127.0.0.1:{port}/v1/traces",

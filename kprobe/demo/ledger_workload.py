@@ -74,10 +74,9 @@ def run(endpoint: str, ledger: Path, payments: int, seed: int) -> int:
             with tracer.start_as_current_span(
                 "settlement.write", kind=SpanKind.CLIENT,
                 attributes={"payment.id": payment_id, "db.system": "sqlite", "thread.id": tid},
-            ):
-                with db:
-                    db.execute("INSERT INTO ledger VALUES (?, ?, 'INR', 'settled')",
-                               (payment_id, amount))
+            ), db:
+                db.execute("INSERT INTO ledger VALUES (?, ?, 'INR', 'settled')",
+                           (payment_id, amount))
     provider.shutdown()  # flushes every span to the receiver
     db.close()
     return failures

@@ -60,7 +60,9 @@ def test_parquet_to_file(lake: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert pq.read_table(target).num_rows == 3
 
 
-def test_write_statement_is_refused_with_exit_2(lake: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_write_statement_is_refused_with_exit_2(
+    lake: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = _run(capsys, "sql", "--lake", lake, "delete from syscalls")
     assert code == 2 and out == ""
     assert err.strip() == ("kprobe sql: DELETE statements are not allowed: the lake is read-only "
