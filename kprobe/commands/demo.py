@@ -31,6 +31,11 @@ QUERIES: dict[str, str] = {
         "round(quantile_cont(dur_ns, 0.99) / 1e6, 3) AS p99_ms "
         "FROM spans GROUP BY name ORDER BY spans DESC"
     ),
+    "payments by outcome": (
+        "SELECT status, count(*) AS payments, "
+        "sum(json_extract(attributes, '$.\"payment.amount\"')::BIGINT) AS amount_inr "
+        "FROM spans WHERE name = 'POST /payments' GROUP BY status ORDER BY status"
+    ),
     "failed payments": (
         "SELECT json_extract_string(attributes, '$.\"payment.id\"') AS payment, "
         "json_extract(attributes, '$.\"payment.amount\"')::BIGINT AS amount_inr, "
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             _say(text, f"OTLP receiver pid {receiver.pid} on 127.0.0.1:{port}, "
                        f"lake {location.root}")
             workload = subprocess.run(
-                [sys.executable, "-m", "kprobe.demo.ledger_workload",
+                [sys.executable, "-P", "-m", "kprobe.demo.ledger_workload",
                  "--endpoint", f"http://127.0.0.1:{port}/v1/traces",
                  "--ledger", str(Path(work) / "ledger.db"),
                  "--payments", str(args.payments), "--seed", str(os.getpid() % 10_000)],
@@ -106,7 +111,7 @@ def _free_port() -> int:
 def _start_receiver(lake_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kprobe", "otlp", "--lake", lake_uri,
+            [sys.executable, "-P", "-m", "kprobe", "otlp", "--lake", lake_uri,
              "--host", "127.0.0.1", "--port", str(port), "--flush-interval", "0.5"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -1,0 +1,30 @@
+"""OTLP/HTTP span receiver: ``POST /v1/traces`` (protobuf or JSON) into the lake's ``spans``.
+
+Runs alone as ``kprobe otlp``; the capture agent can host the same app with its own sink.
+"""
+
+from capture_agent.otlp.decode import decode_json, decode_protobuf, decode_request, decompress
+from capture_agent.otlp.server import (
+    OtlpSettings,
+    build_server,
+    create_app,
+    create_sink,
+    listen_socket,
+    run_receiver,
+)
+from capture_agent.otlp.sink import SpanSink, SpanSinkStats
+
+__all__ = [
+    "OtlpSettings",
+    "SpanSink",
+    "SpanSinkStats",
+    "build_server",
+    "create_app",
+    "create_sink",
+    "decode_json",
+    "decode_protobuf",
+    "decode_request",
+    "decompress",
+    "listen_socket",
+    "run_receiver",
+]
