@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,12 +34,12 @@ QUERIES: dict[str, str] = {
     ),
     "payments by outcome": (
         "SELECT status, count(*) AS payments, "
-        "sum(json_extract(attributes, '$.\"payment.amount\"')::BIGINT) AS amount_inr "
+        "sum((attributes->>'payment.amount')::BIGINT) AS amount_inr "
         "FROM spans WHERE name = 'POST /payments' GROUP BY status ORDER BY status"
     ),
     "failed payments": (
-        "SELECT json_extract_string(attributes, '$.\"payment.id\"') AS payment, "
-        "json_extract(attributes, '$.\"payment.amount\"')::BIGINT AS amount_inr, "
+        "SELECT attributes->>'payment.id' AS payment, "
+        "(attributes->>'payment.amount')::BIGINT AS amount_inr, "
         "status_message, pid, tid "
         "FROM spans WHERE status = 'ERROR' ORDER BY start_ns LIMIT 5"
     ),
@@ -84,15 +85,21 @@ def run(args: argparse.Namespace) -> int:
             if text:
                 from kprobe.commands.sql import render_table
 
-                print(f"\n-- {title}\n$ kprobe sql \"{sql}\"\n{render_table(table)}", end="")
+                print(f"\n-- {title}\n$ kprobe sql {_shell_quote(sql)}\n{render_table(table)}",
+                      end="")
     results["seconds"] = round(time.monotonic() - started, 2)
     if text:
         print(f"\nDone in {results['seconds']} s. Explore the lake:")
-        print(f"  kprobe sql --lake {location.root} \"SELECT * FROM spans LIMIT 10\"")
-        print(f"  kprobe sql --lake {location.root} \"DESCRIBE spans\"")
+        for sql in ("SELECT * FROM spans LIMIT 10", "DESCRIBE spans"):
+            print(f"  kprobe sql --lake {location.root} {_shell_quote(sql)}")
     else:
         print(json.dumps(results, default=str))
     return 0
+
+
+def _shell_quote(sql: str) -> str:
+    """SQL is full of single quotes: double-quote it for the shell when that is safe."""
+    return f'"{sql}"' if not set(sql) & set('"$`\\!') else shlex.quote(sql)
 
 
 def _say(enabled: bool, line: str) -> None:
