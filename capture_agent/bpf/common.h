@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Shared by every probe family: the common event header, the registry of event kinds,
+ * targeting (which processes get the detailed, per-thread capture), loss accounting and
+ * ring-buffer emission.
+ *
+ * Conventions (see capture_agent/families/__init__.py for the Python side):
+ *   - every record starts with struct event_header; records of one ring all have one
+ *     size, so user space views a batch as one numpy structured array;
+ *   - fixed-width __u* / __s* types only, explicit padding, sizes multiple of 8;
+ *   - every record type and enum mirrored in Python is named in LAYOUT_EXPORT(), which
+ *     puts it in the object's BTF for tests/integration/test_bpf_layout.py.
+ */
+#ifndef KPROBE_COMMON_H
+#define KPROBE_COMMON_H
+
+/* Registry of record kinds, unique across families (also the index of `drops`). */
+enum event_kind {
+	EVENT_SCHED_SWITCH = 1,
+	EVENT_SCHED_WAKING = 2,
+	EVENT_SCHED_WAKEUP = 3,
+	EVENT_SCHED_WAKEUP_NEW = 4,
+	EVENT_OFFCPU = 5,
+	/* next family: append here, never renumber */
+	EVENT_KIND_MAX = 64,
+};
+
+/* Tetragon-style common header: 16 bytes, first in every record. */
+struct event_header {
+	__u64 ktime_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the event fired */
+	__u16 kind;      /* enum event_kind */
+	__u16 size;      /* sizeof the whole record */
+	__u16 cpu;       /* CPU the event fired on */
+	__u8 version;    /* layout version of the family header (<family>_LAYOUT_VERSION);
+			  * user space refuses records of another version */
+	__u8 flags;      /* kind-specific bits */
+};
+
+#endif /* KPROBE_COMMON_H */
+
+/* ---- BPF side only below: maps, config and helpers ---------------------------------- */
+#if defined(__bpf__) && !defined(KPROBE_COMMON_BPF)
+#define KPROBE_COMMON_BPF
+
+/* Emits `type` into the object's BTF without loading anything: libbpf skips the section. */
+#define LAYOUT_EXPORT(type, name) type *__layout_##name SEC(".layouts")
+
+LAYOUT_EXPORT(struct event_header, event_header);
+LAYOUT_EXPORT(enum event_kind, event_kind);
+
+#define MAX_TARGETS 4096
+
+/* Targeted processes (tgid -> 1). User space adds the roots; forks inherit (below). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TARGETS);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
+
+/* Records lost in the kernel, per enum event_kind: ring full or a bookkeeping map full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EVENT_KIND_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* Set by the loader between open and load; the verifier prunes the dead branches. */
+const volatile __u8 target_all = 0;
+/* Wake the consumer only when a ring is at least this full (percent); else stay silent:
+ * a wakeup per record cut the workload's throughput to a third (DESIGN.md). */
+const volatile __u32 wakeup_fill_pct = 50;
+
+static __always_inline bool is_target(__u32 tgid)
+{
+	if (target_all)
+		return true;
+	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+}
+
+static __always_inline void count_drop(__u32 kind)
+{
+	__u64 *count = bpf_map_lookup_elem(&drops, &kind);
+
+	if (count)
+		__sync_fetch_and_add(count, 1);
+}
+
+static __always_inline void *event_reserve(void *ring, __u32 size, __u16 kind, __u8 version,
+					   __u64 now)
+{
+	struct event_header *hdr = bpf_ringbuf_reserve(ring, size, 0);
+
+	if (!hdr) {
+		count_drop(kind);
+		return NULL;
+	}
+	hdr->ktime_ns = now;
+	hdr->kind = kind;
+	hdr->size = size;
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->version = version;
+	hdr->flags = 0;
+	return hdr;
+}
+
+/* Reserve a typed record in `ring` and fill its header; NULL (and a counted drop) if full.
+ * _AT takes the event time, so records of one tracepoint hit share one timestamp. */
+#define EVENT_RESERVE_AT(ring, type, kind, version, now) \
+	((type *)event_reserve(ring, sizeof(type), kind, version, now))
+#define EVENT_RESERVE(ring, type, kind, version) \
+	EVENT_RESERVE_AT(ring, type, kind, version, bpf_ktime_get_ns())
+
+/*
+ * Submit silently unless the ring is over wakeup_fill_pct: then force the wakeup
+ * (a plain submit only wakes a consumer that has caught up, which a lagging one has
+ * not). Queuing the wakeup while one is pending costs a flag test.
+ */
+static __always_inline void event_submit(void *ring, void *record)
+{
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE);
+
+	bpf_ringbuf_submit(record, avail * 100 >= size * wakeup_fill_pct ? BPF_RB_FORCE_WAKEUP
+									  : BPF_RB_NO_WAKEUP);
+}
+
+/*
+ * Targets follow forks: a new process forked by a target is a target. Threads share
+ * the tgid, so only a new thread group is added. Included in every object that has
+ * a `targets` map; when several sensors share one map the duplicates are idempotent.
+ */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 parent_tgid, child_tgid;
+	__u8 one = 1;
+
+	if (target_all)
+		return 0;
+	parent_tgid = BPF_CORE_READ(parent, tgid);
+	child_tgid = BPF_CORE_READ(child, tgid);
+	if (child_tgid != parent_tgid && bpf_map_lookup_elem(&targets, &parent_tgid))
+		bpf_map_update_elem(&targets, &child_tgid, &one, BPF_ANY);
+	return 0;
+}
+
+/*
+ * A process leaves the targets when its whole thread group is gone, so a recycled pid
+ * is not captured by mistake. signal->live reaches 0 in do_exit() before the tracepoint
+ * fires for the last thread; reading it (rather than the tracepoint's group_dead
+ * argument, absent on older kernels) keeps one object for all kernels.
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(follow_exit, struct task_struct *task)
+{
+	__u32 tgid;
+
+	if (target_all)
+		return 0;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	tgid = BPF_CORE_READ(task, tgid);
+	bpf_map_delete_elem(&targets, &tgid);
+	return 0;
+}
+
+#endif /* __bpf__ */

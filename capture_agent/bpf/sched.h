@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Sched family records, mirrored once in capture_agent/families/sched.py.
+ * Two rings, one record size each: `sched_events` (system-wide, compact) and
+ * `offcpu_events` (targeted threads, intervals computed in the kernel).
+ */
+#ifndef KPROBE_SCHED_H
+#define KPROBE_SCHED_H
+
+#include "common.h"
+
+/* Constants mirrored in Python: an enum, not #defines, so they reach the object's BTF
+ * and the layout test. */
+enum sched_constants {
+	SCHED_LAYOUT_VERSION = 1, /* bumped on any change to the records below */
+	SCHED_FLAG_PREEMPT = 0x1, /* sched_event hdr.flags: prev was preempted (state R) */
+	OFFCPU_FLAG_WAKER = 0x1,  /* offcpu_event hdr.flags: a sched_waking named the waker */
+};
+
+#ifndef TASK_COMM_LEN /* 16 in every kernel (vmlinux.h's enum constant is no macro) */
+#define TASK_COMM_LEN 16
+#endif
+
+/*
+ * Task state at switch-out, as one index into "RSDTtXZPI" (the letters of the kernel's
+ * sched_switch trace output: running/preempted, sleeping, disk sleep, stopped, traced,
+ * dead, zombie, parked, idle).
+ */
+enum task_state_code {
+	TASK_STATE_R = 0,
+	TASK_STATE_S = 1,
+	TASK_STATE_D = 2,
+	TASK_STATE_T = 3,
+	TASK_STATE_t = 4,
+	TASK_STATE_X = 5,
+	TASK_STATE_Z = 6,
+	TASK_STATE_P = 7,
+	TASK_STATE_I = 8,
+};
+
+/*
+ * One record for sched_switch, sched_waking, sched_wakeup and sched_wakeup_new (72 bytes).
+ *   switch:          prev = task switched out, next = task switched in
+ *   waking / wakeup: prev = the waker (current task), next = the wakee, target_cpu set
+ */
+struct sched_event {
+	struct event_header hdr;
+	__u32 prev_pid;  /* tgid */
+	__u32 prev_tid;  /* kernel pid */
+	__u32 next_pid;
+	__u32 next_tid;
+	char prev_comm[TASK_COMM_LEN];
+	char next_comm[TASK_COMM_LEN];
+	__s32 target_cpu; /* waking/wakeup: CPU the wakee will run on; switch: -1 */
+	__u8 prev_state;  /* enum task_state_code; switch only */
+	__u8 __pad[3];
+};
+
+/*
+ * An off-CPU interval of a targeted thread above min_offcpu_ns (80 bytes). The header's
+ * ktime_ns and cpu are those of the switch-in that ended the interval.
+ */
+struct offcpu_event {
+	struct event_header hdr;
+	__u64 start_ns;    /* switch-out (CLOCK_MONOTONIC) */
+	__u32 pid;
+	__u32 tid;
+	__u32 waker_pid;   /* valid with OFFCPU_FLAG_WAKER (no waking when preempted) */
+	__u32 waker_tid;
+	__s32 kstack_id;   /* id in the `offcpu_stacks` map at switch-out; < 0 = errno */
+	__u16 cpu_out;     /* CPU the thread switched out on */
+	__u8 state;        /* enum task_state_code at switch-out */
+	__u8 __pad;
+	char comm[TASK_COMM_LEN];
+	char waker_comm[TASK_COMM_LEN];
+};
+
+#endif /* KPROBE_SCHED_H */

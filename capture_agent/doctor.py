@@ -1,0 +1,156 @@
+"""Can this host run the capture agent? One check per prerequisite, each with a reason.
+
+``run_checks()`` tries things rather than guessing from versions: it loads a trivial
+program, creates and maps a ring buffer, loads every compiled sensor and attaches each of
+its programs on its own (then detaches everything), and compares the record layouts with
+the objects' BTF. It never raises; a failure is a Check with ``ok=False``.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import functools
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from capture_agent import libbpf
+from capture_agent.errors import BpfError
+from capture_agent.families import FAMILIES
+from capture_agent.layouts import EVENT_HEADER, Family, layout_differences
+from capture_agent.ringbuf import RingReader
+from capture_agent.sensor import Sensor, SensorSpec, object_path
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True  # False: informational, the agent works without it
+
+
+def _errno_text(err: int) -> str:
+    return f"{errno_mod.errorcode.get(err, '?')} ({os.strerror(err)})" if err else "error"
+
+
+def check_btf() -> Check:
+    if VMLINUX_BTF.is_file() and os.access(VMLINUX_BTF, os.R_OK):
+        size = VMLINUX_BTF.stat().st_size
+        return Check("kernel BTF", True, f"{VMLINUX_BTF} ({size // 1024} KiB), "
+                     f"kernel {platform.release()}")
+    return Check("kernel BTF", False, f"{VMLINUX_BTF} missing: CO-RE objects cannot relocate "
+                 "(kernel built without CONFIG_DEBUG_INFO_BTF)")
+
+
+def check_tracefs() -> Check:
+    mounts = Path("/proc/mounts").read_text(errors="replace").split("\n")
+    mounted = [line.split()[1] for line in mounts if line.split()[2:3] == ["tracefs"]]
+    if mounted:
+        return Check("tracefs", True, f"mounted at {', '.join(mounted)}", required=False)
+    return Check("tracefs", False, "not mounted: classic tracepoint/... programs cannot attach "
+                 "(mount -t tracefs nodev /sys/kernel/tracing); tp_btf programs do not need it",
+                 required=False)
+
+
+def check_bpf_permission() -> Check:
+    try:
+        fd = libbpf.prog_load_trivial()
+    except OSError as e:
+        hint = " (run as root or grant CAP_BPF+CAP_PERFMON)" if e.errno == errno_mod.EPERM else ""
+        return Check("BPF permission", False,
+                     f"loading a trivial program failed: {_errno_text(e.errno or 0)}{hint}")
+    os.close(fd)
+    return Check("BPF permission", True, f"trivial program loaded (libbpf {libbpf.version()})")
+
+
+def check_ringbuf() -> Check:
+    size = 64 * 1024
+    try:
+        fd = libbpf.map_create(libbpf.BPF_MAP_TYPE_RINGBUF, "kprobe_doctor", 0, 0, size)
+    except OSError as e:
+        return Check("ring buffer", False, f"BPF_MAP_TYPE_RINGBUF create failed: "
+                     f"{_errno_text(e.errno or 0)} (needs Linux >= 5.8)")
+    try:
+        reader = RingReader(fd, size, np.dtype([("hdr", EVENT_HEADER)]), "doctor")
+        empty = len(reader.drain()) == 0
+        reader.close()
+    except OSError as e:
+        return Check("ring buffer", False, f"ring created but mmap failed: "
+                     f"{_errno_text(e.errno or 0)}")
+    finally:
+        os.close(fd)
+    return Check("ring buffer", empty, "created, mapped and drained a 64 KiB ring")
+
+
+def check_layouts(family: Family) -> Check:
+    name = f"{family.name} layouts"
+    path = object_path(family.object_file)
+    try:
+        with libbpf.Btf(str(path)) as btf:
+            diffs = [
+                f"{struct}: {d}"
+                for struct, dt in {"event_header": EVENT_HEADER, **family.structs}.items()
+                for d in layout_differences(
+                    [(f.name, f.offset, f.size, f.kind) for f in btf.struct_fields(struct)],
+                    btf.struct_size(struct), dt)
+            ]
+    except OSError as e:
+        return Check(name, False, f"cannot read BTF of {path.name}: {e.strerror}")
+    if diffs:
+        return Check(name, False, f"{path.name} differs from the agent: {diffs[0]} "
+                     f"(+{len(diffs) - 1} more); rebuild with `make bpf`")
+    return Check(name, True, f"{len(family.structs)} record types match {path.name}")
+
+
+def check_sensor(family: Family, spec: SensorSpec | None = None) -> list[Check]:
+    """Load the family's sensor, then attach each program alone: one Check per program."""
+    path = object_path(family.object_file)
+    if not path.exists():
+        return [Check(f"{family.name} sensor", False, f"{path} not built (run `make bpf`)")]
+    sensor = Sensor(spec or SensorSpec(family=family))
+    try:
+        sensor.load()
+    except BpfError as e:
+        return [Check(f"{family.name} sensor", False, str(e))]
+    checks = [Check(f"{family.name} sensor", True, f"{path.name} loaded (verifier passed)")]
+    try:
+        for program, section in sensor.programs():
+            label = f"attach {section}"
+            try:
+                sensor.attach_program(program)
+                checks.append(Check(label, True, f"{family.name}/{program} works"))
+            except BpfError as e:
+                checks.append(Check(label, False, f"{family.name}/{program} fails: "
+                                    f"{_errno_text(e.errno)}"))
+    finally:
+        sensor.close()
+    return checks
+
+
+def run_checks() -> list[Check]:
+    """Every check, in dependency order; BPF checks are skipped without BPF permission."""
+    checks = [check_btf(), check_tracefs(), check_bpf_permission()]
+    if not checks[-1].ok:
+        return [*checks, Check("BPF checks", False, "skipped: no BPF permission")]
+    steps: list[Callable[[], list[Check]]] = [lambda: [check_ringbuf()]]
+    for family in FAMILIES.values():
+        steps.append(functools.partial(_one, check_layouts, family))
+        steps.append(functools.partial(check_sensor, family))
+    for step in steps:
+        try:
+            checks.extend(step())
+        except Exception as e:  # a doctor reports, it does not crash
+            checks.append(Check("internal", False, f"{type(e).__name__}: {e}"))
+    return checks
+
+
+def _one(check: Callable[[Family], Check], family: Family) -> list[Check]:
+    return [check(family)]

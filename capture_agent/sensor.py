@@ -1,0 +1,301 @@
+"""A sensor: the programs and maps of one compiled BPF object, loaded and unloaded as a unit.
+
+Lifecycle (libbpf's): open -> size maps, share maps, set ``const volatile`` config,
+choose programs -> load -> attach every chosen program -> drain rings -> close.
+Any failure leaves nothing behind (links destroyed, object closed) and raises a typed
+error from ``capture_agent.errors`` naming the program or map and the errno.
+
+    with Sensor(spec) as sensor:          # load + attach
+        sensor.add_target(pid)
+        batch = sensor.ring("sched_events").drain()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from capture_agent import libbpf
+from capture_agent.errors import (
+    BpfAttachError,
+    BpfError,
+    BpfLoadError,
+    BpfMapError,
+    BpfObjectError,
+)
+from capture_agent.layouts import EVENT_KIND_MAX, EventKind, Family
+from capture_agent.ringbuf import RingReader
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+
+
+def object_path(object_file: str, directory: Path | None = None) -> Path:
+    """Where ``make bpf`` puts a compiled object."""
+    return (directory or BPF_DIR) / object_file
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    """What to load: a family's object, its configuration and sizes.
+
+    config:        ``const volatile`` globals (name -> int), set before load
+    ring_bytes:    ring map name -> size (power of two, multiple of the page size)
+    map_entries:   other map name -> max_entries
+    shared_maps:   map name -> fd of an existing map to use instead (e.g. one `targets`
+                   map for all sensors); the fd stays owned by the caller
+    disabled:      programs not to load (e.g. a record kind switched off)
+    """
+
+    family: Family
+    config: Mapping[str, int] = field(default_factory=dict)
+    ring_bytes: Mapping[str, int] = field(default_factory=dict)
+    map_entries: Mapping[str, int] = field(default_factory=dict)
+    shared_maps: Mapping[str, int] = field(default_factory=dict)
+    disabled: frozenset[str] = frozenset()
+    object_dir: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+
+class Sensor:
+    def __init__(self, spec: SensorSpec) -> None:
+        self.spec = spec
+        self._obj: libbpf.BpfObject | None = None
+        self._links: dict[str, libbpf.Link] = {}
+        self._rings: dict[str, RingReader] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Sensor:
+        self.load()
+        try:
+            self.attach()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def loaded(self) -> bool:
+        return self._obj is not None
+
+    @property
+    def attached(self) -> list[str]:
+        return list(self._links)
+
+    def open(self) -> libbpf.BpfObject:
+        """Open the object and apply the spec (sizes, shared maps, config, programs)."""
+        spec = self.spec
+        path = object_path(spec.family.object_file, spec.object_dir)
+        if not path.exists():
+            raise BpfObjectError(f"sensor {spec.name}: {path} not found (run `make bpf`)",
+                                 errno_mod.ENOENT)
+        mark = libbpf.log_mark()
+        try:
+            obj = libbpf.BpfObject(str(path))
+        except OSError as e:
+            raise BpfObjectError(f"sensor {spec.name}: cannot open {path.name}: {e.strerror}",
+                                 e.errno or 0, libbpf.log_since(mark)) from None
+        try:
+            for name, size in {**spec.ring_bytes, **spec.map_entries}.items():
+                with self._map_errors(name, "resize "):
+                    obj.map(name).max_entries = size
+            for name, fd in spec.shared_maps.items():
+                with self._map_errors(name, "share "):
+                    obj.map(name).reuse_fd(fd)
+            try:
+                obj.set_rodata(dict(spec.config))
+            except OSError as e:
+                raise BpfObjectError(f"sensor {spec.name}: config: {e.strerror}",
+                                     e.errno or 0) from None
+            for prog in obj.programs():
+                if prog.name in spec.disabled:
+                    prog.autoload = False
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def load(self) -> None:
+        if self._obj is not None:
+            return
+        obj = self.open()
+        mark = libbpf.log_mark()
+        try:
+            obj.load()
+        except OSError as e:
+            log = libbpf.log_since(mark)
+            obj.close()
+            reason = _verifier_reason(log)
+            raise BpfLoadError(
+                f"sensor {self.spec.name}: program {_failed_program(log)} did not load:"
+                f" {_errno_text(e.errno or 0)}" + (f"; verifier: {reason}" if reason else ""),
+                e.errno or 0, log,
+            ) from None
+        self._obj = obj
+
+    def programs(self) -> list[tuple[str, str]]:
+        """(name, section) of every program that loads, in object order."""
+        return [(p.name, p.section) for p in self._require().programs() if p.autoload]
+
+    def attach(self) -> None:
+        """Attach every loaded program; on a failure detach those already attached."""
+        for name, _section in self.programs():
+            try:
+                self.attach_program(name)
+            except BpfAttachError:
+                self.detach()
+                raise
+
+    def attach_program(self, name: str) -> None:
+        """Attach one program (at its section's attach point); BpfAttachError names it."""
+        if name in self._links:
+            return
+        try:
+            prog = self._require().program(name)
+        except OSError as e:
+            raise BpfAttachError(f"sensor {self.spec.name}: {e.strerror}", e.errno or 0) from None
+        mark = libbpf.log_mark()
+        try:
+            self._links[name] = prog.attach()
+        except OSError as e:
+            raise BpfAttachError(
+                f"sensor {self.spec.name}: program {name} ({prog.section}) did not attach:"
+                f" {_errno_text(e.errno or 0)}",
+                e.errno or 0, libbpf.log_since(mark),
+            ) from None
+
+    def detach(self) -> None:
+        for link in self._links.values():
+            link.destroy()
+        self._links.clear()
+
+    def close(self) -> None:
+        self.detach()
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    # -- maps --------------------------------------------------------------------------------
+
+    def map_fd(self, name: str) -> int:
+        return self._map(name).fd
+
+    def ring(self, name: str) -> RingReader:
+        """The reader of ring map ``name`` (created on first use, closed with the sensor)."""
+        if name not in self._rings:
+            dtype = self.spec.family.rings.get(name)
+            if dtype is None:
+                raise BpfMapError(f"sensor {self.spec.name}: {name} is not a known ring")
+            m = self._map(name)
+            if m.type != libbpf.BPF_MAP_TYPE_RINGBUF:
+                raise BpfMapError(f"sensor {self.spec.name}: map {name} is not a ring buffer")
+            try:
+                self._rings[name] = RingReader(m.fd, m.max_entries, dtype, name)
+            except OSError as e:
+                raise BpfMapError(f"sensor {self.spec.name}: mmap ring {name}: {e.strerror}",
+                                  e.errno or 0) from None
+        return self._rings[name]
+
+    def add_targets(self, tgids: Iterable[int]) -> None:
+        """Capture these processes in detail (their future children follow)."""
+        fd = self.map_fd("targets")
+        with self._map_errors("targets"):
+            for tgid in tgids:
+                libbpf.map_update(fd, _u32(tgid), b"\x01")
+
+    def remove_targets(self, tgids: Iterable[int]) -> None:
+        fd = self.map_fd("targets")
+        with self._map_errors("targets"):
+            for tgid in tgids:
+                libbpf.map_delete(fd, _u32(tgid))
+
+    def targets(self) -> list[int]:
+        fd = self.map_fd("targets")
+        with self._map_errors("targets"):
+            keys = libbpf.map_keys(fd, 4)
+        return sorted(struct.unpack("<I", k)[0] for k in keys)
+
+    def drops(self) -> dict[EventKind | int, int]:
+        """Records lost in the kernel so far, per event kind (cumulative, nonzero only)."""
+        fd = self.map_fd("drops")
+        out: dict[EventKind | int, int] = {}
+        for index in range(EVENT_KIND_MAX):
+            with self._map_errors("drops"):
+                raw = libbpf.map_lookup(fd, _u32(index), 8)
+            count = int(np.frombuffer(raw, "<u8")[0]) if raw else 0
+            if count:
+                out[_kind(index)] = count
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require(self) -> libbpf.BpfObject:
+        if self._obj is None:
+            raise BpfError(f"sensor {self.spec.name} is not loaded")
+        return self._obj
+
+    def _map(self, name: str) -> libbpf.Map:
+        try:
+            return self._require().map(name)
+        except OSError as e:
+            raise BpfMapError(f"sensor {self.spec.name}: {e.strerror}", e.errno or 0) from None
+
+    @contextlib.contextmanager
+    def _map_errors(self, name: str, what: str = "") -> Iterator[None]:
+        """OSError from a map operation -> BpfMapError naming the sensor and map."""
+        try:
+            yield
+        except OSError as e:
+            raise BpfMapError(f"sensor {self.spec.name}: {what}map {name}: {e.strerror}",
+                              e.errno or 0) from None
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("<I", value)
+
+
+def _kind(index: int) -> EventKind | int:
+    try:
+        return EventKind(index)
+    except ValueError:
+        return index
+
+
+def _errno_text(err: int) -> str:
+    return f"{errno_mod.errorcode.get(err, '?')} ({os.strerror(err)})"
+
+
+def _verifier_reason(log: list[str]) -> str:
+    """The verifier's complaint: the line before its "processed N insns" summary."""
+    for before, line in zip(log, log[1:], strict=False):
+        if line.startswith("processed ") and "insns" in line:
+            return before.strip()
+    return ""
+
+
+def _failed_program(log: list[str]) -> str:
+    """The program libbpf names in its load-failure message, else '?'."""
+    for line in log:
+        # "libbpf: prog 'on_sched_switch': BPF program load failed: Permission denied"
+        if "prog '" in line and "failed" in line:
+            return line.split("prog '", 1)[1].split("'", 1)[0]
+    return "?"

@@ -1,0 +1,231 @@
+"""The sched sensor on the real kernel, with tiny programs whose events are known exactly.
+
+Root only. tests/programs/pipe_handoff.c: a reader thread blocks on a pipe until the
+writer thread writes to it ~50 ms later; tests/programs/switch_storm.c: many switches.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from capture_agent.clock import sample_offset
+from capture_agent.families import sched
+from capture_agent.layouts import EventKind
+from capture_agent.sensor import Sensor, object_path
+from tests.support import REPO, require, require_binary, require_root
+
+HANDOFF_MS = 50
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs built into a temp dir."""
+    require_binary("make")
+    require_binary("cc")
+    out = tmp_path_factory.mktemp("programs")
+    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
+                   check=True)
+    return out
+
+
+def require_root_and_objects() -> None:
+    require_root()
+    path = object_path(sched.FAMILY.object_file)
+    require(path.exists(), f"{path} (run `make bpf`)")
+
+
+class Handoff:
+    """A running pipe_handoff, stopped before its handoff until ``go()``."""
+
+    def __init__(self, binary: Path) -> None:
+        self.proc = subprocess.Popen([str(binary), str(HANDOFF_MS)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        word, pid, reader, writer = self.proc.stdout.readline().split()
+        assert word == "ready"
+        self.pid, self.reader_tid, self.writer_tid = int(pid), int(reader), int(writer)
+
+    def go(self) -> int:
+        """Run the handoff; the reader's blocked time as it measured it (ns)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        word, blocked = self.proc.stdout.readline().split()
+        assert word == "done"
+        assert self.proc.wait(timeout=10) == 0
+        return int(blocked)
+
+
+@pytest.fixture
+def handoff(programs: Path) -> Iterator[Handoff]:
+    h = Handoff(programs / "pipe_handoff")
+    yield h
+    if h.proc.poll() is None:
+        h.proc.kill()
+        h.proc.wait()
+
+
+def test_offcpu_interval_of_the_blocked_thread_names_its_waker(handoff: Handoff) -> None:
+    require_root_and_objects()
+    # GIVEN the sched sensor targeting pipe_handoff, loaded before its handoff
+    config = sched.SchedConfig(min_offcpu_ns=10_000_000)
+    t0 = time.time_ns()
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        sensor.add_targets([handoff.pid])
+        # WHEN the reader blocks ~50 ms until the writer writes
+        blocked_ns = handoff.go()
+        switches = sensor.ring("sched_events").drain()
+        intervals = sensor.ring("offcpu_events").drain()
+        drops = sensor.drops()
+    t1 = time.time_ns()
+    assert blocked_ns >= 40_000_000
+    clock = sample_offset()
+
+    # THEN the drains are fixed-size records of the family layout
+    assert switches.dtype == sched.SCHED_EVENT and intervals.dtype == sched.OFFCPU_EVENT
+    assert set(switches["hdr"]["size"].tolist()) == {sched.SCHED_EVENT.itemsize}
+    assert set(intervals["hdr"]["size"].tolist()) == {sched.OFFCPU_EVENT.itemsize}
+    assert drops == {}
+
+    # and sched_switch rows show the target's threads leaving and entering the CPU
+    rows = sched.sched_table(switches, clock)
+    mine = rows.filter(pc.and_(pc.equal(rows["kind"], "switch"),
+                               pc.equal(rows["prev_pid"], handoff.pid)))
+    assert handoff.reader_tid in mine["prev_tid"].to_pylist()
+    reader_out = mine.filter(pc.equal(mine["prev_tid"], handoff.reader_tid))
+    assert "S" in reader_out["prev_state"].to_pylist()
+    assert all(t0 - 1_000_000 <= ts <= t1 + 1_000_000 for ts in rows["ts_ns"].to_pylist())
+
+    # and the waking that ended the block was done by the writer
+    wakings = rows.filter(pc.and_(pc.equal(rows["kind"], "waking"),
+                                  pc.equal(rows["wakee_tid"], handoff.reader_tid)))
+    assert handoff.writer_tid in wakings["waker_tid"].to_pylist()
+
+    # and one off-CPU interval of the reader >= 40 ms, woken by the writer
+    offcpu = sched.offcpu_table(intervals, clock)
+    reader = offcpu.filter(pc.equal(offcpu["tid"], handoff.reader_tid)).to_pylist()
+    long_ones = [r for r in reader if r["dur_ns"] >= 40_000_000]
+    assert len(long_ones) == 1, reader
+    row = long_ones[0]
+    assert row["pid"] == handoff.pid and row["state"] == "S"
+    assert row["waker_tid"] == handoff.writer_tid and row["waker_pid"] == handoff.pid
+    assert row["comm"] == "pipe_handoff" and row["waker_comm"] == "pipe_handoff"
+    assert row["kstack_id"] is not None and row["kstack_id"] >= 0
+    assert row["dur_ns"] <= blocked_ns + 5_000_000
+    # untargeted processes have no intervals
+    assert set(offcpu["pid"].to_pylist()) == {handoff.pid}
+
+
+def test_children_of_a_target_are_targets_until_they_exit(programs: Path) -> None:
+    require_root_and_objects()
+    # GIVEN this test process as the only target
+    with Sensor(sched.sensor_spec(sched.SchedConfig(min_offcpu_ns=10_000_000))) as sensor:
+        sensor.add_targets([os.getpid()])
+        # WHEN it starts a child
+        child = Handoff(programs / "pipe_handoff")
+        try:
+            # THEN the child is a target (followed at fork) ...
+            assert child.pid in sensor.targets()
+            child.go()
+        finally:
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+        # ... whose blocked reader shows up, and it leaves the targets when it exits
+        intervals = sched.offcpu_table(sensor.ring("offcpu_events").drain(), sample_offset())
+        assert child.reader_tid in intervals["tid"].to_pylist()
+        assert child.pid not in sensor.targets()
+        assert os.getpid() in sensor.targets()
+
+
+def test_a_full_ring_counts_its_losses(programs: Path) -> None:
+    require_root_and_objects()
+    # GIVEN a one-page sched ring that nobody drains
+    config = sched.SchedConfig(sched_ring_bytes=4096, offcpu_ring_bytes=4096)
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        # WHEN tens of thousands of switches happen
+        subprocess.run([str(programs / "switch_storm"), "20000"], check=True, timeout=60)
+        drops = sensor.drops()
+        kept = sensor.ring("sched_events").drain()
+    # THEN the kernel counted what it could not keep, and the ring holds what fits
+    capacity = 4096 // (8 + sched.SCHED_EVENT.itemsize)
+    assert 0 < len(kept) <= capacity
+    assert drops.get(EventKind.SCHED_SWITCH, 0) > 0
+    assert drops.get(EventKind.SCHED_WAKING, 0) > 0
+
+
+def test_drain_across_wrap_around_yields_whole_records(programs: Path) -> None:
+    require_root_and_objects()
+    # GIVEN a 64 KiB ring: 80-byte slots do not divide it, so records straddle its end
+    config = sched.SchedConfig(sched_ring_bytes=64 << 10, record_wakeup=False)
+    batches = []
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        ring = sensor.ring("sched_events")
+        # WHEN a storm of switches is drained as it happens
+        storm = subprocess.Popen([str(programs / "switch_storm"), "30000"])
+        while storm.poll() is None:
+            batches.append(ring.drain())
+            time.sleep(0.002)
+        batches.append(ring.drain())
+        assert storm.returncode == 0
+    records = np.concatenate(batches)
+    # THEN many ring-fulls went through, every record is whole and of a known kind
+    assert len(records) > 4 * (64 << 10) // 80
+    hdr = records["hdr"]
+    assert set(hdr["size"].tolist()) == {sched.SCHED_EVENT.itemsize}
+    assert set(hdr["version"].tolist()) == {sched.SCHED_LAYOUT_VERSION}
+    assert set(hdr["kind"].tolist()) <= {EventKind.SCHED_SWITCH, EventKind.SCHED_WAKING}
+    # and the payloads decode: the storm's own switches name it (or python, before exec)
+    storm_out = records[(hdr["kind"] == EventKind.SCHED_SWITCH)
+                        & (records["prev_pid"] == storm.pid)]
+    assert len(storm_out) > 1000
+    comms = storm_out["prev_comm"].tolist()
+    assert set(comms) <= {b"switch_storm", b"python"}
+    assert comms.count(b"switch_storm") > 1000
+
+
+def test_the_reader_sleeps_while_quiet_and_wakes_when_the_ring_fills(programs: Path) -> None:
+    require_root_and_objects()
+    # GIVEN sched records only for targets (this process and, by fork, its children)
+    config = sched.SchedConfig(sched_ring_bytes=256 << 10, targets_only=True,
+                               wakeup_fill_pct=50)
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        sensor.add_targets([os.getpid()])
+        ring = sensor.ring("sched_events")
+        ring.wait(0)
+        ring.drain()
+        # WHEN nothing much happens THEN records go in silently: no wakeup
+        assert ring.wait(0.3) is False
+        ring.drain()
+        # WHEN a child storms THEN the reader is woken once the ring is about half full
+        storm = subprocess.Popen([str(programs / "switch_storm"), "1000000"])
+        try:
+            t0 = time.monotonic()
+            assert ring.wait(10) is True
+            woke_after = time.monotonic() - t0
+            fill = ring.fill()
+        finally:
+            storm.kill()
+            storm.wait()
+    assert 0.4 <= fill <= 1.0 and woke_after < 10
+
+
+def test_sensors_can_share_one_targets_map() -> None:
+    require_root_and_objects()
+    # GIVEN a sensor, and a second one loaded onto the first one's `targets` map
+    with Sensor(sched.sensor_spec()) as first:
+        shared = {"targets": first.map_fd("targets")}
+        with Sensor(sched.sensor_spec(shared_maps=shared)) as second:
+            # WHEN a target is added through one THEN the other sees it
+            first.add_targets([os.getpid()])
+            assert second.targets() == [os.getpid()]
+            second.remove_targets([os.getpid()])
+            assert first.targets() == []
