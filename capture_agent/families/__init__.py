@@ -7,7 +7,10 @@ Adding a family ``foo``:
   2. ``bpf/foo.bpf.c``: tp_btf programs, one ring per record type, ``EVENT_RESERVE`` /
      ``event_submit``, ``LAYOUT_EXPORT`` of every record and mirrored enum.
   3. ``families/foo.py``: the dtypes (``layouts.record_dtype``), ``FAMILY``, a config
-     dataclass with ``sensor_spec()``, and batch -> Arrow conversion per lake table.
+     dataclass with ``sensor_spec()``, and batch -> Arrow conversion per lake table,
+     exported as ``RING_TABLES = {ring: (lake_table, fn(batch, clock) -> pa.Table)}``;
+     state aggregated in kernel maps (e.g. page faults per thread) is read once per flush
+     by an optional ``collect_maps(sensor, clock) -> dict[lake_table, pa.Table]``.
   4. Register ``FAMILY`` below: the layout test and the doctor pick it up.
 """
 

@@ -198,8 +198,15 @@ def offcpu_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return pa.table(columns, schema=table_spec("offcpu").payload_schema)
 
 
+# ring -> (lake table, converter): what the agent's flush loop calls for this family.
+RING_TABLES = {
+    "sched_events": ("sched", sched_table),
+    "offcpu_events": ("offcpu", offcpu_table),
+}
+
 __all__ = [
     "FAMILY",
+    "RING_TABLES",
     "OFFCPU_EVENT",
     "SCHED_EVENT",
     "SchedConfig",
