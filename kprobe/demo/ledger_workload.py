@@ -84,7 +84,10 @@ def run(endpoint: str, ledger: Path, payments: int, seed: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--endpoint", required=True, help="OTLP/HTTP traces URL")
+    default = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    parser.add_argument("--endpoint", required=default is None,
+                        default=f"{default}/v1/traces" if default else None,
+                        help="OTLP/HTTP traces URL (default: $OTEL_EXPORTER_OTLP_ENDPOINT)")
     parser.add_argument("--ledger", type=Path, required=True)
     parser.add_argument("--payments", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)

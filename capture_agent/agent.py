@@ -1,0 +1,292 @@
+"""The node agent: sensors in the kernel, a flush loop, the lake sink, OTLP and metrics.
+
+Life of a flush (every ``flush_interval_s``, and once more on stop): drain every ring of
+every sensor into numpy batches, convert each batch to its lake table (vectorised), read
+the in-kernel aggregates, and hand the tables to the sink, which commits one Delta batch per
+table. Kernel drop counters and the sink's own losses become rows of the ``lost`` table, so
+nothing is lost silently. A crash loses at most what was drained since the last flush.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from capture_agent import procinfo
+from capture_agent.clock import ClockSample, sample_offset
+from capture_agent.errors import CaptureAgentError
+from capture_agent.families import FAMILIES
+from capture_agent.lake_sink import LakeSink
+from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
+from capture_agent.sensor import Sensor, object_path
+from capture_agent.spool import Spool
+from capture_agent.targets import Targets
+from lake import LakeSettings, LakeWriter
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+CLOCK_RESAMPLE_S = 30.0
+
+
+@dataclass
+class AgentConfig:
+    lake: LakeSettings
+    targets: Targets = field(default_factory=Targets)
+    families: tuple[str, ...] = ()  # empty: every family whose object is built
+    payloads: bool = False
+    flush_interval_s: float = 1.0
+    min_offcpu_ns: int = 1_000_000
+    spool_dir: Path = Path("/var/lib/kprobe/spool")
+    spool_max_bytes: int = 512 * 1024 * 1024
+    metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
+    otlp_port: int | None = None  # None: no receiver; 0: any free port
+    bind_host: str = "127.0.0.1"
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["lake"] = self.lake.lake
+        out["spool_dir"] = str(self.spool_dir)
+        return out
+
+
+@dataclass
+class LoadedFamily:
+    name: str
+    module: ModuleType
+    sensor: Sensor
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.writer = LakeWriter.from_settings(config.lake)
+        self.spool = Spool(config.spool_dir, config.spool_max_bytes)
+        self.sink = LakeSink(self.writer, self.spool)
+        self.counters = AgentCounters()
+        self.families: list[LoadedFamily] = []
+        self.clock: ClockSample = sample_offset()
+        self._last_clock = time.monotonic()
+        self._reported_drops: dict[str, int] = {}
+        self._metrics: MetricsServer | None = None
+        self._otlp: Any = None
+        self._otlp_thread: threading.Thread | None = None
+        self.otlp_port: int | None = None
+        self.boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> Agent:
+        """Check the lake, load and attach every sensor, start the sink and servers."""
+        self.writer.ensure_tables()  # an unreachable lake fails here, before any probe
+        try:
+            self._load_families()
+            self._add_initial_targets()
+        except BaseException:
+            self.close_sensors()
+            raise
+        self.sink.start()
+        self._write_meta("start")
+        if self.config.metrics_port is not None:
+            self._metrics = MetricsServer(
+                AgentCollector(self.counters, lambda: self.sink.stats, self.spool.size_bytes,
+                               self.sink.queued),
+                self.config.bind_host, self.config.metrics_port)
+        if self.config.otlp_port is not None:
+            self._start_otlp()
+        return self
+
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
+        """Flush every interval until ``stop`` is set or ``duration_s`` has passed."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not stop.is_set():
+            wait = self.config.flush_interval_s
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            stop.wait(wait)
+            self.flush()
+
+    def stop(self) -> None:
+        """Final flush, then everything down; the sink commits (or spools) all it holds."""
+        try:
+            self.flush()
+        finally:
+            self.close_sensors()
+            if self._otlp is not None:
+                self._otlp.should_exit = True
+                if self._otlp_thread is not None:
+                    self._otlp_thread.join(60)
+            self._write_meta("stop")
+            self._report_losses()
+            self.sink.stop()
+            if self._metrics is not None:
+                self._metrics.stop()
+
+    def close_sensors(self) -> None:
+        for fam in self.families:
+            fam.sensor.close()
+        self.families = []
+
+    # -- the flush ----------------------------------------------------------------------
+    def flush(self) -> None:
+        started = time.monotonic()
+        if started - self._last_clock >= CLOCK_RESAMPLE_S:
+            self.clock = sample_offset()
+            self._last_clock = started
+            self._write_meta("clock")
+        for fam in self.families:
+            ring_tables: dict[str, tuple[str, Callable[..., pa.Table]]] = fam.module.RING_TABLES
+            for ring_name, (table, convert) in ring_tables.items():
+                reader = fam.sensor.ring(ring_name)
+                self.counters.ring_fill[ring_name] = reader.fill()
+                batch = reader.drain()
+                if len(batch):
+                    self.counters.add_events(ring_name, len(batch))
+                    self._submit_converted(table, lambda b=batch, c=convert: c(b, self.clock),
+                                           len(batch))
+            collect = getattr(fam.module, "collect_maps", None)
+            if collect is not None:
+                for table, rows in collect(fam.sensor, self.clock).items():
+                    self.sink.submit(table, rows)
+        self._report_losses()
+        self.counters.flushes += 1
+        self.counters.flush_seconds_last = time.monotonic() - started
+
+    def _submit_converted(self, table: str, convert: Callable[[], pa.Table], rows: int) -> None:
+        try:
+            converted = convert()
+        except CaptureAgentError as err:  # e.g. records of another layout version
+            log.error("cannot convert %d %s records: %s", rows, table, err)
+            self.sink.stats.lost_rows[f"{table}:convert_failed"] += rows
+            return
+        self.sink.submit(table, converted)
+
+    def _report_losses(self) -> None:
+        """New kernel drops and sink losses since the last report -> ``lost`` rows."""
+        now = time.time_ns()
+        sources: list[str] = []
+        counts: list[int] = []
+        reasons: list[str] = []
+        for fam in self.families:
+            for kind, total in fam.sensor.drops().items():
+                name = kind.name.lower() if hasattr(kind, "name") else str(kind)
+                key = f"{fam.name}:{name}"
+                self.counters.kernel_drops[name] = total
+                delta = total - self._reported_drops.get(key, 0)
+                if delta > 0:
+                    self._reported_drops[key] = total
+                    sources.append(name)
+                    counts.append(delta)
+                    reasons.append("ring_full")
+        for (table, reason), n in self.sink.take_new_losses().items():
+            sources.append(table)
+            counts.append(n)
+            reasons.append(reason)
+        if sources:
+            log.warning("lost events: %s", dict(zip(sources, counts)))
+            self.sink.submit("lost", pa.table({
+                "ts_ns": pa.array(np.full(len(sources), now, np.int64)),
+                "source": sources, "count": pa.array(counts, pa.int64()), "reason": reasons}))
+
+    # -- set-up -------------------------------------------------------------------------
+    def _family_names(self) -> list[str]:
+        if self.config.families:
+            unknown = set(self.config.families) - set(FAMILIES)
+            if unknown:
+                raise CaptureAgentError(f"unknown probe families: {', '.join(sorted(unknown))}; "
+                                        f"known: {', '.join(FAMILIES)}")
+            return list(self.config.families)
+        return [n for n, f in FAMILIES.items() if object_path(f.object_file).exists()]
+
+    def _load_families(self) -> None:
+        names = self._family_names()
+        if not names:
+            raise CaptureAgentError("no BPF objects built: run `make bpf` (or `make setup`)")
+        shared: dict[str, int] = {}
+        for name in names:
+            module = importlib.import_module(f"capture_agent.families.{name}")
+            spec = module.sensor_spec(self._family_config(name, module), shared_maps=shared)
+            sensor = Sensor(spec)
+            sensor.load()
+            self.families.append(LoadedFamily(name, module, sensor))
+            if "targets" not in shared:
+                # One targets map for every sensor: a target is a target everywhere.
+                shared = {"targets": sensor.map_fd("targets")}
+            self.config.targets.configure(sensor)
+        for fam in self.families:
+            fam.sensor.attach()
+
+    def _family_config(self, name: str, module: ModuleType) -> Any:
+        """Each family's config from the agent's, by the fields that family has."""
+        config_cls = next((getattr(module, a) for a in dir(module)
+                           if a.endswith("Config") and isinstance(getattr(module, a), type)),
+                          None)
+        if config_cls is None:
+            return None
+        wanted = {
+            "min_offcpu_ns": self.config.min_offcpu_ns,
+            "target_all": self.config.targets.everything,
+            "capture_payloads": self.config.payloads,
+            "payloads": self.config.payloads,
+        }
+        fields = getattr(config_cls, "__dataclass_fields__", {})
+        return config_cls(**{k: v for k, v in wanted.items() if k in fields})
+
+    def _add_initial_targets(self) -> None:
+        """Processes already running that match the targets: add them and describe them."""
+        if not self.families:
+            return
+        pids = self.config.targets.match_running()
+        sensor = self.families[0].sensor
+        if pids:
+            sensor.add_targets(pids)
+        infos = [procinfo.read_process(pid) for pid in pids]
+        if infos:
+            self.sink.submit("processes", procinfo.processes_table(infos, time.time_ns()))
+
+    def add_target(self, pid: int) -> None:
+        """Target a process started after the agent (``kprobe run``)."""
+        self.families[0].sensor.add_targets([pid])
+
+    def _write_meta(self, kind: str) -> None:
+        self.sink.submit("agent_meta", pa.table({
+            "ts_ns": [time.time_ns()], "kind": [kind], "kernel": [platform.release()],
+            "agent_version": [AGENT_VERSION], "boot_id": [self.boot_id],
+            "mono_to_epoch_ns": [self.clock.mono_to_epoch_ns],
+            "config": [json.dumps(self.config.describe(), default=str)],
+        }))
+
+    def _start_otlp(self) -> None:
+        from capture_agent.otlp.server import OtlpSettings, build_server, listen_socket
+
+        settings = OtlpSettings(host=self.config.bind_host, port=self.config.otlp_port or 0)
+        sock = listen_socket(settings.host, settings.port)
+        self.otlp_port = int(sock.getsockname()[1])
+        server, _sink = build_server(settings, LakeWriter.from_settings(self.config.lake))
+        self._otlp = server
+        self._otlp_thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="otlp", daemon=True)
+        self._otlp_thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            raise CaptureAgentError("OTLP receiver did not start within 10 s")
+
+
+def default_spool_dir() -> Path:
+    return Path(os.environ.get("KPROBE_SPOOL", "/var/lib/kprobe/spool"))

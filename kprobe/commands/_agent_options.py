@@ -1,0 +1,65 @@
+"""Options shared by ``kprobe record`` and ``kprobe run``, and the agent they build."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from capture_agent.agent import AgentConfig, default_spool_dir
+from capture_agent.targets import Targets
+from kprobe.commands._common import add_lake_option, lake_settings
+from kprobe.errors import CommandError
+
+
+def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | None,
+                      metrics_default: int | None) -> None:
+    add_lake_option(parser)
+    parser.add_argument("--payloads", action="store_true",
+                        help="also record the bytes syscalls of targets write to memory "
+                        "(replay input)")
+    parser.add_argument("--families", default="", metavar="LIST",
+                        help="comma-separated probe families (default: all built)")
+    parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS")
+    parser.add_argument("--min-offcpu-ms", type=float, default=1.0,
+                        help="record blocked intervals of targets at least this long")
+    parser.add_argument("--spool-dir", type=Path, default=None,
+                        help="where batches wait while the lake is unreachable "
+                        "(default $KPROBE_SPOOL or /var/lib/kprobe/spool)")
+    parser.add_argument("--otlp-port", type=int, default=otlp_default,
+                        help="OTLP/HTTP span receiver port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--no-otlp", action="store_true", help="do not receive spans")
+    parser.add_argument("--metrics-port", type=int, default=metrics_default,
+                        help="Prometheus metrics port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--no-metrics", action="store_true")
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pid", type=int, action="append", default=[],
+                        help="target this process and its descendants (repeatable)")
+    parser.add_argument("--comm", action="append", default=[],
+                        help="target processes with this task name (repeatable)")
+    parser.add_argument("--cgroup", action="append", default=[],
+                        help="target processes in this cgroup v2 path (repeatable)")
+    parser.add_argument("--all", action="store_true", dest="target_all",
+                        help="target every process (expensive)")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise CommandError("capture needs root (loading BPF programs): run with sudo")
+
+
+def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    return AgentConfig(
+        lake=lake_settings(args),
+        targets=targets,
+        families=families,
+        payloads=args.payloads,
+        flush_interval_s=args.flush_interval,
+        min_offcpu_ns=int(args.min_offcpu_ms * 1_000_000),
+        spool_dir=args.spool_dir or default_spool_dir(),
+        otlp_port=None if args.no_otlp else args.otlp_port,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+    )

@@ -1,0 +1,33 @@
+"""``kprobe doctor``: what works on this host for capture, what does not, and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from kprobe.commands._common import add_format_option
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("doctor", help="check this host can run the capture agent")
+    add_format_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from capture_agent.doctor import run_checks
+
+    checks = run_checks()
+    if args.format == "json":
+        print(json.dumps([asdict(c) for c in checks]))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "note")
+            print(f"{mark}  {c.name.ljust(width)}  {c.detail}")
+    failed = [c for c in checks if c.required and not c.ok]
+    if args.format == "text":
+        print(f"\n{len(failed)} required check(s) failed" if failed else
+              "\nthis host can run the kprobe agent")
+    return 1 if failed else 0

@@ -1,0 +1,71 @@
+"""``kprobe record``: run the capture agent until SIGINT/SIGTERM or ``--duration``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from capture_agent.agent import Agent
+from capture_agent.targets import Targets
+from kprobe.commands._agent_options import (
+    add_agent_options,
+    add_target_options,
+    agent_config,
+    require_root,
+)
+from kprobe.commands._common import add_format_option
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("record", help="record kernel events (and spans) into the lake")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after this long (default: until SIGINT/SIGTERM)")
+    add_target_options(parser)
+    add_agent_options(parser, otlp_default=4318, metrics_default=9464)
+    add_format_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    require_root()
+    targets = Targets(args.pid, args.comm, args.cgroup, args.target_all)
+    agent = Agent(agent_config(args, targets)).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.format == "text":
+        extra = f", OTLP on 127.0.0.1:{agent.otlp_port}" if agent.otlp_port else ""
+        print(f"recording {', '.join(f.name for f in agent.families)} into "
+              f"{agent.writer.location.root}{extra}; Ctrl+C stops", file=sys.stderr)
+    try:
+        agent.run(stop, args.duration)
+    finally:
+        agent.stop()
+    print_summary(agent, args.format)
+    return 0
+
+
+def print_summary(agent: Agent, fmt: str) -> None:
+    stats = agent.sink.stats
+    summary = {
+        "events": agent.counters.events,
+        "rows": dict(stats.committed_rows),
+        "lost": {k: v for k, v in stats.lost_rows.items()},
+        "kernel_drops": agent.counters.kernel_drops,
+        "spooled_batches": len(agent.spool),
+        "lake": agent.writer.location.root,
+    }
+    if fmt == "json":
+        print(json.dumps(summary))
+        return
+    rows = ", ".join(f"{t} {n}" for t, n in sorted(stats.committed_rows.items())) or "none"
+    print(f"rows written: {rows}", file=sys.stderr)
+    lost = sum(stats.lost_rows.values()) + sum(agent.counters.kernel_drops.values())
+    print(f"lost: {lost} (details in the `lost` table)" if lost else "lost: 0",
+          file=sys.stderr)
+    if summary["spooled_batches"]:
+        print(f"{summary['spooled_batches']} batch(es) wait in the spool {agent.spool.directory}"
+              " and upload at the next start", file=sys.stderr)

@@ -1,0 +1,122 @@
+"""`kprobe record` and `kprobe run` as users run them: real agent, real kernel, real lake."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deltalake import DeltaTable
+
+from lake import LakeSettings, connect, resolve
+from tests.support import require_root
+
+KPROBE = [sys.executable, "-P", "-m", "kprobe"]
+
+
+def _kprobe(*args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KPROBE, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, env={**os.environ, **(env or {})})
+
+
+def _con(lake: Path):  # type: ignore[no-untyped-def]
+    return connect(resolve(LakeSettings(lake=str(lake))))
+
+
+def test_run_records_the_command_and_exits_with_its_status(tmp_path: Path) -> None:
+    """GIVEN `kprobe run -- sh -c 'sleep 0.2; exit 7'` THEN the exit code is 7 and the lake
+    holds the sleep as an off-CPU interval of the child, plus agent start/stop rows."""
+    require_root()
+    lake = tmp_path / "lake"
+    proc = _kprobe("run", "--lake", str(lake), "--spool-dir", str(tmp_path / "spool"),
+                   "--format", "json", "--", "sh", "-c", "sleep 0.2; exit 7")
+    assert proc.returncode == 7, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["lost"] == {} and summary["spooled_batches"] == 0
+    con = _con(lake)
+    (slept,) = con.execute("SELECT max(dur_ns) FROM offcpu WHERE comm = 'sleep'").fetchone()
+    assert slept is not None and 190e6 <= slept <= 2e9
+    kinds = {k for (k,) in con.execute("SELECT kind FROM agent_meta").fetchall()}
+    assert kinds >= {"start", "stop"}
+
+
+def test_run_hosts_the_otlp_receiver_for_an_instrumented_child(tmp_path: Path) -> None:
+    """The child's OpenTelemetry SDK finds the agent through OTEL_EXPORTER_OTLP_ENDPOINT and
+    its spans land with the child's real pid, next to its kernel events."""
+    require_root()
+    lake = tmp_path / "lake"
+    proc = _kprobe("run", "--lake", str(lake), "--spool-dir", str(tmp_path / "spool"), "--",
+                   sys.executable, "-P", "-m", "kprobe.demo.ledger_workload",
+                   "--ledger", str(tmp_path / "ledger.db"), "--payments", "5")
+    assert proc.returncode == 0, proc.stderr
+    con = _con(lake)
+    rows = con.execute("SELECT DISTINCT pid FROM spans").fetchall()
+    assert len(rows) == 1
+    (pid,) = rows[0]
+    (events,) = con.execute("SELECT count(*) FROM offcpu WHERE pid = ?", [pid]).fetchone()
+    assert events > 0  # the same process seen by the kernel and by its own spans
+    (payments,) = con.execute(
+        "SELECT count(*) FROM spans WHERE name = 'POST /payments'").fetchone()
+    assert payments == 5
+
+
+def test_record_stops_on_sigterm_and_flushes_everything(tmp_path: Path) -> None:
+    require_root()
+    lake = tmp_path / "lake"
+    rec = subprocess.Popen([*KPROBE, "record", "--lake", str(lake), "--spool-dir",
+                            str(tmp_path / "spool"), "--pid", str(os.getpid()), "--no-otlp",
+                            "--no-metrics", "--flush-interval", "30"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # recording; no flush yet with a 30 s interval
+    rec.send_signal(signal.SIGTERM)
+    _, err = rec.communicate(timeout=60)
+    assert rec.returncode == 0, err
+    (switches,) = _con(lake).execute("SELECT count(*) FROM sched").fetchone()
+    assert switches > 0  # only the stop-time flush can have written these
+
+
+def test_a_killed_recorder_leaves_every_flushed_batch_intact(tmp_path: Path) -> None:
+    """SIGKILL between flushes: all committed batches read back whole, nothing half-written."""
+    require_root()
+    lake = tmp_path / "lake"
+    rec = subprocess.Popen([*KPROBE, "record", "--lake", str(lake), "--spool-dir",
+                            str(tmp_path / "spool"), "--no-otlp", "--no-metrics",
+                            "--families", "sched", "--flush-interval", "0.3"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4)
+    rec.kill()
+    rec.wait(30)
+    table = DeltaTable(str(lake / "v1" / "sched"))
+    assert table.version() >= 2  # several flushes committed
+    con = _con(lake)
+    per_batch = con.execute(
+        "SELECT batch_id, count(*) FROM sched GROUP BY 1").fetchall()
+    assert per_batch and all(n > 0 for _, n in per_batch)
+    # every file the log references exists and is readable: no torn commit
+    assert table.to_pyarrow_table().num_rows == sum(n for _, n in per_batch)
+
+
+def test_unreachable_lake_is_one_line_exit_2(tmp_path: Path) -> None:
+    require_root()
+    # nothing listens on this loopback port: connection refused
+    proc = _kprobe("record", "--duration", "1", "--no-otlp", "--no-metrics", "--spool-dir",
+                   str(tmp_path / "spool"), "--lake", "s3://nobucket/x", timeout=120,
+                   env={"KPROBE_S3_ENDPOINT": "http://127.0.0.1:9", "KPROBE_S3_ACCESS_KEY": "k",
+                        "KPROBE_S3_SECRET_KEY": "s"})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("kprobe record: lake unavailable")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_reports_this_host(tmp_path: Path) -> None:
+    require_root()
+    proc = _kprobe("doctor", "--format", "json")
+    checks = json.loads(proc.stdout)
+    by_name = {c["name"]: c for c in checks}
+    assert by_name["kernel BTF"]["ok"]
+    assert proc.returncode == (1 if any(c["required"] and not c["ok"] for c in checks) else 0)
