@@ -156,8 +156,7 @@ class Agent:
                 batch = reader.drain()
                 if len(batch):
                     self.counters.add_events(ring_name, len(batch))
-                    self._submit_converted(table, lambda b=batch, c=convert: c(b, self.clock),
-                                           len(batch))
+                    self._submit_converted(table, convert, batch)
             collect = getattr(fam.module, "collect_maps", None)
             if collect is not None:
                 for table, rows in collect(fam.sensor, self.clock).items():
@@ -166,12 +165,14 @@ class Agent:
         self.counters.flushes += 1
         self.counters.flush_seconds_last = time.monotonic() - started
 
-    def _submit_converted(self, table: str, convert: Callable[[], pa.Table], rows: int) -> None:
+    def _submit_converted(self, table: str,
+                          convert: Callable[[np.ndarray, ClockSample], pa.Table],
+                          batch: np.ndarray) -> None:
         try:
-            converted = convert()
+            converted = convert(batch, self.clock)
         except CaptureAgentError as err:  # e.g. records of another layout version
-            log.error("cannot convert %d %s records: %s", rows, table, err)
-            self.sink.stats.lost_rows[f"{table}:convert_failed"] += rows
+            log.error("cannot convert %d %s records: %s", len(batch), table, err)
+            self.sink.count_loss(table, "convert_failed", len(batch))
             return
         self.sink.submit(table, converted)
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 import pyarrow as pa
 
@@ -103,7 +104,7 @@ class LakeSink:
                 self._drain_spool()
                 return
             if item is not None:
-                table, data = item  # type: ignore[misc]
+                table, data = cast(tuple[str, pa.Table], item)
                 try:
                     batch = self.writer.prepare(table, data)
                 except LakeError as err:  # a producer bug: count it, keep the agent alive
@@ -161,6 +162,10 @@ class LakeSink:
             self.stats.unspooled_batches += 1
             self.stats.committed_rows[batch.table] += batch.data.num_rows
         return True
+
+    def count_loss(self, table: str, reason: str, rows: int) -> None:
+        """Count rows lost before reaching the sink (e.g. unreadable records)."""
+        self._count_loss(table, reason, rows)
 
     def _count_loss(self, table: str, reason: str, rows: int) -> None:
         with self._lock:

@@ -58,7 +58,7 @@ class TableSpec:
 
     @property
     def column_names(self) -> list[str]:
-        return self.schema.names
+        return list(self.schema.names)
 
 
 _SPECS: tuple[TableSpec, ...] = (

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -29,7 +30,7 @@ from lake.storage import LakeLocation, LakeSettings, resolve
 
 _TRANSIENT_RETRIES = 5
 
-BatchData = pa.Table | pa.RecordBatch | dict[str, object]
+BatchData: TypeAlias = pa.Table | pa.RecordBatch | dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,9 @@ class LakeWriter:
 
     @classmethod
     def from_settings(cls, settings: LakeSettings, writer_id: str | None = None) -> LakeWriter:
-        kwargs = {"writer_id": writer_id} if writer_id else {}
-        return cls(resolve(settings), settings.node, **kwargs)
+        if writer_id:
+            return cls(resolve(settings), settings.node, writer_id)
+        return cls(resolve(settings), settings.node)
 
     # -- public API ---------------------------------------------------------------------
     def prepare(self, table: str, data: BatchData) -> PreparedBatch:
