@@ -39,6 +39,30 @@ class EventKind(enum.IntEnum):
     SCHED_WAKEUP = 3
     SCHED_WAKEUP_NEW = 4
     OFFCPU = 5
+    # syscalls (10-19)
+    SYSCALL = 10
+    SYSCALL_DATA = 11
+    SYSCALL_DATA_SMALL = 12
+    # net (20-29)
+    NET_SEND = 20
+    NET_RECV = 21
+    NET_RETRANSMIT = 22
+    NET_STATE = 23
+    NET_RESET = 24
+    # block (30-34)
+    BLOCK_RQ = 30
+    # mem (35-44); 39-40 only count drops (aggregated in maps, never ringed)
+    MEM_DIRECT_RECLAIM = 35
+    MEM_MEMCG_RECLAIM = 36
+    MEM_KSWAPD_WAKE = 37
+    MEM_OOM_KILL = 38
+    MEM_FAULT = 39
+    MEM_PAGE_ALLOC = 40
+    # process (45-54); 48 only counts targets the kernel could not add (map full)
+    PROC_EXEC = 45
+    PROC_FORK = 46
+    PROC_EXIT = 47
+    PROC_TARGET = 48
 
 
 EVENT_KIND_MAX = 64

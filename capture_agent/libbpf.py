@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import errno as errno_mod
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,6 +78,9 @@ _sig("bpf_map_update_elem", ctypes.c_int, ctypes.c_int, _p, _p, ctypes.c_uint64)
 _sig("bpf_map_lookup_elem", ctypes.c_int, ctypes.c_int, _p, _p)
 _sig("bpf_map_delete_elem", ctypes.c_int, ctypes.c_int, _p)
 _sig("bpf_map_get_next_key", ctypes.c_int, ctypes.c_int, _p, _p)
+_sig("bpf_map_lookup_and_delete_batch", ctypes.c_int, ctypes.c_int, _p, _p, _p, _p,
+     ctypes.POINTER(ctypes.c_uint32), _p)
+_sig("bpf_obj_get_info_by_fd", ctypes.c_int, ctypes.c_int, _p, ctypes.POINTER(ctypes.c_uint32))
 _sig("bpf_map_create", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
      ctypes.c_uint32, ctypes.c_uint32, _p)
 _sig("bpf_prog_load", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, _p, _sz, _p)
@@ -386,6 +390,52 @@ def map_keys(fd: int, key_size: int) -> list[bytes]:
         _check(rc, "map get_next_key")
         keys.append(nxt.raw)
         prev = ctypes.create_string_buffer(nxt.raw, key_size)
+
+
+def map_lookup_and_delete_batch(fd: int, key_size: int, value_size: int,
+                                max_count: int) -> tuple[bytes, bytes, int]:
+    """Read and delete up to ``max_count`` entries of a hash map in a few syscalls.
+
+    Returns (keys, values, count): ``count`` keys of ``key_size`` bytes and values of
+    ``value_size`` bytes, packed. Entries the kernel adds meanwhile may stay for the next
+    call. The batch token is the kernel's bucket index (a u32); 8 bytes leave room.
+    """
+    keys = ctypes.create_string_buffer(max(1, max_count * key_size))
+    values = ctypes.create_string_buffer(max(1, max_count * value_size))
+    token_in, token_out = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
+    total, first = 0, True
+    while total < max_count:
+        count = ctypes.c_uint32(max_count - total)
+        rc = _lib.bpf_map_lookup_and_delete_batch(
+            fd, None if first else token_in, token_out,
+            ctypes.addressof(keys) + total * key_size,
+            ctypes.addressof(values) + total * value_size, ctypes.byref(count), None)
+        total += int(count.value)
+        if rc == -errno_mod.ENOENT:  # traversal complete
+            break
+        if rc == -errno_mod.ENOSPC:  # one bucket holds more than is left: next call
+            break
+        _check(rc, "map lookup_and_delete_batch")
+        ctypes.memmove(token_in, token_out, 8)
+        first = False
+    return keys.raw[: total * key_size], values.raw[: total * value_size], total
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def map_info(fd: int) -> MapInfo:
+    """Type and sizes of a map by fd (the head of the kernel's struct bpf_map_info)."""
+    buf = ctypes.create_string_buffer(256)  # larger than the kernel's struct: tail stays 0
+    length = ctypes.c_uint32(len(buf))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(length)), "map info")
+    map_type, _id, key_size, value_size, max_entries = struct.unpack_from("<5I", buf.raw)
+    return MapInfo(map_type, key_size, value_size, max_entries)
 
 
 def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:

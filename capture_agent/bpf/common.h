@@ -21,6 +21,30 @@ enum event_kind {
 	EVENT_SCHED_WAKEUP = 3,
 	EVENT_SCHED_WAKEUP_NEW = 4,
 	EVENT_OFFCPU = 5,
+	/* syscalls (10-19) */
+	EVENT_SYSCALL = 10,
+	EVENT_SYSCALL_DATA = 11,
+	EVENT_SYSCALL_DATA_SMALL = 12,
+	/* net (20-29) */
+	EVENT_NET_SEND = 20,
+	EVENT_NET_RECV = 21,
+	EVENT_NET_RETRANSMIT = 22,
+	EVENT_NET_STATE = 23,
+	EVENT_NET_RESET = 24,
+	/* block (30-34) */
+	EVENT_BLOCK_RQ = 30,
+	/* mem (35-44); 39-40 only count drops (aggregated in maps, never ringed) */
+	EVENT_MEM_DIRECT_RECLAIM = 35,
+	EVENT_MEM_MEMCG_RECLAIM = 36,
+	EVENT_MEM_KSWAPD_WAKE = 37,
+	EVENT_MEM_OOM_KILL = 38,
+	EVENT_MEM_FAULT = 39,
+	EVENT_MEM_PAGE_ALLOC = 40,
+	/* process (45-54); 48 only counts targets the kernel could not add (map full) */
+	EVENT_PROC_EXEC = 45,
+	EVENT_PROC_FORK = 46,
+	EVENT_PROC_EXIT = 47,
+	EVENT_PROC_TARGET = 48,
 	/* next family: append here, never renumber */
 	EVENT_KIND_MAX = 64,
 };

@@ -16,11 +16,15 @@ Adding a family ``foo``:
 
 from __future__ import annotations
 
-from capture_agent.families import sched
+from capture_agent.families import block, mem, net, process, sched
 from capture_agent.layouts import Family
 
 FAMILIES: dict[str, Family] = {
     sched.FAMILY.name: sched.FAMILY,
+    net.FAMILY.name: net.FAMILY,
+    block.FAMILY.name: block.FAMILY,
+    mem.FAMILY.name: mem.FAMILY,
+    process.FAMILY.name: process.FAMILY,
 }
 
 __all__ = ["FAMILIES"]

@@ -1,0 +1,397 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Net family: TCP send/recv byte counts, retransmits, state changes and resets, each with
+ * the socket's 4-tuple, attributed to the socket's owner rather than the current task.
+ *
+ * Retransmits, resets and most state changes fire in softirq (timers, packet receive),
+ * where `current` is whatever task the CPU interrupted: on loopback often the *peer*
+ * (DESIGN.md). So the owner comes from a socket map, kept up to date where the current
+ * task is known to act on the socket:
+ *
+ *   sock_send_length / sock_recv_length   process context by construction (the syscall)
+ *   inet_sock_set_state -> SYN_SENT/LISTEN connect() / listen(), under lock_sock
+ *   any event while sk_lock.owned         the lock owner is running this code: it is in
+ *                                         a syscall on the socket or in release_sock()
+ *                                         processing the backlog deferred for it
+ *   LISTEN -> SYN_RECV (a new child)      owner inherited from the listener (by netns and
+ *                                         port) until the accepting process uses it
+ *
+ * Why "owned" means "current is the actor": while a task holds lock_sock(), packet
+ * receive and timers in softirq do not touch the socket; they queue to its backlog or set
+ * a deferred flag, which the owner then runs in release_sock(), as itself. Code running
+ * on an unowned socket is softirq (on loopback often in the peer's task). The test needs
+ * no per-CPU preempt-count symbol (whose home moved between kernels).
+ *
+ * Attach points: tp_btf only (no kprobes/fentry on the target kernels).
+ *   sock:sock_send_length, sock:sock_recv_length   Linux >= 6.3
+ *   tcp:tcp_retransmit_skb (sk, skb, err)          err: recent kernels (6.18 has it)
+ *   tcp:tcp_receive_reset, tcp:tcp_send_reset, sock:inet_sock_set_state
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "common.h"
+#include "net.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+LAYOUT_EXPORT(struct net_event, net_event);
+LAYOUT_EXPORT(enum net_constants, net_constants);
+
+/* uapi constants (macros, hence absent from vmlinux.h) */
+#define AF_INET 2
+#define AF_INET6 10
+#define MSG_PEEK 0x2
+
+/* Sizes are defaults; the loader resizes rings and maps before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} net_events SEC(".maps");
+
+struct sock_owner {
+	__u32 pid;
+	__u32 tid;
+	char comm[TASK_COMM_LEN];
+	__u8 flags; /* NET_FLAG_LISTENER */
+	__u8 __pad[7];
+};
+
+/* struct sock pointer -> the task that last acted on it. LRU: a socket freed without a
+ * CLOSE transition seen (e.g. before the sensor loaded) ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+struct listener_key {
+	__u32 netns; /* network namespace inode number */
+	__u16 port;  /* local port, host order */
+	__u16 __pad;
+};
+
+struct listener_entry {
+	struct sock_owner owner;
+	__u64 sock_id; /* the listening socket (with SO_REUSEPORT: the latest one) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct listener_key);
+	__type(value, struct listener_entry);
+} listeners SEC(".maps");
+
+/* Configuration, set by the loader between open and load. */
+const volatile __u8 record_send = 1;
+const volatile __u8 record_recv = 1;
+/* 1: send/recv records only for targets (owners are still tracked for every socket, and
+ * retransmits, resets and state changes stay system-wide: they are rare) */
+const volatile __u8 net_targets_only = 0;
+
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+/* Timewait and request sockets share only struct sock_common with a full socket. */
+static __always_inline bool is_full_sock(const struct sock *sk)
+{
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+}
+
+/* The current task is the one acting on the socket (see the top of this file). */
+static __always_inline bool owned_by_user(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
+}
+
+static __always_inline void remember_owner(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	__u64 ids = bpf_get_current_pid_tgid();
+	struct sock_owner *known = bpf_map_lookup_elem(&sock_owners, &key);
+	struct sock_owner owner = {};
+
+	/* the common case, a thread sending or receiving again: one lookup */
+	if (known && known->tid == (__u32)ids && !(known->flags & NET_FLAG_LISTENER))
+		return;
+	owner.pid = ids >> 32;
+	owner.tid = (__u32)ids;
+	bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+	bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
+}
+
+static __always_inline struct listener_key listener_key_of(const struct sock *sk)
+{
+	struct listener_key key = {};
+
+	key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	key.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	return key;
+}
+
+static __always_inline void zero_addrs(struct net_event *ev)
+{
+	__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
+	__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
+}
+
+/* The 4-tuple from struct sock_common (valid for full, request and timewait sockets). */
+static __always_inline void fill_tuple(struct net_event *ev, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	zero_addrs(ev);
+	ev->family = family;
+	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		__u32 saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(ev->saddr, &saddr, 4);
+		__builtin_memcpy(ev->daddr, &daddr, 4);
+	}
+}
+
+static __always_inline void clear_owner(struct net_event *ev)
+{
+	ev->pid = 0;
+	ev->tid = 0;
+	__builtin_memset(ev->comm, 0, sizeof(ev->comm));
+}
+
+/*
+ * Who the event belongs to: the current task when it is the actor, else the socket map's
+ * owner, else nobody (flags without NET_FLAG_OWNER).
+ */
+static __always_inline void fill_owner(struct net_event *ev, const struct sock *sk, bool actor)
+{
+	__u64 key = (__u64)sk;
+	struct sock_owner *owner;
+
+	if (actor) {
+		__u64 ids = bpf_get_current_pid_tgid();
+
+		ev->pid = ids >> 32;
+		ev->tid = (__u32)ids;
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+		ev->hdr.flags |= NET_FLAG_OWNER;
+		return;
+	}
+	owner = bpf_map_lookup_elem(&sock_owners, &key);
+	if (!owner) {
+		clear_owner(ev);
+		return;
+	}
+	ev->pid = owner->pid;
+	ev->tid = owner->tid;
+	__builtin_memcpy(ev->comm, owner->comm, TASK_COMM_LEN);
+	ev->hdr.flags |= NET_FLAG_OWNER | NET_FLAG_FROM_MAP | (owner->flags & NET_FLAG_LISTENER);
+}
+
+/*
+ * One net_event for `sk`. full: a full TCP socket (has an owner, a lock and an RTT);
+ * otherwise a request or timewait socket (tuple and state only).
+ */
+static __always_inline void emit(const struct sock *sk, __u16 kind, __u32 bytes, __u8 state,
+				 __u8 old_state, bool full, bool actor)
+{
+	struct net_event *ev;
+
+	ev = EVENT_RESERVE(&net_events, struct net_event, kind, NET_LAYOUT_VERSION);
+	if (!ev)
+		return;
+	ev->sock_id = (__u64)sk;
+	fill_tuple(ev, sk);
+	if (full)
+		fill_owner(ev, sk, actor);
+	else
+		clear_owner(ev);
+	ev->bytes = bytes;
+	ev->srtt_us = full ? BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3 : 0;
+	ev->state = state;
+	ev->old_state = old_state;
+	event_submit(&net_events, ev);
+}
+
+/*
+ * send/recv: the syscall's task is the actor; ret = bytes moved or -errno. The owner is
+ * refreshed even when the record is not wanted: retransmits and resets need it.
+ */
+static __always_inline void on_length(struct sock *sk, int ret, __u16 kind, bool wanted)
+{
+	if (ret <= 0 || !sk || !is_tcp(sk))
+		return;
+	remember_owner(sk);
+	if (!wanted || (net_targets_only && !is_target(bpf_get_current_pid_tgid() >> 32)))
+		return;
+	emit(sk, kind, ret, BPF_CORE_READ(sk, __sk_common.skc_state), 0, true, true);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_sock_send_length, struct sock *sk, int ret, int flags)
+{
+	on_length(sk, ret, EVENT_NET_SEND, record_send);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_sock_recv_length, struct sock *sk, int ret, int flags)
+{
+	/* a peek moves no data: the read that follows counts it */
+	if (!(flags & MSG_PEEK))
+		on_length(sk, ret, EVENT_NET_RECV, record_recv);
+	return 0;
+}
+
+/* Called after each retransmission attempt; err != 0: it did not leave the host. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	if (err || !sk)
+		return 0;
+	emit(sk, EVENT_NET_RETRANSMIT, skb ? BPF_CORE_READ(skb, len) : 0,
+	     BPF_CORE_READ(sk, __sk_common.skc_state), 0, true, owned_by_user(sk));
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_inet_sock_set_state, const struct sock *sk, const int oldstate,
+	     const int newstate)
+{
+	__u64 key = (__u64)sk;
+	bool actor;
+
+	if (!is_tcp(sk))
+		return 0;
+	actor = owned_by_user(sk);
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		/* A child being cloned from its listener (softirq): give it the listener's
+		 * owner, replacing whatever a freed socket at this address left behind. */
+		struct listener_key lkey = listener_key_of(sk);
+		struct listener_entry *l = bpf_map_lookup_elem(&listeners, &lkey);
+
+		if (l) {
+			struct sock_owner owner = l->owner;
+
+			owner.flags = NET_FLAG_LISTENER;
+			bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
+		} else {
+			bpf_map_delete_elem(&sock_owners, &key);
+		}
+		actor = false;
+	} else if (actor) {
+		remember_owner(sk);
+		if (newstate == TCP_LISTEN) {
+			struct listener_key lkey = listener_key_of(sk);
+			struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
+			struct listener_entry l = {};
+
+			if (owner) {
+				l.owner = *owner;
+				l.sock_id = key;
+				bpf_map_update_elem(&listeners, &lkey, &l, BPF_ANY);
+			}
+		}
+	}
+
+	emit(sk, EVENT_NET_STATE, 0, newstate, oldstate, true, actor);
+
+	if (newstate == TCP_CLOSE) {
+		if (oldstate == TCP_LISTEN) {
+			struct listener_key lkey = listener_key_of(sk);
+			struct listener_entry *l = bpf_map_lookup_elem(&listeners, &lkey);
+
+			if (l && l->sock_id == key)
+				bpf_map_delete_elem(&listeners, &lkey);
+		}
+		bpf_map_delete_elem(&sock_owners, &key);
+	}
+	return 0;
+}
+
+/* A reset arrived on `sk` (before the socket is closed). */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(on_tcp_receive_reset, struct sock *sk)
+{
+	if (!sk)
+		return 0;
+	emit(sk, EVENT_NET_RESET, 0, BPF_CORE_READ(sk, __sk_common.skc_state), 0, true,
+	     owned_by_user(sk));
+	return 0;
+}
+
+/* A reset for a packet that matched no socket: the tuple from the packet's headers, seen
+ * from the side that sends the reset (local = the packet's destination). */
+static __always_inline void emit_reset_no_sock(const struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	struct net_event *ev;
+	__u16 ports[2] = {};
+	__u8 version = 0;
+
+	if (!head || bpf_probe_read_kernel(&version, 1, head + nh))
+		return;
+	version >>= 4;
+	if (version != 4 && version != 6)
+		return;
+	ev = EVENT_RESERVE(&net_events, struct net_event, EVENT_NET_RESET, NET_LAYOUT_VERSION);
+	if (!ev)
+		return;
+	ev->hdr.flags = NET_FLAG_NO_SOCK;
+	ev->sock_id = 0;
+	clear_owner(ev);
+	zero_addrs(ev);
+	if (version == 4) {
+		ev->family = AF_INET;
+		bpf_probe_read_kernel(ev->daddr, 4, head + nh + 12); /* iphdr.saddr */
+		bpf_probe_read_kernel(ev->saddr, 4, head + nh + 16); /* iphdr.daddr */
+	} else {
+		ev->family = AF_INET6;
+		bpf_probe_read_kernel(ev->daddr, 16, head + nh + 8);  /* ipv6hdr.saddr */
+		bpf_probe_read_kernel(ev->saddr, 16, head + nh + 24); /* ipv6hdr.daddr */
+	}
+	bpf_probe_read_kernel(ports, sizeof(ports), head + th); /* tcphdr.source, dest */
+	ev->dport = bpf_ntohs(ports[0]);
+	ev->sport = bpf_ntohs(ports[1]);
+	ev->bytes = 0;
+	ev->srtt_us = 0;
+	ev->state = 0;
+	ev->old_state = 0;
+	event_submit(&net_events, ev);
+}
+
+/* Compat: the reason argument (Linux >= 6.10) is not read, so older kernels load too. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(on_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb)
+{
+	bool full;
+
+	if (!sk) {
+		if (skb)
+			emit_reset_no_sock(skb);
+		return 0;
+	}
+	full = is_full_sock(sk);
+	emit(sk, EVENT_NET_RESET, 0, BPF_CORE_READ(sk, __sk_common.skc_state), 0, full,
+	     full && owned_by_user(sk));
+	return 0;
+}

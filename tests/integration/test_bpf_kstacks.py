@@ -1,0 +1,91 @@
+"""Off-CPU kernel stacks symbolised from /proc/kallsyms and classified into wait reasons.
+
+Root only (kallsyms addresses, BPF). tests/programs/pipe_handoff.c: a reader thread blocks
+in read() on a pipe until the writer thread writes ~50 ms later.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from capture_agent import libbpf
+from capture_agent.clock import sample_offset
+from capture_agent.families import sched
+from capture_agent.kallsyms import Kallsyms, KernelStacks, function_name
+from capture_agent.sensor import Sensor, object_path
+from lake.schema import spec
+from tests.support import REPO, require, require_binary, require_root
+
+HANDOFF_MS = 50
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_binary("make")
+    require_binary("cc")
+    out = tmp_path_factory.mktemp("programs")
+    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
+                   check=True)
+    return out
+
+
+def test_a_thread_blocked_in_a_pipe_read_waits_for_reason_pipe(programs: Path) -> None:
+    require_root()
+    require(object_path(sched.FAMILY.object_file).exists(), "sched.bpf.o (run `make bpf`)")
+    symbols = Kallsyms.load()
+    # GIVEN the sched sensor targeting pipe_handoff, whose reader blocks on a pipe
+    config = sched.SchedConfig(min_offcpu_ns=10_000_000, record_switch=False,
+                               record_waking=False, record_wakeup=False)
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        handoff = subprocess.Popen([str(programs / "pipe_handoff"), str(HANDOFF_MS)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert handoff.stdin is not None and handoff.stdout is not None
+            word, pid, reader_tid, _writer = handoff.stdout.readline().split()
+            assert word == "ready"
+            sensor.add_targets([int(pid)])
+            handoff.stdin.write("go\n")
+            handoff.stdin.flush()
+            assert handoff.stdout.readline().startswith("done")
+            assert handoff.wait(timeout=10) == 0
+        finally:
+            if handoff.poll() is None:
+                handoff.kill()
+                handoff.wait()
+        offcpu = sched.offcpu_table(sensor.ring("offcpu_events").drain(), sample_offset())
+        stacks = KernelStacks(symbols, sensor.map_fd("offcpu_stacks"))
+        # WHEN the intervals' stacks are symbolised and classified
+        ts_ns = time.time_ns()
+        kstacks = stacks.resolve(offcpu["kstack_id"], ts_ns)
+        filled = stacks.fill_wait_reason(offcpu)
+        # and the kernel map is cleared of them
+        reader_rows = filled.filter(pc.and_(pc.equal(filled["tid"], int(reader_tid)),
+                                            pc.greater_equal(filled["dur_ns"], 40_000_000)))
+        assert reader_rows.num_rows == 1
+        stack_id = reader_rows["kstack_id"][0].as_py()
+        assert stacks.clear() >= 1
+        stack_map = sensor.map_fd("offcpu_stacks")
+        cleared = libbpf.map_lookup(stack_map, stack_id.to_bytes(4, "little"),
+                                    libbpf.map_info(stack_map).value_size)
+        again = stacks.resolve(offcpu["kstack_id"], ts_ns + 1)
+
+    # THEN the reader's blocked interval waited on the pipe
+    assert reader_rows["wait_reason"].to_pylist() == ["pipe"]
+    # and its kstacks row holds the symbolised frames, the pipe read among them
+    assert kstacks.schema == spec("kstacks").payload_schema
+    row = kstacks.filter(pc.equal(kstacks["stack_id"], stack_id)).to_pylist()
+    assert len(row) == 1 and row[0]["ts_ns"] == ts_ns
+    names = [function_name(f) for f in row[0]["frames"]]
+    assert "schedule" in names
+    assert any(n in ("anon_pipe_read", "pipe_read", "fifo_pipe_read") for n in names), names
+    # and every interval with a stack has a reason; ids read were removed from the map,
+    # but what was learnt stays (no new rows, the reason still known)
+    with_stack = filled.filter(pc.is_valid(filled["kstack_id"]))
+    assert with_stack["wait_reason"].null_count == 0
+    assert cleared is None
+    assert again.num_rows == 0 and stacks.reasons()[stack_id] == "pipe"
