@@ -29,6 +29,7 @@ from capture_agent import procinfo
 from capture_agent.clock import ClockSample, sample_offset
 from capture_agent.errors import CaptureAgentError
 from capture_agent.families import FAMILIES
+from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.lake_sink import LakeSink
 from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
 from capture_agent.sensor import Sensor, object_path
@@ -82,6 +83,7 @@ class Agent:
         self._last_clock = time.monotonic()
         self._reported_drops: dict[str, int] = {}
         self._metrics: MetricsServer | None = None
+        self._stacks: KernelStacks | None = None
         self._otlp: Any = None
         self._otlp_thread: threading.Thread | None = None
         self.otlp_port: int | None = None
@@ -170,6 +172,12 @@ class Agent:
                           batch: np.ndarray) -> None:
         try:
             converted = convert(batch, self.clock)
+            if table == "offcpu" and self._stacks is not None:
+                # Symbolise the new stacks once, then say why each interval waited.
+                stacks = self._stacks.resolve(converted.column("kstack_id"), time.time_ns())
+                self.sink.submit("kstacks", stacks)
+                converted = self._stacks.fill_wait_reason(converted)
+                self._stacks.clear()
         except CaptureAgentError as err:  # e.g. records of another layout version
             log.error("cannot convert %d %s records: %s", len(batch), table, err)
             self.sink.count_loss(table, "convert_failed", len(batch))
@@ -220,14 +228,19 @@ class Agent:
         shared: dict[str, int] = {}
         for name in names:
             module = importlib.import_module(f"capture_agent.families.{name}")
-            spec = module.sensor_spec(self._family_config(name, module), shared_maps=shared)
+            spec_config = self._family_config(name, module)
+            spec = module.sensor_spec(spec_config, shared_maps=shared)
             sensor = Sensor(spec)
             sensor.load()
             self.families.append(LoadedFamily(name, module, sensor))
             if "targets" not in shared:
                 # One targets map for every sensor: a target is a target everywhere.
                 shared = {"targets": sensor.map_fd("targets")}
-            self.config.targets.configure(sensor)
+            apply_targeting = getattr(module, "apply_targeting", None)
+            if apply_targeting is not None:  # exec-by-comm and cgroup rules, in the kernel
+                apply_targeting(sensor, spec_config)
+            if name == "sched":
+                self._stacks = KernelStacks(Kallsyms.load(), sensor.map_fd("offcpu_stacks"))
         for fam in self.families:
             fam.sensor.attach()
 
@@ -239,6 +252,8 @@ class Agent:
         if config_cls is None:
             return None
         wanted = {
+            "target_comms": tuple(self.config.targets.comms),
+            "target_cgroups": tuple(self.config.targets.cgroup_dirs()),
             "min_offcpu_ns": self.config.min_offcpu_ns,
             "target_all": self.config.targets.everything,
             "capture_payloads": self.config.payloads,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from capture_agent import procinfo
-from capture_agent.errors import BpfMapError, CaptureAgentError
-from capture_agent.sensor import Sensor
+from capture_agent.errors import CaptureAgentError
 
 TASK_COMM_LEN = 16
 
@@ -35,50 +35,29 @@ class Targets:
             if not os.path.exists(f"/proc/{pid}"):
                 raise CaptureAgentError(f"--pid {pid}: no such process")
         for path in self.cgroups:
-            if procinfo.cgroup_id(path) is None:
-                raise CaptureAgentError(f"--cgroup {path}: no such cgroup under "
-                                        f"{procinfo.CGROUP_ROOT}")
+            if _cgroup_dir(path) is None:
+                raise CaptureAgentError(f"--cgroup {path}: no such cgroup directory "
+                                        f"(a path under {procinfo.CGROUP_ROOT} or absolute)")
 
     @property
     def any(self) -> bool:
         return bool(self.pids or self.comms or self.cgroups or self.everything)
 
-    def cgroup_ids(self) -> list[int]:
-        return [i for i in (procinfo.cgroup_id(p) for p in self.cgroups) if i is not None]
-
-    def configure(self, sensor: Sensor) -> None:
-        """Give the kernel the comm and cgroup rules, if this sensor holds those maps."""
-        for map_name, keys in (
-            ("target_comms", [c.encode().ljust(TASK_COMM_LEN, b"\0") for c in self.comms]),
-            ("target_cgroups", [i.to_bytes(8, "little") for i in self.cgroup_ids()]),
-        ):
-            if not keys:
-                continue
-            try:
-                fd = sensor.map_fd(map_name)
-            except BpfMapError:
-                continue  # this family does not do exec/cgroup targeting
-            from capture_agent import libbpf
-
-            for key in keys:
-                libbpf.map_update(fd, key, b"\x01")
+    def cgroup_dirs(self) -> list[str]:
+        """The cgroup directories, absolute (v1 memory or v2 unified, as given)."""
+        return [str(d) for d in (_cgroup_dir(p) for p in self.cgroups) if d is not None]
 
     def match_running(self) -> list[int]:
         """Running processes that are targets, with all their descendants."""
         if self.everything:
             return []  # the kernel's target_all flag covers every process
-        wanted_cgroups = tuple(p.rstrip("/") for p in self.cgroups)
         parents: dict[int, int] = {}
-        roots: set[int] = set(self.pids)
+        roots: set[int] = set(self.pids) | self._pids_in_cgroups()
         for pid in procinfo.all_pids():
             info = procinfo.read_process(pid, with_env=False)
             if info.ppid is not None:
                 parents[pid] = info.ppid
             if info.comm in self.comms:
-                roots.add(pid)
-            elif wanted_cgroups and info.cgroup and any(
-                info.cgroup == c or info.cgroup.startswith(c + "/") for c in wanted_cgroups
-            ):
                 roots.add(pid)
         found = set(roots)
         changed = True
@@ -89,3 +68,22 @@ class Targets:
                     found.add(pid)
                     changed = True
         return sorted(found)
+
+    def _pids_in_cgroups(self) -> set[int]:
+        """Members of the target cgroups and their descendant cgroups (any hierarchy)."""
+        found: set[int] = set()
+        for top in self.cgroup_dirs():
+            for procs in Path(top).rglob("cgroup.procs"):
+                try:
+                    found.update(int(x) for x in procs.read_text().split())
+                except OSError:
+                    continue  # a cgroup removed while we walk
+        return found
+
+
+def _cgroup_dir(path: str) -> Path | None:
+    """An existing cgroup directory: absolute as given, or relative to the cgroup root."""
+    for candidate in (Path(path), procinfo.CGROUP_ROOT / path.lstrip("/")):
+        if candidate.is_absolute() and (candidate / "cgroup.procs").exists():
+            return candidate
+    return None
