@@ -135,12 +135,62 @@ def check_sensor(family: Family, spec: SensorSpec | None = None) -> list[Check]:
     return checks
 
 
+ATTACH_KINDS = Family(name="attach kinds", object_file="attach_kinds.bpf.o", structs={})
+_ATTACH_KIND_WHY = {
+    "kprobe": "kprobes are not available to BPF here; kprobe uses tracepoints instead",
+    "fentry": "fentry/fexit (BPF trampolines) are refused here; kprobe uses tp_btf instead",
+}
+
+
+def check_attach_kinds() -> list[Check]:
+    """Each kind of attach point alone (kprobe, fentry, tracepoint, raw_tp, tp_btf).
+
+    Informational: the agent only needs tp_btf (and tracepoints for some programs); this
+    tells what else a future family could use on this kernel, and why not when it fails.
+    """
+    path = object_path(ATTACH_KINDS.object_file)
+    if not path.exists():
+        return [Check("attach kinds", False, f"{path} not built (run `make bpf`)",
+                      required=False)]
+    probe = Sensor(SensorSpec(family=ATTACH_KINDS))
+    try:
+        programs = [name for name, _ in _list_programs(probe)]
+    except BpfError as e:
+        return [Check("attach kinds", False, str(e), required=False)]
+    checks = []
+    for program in programs:
+        kind = program.removeprefix("probe_")
+        others = frozenset(p for p in programs if p != program)
+        sensor = Sensor(SensorSpec(family=ATTACH_KINDS, disabled=others))
+        try:
+            sensor.load()
+            sensor.attach_program(program)
+            checks.append(Check(f"attach kind {kind}", True, "loads and attaches",
+                                required=False))
+        except BpfError as e:
+            why = _ATTACH_KIND_WHY.get(kind, "")
+            detail = f"refused: {_errno_text(e.errno)}" + (f"; {why}" if why else "")
+            checks.append(Check(f"attach kind {kind}", False, detail, required=False))
+        finally:
+            sensor.close()
+    return checks
+
+
+def _list_programs(sensor: Sensor) -> list[tuple[str, str]]:
+    """(name, section) of every program in the object, without loading any."""
+    obj = sensor.open()
+    try:
+        return [(p.name, p.section) for p in obj.programs()]
+    finally:
+        obj.close()
+
+
 def run_checks() -> list[Check]:
     """Every check, in dependency order; BPF checks are skipped without BPF permission."""
     checks = [check_btf(), check_tracefs(), check_bpf_permission()]
     if not checks[-1].ok:
         return [*checks, Check("BPF checks", False, "skipped: no BPF permission")]
-    steps: list[Callable[[], list[Check]]] = [lambda: [check_ringbuf()]]
+    steps: list[Callable[[], list[Check]]] = [lambda: [check_ringbuf()], check_attach_kinds]
     for family in FAMILIES.values():
         steps.append(functools.partial(_one, check_layouts, family))
         steps.append(functools.partial(check_sensor, family))

@@ -119,4 +119,8 @@ def test_doctor_reports_this_host(tmp_path: Path) -> None:
     checks = json.loads(proc.stdout)
     by_name = {c["name"]: c for c in checks}
     assert by_name["kernel BTF"]["ok"]
+    assert by_name["attach kind tp_btf"]["ok"]  # what every family relies on
+    for kind in ("kprobe", "fentry"):  # said either way, with the kernel's reason if refused
+        check = by_name[f"attach kind {kind}"]
+        assert check["ok"] or check["detail"].startswith("refused: ")
     assert proc.returncode == (1 if any(c["required"] and not c["ok"] for c in checks) else 0)
