@@ -30,7 +30,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(_ANSI.sub("", str(err)).replace("↳", ":").split())
-    return text[:300] + ("…" if len(text) > 300 else "")
+    # Object-store errors put the useful part (SignatureDoesNotMatch, Connection refused)
+    # at the end of a long chain: keep both ends.
+    return text if len(text) <= 300 else f"{text[:120]} … {text[-170:]}"
 
 
 @contextmanager

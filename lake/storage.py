@@ -18,7 +18,9 @@ DEFAULT_LAKE_URI = "file:///var/lib/kprobe/lake"
 class LakeSettings(BaseSettings):
     """Lake location and S3 credentials, from ``KPROBE_*`` (or the usual ``AWS_*``) env."""
 
-    model_config = SettingsConfigDict(env_prefix="KPROBE_", extra="ignore")
+    # populate_by_name: LakeSettings(s3_endpoint=...) must work, not only the env aliases
+    model_config = SettingsConfigDict(env_prefix="KPROBE_", extra="ignore",
+                                      populate_by_name=True)
 
     lake: str = DEFAULT_LAKE_URI
     node: str = Field(default_factory=socket.gethostname)

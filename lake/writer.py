@@ -109,7 +109,9 @@ class LakeWriter:
                     last_error = err
                     time.sleep(0.05 * (attempt + 1))
                     continue
-                dt.update_incremental()
+                # write_deltalake leaves ``dt`` at the version it committed: no re-read of
+                # the log (a LIST per commit on S3), and the version is ours, not whatever
+                # another writer committed since.
                 return CommitResult(batch.table, batch.batch_id, rows, dt.version())
         raise LakeUnavailable(f"append to {batch.table} failed after retries: {last_error}")
 
