@@ -1,0 +1,130 @@
+"""One window, end to end: load -> timelines -> spans on threads -> decomposition ->
+causes (following holders and servers level by level) -> domain -> root causes -> graph.
+
+``analyze_window`` is a plain function of its inputs; ``run_window`` also publishes the
+graph snapshot. The Ray driver runs ``run_window`` as a task per window and writes the
+returned causal edges to the lake in one place (``write_edges``), so concurrent windows
+never race on the ``causal_edges`` table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+import lake
+from compute import assemble, causes, decompose, domain, rootcause, spanmap, timeline
+from compute.domain import Rules
+from compute.graph import store
+from compute.settings import ComputeSettings
+from compute.sql import scalar_row, sql_list
+from compute.window import Window, load
+from lake.deltaio import open_table, translate_errors
+
+
+@dataclass
+class WindowOutput:
+    """What a window's analysis returns to the driver (small: no graph tables)."""
+
+    window: Window
+    edges: pa.Table  # rows for the lake's causal_edges
+    summary: dict[str, Any] = field(default_factory=dict)
+    graph_uri: str | None = None
+
+
+@dataclass
+class WindowAnalysis:
+    window: Window
+    tables: dict[str, pa.Table]  # graph node tables and "rels"
+    edges: pa.Table
+    summary: dict[str, Any]
+
+
+def analyze_window(location: lake.LakeLocation, window: Window, settings: ComputeSettings,
+                   rules: Rules | None = None) -> WindowAnalysis:
+    """Analyse one window (reads the lake, writes nothing)."""
+    rules = rules or domain.load_rules(settings.rules_path)
+    started = time.perf_counter()
+    loaded = load(location, window, settings)
+    con = loaded.con
+    try:
+        timeline.names(con)
+        spanmap.build(con, settings)
+        causes.create_tables(con)
+        decompose.create_tables(con)
+        causes.remote.implicit_servers(con, settings)
+        timeline.relevant(con, settings)
+        timeline.build(con, loaded.range_end_ns, settings)
+        causes.prepare(con, settings)
+        for level in range(settings.max_chain_depth + 1):
+            pending = scalar_row(con, f"SELECT count(*) FROM spans_all WHERE level = {level}")
+            if not pending[0]:
+                break
+            decompose.build(con, settings, level)
+            causes.attribute(con, settings, level)
+        domain.build(con, rules, loaded.range_start_ns, loaded.range_end_ns)
+        rootcause.build(con, settings)
+        causes.remote.sent_to(con)
+        assemble.structural_rels(con)
+        tables = assemble.graph_tables(con, rules)
+        edges = assemble.causal_edge_rows(con, window)
+        summary = _summary(con, window, loaded.owned_spans)
+    finally:
+        con.close()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return WindowAnalysis(window, tables, edges, summary)
+
+
+def run_window(location: lake.LakeLocation, window: Window, settings: ComputeSettings,
+               rules: Rules | None = None, publish_graph: bool = True) -> WindowOutput:
+    """Analyse one window and publish its graph snapshot (the unit of work of a Ray task)."""
+    analysis = analyze_window(location, window, settings, rules)
+    uri = store.publish(location, window, analysis.tables, settings) if publish_graph else None
+    return WindowOutput(window, analysis.edges, analysis.summary, uri)
+
+
+def write_edges(location: lake.LakeLocation, outputs: list[WindowOutput]) -> int:
+    """Replace the causal_edges rows of these windows with the new ones; returns rows written.
+
+    Re-analysing a window (new rules, late data) must not duplicate its edges: its old rows
+    are deleted first (Delta delete), then the new rows appended, one commit per node label.
+    """
+    if not outputs:
+        return 0
+    ids = [o.window.id for o in outputs]
+    with translate_errors("replace causal_edges"):
+        table = open_table(location, "causal_edges")
+        if table is not None:
+            table.delete(f"window IN {sql_list(ids)}")
+    written = 0
+    by_label: dict[str, list[pa.Table]] = {}
+    for output in outputs:
+        by_label.setdefault(output.window.node_label, []).append(output.edges)
+    for label, parts in by_label.items():
+        rows = pa.concat_tables(parts)
+        writer = lake.LakeWriter(location, node=label)
+        writer.ensure_tables(["causal_edges"])
+        if rows.num_rows:
+            writer.append("causal_edges", rows)
+            written += rows.num_rows
+    return written
+
+
+def _summary(con: Any, window: Window, owned: int) -> dict[str, Any]:
+    row = scalar_row(con, """
+        SELECT (SELECT count(*) FROM spans_all WHERE origin = 'otel'),
+               (SELECT count(*) FROM spans_all WHERE origin <> 'otel'),
+               (SELECT count(*) FROM spans_all WHERE tid IS NOT NULL AND origin = 'otel'),
+               (SELECT count(*) FROM span_domain d JOIN spans_all s USING (span_key)
+                WHERE d.failed AND s.owned),
+               (SELECT count(*) FROM rels WHERE rel = 'DELAYED_BY'),
+               (SELECT count(DISTINCT dst) FROM rels WHERE dst_label = 'KernelEpisode'),
+               (SELECT count(*) FROM root_causes WHERE rank = 1),
+               (SELECT count(*) FROM span_domain WHERE concept IS NOT NULL)
+    """)
+    keys = ("spans", "synthetic_spans", "spans_on_threads", "failures", "cause_edges",
+            "episodes", "root_causes", "domain_events")
+    return {"window": window.id, "owned_spans": owned, **dict(zip(keys, row or ()))}

@@ -1,0 +1,66 @@
+"""Cause attribution: one module per kind of cause, each pure SQL over the window's tables.
+
+Every cause is an edge ``DELAYED_BY`` from the delayed span to what delayed it, with
+``delay_ns`` (time of the span that this cause took) and ``evidence`` (the lake rows that
+show it, as JSON row references: table, ts_ns, tid and the values that matter). Causes that
+are themselves caused (a memory-pressure episode driven by a batch job) get ``CAUSED_BY``
+edges from the episode to the processes that drove it.
+
+    memory   reclaim inside the operation; the pressure episode; the allocating processes
+    cpu      run-queue wait; the threads that held the CPU meanwhile
+    disk     blocked on block I/O; the device's busy period; the processes issuing I/O
+    network  retransmits and resets on the operation's own connection
+    lock     futex/pipe waits; the waker thread, what it was doing, and (one hop further)
+             the waker's own causes during the wait (a synthetic "holder" span)
+    remote   child spans in other threads/processes; without a child span, the server side
+             found by matching the connection's send->recv across processes
+
+Tables (temporary, shared by all modules):
+    rels(rel, src_label, src, dst_label, dst, kind, delay_ns, rank, count, bytes, evidence)
+    episodes(id, kind, subkind, node, start_ns, end_ns, memcg, dev, conn, weight_ns, detail)
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from compute.causes import cpu, disk, lock, memory, network, remote
+from compute.settings import ComputeSettings
+from compute.sql import execute
+
+# Kinds that count as causes of a delay (the rest are links in a chain).
+KERNEL_KINDS = ("memory_pressure", "cpu_contention", "disk", "network", "network_reset",
+                "lock_wait")
+LINK_KINDS = ("remote_call", "thread_handoff", "lock_holder")
+
+
+def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    execute(con, "cause tables", """
+        CREATE TEMP TABLE rels (rel VARCHAR, src_label VARCHAR, src VARCHAR,
+            dst_label VARCHAR, dst VARCHAR, kind VARCHAR, delay_ns BIGINT, rank BIGINT,
+            count BIGINT, bytes BIGINT, evidence VARCHAR)
+    """, """
+        CREATE TEMP TABLE episodes (id VARCHAR, kind VARCHAR, subkind VARCHAR, node VARCHAR,
+            start_ns BIGINT, end_ns BIGINT, memcg BIGINT, dev VARCHAR, conn VARCHAR,
+            weight_ns BIGINT, detail VARCHAR)
+    """)
+
+
+def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
+    """Window-wide facts independent of spans: pressure episodes, disk busy periods..."""
+    memory.prepare(con, settings)
+    disk.prepare(con, settings)
+    network.prepare(con, settings)
+
+
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
+    """Causes of the spans of chain ``level`` (already decomposed)."""
+    memory.attribute(con, settings, level)
+    cpu.attribute(con, settings, level)
+    disk.attribute(con, settings, level)
+    network.attribute(con, settings, level)
+    remote.attribute_children(con, settings, level)
+    lock.attribute(con, settings, level)
+
+
+__all__ = ["KERNEL_KINDS", "LINK_KINDS", "attribute", "create_tables", "prepare", "remote"]

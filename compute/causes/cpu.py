@@ -1,0 +1,40 @@
+"""CPU contention: the threads that held the CPU while the operation's thread was runnable.
+
+A runnable piece waits for one CPU: the one it was preempted on or queued to, which is where
+it is switched in next (``cpu`` of the runnable interval). Whoever ``cpu_intervals`` says ran
+there meanwhile held it. One ``DELAYED_BY`` span -> thread edge per holder, with the time
+it held the CPU while the span waited.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from compute.settings import ComputeSettings
+from compute.sql import evidence_list, execute, overlap_join
+
+
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
+    holders = overlap_join(
+        f"(SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e FROM span_pieces p"
+        f" JOIN spans_all sp USING (span_key)"
+        f" WHERE sp.level = {level} AND p.state = 'runnable' AND p.cpu IS NOT NULL)",
+        "cpu_intervals", ("node", "cpu"), settings.join_bucket_ns,
+        select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
+               " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e",
+        where="r.tid <> l.tid")
+    limit = settings.max_evidence_rows
+    execute(con, "cpu contention", f"""
+        INSERT INTO rels
+        SELECT 'DELAYED_BY', 'Span', span_key, 'Thread', node || ':' || holder_tid,
+               'cpu_contention', delay_ns,
+               row_number() OVER (PARTITION BY span_key ORDER BY delay_ns DESC), n, NULL,
+               json_object('holder_pid', holder_pid, 'holder_tid', holder_tid,
+                           'sched', evidence)
+        FROM (SELECT span_key, node, holder_tid, any_value(holder_pid) AS holder_pid,
+                     sum(e - s) AS delay_ns, count(*) AS n,
+                     {evidence_list("{'cpu': cpu, 'ts_ns': s, 'dur_ns': e - s}", "s",
+                                    limit)}::JSON AS evidence
+              FROM ({holders}) GROUP BY span_key, node, holder_tid)
+        WHERE delay_ns >= {settings.min_delay_ns}
+    """)

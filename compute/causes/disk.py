@@ -1,0 +1,122 @@
+"""Disk: time blocked on block I/O, the device's busy period, and who kept it busy.
+
+Block requests (issue -> complete) on one device that overlap form a busy period: a disk
+episode. An operation blocked with reason ``disk`` during a busy period was delayed by it
+(restricted to the devices its own process used, when it issued requests itself). Drivers
+are the processes with the most bytes in the episode (``CAUSED_BY`` episode -> process):
+a writer doing buffered rewrites plus fdatasync makes another process's fsync wait.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from compute.settings import ComputeSettings
+from compute.sql import evidence_list, execute, merged, overlap_join
+
+
+def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
+    execute(con, "disk episodes", """
+        CREATE TEMP TABLE disk_rows AS
+        SELECT node, coalesce(dev, '?') AS dev, pid::BIGINT AS pid, tid::BIGINT AS tid, comm,
+               ts_ns AS s, ts_ns + greatest(coalesce(dur_ns, 0), 1) AS e,
+               coalesce(bytes, 0) AS bytes, rwbs, sector
+        FROM w_block_io
+    """, f"""
+        CREATE TEMP TABLE disk_busy AS
+        SELECT node, dev, s, e, 'disk:' || node || ':' || dev || ':' || s AS episode_id
+        FROM {merged("disk_rows", ("node", "dev"))}
+    """, """
+        CREATE TEMP TABLE disk_rows_ep AS
+        SELECT r.*, b.episode_id
+        FROM disk_rows r ASOF JOIN disk_busy b
+          ON r.node = b.node AND r.dev = b.dev AND r.s >= b.s
+    """)
+
+
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
+    bucket = settings.join_bucket_ns
+    limit = settings.max_evidence_rows
+    pieces = (f"(SELECT p.span_key, p.node, p.tid, sp.pid, p.s, p.e FROM span_pieces p"
+              f" JOIN spans_all sp USING (span_key)"
+              f" WHERE sp.level = {level} AND p.state = 'blocked' AND p.reason = 'disk')")
+    own = overlap_join(pieces, "disk_rows", ("node",), bucket,
+                       select="DISTINCT l.span_key, r.dev", where="r.pid = l.pid")
+    hit = overlap_join(pieces, "disk_busy", ("node",), bucket,
+                       select="l.span_key, l.node, r.dev, r.episode_id,"
+                              " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e")
+    execute(con, "disk attribution", f"""
+        CREATE TEMP TABLE k_pieces AS {pieces}
+    """, f"""
+        CREATE TEMP TABLE k_own AS {own}
+    """, f"""
+        CREATE TEMP TABLE k_hits AS
+        SELECT h.* FROM ({hit}) h
+        WHERE NOT EXISTS (SELECT 1 FROM k_own o WHERE o.span_key = h.span_key)
+           OR EXISTS (SELECT 1 FROM k_own o WHERE o.span_key = h.span_key AND o.dev = h.dev)
+    """, """
+        -- blocked on disk with no block request seen: an episode of its own
+        INSERT INTO k_hits
+        SELECT span_key, node, '?', 'disk:' || node || ':?:' || min(s) OVER (
+                   PARTITION BY span_key), s, e
+        FROM k_pieces WHERE span_key NOT IN (SELECT span_key FROM k_hits)
+    """, """
+        INSERT INTO episodes
+        SELECT b.episode_id, 'disk', 'block_io', b.node, b.s, b.e, NULL, b.dev, NULL,
+               b.e - b.s,
+               to_json({'requests': count(r.s), 'bytes': coalesce(sum(r.bytes), 0),
+                         'pids': list(DISTINCT r.pid)[1:20]})
+        FROM disk_busy b LEFT JOIN disk_rows_ep r USING (episode_id)
+        WHERE b.episode_id IN (SELECT episode_id FROM k_hits)
+          AND b.episode_id NOT IN (SELECT id FROM episodes)
+        GROUP BY b.episode_id, b.node, b.s, b.e, b.dev
+    """, """
+        INSERT INTO episodes
+        SELECT episode_id, 'disk', 'unseen_io', any_value(node), min(s), max(e), NULL, '?',
+               NULL, sum(e - s), to_json({'requests': 0})
+        FROM k_hits WHERE dev = '?' AND episode_id NOT IN (SELECT id FROM episodes)
+        GROUP BY episode_id
+    """, f"""
+        INSERT INTO rels
+        SELECT 'DELAYED_BY', 'Span', h.span_key, 'KernelEpisode', h.episode_id, 'disk',
+               h.delay_ns, NULL, h.n, own.bytes,
+               json_object('offcpu', h.waits, 'block_io', coalesce(own.rows, '[]'::JSON),
+                           'own_bytes', coalesce(own.bytes, 0))
+        FROM (SELECT span_key, episode_id, sum(e - s) AS delay_ns, count(*) AS n,
+                     {evidence_list("{'ts_ns': s, 'dur_ns': e - s, 'wait_reason': 'disk'}",
+                                    "s", limit)}::JSON AS waits
+              FROM k_hits GROUP BY span_key, episode_id) h
+        LEFT JOIN (
+            SELECT k.span_key, r.episode_id, sum(r.bytes) AS bytes,
+                   {evidence_list("{'ts_ns': r.s, 'dur_ns': r.e - r.s, 'tid': r.tid,"
+                                  " 'bytes': r.bytes, 'rwbs': r.rwbs, 'dev': r.dev}",
+                                  "r.s", limit)}::JSON AS rows
+            FROM (SELECT DISTINCT span_key, node, pid FROM k_pieces) k
+            JOIN disk_rows_ep r ON r.node = k.node AND r.pid = k.pid
+            WHERE r.episode_id IN (SELECT episode_id FROM k_hits h2
+                                   WHERE h2.span_key = k.span_key)
+            GROUP BY k.span_key, r.episode_id) own USING (span_key, episode_id)
+        WHERE h.delay_ns >= {settings.min_delay_ns}
+    """, f"""
+        INSERT INTO rels
+        SELECT 'CAUSED_BY', 'KernelEpisode', episode_id, 'Process', node || ':' || pid,
+               'disk_driver', CAST(round(weight_ns * bytes / nullif(total, 0)) AS BIGINT),
+               rank, n, bytes,
+               json_object('bytes', bytes, 'requests', n,
+                           'share', round(bytes / nullif(total, 0), 4), 'block_io', rows)
+        FROM (
+            SELECT *, sum(bytes) OVER (PARTITION BY episode_id) AS total,
+                   row_number() OVER (PARTITION BY episode_id ORDER BY bytes DESC, pid)
+                     AS rank
+            FROM (SELECT r.episode_id, r.node, r.pid, any_value(ep.weight_ns) AS weight_ns,
+                         sum(r.bytes) AS bytes, count(*) AS n,
+                         {evidence_list("{'ts_ns': r.s, 'dur_ns': r.e - r.s, 'tid': r.tid,"
+                                        " 'bytes': r.bytes, 'rwbs': r.rwbs}", "r.s",
+                                        limit)}::JSON AS rows
+                  FROM disk_rows_ep r JOIN episodes ep ON ep.id = r.episode_id
+                  WHERE r.pid > 0
+                    AND r.episode_id IN (SELECT dst FROM rels WHERE kind = 'disk')
+                    AND r.episode_id NOT IN (SELECT src FROM rels WHERE kind = 'disk_driver')
+                  GROUP BY r.episode_id, r.node, r.pid))
+        WHERE rank <= {settings.max_drivers}
+    """, "DROP TABLE k_pieces", "DROP TABLE k_own", "DROP TABLE k_hits")

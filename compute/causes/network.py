@@ -1,0 +1,99 @@
+"""Network: TCP retransmits and resets on the operation's own connection.
+
+Retransmits fire in softirq context, so they are matched by 4-tuple (never by the pid they
+happen to carry). A retransmitted segment waited from the last send on that connection
+before it (the original transmission) to the retransmit: that wait, clipped to the span,
+is the delay. Without a preceding send in view, Linux's minimum RTO (200 ms) bounds it.
+Retransmits on one connection no further apart than ``net_episode_gap_ns`` form one network
+episode. A reset on the connection is recorded as a cause with no delay: it explains an
+error, not a slowness.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from compute.settings import ComputeSettings
+from compute.sql import evidence_list, execute, merged
+
+MIN_RTO_NS = 200_000_000
+
+
+def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
+    gap = settings.net_episode_gap_ns
+    execute(con, "network episodes", f"""
+        CREATE TEMP TABLE net_trouble AS
+        WITH r AS (
+            SELECT node, ts_ns AS ts, kind, pid::BIGINT AS pid, tid::BIGINT AS tid, saddr,
+                   sport::BIGINT AS sport, daddr, dport::BIGINT AS dport, srtt_us,
+                   least(sport, dport)::BIGINT AS lo_port,
+                   greatest(sport, dport)::BIGINT AS hi_port,
+                   CASE WHEN sport <= dport THEN saddr || ':' || sport || '-' || daddr || ':'
+                             || dport
+                        ELSE daddr || ':' || dport || '-' || saddr || ':' || sport END AS conn
+            FROM w_net WHERE kind IN ('retransmit', 'reset') AND sport IS NOT NULL
+              AND dport IS NOT NULL),
+        f AS (
+            SELECT *, CASE WHEN ts <= lag(ts) OVER (PARTITION BY node, conn, kind ORDER BY ts)
+                                     + {gap} THEN 0 ELSE 1 END AS _new
+            FROM r),
+        g AS (
+            SELECT *, sum(_new) OVER (PARTITION BY node, conn, kind ORDER BY ts
+                                      ROWS UNBOUNDED PRECEDING) AS ep
+            FROM f)
+        SELECT g.*, 'net:' || g.node || ':' || g.conn || ':' || g.kind || ':'
+                    || min(g.ts) OVER (PARTITION BY g.node, g.conn, g.kind, g.ep)
+                      AS episode_id,
+               s.ts_ns AS sent_ts
+        FROM g ASOF LEFT JOIN (SELECT node, ts_ns, saddr, sport::BIGINT AS sport, daddr,
+                                      dport::BIGINT AS dport
+                               FROM w_net WHERE kind = 'send') s
+          ON g.node = s.node AND g.saddr = s.saddr AND g.sport = s.sport
+             AND g.daddr = s.daddr AND g.dport = s.dport AND g.ts > s.ts_ns
+    """)
+
+
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
+    limit = settings.max_evidence_rows
+    execute(con, "network attribution", f"""
+        CREATE TEMP TABLE n_hits AS
+        SELECT sp.span_key, t.episode_id, t.kind, t.node, t.conn, t.ts,
+               CASE WHEN t.kind = 'reset' THEN t.ts
+                    ELSE greatest(sp.s, coalesce(t.sent_ts, t.ts - {MIN_RTO_NS})) END AS s,
+               least(t.ts, sp.e) AS e, t.saddr, t.sport, t.daddr, t.dport, t.srtt_us
+        FROM spans_all sp
+        JOIN net_trouble t
+          ON t.node = sp.node
+         AND t.lo_port = least(sp.conn_lport, sp.conn_rport)
+         AND t.hi_port = greatest(sp.conn_lport, sp.conn_rport)
+         AND t.ts >= sp.s AND t.ts <= sp.e
+        WHERE sp.level = {level} AND sp.conn_lport IS NOT NULL AND sp.conn_rport IS NOT NULL
+          AND ((t.saddr = sp.conn_laddr AND t.daddr = sp.conn_raddr)
+               OR (t.saddr = sp.conn_raddr AND t.daddr = sp.conn_laddr))
+    """, """
+        INSERT INTO episodes
+        SELECT episode_id, 'network', any_value(kind), any_value(node), min(ts), max(ts),
+               NULL, NULL, any_value(conn), sum(ts - coalesce(sent_ts, ts)),
+               to_json({'count': count(*), 'srtt_us': max(srtt_us)})
+        FROM net_trouble
+        WHERE episode_id IN (SELECT episode_id FROM n_hits)
+          AND episode_id NOT IN (SELECT id FROM episodes)
+        GROUP BY episode_id
+    """, f"""
+        INSERT INTO rels
+        SELECT 'DELAYED_BY', 'Span', h.span_key, 'KernelEpisode', h.episode_id,
+               CASE WHEN h.kind = 'reset' THEN 'network_reset' ELSE 'network' END,
+               coalesce(d.delay_ns, 0), NULL, h.n, NULL,
+               json_object('conn', h.conn, 'net', h.rows)
+        FROM (SELECT span_key, episode_id, any_value(kind) AS kind, any_value(conn) AS conn,
+                     count(*) AS n,
+                     {evidence_list("{'ts_ns': ts, 'kind': kind, 'saddr': saddr,"
+                                    " 'sport': sport, 'daddr': daddr, 'dport': dport}",
+                                    "ts", limit)}::JSON AS rows
+              FROM n_hits GROUP BY span_key, episode_id) h
+        LEFT JOIN (SELECT span_key, episode_id, sum(e - s) AS delay_ns
+                   FROM {merged("(SELECT * FROM n_hits WHERE kind = 'retransmit')",
+                                ("span_key", "episode_id"))}
+                   GROUP BY span_key, episode_id) d USING (span_key, episode_id)
+        WHERE h.kind = 'reset' OR coalesce(d.delay_ns, 0) >= {settings.min_delay_ns}
+    """, "DROP TABLE n_hits")

@@ -1,0 +1,71 @@
+"""Each span's duration split into on-CPU, run-queue wait and blocked time by reason.
+
+The span is overlapped with its thread's state intervals (a bucketed interval join, see
+``compute.sql``). Time the timeline does not cover (before the first switch seen, a thread
+known only by offcpu rows, a span mapped to no thread) is ``unknown``; the parts always sum
+to the span's duration.
+
+Outputs (appended per chain level):
+    span_pieces(span_key, node, tid, s, e, state, reason, cpu, waker_pid, waker_tid)
+        the span's time on its thread, cut by state; running pieces are not kept
+    span_breakdown(span_key, on_cpu_ns, runqueue_ns, blocked_ns, unknown_ns,
+                   blocked_<reason>_ns for every reason)
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from compute.settings import ComputeSettings
+from compute.sql import execute, overlap_join
+
+# offcpu wait_reason values (the capture agent's classification by kernel stack)
+REASONS: tuple[str, ...] = ("reclaim", "page_fault_io", "disk", "futex", "socket", "pipe",
+                            "sleep", "other")
+
+
+def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    reason_cols = ", ".join(f"blocked_{r}_ns BIGINT" for r in REASONS)
+    execute(con, "decomposition", """
+        CREATE TEMP TABLE span_pieces (span_key VARCHAR, node VARCHAR, tid BIGINT, s BIGINT,
+            e BIGINT, state VARCHAR, reason VARCHAR, cpu INTEGER, waker_pid BIGINT,
+            waker_tid BIGINT)
+    """, f"""
+        CREATE TEMP TABLE span_breakdown (span_key VARCHAR, on_cpu_ns BIGINT,
+            runqueue_ns BIGINT, blocked_ns BIGINT, unknown_ns BIGINT, {reason_cols})
+    """)
+
+
+def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
+    """Decompose the spans of chain ``level`` (0: the services' own spans)."""
+    overlap = overlap_join(
+        f"(SELECT span_key, node, tid, s, e FROM spans_all"
+        f" WHERE level = {level} AND tid IS NOT NULL AND e > s)",
+        "thread_intervals", ("node", "tid"), settings.join_bucket_ns,
+        select="l.span_key, l.node, l.tid, greatest(l.s, r.s) AS s, least(l.e, r.e) AS e,"
+               " r.state, r.reason, r.cpu, r.waker_pid, r.waker_tid")
+    sums = ",\n".join(
+        f"coalesce(sum(e - s) FILTER (WHERE state = 'blocked' AND reason = '{r}'), 0)"
+        f" AS blocked_{r}_ns" for r in REASONS)
+    execute(con, "decomposition", f"""
+        CREATE TEMP TABLE d_overlap AS {overlap}
+    """, """
+        INSERT INTO span_pieces
+        SELECT span_key, node, tid, s, e, state, reason, cpu, waker_pid, waker_tid
+        FROM d_overlap WHERE state <> 'running'
+    """, f"""
+        INSERT INTO span_breakdown
+        SELECT sp.span_key, coalesce(b.on_cpu_ns, 0), coalesce(b.runqueue_ns, 0),
+               coalesce(b.blocked_ns, 0),
+               (sp.e - sp.s) - coalesce(b.on_cpu_ns, 0) - coalesce(b.runqueue_ns, 0)
+                 - coalesce(b.blocked_ns, 0),
+               {", ".join(f"coalesce(b.blocked_{r}_ns, 0)" for r in REASONS)}
+        FROM spans_all sp LEFT JOIN (
+            SELECT span_key,
+                   coalesce(sum(e - s) FILTER (WHERE state = 'running'), 0) AS on_cpu_ns,
+                   coalesce(sum(e - s) FILTER (WHERE state = 'runnable'), 0) AS runqueue_ns,
+                   coalesce(sum(e - s) FILTER (WHERE state = 'blocked'), 0) AS blocked_ns,
+                   {sums}
+            FROM d_overlap GROUP BY span_key) b USING (span_key)
+        WHERE sp.level = {level}
+    """, "DROP TABLE d_overlap")

@@ -1,0 +1,129 @@
+"""Running windows: in-process for one, as Ray tasks for many (or when a cluster is named).
+
+One code path for laptop and cluster: ``ray.init(address=...)`` where None starts a local
+cluster (or joins ``RAY_ADDRESS``). Each window is ``compute.analysis.run_window`` (a plain
+function: reads the lake, publishes its graph snapshot, returns its causal edges); the
+driver collects the edges and writes them to the lake once, so tasks never race on the
+``causal_edges`` table. At most ``ray_max_in_flight`` tasks are submitted at a time (default
+twice the cluster's CPUs), so a month of windows does not flood the object store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lake
+from compute.analysis import WindowOutput, run_window, write_edges
+from compute.domain import Rules, load_rules
+from compute.errors import ComputeError, DistributedError
+from compute.settings import ComputeSettings
+from compute.window import Window
+
+Executor = Literal["auto", "local", "ray"]
+
+
+def analyze_windows(location: lake.LakeLocation, windows: list[Window],
+                    settings: ComputeSettings, *, rules: Rules | None = None,
+                    executor: Executor = "auto",
+                    on_done: Callable[[WindowOutput], None] | None = None,
+                    ) -> tuple[list[WindowOutput], int]:
+    """Analyse ``windows``; returns their outputs (window order) and causal-edge rows written."""
+    rules = rules or load_rules(settings.rules_path)
+    use_ray = executor == "ray" or (
+        executor == "auto" and (len(windows) > 1 or settings.ray_address is not None))
+    if use_ray:
+        outputs = _on_ray(location, windows, settings, rules, on_done)
+    else:
+        outputs = []
+        for window in windows:
+            output = run_window(location, window, settings, rules)
+            outputs.append(output)
+            if on_done:
+                on_done(output)
+    return outputs, write_edges(location, outputs)
+
+
+def _init_kwargs(settings: ComputeSettings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"address": settings.ray_address, "include_dashboard": False,
+                              "log_to_driver": False, "configure_logging": False}
+    joining = settings.ray_address not in (None, "local") or (
+        settings.ray_address is None and os.environ.get("RAY_ADDRESS"))
+    if not joining:  # these size a cluster we start; Ray refuses them when joining one
+        if settings.ray_num_cpus:
+            kwargs["num_cpus"] = settings.ray_num_cpus
+        if settings.ray_object_store_mb:
+            kwargs["object_store_memory"] = settings.ray_object_store_mb << 20
+    return kwargs
+
+
+def _check_reachable(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail fast on a cluster address nobody answers on: Ray itself retries for minutes."""
+    if not address:
+        return
+    match = re.match(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$", address)
+    if not match:  # "auto", "local" and the like: Ray's own business
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
+    except OSError as err:
+        raise DistributedError(f"cannot reach Ray at {address}: {err.strerror or err}"
+                               ) from None
+
+
+def _on_ray(location: lake.LakeLocation, windows: list[Window], settings: ComputeSettings,
+            rules: Rules, on_done: Callable[[WindowOutput], None] | None) -> list[WindowOutput]:
+    import ray  # only the driver of a distributed run needs Ray imported
+    from ray.exceptions import RayError, RayTaskError
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        _check_reachable(settings.ray_address or os.environ.get("RAY_ADDRESS"))
+        try:
+            ray.init(**_init_kwargs(settings))
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            where = settings.ray_address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+            raise DistributedError(f"cannot start or reach Ray at {where}: {_one_line(err)}"
+                                   ) from err
+    try:
+        # Any: Ray's typing of remote functions does not follow our arguments
+        task: Any = ray.remote(num_cpus=1, max_retries=2)(run_window)
+        in_flight = settings.ray_max_in_flight or max(
+            2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        location_ref, settings_ref, rules_ref = (ray.put(location), ray.put(settings),
+                                                 ray.put(rules))
+        pending: dict[Any, int] = {}
+        results: dict[int, WindowOutput] = {}
+        queue = list(enumerate(windows))
+        while queue or pending:
+            while queue and len(pending) < in_flight:
+                index, window = queue.pop(0)
+                pending[task.remote(location_ref, window, settings_ref, rules_ref)] = index
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                index = pending.pop(ref)
+                try:
+                    output = ray.get(ref)
+                except RayTaskError as err:
+                    cause = getattr(err, "cause", None)
+                    if isinstance(cause, ComputeError | lake.LakeError):
+                        raise type(cause)(f"window {windows[index].id}: {cause}") from err
+                    raise DistributedError(f"window {windows[index].id} failed: "
+                                           f"{_one_line(err)}") from err
+                results[index] = output
+                if on_done:
+                    on_done(output)
+        return [results[i] for i in range(len(windows))]
+    except RayError as err:
+        raise DistributedError(f"Ray failed: {_one_line(err)}") from err
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("…" if len(text) > 300 else "")

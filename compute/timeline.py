@@ -1,0 +1,194 @@
+"""Thread-state timelines from ``sched`` (and ``offcpu``): the spine of the causal model.
+
+Per thread (node, tid), the switch rows cut time into segments:
+
+- switched in                        -> ``running`` until its next switch
+- switched out with prev_state R     -> ``runnable`` (preempted) until switched in again
+- switched out in any other state    -> ``blocked`` until the first wakeup, then
+                                        ``runnable`` until switched in (run-queue wait)
+
+The waker of a blocked interval is the current task of the first ``sched_waking`` row
+(``sched_wakeup`` often names the idle task: the wakeup completes on another CPU). The
+reason of a blocked interval comes from the ``offcpu`` row recorded at the same switch-out
+(classified by kernel stack: reclaim, disk, futex, socket...). Threads that have offcpu rows
+but no switch rows get their blocked intervals from offcpu alone; the rest of their time is
+left out (``unknown`` in a decomposition), never guessed.
+
+Timelines are built for the threads the analysis needs (``relevant``): those that ran
+spans and, hop by hop, the threads that woke them.
+
+Outputs (temporary tables):
+    thread_intervals(node, tid, pid, s, e, state, reason, cpu, waker_pid, waker_tid, prev_state)
+        disjoint per thread; ``cpu`` is the CPU run on, or waited for when runnable
+    cpu_intervals(node, cpu, s, e, tid, pid)       who held each CPU (idle excluded)
+    thread_names(node, tid, pid, comm)
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from compute.settings import ComputeSettings
+from compute.sql import execute
+
+
+def names(con: duckdb.DuckDBPyConnection) -> None:
+    """``thread_names``: pid and comm of every thread any row of the window mentions."""
+    execute(con, "thread names", """
+        CREATE TEMP TABLE thread_names AS
+        SELECT node, tid, arg_max(pid, ts) AS pid, arg_max(comm, ts) AS comm FROM (
+            SELECT node, prev_tid::BIGINT AS tid, prev_pid::BIGINT AS pid, prev_comm AS comm,
+                   ts_ns AS ts FROM w_sched WHERE kind = 'switch' AND prev_tid > 0
+            UNION ALL
+            SELECT node, next_tid, next_pid, next_comm, ts_ns FROM w_sched
+            WHERE kind = 'switch' AND next_tid > 0
+            UNION ALL
+            SELECT node, tid, pid, comm, ts_ns FROM w_offcpu WHERE tid > 0
+            UNION ALL
+            SELECT node, waker_tid, waker_pid, waker_comm, ts_ns FROM w_offcpu
+            WHERE waker_tid > 0
+            UNION ALL
+            SELECT node, tid, pid, comm, ts_ns FROM w_mem WHERE tid > 0
+            UNION ALL
+            SELECT node, tid, pid, comm, ts_ns FROM w_net WHERE tid > 0
+            UNION ALL
+            SELECT node, tid, pid, comm, ts_ns FROM w_block_io WHERE tid > 0)
+        WHERE comm IS NOT NULL OR pid IS NOT NULL
+        GROUP BY node, tid
+    """)
+
+
+def relevant(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
+    """``t_relevant``: threads whose timeline the analysis needs.
+
+    The threads that ran spans, then the threads that woke those (a lock holder, a pipe
+    writer), and so on ``max_chain_depth`` hops: the chain levels analyse exactly these.
+    Every other thread still counts as a CPU holder (``cpu_intervals`` is per CPU); it just
+    gets no timeline of its own, which on a busy node is most of the sorting saved.
+    """
+    execute(con, "relevant threads", """
+        CREATE TEMP TABLE t_wake_pairs AS
+        SELECT DISTINCT node, waker_tid::BIGINT AS waker, wakee_tid::BIGINT AS wakee
+        FROM w_sched WHERE kind IN ('waking', 'wakeup', 'wakeup_new') AND waker_tid > 0
+        UNION
+        SELECT DISTINCT node, waker_tid, tid FROM w_offcpu WHERE waker_tid > 0
+    """, """
+        CREATE TEMP TABLE t_relevant AS
+        SELECT DISTINCT node, tid FROM spans_all WHERE tid IS NOT NULL
+    """, *["""
+        INSERT INTO t_relevant
+        SELECT DISTINCT p.node, p.waker FROM t_wake_pairs p
+        JOIN t_relevant r ON r.node = p.node AND r.tid = p.wakee
+        WHERE NOT EXISTS (SELECT 1 FROM t_relevant x WHERE x.node = p.node
+                          AND x.tid = p.waker)
+    """ for _ in range(settings.max_chain_depth)], "DROP TABLE t_wake_pairs")
+
+
+def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSettings) -> None:
+    """``thread_intervals`` for the relevant threads (all threads if so configured), and
+    ``cpu_intervals`` for every CPU."""
+    tol = settings.offcpu_match_tolerance_ns
+    only = ("" if settings.timeline_all_threads else
+            "WHERE EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = x.node AND r.tid = x.tid)")
+    execute(con, "thread timeline", f"""
+        CREATE TEMP TABLE t_events AS SELECT * FROM (
+        SELECT node, prev_tid::BIGINT AS tid, prev_pid::BIGINT AS pid, ts_ns AS ts, cpu,
+               CASE WHEN prev_state IS NULL OR prev_state = '' THEN 'unknown'
+                    WHEN prev_state LIKE 'R%' THEN 'runnable' ELSE 'blocked' END AS opens,
+               0 AS ord, prev_state, NULL::BIGINT AS waker_pid, NULL::BIGINT AS waker_tid,
+               NULL::VARCHAR AS wake_kind
+        FROM w_sched WHERE kind = 'switch' AND prev_tid > 0
+        UNION ALL
+        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL, NULL, NULL, NULL
+        FROM w_sched WHERE kind = 'switch' AND next_tid > 0
+        UNION ALL
+        SELECT node, wakee_tid, wakee_pid, ts_ns, target_cpu, NULL, 1, NULL, waker_pid,
+               waker_tid, kind
+        FROM w_sched WHERE kind IN ('waking', 'wakeup', 'wakeup_new') AND wakee_tid > 0) x
+        {only}
+    """, f"""
+        -- One ordered pass per thread: each switch row learns where its segment ends (the
+        -- next switch), the first wakeup after it and that wakeup's waker ('waking' rows
+        -- name the real waker; other wakeup rows only if no 'waking' row exists).
+        CREATE TEMP TABLE t_open AS
+        SELECT * EXCLUDE (first_row) FROM (
+            SELECT node, tid, pid, ts AS s, cpu,
+                   CASE WHEN ord = 1 THEN 'runnable' ELSE opens END AS opens, prev_state,
+                   coalesce(lead(CASE WHEN ord <> 1 THEN ts END IGNORE NULLS) OVER w,
+                            {range_end_ns}) AS e,
+                   lead(CASE WHEN ord <> 1 THEN cpu END IGNORE NULLS) OVER w AS next_cpu,
+                   lead(CASE WHEN ord = 1 THEN ts END IGNORE NULLS) OVER w AS wake_ts,
+                   lead(CASE WHEN ord = 1 AND wake_kind = 'waking' AND waker_tid > 0
+                             THEN {{'ts': ts, 'pid': waker_pid, 'tid': waker_tid}} END
+                        IGNORE NULLS) OVER w AS waking,
+                   lead(CASE WHEN ord = 1 AND waker_tid > 0
+                             THEN {{'ts': ts, 'pid': waker_pid, 'tid': waker_tid}} END
+                        IGNORE NULLS) OVER w AS any_wake,
+                   ord, waker_pid AS own_waker_pid, waker_tid AS own_waker_tid,
+                   lag(ts) OVER w IS NULL AS first_row
+            FROM t_events
+            WINDOW w AS (PARTITION BY node, tid ORDER BY ts, ord))
+        -- switch rows open segments; a wakeup opens one only before the first switch seen
+        WHERE ord <> 1 OR first_row
+    """, """
+        CREATE TEMP TABLE t_intervals AS
+        WITH o AS (
+            SELECT *, (wake_ts >= s AND wake_ts < e) AS woken,
+                   CASE WHEN waking.ts < e THEN waking
+                        WHEN any_wake.ts < e THEN any_wake END AS waker
+            FROM t_open)
+        SELECT node, tid, pid, s, e, 'running' AS state, cpu, NULL::BIGINT AS waker_pid,
+               NULL::BIGINT AS waker_tid, prev_state
+        FROM o WHERE opens = 'running'
+        UNION ALL
+        SELECT node, tid, pid, s, e, 'runnable', coalesce(next_cpu, cpu),
+               CASE WHEN ord = 1 THEN own_waker_pid END,
+               CASE WHEN ord = 1 THEN own_waker_tid END,
+               prev_state
+        FROM o WHERE opens = 'runnable'
+        UNION ALL
+        SELECT node, tid, pid, s, CASE WHEN woken THEN wake_ts ELSE e END, opens, cpu,
+               waker.pid, waker.tid, prev_state
+        FROM o WHERE opens IN ('blocked', 'unknown')
+        UNION ALL
+        SELECT node, tid, pid, wake_ts, e, 'runnable', coalesce(next_cpu, cpu), waker.pid,
+               waker.tid, prev_state
+        FROM o WHERE opens IN ('blocked', 'unknown') AND woken
+    """, f"""
+        -- the reason of a blocked interval: the offcpu row of the same switch-out
+        CREATE TEMP TABLE thread_intervals AS
+        SELECT node, tid, pid, s, e, state, NULL::VARCHAR AS reason, cpu, waker_pid,
+               waker_tid, prev_state
+        FROM t_intervals WHERE state <> 'blocked' AND e > s
+        UNION ALL
+        SELECT i.node, i.tid, i.pid, i.s, i.e, i.state,
+               CASE WHEN matched THEN coalesce(o.wait_reason, 'other') ELSE 'other' END,
+               i.cpu,
+               coalesce(i.waker_pid, CASE WHEN matched THEN o.waker_pid END)::BIGINT,
+               coalesce(i.waker_tid, CASE WHEN matched THEN o.waker_tid END)::BIGINT,
+               i.prev_state
+        FROM (SELECT * FROM t_intervals WHERE state = 'blocked' AND e > s) i
+        ASOF LEFT JOIN w_offcpu o
+          ON i.node = o.node AND i.tid = o.tid AND o.ts_ns <= i.s + {tol},
+        LATERAL (SELECT coalesce(o.ts_ns >= i.s - {tol} AND o.ts_ns + o.dur_ns > i.s,
+                                 false) AS matched)
+    """, f"""
+        -- threads seen only by the offcpu probe: their blocked intervals, nothing invented
+        INSERT INTO thread_intervals
+        SELECT o.node, o.tid, o.pid, o.ts_ns, o.ts_ns + o.dur_ns, 'blocked',
+               coalesce(o.wait_reason, 'other'), o.cpu, o.waker_pid, o.waker_tid, o.state
+        FROM w_offcpu o
+        WHERE o.dur_ns > 0 AND o.tid > 0
+          AND NOT EXISTS (SELECT 1 FROM t_events t WHERE t.node = o.node AND t.tid = o.tid)
+          {"" if settings.timeline_all_threads else
+           "AND EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = o.node AND r.tid = o.tid)"}
+    """, f"""
+        CREATE TEMP TABLE cpu_intervals AS
+        SELECT * FROM (
+            SELECT node, cpu, ts_ns AS s,
+                   coalesce(lead(ts_ns) OVER (PARTITION BY node, cpu ORDER BY ts_ns),
+                            {range_end_ns}) AS e,
+                   next_tid::BIGINT AS tid, next_pid::BIGINT AS pid
+            FROM w_sched WHERE kind = 'switch')
+        WHERE tid > 0 AND e > s
+    """, "DROP TABLE t_events", "DROP TABLE t_open", "DROP TABLE t_intervals")

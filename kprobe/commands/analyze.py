@@ -1,0 +1,106 @@
+"""``kprobe analyze --from T --to T``: build the causal graph of every window in a range."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from compute.analysis import WindowOutput
+from compute.ray_driver import analyze_windows
+from compute.settings import ComputeSettings
+from compute.window import parse_instant, split
+from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
+from kprobe.commands.sql import render_table
+from kprobe.errors import CommandError
+from lake import resolve
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "analyze",
+        help="attribute every slow or failed operation in a time range to its causes",
+        description="Cut [--from, --to) into windows (aligned to --window), and for each: "
+        "rebuild what every thread was doing from sched/offcpu, lay the spans over it, "
+        "attribute delays to memory pressure, CPU contention, disk, network, lock waits "
+        "and remote calls, map spans to payments, settlements..., find root causes of "
+        "failures, and publish a graph snapshot under {lake}/graphs/{window}/ and the "
+        "edges in the causal_edges table. One window runs in-process; more run as Ray "
+        "tasks (a local cluster unless --ray-address). Re-analysing a window replaces it.",
+    )
+    parser.add_argument("--from", dest="start", required=True, metavar="TIME",
+                        help="start: ISO 8601 (2026-01-01T14:00:00Z), epoch s/ns, now, or "
+                        "relative (--from=-15m)")
+    parser.add_argument("--to", dest="end", required=True, metavar="TIME", help="end (excl.)")
+    parser.add_argument("--window", default=None, metavar="DURATION",
+                        help="window length, e.g. 60s, 5m (default: 60s or "
+                        "$KPROBE_COMPUTE_WINDOW_NS)")
+    parser.add_argument("--node", action="append", default=None, metavar="NODE",
+                        help="only this node (repeatable; default: all nodes together)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="Ray cluster to run on (default: $KPROBE_COMPUTE_RAY_ADDRESS, "
+                        "$RAY_ADDRESS, or a local cluster)")
+    parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
+                        help="local: in this process; ray: Ray tasks even for one window; "
+                        "auto: Ray when there is more than one window or an address")
+    parser.add_argument("--num-cpus", type=int, default=None, metavar="N",
+                        help="CPUs of a local Ray cluster (default: all)")
+    parser.add_argument("--rules", default=None, metavar="PATH",
+                        help="domain rules file (YAML; default: the shipped rules)")
+    add_lake_option(parser)
+    add_format_option(parser)
+    parser.set_defaults(func=run)
+
+
+def compute_settings(**overrides: Any) -> ComputeSettings:
+    """Settings from the environment with command-line overrides; bad values -> CommandError."""
+    try:
+        return ComputeSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CommandError(f"invalid setting {where}: {first['msg']}") from None
+
+
+def parse_duration_ns(text: str) -> int:
+    units = {"ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    value = text.strip().lower()
+    for unit in ("ms", "s", "m", "h"):
+        number = value.removesuffix(unit)
+        if value.endswith(unit) and number.isdigit() and int(number) > 0:
+            return int(number) * units[unit]
+    raise CommandError(f"bad duration {text!r}: use a positive number and ms, s, m or h (60s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = compute_settings(
+        window_ns=parse_duration_ns(args.window) if args.window else None,
+        ray_address=args.ray_address, ray_num_cpus=args.num_cpus, rules_path=args.rules)
+    start, end = parse_instant(args.start), parse_instant(args.end)
+    windows = split(start, end, settings.window_ns, tuple(sorted(set(args.node or ()))),
+                    settings.max_windows)
+    location = resolve(lake_settings(args))
+
+    def progress(output: WindowOutput) -> None:
+        if args.format == "text" and len(windows) > 1:
+            s = output.summary
+            print(f"  {output.window.id}: {s.get('spans', 0)} spans, "
+                  f"{s.get('failures', 0)} failures", file=sys.stderr)
+
+    outputs, written = analyze_windows(location, windows, settings, executor=args.executor,
+                                       on_done=progress)
+    rows = [{**o.summary, "graph": o.graph_uri} for o in outputs]
+    if args.format == "json":
+        print(json.dumps({"windows": rows, "edges_written": written}))
+        return 0
+    import pyarrow as pa
+
+    columns = ("window", "spans", "failures", "cause_edges", "episodes", "root_causes",
+               "domain_events", "seconds", "graph")
+    table = pa.table({c: [r.get(c) for r in rows] for c in columns})
+    sys.stdout.write(render_table(table, max_width=100))
+    print(f"{written} causal edge(s) written to causal_edges")
+    return 0

@@ -1,0 +1,196 @@
+"""Cause attribution on synthetic lake rows: each cause names who or what delayed whom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.unit.test_compute_scenario import (
+    MS,
+    Scenario,
+    analyze,
+    key,
+    payment_scenario,
+    rels,
+    span_row,
+)
+
+
+def test_memory_pressure_names_the_allocating_process(lake_dir: Path) -> None:
+    # GIVEN the payment that reclaimed for 790 ms while batch-job allocated 1.2 GiB
+    analysis = analyze(payment_scenario(), lake_dir)
+    # THEN the payment (and its settlement write) were delayed by one pressure episode
+    delayed = rels(analysis, src=key("a"), kind="memory_pressure")
+    assert len(delayed) == 1
+    edge = delayed[0]
+    assert edge["delay_ns"] == 790 * MS
+    assert edge["dst"].startswith("mem:n1:7:")
+    assert edge["evidence"]["mem"][0]["tid"] == 101  # the row reference: reclaim on 101
+    assert edge["evidence"]["offcpu"][0]["wait_reason"] == "reclaim"
+    assert rels(analysis, src=key("c"), kind="memory_pressure")[0]["dst"] == edge["dst"]
+    # AND the episode was driven by batch-job: most pages, in the same memcg
+    drivers = sorted(rels(analysis, "CAUSED_BY", src=edge["dst"]), key=lambda r: r["rank"])
+    assert [d["dst"] for d in drivers] == ["n1:4721", "n1:555"]
+    top = drivers[0]
+    assert top["kind"] == "memory_driver" and top["bytes"] == 314_572 * 4096
+    assert top["evidence"]["same_memcg"] is True and top["evidence"]["share"] > 0.99
+    processes = {p["id"]: p for p in analysis.tables["Process"].to_pylist()}
+    assert processes["n1:4721"]["role"] == "batch job"
+    # AND the failed payment's root cause is that episode: 790 ms >= 50 ms late
+    payment = span_row(analysis, "a")
+    assert payment["failed"] and payment["failure_kind"] == "timeout"
+    assert payment["over_ns"] == 50 * MS
+    assert (payment["root_cause_kind"], payment["root_cause_target"]) == (
+        "memory_pressure", edge["dst"])
+    assert payment["root_cause_sufficient"] is True
+
+
+def test_cpu_contention_names_the_hog(lake_dir: Path) -> None:
+    # GIVEN thread 601 preempted on CPU 0 by stress (tid 701) for 60 ms of its 100 ms
+    sc = Scenario().process(600, "quotes").process(700, "stress")
+    sc.run(0, 600, 601, 0, 10, leave="R").run(0, 700, 701, 10, 70, leave="R")
+    sc.run(0, 600, 601, 70, 100, leave="S")
+    sc.run(1, 700, 702, -10, 110, leave="R")  # the other CPU is busy too
+    sc.span("t2", "q", None, "quotes", "order.book.update", 0, 100, pid=600, tid=601,
+            attrs={"order.id": "O-1"})
+    analysis = analyze(sc, lake_dir)
+    # THEN 60 ms of run-queue wait, all held by tid 701; nothing else
+    q = span_row(analysis, "q", "t2")
+    assert (q["on_cpu_ns"], q["runqueue_ns"], q["blocked_ns"]) == (40 * MS, 60 * MS, 0)
+    edges = rels(analysis, src=key("q", "t2"))
+    assert [(e["kind"], e["dst"], e["delay_ns"]) for e in edges] == [
+        ("cpu_contention", "n1:701", 60 * MS)]
+    assert edges[0]["evidence"]["sched"][0]["cpu"] == 0
+
+
+def _lock_scenario() -> Scenario:
+    """ledger-api (tid 201) waits 280 ms on a futex held by ledger-writer (tid 302), which
+    spends that time in memcg reclaim (memcg 9) while nightly-report allocates."""
+    sc = Scenario().process(200, "ledger-api", cgroup_id=5)
+    sc.process(300, "ledger-writer", cgroup_id=9).process(4800, "nightly-report", cgroup_id=9)
+    sc.run(0, 200, 201, 0, 10, leave="S")
+    sc.offcpu(200, 201, 10, 290, "futex", waker=(300, 302))
+    sc.wake(290, (200, 201), (300, 302))
+    sc.run(0, 200, 201, 290, 300, leave="S")
+    sc.run(1, 300, 302, 0, 295, leave="S")
+    sc.reclaim(300, 302, 20, 280, memcg=9)
+    sc.page_alloc(4800, 300, 200_000, 9)
+    sc.span("t3", "l", None, "ledger-api", "ledger.write", 0, 300, pid=200, tid=201,
+            status="ERROR", message="context deadline exceeded",
+            attrs={"ledger.entry_id": "L-7", "deadline_ms": 100})
+    sc.span("t4", "w", None, "ledger-writer", "flush", 0, 295, pid=300, tid=302)
+    return sc
+
+
+def test_lock_wait_names_the_waker_and_follows_it(lake_dir: Path) -> None:
+    analysis = analyze(_lock_scenario(), lake_dir)
+    waits = rels(analysis, src=key("l", "t3"), kind="lock_wait")
+    # THEN the wait points at the waker thread, with what it was doing
+    assert [(w["dst"], w["delay_ns"]) for w in waits] == [("n1:302", 280 * MS)]
+    ev = waits[0]["evidence"]
+    assert ev["waker_tid"] == 302 and ev["waker_spans"][0]["name"] == "flush"
+    assert ev["waker_activity"]["on_cpu_ns"] == 280 * MS
+    # AND the holder's own time during the wait was analysed (one hop further)
+    holders = rels(analysis, src=key("l", "t3"), kind="lock_holder")
+    assert len(holders) == 1
+    holder_causes = rels(analysis, src=holders[0]["dst"], kind="memory_pressure")
+    assert holder_causes and holder_causes[0]["delay_ns"] == 260 * MS
+    # AND the root cause is the deepest sufficient one: the holder's memory pressure
+    ledger = span_row(analysis, "l", "t3")
+    assert ledger["over_ns"] == 200 * MS
+    assert ledger["root_cause_kind"] == "memory_pressure"
+    assert rels(analysis, "CAUSED_BY", src=holder_causes[0]["dst"])[0]["dst"] == "n1:4800"
+    woke = rels(analysis, "WOKE", src="n1:302")
+    assert woke and woke[0]["dst"] == "n1:201" and woke[0]["kind"] == "futex"
+
+
+def test_disk_wait_names_the_writer(lake_dir: Path) -> None:
+    sc = Scenario().process(1000, "settlement").process(1100, "backup-agent")
+    sc.run(0, 1000, 1001, 0, 5, leave="D")
+    sc.offcpu(1000, 1001, 5, 180, "disk", state="D")
+    sc.wake(180, (1000, 1001), (0, 0))
+    sc.run(0, 1000, 1001, 180, 200, leave="S")
+    sc.block_io(1000, 1001, 5, 178, 4096)
+    for i in range(4):
+        sc.block_io(1100, 1101, i * 45, i * 45 + 50, 64 << 20)
+    sc.span("t5", "s", None, "settlement", "settlement.write", 0, 200, pid=1000, tid=1001)
+    analysis = analyze(sc, lake_dir)
+    edges = rels(analysis, src=key("s", "t5"), kind="disk")
+    assert len(edges) == 1 and edges[0]["delay_ns"] == 175 * MS
+    assert edges[0]["evidence"]["own_bytes"] == 4096
+    drivers = rels(analysis, "CAUSED_BY", src=edges[0]["dst"], kind="disk_driver")
+    top = min(drivers, key=lambda d: d["rank"])
+    assert top["dst"] == "n1:1100" and top["bytes"] == 4 * (64 << 20)
+
+
+def test_retransmit_on_the_span_connection(lake_dir: Path) -> None:
+    # GIVEN a client span with no thread id: its server port and pid find the connection
+    sc = Scenario().process(1200, "gateway").process(1250, "other")
+    local, remote = ("10.0.0.1", 40000), ("10.0.0.2", 8443)
+    sc.run(0, 1200, 1201, 0, 2, leave="S").run(0, 1200, 1201, 390, 400, leave="S")
+    sc.net("send", 1, 1200, 1201, local, remote, 300)
+    sc.net("retransmit", 201, None, None, local, remote)
+    sc.net("recv", 390, 1200, 1201, local, remote, 900)
+    # another connection's retransmit at the same time must not count
+    sc.net("retransmit", 150, None, None, ("10.0.0.1", 40001), remote)
+    sc.span("t6", "g", None, "gateway", "POST /risk", 0, 400, pid=1200, kind="CLIENT",
+            server_port=8443, server_address="10.0.0.2")
+    analysis = analyze(sc, lake_dir)
+    g = span_row(analysis, "g", "t6")
+    assert (g["tid"], g["mapped_by"], g["conn"]) == (
+        1201, "net_tuple", "10.0.0.1:40000-10.0.0.2:8443")
+    edges = rels(analysis, src=key("g", "t6"), kind="network")
+    assert [(e["delay_ns"], e["count"]) for e in edges] == [(200 * MS, 1)]
+    assert edges[0]["evidence"]["net"][0]["kind"] == "retransmit"
+
+
+def test_uninstrumented_server_found_by_four_tuple(lake_dir: Path) -> None:
+    # GIVEN a client span (deadline 100 ms) whose server (limits-svc) has no spans and
+    # spent 270 ms of the call in memcg reclaim
+    sc = Scenario().process(1300, "risk-client").process(1400, "limits-svc", cgroup_id=4)
+    sc.process(1500, "cache-warmer", cgroup_id=4)
+    client, server = ("127.0.0.1", 41000), ("127.0.0.1", 9000)
+    sc.run(0, 1300, 1301, 0, 1, leave="S").run(0, 1300, 1301, 291, 300, leave="S")
+    sc.net("send", 1, 1300, 1301, client, server, 200)
+    sc.net("recv", 2, 1400, 1401, server, client, 200)
+    sc.run(1, 1400, 1401, 2, 290, leave="S")
+    sc.reclaim(1400, 1401, 10, 280, memcg=4)
+    sc.page_alloc(1500, 290, 50_000, 4)
+    sc.net("send", 290, 1400, 1401, server, client, 800)
+    sc.net("recv", 291, 1300, 1301, client, server, 800)
+    sc.span("t7", "r", None, "risk-client", "GET /limits", 0, 300, pid=1300, kind="CLIENT",
+            server_port=9000, attrs={"kprobe.deadline_ms": 100})
+    analysis = analyze(sc, lake_dir)
+    # THEN the server side became a synthetic span on the server's thread ...
+    calls = rels(analysis, src=key("r", "t7"), kind="remote_call")
+    assert len(calls) == 1
+    server_span = [s for s in analysis.tables["Span"].to_pylist() if s["id"] == calls[0]["dst"]]
+    assert server_span[0]["origin"] == "remote" and server_span[0]["tid"] == 1401
+    assert server_span[0]["service"] == "limits-svc"
+    assert calls[0]["delay_ns"] == 288 * MS
+    # ... whose memory pressure is the client's root cause, one process away
+    r = span_row(analysis, "r", "t7")
+    assert r["root_cause_kind"] == "memory_pressure"
+    sent = rels(analysis, "SENT_TO", src="n1:1301")
+    assert sent and sent[0]["dst"] == "n1:1401"
+
+
+def test_healthy_control_invents_no_cause(lake_dir: Path) -> None:
+    # GIVEN a quick, successful operation with short waits, and an unrelated reclaim
+    # episode in another cgroup later on
+    sc = Scenario().process(800, "pricing", cgroup_id=2).process(900, "other", cgroup_id=3)
+    sc.run(0, 800, 801, 0, 20, leave="S")
+    sc.offcpu(800, 801, 20, 20.3, "socket")
+    sc.wake(20.3, (800, 801), (0, 0))
+    sc.run(0, 900, 901, 19, 20.5, leave="S")  # a 0.2 ms run-queue wait
+    sc.run(0, 800, 801, 20.5, 50, leave="S")
+    sc.run(1, 900, 902, 100, 400, leave="S")
+    sc.reclaim(900, 902, 100, 400, memcg=3)
+    sc.page_alloc(900, 400, 90_000, 3)
+    sc.span("t8", "p", None, "pricing", "GET /price", 0, 50, pid=800, tid=801, kind="SERVER")
+    analysis = analyze(sc, lake_dir)
+    p = span_row(analysis, "p", "t8")
+    # THEN no cause edge, no failure, no root cause: short waits are not causes
+    assert rels(analysis, src=key("p", "t8")) == []
+    assert not p["failed"] and p["root_cause_kind"] is None
+    assert p["on_cpu_ns"] + p["runqueue_ns"] + p["blocked_ns"] == 50 * MS
+    assert analysis.summary["failures"] == 0 and analysis.summary["root_causes"] == 0

@@ -1,0 +1,110 @@
+"""Thread-state timelines from sched switch rows, and span decomposition that sums up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compute import timeline
+from compute.settings import ComputeSettings
+from compute.window import Window, load, parse_instant, split
+from lake import LakeSettings, resolve
+from tests.unit.test_compute_scenario import (
+    MS,
+    T0,
+    WINDOW_END,
+    WINDOW_START,
+    Scenario,
+    analyze,
+    span_row,
+)
+
+
+def _worker_scenario() -> Scenario:
+    """Thread 11 (pid 10) on CPU 0: runs 0-10 ms, sleeps on a futex until thread 21 wakes
+    it at 30 ms, waits for CPU 0 (held by 21) until 35 ms, runs to 50 ms, is preempted by
+    21 until 55 ms, runs to 60 ms."""
+    sc = Scenario().process(10, "api").process(20, "holder")
+    sc.run(0, 10, 11, 0, 10, leave="S")
+    sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21))
+    sc.run(0, 20, 21, 25, 35, leave="S")
+    sc.wake(30, (10, 11), (20, 21))
+    sc.run(0, 10, 11, 35, 50, leave="R")
+    sc.run(0, 20, 21, 50, 55, leave="S")
+    sc.run(0, 10, 11, 55, 60, leave="S")
+    return sc
+
+
+def test_timeline_from_switch_rows(lake_dir: Path) -> None:
+    # GIVEN a handful of switch and waking rows for one thread
+    _worker_scenario().write(lake_dir)
+    location = resolve(LakeSettings(lake=str(lake_dir)))
+    settings = ComputeSettings(timeline_all_threads=True)  # no spans to pick threads by
+    # WHEN the timeline is built
+    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+    rows = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid, cpu
+        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    # THEN running / blocked (with the offcpu reason and the waking row's waker) / runnable
+    assert rows == [
+        (0, 10, "running", None, None, 0),
+        (10, 30, "blocked", "futex", 21, 0),
+        (30, 35, "runnable", None, 21, 0),
+        (35, 50, "running", None, None, 0),
+        (50, 55, "runnable", None, None, 0),  # preempted (prev_state R): run-queue wait
+        (55, 60, "running", None, None, 0),
+    ]
+    holders = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, tid FROM cpu_intervals
+        WHERE cpu = 0 ORDER BY s""").fetchall()
+    assert holders == [(0, 10, 11), (25, 35, 21), (35, 50, 11), (50, 55, 21), (55, 60, 11)]
+    loaded.con.close()
+
+
+def test_decomposition_sums_to_the_span(lake_dir: Path) -> None:
+    # GIVEN a span over the whole life of thread 11 and one that starts before its first
+    # switch (time the timeline cannot know)
+    sc = _worker_scenario()
+    sc.span("t1", "a", None, "api", "GET /x", 0, 60, pid=10, tid=11)
+    sc.span("t1", "b", None, "api", "early", -5, 12, pid=10, tid=11)
+    # WHEN analysed
+    analysis = analyze(sc, lake_dir)
+    a, b = span_row(analysis, "a"), span_row(analysis, "b")
+    # THEN on-CPU, run-queue and blocked-by-reason add up to the duration exactly
+    assert (a["on_cpu_ns"], a["runqueue_ns"], a["blocked_ns"], a["unknown_ns"]) == (
+        30 * MS, 10 * MS, 20 * MS, 0)
+    assert a["on_cpu_ns"] + a["runqueue_ns"] + a["blocked_ns"] + a["unknown_ns"] == a["dur_ns"]
+    assert '"futex":20000000' in a["blocked_by_reason"]
+    assert (b["on_cpu_ns"], b["blocked_ns"], b["unknown_ns"]) == (10 * MS, 2 * MS, 5 * MS)
+    assert b["on_cpu_ns"] + b["runqueue_ns"] + b["blocked_ns"] + b["unknown_ns"] == b["dur_ns"]
+
+
+def test_span_without_thread_is_all_unknown(lake_dir: Path) -> None:
+    sc = _worker_scenario()
+    sc.span("t1", "a", None, "api", "GET /x", 0, 60, pid=99)  # no tid, no connection
+    analysis = analyze(sc, lake_dir)
+    a = span_row(analysis, "a")
+    assert a["tid"] is None and a["unknown_ns"] == a["dur_ns"] == 60 * MS
+
+
+def test_windows_align_and_parse() -> None:
+    windows = split(parse_instant("2026-01-01T14:00:30Z"), parse_instant("2026-01-01T14:02:00Z"),
+                    60 * 10**9, ("n1",))
+    assert [w.id for w in windows] == ["20260101T140000Z_60s@n1", "20260101T140100Z_60s@n1"]
+    assert Window.parse(windows[0].id) == windows[0]
+    odd = Window(T0 + 123, T0 + 5 * MS)
+    assert Window.parse(odd.id) == odd
+    assert parse_instant("-1m", now_ns=T0) == T0 - 60 * 10**9
+
+
+def test_bad_window_inputs() -> None:
+    from compute.errors import WindowError
+
+    with pytest.raises(WindowError, match="not after its start"):
+        Window(T0, T0)
+    with pytest.raises(WindowError, match="not a time"):
+        parse_instant("yesterday-ish")
+    with pytest.raises(WindowError, match="windows of"):
+        split(T0, T0 + 10**15, 10**9, max_windows=100)
