@@ -41,7 +41,8 @@ QUERIES: dict[str, str] = {
         "SELECT attributes->>'payment.id' AS payment, "
         "(attributes->>'payment.amount')::BIGINT AS amount_inr, "
         "status_message, pid, tid "
-        "FROM spans WHERE status = 'ERROR' ORDER BY start_ns LIMIT 5"
+        "FROM spans WHERE name = 'POST /payments' AND status = 'ERROR' "
+        "ORDER BY start_ns LIMIT 5"
     ),
 }
 

@@ -67,6 +67,8 @@ def run(endpoint: str, ledger: Path, payments: int, seed: int) -> int:
                 approved = amount < RISK_LIMIT_INR
                 risk.set_attribute("risk.exposure", int(exposure))
                 risk.set_attribute("risk.approved", approved)
+                if not approved:  # a declined check is a failed check, not a passed one
+                    risk.set_status(Status(StatusCode.ERROR, "risk limit exceeded"))
             if not approved:
                 failures += 1
                 payment.set_status(Status(StatusCode.ERROR, "risk limit exceeded"))

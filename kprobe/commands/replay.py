@@ -1,0 +1,150 @@
+"""``kprobe replay``: re-run a recorded process in a sandbox, serving its syscalls from the lake.
+
+Exit code: 0 when the expectation held, 1 when it did not, 2 on bad input. The expectation
+is ``--expect-exit CODE`` or ``--expect-output-match`` if given; otherwise, in exact mode,
+that the replay followed the recording (no divergence, same outputs), and in what-if mode,
+that the replay ran to its end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from datetime import UTC, datetime
+
+from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
+from kprobe.errors import CommandError
+from lake import resolve
+from replay_sandbox.engine import ReplayOptions, replay
+from replay_sandbox.injection import parse_all
+from replay_sandbox.lake_source import load, parse_process
+from replay_sandbox.report import ReplayReport
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "replay",
+        help="re-run a recorded process under ptrace, serving its syscalls from the lake",
+        description="Re-run a recorded process in a sandbox (user, mount, pid, net, ipc and "
+        "uts namespaces; read-only host root; private /tmp; no network), serving its inputs "
+        "from the lake in the recorded order and checking its outputs against it. Clock reads "
+        "and waits run in virtual time. Injections and changed arguments, environment or "
+        "command line turn it into a what-if replay.",
+    )
+    add_lake_option(parser)
+    parser.add_argument("--process", required=True, metavar="PID@NODE",
+                        help="the recorded process (its last exec, or the one running at --from)")
+    parser.add_argument("--from", dest="from_", metavar="TIME",
+                        help="pick the exec of PID at or before TIME (epoch ns, s or ISO 8601)")
+    parser.add_argument("--to", metavar="TIME", help="stop where the recording reaches TIME")
+    parser.add_argument("--inject", action="append", default=[], metavar="SPEC",
+                        help="delay, e.g. 'fsync:+50ms', 'recv fd=7:+800ms', 'net:+20ms' "
+                        "(repeatable)")
+    parser.add_argument("--set-arg", action="append", default=[], metavar="N=VALUE",
+                        help="replace argv[N] of the recorded command line (repeatable)")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="set an environment variable (repeatable)")
+    parser.add_argument("--cmd", metavar="COMMAND",
+                        help="run this command line instead of the recorded one")
+    parser.add_argument("--mode", choices=("exact", "whatif"),
+                        help="exact stops at the first divergence; what-if keeps going "
+                        "(default: exact unless something is changed)")
+    expect = parser.add_mutually_exclusive_group()
+    expect.add_argument("--expect-exit", type=int, metavar="CODE",
+                        help="succeed when the replayed process exits with CODE")
+    expect.add_argument("--expect-output-match", action="store_true",
+                        help="succeed when every output matches the recording")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run without namespaces (debugging only: outputs are still "
+                        "not performed)")
+    parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="wall-clock limit for the replay (default 120)")
+    add_format_option(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise CommandError("replay needs root (ptrace, seccomp and namespaces)")
+    pid, node = parse_process(args.process)
+    recording = load(resolve(lake_settings(args)), pid, node,
+                     parse_time(args.from_, "--from"), parse_time(args.to, "--to"))
+    options = ReplayOptions(mode=args.mode, injections=parse_all(args.inject),
+                            sandbox=not args.no_sandbox, timeout_s=args.timeout,
+                            env_set=_env(args.env))
+    argv = list(recording.process.argv)
+    if args.cmd:
+        argv = shlex.split(args.cmd)
+        if not argv:
+            raise CommandError("--cmd is empty")
+        options.exe = _which(argv[0], recording.process.env)
+    for item in args.set_arg:
+        index, eq, value = item.partition("=")
+        if not eq or not index.isdigit():
+            raise CommandError(f"--set-arg {item!r}: expected N=VALUE")
+        if int(index) >= len(argv):
+            raise CommandError(f"--set-arg {item!r}: the command line has {len(argv)} "
+                               f"arguments")
+        argv[int(index)] = value
+    if args.cmd or args.set_arg:
+        options.argv = argv
+    report = replay(recording, options)
+    if args.format == "json":
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        sys.stdout.write(report.render_text())
+    return 0 if expectation_held(report, args.expect_exit, args.expect_output_match) else 1
+
+
+def expectation_held(report: ReplayReport, expect_exit: int | None,
+                     expect_output_match: bool) -> bool:
+    if expect_exit is not None:
+        return report.exit_signal is None and report.exit_code == expect_exit
+    if expect_output_match:
+        return report.status in ("completed", "end_of_recording") and report.outputs_match
+    if report.mode == "exact":
+        return report.status in ("completed", "end_of_recording") and report.outputs_match
+    return report.status == "completed"
+
+
+def parse_time(text: str | None, option: str) -> int | None:
+    """Epoch ns, epoch seconds (with a fraction) or ISO 8601 (UTC unless it says)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        value_int = int(text)
+        return value_int if value_int > 10**14 else value_int * 1_000_000_000
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise CommandError(f"{option} {text!r}: expected epoch ns/s or ISO 8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1_000_000_000)
+    return int(value) if value > 1e14 else int(value * 1_000_000_000)
+
+
+def _env(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CommandError(f"--env {item!r}: expected K=V")
+        out[key] = value
+    return out
+
+
+def _which(program: str, env: list[str]) -> str:
+    if "/" in program:
+        return program
+    path = next((e[5:] for e in env if e.startswith("PATH=")), os.defpath)
+    found = shutil.which(program, path=path)
+    if found is None:
+        raise CommandError(f"--cmd: {program} not found on the recorded PATH")
+    return found
