@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from capture_agent import procinfo
 from capture_agent.clock import ClockSample, sample_offset
+from capture_agent.drainer import RingDrainer
 from capture_agent.errors import CaptureAgentError
 from capture_agent.families import FAMILIES
 from capture_agent.kallsyms import Kallsyms, KernelStacks
@@ -50,6 +51,7 @@ class AgentConfig:
     families: tuple[str, ...] = ()  # empty: every family whose object is built
     payloads: bool = False
     flush_interval_s: float = 1.0
+    drain_interval_s: float = 0.1  # rings are drained this often (and when over threshold)
     min_offcpu_ns: int = 1_000_000
     spool_dir: Path = Path("/var/lib/kprobe/spool")
     spool_max_bytes: int = 512 * 1024 * 1024
@@ -84,6 +86,7 @@ class Agent:
         self._reported_drops: dict[str, int] = {}
         self._metrics: MetricsServer | None = None
         self._stacks: KernelStacks | None = None
+        self._drainer: RingDrainer | None = None
         self._otlp: Any = None
         self._otlp_thread: threading.Thread | None = None
         self.otlp_port: int | None = None
@@ -139,6 +142,9 @@ class Agent:
                 self._metrics.stop()
 
     def close_sensors(self) -> None:
+        if self._drainer is not None:
+            self._drainer.stop()
+            self._drainer = None
         for fam in self.families:
             fam.sensor.close()
         self.families = []
@@ -150,13 +156,13 @@ class Agent:
             self.clock = sample_offset()
             self._last_clock = started
             self._write_meta("clock")
+        drained = self._drainer.take() if self._drainer is not None else {}
         for fam in self.families:
             ring_tables: dict[str, tuple[str, Callable[..., pa.Table]]] = fam.module.RING_TABLES
             for ring_name, (table, convert) in ring_tables.items():
-                reader = fam.sensor.ring(ring_name)
-                self.counters.ring_fill[ring_name] = reader.fill()
-                batch = reader.drain()
-                if len(batch):
+                self.counters.ring_fill[ring_name] = fam.sensor.ring(ring_name).fill()
+                batch = drained.get(f"{fam.name}/{ring_name}")
+                if batch is not None and len(batch):
                     self.counters.add_events(ring_name, len(batch))
                     self._submit_converted(table, convert, batch)
             collect = getattr(fam.module, "collect_maps", None)
@@ -243,6 +249,10 @@ class Agent:
                 self._stacks = KernelStacks(Kallsyms.load(), sensor.map_fd("offcpu_stacks"))
         for fam in self.families:
             fam.sensor.attach()
+        self._drainer = RingDrainer(
+            [(f"{fam.name}/{ring}", fam.sensor.ring(ring))
+             for fam in self.families for ring in fam.module.RING_TABLES],
+            self.config.drain_interval_s).start()
 
     def _family_config(self, name: str, module: ModuleType) -> Any:
         """Each family's config from the agent's, by the fields that family has."""

@@ -126,6 +126,10 @@ class RingReader:
         self.discarded += committed - len(out)
         return out
 
+    def fileno(self) -> int:
+        """The ring map's fd: poll it for the kernel's wakeups."""
+        return self._fd
+
     def wait(self, timeout_s: float) -> bool:
         """Sleep until the kernel wakes the ring (fill over its threshold) or the timeout.
 

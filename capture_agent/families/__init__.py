@@ -16,7 +16,7 @@ Adding a family ``foo``:
 
 from __future__ import annotations
 
-from capture_agent.families import block, mem, net, process, sched
+from capture_agent.families import block, mem, net, process, sched, syscalls
 from capture_agent.layouts import Family
 
 FAMILIES: dict[str, Family] = {
@@ -25,6 +25,7 @@ FAMILIES: dict[str, Family] = {
     block.FAMILY.name: block.FAMILY,
     mem.FAMILY.name: mem.FAMILY,
     process.FAMILY.name: process.FAMILY,
+    syscalls.FAMILY.name: syscalls.FAMILY,
 }
 
 __all__ = ["FAMILIES"]

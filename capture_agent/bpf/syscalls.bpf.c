@@ -1,0 +1,523 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Syscalls family: every syscall of the targeted processes, entry and exit merged here,
+ * and (with capture_payloads) the bytes each one wrote into user memory.
+ *
+ *   sys_enter of a target  -> syscall_state[current] = {start, nr, args, ++seq}
+ *   sys_exit               -> payload chunks (success only, per the payload table),
+ *                             then one syscall_event {start, exit, nr, ret, args, seq}
+ *
+ * Attach points: tp_btf/sys_enter and tp_btf/sys_exit, one program each for every
+ * syscall number. Per-syscall tracepoints (syscalls/sys_enter_<name>) are no cheaper
+ * for the processes we do not capture: the kernel implements them on top of these same
+ * two tracepoints (kernel/trace/trace_syscalls.c), so enabling any of them puts every
+ * syscall of every process on the traced slow path, and capturing all syscalls of a
+ * target needs ~700 of them, each building a perf record before our program runs.
+ * Measured on the 2-vCPU VM by tests/bench/bench_syscall_overhead.py (numbers in
+ * capture_agent/families/syscalls.py).
+ *
+ * The first thing at entry is the target check; at exit, a thread that is not captured
+ * has no task storage, which is a NULL test (no hash lookup). Per-thread state lives in
+ * task storage rather than a tid-keyed hash: it is freed with the thread (a thread that
+ * dies inside a syscall leaves nothing behind) and survives exec (the seq continues).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "common.h"
+#include "syscalls.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+LAYOUT_EXPORT(struct syscall_event, syscall_event);
+LAYOUT_EXPORT(struct syscall_data_event, syscall_data_event);
+LAYOUT_EXPORT(struct syscall_data_small_event, syscall_data_small_event);
+LAYOUT_EXPORT(struct payload_region, payload_region);
+LAYOUT_EXPORT(struct payload_spec, payload_spec);
+LAYOUT_EXPORT(enum syscalls_constants, syscalls_constants);
+LAYOUT_EXPORT(enum payload_size_kind, payload_size_kind);
+LAYOUT_EXPORT(enum payload_layout, payload_layout);
+
+#define NR_EXIT 60
+#define NR_EXIT_GROUP 231
+#define NR_IA32_EXIT 1
+#define NR_IA32_EXIT_GROUP 252
+#define TS_COMPAT 0x0002    /* thread_info.status: in an ia32 syscall (in_ia32_syscall()) */
+#define MAX_IOVECS 1024     /* UIO_MAXIOV: the kernel refuses more */
+#define SOCKADDR_MAX 128    /* sizeof(struct sockaddr_storage) */
+#define MSGHDR_SIZE 56      /* sizeof(struct user_msghdr) on x86_64 */
+#define ERRNO_MAX 4095      /* returns in [-4095, -1] are errors */
+
+/* Sizes are defaults; the loader resizes rings before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} syscall_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} syscall_data SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} syscall_data_small SEC(".maps");
+
+/* The syscall a captured thread is in, and its counter. */
+struct syscall_state {
+	__u64 start_ns;
+	__u64 seq;     /* of the syscall in flight; the thread's first is 1 */
+	__u64 args[SYSCALL_ARGS];
+	__s32 nr;
+	__u16 active;  /* entered and not yet exited */
+	__u16 compat;  /* an ia32 syscall */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct syscall_state);
+} syscall_state SEC(".maps");
+
+/* Configuration, set by the loader between open and load. */
+const volatile __u8 capture_payloads = 0;
+const volatile __u32 payload_cap = 64 << 10; /* bytes per output region */
+/* Which arguments receive output and how long it is, per syscall number: the one table
+ * of capture_agent/families/syscalls.py (PAYLOAD_TABLE), written here before load. */
+const volatile struct payload_spec payload_specs[SYSCALL_NR_MAX] = {};
+
+/* ---- entry and exit ---------------------------------------------------------------- */
+
+/* The state of a syscall entering now, or NULL if the thread is not captured. */
+static __always_inline struct syscall_state *syscall_begin(long nr)
+{
+	struct syscall_state *st;
+
+	if (!is_target(bpf_get_current_pid_tgid() >> 32))
+		return NULL;
+	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0,
+				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count_drop(EVENT_SYSCALL);
+		return NULL;
+	}
+	st->start_ns = bpf_ktime_get_ns();
+	st->seq += 1;
+	st->nr = nr;
+	st->active = 1;
+	st->compat = 0;
+	return st;
+}
+
+static __always_inline bool is_error(long ret)
+{
+	return ret < 0 && ret >= -ERRNO_MAX;
+}
+
+__u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __u64 ids);
+
+static __always_inline void syscall_emit(struct syscall_state *st, long ret, __u64 now,
+					 __u8 flags)
+{
+	__u64 ids = bpf_get_current_pid_tgid();
+	struct syscall_event *ev;
+
+	if (st->compat)
+		flags |= SYSCALL_FLAG_COMPAT;
+	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN) && !is_error(ret))
+		flags |= emit_payloads(st, ret, now, ids);
+	ev = EVENT_RESERVE_AT(&syscall_events, struct syscall_event, EVENT_SYSCALL,
+			      SYSCALLS_LAYOUT_VERSION, now);
+	if (!ev)
+		return;
+	ev->hdr.flags = flags;
+	ev->start_ns = st->start_ns;
+	ev->seq = st->seq;
+	ev->ret = ret;
+	__builtin_memcpy(ev->args, st->args, sizeof(ev->args));
+	ev->pid = ids >> 32;
+	ev->tid = (__u32)ids;
+	ev->nr = st->nr;
+	ev->__pad = 0;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	event_submit(&syscall_events, ev);
+}
+
+/* exit and exit_group never reach sys_exit: record them at entry. */
+static __always_inline void syscall_entered(struct syscall_state *st)
+{
+	bool exits = st->compat ? st->nr == NR_IA32_EXIT || st->nr == NR_IA32_EXIT_GROUP
+				: st->nr == NR_EXIT || st->nr == NR_EXIT_GROUP;
+
+	if (exits) {
+		st->active = 0;
+		syscall_emit(st, 0, st->start_ns, SYSCALL_FLAG_NO_RETURN);
+	}
+}
+
+static __always_inline void syscall_end(long ret)
+{
+	struct syscall_state *st;
+
+	/* A thread never captured has no storage: this is the whole cost for it. */
+	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
+	if (!st || !st->active)
+		return;
+	st->active = 0;
+	syscall_emit(st, ret, bpf_ktime_get_ns(), 0);
+}
+
+#ifndef SYSCALLS_NO_ATTACH_POINTS
+/* x86_64: arguments in rdi, rsi, rdx, r10, r8, r9; ia32: ebx, ecx, edx, esi, edi, ebp. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
+{
+	struct syscall_state *st = syscall_begin(id);
+
+	if (!st)
+		return 0;
+	if (bpf_get_current_task_btf()->thread_info.status & TS_COMPAT) {
+		st->compat = 1;
+		st->args[0] = (__u32)regs->bx;
+		st->args[1] = (__u32)regs->cx;
+		st->args[2] = (__u32)regs->dx;
+		st->args[3] = (__u32)regs->si;
+		st->args[4] = (__u32)regs->di;
+		st->args[5] = (__u32)regs->bp;
+	} else {
+		st->args[0] = regs->di;
+		st->args[1] = regs->si;
+		st->args[2] = regs->dx;
+		st->args[3] = regs->r10;
+		st->args[4] = regs->r8;
+		st->args[5] = regs->r9;
+	}
+	syscall_entered(st);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
+{
+	syscall_end(ret);
+	return 0;
+}
+#endif
+
+/* ---- payloads ------------------------------------------------------------------------ */
+
+/* One region being copied, chunk by chunk (the bpf_loop context). */
+struct copy_state {
+	__u64 now;
+	__u64 start_ns;
+	__u64 seq;
+	__u64 total_len;  /* bytes the region received */
+	__u64 base;       /* user address of the current piece's next byte */
+	__u64 iov;        /* user address of the next struct iovec (IOVEC layout) */
+	__u32 iov_left;   /* iovecs not read yet */
+	__u32 piece_left; /* bytes left in the current piece (flat region or one iovec) */
+	__u32 want;       /* bytes still to copy (the region's first min(total, cap)) */
+	__u32 offset;     /* of the next byte in the region */
+	__u32 pid;
+	__u32 tid;
+	__s32 nr;
+	__u8 arg_index;
+	__u8 data_flags;  /* DATA_FLAG_* of the region's chunks */
+	__u8 sys_flags;   /* SYSCALL_FLAG_* gathered for the syscall_event */
+	__u8 __pad;
+};
+
+struct user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+#define FILL_CHUNK_HEAD(ev, c, n)                  \
+	do {                                       \
+		(ev)->hdr.flags = (c)->data_flags; \
+		(ev)->start_ns = (c)->start_ns;    \
+		(ev)->seq = (c)->seq;              \
+		(ev)->total_len = (c)->total_len;  \
+		(ev)->pid = (c)->pid;              \
+		(ev)->tid = (c)->tid;              \
+		(ev)->offset = (c)->offset;        \
+		(ev)->len = (n);                   \
+		(ev)->nr = (c)->nr;                \
+		(ev)->arg_index = (c)->arg_index;  \
+		(ev)->__pad[0] = 0;                \
+		(ev)->__pad[1] = 0;                \
+		(ev)->__pad[2] = 0;                \
+	} while (0)
+
+/*
+ * Copy n bytes at c->base into one chunk record (small ring if they fit). 0 on success;
+ * -1 if the ring was full (counted) or the memory unreadable (a len-0 FAULT chunk says
+ * so): the region stops there either way.
+ */
+static __always_inline int emit_chunk(struct copy_state *c, __u32 n)
+{
+	if (n <= SYSCALL_DATA_SMALL_CHUNK) {
+		struct syscall_data_small_event *ev = EVENT_RESERVE_AT(
+			&syscall_data_small, struct syscall_data_small_event,
+			EVENT_SYSCALL_DATA_SMALL, SYSCALLS_LAYOUT_VERSION, c->now);
+
+		if (!ev)
+			goto lost;
+		barrier_var(n);
+		if (n > SYSCALL_DATA_SMALL_CHUNK)
+			n = SYSCALL_DATA_SMALL_CHUNK;
+		FILL_CHUNK_HEAD(ev, c, n);
+		if (n && bpf_probe_read_user(ev->data, n, (void *)c->base)) {
+			ev->len = 0;
+			ev->hdr.flags |= DATA_FLAG_FAULT;
+			event_submit(&syscall_data_small, ev);
+			goto fault;
+		}
+		event_submit(&syscall_data_small, ev);
+	} else {
+		struct syscall_data_event *ev = EVENT_RESERVE_AT(
+			&syscall_data, struct syscall_data_event, EVENT_SYSCALL_DATA,
+			SYSCALLS_LAYOUT_VERSION, c->now);
+
+		if (!ev)
+			goto lost;
+		barrier_var(n);
+		if (n > SYSCALL_DATA_CHUNK)
+			n = SYSCALL_DATA_CHUNK;
+		FILL_CHUNK_HEAD(ev, c, n);
+		if (bpf_probe_read_user(ev->data, n, (void *)c->base)) {
+			ev->len = 0;
+			ev->hdr.flags |= DATA_FLAG_FAULT;
+			event_submit(&syscall_data, ev);
+			goto fault;
+		}
+		event_submit(&syscall_data, ev);
+	}
+	return 0;
+lost:
+	c->sys_flags |= SYSCALL_FLAG_PAYLOAD_LOST;
+	return -1;
+fault:
+	c->sys_flags |= SYSCALL_FLAG_TRUNCATED;
+	return -1;
+}
+
+/* bpf_loop callback: one step of a region: read the next iovec, or copy one chunk. */
+static long copy_step(__u64 index, void *ctx)
+{
+	struct copy_state *c = ctx;
+	struct user_iovec iov;
+	__u32 n;
+
+	if (c->want == 0)
+		return 1;
+	if (c->piece_left == 0) {
+		if (c->iov_left == 0)
+			return 1;
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)c->iov)) {
+			c->base = 0;
+			emit_chunk(c, 0); /* len-0 chunk flagged FAULT: the iovec array */
+			c->sys_flags |= SYSCALL_FLAG_TRUNCATED;
+			return 1;
+		}
+		c->iov += sizeof(iov);
+		c->iov_left -= 1;
+		c->base = iov.base;
+		c->piece_left = iov.len < c->want ? iov.len : c->want;
+		return 0;
+	}
+	n = c->piece_left < SYSCALL_DATA_CHUNK ? c->piece_left : SYSCALL_DATA_CHUNK;
+	if (emit_chunk(c, n))
+		return 1;
+	c->base += n;
+	c->piece_left -= n;
+	c->want -= n;
+	c->offset += n;
+	return 0;
+}
+
+/* One output region: `total` bytes at addr (flat) or in `count` iovecs at addr. */
+struct copy_job {
+	__u64 addr;
+	__u64 count;  /* IOVEC: number of iovecs */
+	__u64 total;
+	__u32 limit;  /* copy at most this much (payload_cap, or less) */
+	__u8 arg;
+	__u8 iovec;
+	__u16 __pad;
+};
+
+/*
+ * Global functions (verified once, on their own, whatever the caller's state): one
+ * output region copied chunk by chunk. The bpf_loop context must live on this stack.
+ */
+__noinline int copy_region(struct copy_state *shared, struct copy_job *job)
+{
+	struct copy_state c;
+	__u64 want;
+
+	if (!shared || !job || !job->addr || !job->total)
+		return 0;
+	c = *shared;
+	want = job->total < job->limit ? job->total : job->limit;
+	c.arg_index = job->arg;
+	c.total_len = job->total;
+	c.want = want;
+	c.offset = 0;
+	c.data_flags = 0;
+	if (want < job->total) {
+		c.data_flags = DATA_FLAG_TRUNCATED;
+		c.sys_flags |= SYSCALL_FLAG_TRUNCATED;
+	}
+	if (job->iovec) {
+		c.iov = job->addr;
+		c.iov_left = job->count < MAX_IOVECS ? job->count : MAX_IOVECS;
+		c.base = 0;
+		c.piece_left = 0;
+	} else {
+		c.iov = 0;
+		c.iov_left = 0;
+		c.base = job->addr;
+		c.piece_left = want;
+	}
+	/* Steps: one per iovec read plus one per chunk (a chunk never spans two iovecs). */
+	bpf_loop(2 * MAX_IOVECS + payload_cap / SYSCALL_DATA_CHUNK + 2, copy_step, &c, 0);
+	shared->sys_flags = c.sys_flags;
+	return 0;
+}
+
+static __always_inline __u64 arg_at(struct syscall_state *st, __u32 i)
+{
+	if (i >= SYSCALL_ARGS)
+		return 0;
+	return st->args[i];
+}
+
+/* Bytes an ioctl wrote through args[2]: legacy tty requests carry no size. */
+static __always_inline __u64 ioctl_size(__u32 request)
+{
+	switch (request) {
+	case 0x5401: /* TCGETS: struct termios */
+		return 36;
+	case 0x5413: /* TIOCGWINSZ */
+		return 8;
+	case 0x540F: /* TIOCGPGRP */
+	case 0x5411: /* TIOCOUTQ */
+	case 0x541B: /* FIONREAD */
+	case 0x5429: /* TIOCGSID */
+		return 4;
+	}
+	return (request >> 30) & 2 ? (request >> 16) & 0x3fff : 0; /* _IOC_READ: _IOC_SIZE */
+}
+
+static __always_inline __u64 region_size(__u8 kind, __u32 n, __u64 len_value, long ret)
+{
+	__u32 value = 0;
+
+	switch (kind) {
+	case PAYLOAD_RET:
+		return ret;
+	case PAYLOAD_FIXED:
+		return n;
+	case PAYLOAD_RET_TIMES:
+		return (__u64)ret * n;
+	case PAYLOAD_ARG_TIMES:
+		return (__u64)(__u32)len_value * n;
+	case PAYLOAD_DEREF:
+		if (!len_value || bpf_probe_read_user(&value, sizeof(value), (void *)len_value))
+			return 0;
+		return value;
+	case PAYLOAD_FDSET:
+		value = (__u32)len_value;
+		if ((__s32)value <= 0)
+			return 0;
+		return ((__u64)value + 63) / 64 * 8;
+	case PAYLOAD_IOCTL:
+		return ioctl_size((__u32)len_value);
+	case PAYLOAD_FLOCK: /* F_GETLK, F_OFD_GETLK */
+		return (__u32)len_value == 5 || (__u32)len_value == 36 ? 32 : 0;
+	}
+	return 0;
+}
+
+/*
+ * recvmsg: the msghdr's iovec payload (as argument `arg`), its msg_name (pseudo arg 6,
+ * msg_namelen bytes), msg_control (7, msg_controllen) and the msghdr itself (8), as the
+ * syscall left them. Fills jobs[0..3].
+ */
+static __always_inline void msghdr_jobs(struct copy_job *jobs, __u8 arg, __u64 addr,
+					long ret)
+{
+	struct user_msghdr m = {};
+
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)addr))
+		return;
+	jobs[0].addr = (__u64)m.msg_iov;
+	jobs[0].count = m.msg_iovlen;
+	jobs[0].total = ret;
+	jobs[0].arg = arg;
+	jobs[0].iovec = 1;
+	jobs[1].addr = (__u64)m.msg_name;
+	jobs[1].total = m.msg_namelen > 0 ? m.msg_namelen : 0;
+	jobs[1].limit = SOCKADDR_MAX;
+	jobs[1].arg = PAYLOAD_ARG_MSG_NAME;
+	jobs[2].addr = (__u64)m.msg_control;
+	jobs[2].total = m.msg_controllen;
+	jobs[2].arg = PAYLOAD_ARG_MSG_CONTROL;
+	jobs[3].addr = addr;
+	jobs[3].total = MSGHDR_SIZE;
+	jobs[3].arg = PAYLOAD_ARG_MSGHDR;
+}
+
+/* Chunks of every output region of a successful syscall; SYSCALL_FLAG_* to report. */
+__noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __u64 ids)
+{
+	struct copy_job jobs[PAYLOAD_REGIONS] = {};
+	struct copy_state c = {};
+	__u32 nr;
+	int i;
+
+	if (!st)
+		return 0;
+	nr = st->nr;
+	if (nr >= SYSCALL_NR_MAX)
+		return 0;
+	for (i = 0; i < PAYLOAD_REGIONS; i++) {
+		const volatile struct payload_region *r = &payload_specs[nr].regions[i];
+		__u8 kind = r->size_kind;
+
+		if (kind == PAYLOAD_NONE)
+			break;
+		if (r->layout == PAYLOAD_MSGHDR) {
+			/* the table gives recvmsg this one region */
+			msghdr_jobs(jobs, r->arg, arg_at(st, r->arg), ret);
+			break;
+		}
+		jobs[i].addr = arg_at(st, r->arg);
+		jobs[i].arg = r->arg;
+		if (r->layout == PAYLOAD_IOVEC) {
+			jobs[i].count = arg_at(st, r->len_arg);
+			jobs[i].total = ret;
+			jobs[i].iovec = 1;
+		} else if (jobs[i].addr) {
+			jobs[i].total = region_size(kind, r->n, arg_at(st, r->len_arg), ret);
+		}
+	}
+
+	c.now = now;
+	c.start_ns = st->start_ns;
+	c.seq = st->seq;
+	c.pid = ids >> 32;
+	c.tid = (__u32)ids;
+	c.nr = nr;
+	for (i = 0; i < PAYLOAD_REGIONS; i++) {
+		if (!jobs[i].limit || jobs[i].limit > payload_cap)
+			jobs[i].limit = payload_cap;
+		copy_region(&c, &jobs[i]);
+	}
+	return c.sys_flags;
+}

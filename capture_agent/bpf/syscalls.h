@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Syscalls family records, mirrored once in capture_agent/families/syscalls.py.
+ * Three rings, one record size each:
+ *   syscall_events      struct syscall_event            one per completed syscall of a target
+ *   syscall_data        struct syscall_data_event       output bytes, chunks of up to 4 KiB
+ *   syscall_data_small  struct syscall_data_small_event chunks of up to 256 bytes (stat,
+ *                       clock_gettime, a few epoll events...: most payloads are small, and a
+ *                       4 KiB slot for 16 bytes would fill the ring 256 times faster)
+ * and the payload table (struct payload_spec per syscall number), written by the loader.
+ */
+#ifndef KPROBE_SYSCALLS_H
+#define KPROBE_SYSCALLS_H
+
+#include "common.h"
+
+#ifndef TASK_COMM_LEN /* 16 in every kernel (vmlinux.h's enum constant is no macro) */
+#define TASK_COMM_LEN 16
+#endif
+
+/* Constants mirrored in Python (an enum, so they reach the object's BTF). */
+enum syscalls_constants {
+	SYSCALLS_LAYOUT_VERSION = 1,     /* bumped on any change to the records below */
+	SYSCALL_ARGS = 6,
+	SYSCALL_NR_MAX = 512,            /* payload table size: x86_64 numbers are below it */
+	PAYLOAD_REGIONS = 4,             /* output regions per syscall in the payload table */
+	SYSCALL_DATA_CHUNK = 4096,       /* data bytes of a syscall_data_event */
+	SYSCALL_DATA_SMALL_CHUNK = 256,  /* data bytes of a syscall_data_small_event */
+	/* syscall_event hdr.flags */
+	SYSCALL_FLAG_NO_RETURN = 0x1,    /* exit / exit_group: emitted at entry, no ret, no dur */
+	SYSCALL_FLAG_TRUNCATED = 0x2,    /* an output region was longer than payload_cap */
+	SYSCALL_FLAG_PAYLOAD_LOST = 0x4, /* a data chunk found its ring full (counted in drops) */
+	SYSCALL_FLAG_COMPAT = 0x8,       /* an ia32 syscall (32-bit code): nr is the i386 number,
+					  * args are ebx..ebp; no payloads */
+	/* syscall_data_event hdr.flags */
+	DATA_FLAG_TRUNCATED = 0x1,       /* the region had more than payload_cap bytes */
+	DATA_FLAG_FAULT = 0x2,           /* user memory unreadable: len 0, the rest not copied */
+	/* pseudo argument numbers of recvmsg's struct msghdr parts (arg_index of a chunk) */
+	PAYLOAD_ARG_MSG_NAME = 6,
+	PAYLOAD_ARG_MSG_CONTROL = 7,
+	PAYLOAD_ARG_MSGHDR = 8,
+};
+
+/* How many bytes an output region received (evaluated at syscall exit, success only). */
+enum payload_size_kind {
+	PAYLOAD_NONE = 0,      /* unused table slot */
+	PAYLOAD_RET = 1,       /* the return value (read, recv, getrandom, getdents64, ...) */
+	PAYLOAD_FIXED = 2,     /* n bytes (struct stat 144, statx 256, timespec 16, ...) */
+	PAYLOAD_RET_TIMES = 3, /* ret * n (epoll_wait: n = sizeof(struct epoll_event) = 12) */
+	PAYLOAD_ARG_TIMES = 4, /* args[len_arg] * n (poll: nfds * sizeof(struct pollfd)) */
+	PAYLOAD_DEREF = 5,     /* the u32 at args[len_arg] after the call (accept's *addrlen) */
+	PAYLOAD_FDSET = 6,     /* an fd_set of args[len_arg] descriptors: (n + 63) / 64 * 8 */
+	PAYLOAD_IOCTL = 7,     /* the size in an _IOR/_IOWR request (args[1]), or a tty one */
+	PAYLOAD_FLOCK = 8,     /* struct flock (32) for fcntl F_GETLK / F_OFD_GETLK */
+};
+
+/* Where the bytes are. */
+enum payload_layout {
+	PAYLOAD_FLAT = 0,   /* at args[arg] */
+	PAYLOAD_IOVEC = 1,  /* in the iovec array at args[arg], args[len_arg] entries; chunk
+			     * offsets count in the concatenated payload */
+	PAYLOAD_MSGHDR = 2, /* struct user_msghdr at args[arg]: its iovec payload (arg), and
+			     * pseudo args 6 msg_name, 7 msg_control, 8 the msghdr itself */
+};
+
+/* One output region of a syscall (8 bytes). */
+struct payload_region {
+	__u32 n;         /* PAYLOAD_FIXED: bytes; *_TIMES: multiplier */
+	__u8 arg;        /* argument holding the user pointer */
+	__u8 size_kind;  /* enum payload_size_kind; PAYLOAD_NONE ends the list */
+	__u8 layout;     /* enum payload_layout */
+	__u8 len_arg;    /* argument the size (or iovec count) depends on */
+};
+
+/* The payload table entry of one syscall number (32 bytes). */
+struct payload_spec {
+	struct payload_region regions[PAYLOAD_REGIONS];
+};
+
+/*
+ * A completed syscall of a targeted thread (120 bytes): entry and exit merged in the
+ * kernel. hdr.ktime_ns and hdr.cpu are those of the exit (of the entry for NO_RETURN).
+ */
+struct syscall_event {
+	struct event_header hdr;
+	__u64 start_ns;              /* entry (CLOCK_MONOTONIC) */
+	__u64 seq;                   /* per-thread counter, from 1 at the thread's first one */
+	__s64 ret;
+	__u64 args[SYSCALL_ARGS];    /* the six argument registers at entry */
+	__u32 pid;                   /* tgid */
+	__u32 tid;
+	__s32 nr;                    /* as the kernel saw it (-1: skipped by a tracer) */
+	__u32 __pad;
+	char comm[TASK_COMM_LEN];
+};
+
+/*
+ * A chunk of the bytes a syscall wrote into user memory through one argument (64-byte
+ * head, then data). A region longer than a chunk comes as several chunks, in order.
+ */
+#define SYSCALL_DATA_HEAD                                                                  \
+	struct event_header hdr; /* ktime_ns: the syscall's exit */                        \
+	__u64 start_ns;          /* the syscall's entry: its syscall_event's start_ns */   \
+	__u64 seq;               /* the syscall's seq */                                   \
+	__u64 total_len;         /* bytes the region received, before payload_cap */       \
+	__u32 pid;                                                                         \
+	__u32 tid;                                                                         \
+	__u32 offset;            /* of data[0] in the region */                            \
+	__u32 len;               /* valid bytes in data */                                 \
+	__s32 nr;                                                                          \
+	__u8 arg_index;          /* 0-5, or PAYLOAD_ARG_MSG_* */                           \
+	__u8 __pad[3];
+
+struct syscall_data_event {
+	SYSCALL_DATA_HEAD
+	__u8 data[SYSCALL_DATA_CHUNK];
+};
+
+struct syscall_data_small_event {
+	SYSCALL_DATA_HEAD
+	__u8 data[SYSCALL_DATA_SMALL_CHUNK];
+};
+
+#endif /* KPROBE_SYSCALLS_H */

@@ -1,0 +1,505 @@
+"""Syscalls family: mirror of bpf/syscalls.h, the payload table, sensor configuration, and
+batches -> lake tables ``syscalls`` and ``syscall_data``.
+
+Rings (one record size each):
+  syscall_events      struct syscall_event            a completed syscall of a target
+  syscall_data        struct syscall_data_event       output bytes, chunks <= 4 KiB
+  syscall_data_small  struct syscall_data_small_event output bytes, chunks <= 256 bytes
+
+Only targeted processes are captured (``targets`` map, or ``target_all``). Attach points:
+``tp_btf/sys_enter`` and ``tp_btf/sys_exit``. Measured on the 2-vCPU VM with a getppid
+loop (``tests/bench/bench_syscall_overhead.py``, median of 5 runs; the kernel alone takes
+~77 ns per getppid; CPU speed here varies up to 2x between runs):
+
+  ns added per syscall                      untargeted process   targeted (no payloads)
+  empty tp_btf programs (the floor)         +38
+  tp_btf sys_enter + sys_exit (shipped)     +42..48              +132..137
+  per-syscall tracepoints (all 720)         +75..91              +143..190
+  targeted read(64 B) with its payload: +263 over a plain read (~105 ns)
+
+A ring kept above ``wakeup_fill_pct`` between drains makes every record force a wakeup
+(an IPI: a VM exit here): the same read then costs +690 ns. Size the rings for the
+targets' peak rate over one drain interval (a 4 MiB small-data ring holds ~12.8 k
+payloads).
+
+Per-syscall tracepoints are built on the same two raw tracepoints in the kernel, and
+each adds a perf record per syscall before the program runs: no saving for the
+processes not captured, and ~720 attachments plus tracefs for full capture.
+
+Payloads (``capture_payloads``): at the exit of a successful syscall listed in
+``PAYLOAD_TABLE``, the bytes the kernel wrote into user memory, at most ``payload_cap``
+per output region (default 64 KiB); a longer region is flagged ``truncated`` with its
+real ``total_len``. Rows of ``syscall_data`` join ``syscalls`` on (pid, tid, seq) (and
+share its ``ts_ns``). Layout of structured arguments, the replay's contract
+(``replay_sandbox/syscall_table.py``): iovec payloads are one region whose ``offset``
+counts in the concatenated bytes; recvmsg gives its iovec payload as argument 1 and
+pseudo-arguments 6 (msg_name), 7 (msg_control), 8 (the struct msghdr after the call).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from capture_agent import syscall_names
+from capture_agent.clock import ClockSample
+from capture_agent.errors import CaptureAgentError, RingBufferError
+from capture_agent.families._arrow import comm_array, int_array
+from capture_agent.layouts import EventKind, Family, record_dtype
+from capture_agent.sensor import SensorSpec
+from lake.schema import spec as table_spec
+
+SYSCALLS_LAYOUT_VERSION = 1
+TASK_COMM_LEN = 16
+SYSCALL_ARGS = 6
+SYSCALL_NR_MAX = syscall_names.NR_MAX
+PAYLOAD_REGIONS = 4
+SYSCALL_DATA_CHUNK = 4096
+SYSCALL_DATA_SMALL_CHUNK = 256
+
+SYSCALL_FLAG_NO_RETURN = 0x1
+SYSCALL_FLAG_TRUNCATED = 0x2
+SYSCALL_FLAG_PAYLOAD_LOST = 0x4
+SYSCALL_FLAG_COMPAT = 0x8
+DATA_FLAG_TRUNCATED = 0x1
+DATA_FLAG_FAULT = 0x2
+PAYLOAD_ARG_MSG_NAME = 6
+PAYLOAD_ARG_MSG_CONTROL = 7
+PAYLOAD_ARG_MSGHDR = 8
+
+PAYLOAD_CAP_DEFAULT = 64 << 10
+PAYLOAD_CAP_MAX = 16 << 20  # chunk offsets are u32; keeps the kernel's copy loop short
+
+
+class PayloadSize(enum.IntEnum):
+    """``enum payload_size_kind``: C name = ``PAYLOAD_`` + member name."""
+
+    NONE = 0
+    RET = 1
+    FIXED = 2
+    RET_TIMES = 3
+    ARG_TIMES = 4
+    DEREF = 5
+    FDSET = 6
+    IOCTL = 7
+    FLOCK = 8
+
+
+class PayloadLayout(enum.IntEnum):
+    """``enum payload_layout``: C name = ``PAYLOAD_`` + member name."""
+
+    FLAT = 0
+    IOVEC = 1
+    MSGHDR = 2
+
+
+SYSCALL_EVENT = record_dtype(
+    [
+        ("start_ns", "<u8"),
+        ("seq", "<u8"),
+        ("ret", "<i8"),
+        ("args", "<u8", (SYSCALL_ARGS,)),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("nr", "<i4"),
+        ("__pad", "<u4"),
+        ("comm", f"S{TASK_COMM_LEN}"),
+    ]
+)
+
+
+def _data_dtype(chunk: int) -> np.dtype:
+    return record_dtype(
+        [
+            ("start_ns", "<u8"),
+            ("seq", "<u8"),
+            ("total_len", "<u8"),
+            ("pid", "<u4"),
+            ("tid", "<u4"),
+            ("offset", "<u4"),
+            ("len", "<u4"),
+            ("nr", "<i4"),
+            ("arg_index", "u1"),
+            ("__pad", "u1", (3,)),
+            ("data", "u1", (chunk,)),
+        ]
+    )
+
+
+SYSCALL_DATA_EVENT = _data_dtype(SYSCALL_DATA_CHUNK)
+SYSCALL_DATA_SMALL_EVENT = _data_dtype(SYSCALL_DATA_SMALL_CHUNK)
+
+PAYLOAD_REGION = np.dtype(
+    [("n", "<u4"), ("arg", "u1"), ("size_kind", "u1"), ("layout", "u1"), ("len_arg", "u1")]
+)
+PAYLOAD_SPEC = np.dtype([("regions", PAYLOAD_REGION, (PAYLOAD_REGIONS,))])
+
+
+# -- the payload table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """An output region: bytes the kernel writes through argument ``arg``."""
+
+    arg: int
+    size: PayloadSize
+    n: int = 0  # FIXED: bytes; *_TIMES: multiplier
+    len_arg: int = 0  # the argument the size (or the iovec count) depends on
+    layout: PayloadLayout = PayloadLayout.FLAT
+
+
+def _ret(arg: int) -> Region:
+    return Region(arg, PayloadSize.RET)
+
+
+def _fixed(arg: int, n: int) -> Region:
+    return Region(arg, PayloadSize.FIXED, n)
+
+
+def _ret_times(arg: int, n: int) -> Region:
+    return Region(arg, PayloadSize.RET_TIMES, n)
+
+
+def _arg_times(arg: int, len_arg: int, n: int) -> Region:
+    return Region(arg, PayloadSize.ARG_TIMES, n, len_arg)
+
+
+def _deref(arg: int, len_arg: int) -> Region:
+    return Region(arg, PayloadSize.DEREF, 0, len_arg)
+
+
+def _fdset(arg: int, nfds_arg: int) -> Region:
+    return Region(arg, PayloadSize.FDSET, 0, nfds_arg)
+
+
+def _iovec(arg: int, count_arg: int) -> Region:
+    return Region(arg, PayloadSize.RET, 0, count_arg, PayloadLayout.IOVEC)
+
+
+_STAT = 144  # struct stat (x86_64)
+_STATFS = 120
+_TIMESPEC = 16
+_RUSAGE = 144
+_SIGINFO = 128
+_SOCKADDR_OUT = (_deref(1, 2), _fixed(2, 4))  # the address, then *addrlen
+_FDSETS = (_fdset(1, 0), _fdset(2, 0), _fdset(3, 0), _fixed(4, _TIMESPEC))
+
+# syscall name -> its output regions, in the order they are emitted
+PAYLOAD_TABLE: Mapping[str, tuple[Region, ...]] = MappingProxyType({
+    # reads: the return value says how many bytes arrived
+    "read": (_ret(1),),
+    "pread64": (_ret(1),),
+    "readv": (_iovec(1, 2),),
+    "preadv": (_iovec(1, 2),),
+    "preadv2": (_iovec(1, 2),),
+    "recvfrom": (_ret(1), _deref(4, 5), _fixed(5, 4)),
+    "recvmsg": (Region(1, PayloadSize.RET, layout=PayloadLayout.MSGHDR),),
+    "getdents": (_ret(1),),
+    "getdents64": (_ret(1),),
+    "getrandom": (_ret(0),),
+    "readlink": (_ret(1),),
+    "readlinkat": (_ret(2),),
+    "getcwd": (_ret(0),),
+    "getxattr": (_ret(2),),
+    "lgetxattr": (_ret(2),),
+    "fgetxattr": (_ret(2),),
+    "sched_getaffinity": (_ret(2),),
+    "getgroups": (_ret_times(1, 4),),
+    # the stat family and other fixed-size answers
+    "stat": (_fixed(1, _STAT),),
+    "fstat": (_fixed(1, _STAT),),
+    "lstat": (_fixed(1, _STAT),),
+    "newfstatat": (_fixed(2, _STAT),),
+    "statx": (_fixed(4, 256),),
+    "statfs": (_fixed(1, _STATFS),),
+    "fstatfs": (_fixed(1, _STATFS),),
+    "ioctl": (Region(2, PayloadSize.IOCTL, 0, 1),),
+    "fcntl": (Region(2, PayloadSize.FLOCK, 0, 1),),
+    "uname": (_fixed(0, 390),),
+    "sysinfo": (_fixed(0, 112),),
+    "times": (_fixed(0, 32),),
+    "getrusage": (_fixed(1, _RUSAGE),),
+    "getrlimit": (_fixed(1, 16),),
+    "prlimit64": (_fixed(3, 16),),
+    "getresuid": (_fixed(0, 4), _fixed(1, 4), _fixed(2, 4)),
+    "getresgid": (_fixed(0, 4), _fixed(1, 4), _fixed(2, 4)),
+    "getcpu": (_fixed(0, 4), _fixed(1, 4)),
+    "getitimer": (_fixed(1, 32),),
+    "wait4": (_fixed(1, 4), _fixed(3, _RUSAGE)),
+    "waitid": (_fixed(2, _SIGINFO), _fixed(4, _RUSAGE)),
+    "rt_sigtimedwait": (_fixed(1, _SIGINFO),),
+    "io_getevents": (_ret_times(3, 32),),
+    # clocks (the vDSO answers most reads without a syscall; a replay needs those that are)
+    "clock_gettime": (_fixed(1, _TIMESPEC),),
+    "clock_getres": (_fixed(1, _TIMESPEC),),
+    "gettimeofday": (_fixed(0, 16), _fixed(1, 8)),
+    "time": (_fixed(0, 8),),
+    # waits: which descriptors are ready
+    "poll": (_arg_times(0, 1, 8),),
+    "ppoll": (_arg_times(0, 1, 8), _fixed(2, _TIMESPEC)),
+    "select": _FDSETS,
+    "pselect6": _FDSETS,
+    "epoll_wait": (_ret_times(1, 12),),
+    "epoll_pwait": (_ret_times(1, 12),),
+    "epoll_pwait2": (_ret_times(1, 12),),
+    # sockets and descriptors
+    "accept": _SOCKADDR_OUT,
+    "accept4": _SOCKADDR_OUT,
+    "getsockname": _SOCKADDR_OUT,
+    "getpeername": _SOCKADDR_OUT,
+    "getsockopt": (_deref(3, 4), _fixed(4, 4)),
+    "timerfd_settime": (_fixed(3, 32),),
+    "timerfd_gettime": (_fixed(1, 32),),
+    "pipe": (_fixed(0, 8),),
+    "pipe2": (_fixed(0, 8),),
+    "socketpair": (_fixed(3, 8),),
+    # file offsets the kernel advanced (loff_t in/out arguments, when given)
+    "sendfile": (_fixed(2, 8),),
+    "copy_file_range": (_fixed(1, 8), _fixed(3, 8)),
+    "splice": (_fixed(1, 8), _fixed(3, 8)),
+})
+
+
+def payload_specs(table: Mapping[str, tuple[Region, ...]] = PAYLOAD_TABLE) -> np.ndarray:
+    """The table as the kernel reads it: ``PAYLOAD_SPEC`` per syscall number."""
+    specs = np.zeros(SYSCALL_NR_MAX, PAYLOAD_SPEC)
+    for name, regions in table.items():
+        if len(regions) > PAYLOAD_REGIONS:
+            raise ValueError(f"{name}: {len(regions)} output regions, at most {PAYLOAD_REGIONS}")
+        if any(r.layout is PayloadLayout.MSGHDR for r in regions) and len(regions) > 1:
+            raise ValueError(f"{name}: a msghdr region expands to four; it must be alone")
+        entry = specs[syscall_names.number_of(name)]["regions"]
+        for i, r in enumerate(regions):
+            entry[i] = (r.n, r.arg, int(r.size), int(r.layout), r.len_arg)
+    return specs
+
+
+def _rodata_value(specs: np.ndarray) -> int:
+    """A byte array as the integer ``Sensor`` writes into ``.rodata`` (little-endian)."""
+    return int.from_bytes(specs.tobytes(), "little")
+
+
+# -- the family -----------------------------------------------------------------------------
+
+SYSCALL_KINDS = (EventKind.SYSCALL,)
+DATA_KINDS = (EventKind.SYSCALL_DATA, EventKind.SYSCALL_DATA_SMALL)
+
+FAMILY = Family(
+    name="syscalls",
+    object_file="syscalls.bpf.o",
+    structs=MappingProxyType({
+        "syscall_event": SYSCALL_EVENT,
+        "syscall_data_event": SYSCALL_DATA_EVENT,
+        "syscall_data_small_event": SYSCALL_DATA_SMALL_EVENT,
+        "payload_region": PAYLOAD_REGION,
+        "payload_spec": PAYLOAD_SPEC,
+    }),
+    enums=MappingProxyType({
+        "syscalls_constants": {
+            "SYSCALLS_LAYOUT_VERSION": SYSCALLS_LAYOUT_VERSION,
+            "SYSCALL_ARGS": SYSCALL_ARGS,
+            "SYSCALL_NR_MAX": SYSCALL_NR_MAX,
+            "PAYLOAD_REGIONS": PAYLOAD_REGIONS,
+            "SYSCALL_DATA_CHUNK": SYSCALL_DATA_CHUNK,
+            "SYSCALL_DATA_SMALL_CHUNK": SYSCALL_DATA_SMALL_CHUNK,
+            "SYSCALL_FLAG_NO_RETURN": SYSCALL_FLAG_NO_RETURN,
+            "SYSCALL_FLAG_TRUNCATED": SYSCALL_FLAG_TRUNCATED,
+            "SYSCALL_FLAG_PAYLOAD_LOST": SYSCALL_FLAG_PAYLOAD_LOST,
+            "SYSCALL_FLAG_COMPAT": SYSCALL_FLAG_COMPAT,
+            "DATA_FLAG_TRUNCATED": DATA_FLAG_TRUNCATED,
+            "DATA_FLAG_FAULT": DATA_FLAG_FAULT,
+            "PAYLOAD_ARG_MSG_NAME": PAYLOAD_ARG_MSG_NAME,
+            "PAYLOAD_ARG_MSG_CONTROL": PAYLOAD_ARG_MSG_CONTROL,
+            "PAYLOAD_ARG_MSGHDR": PAYLOAD_ARG_MSGHDR,
+        },
+        "payload_size_kind": {f"PAYLOAD_{k.name}": int(k) for k in PayloadSize},
+        "payload_layout": {f"PAYLOAD_{k.name}": int(k) for k in PayloadLayout},
+    }),
+    rings=MappingProxyType({
+        "syscall_events": SYSCALL_EVENT,
+        "syscall_data": SYSCALL_DATA_EVENT,
+        "syscall_data_small": SYSCALL_DATA_SMALL_EVENT,
+    }),
+    layout_version=SYSCALLS_LAYOUT_VERSION,
+)
+
+
+@dataclass(frozen=True)
+class SyscallsConfig:
+    """What the syscalls sensor records. Sizes are bytes (rings: power of two pages)."""
+
+    capture_payloads: bool = False
+    payload_cap: int = PAYLOAD_CAP_DEFAULT  # bytes per output region of a syscall
+    target_all: bool = False  # every process is a target (expensive: every syscall)
+    wakeup_fill_pct: int = 50
+    events_ring_bytes: int = 8 << 20
+    data_ring_bytes: int = 16 << 20
+    small_data_ring_bytes: int = 4 << 20
+
+
+def sensor_spec(config: SyscallsConfig | None = None, *,
+                shared_maps: dict[str, int] | None = None) -> SensorSpec:
+    c = config or SyscallsConfig()
+    if not 0 < c.payload_cap <= PAYLOAD_CAP_MAX:
+        raise CaptureAgentError(f"payload cap {c.payload_cap}: must be 1..{PAYLOAD_CAP_MAX} bytes")
+    return SensorSpec(
+        family=FAMILY,
+        config={
+            "capture_payloads": int(c.capture_payloads),
+            "payload_cap": c.payload_cap,
+            "payload_specs": _rodata_value(payload_specs()),
+            "target_all": int(c.target_all),
+            "wakeup_fill_pct": c.wakeup_fill_pct,
+        },
+        ring_bytes={
+            "syscall_events": c.events_ring_bytes,
+            "syscall_data": c.data_ring_bytes,
+            "syscall_data_small": c.small_data_ring_bytes,
+        },
+        shared_maps=shared_maps or {},
+    )
+
+
+# -- batches -> lake tables -------------------------------------------------------------------
+
+
+def check_batch(batch: np.ndarray, kinds: tuple[int, ...]) -> None:
+    """Refuse records of another layout version or kind (RingBufferError)."""
+    hdr = batch["hdr"]
+    if len(batch) and np.any(hdr["version"] != SYSCALLS_LAYOUT_VERSION):
+        bad = int(hdr["version"][hdr["version"] != SYSCALLS_LAYOUT_VERSION][0])
+        raise RingBufferError(
+            f"syscalls record layout version {bad}, this agent reads {SYSCALLS_LAYOUT_VERSION}:"
+            " rebuild the BPF objects (make bpf)"
+        )
+    if len(batch) and not np.all(np.isin(hdr["kind"], kinds)):
+        raise RingBufferError(f"unexpected record kinds in a syscalls batch: "
+                              f"{sorted(set(hdr['kind'].tolist()) - set(kinds))}")
+
+
+def _args_column(nr: np.ndarray, args: np.ndarray) -> pa.Array:
+    """list<int64> of each syscall's own arguments (the first nargs of six registers)."""
+    counts = syscall_names.arg_counts(nr)
+    keep = np.arange(SYSCALL_ARGS)[None, :] < counts[:, None]
+    values = args.view(np.int64)[keep]  # row-major: each row's arguments in order
+    offsets = np.zeros(len(nr) + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64()))
+
+
+def syscalls_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
+    """A batch of ``SYSCALL_EVENT`` -> rows of lake table ``syscalls`` (vectorised).
+
+    exit / exit_group (``SYSCALL_FLAG_NO_RETURN``) have null ``ret`` and ``dur_ns``. A
+    32-bit program's syscalls (``SYSCALL_FLAG_COMPAT``) are named ``ia32_syscall_<nr>``
+    (i386 numbers), with all six argument registers and no ``fd``.
+    """
+    check_batch(batch, tuple(int(k) for k in SYSCALL_KINDS))
+    hdr = batch["hdr"]
+    start = batch["start_ns"]
+    nr = batch["nr"]
+    args = np.ascontiguousarray(batch["args"])
+    no_return = (hdr["flags"] & SYSCALL_FLAG_NO_RETURN) != 0
+    compat = (hdr["flags"] & SYSCALL_FLAG_COMPAT) != 0
+    names = syscall_names.names_array(nr)
+    if compat.any():
+        names = pc.if_else(pa.array(compat), syscall_names.numbered("ia32_syscall_", nr), names)
+        nr_x86_64 = np.where(compat, -1, nr)  # outside the x86_64 table: no fd, 6 args
+    else:
+        nr_x86_64 = nr
+    columns = {
+        "ts_ns": pa.array(clock.to_epoch(start)),
+        "dur_ns": pa.array(hdr["ktime_ns"].astype(np.int64) - start.astype(np.int64),
+                           mask=no_return),
+        "pid": int_array(batch["pid"]),
+        "tid": int_array(batch["tid"]),
+        "cpu": int_array(hdr["cpu"]),
+        "comm": comm_array(batch["comm"]),
+        "nr": int_array(nr),
+        "name": names,
+        "ret": pa.array(batch["ret"].astype(np.int64), mask=no_return),
+        "fd": syscall_names.fd_column(nr_x86_64, args),
+        "args": _args_column(nr_x86_64, args),
+        "seq": pa.array(batch["seq"].astype(np.int64)),
+    }
+    return pa.table(columns, schema=table_spec("syscalls").payload_schema)
+
+
+def _data_column(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Each chunk's first ``len`` bytes as one binary value, without a loop per chunk:
+    the valid bytes of every row, concatenated, and their offsets."""
+    width = data.shape[1]
+    lengths = np.minimum(lengths.astype(np.int64), width)
+    flat = data[np.arange(width)[None, :] < lengths[:, None]]
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    large = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(flat)])
+    return large.cast(pa.binary())
+
+
+def syscall_data_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
+    """A batch of ``SYSCALL_DATA_EVENT`` or ``SYSCALL_DATA_SMALL_EVENT`` -> rows of lake
+    table ``syscall_data`` (vectorised). ``truncated``: the region was capped, or its
+    memory could not be read (then ``data`` is empty)."""
+    check_batch(batch, tuple(int(k) for k in DATA_KINDS))
+    flags = batch["hdr"]["flags"]
+    columns = {
+        "ts_ns": pa.array(clock.to_epoch(batch["start_ns"])),
+        "pid": int_array(batch["pid"]),
+        "tid": int_array(batch["tid"]),
+        "seq": pa.array(batch["seq"].astype(np.int64)),
+        "nr": int_array(batch["nr"]),
+        "arg_index": int_array(batch["arg_index"]),
+        "offset": pa.array(batch["offset"].astype(np.int64)),
+        "data": _data_column(batch["data"], batch["len"]),
+        "total_len": pa.array(batch["total_len"].astype(np.int64)),
+        "truncated": pa.array((flags & (DATA_FLAG_TRUNCATED | DATA_FLAG_FAULT)) != 0),
+    }
+    return pa.table(columns, schema=table_spec("syscall_data").payload_schema)
+
+
+def region_bytes(rows: pa.Table) -> dict[tuple[int, int, int], bytes]:
+    """(tid, seq, arg_index) -> the bytes of that region, chunks joined in offset order.
+    For tests and tools reading a few syscalls (a Python loop per region)."""
+    ordered = rows.sort_by([("tid", "ascending"), ("seq", "ascending"),
+                            ("arg_index", "ascending"), ("offset", "ascending")])
+    out: dict[tuple[int, int, int], bytearray] = {}
+    for tid, seq, arg, data in zip(*(ordered[c].to_pylist()
+                                     for c in ("tid", "seq", "arg_index", "data")), strict=True):
+        out.setdefault((tid, seq, arg), bytearray()).extend(data or b"")
+    return {k: bytes(v) for k, v in out.items()}
+
+
+# ring -> (lake table, converter): what the agent's flush loop calls for this family.
+RING_TABLES = {
+    "syscall_events": ("syscalls", syscalls_table),
+    "syscall_data": ("syscall_data", syscall_data_table),
+    "syscall_data_small": ("syscall_data", syscall_data_table),
+}
+
+__all__ = [
+    "FAMILY",
+    "PAYLOAD_TABLE",
+    "RING_TABLES",
+    "SYSCALL_DATA_EVENT",
+    "SYSCALL_DATA_SMALL_EVENT",
+    "SYSCALL_EVENT",
+    "PayloadLayout",
+    "PayloadSize",
+    "Region",
+    "SyscallsConfig",
+    "check_batch",
+    "payload_specs",
+    "region_bytes",
+    "sensor_spec",
+    "syscall_data_table",
+    "syscalls_table",
+]

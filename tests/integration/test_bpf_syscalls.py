@@ -1,0 +1,237 @@
+"""The syscalls sensor on the real kernel, with a program whose syscalls and bytes are known.
+
+Root only. tests/programs/syscall_io.c writes N bytes M times to a file, fsyncs, reads them
+back, preads a region larger than the payload cap, and makes a few syscalls whose output
+it prints (getrandom, pipe2, clock_gettime, fstat, readv, recvmsg).
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from capture_agent.clock import sample_offset
+from capture_agent.families import syscalls
+from capture_agent.layouts import EventKind
+from capture_agent.sensor import Sensor, object_path
+from tests.support import REPO, require, require_binary, require_root
+
+N, M, BIG = 1000, 5, 100_000  # bytes per write, writes, bytes of the big pread
+STAT_SIZE_OFFSET, STAT_INO_OFFSET = 48, 8  # in x86_64 struct stat
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs built into a temp dir."""
+    require_binary("make")
+    require_binary("cc")
+    out = tmp_path_factory.mktemp("programs")
+    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
+                   check=True)
+    return out
+
+
+def require_root_and_objects() -> None:
+    require_root()
+    path = object_path(syscalls.FAMILY.object_file)
+    require(path.exists(), f"{path} (run `make bpf`)")
+
+
+def written(j: int) -> bytes:
+    """What syscall_io's write number j wrote."""
+    return bytes((7 * j + 13 * i + 1) & 0xFF for i in range(N))
+
+
+def big_pattern() -> bytes:
+    return bytes((7 * i + 3) & 0xFF for i in range(BIG))
+
+
+@dataclass
+class IoRun:
+    pid: int
+    out: dict[str, str]  # syscall_io's "done" line
+    rows: pa.Table  # lake table `syscalls`
+    data: pa.Table  # lake table `syscall_data`
+    drops: dict[EventKind | int, int]
+
+    def calls(self, name: str) -> list[dict[str, object]]:
+        mine = self.rows.filter(pc.and_(pc.equal(self.rows["pid"], self.pid),
+                                        pc.equal(self.rows["name"], name)))
+        return sorted(mine.to_pylist(), key=lambda r: r["seq"])  # type: ignore[arg-type,return-value]
+
+    def region(self, seq: int, arg: int) -> bytes:
+        return syscalls.region_bytes(self.data).get((self.pid, seq, arg), b"")
+
+    def chunks(self, seq: int) -> list[dict[str, object]]:
+        rows = self.data.filter(pc.and_(pc.equal(self.data["tid"], self.pid),
+                                        pc.equal(self.data["seq"], seq)))
+        return sorted(rows.to_pylist(), key=lambda r: (r["arg_index"], r["offset"]))  # type: ignore[arg-type,return-value]
+
+
+def run_io(binary: Path, path: Path, config: syscalls.SyscallsConfig,
+           targeted: bool = True) -> IoRun:
+    with Sensor(syscalls.sensor_spec(config)) as sensor:
+        with subprocess.Popen([str(binary), str(path), str(N), str(M), str(BIG)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                word, pid = proc.stdout.readline().split()
+                assert word == "ready"
+                if targeted:
+                    sensor.add_targets([int(pid)])
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                done = proc.stdout.readline().split()
+                assert done and done[0] == "done", done
+                assert proc.wait(timeout=30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        events = sensor.ring("syscall_events").drain()
+        big = sensor.ring("syscall_data").drain()
+        small = sensor.ring("syscall_data_small").drain()
+        drops = sensor.drops()
+    clock = sample_offset()
+    assert events.dtype == syscalls.SYSCALL_EVENT
+    tables = [syscalls.syscall_data_table(b, clock) for b in (big, small)]
+    return IoRun(int(pid), dict(kv.split("=", 1) for kv in done[1:]),
+                 syscalls.syscalls_table(events, clock), pa.concat_tables(tables), drops)
+
+
+@pytest.fixture
+def syscall_io(programs: Path) -> Path:
+    return programs / "syscall_io"
+
+
+def test_a_targets_writes_and_reads_are_rows_in_order_with_their_bytes(
+        syscall_io: Path, tmp_path: Path) -> None:
+    require_root_and_objects()
+    # GIVEN the sensor with payloads, targeting syscall_io
+    # WHEN it writes N bytes M times, fsyncs and reads them back (and the rest)
+    run = run_io(syscall_io, tmp_path / "io.dat", syscalls.SyscallsConfig(capture_payloads=True))
+    fd = int(run.out["fd"])
+    assert run.drops == {}
+
+    # THEN exactly M writes of N bytes to the file, by the program's thread, in order
+    writes = [r for r in run.calls("write") if r["fd"] == fd]
+    assert [r["ret"] for r in writes] == [N] * M + [BIG]
+    assert {r["tid"] for r in writes} == {run.pid}
+    assert all(r["args"][2] == N for r in writes[:M])  # type: ignore[index]
+    assert all(r["dur_ns"] > 0 and r["comm"] == "syscall_io" for r in writes)  # type: ignore[operator]
+    # and the fsync after them
+    fsyncs = run.calls("fsync")
+    assert [(r["fd"], r["ret"]) for r in fsyncs] == [(fd, 0)]
+    assert fsyncs[0]["seq"] > writes[M - 1]["seq"]  # type: ignore[operator]
+
+    # and every syscall of the thread is there: seq runs 1, 2, 3, ... with no gap, and
+    # the last one is exit_group (recorded at entry: no return value, no duration)
+    mine = run.rows.filter(pc.equal(run.rows["tid"], run.pid)).sort_by("seq")
+    seqs = mine["seq"].to_pylist()
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert mine["ts_ns"].to_pylist() == sorted(mine["ts_ns"].to_pylist())
+    last = mine.slice(len(mine) - 1).to_pylist()[0]
+    assert (last["name"], last["ret"], last["dur_ns"]) == ("exit_group", None, None)
+
+    # and each read's payload is the bytes it read: what write j wrote
+    reads = [r for r in run.calls("read") if r["fd"] == fd]
+    assert [r["ret"] for r in reads] == [N] * M
+    for j, r in enumerate(reads):
+        assert run.region(r["seq"], 1) == written(j), f"read {j}"  # type: ignore[arg-type]
+        assert [(c["offset"], c["total_len"], c["truncated"]) for c in run.chunks(r["seq"])] == [  # type: ignore[arg-type]
+            (0, N, False)]
+
+    # and a read larger than the cap is cut at the cap, flagged, with its real length
+    (pread,) = run.calls("pread64")
+    assert pread["ret"] == BIG
+    chunks = run.chunks(pread["seq"])  # type: ignore[arg-type]
+    cap = syscalls.PAYLOAD_CAP_DEFAULT
+    assert [c["offset"] for c in chunks] == list(range(0, cap, syscalls.SYSCALL_DATA_CHUNK))
+    assert {(c["total_len"], c["truncated"], c["arg_index"]) for c in chunks} == {
+        (BIG, True, 1)}
+    assert run.region(pread["seq"], 1) == big_pattern()[:cap]  # type: ignore[arg-type]
+
+    # and getrandom's payload is what the program printed
+    (rnd,) = run.calls("getrandom")
+    assert run.region(rnd["seq"], 0) == bytes.fromhex(run.out["random"])  # type: ignore[arg-type]
+    assert rnd["fd"] is None
+
+    # and the other outputs the replay needs
+    (readv,) = run.calls("readv")
+    file_start = written(0)[:310]
+    assert run.region(readv["seq"], 1) == file_start  # type: ignore[arg-type]
+    # glibc's fstat() is newfstatat(fd, "", buf, AT_EMPTY_PATH): struct stat in argument 2
+    (fstat,) = [r for r in run.calls("fstat") + run.calls("newfstatat") if r["fd"] == fd]
+    stat = run.region(fstat["seq"], 1 if fstat["name"] == "fstat" else 2)  # type: ignore[arg-type]
+    assert len(stat) == 144
+    assert struct.unpack_from("<q", stat, STAT_SIZE_OFFSET)[0] == int(run.out["size"])
+    assert struct.unpack_from("<Q", stat, STAT_INO_OFFSET)[0] == int(run.out["ino"])
+    (pipe2,) = run.calls("pipe2")
+    read_end, write_end = (int(x) for x in run.out["pipe"].split(","))
+    assert run.region(pipe2["seq"], 0) == struct.pack("<ii", read_end, write_end)  # type: ignore[arg-type]
+    (clock,) = run.calls("clock_gettime")
+    sec, nsec = (int(x) for x in run.out["clock"].split(","))
+    assert run.region(clock["seq"], 1) == struct.pack("<qq", sec, nsec)  # type: ignore[arg-type]
+    (recvmsg,) = run.calls("recvmsg")
+    assert recvmsg["fd"] == int(run.out["recv_fd"]) and recvmsg["ret"] == 14
+    assert run.region(recvmsg["seq"], 1) == b"hello, recvmsg"  # type: ignore[arg-type]
+    msghdr = run.region(recvmsg["seq"], syscalls.PAYLOAD_ARG_MSGHDR)  # type: ignore[arg-type]
+    assert len(msghdr) == 56 and struct.unpack_from("<Q", msghdr, 24)[0] == 2  # msg_iovlen
+    assert run.region(recvmsg["seq"], syscalls.PAYLOAD_ARG_MSG_NAME) == b""  # type: ignore[arg-type]
+
+    # and a 32-bit syscall keeps its i386 number (getpid is 20 there)
+    (ia32,) = run.calls("ia32_syscall_20")
+    assert ia32["ret"] == run.pid and ia32["nr"] == 20 and ia32["fd"] is None
+
+    # and writes (inputs, not outputs) and failed syscalls carry no payload
+    data_seqs = set(run.data["seq"].to_pylist())
+    assert not data_seqs & {r["seq"] for r in writes}
+    failed = mine.filter(pc.less(mine["ret"], 0))["seq"].to_pylist()
+    assert not data_seqs & set(failed)
+    # and the data rows share their syscall's timestamp
+    by_seq = dict(zip(mine["seq"].to_pylist(), mine["ts_ns"].to_pylist(), strict=True))
+    assert all(by_seq[s] == t for s, t in zip(run.data["seq"].to_pylist(),
+                                               run.data["ts_ns"].to_pylist(), strict=True))
+
+
+def test_a_region_just_over_a_chunk_continues_in_the_small_ring(
+        syscall_io: Path, tmp_path: Path) -> None:
+    require_root_and_objects()
+    # GIVEN a cap of one big chunk plus 200 bytes
+    cap = syscalls.SYSCALL_DATA_CHUNK + 200
+    config = syscalls.SyscallsConfig(capture_payloads=True, payload_cap=cap)
+    # WHEN the program preads more than that
+    run = run_io(syscall_io, tmp_path / "io.dat", config)
+    (pread,) = run.calls("pread64")
+    chunks = run.chunks(pread["seq"])  # type: ignore[arg-type]
+    # THEN two chunks (4096 bytes, then 200 from the small ring) make the capped prefix
+    assert [(c["offset"], len(c["data"])) for c in chunks] == [  # type: ignore[arg-type]
+        (0, syscalls.SYSCALL_DATA_CHUNK), (syscalls.SYSCALL_DATA_CHUNK, 200)]
+    assert all(c["truncated"] and c["total_len"] == BIG for c in chunks)
+    assert run.region(pread["seq"], 1) == big_pattern()[:cap]  # type: ignore[arg-type]
+    # and reads under the cap are whole
+    reads = [r for r in run.calls("read") if r["fd"] == int(run.out["fd"])]
+    assert run.region(reads[-1]["seq"], 1) == written(M - 1)  # type: ignore[arg-type]
+
+
+def test_without_payloads_there_are_rows_and_no_bytes(syscall_io: Path, tmp_path: Path) -> None:
+    require_root_and_objects()
+    run = run_io(syscall_io, tmp_path / "io.dat", syscalls.SyscallsConfig())
+    assert len(run.calls("write")) >= M and len(run.calls("read")) >= M
+    assert run.data.num_rows == 0
+
+
+def test_an_untargeted_process_produces_no_rows(syscall_io: Path, tmp_path: Path) -> None:
+    require_root_and_objects()
+    # GIVEN the sensor loaded with payloads and no target
+    # WHEN syscall_io runs untargeted
+    run = run_io(syscall_io, tmp_path / "io.dat",
+                 syscalls.SyscallsConfig(capture_payloads=True), targeted=False)
+    # THEN nothing at all is recorded (no process is a target)
+    assert run.rows.num_rows == 0 and run.data.num_rows == 0
+    assert run.drops == {}

@@ -1,0 +1,73 @@
+/*
+ * Cost of a syscall: a tight loop of one cheap syscall, timed. For the syscalls family's
+ * overhead measurements (tests/bench/bench_syscall_overhead.py).
+ *
+ *   null_syscalls getppid ITERATIONS ROUNDS   getppid() (no arguments, no payload)
+ *   null_syscalls read:N ITERATIONS ROUNDS    read(/dev/zero, N bytes) (a payload of N)
+ *
+ * Prints "ready <pid>", waits for a line on stdin (so the caller can target it first),
+ * runs ROUNDS rounds of ITERATIONS calls and prints "ns <best round's ns per call>".
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	static char buf[1 << 20];
+	long iterations, rounds, size = 0, i, r;
+	int fd = -1;
+	double best = 1e18;
+	char line[16];
+
+	if (argc != 4) {
+		fprintf(stderr, "usage: %s getppid|read:N ITERATIONS ROUNDS\n", argv[0]);
+		return 2;
+	}
+	if (strncmp(argv[1], "read:", 5) == 0) {
+		size = atol(argv[1] + 5);
+		if (size <= 0 || size > (long)sizeof(buf))
+			return 2;
+		fd = open("/dev/zero", O_RDONLY);
+		if (fd < 0)
+			return 3;
+	} else if (strcmp(argv[1], "getppid") != 0) {
+		return 2;
+	}
+	iterations = atol(argv[2]);
+	rounds = atol(argv[3]);
+	printf("ready %d\n", getpid());
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		return 4;
+	for (r = 0; r < rounds; r++) {
+		long long t0 = now_ns();
+
+		for (i = 0; i < iterations; i++) {
+			if (fd >= 0) {
+				if (read(fd, buf, size) != size)
+					return 5;
+			} else {
+				syscall(SYS_getppid);
+			}
+		}
+		double per_call = (double)(now_ns() - t0) / iterations;
+		if (per_call < best)
+			best = per_call;
+	}
+	printf("ns %.1f\n", best);
+	return 0;
+}
