@@ -137,17 +137,24 @@ static __always_inline void *event_reserve(void *ring, __u32 size, __u16 kind, _
 	EVENT_RESERVE_AT(ring, type, kind, version, bpf_ktime_get_ns())
 
 /*
- * Submit silently unless the ring is over wakeup_fill_pct: then force the wakeup
- * (a plain submit only wakes a consumer that has caught up, which a lagging one has
- * not). Queuing the wakeup while one is pending costs a flag test.
+ * Submit silently, except for the record that takes the ring over wakeup_fill_pct: that
+ * one forces a wakeup (a plain submit only wakes a consumer that has caught up, which a
+ * lagging one has not). Waking on every record while the ring stays over the threshold
+ * cost ~500 ns per record here (an IPI each); one wakeup per crossing is enough for a
+ * consumer that drains when woken. Records from several CPUs can jump over the crossing
+ * window together, so past 7/8 full every record wakes again: better an IPI than a drop.
  */
 static __always_inline void event_submit(void *ring, void *record)
 {
 	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
 	__u64 size = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE);
+	__u64 threshold = size * wakeup_fill_pct / 100;
+	/* avail already counts this record and its 8-byte ring header */
+	__u64 rec = ((struct event_header *)record)->size + 8;
+	bool crossing = avail >= threshold && avail < threshold + rec;
 
-	bpf_ringbuf_submit(record, avail * 100 >= size * wakeup_fill_pct ? BPF_RB_FORCE_WAKEUP
-									  : BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(record, crossing || avail >= size - size / 8 ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP);
 }
 
 /*

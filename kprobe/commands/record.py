@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    if args.format == "text":
-        extra = f", OTLP on 127.0.0.1:{agent.otlp_port}" if agent.otlp_port else ""
-        print(f"recording {', '.join(f.name for f in agent.families)} into "
-              f"{agent.writer.location.root}{extra}; Ctrl+C stops", file=sys.stderr)
+    # On stderr, also with --format json: scripts wait for this line to know capture is on.
+    extra = f", OTLP on 127.0.0.1:{agent.otlp_port}" if agent.otlp_port else ""
+    print(f"recording {', '.join(f.name for f in agent.families)} into "
+          f"{agent.writer.location.root}{extra}; Ctrl+C stops", file=sys.stderr, flush=True)
     try:
         agent.run(stop, args.duration)
     finally:

@@ -1,0 +1,257 @@
+"""What capture costs the traced programs, and what the agent costs the node (root; by hand).
+
+    sudo .venv/bin/python -m tests.bench.bench_capture [--rounds 5] [--sustain 30]
+
+Everything goes through the real agent (`kprobe record`, a separate process, writing a
+real lake in a temp dir), as a user would run it. Prints figures; asserts nothing.
+
+1. Added cost per syscall of a getppid() loop (tests/programs/null_syscalls.c): targeted,
+   untargeted (agent running, targeting another process), and the same capture by peers:
+   bpftrace (enter+exit merged per thread, one line out per syscall) and strace -f.
+   Configurations alternate round by round (CPU speed drifts up to 2x here); medians.
+2. A loopback request/response pair at full rate (tests/programs/echo_pair.c), fully
+   targeted with payloads: throughput relative to no agent.
+3. The targeted loop at full speed for --sustain seconds: events per second the agent
+   wrote and events lost (kernel drops + sink losses, from the agent's own summary).
+4. Agent CPU (fraction of one core) and peak RSS while a paced loop makes ~100k syscall
+   events per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KPROBE = [sys.executable, "-P", "-m", "kprobe"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def build(out: Path) -> Path:
+    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"], check=True)
+    subprocess.run(["make", "-s", "-C", str(REPO / "capture_agent/bpf")], check=True)
+    return out
+
+
+class Recorder:
+    """`kprobe record` in the background, ready when it has said so on stderr."""
+
+    def __init__(self, work: Path, *args: str) -> None:
+        self.log = work / f"agent-{time.monotonic_ns()}.log"
+        self._err = open(self.log, "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [*KPROBE, "record", "--lake", str(work / "lake"), "--spool-dir",
+             str(work / "spool"), "--no-otlp", "--no-metrics", "--format", "json", *args],
+            stdout=subprocess.PIPE, stderr=self._err, text=True)
+        deadline = time.monotonic() + 60
+        while "recording" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent did not start: {self.log.read_text()[-500:]}")
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> dict[str, object]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=300)
+        self._err.close()
+        return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def null_loop(binary: Path, iterations: int, wrap: list[str] | None = None,
+              before_go: object = None) -> float:
+    """ns per getppid() of one run; ``before_go(pid)`` runs once the loop waits to start."""
+    proc = subprocess.Popen([*(wrap or []), str(binary), "getppid", str(iterations), "3"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin and proc.stdout
+    ready = proc.stdout.readline().split()
+    pid = int(ready[1]) if len(ready) > 1 else proc.pid
+    handle = before_go(pid) if callable(before_go) else None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out = proc.stdout.read()
+    proc.wait()
+    if handle is not None:
+        handle()
+    return float(out.split()[-1])
+
+
+def bench_syscall_cost(progs: Path, work: Path, rounds: int, iterations: int) -> None:
+    binary = progs / "null_syscalls"
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    results: dict[str, list[float]] = {k: [] for k in
+                                       ("baseline", "untargeted", "targeted", "bpftrace",
+                                        "strace")}
+    bt_script = ("tracepoint:raw_syscalls:sys_enter /pid == $1/ { @s[tid] = nsecs; }"
+                 " tracepoint:raw_syscalls:sys_exit /@s[tid]/ {"
+                 " printf(\"%d %d %d %d\\n\", tid, args->id, args->ret, nsecs - @s[tid]);"
+                 " delete(@s[tid]); }")
+    try:
+        untargeted = Recorder(work, "--families", "syscalls", "--pid", str(sleeper.pid))
+        for _ in range(rounds):
+            results["untargeted"].append(null_loop(binary, iterations))
+        untargeted.stop()
+        for _ in range(rounds):
+            results["baseline"].append(null_loop(binary, iterations))
+
+            def targeted(pid: int) -> object:
+                rec = Recorder(work, "--families", "syscalls", "--pid", str(pid))
+                return lambda: rec.stop()
+
+            results["targeted"].append(null_loop(binary, iterations, before_go=targeted))
+
+            def bpftrace(pid: int) -> object:
+                bt = subprocess.Popen(["bpftrace", "-e", bt_script, str(pid)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                assert bt.stdout
+                bt.stdout.readline()  # "Attaching 2 probes...": attached
+                # bpftrace's output is read (and dropped) as fast as it comes, as our agent
+                # reads its rings: a full pipe would make bpftrace lose events, not pay
+                threading.Thread(target=lambda: bt.stdout and bt.stdout.read(),
+                                 daemon=True).start()
+                return lambda: _stop(bt)
+
+            results["bpftrace"].append(null_loop(binary, iterations, before_go=bpftrace))
+            results["strace"].append(null_loop(binary, max(iterations // 50, 1000),
+                                               wrap=["strace", "-f", "-qq", "-o",
+                                                     "/dev/null"]))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    base = statistics.median(results["baseline"])
+    print(f"1. getppid loop, median of {rounds} runs: kernel alone {base:.0f} ns/call")
+    for name in ("untargeted", "targeted", "bpftrace", "strace"):
+        added = statistics.median(results[name]) - base
+        print(f"   {name:<11} +{added:,.0f} ns per syscall")
+    ours = statistics.median(results["targeted"]) - base
+    print(f"   strace / kprobe targeted: {(statistics.median(results['strace']) - base) / ours:,.0f}x;"
+          f" bpftrace / kprobe targeted: "
+          f"{(statistics.median(results['bpftrace']) - base) / ours:.1f}x")
+
+
+def echo_rate(progs: Path, duration_ms: int, work: Path | None = None) -> float:
+    proc = subprocess.Popen([str(progs / "echo_pair"), str(duration_ms)],
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate()
+    return float(out.strip())
+
+
+def bench_realistic(progs: Path, work: Path, rounds: int) -> None:
+    base, traced = [], []
+    for _ in range(rounds):
+        base.append(echo_rate(progs, 2000))
+        rec = Recorder(work, "--payloads", "--comm", "echo_pair")
+        traced.append(echo_rate(progs, 2000))
+        rec.stop()
+    b, t = statistics.median(base), statistics.median(traced)
+    print(f"2. loopback request/response, fully targeted with payloads: {t:,.0f} req/s vs "
+          f"{b:,.0f} without agent = {t / b:.3f} of baseline")
+
+
+def bench_sustained(progs: Path, work: Path, seconds: int) -> None:
+    iterations = 5_000_000
+    rec: list[Recorder] = []
+    proc = subprocess.Popen([str(progs / "null_syscalls"), "getppid", str(iterations), "1000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin and proc.stdout
+    pid = int(proc.stdout.readline().split()[1])
+    rec.append(Recorder(work, "--families", "syscalls", "--pid", str(pid)))
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    time.sleep(seconds)
+    proc.kill()
+    proc.wait()
+    summary = rec[0].stop()
+    events = summary.get("events", {}).get("syscall_events", 0)  # type: ignore[union-attr]
+    lost = sum(summary.get("lost", {}).values()) + sum(  # type: ignore[union-attr]
+        summary.get("kernel_drops", {}).values())  # type: ignore[union-attr]
+    print(f"3. sustained targeted loop for {seconds} s: {events / seconds / 1e6:.2f} M events/s "
+          f"recorded, {lost} lost")
+
+
+def bench_agent_cost(work: Path, seconds: int, rate: int = 100_000) -> None:
+    code = (f"import os, time\nend = time.monotonic() + {seconds}\nnext_t = time.monotonic()\n"
+            "while time.monotonic() < end:\n"
+            f"    for _ in range({rate // 100}): os.getppid()\n"
+            "    next_t += 0.01\n    d = next_t - time.monotonic()\n"
+            "    if d > 0: time.sleep(d)\n")
+    gen = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\n" + code],
+                           stdin=subprocess.PIPE, text=True)
+    assert gen.stdin
+    rec = Recorder(work, "--families", "syscalls,sched", "--pid", str(gen.pid))
+    gen.stdin.write("go\n")
+    gen.stdin.flush()
+    time.sleep(2)
+    cpu0, t0 = rec.cpu_seconds(), time.monotonic()
+    gen.wait()
+    cpu = (rec.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    rss = rec.peak_rss_mb()
+    summary = rec.stop()
+    events = sum(summary.get("events", {}).values())  # type: ignore[union-attr]
+    print(f"4. agent at ~{rate // 1000}k syscall events/s ({events / seconds / 1e3:.0f}k events/s "
+          f"incl. sched): {cpu * 100:.1f} % of a core, peak RSS {rss:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=1_000_000)
+    parser.add_argument("--sustain", type=int, default=30)
+    parser.add_argument("--only", default="1234")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_capture: needs root")
+    # bpftrace's tracepoint probes need tracefs (ours do not): mount it for the run only.
+    tracefs = Path("/sys/kernel/tracing")
+    mounted = False
+    if "1" in args.only and not (tracefs / "events").exists():
+        mounted = subprocess.run(["mount", "-t", "tracefs", "nodev", str(tracefs)]).returncode == 0
+    try:
+        run_all(args)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(tracefs)], check=False)
+
+
+def run_all(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="kprobe-bench-") as tmp:
+        work = Path(tmp)
+        progs = build(work / "programs")
+        if "1" in args.only:
+            bench_syscall_cost(progs, work, args.rounds, args.iterations)
+        if "2" in args.only:
+            bench_realistic(progs, work, args.rounds)
+        if "3" in args.only:
+            bench_sustained(progs, work, args.sustain)
+        if "4" in args.only:
+            bench_agent_cost(work, 20)
+
+
+if __name__ == "__main__":
+    main()
