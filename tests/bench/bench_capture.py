@@ -150,7 +150,8 @@ def bench_syscall_cost(progs: Path, work: Path, rounds: int, iterations: int) ->
         added = statistics.median(results[name]) - base
         print(f"   {name:<11} +{added:,.0f} ns per syscall")
     ours = statistics.median(results["targeted"]) - base
-    print(f"   strace / kprobe targeted: {(statistics.median(results['strace']) - base) / ours:,.0f}x;"
+    strace = statistics.median(results["strace"]) - base
+    print(f"   strace / kprobe targeted: {strace / ours:,.0f}x;"
           f" bpftrace / kprobe targeted: "
           f"{(statistics.median(results['bpftrace']) - base) / ours:.1f}x")
 
@@ -174,35 +175,35 @@ def bench_realistic(progs: Path, work: Path, rounds: int) -> None:
           f"{b:,.0f} without agent = {t / b:.3f} of baseline")
 
 
-def bench_sustained(progs: Path, work: Path, seconds: int) -> None:
-    iterations = 5_000_000
-    rec: list[Recorder] = []
-    proc = subprocess.Popen([str(progs / "null_syscalls"), "getppid", str(iterations), "1000"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin and proc.stdout
-    pid = int(proc.stdout.readline().split()[1])
-    rec.append(Recorder(work, "--families", "syscalls", "--pid", str(pid)))
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    time.sleep(seconds)
-    proc.kill()
-    proc.wait()
-    summary = rec[0].stop()
+def bench_sustained(work: Path, seconds: int, rate: int = 1_000_000) -> None:
+    gen = _paced_generator(seconds, rate)
+    rec = Recorder(work, "--families", "syscalls", "--pid", str(gen.pid))
+    assert gen.stdin
+    gen.stdin.write("go\n")
+    gen.stdin.flush()
+    gen.wait()
+    summary = rec.stop()
     events = summary.get("events", {}).get("syscall_events", 0)  # type: ignore[union-attr]
     lost = sum(summary.get("lost", {}).values()) + sum(  # type: ignore[union-attr]
         summary.get("kernel_drops", {}).values())  # type: ignore[union-attr]
-    print(f"3. sustained targeted loop for {seconds} s: {events / seconds / 1e6:.2f} M events/s "
-          f"recorded, {lost} lost")
+    print(f"3. paced {rate / 1e6:.1f} M syscalls/s for {seconds} s, targeted: "
+          f"{events / seconds / 1e6:.2f} M events/s recorded, {lost} lost")
+
+
+def _paced_generator(seconds: int, rate: int) -> subprocess.Popen[str]:
+    """getppid() at ``rate`` per second in 10 ms steps, after a line on stdin."""
+    code = (f"import os, sys, time\nsys.stdin.readline()\n"
+            f"end = time.monotonic() + {seconds}\nnext_t = time.monotonic()\n"
+            "g = os.getppid\n"
+            "while time.monotonic() < end:\n"
+            f"    for _ in range({rate // 100}): g()\n"
+            "    next_t += 0.01\n    d = next_t - time.monotonic()\n"
+            "    if d > 0: time.sleep(d)\n")
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
 
 
 def bench_agent_cost(work: Path, seconds: int, rate: int = 100_000) -> None:
-    code = (f"import os, time\nend = time.monotonic() + {seconds}\nnext_t = time.monotonic()\n"
-            "while time.monotonic() < end:\n"
-            f"    for _ in range({rate // 100}): os.getppid()\n"
-            "    next_t += 0.01\n    d = next_t - time.monotonic()\n"
-            "    if d > 0: time.sleep(d)\n")
-    gen = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()\n" + code],
-                           stdin=subprocess.PIPE, text=True)
+    gen = _paced_generator(seconds, rate)
     assert gen.stdin
     rec = Recorder(work, "--families", "syscalls,sched", "--pid", str(gen.pid))
     gen.stdin.write("go\n")
@@ -248,7 +249,7 @@ def run_all(args: argparse.Namespace) -> None:
         if "2" in args.only:
             bench_realistic(progs, work, args.rounds)
         if "3" in args.only:
-            bench_sustained(progs, work, args.sustain)
+            bench_sustained(work, args.sustain)
         if "4" in args.only:
             bench_agent_cost(work, 20)
 
