@@ -1,0 +1,376 @@
+"""Shared state of the replay engine and the primitives every part of it uses.
+
+The engine is split by concern: ``_state`` (tracees, options, primitives), ``timing``
+(clocks, waits, rdtsc in virtual time), ``serving`` (answering I/O, descriptors, what-if
+results) and ``engine`` (the stop loop, events, cross-thread order, matching, the report).
+Each builds on the previous one by inheritance, so they share one object and its state.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import random
+import struct
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from replay_sandbox import clock as vclock
+from replay_sandbox import ptrace_ffi as P
+from replay_sandbox.errors import TracerError
+from replay_sandbox.injection import Delays, FdKind, Injection
+from replay_sandbox.recording import Recording, Row
+from replay_sandbox.report import (
+    CallInfo,
+    Divergence,
+    Status,
+    preview,
+)
+from replay_sandbox.syscall_table import (
+    SOCKET_CREATORS,
+    SPECS,
+    Policy,
+    SyscallSpec,
+    capture,
+)
+
+Mode = Literal["exact", "whatif"]
+SYNC_CALLS = frozenset(nr for nr, s in SPECS.items() if s.policy is Policy.SYNC)
+MASK = 0xFFFF_FFFF_FFFF_FFFF
+SKIP = MASK  # orig_rax = -1: the kernel skips the syscall and returns rax
+EXECVE = 59
+FCNTL = 72
+GETRANDOM = 318
+LOOKAHEAD = 64
+TSC_PER_NS = 3  # a 3 GHz virtual TSC
+LIVE_OPENS = frozenset({2, 257, 85, 437, 41})  # what-if: unrecorded opens/sockets are real
+RUN_FOR_REAL = frozenset({Policy.NEW_FD, Policy.REAL, Policy.SIGNAL})
+WAIT_AS_INPUT = 0  # a ready fd in a wait result is matched as if read
+
+
+@dataclass
+class ReplayOptions:
+    mode: Mode | None = None  # default: exact unless something is changed
+    injections: list[Injection] = field(default_factory=list)
+    exe: str | None = None  # another program (what-if)
+    argv: list[str] | None = None  # another command line (what-if)
+    env_set: dict[str, str] = field(default_factory=dict)  # changed variables (what-if)
+    sandbox: bool = True
+    cpu: int | None = -1  # -1: the last CPU this process may use; None: no pinning
+    timeout_s: float = 120.0  # wall clock for the whole replay
+    hold_timeout_s: float = 0.5
+    stderr_path: str | None = None  # where bwrap's own messages go
+    seed: int = 0
+
+    def effective_mode(self) -> Mode:
+        if self.mode is not None:
+            return self.mode
+        changed = self.injections or self.exe or self.argv is not None or self.env_set
+        return "whatif" if changed else "exact"
+
+
+class StopReplay(Exception):
+    """Ends the stop loop (divergence, end of the recording)."""
+
+
+@dataclass(eq=False)
+class Proc:
+    pid: int
+    mem: P.TraceeMemory
+    rec_pid: int
+    ns_pid: int
+    vdso_returns: dict[int, int] = field(default_factory=dict)
+    fd_kind: dict[int, FdKind] = field(default_factory=dict)
+    fd_path: dict[int, str] = field(default_factory=dict)
+    epoll_fd: dict[tuple[int, int], int] = field(default_factory=dict)  # (epfd, data) -> fd
+    live_fds: set[int] = field(default_factory=set)  # what-if: real fds the recording lacks
+    threads: int = 0  # live threads being served
+
+
+@dataclass(eq=False)
+class Task:
+    tid: int
+    proc: Proc | None = None  # None: a bwrap/set-up process, never served
+    rec_tid: int = 0
+    rows: list[Row] = field(default_factory=list)
+    pos: int = 0
+    now_ns: int = 0
+    shift_ns: int = 0
+    ns_tid: int = 0
+    regs: P.UserRegs = field(default_factory=P.UserRegs)
+    at_exit: Callable[[Task, P.UserRegs], None] | None = None
+    mark_at_exit: Row | None = None  # a real call: it is done (for the order) when it returns
+    held: bool = False
+    awaiting_sigstop: bool = False  # a new task's first stop is still to come
+    announced: bool = False  # its parent's fork/clone event was handled
+    parked: bool = False  # stopped at its first stop, waiting for that event
+    pending_child_rec: int | None = None
+    synth_clock: int = 0
+    injecting: bool = False  # running syscalls the tracer injected (see serving._inject)
+    # the run token (several threads): one thread of the program runs user code at a time
+    wants_token: bool = False  # stopped, ready to run as soon as it gets the token
+    park_sig: int = 0  # the signal to deliver when it does
+    in_wait: bool = False  # inside a real blocking call (futex, wait4, ...) without the token
+    # waiting for a descriptor number to be free: (fd, then, or else after the hold timeout)
+    fd_wait: tuple[int, Callable[[Task], None], Callable[[Task], None]] | None = None
+
+    def head(self) -> Row | None:
+        return self.rows[self.pos] if self.pos < len(self.rows) else None
+
+    @property
+    def process(self) -> Proc:
+        """The served process (only asked of tasks of the replayed program)."""
+        assert self.proc is not None
+        return self.proc
+
+
+_NEVER = 1 << 62
+
+
+def _stretch(task: Task, pos: int) -> tuple[int, int, bool]:
+    """The thread's stretch of user code before its row ``pos``, as recorded: when it
+    began (the previous syscall's end), when it ended (that row's entry), and whether it
+    ended in a futex call (a lock it tried was taken)."""
+    rows = task.rows
+    if pos >= len(rows):
+        return _NEVER, _NEVER, False
+    row = rows[pos]
+    began = rows[pos - 1].end_ns if pos > 0 else row.ts_ns
+    return began, row.ts_ns, row.nr in SYNC_CALLS
+
+
+def runs_first(a: Task, a_pos: int, b: Task, b_pos: int) -> bool:
+    """Should ``a``'s stretch (before its row ``a_pos``) run before ``b``'s?
+
+    The lock a stretch takes is taken somewhere inside it, so timestamps only hint. A
+    stretch that ends in a futex wait found its lock taken: whoever began before that wait
+    goes first. Otherwise the stretch that reached its syscall first goes first."""
+    a_began, a_end, a_waits = _stretch(a, a_pos)
+    b_began, b_end, b_waits = _stretch(b, b_pos)
+    if b_waits and not a_waits:
+        return a_began < b_end
+    if a_waits and not b_waits:
+        return not b_began < a_end
+    return a_end < b_end
+
+
+def ns_tid(tid: int) -> int:
+    """The tid as the sandbox sees it (last NSpid field)."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return tid
+
+
+def tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid
+
+
+class EngineState:
+    """State of one replay, and the primitives that serve a stop."""
+
+    deadline_hit = False
+
+    def __init__(self, recording: Recording, options: ReplayOptions | None = None) -> None:
+        self.rec = recording
+        self.opts = options or ReplayOptions()
+        self.mode: Mode = self.opts.effective_mode()
+        self.exact = self.mode == "exact"
+        self.tasks: dict[int, Task] = {}
+        self.procs: dict[int, Proc] = {}
+        self.target: Proc | None = None
+        self.execs_seen = 0
+        self.status: Status = "completed"
+        self.divergence: Divergence | None = None
+        self.exit_code: int | None = None
+        self.exit_signal: int | None = None
+        self.replayed: dict[int, bytearray] = defaultdict(bytearray)
+        self.notes: list[str] = []
+        self.stats: dict[str, int] = defaultdict(int)
+        self.injected: dict[str, int] = defaultdict(int)
+        self.domains = vclock.ClockDomains(recording.process.start_ns,
+                                           recording.mono_to_epoch_ns)
+        # cross-thread order of the trapped rows: row.order -> consumed?
+        total = max((r.order for rows in recording.threads.values() for r in rows),
+                    default=-1) + 1
+        self.consumed = bytearray(total)
+        self.frontier = 0
+        self.release_pending = False
+        self.token: Task | None = None  # the thread of the program allowed to run user code
+        self._last_shift = 0
+        self.rec_to_ns: dict[int, int] = {}  # recorded pid/tid -> pid/tid in the sandbox
+        self.rng = random.Random(self.opts.seed)
+        self.exec_argv0: bytes | None = None
+
+    def _resume(self, task: Task, sig: int = 0) -> None:
+        proc = task.proc
+        if proc is not None and proc.threads > 1 and not (task.injecting or task.in_wait):
+            # One thread of the program runs user code at a time: of the threads ready to
+            # run, the one whose stretch of user code began first in the recording (a free
+            # lock is taken somewhere in that stretch: the earliest starter took it first).
+            free = self.token is None or self.token is task
+            if free and not any(t is not task and self._runs_before(t, task)
+                                for t in self.tasks.values()):
+                self.token = task
+            else:
+                if self.token is task:
+                    self.token = None
+                    self.release_pending = True
+                task.wants_token = True
+                task.park_sig = sig
+                return
+        request = (P.PTRACE_SYSCALL if task.at_exit is not None or task.mark_at_exit is not None
+                   else P.PTRACE_CONT)
+        try:
+            P.resume(task.tid, sig, request)
+        except TracerError as err:
+            if err.errno != errno_mod.ESRCH:  # killed meanwhile: its exit is coming
+                raise
+
+    def _my_turn(self, task: Task, row: Row) -> bool:
+        """Its row is the earliest unserved one, and no other thread is running."""
+        return row.order <= self.frontier and (self.token is None or self.token is task)
+
+    def _skip_sync_rows(self, task: Task) -> Row | None:
+        """A recorded futex the replay does not make (the lock was free this time) is
+        passed over: contention is a hint for the order, not a call to reproduce."""
+        row = task.head()
+        while row is not None and SPECS[row.nr].policy is Policy.SYNC:
+            self._consume(task, task.pos)
+            self.stats["sync_skipped"] += 1
+            row = task.head()
+        return row
+
+    def _runs_before(self, other: Task, task: Task) -> bool:
+        """Should ``other`` run user code before ``task`` does? Only if it is ready to: it
+        waits for the token, or it is held at the call served next (its stretch follows)."""
+        if other.wants_token:
+            return runs_first(other, other.pos, task, task.pos)
+        head = other.head()
+        if other.held and head is not None and head.order <= self.frontier:
+            return runs_first(other, other.pos + 1, task, task.pos)
+        return False
+
+    @property
+    def several_threads(self) -> bool:
+        target = self.target
+        return target is not None and target.threads > 1
+
+    def _hold(self, task: Task) -> None:
+        """Keep it at its stop until its turn; another thread may run meanwhile."""
+        task.held = True
+        self._release_token(task)
+
+    def _release_token(self, task: Task) -> None:
+        if self.token is task:
+            self.token = None
+            self.release_pending = True
+
+    def _consume(self, task: Task, index: int, defer: bool = False) -> None:
+        """Rows up to ``index`` of the thread are done (those before it were skipped)."""
+        for skipped in task.rows[task.pos:index]:
+            self._mark(skipped)
+            self.stats["skipped"] += 1
+        task.pos = index + 1
+        if defer:
+            task.mark_at_exit = task.rows[index]
+        else:
+            self._mark(task.rows[index])
+
+    def _mark(self, row: Row) -> None:
+        consumed = self.consumed
+        consumed[row.order] = 1
+        frontier = self.frontier
+        while frontier < len(consumed) and consumed[frontier]:
+            frontier += 1
+        if frontier != self.frontier:
+            self.frontier = frontier
+            if self.several_threads:  # only other threads can be waiting for it
+                self.release_pending = True
+
+    def _read_in(self, task: Task, spec: SyscallSpec, arg: int, args: tuple[int, ...],
+                 length: int) -> bytes:
+        regions = tuple(r for r in spec.ins if r.arg == arg)
+        rows = capture(regions, spec.nr, args, length, task.process.mem, length)
+        return b"".join(data for a, _o, data, _t in rows if a == arg)
+
+    # -- serving ----------
+    def _finish(self, task: Task, regs: P.UserRegs, ret: int) -> None:
+        regs.orig_rax = SKIP
+        regs.rax = ret & MASK
+        P.set_regs(task.tid, regs)
+        self._resume(task)
+
+    def _advance(self, task: Task, row: Row, delays: Delays | None = None,
+                 arrival: bool = False) -> None:
+        """Virtual time after ``row``: its recorded duration, plus injected delay."""
+        start = max(task.now_ns, row.ts_ns + task.shift_ns)
+        if delays is not None and delays.applied:
+            for inj in delays.applied:
+                self.injected[inj.text] += 1
+        extra = delays.duration_ns if delays else 0
+        if arrival:  # waiting for data from outside: it arrives at its (shifted) time
+            end = max(start, row.end_ns + (delays.arrival_ns if delays else 0)) + extra
+        else:
+            end = start + row.dur_ns + extra
+        task.now_ns = end
+        task.shift_ns = end - row.end_ns
+        task.synth_clock = 0
+
+    def _fd_info(self, task: Task, fd: int) -> tuple[int, FdKind, str | None]:
+        proc = task.proc
+        assert proc is not None
+        return fd, proc.fd_kind.get(fd, "unknown"), proc.fd_path.get(fd)
+
+    def _inconsistent(self, task: Task, row: Row, reason: str) -> None:
+        if self.exact:
+            self.status = "diverged"
+            self.divergence = Divergence(reason, task.rec_tid, task.tid, row.seq,
+                                         recorded_call(row), None)
+            raise StopReplay
+        self.notes.append(reason)
+
+    def _track_fds(self, task: Task, row: Row, args: tuple[int, ...]) -> None:
+        proc = task.proc
+        assert proc is not None
+        nr = row.nr
+        if row.ret < 0:
+            return
+        if nr in SOCKET_CREATORS:
+            proc.fd_kind[row.ret] = "socket"
+        elif nr in (2, 257, 85):
+            proc.fd_kind[row.ret] = "file"
+            path = row.ins.get(1 if nr == 257 else 0)
+            if path is not None:
+                proc.fd_path[row.ret] = path.decode(errors="replace")
+        elif nr in (22, 293) and row.outs:
+            for fd in struct.unpack_from("<ii", row.outs[0][2]):
+                proc.fd_kind[fd] = "pipe"
+        elif nr in (32, 33, 292):
+            proc.fd_kind[row.ret] = proc.fd_kind.get(args[0] & 0xFFFF_FFFF, "unknown")
+        elif nr == 233 and 3 in row.ins and len(row.ins[3]) >= 12:
+            data = struct.unpack_from("<Q", row.ins[3], 4)[0]
+            proc.epoll_fd[(args[0] & 0xFFFF_FFFF, data)] = args[2] & 0xFFFF_FFFF
+        elif SPECS[nr].policy is Policy.NEW_FD:
+            proc.fd_kind[row.ret] = "other"
+
+
+def recorded_call(row: Row) -> CallInfo:
+    data = {str(arg): preview(value) for arg, value in sorted(row.ins.items())}
+    for arg, offset, value in row.outs:
+        data[f"{arg} (out{'@' + str(offset) if offset else ''})"] = preview(value)
+    return CallInfo(row.name, row.nr, list(row.args), row.ret, data)
+
+

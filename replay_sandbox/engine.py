@@ -1,0 +1,687 @@
+"""The replay engine: run the recorded program under ptrace and serve its syscalls.
+
+One stop loop owns every tracee (this module: events, cross-thread order, matching, the
+report; ``serving`` answers I/O, ``timing`` answers clocks and waits, ``_state`` holds
+the shared state). A trapped syscall of the replayed process is matched to the next
+recorded row of its thread, then served by its policy (``syscall_table.Policy``): result
+and bytes come from the log and the syscall does not run, or it runs for real (memory,
+threads, fd-table changes) in the recorded order. Outputs are compared, never performed.
+
+Exact mode stops at the first divergence. What-if mode (injections, changed arguments,
+environment or command line) keeps going: it matches leniently, decides waits with
+timeouts in virtual time, and lets the sandbox answer calls the recording does not have.
+
+Multi-threaded programs get their served syscalls one at a time, in the recorded
+cross-thread order: a thread whose next row is not the earliest unserved one is held at
+its stop (user code between syscalls is not serialized; everything runs on one CPU). If
+nothing moves for ``hold_timeout_s`` (a thread blocked for real on a held one), the rows
+it waits for are given up and the report says so.
+
+What this cannot reproduce: user-space data races between syscalls (no instruction
+counting: rr needs hardware perf counters, which this VM lacks), signals from real
+timers, and child processes (they run for real, unserved).
+"""
+
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import tempfile
+import threading
+import time
+
+from replay_sandbox import ptrace_ffi as P
+from replay_sandbox import vdso
+from replay_sandbox._state import (
+    EXECVE,
+    FCNTL,
+    LOOKAHEAD,
+    RUN_FOR_REAL,
+    Proc,
+    ReplayOptions,
+    StopReplay,
+    Task,
+    ns_tid,
+    recorded_call,
+    runs_first,
+    tgid,
+)
+from replay_sandbox.errors import RecordingError, SandboxError
+from replay_sandbox.recording import Recording, Row
+from replay_sandbox.report import (
+    CallInfo,
+    Divergence,
+    ReplayReport,
+    compare_outputs,
+    preview,
+)
+from replay_sandbox.sandbox import LaunchSpec, spawn
+from replay_sandbox.seccomp import compile_filter
+from replay_sandbox.serving import IoServing
+from replay_sandbox.syscall_table import (
+    CSTRING,
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    SPECS,
+    TRAPPED,
+    Layout,
+    Policy,
+    SyscallSpec,
+    canonical_sockaddr,
+    fd_of,
+)
+
+__all__ = ["Engine", "ReplayOptions", "replay"]
+
+# sched_yield, wait4, waitid, pause, rt_sigsuspend, rt_sigtimedwait (futex is a SYNC row)
+BLOCKING_CALLS = frozenset({24, 61, 247, 34, 130, 128})
+
+
+class Engine(IoServing):
+    """Replays one recording; ``run()`` returns the report."""
+
+    # -- public ----------
+    def run(self) -> ReplayReport:
+        spec = self._launch_spec()
+        # execve is trapped too: in the sandbox, bwrap's final exec gets the recorded argv[0];
+        # and the calls that may block on another thread, which pass the run token on
+        filt = compile_filter(TRAPPED | {EXECVE} | BLOCKING_CALLS)
+        old_affinity = os.sched_getaffinity(0)
+        if spec.cpu is not None:
+            P.pin_to_cpu(0, spec.cpu)
+        started = time.perf_counter()
+        root = spawn(spec, filt)
+        self.tasks[root] = Task(root)
+        self._deadline = time.monotonic() + self.opts.timeout_s
+        # a tracee stuck in a real wait must not hang the caller: at the deadline a watchdog
+        # kills the tracees (ours, by pid), which ends the blocking waitpid
+        watchdog = threading.Timer(self.opts.timeout_s, self._on_deadline)
+        watchdog.daemon = True
+        try:
+            watchdog.start()
+            P.resume(root)
+            self._loop()
+        except StopReplay:
+            pass
+        finally:
+            watchdog.cancel()
+            self._kill_all()
+            os.sched_setaffinity(0, old_affinity)
+        wall = time.perf_counter() - started
+        if self.target is None and self.status == "completed":
+            raise SandboxError(f"the recorded program never started: {self._stderr_tail()}")
+        return self._report(wall)
+
+    # -- launch ----------
+    def _launch_spec(self) -> LaunchSpec:
+        proc = self.rec.process
+        env = list(proc.env)
+        if self.opts.env_set:
+            keep = [e for e in env if e.split("=", 1)[0] not in self.opts.env_set]
+            env = keep + [f"{k}={v}" for k, v in self.opts.env_set.items()]
+        argv = self.opts.argv if self.opts.argv is not None else list(proc.argv)
+        exe = self.opts.exe or proc.exe
+        if not argv:
+            argv = [exe]
+        self.exec_argv0 = argv[0].encode()
+        cpu = self.opts.cpu
+        if cpu == -1:
+            cpu = max(os.sched_getaffinity(0))
+        if self.opts.stderr_path is None:
+            handle, path = tempfile.mkstemp(prefix="kprobe-replay-", suffix=".stderr")
+            os.close(handle)
+            self._stderr_path, self._stderr_tmp = path, True
+        else:
+            self._stderr_path, self._stderr_tmp = self.opts.stderr_path, False
+        # host files a changed command line names are shown read-only (private /tmp hides them)
+        named = [a for a in argv[1:] if self.opts.argv is not None and a.startswith("/")
+                 and os.path.exists(a)]
+        spec = LaunchSpec(exe=exe, argv=argv, env=env, cwd=proc.cwd, sandbox=self.opts.sandbox,
+                          ro_paths=(*self.rec.real_paths, *named),
+                          initial_fds=frozenset(self.rec.initial_fds), cpu=cpu,
+                          stderr_path=self._stderr_path, notes=self.notes)
+        return spec
+
+    def _stderr_tail(self) -> str:
+        try:
+            with open(self._stderr_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()[-400:].strip()
+        except OSError:
+            text = ""
+        finally:
+            if self._stderr_tmp:
+                try:
+                    os.unlink(self._stderr_path)
+                except OSError:
+                    pass
+        return text.replace("\n", " | ") or "no message"
+
+    # -- the stop loop ----------
+    def _loop(self) -> None:
+        while True:
+            stop = self._wait()
+            if stop is None:
+                return
+            task = self.tasks.get(stop.pid)
+            if task is None:  # a new task's first stop can precede its parent's event
+                task = self.tasks[stop.pid] = Task(stop.pid, awaiting_sigstop=True)
+            sig, event = stop.sig, stop.event
+            if stop.exited or stop.killed:
+                self._gone(task, stop)
+            elif sig == signal.SIGTRAP and event:
+                if event == P.EVENT_SECCOMP:
+                    self._on_seccomp(task)
+                elif event in (P.EVENT_FORK, P.EVENT_VFORK, P.EVENT_CLONE):
+                    self._on_new_task(task)
+                    self._resume(task)
+                elif event == P.EVENT_EXEC:
+                    self._on_exec(task)
+                    self._resume(task)
+                else:
+                    self._resume(task)
+            elif sig == P.SYSCALL_STOP_SIG:
+                self._on_syscall_exit(task)
+            elif event == P.EVENT_STOP:
+                self._resume(task)
+            elif sig == signal.SIGSTOP and task.awaiting_sigstop:
+                task.awaiting_sigstop = False
+                if task.announced:
+                    self._resume(task)
+                else:  # it must not run before we know whose thread it is
+                    task.parked = True
+            elif sig == signal.SIGSEGV and self._emulate_tsc(task):
+                self._resume(task)
+            else:
+                self._resume(task, sig)
+            self.stats["stops"] += 1
+            if self.release_pending:
+                self._schedule()
+            if self.several_threads and self.fd_waiters:
+                self._retry_fd_waits()
+
+    def _retry_fd_waits(self) -> None:
+        for task in list(self.tasks.values()):
+            if task.fd_wait is not None and not self._fd_is_open(task, task.fd_wait[0]):
+                _fd, move, _give_up = task.fd_wait
+                task.fd_wait = None
+                move(task)
+                self._resume(task)
+
+    @property
+    def fd_waiters(self) -> bool:
+        return any(t.fd_wait is not None for t in self.tasks.values())
+
+    def _wait(self) -> P.Stop | None:
+        """The next stop; None when every tracee is gone. Held threads make it poll."""
+        while True:
+            if self.deadline_hit or time.monotonic() > self._deadline:
+                self._timed_out()
+                raise StopReplay
+            stuck = self.token is None and self.several_threads and any(
+                t.held or t.wants_token or t.fd_wait is not None for t in self.tasks.values())
+            if not stuck:
+                try:
+                    pid, status = os.waitpid(-1, P.WALL)
+                except ChildProcessError:
+                    return None
+                return P.Stop(pid, status)
+            give_up = time.monotonic() + self.opts.hold_timeout_s
+            pause = 20e-6
+            while time.monotonic() < give_up:
+                try:
+                    pid, status = os.waitpid(-1, P.WALL | os.WNOHANG)
+                except ChildProcessError:
+                    return None
+                if pid:
+                    return P.Stop(pid, status)
+                if self.fd_waiters:
+                    self._retry_fd_waits()
+                time.sleep(pause)
+                pause = min(pause * 2, 2e-3)
+            self._relax()
+
+    def _timed_out(self) -> None:
+        self.status = "timeout"
+        self.notes.append(f"replay stopped after {self.opts.timeout_s:g} s of wall time")
+
+    def _on_deadline(self) -> None:
+        self.deadline_hit = True
+        for tid in list(self.tasks):
+            P.kill_quietly(tid)
+
+    def _gone(self, task: Task, stop: P.Stop) -> None:
+        self.tasks.pop(task.tid, None)
+        proc = task.proc
+        if proc is None:
+            return
+        proc.threads -= 1
+        self._release_token(task)
+        self.release_pending = True  # a lone thread left parked must get going
+        if task.mark_at_exit is not None:
+            self._mark(task.mark_at_exit)
+            task.mark_at_exit = None
+        left = task.rows[task.pos:]
+        if left:  # its remaining rows must not hold the other threads back
+            self._abandon([r.order for r in left])
+        if task.tid != proc.pid:
+            return
+        self._last_shift = task.shift_ns
+        if stop.exited:
+            self.exit_code = stop.exit_code
+        else:
+            self.exit_signal = stop.term_sig
+        proc.mem.close()
+        self.procs.pop(proc.pid, None)
+        if self.exact and self.status == "completed" and proc is self.target:
+            self._check_end(task, left)
+
+    def _check_end(self, task: Task, left: list[Row]) -> None:
+        """Exact mode: the process must end where and how the recording did."""
+        recorded = self.rec.process.exit_code
+        how = (f"killed by signal {self.exit_signal}" if self.exit_signal is not None
+               else f"exit code {self.exit_code}")
+        if left and recorded is not None:
+            reason = f"the process ended ({how}) where the recording continues"
+        elif recorded is not None and (self.exit_signal is not None
+                                       or self.exit_code != recorded):
+            reason = f"the process ended with {how}, recorded exit code {recorded}"
+            left = []
+        else:
+            return
+        self.status = "diverged"
+        row = left[0] if left else None
+        self.divergence = Divergence(reason, task.rec_tid, task.tid, row.seq if row else None,
+                                     recorded_call(row) if row else None, None)
+
+    def _kill_all(self) -> None:
+        for tid in list(self.tasks):
+            P.kill_quietly(tid)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, P.WALL)
+            except ChildProcessError:
+                break
+            task = self.tasks.get(pid)
+            if os.WIFSTOPPED(status):
+                P.kill_quietly(pid)  # a task that appeared meanwhile
+            elif task is not None:
+                self._gone(task, P.Stop(pid, status))
+        for proc in list(self.procs.values()):
+            proc.mem.close()
+
+    # -- process events ----------
+    def _on_exec(self, task: Task) -> None:
+        if task.proc is not None:  # the program exec'd again: new image, same process
+            task.proc.mem.close()
+            task.proc.mem = P.TraceeMemory(task.tid)
+            self._patch_vdso(task.proc)
+            return
+        self.execs_seen += 1
+        if self.execs_seen != (2 if self.opts.sandbox else 1) or self.target is not None:
+            return
+        rec = self.rec
+        proc = Proc(task.tid, P.TraceeMemory(task.tid), rec.process.pid, ns_tid(task.tid))
+        for fd in rec.initial_fds:
+            proc.fd_kind[fd] = "unknown"
+        self.procs[task.tid] = proc
+        self.target = proc
+        self.rec_to_ns[rec.process.pid] = proc.ns_pid
+        self._patch_vdso(proc)
+        self._adopt(task, proc, rec.main_tid)
+
+    def _adopt(self, task: Task, proc: Proc, rec_tid: int) -> None:
+        task.proc = proc
+        proc.threads += 1
+        task.rec_tid = rec_tid
+        task.rows = self.rec.threads.get(rec_tid, [])
+        task.ns_tid = ns_tid(task.tid)
+        self.rec_to_ns[rec_tid] = task.ns_tid
+        first = task.rows[0].ts_ns if task.rows else self.rec.process.start_ns
+        task.now_ns = first
+        if not task.rows:
+            self.notes.append(f"thread {task.tid} has no recorded syscalls (recorded tid "
+                              f"{rec_tid}); its calls are synthesized")
+
+    def _patch_vdso(self, proc: Proc) -> None:
+        patched = vdso.patch(proc.pid, proc.mem)
+        proc.vdso_returns = dict(patched.return_points) if patched else {}
+        if patched is None:
+            self.notes.append("no vDSO in the tracee: clock reads already trap")
+
+    def _on_new_task(self, parent: Task) -> None:
+        new_tid = P.event_msg(parent.tid)
+        task = self.tasks.get(new_tid)
+        if task is None:
+            task = self.tasks[new_tid] = Task(new_tid, awaiting_sigstop=True)
+        task.announced = True
+        proc = parent.proc
+        if proc is not None:
+            rec_tid = parent.pending_child_rec
+            parent.pending_child_rec = None
+            if tgid(new_tid) == proc.pid:
+                self._adopt(task, proc, rec_tid if rec_tid is not None else -new_tid)
+                # threads run side by side: the new one starts at its own first call,
+                # shifted as its parent was (its virtual time is its own from there)
+                task.shift_ns = parent.shift_ns
+                task.now_ns += parent.shift_ns if task.rows else parent.now_ns - task.now_ns
+            else:
+                self.notes.append(f"child process {new_tid} (recorded pid {rec_tid}) runs "
+                                  f"for real, unserved")
+        if task.parked:
+            task.parked = False
+            self._resume(task)
+
+    # -- seccomp stops ----------
+    def _on_seccomp(self, task: Task) -> None:
+        if task.injecting:  # a call the tracer made it run: let it
+            self._resume(task)
+            return
+        regs = P.get_regs(task.tid, task.regs)
+        if task.proc is None:
+            if regs.orig_rax == EXECVE and self.execs_seen == 1 and self.opts.sandbox:
+                self._set_argv0(task, regs)
+            self._resume(task)
+            return
+        if regs.orig_rax in BLOCKING_CALLS:
+            self._on_blocking_call(task)
+            return
+        self._serve(task, regs)
+
+    def _set_argv0(self, task: Task, regs: P.UserRegs) -> None:
+        """bwrap cannot set argv[0]: point its final execve's argv[0] at the recorded one."""
+        argv0 = self.exec_argv0 or b""
+        mem = P.TraceeMemory(task.tid)
+        try:
+            where = (regs.rsp - 16384 - len(argv0)) & ~15
+            mem.write(where, argv0 + b"\0")
+            mem.write(regs.rsi, struct.pack("<Q", where))
+        finally:
+            mem.close()
+
+    def _serve(self, task: Task, regs: P.UserRegs) -> None:
+        proc = task.proc
+        assert proc is not None
+        nr = regs.orig_rax
+        spec = SPECS.get(nr)
+        if spec is None:  # not ours to serve (the filter traps only the table)
+            self._resume(task)
+            return
+        via_vdso = regs.rip in proc.vdso_returns
+        if spec.policy is Policy.CLOCK or via_vdso:
+            self._serve_clock(task, regs, spec, via_vdso)
+            return
+        if spec.policy is Policy.SYNC:
+            # a real synchronisation: holding it could only deadlock (the thread another
+            # one waits for would never wake it); its row, if any, is simply done
+            head = task.head()
+            if head is not None and head.nr == nr:
+                self._consume(task, task.pos)
+            self._on_blocking_call(task)
+            return
+        row = self._skip_sync_rows(task)
+        if row is not None and not self._my_turn(task, row):
+            self._hold(task)
+            return
+        task.held = False
+        args = regs.syscall_args()
+        if proc.live_fds and spec.fd_arg is not None and fd_of(nr, args) in proc.live_fds:
+            self._on_live_fd(task, regs, spec, args)
+            return
+        index = task.pos
+        if row is None or not self._matches(task, regs, spec, row, args):
+            found = None if self.exact else self._look_ahead(task, regs, spec, args)
+            if found is None:
+                self._unmatched(task, regs, spec, row, args)
+                return
+            index = found
+            row = task.rows[index]
+        policy = spec.policy
+        # A call that runs for real (fd table, threads, signals) may race with the next
+        # thread's: with several threads, the order moves on only once it has returned.
+        defer = proc.threads > 1 and (policy in RUN_FOR_REAL or (
+            nr == FCNTL and (args[1] & 0xFFFF_FFFF) in (F_DUPFD, F_DUPFD_CLOEXEC)))
+        self._consume(task, index, defer)
+        self.stats["served"] += 1
+        if policy is Policy.SERVE:
+            self._serve_row(task, regs, spec, row, args)
+        elif policy is Policy.OUTPUT:
+            self._serve_output(task, regs, spec, row, args)
+        elif policy is Policy.WAIT:
+            self._serve_wait(task, regs, spec, row, args)
+        elif policy is Policy.NEW_FD:
+            self._serve_new_fd(task, regs, spec, row, args)
+        elif policy is Policy.SIGNAL:
+            self._serve_signal(task, regs, spec, row, args)
+        else:
+            self._run_real(task, regs, spec, row, args)
+
+    # -- order across threads ----------
+
+    def _schedule(self) -> None:
+        """After a stop: serve the held thread whose row has come, or, if no thread is
+        running, give the run token to one that waits only for it."""
+        while self.release_pending:
+            self.release_pending = False
+            for task in list(self.tasks.values()):
+                if task.held:
+                    row = task.head()
+                    if row is None or self._my_turn(task, row):
+                        task.held = False
+                        self._serve(task, task.regs)
+            if self.token is None:
+                waiting = [t for t in self.tasks.values() if t.wants_token]
+                if waiting:
+                    chosen = next((c for c in waiting if not any(
+                        o is not c and runs_first(o, o.pos, c, c.pos) for o in waiting)),
+                        waiting[0])
+                    chosen.wants_token = False
+                    self._resume(chosen, chosen.park_sig)
+
+    def _on_blocking_call(self, task: Task) -> None:
+        """futex, sched_yield, the wait family: they run for real and may block on another
+        thread, so the token goes to another thread until the call returns."""
+        if task.process.threads <= 1:
+            self._resume(task)
+            return
+        self.stats["scheduling_points"] += 1
+        task.in_wait = True
+        self._release_token(task)
+
+        def returned(task: Task, regs: P.UserRegs) -> None:
+            task.in_wait = False  # it runs again once it holds the token
+
+        task.at_exit = returned
+        self._resume(task)
+
+    def _relax(self) -> None:
+        """Nothing moved while threads were held: the rows they wait for are not coming
+        (a thread blocked for real on a held one, or one that left the recording). Give
+        those rows up so the earliest held thread can go."""
+        for task in list(self.tasks.values()):
+            if task.fd_wait is not None:
+                _fd, _move, give_up = task.fd_wait
+                task.fd_wait = None
+                give_up(task)
+                self._resume(task)
+        held = [t for t in self.tasks.values()
+                if (t.held or t.wants_token) and t.head() is not None]
+        if not held:
+            for task in self.tasks.values():
+                task.held = False
+            return
+        order = min(t.rows[t.pos].order for t in held)
+        given_up = self._abandon(range(self.frontier, order))
+        self.stats["relaxed"] += 1
+        self.notes.append(f"cross-thread order relaxed: {given_up} recorded syscalls of other "
+                          f"threads did not come within {self.opts.hold_timeout_s:g} s")
+        self.release_pending = True
+        self._schedule()
+
+    def _abandon(self, orders: range | list[int]) -> int:
+        consumed = self.consumed
+        count = 0
+        for order in orders:
+            if not consumed[order]:
+                consumed[order] = 1
+                count += 1
+        frontier = self.frontier
+        while frontier < len(consumed) and consumed[frontier]:
+            frontier += 1
+        self.frontier = frontier
+        self.release_pending = True
+        self.stats["abandoned"] += count
+        return count
+
+    # -- matching ----------
+    def _matches(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                 args: tuple[int, ...]) -> bool:
+        if row.nr != spec.nr:
+            return False
+        for i in spec.compare:  # what-if compares only the descriptor
+            if P.to_signed(args[i]) != row.args[i] and (self.exact or spec.fd_arg == i):
+                return False
+        if not self.exact and spec.policy is Policy.OUTPUT:
+            return True
+        for region in spec.ins:
+            recorded = row.ins.get(region.arg)
+            if recorded is None or region.layout is Layout.MSGHDR:
+                continue
+            if region.size is CSTRING:
+                actual = task.process.mem.read_cstring(args[region.arg])
+                if actual != recorded:
+                    return False
+            elif region.size.kind == "sockaddr":
+                actual = self._read_in(task, spec, region.arg, args, len(recorded))
+                if canonical_sockaddr(actual) != canonical_sockaddr(recorded):
+                    return False
+            elif self.exact:
+                actual = self._read_in(task, spec, region.arg, args, len(recorded))
+                if actual != recorded:
+                    return False
+        return True
+
+    def _look_ahead(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                    args: tuple[int, ...]) -> int | None:
+        """What-if: the next recorded row of the same call on the same fd / path, if near.
+
+        Only calls that consume recorded input look ahead; outputs and waits never skip
+        recorded rows (the data they stand for is still due)."""
+        if spec.policy in (Policy.OUTPUT, Policy.WAIT):
+            return None
+        end = min(len(task.rows), task.pos + LOOKAHEAD)
+        for index in range(task.pos + 1, end):
+            row = task.rows[index]
+            if SPECS[row.nr].policy is Policy.WAIT:
+                return None
+            if self._matches(task, regs, spec, row, args):
+                return index
+        return None
+
+    def _unmatched(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row | None,
+                   args: tuple[int, ...]) -> None:
+        if row is None and self.exact and self.rec.process.exit_code is None:
+            self.status = "end_of_recording"  # the recording stops before the process did
+            raise StopReplay
+        if self.exact:
+            self._diverge(task, regs, spec, row, args)
+        self._synthesize(task, regs, spec, args)
+
+    def _diverge(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row | None,
+                 args: tuple[int, ...]) -> None:
+        reason = self._why(task, spec, row, args)
+        self.status = "diverged"
+        self.divergence = Divergence(
+            reason=reason, tid=task.rec_tid, replay_tid=task.tid,
+            seq=row.seq if row else None,
+            expected=recorded_call(row) if row else None,
+            actual=self._actual_call(task, spec, args, row))
+        raise StopReplay
+
+    def _why(self, task: Task, spec: SyscallSpec, row: Row | None,
+             args: tuple[int, ...]) -> str:
+        if row is None:
+            return f"{spec.name} after the end of thread {task.rec_tid}'s recording"
+        if row.nr != spec.nr:
+            return f"expected {row.name}, got {spec.name}"
+        for i in spec.compare:
+            if P.to_signed(args[i]) != row.args[i]:
+                return (f"{spec.name} argument {i} differs: expected {row.args[i]}, "
+                        f"got {P.to_signed(args[i])}")
+        for region in spec.ins:
+            recorded = row.ins.get(region.arg)
+            if recorded is None:
+                continue
+            actual = (task.process.mem.read_cstring(args[region.arg])
+                      if region.size is CSTRING
+                      else self._read_in(task, spec, region.arg, args, len(recorded)))
+            if region.size.kind == "sockaddr":
+                actual, recorded = canonical_sockaddr(actual), canonical_sockaddr(recorded)
+            if actual != recorded:
+                at = next((i for i, (a, b) in enumerate(zip(actual, recorded)) if a != b),
+                          min(len(actual), len(recorded)))
+                return f"{spec.name} argument {region.arg} bytes differ at offset {at}"
+        return f"{spec.name} does not match"
+
+    def _actual_call(self, task: Task, spec: SyscallSpec, args: tuple[int, ...],
+                     row: Row | None) -> CallInfo:
+        data: dict[str, str | None] = {}
+        for region in spec.ins:
+            if not args[region.arg]:
+                continue
+            if region.size is CSTRING:
+                data[str(region.arg)] = preview(
+                    task.process.mem.read_cstring(args[region.arg]))
+            else:
+                length = (args[2] & 0xFFFF_FFFF) if spec.policy is Policy.OUTPUT else 256
+                data[str(region.arg)] = preview(self._read_in(task, spec, region.arg, args,
+                                                              min(length, 4096)))
+        return CallInfo(spec.name, spec.nr, [P.to_signed(a) for a in args], None, data)
+
+    def _on_syscall_exit(self, task: Task) -> None:
+        regs = P.get_regs(task.tid, task.regs)
+        handler, task.at_exit = task.at_exit, None
+        if handler is not None and task.proc is not None:
+            handler(task, regs)
+        row, task.mark_at_exit = task.mark_at_exit, None
+        if row is not None:
+            self._mark(row)
+        if task.fd_wait is None:
+            self._resume(task)
+
+    # -- the report ----------
+    def _report(self, wall: float) -> ReplayReport:
+        proc = self.rec.process
+        replayed = {fd: bytes(data) for fd, data in self.replayed.items()}
+        recorded = self.rec.outputs()
+        if self.status != "completed":  # compare only what the replay got to
+            recorded = {fd: data[:len(replayed.get(fd, b""))] for fd, data in recorded.items()}
+        if self.stats["truncated"]:
+            self.notes.append(f"{self.stats['truncated']} served calls had payloads cut at the "
+                              f"recorder's cap: bytes past it were not reproduced")
+        stops = max(1, self.stats["stops"])
+        stats: dict[str, float] = {k: float(v) for k, v in self.stats.items()}
+        stats["wall_s"] = round(wall, 4)
+        stats["us_per_stop"] = round(wall / stops * 1e6, 2)
+        main = next((t for t in self.tasks.values()
+                     if t.proc is not None and t.tid == t.proc.pid), None)
+        stats["virtual_shift_ms"] = round((main.shift_ns if main else self._last_shift) / 1e6, 3)
+        self._stderr_tail()
+        return ReplayReport(
+            status=self.status,
+            mode=self.mode,
+            process={"pid": proc.pid, "node": proc.node, "exe": self.opts.exe or proc.exe,
+                     "argv": self.opts.argv if self.opts.argv is not None else proc.argv},
+            exit_code=self.exit_code, exit_signal=self.exit_signal,
+            recorded_exit_code=proc.exit_code, divergence=self.divergence,
+            outputs=compare_outputs(recorded, replayed),
+            injections={i.text: self.injected.get(i.text, 0) for i in self.opts.injections},
+            stats=stats, notes=self.notes, replayed_outputs=replayed)
+
+
+def replay(recording: Recording, options: ReplayOptions | None = None) -> ReplayReport:
+    """Replay ``recording`` and return the report (see ``Engine``)."""
+    if not recording.threads:
+        raise RecordingError("the recording has no syscalls to replay")
+    return Engine(recording, options).run()

@@ -1,0 +1,246 @@
+"""A recording: one process's syscalls per thread, in order, with the bytes they moved.
+
+Loaded from the lake (``syscalls`` + ``syscall_data`` + ``processes``) with DuckDB, or
+built from Arrow tables with the same schema (tests, the reference recorder). Only the
+syscalls the replay traps are kept as rows; the others (mmap, futex, ...) run for real and
+are used once, while loading, to decide which opened files must be opened for real (the
+ones the program maps into memory).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from lake.schema import TABLES
+from replay_sandbox.errors import RecordingError
+from replay_sandbox.syscall_table import (
+    FD_CREATORS,
+    SPECS,
+    TRAPPED,
+    Layout,
+    Policy,
+    fd_of,
+    name_of,
+)
+
+_MMAP = 9
+_CLOSE = 3
+_DUP2 = 33
+_DUP3 = 292
+_OPENS = frozenset({2, 257, 437})
+_AT_ENTRY = frozenset(nr for nr, s in SPECS.items()
+                      if s.policy in (Policy.REAL, Policy.SIGNAL, Policy.SYNC))
+# A syscall interrupted by a signal and restarted by the kernel: the restart is its own row.
+_RESTARTED = frozenset({-512, -513, -514, -516})
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """How the recorded process was started (a ``processes`` exec row)."""
+
+    pid: int
+    node: str
+    exe: str
+    argv: list[str]
+    env: list[str]
+    cwd: str
+    start_ns: int
+    comm: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(slots=True)
+class Row:
+    """One recorded, trapped syscall."""
+
+    tid: int
+    seq: int
+    ts_ns: int
+    dur_ns: int
+    nr: int
+    ret: int
+    args: tuple[int, ...]
+    fd: int
+    outs: list[tuple[int, int, bytes]] = field(default_factory=list)  # (arg, offset, data)
+    ins: dict[int, bytes] = field(default_factory=dict)  # arg -> bytes passed in
+    truncated: bool = False
+    order: int = 0  # position in the cross-thread order of trapped rows
+    open_for_real: bool = False  # an open whose fd the program maps into memory
+
+    @property
+    def name(self) -> str:
+        return name_of(self.nr)
+
+    @property
+    def end_ns(self) -> int:
+        return self.ts_ns + self.dur_ns
+
+
+@dataclass
+class Recording:
+    process: ProcessInfo
+    threads: dict[int, list[Row]]  # recorded tid -> trapped rows in seq order
+    total_rows: int = 0  # every recorded syscall of the process, trapped or not
+    initial_fds: frozenset[int] = frozenset({0, 1, 2})  # open when the program started
+    real_paths: tuple[str, ...] = ()  # files the program maps: opened for real in replay
+    mono_to_epoch_ns: int | None = None  # CLOCK_MONOTONIC -> epoch offset, if known
+
+    @property
+    def main_tid(self) -> int:
+        return self.process.pid
+
+    @property
+    def trapped_rows(self) -> int:
+        return sum(len(rows) for rows in self.threads.values())
+
+    def outputs(self) -> dict[int, bytes]:
+        """What the recorded process wrote to each fd (write family), concatenated."""
+        out: dict[int, bytearray] = defaultdict(bytearray)
+        for row in sorted((r for rows in self.threads.values() for r in rows),
+                          key=lambda r: r.order):
+            if SPECS[row.nr].policy is Policy.OUTPUT and row.ret > 0:
+                out[row.fd] += b"".join(row.ins[a] for a in sorted(row.ins) if a in (1,))
+        return {fd: bytes(data) for fd, data in out.items()}
+
+    # -- building ----------
+    @classmethod
+    def from_tables(cls, process: ProcessInfo, syscalls: pa.Table,
+                    syscall_data: pa.Table | None = None,
+                    mono_to_epoch_ns: int | None = None) -> Recording:
+        """Rows of ``process.pid`` from tables in the lake schema (extra columns ignored)."""
+        _check_columns("syscalls", syscalls)
+        if syscall_data is not None:
+            _check_columns("syscall_data", syscall_data)
+        cols = {name: syscalls.column(name).to_pylist()
+                for name in ("ts_ns", "dur_ns", "pid", "tid", "nr", "ret", "fd", "args", "seq")}
+        all_rows: list[Row] = []
+        for ts, dur, pid, tid, nr, ret, fd, args, seq in zip(
+                cols["ts_ns"], cols["dur_ns"], cols["pid"], cols["tid"], cols["nr"],
+                cols["ret"], cols["fd"], cols["args"], cols["seq"]):
+            if pid != process.pid or ts < process.start_ns or ret in _RESTARTED:
+                continue
+            argv = tuple((args or []) + [0] * (6 - len(args or [])))[:6]
+            fd_col = fd_of(nr, argv) if nr in SPECS else (fd if fd is not None else -1)
+            all_rows.append(Row(tid, seq, ts, dur or 0, nr, ret if ret is not None else 0,
+                                argv, fd_col))
+        if not all_rows:
+            raise RecordingError(f"no syscalls recorded for pid {process.pid} on "
+                                 f"{process.node} after its exec")
+        all_rows.sort(key=lambda r: (r.ts_ns, r.tid, r.seq))
+        _mark_real_opens(all_rows)
+        trapped = [r for r in all_rows if r.nr in TRAPPED]
+        if syscall_data is not None and syscall_data.num_rows:
+            _attach_data(process.pid, trapped, syscall_data)
+        # Cross-thread order: served calls complete at once, so they follow the recorded
+        # completion order, and so do new descriptors (an open takes its number somewhere
+        # inside the call; when the replay meets the number taken or free against the
+        # recording, it moves the fd to the recorded number). Calls that act for real are
+        # ordered at their entry: a close frees its number at once, a futex wait marks
+        # the moment a thread found a lock taken, and a clone's child may make syscalls
+        # before the clone returns in the parent.
+        trapped.sort(key=lambda r: (r.ts_ns if r.nr in _AT_ENTRY else r.end_ns, r.ts_ns,
+                                    r.tid, r.seq))
+        threads: dict[int, list[Row]] = defaultdict(list)
+        for order, row in enumerate(trapped):
+            row.order = order
+            threads[row.tid].append(row)
+        for rows in threads.values():
+            rows.sort(key=lambda r: r.seq)
+        real_paths = sorted({path for r in trapped if r.open_for_real
+                             for path in [_path_of(r)] if path and path.startswith("/")})
+        return cls(process, dict(threads), len(all_rows), _initial_fds(trapped),
+                   tuple(real_paths), mono_to_epoch_ns)
+
+
+def _path_of(row: Row) -> str | None:
+    path = row.ins.get(1 if row.nr in (257, 437) else 0)
+    return path.decode(errors="replace") if path is not None else None
+
+
+def _initial_fds(rows: list[Row]) -> frozenset[int]:
+    """Descriptors the process had at exec: used before created, or below the first one
+    it created (the kernel hands out the lowest free number)."""
+    initial = {0, 1, 2}
+    created: set[int] = set()
+    first_created: int | None = None
+    # A new fd exists once its call returns; a use needs it when the use starts. (Ordering
+    # creations at their entry would misread another thread's open that entered before a
+    # close of the same number, and got that number, as a use before creation.)
+    for row in sorted(rows, key=lambda r: (r.end_ns if r.nr in FD_CREATORS else r.ts_ns,
+                                           r.tid, r.seq)):
+        fd = fd_of(row.nr, row.args)
+        if fd >= 0 and fd not in created:
+            initial.add(fd)
+        new: list[int] = []
+        if row.nr in FD_CREATORS and row.ret >= 0 and row.nr not in (22, 293, 53):
+            new = [row.ret]
+        elif row.nr in (22, 293, 53) and row.ret == 0:
+            for _arg, _offset, data in row.outs:
+                if len(data) >= 8:
+                    new = list(struct.unpack_from("<ii", data))
+        for fd in new:
+            if first_created is None:
+                first_created = fd
+            created.add(fd)
+        if row.nr == _CLOSE:
+            created.discard(row.args[0] & 0xFFFF_FFFF)
+    if first_created is not None:
+        initial.update(range(first_created))
+    return frozenset(initial)
+
+
+def _check_columns(table: str, data: pa.Table) -> None:
+    missing = [f.name for f in TABLES[table].fields if f.name not in data.column_names]
+    if missing:
+        raise RecordingError(f"{table} table lacks columns: {', '.join(missing)}")
+
+
+def _mark_real_opens(rows: list[Row]) -> None:
+    """An open whose fd is later passed to mmap (before close) must open the real file."""
+    open_rows: dict[int, Row] = {}
+    for row in rows:
+        if row.nr in _OPENS and row.ret >= 0:
+            open_rows[row.ret] = row
+        elif row.nr == _MMAP:
+            fd = row.args[4] & 0xFFFF_FFFF
+            if fd in open_rows:
+                open_rows[fd].open_for_real = True
+        elif row.nr == _CLOSE:
+            open_rows.pop(row.args[0] & 0xFFFF_FFFF, None)
+        elif row.nr in (_DUP2, _DUP3):
+            open_rows.pop(row.args[1] & 0xFFFF_FFFF, None)
+
+
+def _attach_data(pid: int, rows: list[Row], data: pa.Table) -> None:
+    by_key = {(r.tid, r.seq): r for r in rows}
+    cols = {name: data.column(name).to_pylist()
+            for name in ("pid", "tid", "seq", "arg_index", "offset", "data", "truncated")}
+    ins_parts: dict[tuple[int, int, int], list[tuple[int, bytes]]] = defaultdict(list)
+    for dpid, tid, seq, arg, offset, payload, truncated in zip(
+            cols["pid"], cols["tid"], cols["seq"], cols["arg_index"], cols["offset"],
+            cols["data"], cols["truncated"]):
+        if dpid != pid:
+            continue
+        row = by_key.get((tid, seq))
+        if row is None:
+            continue
+        payload = payload or b""
+        row.truncated = row.truncated or bool(truncated)
+        if _is_input_arg(row.nr, arg):
+            ins_parts[(tid, seq, arg)].append((offset or 0, payload))
+        else:
+            row.outs.append((arg, offset or 0, payload))
+    for (tid, seq, arg), parts in ins_parts.items():
+        by_key[(tid, seq)].ins[arg] = b"".join(p for _, p in sorted(parts))
+
+
+def _is_input_arg(nr: int, arg: int) -> bool:
+    spec = SPECS[nr]
+    for region in spec.ins:
+        if region.arg == arg or (region.layout is Layout.MSGHDR and arg in (6, 7, 8)):
+            return True
+    return False

@@ -1,0 +1,152 @@
+"""What a replay found: how it ended, where it left the recording, what the program wrote."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["completed", "diverged", "end_of_recording", "timeout"]
+_PREVIEW = 96
+
+
+def preview(data: bytes | None, limit: int = _PREVIEW) -> str | None:
+    """Bytes for people: text if it decodes, else hex; cut at ``limit``."""
+    if data is None:
+        return None
+    cut = data[:limit]
+    try:
+        text = repr(cut.decode("utf-8"))
+    except UnicodeDecodeError:
+        text = cut.hex()
+    return text + (f"... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+@dataclass
+class CallInfo:
+    """One syscall, as recorded or as the replayed program made it."""
+
+    name: str
+    nr: int
+    args: list[int]
+    ret: int | None = None
+    data: dict[str, str | None] = field(default_factory=dict)  # arg index -> preview
+
+    def render(self) -> str:
+        args = ", ".join(_arg(a) for a in self.args)
+        text = f"{self.name}({args})"
+        if self.ret is not None:
+            text += f" = {self.ret}"
+        for arg, value in sorted(self.data.items()):
+            text += f"\n      arg {arg}: {value}"
+        return text
+
+
+def _arg(value: int) -> str:
+    return hex(value) if value > 0xFFFF or value < -0xFFFF else str(value)
+
+
+@dataclass
+class Divergence:
+    """Where the replayed program stopped doing what the recorded one did."""
+
+    reason: str
+    tid: int  # recorded thread id
+    replay_tid: int
+    seq: int | None  # the recorded row expected next (per-thread sequence number)
+    expected: CallInfo | None
+    actual: CallInfo | None
+
+    def render(self) -> str:
+        lines = [f"divergence in thread {self.tid} (replay tid {self.replay_tid}) at seq "
+                 f"{self.seq}: {self.reason}"]
+        if self.expected is not None:
+            lines.append(f"  expected: {self.expected.render()}")
+        if self.actual is not None:
+            lines.append(f"  actual:   {self.actual.render()}")
+        return "\n".join(lines)
+
+
+@dataclass
+class OutputComparison:
+    fd: int
+    recorded_bytes: int
+    replayed_bytes: int
+    match: bool
+    first_difference: int | None
+    recorded: str | None
+    replayed: str | None
+
+
+def compare_outputs(recorded: dict[int, bytes],
+                    replayed: dict[int, bytes]) -> list[OutputComparison]:
+    out = []
+    for fd in sorted(set(recorded) | set(replayed)):
+        rec = recorded.get(fd, b"")
+        rep = replayed.get(fd, b"")
+        diff = None
+        if rec != rep:
+            diff = next((i for i, (a, b) in enumerate(zip(rec, rep)) if a != b),
+                        min(len(rec), len(rep)))
+        start = max(0, (diff or 0) - 16)
+        out.append(OutputComparison(fd, len(rec), len(rep), rec == rep, diff,
+                                    preview(rec[start:]), preview(rep[start:])))
+    return out
+
+
+@dataclass
+class ReplayReport:
+    status: Status
+    mode: str
+    process: dict[str, Any]
+    exit_code: int | None = None  # replayed
+    exit_signal: int | None = None
+    recorded_exit_code: int | None = None
+    divergence: Divergence | None = None
+    outputs: list[OutputComparison] = field(default_factory=list)
+    injections: dict[str, int] = field(default_factory=dict)  # spec -> times applied
+    stats: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    replayed_outputs: dict[int, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def outputs_match(self) -> bool:
+        return all(o.match for o in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("replayed_outputs")
+        data["outputs_match"] = self.outputs_match
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def render_text(self) -> str:
+        proc = self.process
+        lines = [f"replay of pid {proc.get('pid')}@{proc.get('node')} "
+                 f"({' '.join(proc.get('argv') or [])}) in {self.mode} mode: {self.status}"]
+        if self.exit_signal is not None:
+            lines.append(f"  exit: killed by signal {self.exit_signal}")
+        elif self.exit_code is not None:
+            recorded = ("" if self.recorded_exit_code is None
+                        else f" (recorded {self.recorded_exit_code})")
+            lines.append(f"  exit code {self.exit_code}{recorded}")
+        if self.divergence is not None:
+            lines.append("  " + self.divergence.render().replace("\n", "\n  "))
+        for out in self.outputs:
+            verdict = "same" if out.match else f"differs at byte {out.first_difference}"
+            lines.append(f"  fd {out.fd}: recorded {out.recorded_bytes} bytes, replayed "
+                         f"{out.replayed_bytes} bytes: {verdict}")
+            if not out.match:
+                lines.append(f"    recorded: {out.recorded}")
+                lines.append(f"    replayed: {out.replayed}")
+        for spec, count in self.injections.items():
+            lines.append(f"  injected {spec!r}: applied {count} times")
+        if self.stats:
+            keys = ("served", "real", "synthesized", "clock_reads", "stops", "rdtsc",
+                    "wall_s", "us_per_stop", "virtual_shift_ms")
+            lines.append("  " + ", ".join(f"{k}={self.stats[k]:g}" for k in keys
+                                          if k in self.stats))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,328 @@
+"""Serving I/O at the stops: results from the log, outputs kept, descriptors kept in sync,
+and (what-if) answers for calls the recording does not have.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+from collections.abc import Callable
+
+from replay_sandbox import clock as vclock
+from replay_sandbox import ptrace_ffi as P
+from replay_sandbox._state import (
+    FCNTL,
+    LIVE_OPENS,
+    MASK,
+    StopReplay,
+    Task,
+)
+from replay_sandbox.injection import FdKind, delays_for
+from replay_sandbox.recording import Row
+from replay_sandbox.syscall_table import (
+    CLONES,
+    EVENTFD2,
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    O_CLOEXEC,
+    O_NONBLOCK,
+    Layout,
+    Policy,
+    SyscallSpec,
+    fd_of,
+    is_error,
+    write_outputs,
+)
+from replay_sandbox.timing import TimeServing
+
+DUP3 = 292
+CLOSE = 3
+_LOWEST_FREE = frozenset({32, FCNTL})  # dup, fcntl(F_DUPFD): the kernel picks the number
+
+
+class IoServing(TimeServing):
+    def _serve_row(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                   args: tuple[int, ...]) -> None:
+        proc = task.proc
+        assert proc is not None
+        if row.outs:
+            write_outputs(spec.nr, args, row.outs, proc.mem, proc.mem.write)
+        if row.truncated:
+            self.stats["truncated"] += 1
+        if spec.nr == FCNTL and (args[1] & 0xFFFF_FFFF) in (F_DUPFD, F_DUPFD_CLOEXEC):
+            self._run_real(task, regs, spec, row, args)  # F_DUPFD changes the fd table
+            return
+        fd = fd_of(spec.nr, args) if spec.fd_arg is not None else -1
+        delays = None
+        if self.opts.injections:
+            delays = delays_for(self.opts.injections, spec.nr, [self._fd_info(task, fd)])
+        kind = proc.fd_kind.get(fd, "unknown")
+        self._advance(task, row, delays, arrival=kind in ("socket", "pipe") or spec.nr == 42)
+        self._track_fds(task, row, args)
+        self._finish(task, regs, row.ret)
+
+    def _serve_output(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                      args: tuple[int, ...]) -> None:
+        fd = fd_of(spec.nr, args)
+        ret = row.ret if self.exact else self._output_length(spec, args)
+        if ret > 0:
+            recorded = row.ins.get(1)
+            if self.exact and recorded is not None and not row.truncated:
+                self.replayed[fd] += recorded  # _matches compared them already
+            else:
+                self.replayed[fd] += self._read_in(task, spec, 1, args, ret)
+        delays = None
+        if self.opts.injections:
+            delays = delays_for(self.opts.injections, spec.nr, [self._fd_info(task, fd)])
+        self._advance(task, row, delays)
+        self._finish(task, regs, ret)
+
+    @staticmethod
+    def _output_length(spec: SyscallSpec, args: tuple[int, ...]) -> int:
+        if spec.ins and spec.ins[0].layout is Layout.FLAT:
+            return args[2] & 0xFFFF_FFFF_FFFF
+        return 1 << 20  # iovec / msghdr: capped by what the buffers hold
+
+    def _serve_new_fd(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                      args: tuple[int, ...]) -> None:
+        delays = None
+        if self.opts.injections and spec.nr in (43, 288):
+            delays = delays_for(self.opts.injections, spec.nr,
+                                [self._fd_info(task, fd_of(spec.nr, args))])
+        self._advance(task, row, delays, arrival=spec.nr in (43, 288))
+        if is_error(row.ret):
+            self._finish(task, regs, row.ret)
+            return
+        saved = args
+        if not row.open_for_real:
+            flags = args[spec.new_fd_flags_arg] if spec.new_fd_flags_arg is not None else 0
+            regs.orig_rax = EVENTFD2
+            regs.rdi = 0
+            regs.rsi = flags & (O_CLOEXEC | O_NONBLOCK)
+            P.set_regs(task.tid, regs)
+
+        cloexec = bool(args[spec.new_fd_flags_arg] & O_CLOEXEC) \
+            if spec.new_fd_flags_arg is not None else False
+
+        def finish(task: Task, regs: P.UserRegs) -> None:
+            regs.set_syscall_args(saved)
+            regs.rax = row.ret & MASK
+            if row.outs:
+                write_outputs(spec.nr, saved, row.outs, task.process.mem,
+                              task.process.mem.write)
+            P.set_regs(task.tid, regs)
+            self._track_fds(task, row, saved)
+
+        def done(task: Task, regs: P.UserRegs) -> None:
+            got = P.to_signed(regs.rax)
+            if got < 0:
+                path = row.ins.get(1) or row.ins.get(0)
+                what = (f"opening {path.decode(errors='replace')} for real failed ({got})"
+                        if row.open_for_real and path else f"the sandbox failed ({got})")
+                self._inconsistent(task, row, f"{spec.name}: expected fd {row.ret}, {what}")
+                finish(task, regs)
+            elif got != row.ret:
+                self._renumber(task, got, row, cloexec, finish)
+            else:
+                finish(task, regs)
+
+        task.at_exit = done
+        self._resume(task)
+
+    # -- descriptor numbers ----------
+    def _renumber(self, task: Task, got: int, row: Row, cloexec: bool,
+                  finish: Callable[[Task, P.UserRegs], None]) -> None:
+        """The kernel gave ``got`` where the recording has ``row.ret``: move it there.
+
+        Timestamps cannot order an open and another thread's close whose calls overlap
+        (the kernel picks the number mid-call), so the replay may meet the number still
+        taken, or already free. The recorded number is the truth: the tracee is made to
+        run dup3(got, N) and close(got); if N is still held (by a close not replayed yet),
+        the thread waits at its stop, with the order released, until it is free."""
+        wanted = row.ret
+
+        def move(task: Task) -> None:
+            self.stats["renumbered"] += 1
+            self._inject(task, [(DUP3, (got, wanted, O_CLOEXEC if cloexec else 0, 0, 0, 0)),
+                                (CLOSE, (got, 0, 0, 0, 0, 0))], finish)
+
+        def give_up(task: Task) -> None:
+            self._inconsistent(task, row, f"{row.name}: expected fd {wanted}, the sandbox "
+                                          f"gave {got} and {wanted} stayed taken")
+            finish(task, task.regs)
+
+        if self._fd_is_open(task, wanted) and task.process.threads <= 1:
+            give_up(task)  # no other thread can free it
+        elif self._fd_is_open(task, wanted):
+            task.fd_wait = (wanted, move, give_up)
+            self._release_token(task)  # the thread that frees it must run
+        else:
+            move(task)
+
+    def _fd_is_open(self, task: Task, fd: int) -> bool:
+        return os.path.lexists(f"/proc/{task.tid}/fd/{fd}")
+
+    def _inject(self, task: Task, calls: list[tuple[int, tuple[int, ...]]],
+                finish: Callable[[Task, P.UserRegs], None]) -> None:
+        """At a syscall-exit stop: make the tracee run ``calls`` one by one (rewinding to
+        its ``syscall`` instruction), then restore its registers and call ``finish``."""
+        saved = P.UserRegs.from_buffer_copy(task.regs)
+        pending = list(calls)
+
+        def step(task: Task, regs: P.UserRegs) -> None:
+            if pending:
+                nr, args = pending.pop(0)
+                call = P.UserRegs.from_buffer_copy(saved)
+                call.rip = saved.rip - 2  # the 2-byte syscall instruction just executed
+                call.rax = call.orig_rax = nr
+                call.set_syscall_args(args)
+                P.set_regs(task.tid, call)
+                task.injecting = True
+                task.at_exit = step
+                return
+            task.injecting = False
+            P.set_regs(task.tid, saved)
+            finish(task, saved)
+
+        step(task, saved)
+
+    def _run_real(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                  args: tuple[int, ...]) -> None:
+        self._advance(task, row)
+        if spec.nr in CLONES:
+            task.pending_child_rec = row.ret
+            self._resume(task)
+            return
+        if spec.nr == 3:  # close: nothing to check that matters, save the exit stop
+            task.process.fd_kind.pop(args[0] & 0xFFFF_FFFF, None)
+            self._resume(task)
+            return
+
+        def finish(task: Task, regs: P.UserRegs) -> None:
+            regs.rax = row.ret & MASK
+            P.set_regs(task.tid, regs)
+            self._track_fds(task, row, args)
+
+        def done(task: Task, regs: P.UserRegs) -> None:
+            got = P.to_signed(regs.rax)
+            if spec.nr in _LOWEST_FREE and got >= 0 and row.ret >= 0 and got != row.ret:
+                cloexec = spec.nr == FCNTL and (args[1] & 0xFFFF_FFFF) == F_DUPFD_CLOEXEC
+                self._renumber(task, got, row, cloexec, finish)
+                return
+            if got != row.ret and not (is_error(got) and is_error(row.ret)):
+                self._inconsistent(task, row, f"{spec.name} returned {got} for real, "
+                                              f"recorded {row.ret}")
+            self._track_fds(task, row, args)
+
+        task.at_exit = done
+        self._resume(task)
+
+    def _serve_signal(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                      args: tuple[int, ...]) -> None:
+        """kill/tkill/tgkill at recorded pids: send it for real to the sandbox's ids."""
+        self._advance(task, row)
+        pid_args = {62: (0,), 200: (0,), 234: (0, 1)}[spec.nr]
+        new = list(args)
+        for i in pid_args:
+            rec_id = P.to_signed(args[i])
+            if rec_id not in self.rec_to_ns:
+                self._finish(task, regs, row.ret)  # not ours: do not signal the host
+                return
+            new[i] = self.rec_to_ns[rec_id]
+        regs.set_syscall_args(new)
+        P.set_regs(task.tid, regs)
+
+        def done(task: Task, regs: P.UserRegs) -> None:
+            regs.set_syscall_args(args)
+            P.set_regs(task.tid, regs)
+
+        task.at_exit = done
+        self._resume(task)
+
+    # -- synthesized results (what-if) ----------
+    def _on_live_fd(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                    args: tuple[int, ...]) -> None:
+        """A call on a descriptor the recording does not know: it is real in the sandbox
+        (an input the what-if asked for), except that outputs are kept, not performed."""
+        proc = task.proc
+        assert proc is not None
+        self.stats["live"] += 1
+        if spec.policy is Policy.OUTPUT:
+            data = self._read_in(task, spec, 1, args, self._output_length(spec, args))
+            self.replayed[fd_of(spec.nr, args)] += data
+            self._finish(task, regs, len(data))
+            return
+        if spec.nr == 3:
+            proc.live_fds.discard(args[0] & 0xFFFF_FFFF)
+        self._resume(task)
+
+    def _run_live(self, task: Task, spec: SyscallSpec, kind: FdKind) -> None:
+        """Run a descriptor-creating call for real; its fd becomes live."""
+
+        def done(task: Task, regs: P.UserRegs) -> None:
+            fd = P.to_signed(regs.rax)
+            if fd >= 0 and task.proc is not None:
+                task.proc.live_fds.add(fd)
+                task.proc.fd_kind[fd] = kind
+
+        task.at_exit = done
+        self._resume(task)
+
+    def _synthesize(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                    args: tuple[int, ...]) -> None:
+        """What-if: a call the recording does not have. It runs for real in the sandbox
+        (read-only host, private /tmp, no network), except outputs, which are kept and not
+        performed, waits and sleeps, which pass in virtual time, and calls on descriptors
+        that exist only as placeholders, which get an end-of-input or error answer."""
+        proc = task.proc
+        assert proc is not None
+        self.stats["synthesized"] += 1
+        task.synth_clock += 1
+        policy = spec.policy
+        if policy is Policy.OUTPUT:
+            length = self._output_length(spec, args)
+            data = self._read_in(task, spec, 1, args, length)
+            self.replayed[fd_of(spec.nr, args)] += data
+            self._finish(task, regs, len(data))
+            return
+        if policy is Policy.WAIT:
+            self._synthesize_wait(task, regs, spec, args)
+            return
+        if policy is Policy.NEW_FD and spec.nr in LIVE_OPENS:
+            self._run_live(task, spec, "socket" if spec.nr == 41 else "file")
+            return
+        fd = fd_of(spec.nr, args) if spec.fd_arg is not None else -1
+        placeholder = fd > 2 and fd in proc.fd_kind and fd not in proc.live_fds
+        if not placeholder:
+            self.stats["real"] += 1
+            self._resume(task)  # the sandbox answers
+        elif policy in (Policy.REAL, Policy.SIGNAL):
+            self._resume(task)
+        elif spec.nr in (0, 17, 19, 45, 47, 295, 327):
+            self._finish(task, regs, 0)  # no recorded data on this descriptor: end of input
+        else:
+            self._finish(task, regs, -errno_mod.ENOSYS)
+
+    def _synthesize_wait(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                         args: tuple[int, ...]) -> None:
+        mem = task.process.mem
+        timeout: int | None
+        if spec.nr == 35:
+            timeout = vclock.timeout_ns("timespec", args[0], mem.read) or 0
+        elif spec.nr == 230:
+            request = vclock.timeout_ns("timespec", args[2], mem.read) or 0
+            timeout = (max(0, self.domains.to_epoch(P.to_signed(args[0]), request)
+                           - task.now_ns) if args[1] & 1 else request)
+        else:
+            timeout = vclock.timeout_ns(spec.timeout_kind, args[spec.timeout_arg or 0],
+                                        mem.read)
+        if timeout is None:
+            self.status = "end_of_recording"
+            self.notes.append(f"thread {task.rec_tid} waits ({spec.name}) with no timeout for "
+                              f"input the recording does not have")
+            raise StopReplay
+        task.now_ns += timeout
+        task.shift_ns += timeout
+        self._clear_wait_result(task, spec, args)
+        self._finish(task, regs, 0)
+

@@ -1,0 +1,297 @@
+"""The replay engine on real programs, recorded by the reference recorder (root needed)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from replay_sandbox.engine import ReplayOptions, replay
+from replay_sandbox.injection import parse_all
+from tests.integration.test_replay_recorder import RecordedRun, record
+from tests.support import REPO, require_binary, require_root
+
+PROGRAMS = REPO / "tests" / "programs"
+PYTHON = "/usr/bin/python3"
+ENV = ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=/root"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C test programs, compiled once for the module."""
+    require_root()
+    require_binary("bwrap")
+    gcc = require_binary("gcc")
+    out = tmp_path_factory.mktemp("programs")
+    for source, flags in (("replay_loop.c", []), ("replay_threads.c", ["-pthread"]),
+                          ("replay_rdtsc.c", [])):
+        subprocess.run([gcc, "-O2", *flags, "-o", str(out / source[:-2]),
+                        str(PROGRAMS / source)], check=True)
+    return out
+
+
+def _python_available() -> None:
+    require_root()
+    require_binary("bwrap")
+    if not Path(PYTHON).exists():
+        pytest.skip(f"{PYTHON} is not installed")
+
+
+def _replay_matches(run: RecordedRun, **options: object) -> None:
+    report = replay(run.recording(), ReplayOptions(**options))  # type: ignore[arg-type]
+    assert report.status == "completed", report.render_text()
+    assert report.outputs_match, report.render_text()
+    assert report.replayed_outputs.get(1, b"") == run.stdout
+    assert report.exit_code == run.exit_code
+
+
+def test_python_time_random_and_urandom_replay_identically(tmp_path: Path) -> None:
+    _python_available()
+    # GIVEN a program whose output depends on the clock, its PRNG seed and getrandom
+    code = ("import time, random, os, datetime; print(time.time(), random.random(), "
+            "os.urandom(8).hex(), datetime.datetime.now())")
+    run = record([PYTHON, "-c", code], cwd=str(tmp_path), env=ENV)
+    assert run.exit_code == 0 and run.stdout
+    # WHEN it is replayed (twice: later runs must not see different time or entropy)
+    # THEN it prints exactly what it printed when recorded
+    _replay_matches(run)
+    _replay_matches(run)
+
+
+def test_cat_replays_a_file_deleted_since(tmp_path: Path) -> None:
+    require_root()
+    require_binary("bwrap")
+    # GIVEN cat recorded reading a file
+    target = tmp_path / "orders.csv"
+    target.write_text("id,amount\n1,100\n2,250\n")
+    run = record(["/bin/cat", str(target)], cwd=str(tmp_path), env=ENV)
+    assert run.stdout == b"id,amount\n1,100\n2,250\n"
+    # WHEN the file is gone and cat is replayed
+    target.unlink()
+    # THEN the bytes come from the recording and the output is identical
+    _replay_matches(run)
+
+
+def test_a_different_argv_diverges_with_a_precise_report(tmp_path: Path) -> None:
+    require_root()
+    require_binary("bwrap")
+    # GIVEN cat recorded reading one file
+    (tmp_path / "a.txt").write_text("AAA\n")
+    (tmp_path / "other.txt").write_text("BBBB\n")
+    run = record(["/bin/cat", str(tmp_path / "a.txt")], cwd=str(tmp_path), env=ENV)
+    rec = run.recording()
+    # WHEN it is replayed in exact mode with another file on the command line
+    report = replay(rec, ReplayOptions(mode="exact",
+                                       argv=["/bin/cat", str(tmp_path / "other.txt")]))
+    # THEN the replay stops at the openat, naming thread, sequence number and both paths
+    assert report.status == "diverged"
+    div = report.divergence
+    assert div is not None
+    assert div.tid == run.process.pid and div.seq is not None
+    assert div.expected is not None and div.actual is not None
+    assert div.expected.name == div.actual.name == "openat"
+    assert "a.txt" in (div.expected.data["1"] or "")
+    assert "other.txt" in (div.actual.data["1"] or "")
+    assert "argument 1" in div.reason
+    opened = [r for r in rec.threads[rec.main_tid] if r.seq == div.seq]
+    assert opened and opened[0].name == "openat"
+    # AND in what-if mode the new file is read for real and the output difference reported
+    report = replay(rec, ReplayOptions(argv=["/bin/cat", str(tmp_path / "other.txt")]))
+    assert report.status == "completed", report.render_text()
+    assert report.replayed_outputs.get(1) == b"BBBB\n"
+    assert not report.outputs_match
+
+
+def test_whatif_cannot_see_host_tmp(tmp_path: Path) -> None:
+    require_root()
+    require_binary("bwrap")
+    # GIVEN a recording, and a host file under /tmp the replay was not given
+    (tmp_path / "a.txt").write_text("AAA\n")
+    hidden = tmp_path / "hidden.txt"
+    hidden.write_text("secret\n")
+    run = record(["/bin/cat", str(tmp_path / "a.txt")], cwd=str(tmp_path), env=ENV)
+    # WHEN a what-if environment makes cat open it (the private /tmp hides it)
+    report = replay(run.recording(), ReplayOptions(
+        exe="/bin/sh", argv=["/bin/sh", "-c", f"cat {hidden}"]))
+    # THEN cat fails inside the sandbox
+    assert b"secret" not in report.replayed_outputs.get(1, b"")
+
+
+def test_vdso_patch_makes_clock_reads_trap(built: Path, tmp_path: Path) -> None:
+    # GIVEN a loop of clock_gettime calls, which normally never enter the kernel
+    run = record([str(built / "replay_loop"), "500", "clock"], cwd=str(tmp_path), env=ENV)
+    assert run.vdso_patched
+    assert run.syscalls.column("name").to_pylist().count("clock_gettime") >= 500
+    # WHEN replayed THEN each read stopped the tracee and was served from the recording
+    report = replay(run.recording())
+    assert report.status == "completed", report.render_text()
+    assert report.stats["clock_reads"] >= 500
+    assert report.stats["stops"] >= 500
+    assert report.outputs_match
+
+
+def test_clock_reads_missing_from_the_recording_are_synthesized(built: Path,
+                                                                tmp_path: Path) -> None:
+    # GIVEN a recording made without the vDSO patch (like an eBPF one: no clock rows)
+    run = record([str(built / "replay_loop"), "50", "clock"], cwd=str(tmp_path), env=ENV,
+                 patch_vdso=False)
+    assert "clock_gettime" not in run.syscalls.column("name").to_pylist()
+    # WHEN replayed (what-if: the program prints a sum of clock bits, which now differs)
+    report = replay(run.recording(), ReplayOptions(mode="whatif"))
+    # THEN the reads trap and come from the virtual clock
+    assert report.status == "completed", report.render_text()
+    assert report.stats["synthesized"] >= 50
+    assert report.replayed_outputs[1].startswith(b"clock x 50: ")
+
+
+def test_rdtsc_traps_and_is_deterministic(built: Path, tmp_path: Path) -> None:
+    # GIVEN a program reading the TSC
+    run = record([str(built / "replay_rdtsc")], cwd=str(tmp_path), env=ENV)
+    # WHEN replayed twice (what-if: the virtual TSC differs from the recorded one)
+    first = replay(run.recording(), ReplayOptions(mode="whatif"))
+    second = replay(run.recording(), ReplayOptions(mode="whatif"))
+    # THEN rdtsc trapped, advanced, and gave the same values both times
+    assert first.stats["rdtsc"] >= 2
+    assert first.replayed_outputs[1].startswith(b"rdtsc advances\n")
+    assert first.replayed_outputs[1] == second.replayed_outputs[1]
+
+
+def test_threads_replay_in_the_recorded_order(built: Path, tmp_path: Path) -> None:
+    # GIVEN two threads interleaving clock reads, file reads and writes under a mutex
+    run = record([str(built / "replay_threads")], cwd=str(tmp_path), env=ENV)
+    assert len(run.recording().threads) == 3
+    # WHEN replayed several times THEN every replay prints the recorded interleaving
+    for _ in range(3):
+        _replay_matches(run)
+
+
+def test_end_of_recording_stops_the_replay(built: Path, tmp_path: Path) -> None:
+    # GIVEN a recording cut before the process ended (no exit recorded)
+    run = record([str(built / "replay_loop"), "100", "getppid"], cwd=str(tmp_path), env=ENV)
+    rec = run.recording()
+    rows = rec.threads[rec.main_tid]
+    rec.threads[rec.main_tid] = rows[: len(rows) // 2]
+    object.__setattr__(rec.process, "exit_code", None)
+    # WHEN replayed THEN it stops where the recording stops
+    report = replay(rec)
+    assert report.status == "end_of_recording", report.render_text()
+
+
+def _serve_once(delay_s: float) -> tuple[int, threading.Thread]:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                time.sleep(delay_s)
+                conn.sendall(b"hello")
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return port, thread
+
+
+def _waited_ms(line: bytes, outcome: bytes) -> int:
+    """``got hello after 101 ms`` -> 101."""
+    assert line.startswith(outcome + b" after "), line
+    return int(line.split()[-2])
+
+
+def test_injected_delay_turns_a_reply_into_a_timeout(tmp_path: Path) -> None:
+    _python_available()
+    # GIVEN a client that waits 0.5 s for a reply which came after 0.1 s
+    port, server = _serve_once(0.1)
+    run = record([PYTHON, str(PROGRAMS / "replay_client.py"), str(port), "0.5"],
+                 cwd=str(tmp_path), env=ENV)
+    server.join(5)
+    recorded_ms = _waited_ms(run.stdout, b"got hello")
+    assert 50 <= recorded_ms < 500, run.stdout
+    rec = run.recording()
+    fd = next(r.ret for r in rec.threads[rec.main_tid] if r.name == "socket" and r.ret > 2)
+    # WHEN the reply is delayed by 800 ms THEN the wait times out at 0.5 s virtual time
+    late = replay(rec, ReplayOptions(injections=parse_all([f"recv fd={fd}:+800ms"])))
+    assert late.status == "completed", late.render_text()
+    assert late.replayed_outputs[1] == b"timeout after 500 ms\n"
+    assert not late.outputs_match and late.injections[f"recv fd={fd}:+800ms"] >= 1
+    # AND delayed by 300 ms it still arrives, 300 ms later in the program's own clock
+    slow = replay(rec, ReplayOptions(injections=parse_all([f"recv fd={fd}:+300ms"])))
+    slow_ms = _waited_ms(slow.replayed_outputs[1], b"got hello")
+    assert abs(slow_ms - (recorded_ms + 300)) <= 1, slow.render_text()
+    # AND without injection the replay is exact (the connect's unix-socket probe included)
+    exact = replay(rec)
+    assert exact.status == "completed" and exact.outputs_match, exact.render_text()
+
+
+def test_fsync_injection_slows_the_program_down(tmp_path: Path) -> None:
+    _python_available()
+    # GIVEN a ledger append with fsync on tmpfs (fast)
+    run = record([PYTHON, str(PROGRAMS / "replay_fsync.py")], cwd=str(tmp_path), env=ENV)
+    assert run.stdout == b"fast\n"
+    # WHEN fsync takes 50 ms more THEN the program measures it as slow
+    report = replay(run.recording(), ReplayOptions(injections=parse_all(["fsync:+50ms"])))
+    assert report.status == "completed", report.render_text()
+    assert report.replayed_outputs[1] == b"slow\n"
+    assert report.injections == {"fsync:+50ms": 1}
+    assert report.stats["virtual_shift_ms"] >= 50
+
+
+def test_no_sandbox_mode_replays_too(built: Path, tmp_path: Path) -> None:
+    # GIVEN a recording WHEN replayed without namespaces THEN it is still exact
+    run = record([str(built / "replay_loop"), "20", "read"], cwd=str(tmp_path), env=ENV)
+    _replay_matches(run, sandbox=False)
+
+
+def test_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
+    require_root()
+    require_binary("bwrap")
+    from replay_sandbox.errors import SandboxError
+
+    program = tmp_path / "true"
+    shutil.copy("/bin/true", program)
+    run = record([str(program)], cwd=str(tmp_path), env=ENV)
+    program.unlink()
+    with pytest.raises(SandboxError, match="never started"):
+        replay(run.recording())
+
+
+def test_the_sandbox_isolates_the_replay(tmp_path: Path) -> None:
+    require_root()
+    require_binary("bwrap")
+    # GIVEN a recording of cat, WHEN a what-if makes it read /proc inside the sandbox
+    (tmp_path / "a.txt").write_text("AAA\n")
+    run = record(["/bin/cat", str(tmp_path / "a.txt")], cwd=str(tmp_path), env=ENV)
+    report = replay(run.recording(), ReplayOptions(argv=[
+        "/bin/cat", "/proc/self/status", "/proc/net/dev", "/proc/self/mountinfo"]))
+    out = report.replayed_outputs[1].decode()
+    # THEN it runs in its own pid namespace (under a reaper), with loopback only,
+    # a read-only root and a private /tmp
+    assert "\nNSpid:\t2\n" in out
+    interfaces = [line.split(":")[0].strip() for line in out.splitlines()
+                  if line.strip().endswith("0") and ":" in line and "|" not in line
+                  and line.startswith(" ")]
+    assert interfaces == ["lo"], interfaces
+    mounts = [line.split() for line in out.splitlines() if " - " in line]
+    root = next(m for m in mounts if m[4] == "/")
+    assert root[5].startswith("ro")
+    tmp = next(m for m in mounts if m[4] == "/tmp")
+    assert "tmpfs" in tmp
+
+
+def test_changed_environment_is_a_whatif(tmp_path: Path) -> None:
+    _python_available()
+    # GIVEN a program that prints a setting from its environment
+    code = "import os; print(os.environ.get('LEDGER_MODE', 'none'))"
+    run = record([PYTHON, "-S", "-c", code], cwd=str(tmp_path), env=[*ENV, "LEDGER_MODE=a"])
+    assert run.stdout == b"a\n"
+    # WHEN replayed with another value THEN the output shows it and the report says so
+    report = replay(run.recording(), ReplayOptions(env_set={"LEDGER_MODE": "strict"}))
+    assert report.mode == "whatif" and report.status == "completed", report.render_text()
+    assert report.replayed_outputs[1] == b"strict\n" and not report.outputs_match
