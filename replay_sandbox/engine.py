@@ -216,6 +216,11 @@ class Engine(IoServing):
     def _wait(self) -> P.Stop | None:
         """The next stop; None when every tracee is gone. Held threads make it poll."""
         while True:
+            if not self.tasks:
+                # Every tracee is gone. Do not wait for "no children": the process running
+                # the engine may have other children (a multiprocessing helper, a server)
+                # that waitpid(-1) would block on forever.
+                return None
             if self.deadline_hit or time.monotonic() > self._deadline:
                 self._timed_out()
                 raise StopReplay
@@ -298,7 +303,7 @@ class Engine(IoServing):
     def _kill_all(self) -> None:
         for tid in list(self.tasks):
             P.kill_quietly(tid)
-        while True:
+        while self.tasks:  # not "until ECHILD": this process may have unrelated children
             try:
                 pid, status = os.waitpid(-1, P.WALL)
             except ChildProcessError:
