@@ -57,6 +57,8 @@ def _init_kwargs(settings: ComputeSettings) -> dict[str, Any]:
             kwargs["num_cpus"] = settings.ray_num_cpus
         if settings.ray_object_store_mb:
             kwargs["object_store_memory"] = settings.ray_object_store_mb << 20
+        # A cluster we start for ourselves stays on loopback, not the host's address.
+        kwargs["_node_ip_address"] = "127.0.0.1"
     return kwargs
 
 

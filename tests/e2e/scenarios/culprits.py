@@ -1,0 +1,107 @@
+"""The culprits: separate real processes that inject a fault by doing real work.
+
+    python -m tests.e2e.scenarios.culprits allocator --mb 384 --cgroup PATH
+    python -m tests.e2e.scenarios.culprits hog --threads 3 --cpu 1 [--cgroup PATH]
+    python -m tests.e2e.scenarios.culprits writer --file PATH --mb 64
+
+Each prints one line ``ready <pid> <tid>...`` on stdout once the fault is in full effect
+(the allocator has filled its working set once, the hogs spin, the writer has synced once),
+then runs until killed. The test starts them, reads that line, and records the pid as the
+ground truth of the culprit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+PAGE = 4096
+
+
+def _ready(tids: list[int]) -> None:
+    print("ready", os.getpid(), *tids, flush=True)
+
+
+def allocator(mb: int, cgroup: str | None) -> None:
+    """A batch job in the service's memory cgroup cycling ``mb`` MiB of anonymous memory:
+    more than the limit, so each pass pushes pages out (to zram swap) and faults them back."""
+    if cgroup:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    pages = np.zeros((mb << 20) // 8, dtype=np.int64)
+    stride = PAGE // 8
+    pages[::stride] += 1
+    _ready([threading.get_native_id()])
+    while True:
+        pages[::stride] += 1
+
+
+def _spin(data: bytes, started: threading.Barrier) -> None:
+    started.wait()
+    while True:
+        hashlib.sha256(data).digest()  # releases the GIL: the threads really run at once
+
+
+def hog(threads: int, cpu: int | None, cgroup: str | None) -> None:
+    """A process whose threads burn CPU (hashing), pinned to ``cpu`` (all threads)."""
+    if cgroup:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    data = os.urandom(1 << 20)
+    barrier = threading.Barrier(threads + 1)
+    workers = [threading.Thread(target=_spin, args=(data, barrier), daemon=True)
+               for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    _ready([w.native_id or 0 for w in workers])
+    threading.Event().wait()
+
+
+def writer(path: Path, mb: int, chunk_kb: int) -> None:
+    """Buffered rewrites of a ``mb`` MiB file with an fdatasync after each pass: the disk
+    stays busy with this process's writeback, and other processes' fsyncs queue behind it."""
+    chunk = os.urandom(chunk_kb << 10)
+    chunks = (mb << 10) // chunk_kb
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    passes = 0
+    while True:
+        for i in range(chunks):
+            os.pwrite(fd, chunk, i * len(chunk))
+        os.fdatasync(fd)
+        passes += 1
+        if passes == 1:
+            _ready([threading.get_native_id()])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="kind", required=True)
+    a = sub.add_parser("allocator")
+    a.add_argument("--mb", type=int, required=True)
+    a.add_argument("--cgroup", default=None)
+    h = sub.add_parser("hog")
+    h.add_argument("--threads", type=int, default=3)
+    h.add_argument("--cpu", type=int, default=None)
+    h.add_argument("--cgroup", default=None)
+    w = sub.add_parser("writer")
+    w.add_argument("--file", type=Path, required=True)
+    w.add_argument("--mb", type=int, default=64)
+    w.add_argument("--chunk-kb", type=int, default=256)
+    args = p.parse_args()
+    if args.kind == "allocator":
+        allocator(args.mb, args.cgroup)
+    elif args.kind == "hog":
+        hog(args.threads, args.cpu, args.cgroup)
+    else:
+        writer(args.file, args.mb, args.chunk_kb)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Run a scenario end to end as a user would, and read back what kprobe concluded.
+
+    run = record(tmp_path, "memory", "--cgroup", cg)     # kprobe run -- the service
+    run.analyze()                                        # kprobe analyze --from --to
+    verdict = run.explain(op)                            # kprobe explain ID --format json
+
+``Verdict`` is the root cause of one operation as ``explain`` states it, reduced to what the
+ground truth can check: the cause's kind, the culprit pid (the process that drove the
+memory or disk episode, or owns the thread that held the CPU or the lock), the culprit
+thread, the connection of a network episode, and the delay attributed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compute.explain import explain
+from compute.settings import ComputeSettings
+from lake import LakeSettings, resolve
+from tests.e2e.scenarios.telemetry import GroundTruth, Operation
+from tests.support import REPO
+
+KPROBE = [sys.executable, "-P", "-m", "kprobe"]
+_PID = re.compile(r"\bPID (\d+)")
+
+
+@dataclass
+class Verdict:
+    payment_id: str
+    failed: bool
+    kind: str | None = None
+    culprit_pid: int | None = None
+    culprit_tid: int | None = None
+    conn: str | None = None
+    delay_ns: int | None = None
+    sufficient: bool | None = None
+    dur_ns: int = 0
+    over_ns: int | None = None
+    kernel_causes: list[str] = field(default_factory=list)
+    text: str = ""
+
+    def covers_lateness(self) -> bool:
+        """The root cause accounts for most of how late the operation was (all of it when
+        ``sufficient``; on a loaded machine the run queue may add the rest)."""
+        return bool(self.delay_ns and self.over_ns and self.delay_ns >= self.over_ns / 2)
+
+    def line(self) -> str:
+        """One line for the report: what kprobe said, against the measured duration."""
+        who = (f"pid {self.culprit_pid}" if self.culprit_pid else
+               f"conn {self.conn}" if self.conn else "-")
+        if self.culprit_tid:
+            who += f" tid {self.culprit_tid}"
+        delay = f"{self.delay_ns / 1e6:.0f} ms" if self.delay_ns is not None else "-"
+        return (f"{self.payment_id}: span {self.dur_ns / 1e6:.0f} ms, root cause "
+                f"{self.kind or 'none'} ({who}), attributed {delay}"
+                f"{'' if self.sufficient is not False else ' (not sufficient alone)'}")
+
+
+def kprobe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*KPROBE, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, f"kprobe {args[0]} failed ({proc.returncode}): " \
+                                 f"{proc.stderr[-3000:]}"
+    return proc
+
+
+@dataclass
+class ScenarioRun:
+    tmp: Path
+    truth: GroundTruth
+    lake: Path
+    agent_summary: dict[str, Any]
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def location(self) -> Any:
+        return resolve(LakeSettings(lake=str(self.lake)))
+
+    def analyze(self) -> dict[str, Any]:
+        """``kprobe analyze`` over the operations' time range, in this process's windows."""
+        start = min(op.start_ns for op in self.truth.operations) - 1_000_000_000
+        end = max(op.end_ns for op in self.truth.operations) + 1_000_000_000
+        proc = kprobe("analyze", "--lake", str(self.lake), f"--from={start}", f"--to={end}",
+                      "--executor", "local", "--format", "json")
+        self.analysis = json.loads(proc.stdout)
+        return self.analysis
+
+    def explain_cli(self, op: Operation) -> Verdict:
+        """``kprobe explain <payment id> --format json``, as a user runs it."""
+        proc = kprobe("explain", op.payment_id, "--lake", str(self.lake), "--format", "json")
+        (result,) = json.loads(proc.stdout)["transactions"]
+        return verdict(op, result)
+
+    def explain(self, op: Operation) -> Verdict:
+        """The same explanation through compute's API (no interpreter start per operation)."""
+        (result,) = explain(self.location, op.payment_id, ComputeSettings())
+        return verdict(op, result)
+
+
+def record(tmp: Path, scenario: str, *service_args: str, timeout: float = 240) -> ScenarioRun:
+    """``kprobe run -- python -m tests.e2e.scenarios.<scenario> ...``: the real agent
+    records the service (and everything else on the node) and receives its spans."""
+    lake, truth = tmp / "lake", tmp / "truth.json"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*KPROBE, "run", "--lake", str(lake), "--spool-dir", str(tmp / "spool"), "--format",
+         "json", "--", sys.executable, "-m", f"tests.e2e.scenarios.{scenario}", "--truth",
+         str(truth), *service_args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
+    assert proc.returncode == 0, f"scenario {scenario} failed: {proc.stderr[-3000:]}"
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not summary["spooled_batches"], summary
+    run = ScenarioRun(tmp, GroundTruth.load(truth), lake, summary)
+    run.agent_summary["seconds"] = round(time.monotonic() - started, 1)
+    return run
+
+
+def verdict(op: Operation, result: dict[str, Any]) -> Verdict:
+    """The root cause ``explain`` gives for one operation, with the culprit it names."""
+    v = Verdict(op.payment_id, bool(result["failed"]), dur_ns=result["dur_ns"],
+                text=result["text"])
+    failure = result.get("failure") or {}
+    v.over_ns = failure.get("over_ns")
+    v.kernel_causes = sorted({s["cause"] for s in result["steps"] if s["kind"] == "kernel"})
+    root = result.get("root_cause")
+    if not root:
+        return v
+    v.kind, v.delay_ns, v.sufficient = root["kind"], root["delay_ns"], root["sufficient"]
+    target: str = root["target"]
+    if root["target_label"] == "Thread":
+        v.culprit_tid = int(target.rsplit(":", 1)[1])
+        found = _PID.findall(root.get("driver") or "")
+        v.culprit_pid = int(found[-1]) if found else None
+    elif root["target_label"] == "KernelEpisode":
+        # the kernel line of that episode names its driver (memory, disk) or connection
+        steps = [s for s in result["steps"] if s["kind"] == "kernel" and s["target"] == target]
+        drivers = [s["driver"] for s in steps if s.get("driver")]
+        v.culprit_pid = int(drivers[0]["pid"]) if drivers else None
+        v.conn = next((s["conn"] for s in steps if s.get("conn")), None)
+    return v

@@ -1,0 +1,153 @@
+"""What every scenario service shares: the OpenTelemetry tracer and the ground-truth record.
+
+A service names each operation a payment (``payment.id``) with a deadline attribute
+(``kprobe.deadline_ms``, one of the domain rules' deadline attributes) and the thread that
+ran it (``thread.id``); the agent's OTLP receiver (``kprobe run`` sets
+``OTEL_EXPORTER_OTLP_ENDPOINT``) stores the spans next to the kernel's rows. Each operation's
+measured duration goes into the ground truth, so the test knows which ones missed their
+deadline without asking the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind
+
+
+@dataclass
+class Operation:
+    payment_id: str
+    trace_id: str
+    span_id: str
+    tid: int
+    start_ns: int
+    end_ns: int
+    deadline_ms: float
+
+    @property
+    def dur_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def missed(self) -> bool:
+        return self.dur_ns > self.deadline_ms * 1e6
+
+
+@dataclass
+class GroundTruth:
+    """What really happened: written by the service, read by the test."""
+
+    scenario: str
+    pid: int
+    operations: list[Operation] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)  # holder tid, ports, cgroup...
+
+    def save(self, path: Path) -> None:
+        data = asdict(self)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> GroundTruth:
+        data = json.loads(path.read_text())
+        ops = [Operation(**op) for op in data.pop("operations")]
+        return cls(operations=ops, **data)
+
+    def missed(self) -> list[Operation]:
+        return [op for op in self.operations if op.missed]
+
+
+class Service:
+    """A tracer exporting to the agent, and operations recorded as ground truth."""
+
+    def __init__(self, scenario: str, truth_path: Path, service_name: str) -> None:
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if not endpoint:
+            raise SystemExit("OTEL_EXPORTER_OTLP_ENDPOINT is not set: run under `kprobe run`")
+        resource = Resource.create({"service.name": service_name, "process.pid": os.getpid()})
+        self.provider = TracerProvider(resource=resource)
+        self.provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+        self.tracer = self.provider.get_tracer("kprobe.e2e.scenarios")
+        self.truth = GroundTruth(scenario, os.getpid())
+        self.truth_path = truth_path
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def operation(self, number: int, deadline_ms: float, name: str = "POST /payments",
+                  **attributes: Any) -> Iterator[trace.Span]:
+        """One payment: a SERVER span with its id, deadline and thread, timed for the truth."""
+        tid = threading.get_native_id()
+        payment_id = f"PAY-{self.truth.scenario}-{os.getpid()}-{number:04d}"
+        with self.tracer.start_as_current_span(
+            name, kind=SpanKind.SERVER,
+            attributes={"payment.id": payment_id, "kprobe.deadline_ms": deadline_ms,
+                        "thread.id": tid, **attributes},
+        ) as span:
+            start = time.time_ns()
+            try:
+                yield span
+            finally:
+                end = time.time_ns()
+                ctx = span.get_span_context()
+                with self._lock:
+                    self.truth.operations.append(Operation(
+                        payment_id, f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", tid,
+                        start, end, deadline_ms))
+
+    def child(self, name: str, kind: SpanKind = SpanKind.INTERNAL,
+              **attributes: Any) -> Any:
+        """A child span on the calling thread (context manager)."""
+        return self.tracer.start_as_current_span(
+            name, kind=kind, attributes={"thread.id": threading.get_native_id(), **attributes})
+
+    def finish(self) -> None:
+        """Export every span, then write the ground truth (the test waits for both)."""
+        self.provider.shutdown()
+        self.truth.save(self.truth_path)
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--truth", type=Path, required=True, help="where to write the ground truth")
+    p.add_argument("--ops", type=int, default=12, help="operations to run")
+    p.add_argument("--deadline-ms", type=float, default=100.0)
+    p.add_argument("--interval-ms", type=float, default=100.0,
+                   help="time between operations (the arrival rate, not a delay)")
+    p.add_argument("--cgroup", action="append", default=[],
+                   help="a cgroup directory to run in (repeatable: one per hierarchy)")
+    return p
+
+
+def pace(interval_ms: float, started: float) -> None:
+    """Wait for the next operation's arrival time (between operations, never inside one)."""
+    left = interval_ms / 1e3 - (time.monotonic() - started)
+    if left > 0:
+        time.sleep(left)
+
+
+def join_cgroups(paths: list[str]) -> None:
+    """Move this process into cgroups (the service is deployed in them)."""
+    for path in paths:
+        Path(path, "cgroup.procs").write_text(str(os.getpid()))
+
+
+def pin_to_cpu(cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
