@@ -1,10 +1,79 @@
 """Errors of the query_api package.
 
-    QueryApiError    base; carries a one-line human reason
+    QueryApiError              base; carries a one-line human reason, an HTTP status and a
+    │                          problem type (RFC 9457)
+    ├── BadRequest             400  a parameter or body the service cannot use
+    │   └── CypherRefused      400  a graph statement that writes or reaches outside
+    ├── Unauthorized           401  no bearer token, or one we do not know
+    ├── Forbidden              403  a known token without the scope the route needs
+    ├── NotFound               404  no such job, report or resource
+    ├── NotAcceptable          406  an Accept header we cannot answer
+    ├── Conflict               409  the resource is not in a state to answer (job running)
+    ├── PayloadTooLarge        413  a request body over the limit
+    ├── QueryTimeLimit         422  a query that ran past its time limit (narrow it)
+    ├── TooManyRequests        429  replica busy (replays already running)
+    └── ServiceUnavailable     503  the lake (or a dependency) cannot be reached
+
+Errors of ``lake`` and ``compute`` are mapped to statuses in ``problems.py`` (the one
+place that turns errors into HTTP answers).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class QueryApiError(Exception):
     """Base class: ``str(err)`` is a one-line reason fit for a user."""
+
+    status: ClassVar[int] = 500
+    problem: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class BadRequest(QueryApiError):
+    status, problem, title = 400, "bad-request", "Bad request"
+
+
+class CypherRefused(BadRequest):
+    problem, title = "cypher-refused", "Cypher statement refused"
+
+
+class Unauthorized(QueryApiError):
+    status, problem, title = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(QueryApiError):
+    status, problem, title = 403, "insufficient-scope", "Insufficient scope"
+
+
+class NotFound(QueryApiError):
+    status, problem, title = 404, "not-found", "Not found"
+
+
+class NotAcceptable(QueryApiError):
+    status, problem, title = 406, "not-acceptable", "Not acceptable"
+
+
+class Conflict(QueryApiError):
+    status, problem, title = 409, "conflict", "Not ready"
+
+
+class PayloadTooLarge(QueryApiError):
+    status, problem, title = 413, "payload-too-large", "Request too large"
+
+
+class QueryTimeLimit(QueryApiError):
+    status, problem, title = 422, "query-time-limit", "Query time limit exceeded"
+
+
+class TooManyRequests(QueryApiError):
+    status, problem, title = 429, "too-many-requests", "Too many requests"
+
+
+class ServiceUnavailable(QueryApiError):
+    status, problem, title = 503, "service-unavailable", "Service unavailable"

@@ -214,15 +214,17 @@ class EngineState:
         self.rng = random.Random(self.opts.seed)
         self.exec_argv0: bytes | None = None
 
-    def _resume(self, task: Task, sig: int = 0) -> None:
+    def _resume(self, task: Task, sig: int = 0, chosen: bool = False) -> None:
+        """Let it go on (PTRACE_CONT, or PTRACE_SYSCALL when its exit matters). With several
+        threads, only the token holder runs user code; ``chosen`` gives it the token."""
         proc = task.proc
         if proc is not None and proc.threads > 1 and not (task.injecting or task.in_wait):
             # One thread of the program runs user code at a time: of the threads ready to
             # run, the one whose stretch of user code began first in the recording (a free
             # lock is taken somewhere in that stretch: the earliest starter took it first).
             free = self.token is None or self.token is task
-            if free and not any(t is not task and self._runs_before(t, task)
-                                for t in self.tasks.values()):
+            if chosen or free and not any(t is not task and self._runs_before(t, task)
+                                          for t in self.tasks.values()):
                 self.token = task
             else:
                 if self.token is task:

@@ -11,11 +11,15 @@ Exact mode stops at the first divergence. What-if mode (injections, changed argu
 environment or command line) keeps going: it matches leniently, decides waits with
 timeouts in virtual time, and lets the sandbox answer calls the recording does not have.
 
-Multi-threaded programs get their served syscalls one at a time, in the recorded
-cross-thread order: a thread whose next row is not the earliest unserved one is held at
-its stop (user code between syscalls is not serialized; everything runs on one CPU). If
-nothing moves for ``hold_timeout_s`` (a thread blocked for real on a held one), the rows
-it waits for are given up and the report says so.
+Multi-threaded programs run one thread at a time. Served syscalls follow the recorded
+cross-thread order (a thread whose row is not the earliest unserved one is held at its
+stop), and a run token lets one thread run user code at a time, handed over by the
+recorded timing of each thread's stretch of user code (``_state.runs_first``); futex
+calls are ordering hints (a recorded futex wait says the lock was taken) and, like the
+wait family, hand the token on while they block for real. Descriptor numbers are forced
+to the recorded ones (timestamps cannot order an open against another thread's close).
+If nothing can move for ``hold_timeout_s``, the rows waited for are given up and the
+report says so.
 
 What this cannot reproduce: user-space data races between syscalls (no instruction
 counting: rr needs hardware perf counters, which this VM lacks), signals from real
@@ -105,6 +109,9 @@ class Engine(IoServing):
             self._loop()
         except StopReplay:
             pass
+        except BaseException:
+            self._stderr_tail()  # removes the temporary file
+            raise
         finally:
             watchdog.cancel()
             self._kill_all()
@@ -482,7 +489,8 @@ class Engine(IoServing):
                         o is not c and runs_first(o, o.pos, c, c.pos) for o in waiting)),
                         waiting[0])
                     chosen.wants_token = False
-                    self._resume(chosen, chosen.park_sig)
+                    # the rule is pairwise, not an order: the choice made here is final
+                    self._resume(chosen, chosen.park_sig, chosen=True)
 
     def _on_blocking_call(self, task: Task) -> None:
         """futex, sched_yield, the wait family: they run for real and may block on another
@@ -515,6 +523,8 @@ class Engine(IoServing):
         if not held:
             for task in self.tasks.values():
                 task.held = False
+            self.release_pending = True
+            self._schedule()
             return
         order = min(t.rows[t.pos].order for t in held)
         given_up = self._abandon(range(self.frontier, order))

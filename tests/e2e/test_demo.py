@@ -22,7 +22,8 @@ def test_demo_records_the_payment_workload_and_answers_sql(tmp_path: Path) -> No
     per_op = {r["name"]: r["spans"] for r in result["queries"]["spans per operation"]["rows"]}
     assert per_op["POST /payments"] == 40
     assert per_op["risk.check"] == 40
-    outcomes = {r["status"]: r["payments"] for r in result["queries"]["payments by outcome"]["rows"]}
+    by_outcome = result["queries"]["payments by outcome"]["rows"]
+    outcomes = {r["status"]: r["payments"] for r in by_outcome}
     # Every payment the risk check refused is a failure, and only those are.
     assert outcomes.get("ERROR", 0) + per_op.get("settlement.write", 0) == 40
     assert outcomes.get("ERROR", 0) + outcomes.get("UNSET", 0) == 40

@@ -161,6 +161,18 @@ def test_rdtsc_traps_and_is_deterministic(built: Path, tmp_path: Path) -> None:
     assert first.replayed_outputs[1] == second.replayed_outputs[1]
 
 
+def test_threads_replay_in_the_recorded_order(built: Path, tmp_path: Path) -> None:
+    # GIVEN two threads interleaving clock reads, file reads and writes under a mutex,
+    # recorded a few times (each recording has its own interleaving)
+    for _ in range(3):
+        run = record([str(built / "replay_threads")], cwd=str(tmp_path), env=ENV)
+        assert len(run.recording().threads) == 3
+        # WHEN replayed several times THEN every replay prints the recorded interleaving
+        # (descriptor numbers, lock order and clock values included)
+        for _ in range(3):
+            _replay_matches(run)
+
+
 def test_end_of_recording_stops_the_replay(built: Path, tmp_path: Path) -> None:
     # GIVEN a recording cut before the process ended (no exit recorded)
     run = record([str(built / "replay_loop"), "100", "getppid"], cwd=str(tmp_path), env=ENV)

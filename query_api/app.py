@@ -1,0 +1,89 @@
+"""The FastAPI application: routers, error handlers, middleware, lifespan.
+
+Stateless: every answer comes from the lake (tables, graph snapshots, job documents), so
+any number of replicas can serve behind a load balancer. ``create_app()`` with no
+arguments reads ``KPROBE_API_*`` / ``KPROBE_*`` settings (``uvicorn --factory``); tests and
+``kprobe serve`` may pass settings, which become dependency overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from compute.settings import ComputeSettings
+from lake import LakeSettings
+from query_api import problems
+from query_api.limits import BodyLimitMiddleware
+from query_api.metrics import ApiMetrics, MetricsMiddleware
+from query_api.routers import graph, health, live, replays, sql, timeline, traces, transactions
+from query_api.settings import ApiSettings, get_compute_settings, get_lake_settings, get_settings
+
+
+def _version() -> str:
+    try:
+        return version("kprobe")
+    except PackageNotFoundError:
+        return "0"
+
+
+class _DeniedHandshakeFilter(logging.Filter):
+    """uvicorn 0.54's websockets-sansio protocol logs "ASGI callable returned without
+    completing handshake" after a WebSocket denial response (a refused token), although the
+    denial was sent correctly; drop that one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
+_DENIED_FILTER = _DeniedHandshakeFilter()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    hub = getattr(app.state, "live_hub", None)
+    if hub is not None:
+        await hub[1].close()
+    runner = getattr(app.state, "replay_runner", None)
+    if runner is not None:
+        runner[1].stop_all()
+
+
+def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = None,
+               compute: ComputeSettings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="kprobe query API",
+        version=_version(),
+        summary="SQL over the event lake, causal explanations and graphs, timelines, a live "
+                "stream of new events and failures, and sandboxed replays.",
+        lifespan=_lifespan,
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    if lake is not None:
+        app.dependency_overrides[get_lake_settings] = lambda: lake
+    if compute is not None:
+        app.dependency_overrides[get_compute_settings] = lambda: compute
+    effective = settings or get_settings()
+    logging.getLogger("uvicorn.error").addFilter(_DENIED_FILTER)  # idempotent
+    app.state.metrics = ApiMetrics()
+    problems.install(app)
+    for module in (health, sql, transactions, traces, graph, timeline, live, replays):
+        app.include_router(module.router)
+    # Outermost last: metrics see every answer, including 413s and CORS preflights.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=effective.max_request_bytes)
+    if effective.cors_origins:  # closed by default: no CORS headers at all
+        app.add_middleware(CORSMiddleware, allow_origins=effective.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"],
+                           expose_headers=["X-Kprobe-Row-Count", "X-Kprobe-Truncated",
+                                           "Location"],
+                           max_age=600)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,145 @@
+"""Bearer tokens, stored hashed, with scopes.
+
+The tokens file (``KPROBE_API_TOKENS_FILE``) is JSON and holds only SHA-256 hashes::
+
+    {"tokens": [{"name": "ci", "sha256": "9f86d0…", "scopes": ["read"]},
+                {"name": "oncall", "sha256": "…", "scopes": ["read", "replay"]}]}
+
+``kprobe serve --new-token NAME --scopes read,replay`` creates a token, prints it once and
+appends its hash. The file is re-read when it changes, so tokens rotate without a restart.
+Scopes: ``read`` (SQL, causal queries, timelines, the live stream, replay status) and
+``replay`` (launching replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from query_api.errors import Forbidden, ServiceUnavailable, Unauthorized
+from query_api.settings import SCOPES, Scope
+
+_REALM = 'Bearer realm="kprobe"'
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+
+
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenStore:
+    """Hashes from the tokens file, re-read when the file's mtime or size changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._by_hash: dict[str, Principal] = {}
+
+    def lookup(self, token: str) -> Principal | None:
+        by_hash = self._current()
+        digest = hash_token(token)
+        for known, principal in by_hash.items():  # constant time per comparison
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
+
+    def _current(self) -> dict[str, Principal]:
+        try:
+            stat = self.path.stat()
+        except OSError as err:
+            raise ServiceUnavailable(f"cannot read the tokens file {self.path}: "
+                                     f"{err.strerror or err}") from None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                self._by_hash = parse_tokens(self.path.read_text("utf-8"), str(self.path))
+                self._stamp = stamp
+            return self._by_hash
+
+
+def parse_tokens(text: str, where: str = "tokens file") -> dict[str, Principal]:
+    try:
+        data = json.loads(text) if text.strip() else {"tokens": []}
+        entries = data["tokens"]
+        out: dict[str, Principal] = {}
+        for entry in entries:
+            digest = str(entry["sha256"]).lower()
+            scopes = frozenset(str(s) for s in entry.get("scopes", []))
+            if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+                raise ValueError(f"token {entry.get('name')!r}: sha256 is not 64 hex digits")
+            unknown = scopes - set(SCOPES)
+            if unknown:
+                raise ValueError(f"token {entry.get('name')!r}: unknown scope "
+                                 f"{sorted(unknown)[0]!r} (known: {', '.join(SCOPES)})")
+            out[digest] = Principal(str(entry.get("name") or digest[:8]), scopes)
+        return out
+    except (ValueError, KeyError, TypeError) as err:
+        raise ServiceUnavailable(f"{where} is invalid: {err}") from None
+
+
+def add_token(path: Path, name: str, scopes: list[str]) -> str:
+    """Create a token with ``scopes``, append its hash to ``path``; returns the token."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    token = "kp_" + secrets.token_urlsafe(32)
+    data: dict[str, Any] = {"tokens": []}
+    if path.exists():
+        text = path.read_text("utf-8")
+        parse_tokens(text, str(path))  # refuse to extend a broken file
+        data = json.loads(text) if text.strip() else data
+    data["tokens"].append({"name": name, "sha256": hash_token(token), "scopes": scopes})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=1)
+        out.write("\n")
+    os.replace(tmp, path)
+    return token
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def authenticate(store: TokenStore | None, token: str | None, scope: Scope) -> Principal:
+    """The principal behind ``token`` if it has ``scope``; Unauthorized / Forbidden if not.
+
+    ``store`` None means authentication is disabled (``--no-auth``).
+    """
+    if store is None:
+        return ANONYMOUS
+    if token is None:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)",
+                           {"WWW-Authenticate": _REALM})
+    principal = store.lookup(token)
+    if principal is None:
+        raise Unauthorized("unknown bearer token",
+                           {"WWW-Authenticate": f'{_REALM}, error="invalid_token"'})
+    if scope not in principal.scopes:
+        raise Forbidden(f"token {principal.name!r} lacks the {scope!r} scope",
+                        {"WWW-Authenticate":
+                         f'{_REALM}, error="insufficient_scope", scope="{scope}"'})
+    return principal

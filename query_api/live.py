@@ -1,0 +1,325 @@
+"""The live stream: new lake rows and new failures, pushed to WebSocket clients.
+
+One ``LiveHub`` per replica polls the lake while anyone listens: for each table it refreshes
+the Delta log incrementally (``update_incremental``), and when the version moved it diffs
+the table's add actions against the files it already knows and reads only the new data
+files (their ``node``/``hour`` come from the add action's partition values). A commit that
+is not an append (compaction, retention, a re-analysis replacing edges) rewrites files whose
+rows were already sent: those files are marked known without being sent again, and clients
+get a ``notice``.
+
+Back-pressure: every client has a bounded queue of messages. When it is full, further
+messages for that client are dropped (and not even converted to JSON) and counted; the
+client receives ``{"type": "dropped", "messages": n, "rows": m}`` before its next message.
+The server never holds more than ``queue size`` messages per client.
+
+Messages (JSON objects):
+    subscribed  the filters in force; sent once the baseline is taken, so every commit
+                after it is delivered
+    events      {"table", "version", "rows": [...]}; at most ``rows_per_message`` rows
+    failures    new ``spans`` rows with status ERROR
+    dropped     messages and rows dropped since the last message
+    notice      a table was rewritten (its rewritten rows are not resent)
+    heartbeat   after 15 s without anything else
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+
+from lake.deltaio import open_table, translate_errors
+from lake.errors import LakeError
+from lake.schema import TABLE_NAMES
+from lake.storage import LakeLocation
+from query_api.metrics import ApiMetrics
+from query_api.settings import ApiSettings
+from query_api.sql import json_column
+from query_api.storage import LakeFiles
+
+log = logging.getLogger(__name__)
+
+FAILURE = "failure"
+KINDS: tuple[str, ...] = (*TABLE_NAMES, FAILURE)
+# syscall_data carries captured payload bytes: only sent to clients that ask for it.
+DEFAULT_KINDS = frozenset(k for k in KINDS if k != "syscall_data")
+_PID_COLUMNS = {"sched": ("prev_pid", "next_pid", "wakee_pid", "waker_pid")}
+_FAILURE_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "start_ns",
+                    "end_ns", "dur_ns", "status", "status_message", "pid", "tid", "node")
+_APPEND_OPS = {"WRITE", "STREAMING UPDATE", "CREATE TABLE"}
+
+
+@dataclass(frozen=True)
+class Filters:
+    nodes: frozenset[str] | None = None
+    pids: frozenset[int] | None = None
+    kinds: frozenset[str] = DEFAULT_KINDS
+
+    def describe(self) -> dict[str, Any]:
+        return {"node": sorted(self.nodes) if self.nodes else None,
+                "pid": sorted(self.pids) if self.pids else None,
+                "kind": sorted(self.kinds)}
+
+
+@dataclass(eq=False)
+class Subscriber:
+    filters: Filters
+    queue: asyncio.Queue[dict[str, Any]]
+    dropped_messages: int = 0
+    dropped_rows: int = 0
+
+    def take_dropped(self) -> dict[str, Any] | None:
+        if not self.dropped_messages:
+            return None
+        notice = {"type": "dropped", "messages": self.dropped_messages,
+                  "rows": self.dropped_rows}
+        self.dropped_messages = self.dropped_rows = 0
+        return notice
+
+
+@dataclass
+class NewRows:
+    table: str
+    version: int
+    rows: pa.Table | None = None
+    notice: str | None = None
+
+
+@dataclass
+class _Tail:
+    """What one table looked like at the last poll."""
+
+    table: str
+    dt: DeltaTable | None = None
+    version: int = -1
+    known: set[str] = field(default_factory=set)
+
+
+class LiveHub:
+    def __init__(self, location: LakeLocation, settings: ApiSettings,
+                 metrics: ApiMetrics) -> None:
+        self.location = location
+        self.settings = settings
+        self.metrics = metrics
+        self.files = LakeFiles(location)
+        self.subscribers: set[Subscriber] = set()
+        self._tails: dict[str, _Tail] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        self._poll_lock = threading.Lock()  # baseline and polls never overlap
+
+    # -- subscriptions ----------------------------------------------------------------------
+    async def subscribe(self, filters: Filters) -> Subscriber:
+        async with self._start_lock:
+            if self._tails is None:
+                self._tails = await asyncio.to_thread(self._baseline)
+            sub = Subscriber(filters, asyncio.Queue(self.settings.live_queue_messages))
+            self.subscribers.add(sub)
+            self.metrics.live_clients.set(len(self.subscribers))
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._run(), name="kprobe-live-poll")
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        self.metrics.live_clients.set(len(self.subscribers))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self.subscribers.clear()
+
+    # -- polling ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        interval = self.settings.live_poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if not self.subscribers:
+                async with self._start_lock:
+                    if not self.subscribers:
+                        # nobody listens: the next subscriber takes a fresh baseline
+                        self._tails = None
+                        return
+                continue
+            subs = list(self.subscribers)
+            try:
+                batches = await asyncio.to_thread(self._poll)
+                deliveries = await asyncio.to_thread(self._prepare, batches, subs)
+            except LakeError as err:
+                log.warning("live stream: %s", err)
+                continue
+            except Exception:  # noqa: BLE001 - one failed poll must not end the stream
+                log.exception("live stream poll failed")
+                continue
+            for sub, messages, dropped, dropped_rows in deliveries:
+                sub.dropped_messages += dropped
+                sub.dropped_rows += dropped_rows
+                self.metrics.live_dropped.inc(dropped)
+                for message in messages:
+                    try:
+                        sub.queue.put_nowait(message)
+                        self.metrics.live_messages.inc()
+                    except asyncio.QueueFull:
+                        sub.dropped_messages += 1
+                        sub.dropped_rows += len(message.get("rows", ()))
+                        self.metrics.live_dropped.inc()
+
+    def _baseline(self) -> dict[str, _Tail]:
+        with self._poll_lock:
+            tails = {}
+            for table in TABLE_NAMES:
+                tail = _Tail(table)
+                with translate_errors(f"open {table}"):
+                    tail.dt = open_table(self.location, table)
+                    if tail.dt is not None:
+                        tail.version = tail.dt.version()
+                        tail.known = set(_add_actions(tail.dt).column("path").to_pylist())
+                tails[table] = tail
+            return tails
+
+    def _poll(self) -> list[NewRows]:
+        with self._poll_lock:
+            self.metrics.live_polls.inc()
+            out: list[NewRows] = []
+            for tail in (self._tails or {}).values():
+                with translate_errors(f"poll {tail.table}"):
+                    found = self._poll_table(tail)
+                if found is not None:
+                    out.append(found)
+            return out
+
+    def _poll_table(self, tail: _Tail) -> NewRows | None:
+        if tail.dt is None:
+            tail.dt = open_table(self.location, tail.table)
+            if tail.dt is None:
+                return None
+        else:
+            tail.dt.update_incremental()
+        version = tail.dt.version()
+        if version == tail.version:
+            return None
+        actions = _add_actions(tail.dt)
+        paths = actions.column("path").to_pylist()
+        current = set(paths)
+        new_mask = [p not in tail.known for p in paths]  # one entry per file, not per row
+        appended = _only_appends(tail.dt, version - tail.version)
+        tail.known = current
+        tail.version = version
+        if not any(new_mask):
+            return None
+        if not appended:
+            return NewRows(tail.table, version, notice=f"{tail.table} was rewritten "
+                           "(compaction, retention or re-analysis); its rows are not resent")
+        new = actions.filter(pa.array(new_mask))
+        parts = [self._read(tail.table, p, node, hour) for p, node, hour in zip(
+            new.column("path").to_pylist(), new.column("partition.node").to_pylist(),
+            new.column("partition.hour").to_pylist())]
+        return NewRows(tail.table, version, pa.concat_tables(parts, promote_options="default"))
+
+    def _read(self, table: str, path: str, node: str | None, hour: str | None) -> pa.Table:
+        full = path if "://" in path else self.files.path("v1", table, unquote(path))
+        if "://" in full:  # an absolute URI in the log
+            full = full.split("://", 1)[1]
+        data = pq.read_table(full, filesystem=self.files.fs)
+        n = data.num_rows
+        if "node" not in data.column_names:
+            data = data.append_column("node", pa.repeat(pa.scalar(node, pa.string()), n))
+        if "hour" not in data.column_names:
+            data = data.append_column("hour", pa.repeat(pa.scalar(hour, pa.string()), n))
+        return data
+
+    # -- fan-out ------------------------------------------------------------------------------
+    def _prepare(self, batches: list[NewRows], subs: Iterable[Subscriber]
+                 ) -> list[tuple[Subscriber, list[dict[str, Any]], int, int]]:
+        size = self.settings.live_rows_per_message
+        out = []
+        for sub in subs:
+            free = sub.queue.maxsize - sub.queue.qsize()
+            messages: list[dict[str, Any]] = []
+            dropped = dropped_rows = 0
+            for batch in batches:
+                for kind, rows in _selected(batch, sub.filters):
+                    if rows is None:
+                        candidate: list[tuple[int, int]] = [(0, 0)]
+                    else:
+                        candidate = [(i, min(size, rows.num_rows - i))
+                                     for i in range(0, rows.num_rows, size)]
+                    for offset, length in candidate:
+                        if len(messages) >= free:
+                            dropped += 1
+                            dropped_rows += length
+                            continue
+                        messages.append(_message(kind, batch, rows, offset, length))
+            out.append((sub, messages, dropped, dropped_rows))
+        return out
+
+
+def _add_actions(dt: DeltaTable) -> pa.Table:
+    return pa.table(dt.get_add_actions(flatten=True))
+
+
+def _only_appends(dt: DeltaTable, versions: int) -> bool:
+    for commit in dt.history(max(1, versions)):
+        operation = commit.get("operation")
+        mode = (commit.get("operationParameters") or {}).get("mode", "Append")
+        if operation not in _APPEND_OPS or (operation == "WRITE" and mode != "Append"):
+            return False
+    return True
+
+
+def _selected(batch: NewRows, filters: Filters) -> list[tuple[str, pa.Table | None]]:
+    """(kind, rows) this subscriber gets from a batch: events and/or failures."""
+    if batch.rows is None:
+        return [("notice", None)] if batch.table in filters.kinds else []
+    rows = batch.rows
+    if filters.nodes is not None:
+        rows = rows.filter(pc.is_in(rows["node"], pa.array(sorted(filters.nodes))))
+    if filters.pids is not None:
+        columns = _PID_COLUMNS.get(batch.table) or (("pid",) if "pid" in rows.column_names
+                                                     else ())
+        if not columns:
+            return []
+        wanted = pa.array(sorted(filters.pids), pa.int64())
+        mask = None
+        for column in columns:
+            hit = pc.fill_null(pc.is_in(rows[column].cast(pa.int64()), wanted), False)
+            mask = hit if mask is None else pc.or_(mask, hit)
+        rows = rows.filter(mask)
+    out: list[tuple[str, pa.Table | None]] = []
+    if rows.num_rows and batch.table in filters.kinds:
+        out.append(("events", rows))
+    if batch.table == "spans" and FAILURE in filters.kinds and rows.num_rows:
+        failed = rows.filter(pc.fill_null(pc.equal(rows["status"], "ERROR"), False))
+        if failed.num_rows:
+            out.append(("failures", failed.select(
+                [c for c in _FAILURE_COLUMNS if c in failed.column_names])))
+    return out
+
+
+def _message(kind: str, batch: NewRows, rows: pa.Table | None, offset: int,
+             length: int) -> dict[str, Any]:
+    if kind == "notice" or rows is None:
+        return {"type": "notice", "table": batch.table, "version": batch.version,
+                "message": batch.notice}
+    part = rows.slice(offset, length)
+    columns = [json_column(col, f.type) for col, f in zip(part.columns, part.schema)]
+    names = part.column_names
+    records = [dict(zip(names, values)) for values in zip(*columns)]
+    message: dict[str, Any] = {"type": kind, "version": batch.version, "rows": records}
+    if kind == "events":
+        message["table"] = batch.table
+    return message

@@ -1,0 +1,90 @@
+"""Settings of the HTTP service, from ``KPROBE_API_*`` environment variables.
+
+Nothing is created at import time: ``get_settings()`` (cached) builds the one instance a
+process uses and routes receive it through ``Depends``; tests replace it with
+``app.dependency_overrides[get_settings]``. The lake's own settings (``KPROBE_LAKE``,
+``KPROBE_S3_*``) stay in ``lake.LakeSettings`` and the causal engine's in
+``compute.ComputeSettings``; both are injected the same way.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from compute.settings import ComputeSettings
+from lake import LakeSettings
+
+Scope = Literal["read", "replay"]
+SCOPES: tuple[Scope, ...] = ("read", "replay")
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KPROBE_API_", extra="ignore")
+
+    # Listening (used by `kprobe serve`) -----------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+
+    # Security ------------------------------------------------------------------------------
+    # JSON file of {"tokens": [{"name", "sha256", "scopes"}]}; only hashes are stored.
+    tokens_file: Path | None = None
+    # Serve without tokens (a trusted loopback only); `kprobe serve` asks for --no-auth.
+    auth_disabled: bool = False
+    # Origins allowed to call from a browser; empty = CORS closed (no CORS headers at all).
+    cors_origins: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(default=1 << 20, gt=0)
+
+    # SQL -----------------------------------------------------------------------------------
+    sql_default_rows: int = Field(default=10_000, gt=0)
+    sql_max_rows: int = Field(default=1_000_000, gt=0)
+    sql_timeout_s: float = Field(default=30.0, gt=0)
+    sql_max_chars: int = Field(default=100_000, gt=0)
+    # Statements running at once in this process (each DuckDB connection may use all
+    # cores and memory); more wait for a slot up to sql_timeout_s, then 503.
+    sql_max_concurrent: int = Field(default=8, gt=0)
+
+    # Causal graph --------------------------------------------------------------------------
+    cypher_timeout_s: float = Field(default=30.0, gt=0)
+    cypher_max_rows: int = Field(default=10_000, gt=0)
+    transactions_max_page: int = Field(default=500, gt=0)
+    # Graph snapshots open at once in this process. Each open LadybugDB database reserves
+    # 8 TiB of address space: ~16 at once exhaust a 47-bit address space (measured: 50
+    # concurrent explains failed with "Mmap for size 8796093022208 failed").
+    graph_max_open: int = Field(default=8, gt=0, le=14)
+    graph_wait_s: float = Field(default=30.0, gt=0)
+
+    # Timeline ------------------------------------------------------------------------------
+    timeline_max_points: int = Field(default=2_000, ge=100)  # per section of a response
+    timeline_max_threads: int = Field(default=64, gt=0)
+
+    # Live stream ---------------------------------------------------------------------------
+    live_poll_interval_s: float = Field(default=0.5, gt=0)
+    live_queue_messages: int = Field(default=256, gt=0)  # per client, then drop and tell
+    live_rows_per_message: int = Field(default=500, gt=0)
+    live_max_clients: int = Field(default=200, gt=0)
+
+    # Replays -------------------------------------------------------------------------------
+    replay_max_running: int = Field(default=2, gt=0)  # per replica; more -> 429
+    replay_heartbeat_s: float = Field(default=5.0, gt=0)
+    ray_address: str | None = None  # set: replays run as Ray tasks on that cluster
+    readiness_timeout_s: float = Field(default=5.0, gt=0)
+
+
+@lru_cache
+def get_settings() -> ApiSettings:
+    return ApiSettings()
+
+
+@lru_cache
+def get_lake_settings() -> LakeSettings:
+    return LakeSettings()
+
+
+@lru_cache
+def get_compute_settings() -> ComputeSettings:
+    return ComputeSettings()

@@ -1,0 +1,118 @@
+"""Replay jobs: the command line a request becomes, outcomes, job state in the lake."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lake import LakeSettings, resolve
+from query_api.metrics import ApiMetrics
+from query_api.replays import JobStore, ReplayRunner, command_args, outcome
+from query_api.schemas import ReplayRequest
+from query_api.settings import ApiSettings
+from query_api.storage import LakeFiles
+from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
+    ClientFactory,
+    analysed_lake_fixture,
+    analysed_template,
+    assert_problem,
+    make_client_fixture,
+    tokens_fixture,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_request_becomes_a_kprobe_replay_command_line() -> None:
+    request = ReplayRequest.model_validate({
+        "process": "4721@node-1", "from": "2026-01-01T14:00:00Z", "to": "-5m",
+        "inject": ["fsync:+50ms", "recv fd=7:+800ms"],
+        "set_args": [{"index": 1, "value": "--fast"}], "env": {"B": "2", "A": "1"},
+        "mode": "whatif", "expect_exit": 0, "timeout_s": 30})
+    assert command_args(request, "s3://bucket/lake") == [
+        "replay", "--lake=s3://bucket/lake", "--process=4721@node-1", "--format=json",
+        "--timeout=30", "--from=2026-01-01T14:00:00Z", "--to=-5m",
+        "--inject=fsync:+50ms", "--inject=recv fd=7:+800ms", "--set-arg=1=--fast",
+        "--env=A=1", "--env=B=2", "--mode=whatif", "--expect-exit=0"]
+
+
+def test_outcomes_follow_the_commands_exit_code() -> None:
+    report = json.dumps({"status": "completed", "mode": "exact", "exit_code": 0,
+                         "outputs_match": True})
+    assert outcome(0, report, "")["status"] == "succeeded"
+    failed = outcome(1, report, "")
+    assert failed["status"] == "failed" and failed["expectation_held"] is False
+    assert failed["summary"]["outputs_match"] is True and failed["report"]
+    error = outcome(2, "", "warming up\nkprobe replay: no exec of pid 1 on node n\n")
+    assert error["status"] == "error" and error["error"] == "no exec of pid 1 on node n"
+    crash = outcome(1, "", "Traceback (most recent call last):\nValueError: bad\n")
+    assert crash["status"] == "error" and crash["error"] == "ValueError: bad"
+
+
+def test_job_documents_live_in_the_lake(lake_dir: Path) -> None:
+    store = JobStore(LakeFiles(resolve(LakeSettings(lake=str(lake_dir)))))
+    store.put({"id": "a" * 32, "status": "running"})
+    store.put({"id": "a" * 32, "status": "succeeded"})
+    assert store.get("a" * 32) == {"id": "a" * 32, "status": "succeeded"}
+    assert store.get("b" * 32) is None and store.get_report("a" * 32) is None
+    folder = lake_dir / "jobs" / "replays" / ("a" * 32)
+    assert sorted(p.name for p in folder.iterdir()) == ["job.json"]  # no temporary left
+
+
+def test_a_job_without_heartbeat_is_lost(lake_dir: Path) -> None:
+    runner = ReplayRunner(resolve(LakeSettings(lake=str(lake_dir))), LakeSettings(),
+                          ApiSettings(replay_heartbeat_s=1), ApiMetrics())
+    stale = {"id": "c" * 32, "status": "running", "heartbeat_ns": time.time_ns() - 60 * 10**9}
+    assert runner.is_lost(stale)
+    assert not runner.is_lost({**stale, "heartbeat_ns": time.time_ns()})
+    assert not runner.is_lost({**stale, "status": "succeeded"})
+
+
+def _wait_terminal(client: Any, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/replays/{job_id}").json()
+        if job["status"] != "running":
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def test_a_replay_that_cannot_run_ends_in_error_with_the_reason(
+        make_client: ClientFactory) -> None:
+    client = make_client(token="full")
+    # GIVEN a process the lake never recorded
+    response = client.post("/v1/replays", json={"process": "999999@nowhere"})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] == "running" and response.headers["location"] == job["links"]["self"]
+    # WHEN it ends THEN it is an error carrying the command's one-line reason
+    ended = _wait_terminal(client, job["id"])
+    assert ended["status"] == "error" and ended["exit_code"] == 2
+    assert ended["error"] and "\n" not in ended["error"]
+    assert ended["finished_ns"] >= ended["started_ns"]
+    assert_problem(client.get(f"/v1/replays/{job['id']}/report"), 404, "not-found",
+                   ended["error"])
+
+
+def test_replay_requests_are_validated_and_bounded(make_client: ClientFactory) -> None:
+    client = make_client(token="full", replay_max_running=1)
+    for bad in ({"process": "abc"}, {"process": "1@n", "inject": ["x\u0000"]},
+                {"process": "1@n", "env": {"1BAD": "x"}}, {"process": "1@n", "mode": "fast"},
+                {"process": "1@n", "timeout_s": 0}, {"process": "1@n", "shell": "rm"}):
+        assert_problem(client.post("/v1/replays", json=bad), 422, "invalid-request")
+    first = client.post("/v1/replays", json={"process": "1@n"})
+    assert first.status_code == 202
+    busy = client.post("/v1/replays", json={"process": "1@n"})
+    assert_problem(busy, 429, "too-many-requests", "already running")
+    assert busy.headers["retry-after"] == "5"
+    assert_problem(client.get(f"/v1/replays/{first.json()['id']}/report"), 409, "conflict",
+                   "still running")
+    _wait_terminal(client, first.json()["id"])
+    assert_problem(client.get("/v1/replays/" + "f" * 32), 404, "not-found")
+    assert_problem(client.get("/v1/replays/../etc"), 404, "not-found")
+    assert_problem(client.get("/v1/replays/XYZ"), 422, "invalid-request")
