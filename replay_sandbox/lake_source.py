@@ -96,9 +96,10 @@ def _window(node: str, pid: int, start: int, end: int | None) -> tuple[str, list
 
 def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:
     cursor = con.execute(sql, params)
-    row = cursor.fetchone()
-    if row is None:
+    rows = cursor.fetchall()  # finish the result: a pending one blocks the next con.sql()
+    if not rows:
         return None
+    row = rows[0]
     return dict(zip([d[0] for d in cursor.description], row))
 
 

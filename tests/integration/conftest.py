@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.s3server import S3Server, find_weed
-from tests.support import require
+from tests.support import REPO, require, require_binary
 
 
 @pytest.fixture(scope="module")
@@ -23,3 +25,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/programs (tiny C workloads with known kernel events), built once per run."""
+    require_binary("make")
+    require_binary("cc")
+    out = tmp_path_factory.mktemp("programs")
+    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
+                   check=True)
+    return out

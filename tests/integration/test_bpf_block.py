@@ -21,18 +21,7 @@ import pytest
 from capture_agent.clock import sample_offset
 from capture_agent.families import block
 from capture_agent.sensor import Sensor, object_path
-from tests.support import REPO, require, require_binary, require_root
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/programs built into a temp dir."""
-    require_binary("make")
-    require_binary("cc")
-    out = tmp_path_factory.mktemp("programs")
-    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
-                   check=True)
-    return out
+from tests.support import REPO, require, require_root
 
 
 def require_root_and_objects() -> None:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pytest
 
 from capture_agent import libbpf
 from capture_agent.clock import sample_offset
@@ -19,19 +18,9 @@ from capture_agent.families import sched
 from capture_agent.kallsyms import Kallsyms, KernelStacks, function_name
 from capture_agent.sensor import Sensor, object_path
 from lake.schema import spec
-from tests.support import REPO, require, require_binary, require_root
+from tests.support import require, require_root
 
 HANDOFF_MS = 50
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_binary("make")
-    require_binary("cc")
-    out = tmp_path_factory.mktemp("programs")
-    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
-                   check=True)
-    return out
 
 
 def test_a_thread_blocked_in_a_pipe_read_waits_for_reason_pipe(programs: Path) -> None:

@@ -22,22 +22,11 @@ from capture_agent.families import mem
 from capture_agent.layouts import EventKind
 from capture_agent.sensor import Sensor, object_path
 from tests.cgroups import TestCgroup
-from tests.support import REPO, require, require_binary, require_root
+from tests.support import require, require_root
 
 LIMIT = 64 << 20
 FILE_BYTES = 256 << 20
 PAGE = os.sysconf("SC_PAGESIZE")
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/programs built into a temp dir."""
-    require_binary("make")
-    require_binary("cc")
-    out = tmp_path_factory.mktemp("programs")
-    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
-                   check=True)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,9 @@ from capture_agent.clock import sample_offset
 from capture_agent.families import sched
 from capture_agent.layouts import EventKind
 from capture_agent.sensor import Sensor, object_path
-from tests.support import REPO, require, require_binary, require_root
+from tests.support import require, require_root
 
 HANDOFF_MS = 50
-
-
-@pytest.fixture(scope="module")
-def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/programs built into a temp dir."""
-    require_binary("make")
-    require_binary("cc")
-    out = tmp_path_factory.mktemp("programs")
-    subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
-                   check=True)
-    return out
 
 
 def require_root_and_objects() -> None:

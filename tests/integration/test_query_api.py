@@ -338,12 +338,9 @@ def test_replay_launched_and_finished_through_the_api(served: Served) -> None:
     assert stored["status"] == job["status"] and stored["finished_ns"]
     print(f"replay job ended {job['status']}: exit {job['exit_code']}, "
           f"error={job['error']!r}, summary={job['summary']}")
-    if job["status"] == "error":  # the replay command could not run: its reason is kept
-        assert job["error"] and "\n" not in job["error"]
-        _problem(report, 404, "not-found", "has no report")
-    else:
-        assert job["status"] in ("succeeded", "failed")
-        assert report.status_code == 200 and report.json()["status"] == job["summary"]["status"]
+    # the replay ran (whether it matched the recording is the report's business)
+    assert job["status"] in ("succeeded", "failed"), job
+    assert report.status_code == 200 and report.json()["status"] == job["summary"]["status"]
 
 
 # -- fuzzing ------------------------------------------------------------------------------------
