@@ -50,6 +50,7 @@ class AgentConfig:
     targets: Targets = field(default_factory=Targets)
     families: tuple[str, ...] = ()  # empty: every family whose object is built
     payloads: bool = False
+    payload_cap: int = 64 << 10  # bytes per payload region (syscalls.PAYLOAD_CAP_DEFAULT)
     flush_interval_s: float = 1.0
     drain_interval_s: float = 0.1  # rings are drained this often (and when over threshold)
     min_offcpu_ns: int = 1_000_000
@@ -268,6 +269,7 @@ class Agent:
             "target_all": self.config.targets.everything,
             "capture_payloads": self.config.payloads,
             "payloads": self.config.payloads,
+            "payload_cap": self.config.payload_cap,
         }
         fields = getattr(config_cls, "__dataclass_fields__", {})
         return config_cls(**{k: v for k, v in wanted.items() if k in fields})

@@ -64,6 +64,7 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
         meta = _one(con, """SELECT mono_to_epoch_ns FROM agent_meta
                             WHERE node = ? AND ts_ns <= ? AND mono_to_epoch_ns IS NOT NULL
                             ORDER BY ts_ns DESC LIMIT 1""", [node, start])
+        image = _exec_image(con, node, pid, start)
         where, params = _window(node, pid, start, end)
         syscalls = con.sql(f"SELECT {_SYSCALL_COLUMNS} FROM syscalls WHERE {where}",
                            params=params).to_arrow_table()
@@ -72,8 +73,10 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
     finally:
         con.close()
     process = ProcessInfo(
-        pid=pid, node=node, exe=exec_row["exe"] or "", argv=list(exec_row["argv"] or []),
-        env=list(exec_row["env"] or []), cwd=exec_row["cwd"] or "/", start_ns=start,
+        pid=pid, node=node, exe=image.get(0) or exec_row["exe"] or "",
+        argv=image[1] if 1 in image else list(exec_row["argv"] or []),
+        env=image[2] if 2 in image else list(exec_row["env"] or []),
+        cwd=exec_row["cwd"] or "/", start_ns=start,
         comm=exec_row["comm"] or "",
         exit_code=None if exit_row is None else exit_row["exit_code"])
     if not process.exe:
@@ -83,6 +86,35 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
                              f"recorded with payload capture (kprobe run --payloads)?")
     return Recording.from_tables(process, _as_table(syscalls), _as_table(data),
                                  mono_to_epoch_ns=meta["mono_to_epoch_ns"] if meta else None)
+
+
+def _exec_image(con: Any, node: str, pid: int, exec_ns: int) -> dict[int, Any]:
+    """The file, argv and environment of the exec at ``exec_ns`` as the kernel read them
+    (execve payloads: 0 = file, 1 = argv, 2 = env), or {} when it was recorded without
+    payloads; /proc, read by the agent after the event, may show a later image."""
+    call = _one(con, """SELECT tid, seq FROM syscalls
+                        WHERE node = ? AND hour >= ? AND hour <= ? AND pid = ? AND nr = 59
+                          AND ts_ns <= ? AND ts_ns >= ? - 60000000000
+                        ORDER BY ts_ns DESC LIMIT 1""",
+                [node, hour_label(exec_ns - 60 * 10**9), hour_label(exec_ns), pid, exec_ns,
+                 exec_ns])
+    if call is None:
+        return {}
+    cursor = con.execute("""SELECT arg_index, list(data ORDER BY "offset")
+                            FROM syscall_data
+                            WHERE node = ? AND hour >= ? AND hour <= ? AND pid = ? AND tid = ?
+                              AND seq = ? AND nr = 59
+                            GROUP BY arg_index""",
+                         [node, hour_label(exec_ns - 60 * 10**9), hour_label(exec_ns), pid,
+                          call["tid"], call["seq"]])
+    image: dict[int, Any] = {}
+    for arg, parts in cursor.fetchall():
+        raw = b"".join(bytes(p) for p in parts if p is not None)
+        if arg == 0:
+            image[0] = raw.decode(errors="surrogateescape")
+        elif arg in (1, 2):
+            image[arg] = [p.decode(errors="surrogateescape") for p in raw.split(b"\0") if p]
+    return image
 
 
 def _window(node: str, pid: int, start: int, end: int | None) -> tuple[str, list[Any]]:

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * Syscalls family: every syscall of the targeted processes, entry and exit merged here,
- * and (with capture_payloads) the bytes each one wrote into user memory.
+ * and (with capture_payloads) the bytes each one exchanged with user memory: what it
+ * wrote there (the replay's inputs) and what it read (buffers written, paths, addresses:
+ * what a replay checks), and at exec the new image's argv and environment.
  *
  *   sys_enter of a target  -> syscall_state[current] = {start, nr, args, ++seq}
  *   sys_exit               -> payload chunks (success only, per the payload table),
@@ -85,7 +87,7 @@ struct {
 
 /* Configuration, set by the loader between open and load. */
 const volatile __u8 capture_payloads = 0;
-const volatile __u32 payload_cap = 64 << 10; /* bytes per output region */
+const volatile __u32 payload_cap = 64 << 10; /* bytes per payload region */
 /* Which arguments receive output and how long it is, per syscall number: the one table
  * of capture_agent/families/syscalls.py (PAYLOAD_TABLE), written here before load. */
 const volatile struct payload_spec payload_specs[SYSCALL_NR_MAX] = {};
@@ -340,7 +342,7 @@ static long copy_step(__u64 index, void *ctx)
 	return 0;
 }
 
-/* One output region: `total` bytes at addr (flat) or in `count` iovecs at addr. */
+/* One region: `total` bytes at addr (flat) or in `count` iovecs at addr; or a C string. */
 struct copy_job {
 	__u64 addr;
 	__u64 count;  /* IOVEC: number of iovecs */
@@ -348,13 +350,80 @@ struct copy_job {
 	__u32 limit;  /* copy at most this much (payload_cap, or less) */
 	__u8 arg;
 	__u8 iovec;
-	__u16 __pad;
+	__u8 cstring;
+	__u8 __pad;
 };
 
 /*
  * Global functions (verified once, on their own, whatever the caller's state): one
- * output region copied chunk by chunk. The bpf_loop context must live on this stack.
+ * region copied chunk by chunk. The bpf_loop context must live on this stack.
  */
+/*
+ * A NUL-terminated string at job->addr (a path the call read), without its NUL: one small
+ * chunk when it fits, else one 4 KiB chunk (PATH_MAX), flagged truncated if even that is
+ * full. `kernel`: the string is in kernel memory (bprm->filename at exec).
+ */
+__noinline int copy_cstring(struct copy_state *shared, struct copy_job *job, int kernel)
+{
+	struct syscall_data_small_event *small;
+	struct syscall_data_event *big;
+	struct copy_state c;
+	long n;
+
+	if (!shared || !job || !job->addr)
+		return 0;
+	c = *shared;
+	c.arg_index = job->arg;
+	c.offset = 0;
+	c.data_flags = 0;
+	small = EVENT_RESERVE_AT(&syscall_data_small, struct syscall_data_small_event,
+				 EVENT_SYSCALL_DATA_SMALL, SYSCALLS_LAYOUT_VERSION, c.now);
+	if (!small)
+		goto lost;
+	if (kernel)
+		n = bpf_probe_read_kernel_str(small->data, SYSCALL_DATA_SMALL_CHUNK,
+					      (void *)job->addr);
+	else
+		n = bpf_probe_read_user_str(small->data, SYSCALL_DATA_SMALL_CHUNK,
+					    (void *)job->addr);
+	if (n > 0 && n < SYSCALL_DATA_SMALL_CHUNK) {
+		c.total_len = n - 1;
+		FILL_CHUNK_HEAD(small, &c, n - 1);
+		event_submit(&syscall_data_small, small);
+		return 0;
+	}
+	if (n <= 0) { /* unreadable: a len-0 FAULT chunk says so */
+		c.total_len = 0;
+		FILL_CHUNK_HEAD(small, &c, 0);
+		small->hdr.flags |= DATA_FLAG_FAULT;
+		event_submit(&syscall_data_small, small);
+		shared->sys_flags |= SYSCALL_FLAG_TRUNCATED;
+		return 0;
+	}
+	bpf_ringbuf_discard(small, 0);
+	big = EVENT_RESERVE_AT(&syscall_data, struct syscall_data_event, EVENT_SYSCALL_DATA,
+			       SYSCALLS_LAYOUT_VERSION, c.now);
+	if (!big)
+		goto lost;
+	if (kernel)
+		n = bpf_probe_read_kernel_str(big->data, SYSCALL_DATA_CHUNK, (void *)job->addr);
+	else
+		n = bpf_probe_read_user_str(big->data, SYSCALL_DATA_CHUNK, (void *)job->addr);
+	if (n <= 0)
+		n = 1;
+	if (n >= SYSCALL_DATA_CHUNK) {
+		c.data_flags = DATA_FLAG_TRUNCATED;
+		shared->sys_flags |= SYSCALL_FLAG_TRUNCATED;
+	}
+	c.total_len = n - 1;
+	FILL_CHUNK_HEAD(big, &c, (__u32)(n - 1) & (SYSCALL_DATA_CHUNK - 1));
+	event_submit(&syscall_data, big);
+	return 0;
+lost:
+	shared->sys_flags |= SYSCALL_FLAG_PAYLOAD_LOST; /* the reserve counted the drop */
+	return 0;
+}
+
 __noinline int copy_region(struct copy_state *shared, struct copy_job *job)
 {
 	struct copy_state c;
@@ -473,7 +542,7 @@ static __always_inline void msghdr_jobs(struct copy_job *jobs, __u8 arg, __u64 a
 	jobs[3].arg = PAYLOAD_ARG_MSGHDR;
 }
 
-/* Chunks of every output region of a successful syscall; SYSCALL_FLAG_* to report. */
+/* Chunks of every payload region of a successful syscall; SYSCALL_FLAG_* to report. */
 __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __u64 ids)
 {
 	struct copy_job jobs[PAYLOAD_REGIONS] = {};
@@ -499,7 +568,9 @@ __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __
 		}
 		jobs[i].addr = arg_at(st, r->arg);
 		jobs[i].arg = r->arg;
-		if (r->layout == PAYLOAD_IOVEC) {
+		if (kind == PAYLOAD_CSTRING) {
+			jobs[i].cstring = 1;
+		} else if (r->layout == PAYLOAD_IOVEC) {
 			jobs[i].count = arg_at(st, r->len_arg);
 			jobs[i].total = ret;
 			jobs[i].iovec = 1;
@@ -517,7 +588,60 @@ __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __
 	for (i = 0; i < PAYLOAD_REGIONS; i++) {
 		if (!jobs[i].limit || jobs[i].limit > payload_cap)
 			jobs[i].limit = payload_cap;
-		copy_region(&c, &jobs[i]);
+		if (jobs[i].cstring)
+			copy_cstring(&c, &jobs[i], 0);
+		else
+			copy_region(&c, &jobs[i]);
 	}
 	return c.sys_flags;
 }
+
+#ifndef SYSCALLS_NO_ATTACH_POINTS
+/*
+ * exec of a captured thread: the new image's argv and environment as the kernel laid them
+ * out (mm->arg_start..arg_end, env_start..env_end: exactly /proc/PID/cmdline and environ)
+ * and the file executed, as payload chunks of the execve in flight (its seq). Read here,
+ * not from /proc by the agent later, because by then the process may have exec'd again
+ * (shell wrappers, version shims) or exited: a replay needs the exact ones.
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct copy_job jobs[3] = {};
+	struct copy_state c = {};
+	struct syscall_state *st;
+	struct mm_struct *mm;
+	__u64 ids;
+	int i;
+
+	if (!capture_payloads)
+		return 0;
+	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
+	if (!st || !st->active || st->compat)
+		return 0;
+	mm = BPF_CORE_READ(p, mm);
+	if (!mm)
+		return 0;
+	ids = bpf_get_current_pid_tgid();
+	c.now = bpf_ktime_get_ns();
+	c.start_ns = st->start_ns;
+	c.seq = st->seq;
+	c.pid = ids >> 32;
+	c.tid = (__u32)ids;
+	c.nr = NR_EXECVE;
+	jobs[0].addr = (__u64)BPF_CORE_READ(bprm, filename);
+	jobs[0].arg = 0;
+	jobs[1].addr = BPF_CORE_READ(mm, arg_start);
+	jobs[1].total = BPF_CORE_READ(mm, arg_end) - jobs[1].addr;
+	jobs[1].arg = 1;
+	jobs[2].addr = BPF_CORE_READ(mm, env_start);
+	jobs[2].total = BPF_CORE_READ(mm, env_end) - jobs[2].addr;
+	jobs[2].arg = 2;
+	copy_cstring(&c, &jobs[0], 1);
+	for (i = 1; i < 3; i++) {
+		jobs[i].limit = payload_cap;
+		copy_region(&c, &jobs[i]);
+	}
+	return 0;
+}
+#endif

@@ -20,15 +20,15 @@
 
 /* Constants mirrored in Python (an enum, so they reach the object's BTF). */
 enum syscalls_constants {
-	SYSCALLS_LAYOUT_VERSION = 1,     /* bumped on any change to the records below */
+	SYSCALLS_LAYOUT_VERSION = 2,     /* bumped on any change to the records below */
 	SYSCALL_ARGS = 6,
 	SYSCALL_NR_MAX = 512,            /* payload table size: x86_64 numbers are below it */
-	PAYLOAD_REGIONS = 4,             /* output regions per syscall in the payload table */
+	PAYLOAD_REGIONS = 4,             /* payload regions per syscall in the table */
 	SYSCALL_DATA_CHUNK = 4096,       /* data bytes of a syscall_data_event */
 	SYSCALL_DATA_SMALL_CHUNK = 256,  /* data bytes of a syscall_data_small_event */
 	/* syscall_event hdr.flags */
 	SYSCALL_FLAG_NO_RETURN = 0x1,    /* exit / exit_group: emitted at entry, no ret, no dur */
-	SYSCALL_FLAG_TRUNCATED = 0x2,    /* an output region was longer than payload_cap */
+	SYSCALL_FLAG_TRUNCATED = 0x2,    /* a payload region was longer than payload_cap */
 	SYSCALL_FLAG_PAYLOAD_LOST = 0x4, /* a data chunk found its ring full (counted in drops) */
 	SYSCALL_FLAG_COMPAT = 0x8,       /* an ia32 syscall (32-bit code): nr is the i386 number,
 					  * args are ebx..ebp; no payloads */
@@ -39,9 +39,14 @@ enum syscalls_constants {
 	PAYLOAD_ARG_MSG_NAME = 6,
 	PAYLOAD_ARG_MSG_CONTROL = 7,
 	PAYLOAD_ARG_MSGHDR = 8,
+	/* at sched_process_exec, the new image's command line and environment (NUL-separated,
+	 * as in /proc/PID/cmdline and environ) and the file executed, as chunks of the execve
+	 * in flight: arg_index 1 = argv, 2 = envp, 0 = the filename */
+	NR_EXECVE = 59,
 };
 
-/* How many bytes an output region received (evaluated at syscall exit, success only). */
+/* How many bytes a region holds (evaluated at syscall exit, success only): what the call
+ * wrote there (outputs) or read from there (inputs: write buffers, paths, addresses). */
 enum payload_size_kind {
 	PAYLOAD_NONE = 0,      /* unused table slot */
 	PAYLOAD_RET = 1,       /* the return value (read, recv, getrandom, getdents64, ...) */
@@ -52,6 +57,8 @@ enum payload_size_kind {
 	PAYLOAD_FDSET = 6,     /* an fd_set of args[len_arg] descriptors: (n + 63) / 64 * 8 */
 	PAYLOAD_IOCTL = 7,     /* the size in an _IOR/_IOWR request (args[1]), or a tty one */
 	PAYLOAD_FLOCK = 8,     /* struct flock (32) for fcntl F_GETLK / F_OFD_GETLK */
+	PAYLOAD_CSTRING = 9,   /* a NUL-terminated string the call read (a path), without the
+				* NUL; longer than SYSCALL_DATA_CHUNK - 1: truncated */
 };
 
 /* Where the bytes are. */
@@ -63,7 +70,7 @@ enum payload_layout {
 			     * pseudo args 6 msg_name, 7 msg_control, 8 the msghdr itself */
 };
 
-/* One output region of a syscall (8 bytes). */
+/* One payload region of a syscall (8 bytes). */
 struct payload_region {
 	__u32 n;         /* PAYLOAD_FIXED: bytes; *_TIMES: multiplier */
 	__u8 arg;        /* argument holding the user pointer */
@@ -95,8 +102,9 @@ struct syscall_event {
 };
 
 /*
- * A chunk of the bytes a syscall wrote into user memory through one argument (64-byte
- * head, then data). A region longer than a chunk comes as several chunks, in order.
+ * A chunk of the bytes a syscall exchanged with user memory through one argument: what
+ * it wrote (read buffers, struct stat, ...) or what it read (write buffers, paths,
+ * addresses) (64-byte head, then data). A region longer than a chunk comes as several chunks, in order.
  */
 #define SYSCALL_DATA_HEAD                                                                  \
 	struct event_header hdr; /* ktime_ns: the syscall's exit */                        \

@@ -3,8 +3,8 @@ batches -> lake tables ``syscalls`` and ``syscall_data``.
 
 Rings (one record size each):
   syscall_events      struct syscall_event            a completed syscall of a target
-  syscall_data        struct syscall_data_event       output bytes, chunks <= 4 KiB
-  syscall_data_small  struct syscall_data_small_event output bytes, chunks <= 256 bytes
+  syscall_data        struct syscall_data_event       payload bytes, chunks <= 4 KiB
+  syscall_data_small  struct syscall_data_small_event payload bytes, chunks <= 256 bytes
 
 Only targeted processes are captured (``targets`` map, or ``target_all``). Attach points:
 ``tp_btf/sys_enter`` and ``tp_btf/sys_exit``. Measured on the 2-vCPU VM with a getppid
@@ -27,11 +27,16 @@ each adds a perf record per syscall before the program runs: no saving for the
 processes not captured, and ~720 attachments plus tracefs for full capture.
 
 Payloads (``capture_payloads``): at the exit of a successful syscall listed in
-``PAYLOAD_TABLE``, the bytes the kernel wrote into user memory, at most ``payload_cap``
-per output region (default 64 KiB); a longer region is flagged ``truncated`` with its
-real ``total_len``. Rows of ``syscall_data`` join ``syscalls`` on (pid, tid, seq) (and
-share its ``ts_ns``). Layout of structured arguments, the replay's contract
-(``replay_sandbox/syscall_table.py``): iovec payloads are one region whose ``offset``
+``PAYLOAD_TABLE``, the bytes it exchanged with user memory: what the kernel wrote there
+(read buffers, struct stat, ...: a replay's inputs) and what it read from there (write
+buffers, paths, socket addresses: what a replay checks its outputs against), at most
+``payload_cap`` per region (default 64 KiB); a longer region is flagged ``truncated`` with
+its real ``total_len``. At exec, the new image's argv (arg 1), environment (arg 2) and
+file (arg 0) come as payload rows of the execve (``NR_EXECVE``), read by the kernel at
+``sched_process_exec``: /proc, read later by the agent, may already show the next exec.
+Rows of ``syscall_data`` join ``syscalls`` on (pid, tid, seq) (and share its ``ts_ns``).
+Layout of structured arguments, the replay's contract (``replay_sandbox/syscall_table.py``):
+iovec payloads are one region whose ``offset``
 counts in the concatenated bytes; recvmsg gives its iovec payload as argument 1 and
 pseudo-arguments 6 (msg_name), 7 (msg_control), 8 (the struct msghdr after the call).
 """
@@ -55,7 +60,7 @@ from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
 from lake.schema import spec as table_spec
 
-SYSCALLS_LAYOUT_VERSION = 1
+SYSCALLS_LAYOUT_VERSION = 2
 TASK_COMM_LEN = 16
 SYSCALL_ARGS = 6
 SYSCALL_NR_MAX = syscall_names.NR_MAX
@@ -72,6 +77,7 @@ DATA_FLAG_FAULT = 0x2
 PAYLOAD_ARG_MSG_NAME = 6
 PAYLOAD_ARG_MSG_CONTROL = 7
 PAYLOAD_ARG_MSGHDR = 8
+NR_EXECVE = 59  # at exec: argv (arg 1), environment (2), file (0) as execve payloads
 
 PAYLOAD_CAP_DEFAULT = 64 << 10
 PAYLOAD_CAP_MAX = 16 << 20  # chunk offsets are u32; keeps the kernel's copy loop short
@@ -89,6 +95,7 @@ class PayloadSize(enum.IntEnum):
     FDSET = 6
     IOCTL = 7
     FLOCK = 8
+    CSTRING = 9
 
 
 class PayloadLayout(enum.IntEnum):
@@ -146,7 +153,7 @@ PAYLOAD_SPEC = np.dtype([("regions", PAYLOAD_REGION, (PAYLOAD_REGIONS,))])
 
 @dataclass(frozen=True)
 class Region:
-    """An output region: bytes the kernel writes through argument ``arg``."""
+    """A payload region: bytes the syscall writes (or reads) through argument ``arg``."""
 
     arg: int
     size: PayloadSize
@@ -183,6 +190,15 @@ def _iovec(arg: int, count_arg: int) -> Region:
     return Region(arg, PayloadSize.RET, 0, count_arg, PayloadLayout.IOVEC)
 
 
+def _cstring(arg: int) -> Region:
+    return Region(arg, PayloadSize.CSTRING)
+
+
+def _sized(arg: int, len_arg: int) -> Region:
+    """``args[len_arg]`` bytes at ``args[arg]`` (connect's address and its length)."""
+    return Region(arg, PayloadSize.ARG_TIMES, 1, len_arg)
+
+
 _STAT = 144  # struct stat (x86_64)
 _STATFS = 120
 _TIMESPEC = 16
@@ -191,8 +207,48 @@ _SIGINFO = 128
 _SOCKADDR_OUT = (_deref(1, 2), _fixed(2, 4))  # the address, then *addrlen
 _FDSETS = (_fdset(1, 0), _fdset(2, 0), _fdset(3, 0), _fixed(4, _TIMESPEC))
 
-# syscall name -> its output regions, in the order they are emitted
+_PATH = (_cstring(0),)
+_AT_PATH = (_cstring(1),)
+
+# syscall name -> its payload regions, in the order they are emitted. Inputs (what the call
+# read from user memory) are listed after outputs; the replay's table
+# (replay_sandbox/syscall_table.py) says which arguments are which.
 PAYLOAD_TABLE: Mapping[str, tuple[Region, ...]] = MappingProxyType({
+    # writes: the bytes that left, as many as the return value says were taken
+    "write": (_ret(1),),
+    "pwrite64": (_ret(1),),
+    "writev": (_iovec(1, 2),),
+    "pwritev": (_iovec(1, 2),),
+    "pwritev2": (_iovec(1, 2),),
+    "sendto": (_ret(1), _sized(4, 5)),
+    "sendmsg": (Region(1, PayloadSize.RET, layout=PayloadLayout.MSGHDR),),
+    "connect": (_sized(1, 2),),
+    "bind": (_sized(1, 2),),
+    # paths the call looked up (a replay checks it asks for the same files)
+    "open": _PATH,
+    "openat": _AT_PATH,
+    "openat2": _AT_PATH,
+    "creat": _PATH,
+    "access": _PATH,
+    "faccessat": _AT_PATH,
+    "faccessat2": _AT_PATH,
+    "unlink": _PATH,
+    "unlinkat": _AT_PATH,
+    "mkdir": _PATH,
+    "mkdirat": _AT_PATH,
+    "rmdir": _PATH,
+    "chdir": _PATH,
+    "rename": (_cstring(0), _cstring(1)),
+    "renameat": (_cstring(1), _cstring(3)),
+    "renameat2": (_cstring(1), _cstring(3)),
+    "link": (_cstring(0), _cstring(1)),
+    "symlink": (_cstring(0), _cstring(1)),
+    "chmod": _PATH,
+    "fchmodat": _AT_PATH,
+    "truncate": _PATH,
+    "inotify_add_watch": _AT_PATH,
+    "setsockopt": (_sized(3, 4),),
+    "epoll_ctl": (_fixed(3, 12),),
     # reads: the return value says how many bytes arrived
     "read": (_ret(1),),
     "pread64": (_ret(1),),
@@ -204,21 +260,21 @@ PAYLOAD_TABLE: Mapping[str, tuple[Region, ...]] = MappingProxyType({
     "getdents": (_ret(1),),
     "getdents64": (_ret(1),),
     "getrandom": (_ret(0),),
-    "readlink": (_ret(1),),
-    "readlinkat": (_ret(2),),
+    "readlink": (_ret(1), _cstring(0)),
+    "readlinkat": (_ret(2), _cstring(1)),
     "getcwd": (_ret(0),),
-    "getxattr": (_ret(2),),
-    "lgetxattr": (_ret(2),),
-    "fgetxattr": (_ret(2),),
+    "getxattr": (_ret(2), _cstring(0), _cstring(1)),
+    "lgetxattr": (_ret(2), _cstring(0), _cstring(1)),
+    "fgetxattr": (_ret(2), _cstring(1)),
     "sched_getaffinity": (_ret(2),),
     "getgroups": (_ret_times(1, 4),),
     # the stat family and other fixed-size answers
-    "stat": (_fixed(1, _STAT),),
+    "stat": (_fixed(1, _STAT), _cstring(0)),
     "fstat": (_fixed(1, _STAT),),
-    "lstat": (_fixed(1, _STAT),),
-    "newfstatat": (_fixed(2, _STAT),),
-    "statx": (_fixed(4, 256),),
-    "statfs": (_fixed(1, _STATFS),),
+    "lstat": (_fixed(1, _STAT), _cstring(0)),
+    "newfstatat": (_fixed(2, _STAT), _cstring(1)),
+    "statx": (_fixed(4, 256), _cstring(1)),
+    "statfs": (_fixed(1, _STATFS), _cstring(0)),
     "fstatfs": (_fixed(1, _STATFS),),
     "ioctl": (Region(2, PayloadSize.IOCTL, 0, 1),),
     "fcntl": (Region(2, PayloadSize.FLOCK, 0, 1),),
@@ -318,6 +374,7 @@ FAMILY = Family(
             "PAYLOAD_ARG_MSG_NAME": PAYLOAD_ARG_MSG_NAME,
             "PAYLOAD_ARG_MSG_CONTROL": PAYLOAD_ARG_MSG_CONTROL,
             "PAYLOAD_ARG_MSGHDR": PAYLOAD_ARG_MSGHDR,
+            "NR_EXECVE": NR_EXECVE,
         },
         "payload_size_kind": {f"PAYLOAD_{k.name}": int(k) for k in PayloadSize},
         "payload_layout": {f"PAYLOAD_{k.name}": int(k) for k in PayloadLayout},

@@ -18,6 +18,9 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
     parser.add_argument("--payloads", action="store_true",
                         help="also record the bytes syscalls of targets write to memory "
                         "(replay input)")
+    parser.add_argument("--payload-cap", type=_size, default=64 << 10, metavar="SIZE",
+                        help="bytes kept per payload region, e.g. 64K (default), 1M; a longer "
+                        "one is cut and flagged truncated (a replay cannot serve what was cut)")
     parser.add_argument("--families", default="", metavar="LIST",
                         help="comma-separated probe families (default: all built)")
     parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS")
@@ -45,6 +48,14 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
                         help="target every process (expensive)")
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20}
+    number, unit = text.rstrip("KkMmBb"), text[len(text.rstrip("KkMmBb")):].upper().rstrip("B")
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected bytes, e.g. 65536, 64K or 1M")
+    return int(number) * units[unit]
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         raise CommandError("capture needs root (loading BPF programs): run with sudo")
@@ -57,6 +68,7 @@ def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
         targets=targets,
         families=families,
         payloads=args.payloads,
+        payload_cap=args.payload_cap,
         flush_interval_s=args.flush_interval,
         min_offcpu_ns=int(args.min_offcpu_ms * 1_000_000),
         spool_dir=args.spool_dir or default_spool_dir(),

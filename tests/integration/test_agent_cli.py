@@ -45,6 +45,46 @@ def test_run_records_the_command_and_exits_with_its_status(tmp_path: Path) -> No
     assert kinds >= {"start", "stop"}
 
 
+def test_payloads_hold_each_execs_argv_env_and_the_paths_and_bytes_a_call_read(
+        tmp_path: Path) -> None:
+    """GIVEN `kprobe run --payloads -- sh -c 'exec env K=V dd if=IN of=OUT'` (three execs
+    in one pid: the shell, then env, then dd)
+    THEN each exec's argv and environment are execve payloads read by the kernel at exec
+    (not from /proc later, where the pid shows only its last image), the path dd opened is
+    its openat's payload, and the bytes it wrote are its write's payload."""
+    require_root()
+    lake, src = tmp_path / "lake", tmp_path / "in.txt"
+    src.write_text("₹50,000 settled\n")
+    proc = _kprobe("run", "--payloads", "--lake", str(lake), "--spool-dir",
+                   str(tmp_path / "spool"), "--", "sh", "-c",
+                   f"exec env KPROBE_TEST_MARK=42 dd if={src} of={tmp_path / 'out.txt'} "
+                   f"status=none")
+    assert proc.returncode == 0, proc.stderr
+    con = _con(lake)
+    execs = con.execute("""
+        SELECT s.ts_ns, s.seq,
+               max(CASE WHEN d.arg_index = 0 THEN d.data END) AS file,
+               max(CASE WHEN d.arg_index = 1 THEN d.data END) AS argv,
+               max(CASE WHEN d.arg_index = 2 THEN d.data END) AS env
+        FROM syscalls s JOIN syscall_data d USING (pid, tid, seq)
+        WHERE s.name = 'execve' AND s.ret = 0 GROUP BY ALL ORDER BY s.ts_ns""").fetchall()
+    argvs = [bytes(a).split(b"\0")[:-1] for (_, _, _, a, _) in execs]
+    dd = [b"dd", f"if={src}".encode(), f"of={tmp_path / 'out.txt'}".encode(), b"status=none"]
+    assert argvs[-2:] == [[b"env", b"KPROBE_TEST_MARK=42", *dd], dd]
+    assert bytes(execs[-1][2]).endswith(b"/dd")
+    assert b"KPROBE_TEST_MARK=42" in bytes(execs[-1][4]).split(b"\0")
+    assert b"KPROBE_TEST_MARK=42" not in bytes(execs[-2][4]).split(b"\0")
+    (opened,) = con.execute("""
+        SELECT d.data FROM syscalls s JOIN syscall_data d USING (pid, tid, seq)
+        WHERE s.comm = 'dd' AND s.name = 'openat' AND d.arg_index = 1
+          AND s.ret >= 0 AND d.data = ?""", [str(src).encode()]).fetchall()
+    assert bytes(opened[0]) == str(src).encode()
+    (sent,) = con.execute("""
+        SELECT d.data FROM syscalls s JOIN syscall_data d USING (pid, tid, seq)
+        WHERE s.comm = 'dd' AND s.name = 'write' AND s.fd = 1""").fetchall()
+    assert bytes(sent[0]) == src.read_bytes()
+
+
 def test_run_hosts_the_otlp_receiver_for_an_instrumented_child(tmp_path: Path) -> None:
     """The child's OpenTelemetry SDK finds the agent through OTEL_EXPORTER_OTLP_ENDPOINT and
     its spans land with the child's real pid, next to its kernel events."""

@@ -139,7 +139,9 @@ def test_the_payload_table_encodes_for_the_kernel() -> None:
     assert getrandom[1]["size_kind"] == PayloadSize.NONE
     poll = specs[syscall_names.number_of("poll")]["regions"][0]
     assert poll.tolist() == (8, 0, PayloadSize.ARG_TIMES, PayloadLayout.FLAT, 1)
-    assert specs[syscall_names.number_of("write")]["regions"]["size_kind"].tolist() == [0] * 4
+    write = specs[syscall_names.number_of("write")]["regions"]
+    assert write[0].tolist() == (0, 1, PayloadSize.RET, PayloadLayout.FLAT, 0)  # the bytes sent
+    assert specs[syscall_names.number_of("getpid")]["regions"]["size_kind"].tolist() == [0] * 4
     with pytest.raises(ValueError, match="at most 4"):
         syscalls.payload_specs({"select": (syscalls.Region(0, PayloadSize.RET),) * 5})
     # the loader writes it into .rodata as one little-endian integer
@@ -160,6 +162,8 @@ def _replay_region(r: replay.Region) -> tuple[object, ...]:
     if r.layout is replay.Layout.MSGHDR:
         return (r.arg, "MSGHDR")
     kind = r.size.kind.upper()
+    if kind in ("ARG", "SOCKADDR"):  # args[len_arg] bytes: the agent's ARG_TIMES with n = 1
+        return (r.arg, "ARG_TIMES", 1, r.size.arg)
     n = r.size.n if kind in ("FIXED", "RET_TIMES", "ARG_TIMES") else 0
     return (r.arg, kind, n, r.size.arg if kind in ("ARG_TIMES", "DEREF", "FDSET") else None)
 
@@ -174,13 +178,14 @@ def _our_region(r: syscalls.Region) -> tuple[object, ...]:
     return (r.arg, kind, n, r.len_arg if kind in ("ARG_TIMES", "DEREF", "FDSET") else None)
 
 
-def test_every_output_the_replay_serves_is_captured_the_same_way() -> None:
-    # GIVEN the replay's table of what each syscall writes (the syscall_data contract)
-    # THEN the agent's payload table has the same regions for each of them
+def test_every_region_the_replay_serves_or_checks_is_captured_the_same_way() -> None:
+    # GIVEN the replay's table of what each syscall writes (served) and reads (checked:
+    # write buffers, paths, addresses), the syscall_data contract
+    # THEN the agent's payload table has the same regions for each of them, outputs first
     differ = {
-        s.name: ([_replay_region(r) for r in s.outs],
+        s.name: ([_replay_region(r) for r in s.outs + s.ins],
                  [_our_region(r) for r in syscalls.PAYLOAD_TABLE.get(s.name, ())])
-        for s in replay.SPECS.values() if s.outs
+        for s in replay.SPECS.values() if s.outs or s.ins
     }
     assert {k: v for k, v in differ.items() if v[0] != v[1]} == {}
 
