@@ -20,6 +20,7 @@ from replay_sandbox import clock as vclock
 from replay_sandbox import ptrace_ffi as P
 from replay_sandbox.errors import TracerError
 from replay_sandbox.injection import Delays, FdKind, Injection
+from replay_sandbox.peers import PeerCursor
 from replay_sandbox.recording import Recording, Row
 from replay_sandbox.report import (
     CallInfo,
@@ -85,6 +86,7 @@ class Proc:
     fd_path: dict[int, str] = field(default_factory=dict)
     epoll_fd: dict[tuple[int, int], int] = field(default_factory=dict)  # (epfd, data) -> fd
     live_fds: set[int] = field(default_factory=set)  # what-if: real fds the recording lacks
+    fd_peer: dict[int, PeerCursor] = field(default_factory=dict)  # connected to a known peer
     threads: int = 0  # live threads being served
 
 
@@ -197,6 +199,7 @@ class EngineState:
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
         self.replayed: dict[int, bytearray] = defaultdict(bytearray)
+        self.peer_bytes = 0  # what-if: bytes served from recorded peers
         self.notes: list[str] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.injected: dict[str, int] = defaultdict(int)

@@ -64,7 +64,7 @@ from replay_sandbox.report import (
 )
 from replay_sandbox.sandbox import LaunchSpec, spawn
 from replay_sandbox.seccomp import compile_filter
-from replay_sandbox.serving import IoServing
+from replay_sandbox.serving import RECEIVES, IoServing
 from replay_sandbox.syscall_table import (
     CSTRING,
     F_DUPFD,
@@ -445,6 +445,10 @@ class Engine(IoServing):
             self._on_live_fd(task, regs, spec, args)
             return
         index = task.pos
+        if (not self.exact and spec.nr in RECEIVES and fd_of(nr, args) in proc.fd_peer
+                and (row is None or not self._matches(task, regs, spec, row, args))):
+            self._serve_from_peer(task, regs, spec, args)
+            return
         if _TRACE:
             print(f"stop tid={task.rec_tid} nr={nr} {spec.name} args={[hex(a) for a in args[:3]]} "
                   f"row={None if row is None else (row.seq, row.name, row.ret)}", file=sys.stderr)
@@ -686,6 +690,11 @@ class Engine(IoServing):
         if self.stats["truncated"]:
             self.notes.append(f"{self.stats['truncated']} served calls had payloads cut at the "
                               f"recorder's cap: bytes past it were not reproduced")
+        if self.peer_bytes:
+            self.notes.append(
+                f"{self.peer_bytes} bytes the program did not read in the recording were "
+                f"served from what its peers sent (their recorded sends), at the times they "
+                f"sent them")
         if self.stats["outputs_differ"] and self.stats["clock_reads"]:
             self.notes.append(
                 f"{self.stats['outputs_differ']} outputs had other bytes than recorded; clock "

@@ -16,6 +16,7 @@ from lake.batches import NS_PER_HOUR, hour_label
 from lake.reader import connect
 from lake.storage import LakeLocation
 from replay_sandbox.errors import RecordingError
+from replay_sandbox.peers import load_peer_streams
 from replay_sandbox.recording import ProcessInfo, Recording
 
 _SYSCALL_COLUMNS = "ts_ns, dur_ns, pid, tid, cpu, comm, nr, name, ret, fd, args, seq"
@@ -34,8 +35,10 @@ def parse_process(text: str) -> tuple[int, str]:
 
 
 def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None,
-         to_ns: int | None = None) -> Recording:
-    con = connect(location, ["processes", "syscalls", "syscall_data", "agent_meta"])
+         to_ns: int | None = None, with_peers: bool = True) -> Recording:
+    """The recording of ``pid``'s exec (see the module doc); ``with_peers``: also what the
+    other ends of its connections sent (what-if replays serve it, see ``peers``)."""
+    con = connect(location, ["processes", "syscalls", "syscall_data", "agent_meta", "net"])
     try:
         exec_row = _one(con, f"""
             SELECT ts_ns, comm, exe, argv, env, cwd FROM processes
@@ -70,6 +73,7 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
                            params=params).to_arrow_table()
         data = con.sql(f"SELECT {_DATA_COLUMNS} FROM syscall_data WHERE {where}",
                        params=params).to_arrow_table()
+        peers = load_peer_streams(con, node, pid, start, end) if with_peers else {}
     finally:
         con.close()
     process = ProcessInfo(
@@ -84,8 +88,11 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
     if syscalls.num_rows == 0:
         raise RecordingError(f"no syscalls of pid {pid} on {node} in the lake: was it "
                              f"recorded with payload capture (kprobe run --payloads)?")
-    return Recording.from_tables(process, _as_table(syscalls), _as_table(data),
-                                 mono_to_epoch_ns=meta["mono_to_epoch_ns"] if meta else None)
+    recording = Recording.from_tables(process, _as_table(syscalls), _as_table(data),
+                                      mono_to_epoch_ns=meta["mono_to_epoch_ns"] if meta
+                                      else None)
+    recording.peers = peers
+    return recording
 
 
 def _exec_image(con: Any, node: str, pid: int, exec_ns: int) -> dict[int, Any]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from lake.schema import TABLES
 from replay_sandbox.errors import RecordingError
+from replay_sandbox.peers import PeerStream
 from replay_sandbox.syscall_table import (
     FD_CREATORS,
     SPECS,
@@ -88,6 +89,8 @@ class Recording:
     initial_fds: frozenset[int] = frozenset({0, 1, 2})  # open when the program started
     real_paths: tuple[str, ...] = ()  # files the program maps: opened for real in replay
     mono_to_epoch_ns: int | None = None  # CLOCK_MONOTONIC -> epoch offset, if known
+    # what-if: what the other end of each connection sent, by the (tid, seq) of its connect
+    peers: dict[tuple[int, int], PeerStream] = field(default_factory=dict)
 
     @property
     def main_tid(self) -> int:
@@ -103,7 +106,9 @@ class Recording:
         for row in sorted((r for rows in self.threads.values() for r in rows),
                           key=lambda r: r.order):
             if SPECS[row.nr].policy is Policy.OUTPUT and row.ret > 0:
-                out[row.fd] += b"".join(row.ins[a] for a in sorted(row.ins) if a in (1,))
+                # at most ret bytes: a partial write's rest is offered again by the next
+                out[row.fd] += b"".join(row.ins[a] for a in sorted(row.ins) if a in (1,))[
+                    :row.ret]
         return {fd: bytes(data) for fd, data in out.items()}
 
     # -- building ----------

@@ -18,6 +18,7 @@ from replay_sandbox._state import (
     Task,
 )
 from replay_sandbox.injection import FdKind, delays_for
+from replay_sandbox.peers import PeerCursor
 from replay_sandbox.recording import Row
 from replay_sandbox.syscall_table import (
     CLONES,
@@ -37,6 +38,8 @@ from replay_sandbox.timing import TimeServing
 
 DUP3 = 292
 CLOSE = 3
+CONNECT = 42
+RECEIVES = frozenset({0, 17, 45})  # read, pread64, recvfrom: flat buffers a peer fills
 _LOWEST_FREE = frozenset({32, FCNTL})  # dup, fcntl(F_DUPFD): the kernel picks the number
 
 
@@ -53,6 +56,10 @@ class IoServing(TimeServing):
             self._run_real(task, regs, spec, row, args)  # F_DUPFD changes the fd table
             return
         fd = fd_of(spec.nr, args) if spec.fd_arg is not None else -1
+        if spec.nr == CONNECT and (row.tid, row.seq) in self.rec.peers:
+            proc.fd_peer[fd] = PeerCursor(self.rec.peers[(row.tid, row.seq)])
+        elif spec.nr in RECEIVES and fd in proc.fd_peer and row.ret > 0:
+            proc.fd_peer[fd].consume(row.ret)  # read as recorded: the peer's next bytes
         delays = None
         if self.opts.injections:
             delays = delays_for(self.opts.injections, spec.nr, [self._fd_info(task, fd)])
@@ -200,6 +207,7 @@ class IoServing(TimeServing):
             return
         if spec.nr == 3:  # close: nothing to check that matters, save the exit stop
             task.process.fd_kind.pop(args[0] & 0xFFFF_FFFF, None)
+            task.process.fd_peer.pop(args[0] & 0xFFFF_FFFF, None)
             self._resume(task)
             return
 
@@ -243,6 +251,25 @@ class IoServing(TimeServing):
 
         task.at_exit = done
         self._resume(task)
+
+    # -- what-if: the peer's recorded bytes ----------
+    def _serve_from_peer(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                         args: tuple[int, ...]) -> None:
+        """A read the recording does not have, on a connection whose peer was recorded:
+        the peer's next bytes, once the (virtual) clock reaches the time it sent them;
+        nothing more to come is end of input, as when the peer closed."""
+        proc = task.process
+        cursor = proc.fd_peer[fd_of(spec.nr, args)]
+        self.stats["synthesized"] += 1
+        self.stats["peer_reads"] += 1
+        sent = cursor.next_ts()
+        if sent is not None and sent + task.shift_ns > task.now_ns:
+            task.now_ns = sent + task.shift_ns  # blocks until the peer's bytes arrive
+        data = cursor.take(args[2] & 0xFFFF_FFFF, task.now_ns - task.shift_ns)
+        if data:
+            proc.mem.write(args[1], data)
+            self.peer_bytes += len(data)
+        self._finish(task, regs, len(data))
 
     # -- synthesized results (what-if) ----------
     def _on_live_fd(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
@@ -321,6 +348,9 @@ class IoServing(TimeServing):
         else:
             timeout = vclock.timeout_ns(spec.timeout_kind, args[spec.timeout_arg or 0],
                                         mem.read)
+        if spec.nr in (7, 271) and task.process.fd_peer and self._answer_from_peers(
+                task, regs, args, task.now_ns + timeout if timeout is not None else 1 << 62):
+            return
         if timeout is None:
             self.status = "end_of_recording"
             self.notes.append(f"thread {task.rec_tid} waits ({spec.name}) with no timeout for "

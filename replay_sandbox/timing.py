@@ -153,6 +153,12 @@ class TimeServing(EngineState):
             self._clear_wait_result(task, spec, args)
             self._finish(task, regs, 0)
             return
+        if row.ret == 0 and not self.exact and spec.nr in (7, 271) and proc.fd_peer:
+            # a recorded timeout: with another timeout, a recorded peer may answer in time
+            deadline = start + timeout if timeout is not None else 1 << 62
+            if self._answer_from_peers(task, regs, args, deadline):
+                task.shift_ns = task.now_ns - row.end_ns
+                return
         if row.ret == 0 and timeout is not None:  # a recorded timeout, maybe a different one
             task.now_ns = start + timeout
             task.shift_ns = task.now_ns - row.end_ns
@@ -207,6 +213,54 @@ class TimeServing(EngineState):
             return [mapping.get((epfd, struct.unpack_from("<Q", data, i + 4)[0]), -1)
                     for i in range(0, len(data) - 11, 12)]
         return []
+
+    def _peer_ready(self, task: Task, fds: list[int], deadline_ns: int) -> tuple[list[int], int]:
+        """Of ``fds``, those whose peer sends its next bytes by ``deadline_ns`` (virtual),
+        and when the first of them does."""
+        proc = task.process
+        ready: list[tuple[int, int]] = []
+        for fd in fds:
+            cursor = proc.fd_peer.get(fd)
+            sent = cursor.next_ts() if cursor is not None else None
+            if sent is not None and sent + task.shift_ns <= deadline_ns:
+                ready.append((max(task.now_ns, sent + task.shift_ns), fd))
+        if not ready:
+            return [], 0
+        first = min(t for t, _fd in ready)
+        return [fd for t, fd in ready if t == first], first
+
+    def _answer_from_peers(self, task: Task, regs: P.UserRegs, args: tuple[int, ...],
+                           deadline_ns: int) -> bool:
+        """poll/ppoll in a what-if: if a recorded peer of a polled connection sends by the
+        deadline, the poll returns then, with those descriptors readable."""
+        ready, when = self._peer_ready(task, self._polled_for_input(task, args), deadline_ns)
+        if not ready:
+            return False
+        task.now_ns = when
+        self.stats["peer_ready"] += 1
+        self._finish(task, regs, self._set_poll_ready(task, args, ready))
+        return True
+
+    def _polled_for_input(self, task: Task, args: tuple[int, ...]) -> list[int]:
+        """poll/ppoll: the descriptors asked for POLLIN."""
+        count = args[1] & 0xFFFF_FFFF
+        data = task.process.mem.read(args[0], count * 8) if args[0] and count else b""
+        return [fd for fd, events, _r in (struct.unpack_from("<ihh", data, i * 8)
+                                          for i in range(count)) if events & 1]
+
+    def _set_poll_ready(self, task: Task, args: tuple[int, ...], ready: list[int]) -> int:
+        """Write revents = POLLIN for ``ready`` (0 for the others); the poll's result."""
+        count = args[1] & 0xFFFF_FFFF
+        mem = task.process.mem
+        data = bytearray(mem.read(args[0], count * 8))
+        hits = 0
+        for i in range(count):
+            fd = struct.unpack_from("<i", data, i * 8)[0]
+            hit = fd in ready
+            hits += hit
+            struct.pack_into("<h", data, i * 8 + 6, 1 if hit else 0)
+        mem.write(args[0], bytes(data))
+        return hits
 
     def _clear_wait_result(self, task: Task, spec: SyscallSpec, args: tuple[int, ...]) -> None:
         mem = task.process.mem
