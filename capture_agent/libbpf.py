@@ -63,6 +63,18 @@ _sig("bpf_program__autoload", ctypes.c_bool, _p)
 _sig("bpf_program__set_autoload", ctypes.c_int, _p, ctypes.c_bool)
 _sig("bpf_program__fd", ctypes.c_int, _p)
 _sig("bpf_program__attach", _p, _p)
+
+
+class _UprobeOpts(ctypes.Structure):
+    """struct bpf_uprobe_opts as libbpf 1.1 declares it (sz says how much we know)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("ref_ctr_offset", ctypes.c_size_t),
+                ("bpf_cookie", ctypes.c_uint64), ("retprobe", ctypes.c_bool),
+                ("func_name", ctypes.c_char_p)]
+
+
+_sig("bpf_program__attach_uprobe_opts", _p, _p, ctypes.c_int, ctypes.c_char_p, _sz,
+     ctypes.POINTER(_UprobeOpts))
 _sig("bpf_link__destroy", ctypes.c_int, _p)
 # maps
 _sig("bpf_map__name", ctypes.c_char_p, _p)
@@ -205,6 +217,16 @@ class Program:
         link = _lib.bpf_program__attach(self.ptr)
         if not link:
             raise _errno_error(f"attach {self.name}")
+        return Link(link)
+
+    def attach_uprobe(self, binary: str, offset: int, retprobe: bool) -> Link:
+        """A uprobe (or uretprobe) at file ``offset`` of ``binary``, in every process."""
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=retprobe)
+        ctypes.set_errno(0)
+        link = _lib.bpf_program__attach_uprobe_opts(self.ptr, -1, binary.encode(), offset,
+                                                    ctypes.byref(opts))
+        if not link:
+            raise _errno_error(f"attach {self.name} to {binary}+{offset:#x}")
         return Link(link)
 
 

@@ -52,6 +52,8 @@ class SensorSpec:
     shared_maps:   map name -> fd of an existing map to use instead (e.g. one `targets`
                    map for all sensors); the fd stays owned by the caller
     disabled:      programs not to load (e.g. a record kind switched off)
+    uprobes:       program name -> (binary, file offset, retprobe) places it attaches to
+                   (section "uprobe"/"uretprobe" carry none)
     """
 
     family: Family
@@ -60,6 +62,7 @@ class SensorSpec:
     map_entries: Mapping[str, int] = field(default_factory=dict)
     shared_maps: Mapping[str, int] = field(default_factory=dict)
     disabled: frozenset[str] = frozenset()
+    uprobes: Mapping[str, tuple[tuple[str, int, bool], ...]] = field(default_factory=dict)
     object_dir: Path | None = None
 
     @property
@@ -164,7 +167,7 @@ class Sensor:
 
     def attach_program(self, name: str) -> None:
         """Attach one program (at its section's attach point); BpfAttachError names it."""
-        if name in self._links:
+        if name in self._links or any(k.startswith(f"{name}@") for k in self._links):
             return
         try:
             prog = self._require().program(name)
@@ -172,7 +175,12 @@ class Sensor:
             raise BpfAttachError(f"sensor {self.spec.name}: {e.strerror}", e.errno or 0) from None
         mark = libbpf.log_mark()
         try:
-            self._links[name] = prog.attach()
+            places = self.spec.uprobes.get(name)
+            if places is None:
+                self._links[name] = prog.attach()
+            for binary, offset, retprobe in places or ():
+                self._links[f"{name}@{offset:#x}"] = prog.attach_uprobe(binary, offset,
+                                                                       retprobe)
         except OSError as e:
             raise BpfAttachError(
                 f"sensor {self.spec.name}: program {name} ({prog.section}) did not attach:"

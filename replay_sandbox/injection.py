@@ -124,6 +124,7 @@ def delays_for(injections: list[Injection], nr: int, fds: list[tuple[int, FdKind
     readable)."""
     out = Delays()
     applied: list[Injection] = []
+    arrivals: list[int] = []
     for inj in injections:
         hit = False
         for fd, kind, path in fds or [(-1, "unknown", None)]:
@@ -136,8 +137,11 @@ def delays_for(injections: list[Injection], nr: int, fds: list[tuple[int, FdKind
             continue
         applied.append(inj)
         if inj.kind == "arrival":
-            out.arrival_ns = max(out.arrival_ns, inj.delay_ns)
+            arrivals.append(inj.delay_ns)
         else:
             out.duration_ns += inj.delay_ns
+    # several arrival shifts of one input: the latest wins (each says "arrives then");
+    # a negative one alone makes it arrive earlier than recorded
+    out.arrival_ns = max(arrivals) if arrivals else 0
     out.applied = tuple(applied)
     return out

@@ -8,6 +8,7 @@ Delta partitions of other nodes and hours are never read.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import pyarrow as pa
@@ -76,8 +77,11 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
         peers = load_peer_streams(con, node, pid, start, end) if with_peers else {}
     finally:
         con.close()
+    exe = image.get(0) or exec_row["exe"] or ""
+    if exe and not exe.startswith("/"):  # execve("./prog"): relative to its cwd
+        exe = posixpath.normpath(posixpath.join(exec_row["cwd"] or "/", exe))
     process = ProcessInfo(
-        pid=pid, node=node, exe=image.get(0) or exec_row["exe"] or "",
+        pid=pid, node=node, exe=exe,
         argv=image[1] if 1 in image else list(exec_row["argv"] or []),
         env=image[2] if 2 in image else list(exec_row["env"] or []),
         cwd=exec_row["cwd"] or "/", start_ns=start,

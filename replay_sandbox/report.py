@@ -94,6 +94,9 @@ def compare_outputs(recorded: dict[int, bytes],
     return out
 
 
+TEXT_LIMIT = 64 << 10  # bytes of each output in the JSON report
+
+
 @dataclass
 class ReplayReport:
     status: Status
@@ -117,6 +120,10 @@ class ReplayReport:
         data = asdict(self)
         data.pop("replayed_outputs")
         data["outputs_match"] = self.outputs_match
+        # what the replay wrote, for scripts and CI checks (text; bytes beyond are counted
+        # in `outputs`)
+        data["replayed_text"] = {str(fd): out[:TEXT_LIMIT].decode(errors="replace")
+                                 for fd, out in sorted(self.replayed_outputs.items())}
         return data
 
     def to_json(self) -> str:

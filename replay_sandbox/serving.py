@@ -263,9 +263,10 @@ class IoServing(TimeServing):
         self.stats["synthesized"] += 1
         self.stats["peer_reads"] += 1
         sent = cursor.next_ts()
-        if sent is not None and sent + task.shift_ns > task.now_ns:
-            task.now_ns = sent + task.shift_ns  # blocks until the peer's bytes arrive
-        data = cursor.take(args[2] & 0xFFFF_FFFF, task.now_ns - task.shift_ns)
+        moved = self._peer_arrival_shift(task, fd_of(spec.nr, args))
+        if sent is not None and sent + task.shift_ns + moved > task.now_ns:
+            task.now_ns = sent + task.shift_ns + moved  # blocks until the bytes arrive
+        data = cursor.take(args[2] & 0xFFFF_FFFF, task.now_ns - task.shift_ns - moved)
         if data:
             proc.mem.write(args[1], data)
             self.peer_bytes += len(data)

@@ -29,6 +29,8 @@ from replay_sandbox.syscall_table import (
     write_outputs,
 )
 
+RECVFROM = 45
+
 
 class TimeServing(EngineState):
     # -- clocks ----------
@@ -222,8 +224,11 @@ class TimeServing(EngineState):
         for fd in fds:
             cursor = proc.fd_peer.get(fd)
             sent = cursor.next_ts() if cursor is not None else None
-            if sent is not None and sent + task.shift_ns <= deadline_ns:
-                ready.append((max(task.now_ns, sent + task.shift_ns), fd))
+            if sent is None:
+                continue
+            arrives = sent + task.shift_ns + self._peer_arrival_shift(task, fd)
+            if arrives <= deadline_ns:
+                ready.append((max(task.now_ns, arrives), fd))
         if not ready:
             return [], 0
         first = min(t for t, _fd in ready)
@@ -240,6 +245,15 @@ class TimeServing(EngineState):
         self.stats["peer_ready"] += 1
         self._finish(task, regs, self._set_poll_ready(task, args, ready))
         return True
+
+    def _peer_arrival_shift(self, task: Task, fd: int) -> int:
+        """``--inject 'recv ...:±D'`` moves a peer's bytes as it moves recorded input."""
+        if not self.opts.injections:
+            return 0
+        delays = delays_for(self.opts.injections, RECVFROM, [self._fd_info(task, fd)])
+        for inj in delays.applied:
+            self.injected[inj.text] += 1
+        return delays.arrival_ns
 
     def _polled_for_input(self, task: Task, args: tuple[int, ...]) -> list[int]:
         """poll/ppoll: the descriptors asked for POLLIN."""

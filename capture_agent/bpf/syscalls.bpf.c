@@ -44,6 +44,7 @@ LAYOUT_EXPORT(enum payload_layout, payload_layout);
 
 #define NR_EXIT 60
 #define NR_EXIT_GROUP 231
+#define NR_URETPROBE 335  /* x86_64 uretprobe trampolines return through it (6.11+) */
 #define NR_IA32_EXIT 1
 #define NR_IA32_EXIT_GROUP 252
 #define TS_COMPAT 0x0002    /* thread_info.status: in an ia32 syscall (in_ia32_syscall()) */
@@ -76,6 +77,12 @@ struct syscall_state {
 	__s32 nr;
 	__u16 active;  /* entered and not yet exited */
 	__u16 compat;  /* an ia32 syscall */
+	/* a libc clock call in flight (uprobe entry -> uretprobe) */
+	__u64 clock_start_ns;
+	__u64 clock_seq;  /* seq at its entry: a syscall since then (a fallback) says it all */
+	__u64 clock_args[2];
+	__s32 clock_nr;
+	__u32 clock_active;
 };
 
 struct {
@@ -101,6 +108,9 @@ static __always_inline struct syscall_state *syscall_begin(long nr)
 
 	if (!is_target(bpf_get_current_pid_tgid() >> 32))
 		return NULL;
+	if (nr == NR_URETPROBE &&
+	    !(bpf_get_current_task_btf()->thread_info.status & TS_COMPAT))
+		return NULL; /* the kernel's uretprobe trampoline, not the program's call */
 	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0,
 				  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st) {
@@ -130,7 +140,7 @@ static __always_inline void syscall_emit(struct syscall_state *st, long ret, __u
 
 	if (st->compat)
 		flags |= SYSCALL_FLAG_COMPAT;
-	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN) && !is_error(ret))
+	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN))
 		flags |= emit_payloads(st, ret, now, ids);
 	ev = EVENT_RESERVE_AT(&syscall_events, struct syscall_event, EVENT_SYSCALL,
 			      SYSCALLS_LAYOUT_VERSION, now);
@@ -542,11 +552,13 @@ static __always_inline void msghdr_jobs(struct copy_job *jobs, __u8 arg, __u64 a
 	jobs[3].arg = PAYLOAD_ARG_MSGHDR;
 }
 
-/* Chunks of every payload region of a successful syscall; SYSCALL_FLAG_* to report. */
+/* Chunks of every payload region of a syscall (of a failed one: its FLAT inputs only);
+ * SYSCALL_FLAG_* to report. */
 __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __u64 ids)
 {
 	struct copy_job jobs[PAYLOAD_REGIONS] = {};
 	struct copy_state c = {};
+	bool failed;
 	__u32 nr;
 	int i;
 
@@ -555,13 +567,29 @@ __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __
 	nr = st->nr;
 	if (nr >= SYSCALL_NR_MAX)
 		return 0;
+	failed = is_error(ret);
 	for (i = 0; i < PAYLOAD_REGIONS; i++) {
 		const volatile struct payload_region *r = &payload_specs[nr].regions[i];
 		__u8 kind = r->size_kind;
+		__u8 layout = r->layout & PAYLOAD_LAYOUT_MASK;
 
 		if (kind == PAYLOAD_NONE)
 			break;
-		if (r->layout == PAYLOAD_MSGHDR) {
+		if (failed) {
+			/* a failed call wrote nothing; what it offered is still worth having */
+			if (!(r->layout & PAYLOAD_INPUT) || layout != PAYLOAD_FLAT)
+				continue;
+			jobs[i].addr = arg_at(st, r->arg);
+			jobs[i].arg = r->arg;
+			if (kind == PAYLOAD_CSTRING)
+				jobs[i].cstring = 1;
+			else if (jobs[i].addr)
+				jobs[i].total = kind == PAYLOAD_RET
+					? arg_at(st, r->len_arg)
+					: region_size(kind, r->n, arg_at(st, r->len_arg), 0);
+			continue;
+		}
+		if (layout == PAYLOAD_MSGHDR) {
 			/* the table gives recvmsg this one region */
 			msghdr_jobs(jobs, r->arg, arg_at(st, r->arg), ret);
 			break;
@@ -570,7 +598,7 @@ __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __
 		jobs[i].arg = r->arg;
 		if (kind == PAYLOAD_CSTRING) {
 			jobs[i].cstring = 1;
-		} else if (r->layout == PAYLOAD_IOVEC) {
+		} else if (layout == PAYLOAD_IOVEC) {
 			jobs[i].count = arg_at(st, r->len_arg);
 			jobs[i].total = ret;
 			jobs[i].iovec = 1;
@@ -645,3 +673,65 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	return 0;
 }
 #endif
+
+/* ---- clock reads through the vDSO ------------------------------------------------------
+ *
+ * clock_gettime is answered in user space by the vDSO: no syscall, so nothing above sees
+ * it, yet its values are inputs a replay must serve exactly (a printed timestamp, a
+ * deadline). With payloads on, a uprobe on libc's clock_gettime records each call of a
+ * target as one more row of its thread's sequence (flag VDSO), with the timespec returned
+ * as its payload. The loader attaches it to the libc the agent finds. (glibc binds
+ * gettimeofday and time to the vDSO directly through IFUNCs: no libc code runs for them,
+ * so they stay unrecorded and a replay interpolates them.)
+ */
+static __always_inline int clock_enter(__s32 nr, __u64 a0, __u64 a1)
+{
+	struct syscall_state *st;
+
+	if (!capture_payloads || !is_target(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0,
+				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->clock_start_ns = bpf_ktime_get_ns();
+	st->clock_seq = st->seq;
+	st->clock_args[0] = a0;
+	st->clock_args[1] = a1;
+	st->clock_nr = nr;
+	st->clock_active = 1;
+	return 0;
+}
+
+static __always_inline int clock_return(long ret)
+{
+	struct syscall_state *st;
+	struct syscall_state call = {};
+
+	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
+	if (!st || !st->clock_active)
+		return 0;
+	st->clock_active = 0;
+	if (st->seq != st->clock_seq || st->active)
+		return 0; /* the vDSO fell back to the real syscall: that row is the record */
+	st->seq += 1;
+	call.start_ns = st->clock_start_ns;
+	call.seq = st->seq;
+	call.args[0] = st->clock_args[0];
+	call.args[1] = st->clock_args[1];
+	call.nr = st->clock_nr;
+	syscall_emit(&call, ret, bpf_ktime_get_ns(), SYSCALL_FLAG_VDSO);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(on_clock_gettime, __u64 clk, __u64 tp)
+{
+	return clock_enter(228, clk, tp);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(on_clock_return, long ret)
+{
+	return clock_return(ret);
+}

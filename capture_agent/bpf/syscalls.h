@@ -32,6 +32,8 @@ enum syscalls_constants {
 	SYSCALL_FLAG_PAYLOAD_LOST = 0x4, /* a data chunk found its ring full (counted in drops) */
 	SYSCALL_FLAG_COMPAT = 0x8,       /* an ia32 syscall (32-bit code): nr is the i386 number,
 					  * args are ebx..ebp; no payloads */
+	SYSCALL_FLAG_VDSO = 0x10,        /* not a syscall: a clock_gettime libc answered
+					  * through the vDSO (uprobe), numbered as the syscall */
 	/* syscall_data_event hdr.flags */
 	DATA_FLAG_TRUNCATED = 0x1,       /* the region had more than payload_cap bytes */
 	DATA_FLAG_FAULT = 0x2,           /* user memory unreadable: len 0, the rest not copied */
@@ -68,6 +70,10 @@ enum payload_layout {
 			     * offsets count in the concatenated payload */
 	PAYLOAD_MSGHDR = 2, /* struct user_msghdr at args[arg]: its iovec payload (arg), and
 			     * pseudo args 6 msg_name, 7 msg_control, 8 the msghdr itself */
+	PAYLOAD_LAYOUT_MASK = 0x7f,
+	PAYLOAD_INPUT = 0x80, /* flag: bytes the call reads (FLAT only); also captured when the
+			       * call fails (what a write hitting EPIPE tried to send), with
+			       * RET sizes taken from args[len_arg], the length offered */
 };
 
 /* One payload region of a syscall (8 bytes). */
@@ -75,7 +81,7 @@ struct payload_region {
 	__u32 n;         /* PAYLOAD_FIXED: bytes; *_TIMES: multiplier */
 	__u8 arg;        /* argument holding the user pointer */
 	__u8 size_kind;  /* enum payload_size_kind; PAYLOAD_NONE ends the list */
-	__u8 layout;     /* enum payload_layout */
+	__u8 layout;     /* enum payload_layout, | PAYLOAD_INPUT */
 	__u8 len_arg;    /* argument the size (or iovec count) depends on */
 };
 

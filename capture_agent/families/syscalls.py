@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 
 from capture_agent import syscall_names
 from capture_agent.clock import ClockSample
+from capture_agent.elfsyms import function_offsets
 from capture_agent.errors import CaptureAgentError, RingBufferError
 from capture_agent.families._arrow import comm_array, int_array
 from capture_agent.layouts import EventKind, Family, record_dtype
@@ -72,6 +73,7 @@ SYSCALL_FLAG_NO_RETURN = 0x1
 SYSCALL_FLAG_TRUNCATED = 0x2
 SYSCALL_FLAG_PAYLOAD_LOST = 0x4
 SYSCALL_FLAG_COMPAT = 0x8
+SYSCALL_FLAG_VDSO = 0x10
 DATA_FLAG_TRUNCATED = 0x1
 DATA_FLAG_FAULT = 0x2
 PAYLOAD_ARG_MSG_NAME = 6
@@ -104,6 +106,8 @@ class PayloadLayout(enum.IntEnum):
     FLAT = 0
     IOVEC = 1
     MSGHDR = 2
+    LAYOUT_MASK = 0x7F
+    INPUT = 0x80  # flag: bytes the call reads; FLAT ones are also captured when it fails
 
 
 SYSCALL_EVENT = record_dtype(
@@ -160,6 +164,7 @@ class Region:
     n: int = 0  # FIXED: bytes; *_TIMES: multiplier
     len_arg: int = 0  # the argument the size (or the iovec count) depends on
     layout: PayloadLayout = PayloadLayout.FLAT
+    input: bool = False  # read by the call (kept even when it fails: what it tried to send)
 
 
 def _ret(arg: int) -> Region:
@@ -191,12 +196,22 @@ def _iovec(arg: int, count_arg: int) -> Region:
 
 
 def _cstring(arg: int) -> Region:
-    return Region(arg, PayloadSize.CSTRING)
+    return Region(arg, PayloadSize.CSTRING, input=True)
 
 
 def _sized(arg: int, len_arg: int) -> Region:
     """``args[len_arg]`` bytes at ``args[arg]`` (connect's address and its length)."""
-    return Region(arg, PayloadSize.ARG_TIMES, 1, len_arg)
+    return Region(arg, PayloadSize.ARG_TIMES, 1, len_arg, input=True)
+
+
+def _sent(arg: int, len_arg: int) -> Region:
+    """Bytes a write takes: as many as it returns; if it fails, the ``args[len_arg]`` it
+    offered (what a send hitting EPIPE or a reset tried to say)."""
+    return Region(arg, PayloadSize.RET, 0, len_arg, input=True)
+
+
+def _sent_iovec(arg: int, count_arg: int) -> Region:
+    return Region(arg, PayloadSize.RET, 0, count_arg, PayloadLayout.IOVEC, input=True)
 
 
 _STAT = 144  # struct stat (x86_64)
@@ -215,13 +230,13 @@ _AT_PATH = (_cstring(1),)
 # (replay_sandbox/syscall_table.py) says which arguments are which.
 PAYLOAD_TABLE: Mapping[str, tuple[Region, ...]] = MappingProxyType({
     # writes: the bytes that left, as many as the return value says were taken
-    "write": (_ret(1),),
-    "pwrite64": (_ret(1),),
-    "writev": (_iovec(1, 2),),
-    "pwritev": (_iovec(1, 2),),
-    "pwritev2": (_iovec(1, 2),),
-    "sendto": (_ret(1), _sized(4, 5)),
-    "sendmsg": (Region(1, PayloadSize.RET, layout=PayloadLayout.MSGHDR),),
+    "write": (_sent(1, 2),),
+    "pwrite64": (_sent(1, 2),),
+    "writev": (_sent_iovec(1, 2),),
+    "pwritev": (_sent_iovec(1, 2),),
+    "pwritev2": (_sent_iovec(1, 2),),
+    "sendto": (_sent(1, 2), _sized(4, 5)),
+    "sendmsg": (Region(1, PayloadSize.RET, layout=PayloadLayout.MSGHDR, input=True),),
     "connect": (_sized(1, 2),),
     "bind": (_sized(1, 2),),
     # paths the call looked up (a replay checks it asks for the same files)
@@ -248,7 +263,7 @@ PAYLOAD_TABLE: Mapping[str, tuple[Region, ...]] = MappingProxyType({
     "truncate": _PATH,
     "inotify_add_watch": _AT_PATH,
     "setsockopt": (_sized(3, 4),),
-    "epoll_ctl": (_fixed(3, 12),),
+    "epoll_ctl": (Region(3, PayloadSize.FIXED, 12, input=True),),
     # reads: the return value says how many bytes arrived
     "read": (_ret(1),),
     "pread64": (_ret(1),),
@@ -333,7 +348,8 @@ def payload_specs(table: Mapping[str, tuple[Region, ...]] = PAYLOAD_TABLE) -> np
             raise ValueError(f"{name}: a msghdr region expands to four; it must be alone")
         entry = specs[syscall_names.number_of(name)]["regions"]
         for i, r in enumerate(regions):
-            entry[i] = (r.n, r.arg, int(r.size), int(r.layout), r.len_arg)
+            layout = int(r.layout) | (PayloadLayout.INPUT if r.input else 0)
+            entry[i] = (r.n, r.arg, int(r.size), layout, r.len_arg)
     return specs
 
 
@@ -374,6 +390,7 @@ FAMILY = Family(
             "PAYLOAD_ARG_MSG_NAME": PAYLOAD_ARG_MSG_NAME,
             "PAYLOAD_ARG_MSG_CONTROL": PAYLOAD_ARG_MSG_CONTROL,
             "PAYLOAD_ARG_MSGHDR": PAYLOAD_ARG_MSGHDR,
+            "SYSCALL_FLAG_VDSO": SYSCALL_FLAG_VDSO,
             "NR_EXECVE": NR_EXECVE,
         },
         "payload_size_kind": {f"PAYLOAD_{k.name}": int(k) for k in PayloadSize},
@@ -401,13 +418,43 @@ class SyscallsConfig:
     small_data_ring_bytes: int = 4 << 20
 
 
+# libc's clock_gettime, answered by the vDSO without a syscall: a uprobe records it
+# (gettimeofday and time are IFUNCs bound to the vDSO itself: no libc code to probe)
+CLOCK_FUNCTIONS = {"clock_gettime": "on_clock_gettime"}
+CLOCK_PROGRAMS = (*CLOCK_FUNCTIONS.values(), "on_clock_return")
+
+
+def find_libc() -> str | None:
+    """The C library this machine's programs load (the one mapped by this process)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if path.rsplit("/", 1)[-1].startswith("libc.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _clock_uprobes(libc: str) -> dict[str, tuple[tuple[str, int, bool], ...]]:
+    offsets = function_offsets(libc, list(CLOCK_FUNCTIONS))
+    places: dict[str, tuple[tuple[str, int, bool], ...]] = {
+        prog: ((libc, offsets[fn], False),) for fn, prog in CLOCK_FUNCTIONS.items()}
+    places["on_clock_return"] = tuple((libc, offsets[fn], True) for fn in CLOCK_FUNCTIONS)
+    return places
+
+
 def sensor_spec(config: SyscallsConfig | None = None, *,
                 shared_maps: dict[str, int] | None = None) -> SensorSpec:
     c = config or SyscallsConfig()
     if not 0 < c.payload_cap <= PAYLOAD_CAP_MAX:
         raise CaptureAgentError(f"payload cap {c.payload_cap}: must be 1..{PAYLOAD_CAP_MAX} bytes")
+    libc = find_libc() if c.capture_payloads else None
     return SensorSpec(
         family=FAMILY,
+        uprobes=_clock_uprobes(libc) if libc else {},
+        disabled=frozenset() if libc else frozenset(CLOCK_PROGRAMS),
         config={
             "capture_payloads": int(c.capture_payloads),
             "payload_cap": c.payload_cap,
@@ -465,7 +512,11 @@ def syscalls_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     args = np.ascontiguousarray(batch["args"])
     no_return = (hdr["flags"] & SYSCALL_FLAG_NO_RETURN) != 0
     compat = (hdr["flags"] & SYSCALL_FLAG_COMPAT) != 0
+    vdso = (hdr["flags"] & SYSCALL_FLAG_VDSO) != 0
     names = syscall_names.names_array(nr)
+    if vdso.any():  # clock reads libc answered without a syscall: not counted as syscalls
+        names = pc.if_else(pa.array(vdso), pc.binary_join_element_wise("vdso:", names, ""),
+                           names)
     if compat.any():
         names = pc.if_else(pa.array(compat), syscall_names.numbered("ia32_syscall_", nr), names)
         nr_x86_64 = np.where(compat, -1, nr)  # outside the x86_64 table: no fd, 6 args

@@ -140,7 +140,8 @@ def test_the_payload_table_encodes_for_the_kernel() -> None:
     poll = specs[syscall_names.number_of("poll")]["regions"][0]
     assert poll.tolist() == (8, 0, PayloadSize.ARG_TIMES, PayloadLayout.FLAT, 1)
     write = specs[syscall_names.number_of("write")]["regions"]
-    assert write[0].tolist() == (0, 1, PayloadSize.RET, PayloadLayout.FLAT, 0)  # the bytes sent
+    # the bytes sent; an input: what a failed write offered (args[2] bytes) is kept too
+    assert write[0].tolist() == (0, 1, PayloadSize.RET, PayloadLayout.INPUT, 2)
     assert specs[syscall_names.number_of("getpid")]["regions"]["size_kind"].tolist() == [0] * 4
     with pytest.raises(ValueError, match="at most 4"):
         syscalls.payload_specs({"select": (syscalls.Region(0, PayloadSize.RET),) * 5})

@@ -1,0 +1,62 @@
+"""File offsets of exported functions in an ELF shared object, for uprobes.
+
+libbpf 1.1 resolves a uprobe's function name itself, but refuses names with several
+versioned entries (glibc exports ``clock_gettime`` as @GLIBC_2.2.5 and @@GLIBC_2.17, one
+address): so the dynamic symbol table is read here, and aliases of one address are one
+function. A uprobe is placed at a file offset: the symbol's address mapped through the
+PT_LOAD segment that holds it.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from capture_agent.errors import BpfAttachError
+
+_SHT_DYNSYM = 11
+_PT_LOAD = 1
+_STT_FUNC, _STT_GNU_IFUNC = 2, 10
+
+
+def function_offsets(path: str, names: list[str]) -> dict[str, int]:
+    """name -> file offset of each of ``names`` (BpfAttachError if one is missing or
+    ambiguous)."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise BpfAttachError(f"{path}: not a 64-bit little-endian ELF file", 0)
+    phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
+    loads = []
+    for i in range(phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize)
+        if p_type == _PT_LOAD:
+            loads.append((p_vaddr, p_filesz, p_offset))
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    found: dict[str, set[int]] = {n: set() for n in names}
+    for _name, sh_type, _f, _a, sh_offset, sh_size, sh_link, _i, _al, sh_entsize in sections:
+        if sh_type != _SHT_DYNSYM or not sh_entsize:
+            continue
+        strtab_offset = sections[sh_link][4]
+        for off in range(sh_offset, sh_offset + sh_size, sh_entsize):
+            st_name, st_info, _other, _shndx, st_value, _size = struct.unpack_from(
+                "<IBBHQQ", data, off)
+            if st_info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC) or not st_value:
+                continue
+            end = data.index(b"\0", strtab_offset + st_name)
+            name = data[strtab_offset + st_name:end].decode(errors="replace")
+            if name in found:
+                found[name].add(st_value)
+    out = {}
+    for name, addresses in found.items():
+        if len(addresses) != 1:
+            what = "not exported" if not addresses else "several addresses"
+            raise BpfAttachError(f"{path}: function {name}: {what}", 0)
+        address = addresses.pop()
+        segment = next(((v, s, o) for v, s, o in loads if v <= address < v + s), None)
+        if segment is None:
+            raise BpfAttachError(f"{path}: function {name} outside every segment", 0)
+        out[name] = address - segment[0] + segment[2]
+    return out
