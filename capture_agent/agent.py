@@ -51,6 +51,7 @@ class AgentConfig:
     families: tuple[str, ...] = ()  # empty: every family whose object is built
     payloads: bool = False
     payload_cap: int = 64 << 10  # bytes per payload region (syscalls.PAYLOAD_CAP_DEFAULT)
+    vdso_clocks: bool = True  # with payloads: clock_gettime through the vDSO, by uprobes
     flush_interval_s: float = 1.0
     drain_interval_s: float = 0.1  # rings are drained this often (and when over threshold)
     min_offcpu_ns: int = 1_000_000
@@ -270,6 +271,7 @@ class Agent:
             "capture_payloads": self.config.payloads,
             "payloads": self.config.payloads,
             "payload_cap": self.config.payload_cap,
+            "vdso_clocks": self.config.vdso_clocks,
         }
         fields = getattr(config_cls, "__dataclass_fields__", {})
         return config_cls(**{k: v for k, v in wanted.items() if k in fields})

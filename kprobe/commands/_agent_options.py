@@ -21,6 +21,10 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
     parser.add_argument("--payload-cap", type=_size, default=64 << 10, metavar="SIZE",
                         help="bytes kept per payload region, e.g. 64K (default), 1M; a longer "
                         "one is cut and flagged truncated (a replay cannot serve what was cut)")
+    parser.add_argument("--no-vdso-clocks", action="store_true",
+                        help="with --payloads, do not record clock_gettime calls libc answers "
+                        "through the vDSO (uprobes: ~22 us per clock read here); a replay then "
+                        "interpolates those clock values")
     parser.add_argument("--families", default="", metavar="LIST",
                         help="comma-separated probe families (default: all built)")
     parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS")
@@ -69,6 +73,7 @@ def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
         families=families,
         payloads=args.payloads,
         payload_cap=args.payload_cap,
+        vdso_clocks=not args.no_vdso_clocks,
         flush_interval_s=args.flush_interval,
         min_offcpu_ns=int(args.min_offcpu_ms * 1_000_000),
         spool_dir=args.spool_dir or default_spool_dir(),

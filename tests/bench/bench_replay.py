@@ -1,0 +1,92 @@
+"""Replay benchmarks on recordings made by the real agent (run as root from the repository
+root; figures only, no assertions):
+
+    .venv/bin/python -m tests.bench.bench_replay [N]
+
+1. Cost per served syscall (goal <= 20 us): ``replay_loop`` doing 0 and N iterations of
+   one syscall, recorded by ``kprobe run --payloads``, each replayed a few times; the
+   difference of the best wall times divided by N (sandbox and process start-up cancel).
+   The clock case is clock_gettime through libc and the vDSO: a uprobe records it, the
+   patched vDSO traps it in the replay.
+2. A recording that mostly waited (a Python process sleeping 10 x 200 ms between small
+   reads): replay wall time as a fraction of the recorded time (goal <= 0.2): waits pass
+   in virtual time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lake import LakeSettings, connect, resolve
+from replay_sandbox.engine import replay
+from replay_sandbox.lake_source import load
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(lake: Path, *command: str) -> tuple[int, float]:
+    """(pid, recorded seconds from exec to exit) of ``command`` run under the agent."""
+    subprocess.run([sys.executable, "-m", "kprobe", "run", "--payloads", "--payload-cap",
+                    "1M", "--lake", str(lake), "--no-otlp", "--no-metrics",
+                    "--spool-dir", str(lake.parent / "spool"), "--", *command],
+                   check=True, capture_output=True, cwd=REPO)
+    con = connect(resolve(LakeSettings(lake=str(lake))))
+    pid, start, end = con.execute("""
+        SELECT e.pid, e.ts_ns, x.ts_ns FROM processes e JOIN processes x USING (pid)
+        WHERE e.kind = 'exec' AND x.kind = 'exit' ORDER BY e.ts_ns LIMIT 1""").fetchone()
+    return int(pid), (end - start) / 1e9
+
+
+def best_wall(lake: Path, pid: int, repeats: int = 5) -> float:
+    recording = load(resolve(LakeSettings(lake=str(lake))), pid, _node(lake))
+    best = float("inf")
+    for _ in range(repeats):
+        report = replay(recording)
+        assert report.status == "completed", report.render_text()
+        best = min(best, report.stats["wall_s"])
+    return best
+
+
+def _node(lake: Path) -> str:
+    con = connect(resolve(LakeSettings(lake=str(lake))))
+    return str(con.execute("SELECT node FROM processes LIMIT 1").fetchone()[0])
+
+
+def main() -> int:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    with tempfile.TemporaryDirectory() as tmp_text:
+        tmp = Path(tmp_text)
+        program = str(tmp / "replay_loop")
+        subprocess.run(["gcc", "-O2", "-o", program,
+                        str(REPO / "tests" / "programs" / "replay_loop.c")], check=True)
+        print(f"1. cost per served syscall (N = {n}; goal <= 20 us)")
+        for what, label in (("getppid", "getppid (result only)"),
+                            ("read", "read 64 bytes (result + memory write)"),
+                            ("clock", "clock_gettime via libc + vDSO")):
+            costs = []
+            for count in (0, n):
+                lake = tmp / f"{what}-{count}" / "lake"
+                pid, _ = record(lake, program, str(count), what)
+                costs.append(best_wall(lake, pid))
+            print(f"   {label:40s} {(costs[1] - costs[0]) / n * 1e6:6.2f} us "
+                  f"(start-up {costs[0] * 1e3:.1f} ms)")
+        lake = tmp / "waits" / "lake"
+        code = ("import time, os\n"
+                "for i in range(10):\n"
+                "    time.sleep(0.2)\n"
+                "    os.read(os.open('/etc/hostname', os.O_RDONLY), 64)\n")
+        pid, recorded_s = record(lake, sys.executable, "-c", code)
+        started = time.monotonic()
+        wall = best_wall(lake, pid, repeats=3)
+        print(f"2. mostly waiting: recorded {recorded_s:.2f} s, replayed in {wall:.3f} s "
+              f"(engine) / {time.monotonic() - started:.2f} s for 3 runs: fraction "
+              f"{wall / recorded_s:.3f} (goal <= 0.2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
