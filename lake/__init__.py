@@ -8,9 +8,10 @@ from lake.errors import (
     SchemaVersionError,
     UnknownTable,
 )
-from lake.reader import connect
+from lake.reader import LakeDatabase, connect
 from lake.schema import SCHEMA_VERSION, TABLE_NAMES, TABLES
 from lake.storage import LakeLocation, LakeSettings, resolve
+from lake.tables import TableCache, TableSnapshot
 from lake.writer import CommitResult, LakeWriter, PreparedBatch
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "TABLES",
     "TABLE_NAMES",
     "CommitResult",
+    "LakeDatabase",
     "LakeError",
     "LakeLocation",
     "LakeSettings",
@@ -27,6 +29,8 @@ __all__ = [
     "ReadOnlyViolation",
     "SchemaError",
     "SchemaVersionError",
+    "TableCache",
+    "TableSnapshot",
     "UnknownTable",
     "connect",
     "resolve",

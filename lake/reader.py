@@ -1,33 +1,34 @@
-"""Reading the lake: a DuckDB connection with one view per table.
+"""Reading the lake: DuckDB connections with one view per table.
 
 DuckDB's own delta/httpfs extensions download at run time and cannot be installed offline,
 so each table is registered as ``deltalake``'s pyarrow dataset: DuckDB pushes projections
 and filters (partition columns and per-file statistics) down into it. A cursor does not see
-what its parent connection registered, so callers query the connection returned here.
+what its parent connection registered, so callers query the connection they registered on.
+
+Two ways in, one code path (``lake.tables.TableCache`` opens the tables):
+
+- ``connect()``: a new in-memory database with the tables opened afresh (commands, the
+  causal engine, tests).
+- ``LakeDatabase``: for a long-lived reader (the HTTP API). One locked-down database per
+  process and one cursor per statement (``session()``), with the tables taken from a shared
+  ``TableCache``. Measured on 2 cores: a new database costs ~15 ms (``duckdb.connect``) and
+  every database brings its own thread pool, so 8 statements on 8 databases ran at 7.5/s
+  against 10.8/s as cursors of one database; a cursor costs microseconds and registering a
+  cached dataset ~0.5 ms. The cursor is closed after the statement, taking its views and
+  any temporary tables with it, so no statement sees another's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import duckdb
-import pyarrow as pa
 
-from lake.deltaio import open_table, translate_errors
-from lake.errors import UnknownTable
-from lake.schema import TABLE_NAMES, TABLES
+from lake.schema import TABLE_NAMES
 from lake.storage import LakeLocation
-
-
-def table_dataset(location: LakeLocation, table: str) -> pa.dataset.Dataset | pa.Table:
-    """The table as a pyarrow dataset, or an empty table with its schema if not created."""
-    if table not in TABLES:
-        raise UnknownTable(f"unknown table {table!r}; known: {', '.join(TABLE_NAMES)}")
-    with translate_errors(f"open {table}"):
-        dt = open_table(location, table)
-        if dt is None:
-            return TABLES[table].schema.empty_table()
-        return dt.to_pyarrow_dataset()
+from lake.tables import TableCache
 
 
 def connect(
@@ -38,28 +39,74 @@ def connect(
     threads: int | None = None,
     memory_limit: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per lake table.
+    """An in-memory DuckDB connection with a view per lake table (all when ``tables`` is
+    None), the tables opened concurrently.
 
     With ``lock_down`` (the default), external access is disabled after registration and
     the configuration is locked, so SQL run on this connection cannot read local files or
     URLs, install or load extensions, or attach databases, even if a statement filter let
     something through.
     """
-    con = duckdb.connect(":memory:")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    if memory_limit:
-        con.execute("SET memory_limit = ?", [memory_limit])
-    for name in tables if tables is not None else TABLE_NAMES:
-        con.register(name, table_dataset(location, name))
+    snapshots = TableCache(location).snapshots(TABLE_NAMES if tables is None else tables)
+    con = _database(threads, memory_limit)
+    for snapshot in snapshots.values():
+        con.register(snapshot.name, snapshot.dataset)
     if lock_down:
         lock(con)
     return con
 
 
 def lock(con: duckdb.DuckDBPyConnection) -> None:
-    """No files, URLs, extensions or settings changes from here on (call after registering)."""
+    """No files, URLs, extensions or settings changes from here on (call after registering).
+
+    These settings belong to the database, so they hold for every cursor of ``con`` too;
+    registering Python objects (``con.register``) stays possible from Python only.
+    """
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET lock_configuration = true")
+
+
+def _database(threads: int | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
+    return con
+
+
+class LakeDatabase:
+    """One locked-down DuckDB database over a ``TableCache``; a cursor per statement.
+
+    ``threads`` and ``memory_limit`` bound the database, so they bound all statements of
+    this process together (DuckDB has no per-connection memory limit): with N statements
+    at once, each may use about ``memory_limit / N`` before spilling or failing.
+    """
+
+    def __init__(self, location: LakeLocation, *, threads: int | None = None,
+                 memory_limit: str | None = None, max_staleness_s: float = 0.0) -> None:
+        self.location = location
+        self.tables = TableCache(location, max_staleness_s)
+        self._db = _database(threads, memory_limit)
+        lock(self._db)
+        self._cursor_lock = threading.Lock()  # the parent connection is not thread-safe
+
+    @contextmanager
+    def session(self, tables: Iterable[str] | None = None
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor with ``tables`` (all when None) registered at their newest versions."""
+        snapshots = self.tables.snapshots(TABLE_NAMES if tables is None else tables)
+        with self._cursor_lock:
+            cursor = self._db.cursor()
+        try:
+            for snapshot in snapshots.values():
+                cursor.register(snapshot.name, snapshot.dataset)
+            yield cursor
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        with self._cursor_lock:
+            self._db.close()

@@ -1,7 +1,7 @@
 """Read-only statement filter for user SQL (``kprobe sql``, ``POST /v1/sql``).
 
 The filter uses DuckDB's own parser (no regexes over SQL): exactly one statement, of a
-read-only kind. It is the first of two locks: connections from ``lake.reader.connect`` also
+read-only kind. It is the first of two locks: connections from ``lake.reader`` also
 disable external access, so a table function such as ``read_csv('/etc/passwd')`` that a
 SELECT may contain is refused by DuckDB itself.
 """

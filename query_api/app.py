@@ -2,16 +2,18 @@
 
 Stateless: every answer comes from the lake (tables, graph snapshots, job documents), so
 any number of replicas can serve behind a load balancer. ``create_app()`` with no
-arguments reads ``KPROBE_API_*`` / ``KPROBE_*`` settings (``uvicorn --factory``); tests and
-``kprobe serve`` may pass settings, which become dependency overrides.
+arguments reads ``KPROBE_API_*`` / ``KPROBE_*`` settings (``uvicorn --factory``); tests
+may pass settings. Either way they become the dependency overrides of ``get_settings``,
+``get_lake_settings`` and ``get_compute_settings``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypeVar
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,6 +25,8 @@ from query_api.limits import BodyLimitMiddleware
 from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.routers import graph, health, live, replays, sql, timeline, traces, transactions
 from query_api.settings import ApiSettings, get_compute_settings, get_lake_settings, get_settings
+
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -44,6 +48,13 @@ class _DeniedHandshakeFilter(logging.Filter):
 _DENIED_FILTER = _DeniedHandshakeFilter()
 
 
+def _constant(value: T) -> Callable[[], Awaitable[T]]:
+    async def dependency() -> T:
+        return value
+
+    return dependency
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
@@ -53,6 +64,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     runner = getattr(app.state, "replay_runner", None)
     if runner is not None:
         runner[1].stop_all()
+    db = getattr(app.state, "lake_db", None)
+    if db is not None:
+        db[1].close()
 
 
 def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = None,
@@ -64,13 +78,13 @@ def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = 
                 "stream of new events and failures, and sandboxed replays.",
         lifespan=_lifespan,
     )
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
-    if lake is not None:
-        app.dependency_overrides[get_lake_settings] = lambda: lake
-    if compute is not None:
-        app.dependency_overrides[get_compute_settings] = lambda: compute
+    # The settings are read once, here, and served by ``async`` overrides: a plain function
+    # as a dependency would cost every request a hop to a worker thread (see deps.py).
     effective = settings or get_settings()
+    app.dependency_overrides[get_settings] = _constant(effective)
+    app.dependency_overrides[get_lake_settings] = _constant(lake or get_lake_settings())
+    app.dependency_overrides[get_compute_settings] = _constant(
+        compute or get_compute_settings())
     logging.getLogger("uvicorn.error").addFilter(_DENIED_FILTER)  # idempotent
     app.state.metrics = ApiMetrics()
     problems.install(app)

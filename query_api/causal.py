@@ -45,9 +45,9 @@ Status = Literal["all", "failed", "ok"]
 
 
 class Slots:
-    """Bounds how many requests of one kind run at once in this process: graph reads
-    (``ApiSettings.graph_max_open``) and SQL statements (``sql_max_concurrent``). A request
-    waits up to ``wait_s`` for a slot, then gets a 503 with Retry-After."""
+    """Bounds how many graph reads run at once in this process
+    (``ApiSettings.graph_max_open``). A request waits up to ``wait_s`` for a slot, then
+    gets a 503 with Retry-After. (SQL statements go through ``query_api.admission``.)"""
 
     def __init__(self, what: str, slots: int, wait_s: float) -> None:
         self.what = what

@@ -1,8 +1,9 @@
 """Dependencies, as ``Annotated`` aliases the routers put in their signatures.
 
-Per-process objects (the live hub, the replay runner, the token store) hang off
-``app.state`` and are built on first use from the injected settings, so tests that
-override ``get_settings`` / ``get_lake_settings`` get objects built from their settings.
+Per-process objects (the live hub, the replay runner, the token store, the DuckDB database
+with its open tables, the SQL admission, the causal answer cache) hang off ``app.state``
+and are built on first use from the injected settings, so tests that override
+``get_settings`` / ``get_lake_settings`` get objects built from their settings.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from starlette.requests import HTTPConnection
 from compute.errors import WindowError
 from compute.settings import ComputeSettings
 from compute.window import parse_instant
-from lake import LakeLocation, LakeSettings, resolve
+from lake import LakeDatabase, LakeLocation, LakeSettings, resolve
+from query_api.admission import Admission
 from query_api.auth import Principal, TokenStore, authenticate
+from query_api.cache import AnswerCache
 from query_api.causal import Slots
 from query_api.errors import BadRequest, ServiceUnavailable
 from query_api.live import LiveHub
@@ -41,14 +44,26 @@ _state_lock = threading.Lock()
 T = TypeVar("T")
 
 
-def get_location(lake: LakeSettingsDep) -> LakeLocation:
-    return resolve(lake)
+# The dependencies below that only look up per-process objects are ``async def``: FastAPI
+# runs a plain ``def`` dependency on a worker thread, and under load every such hop is a
+# thread switch and a wait for the GIL (profiled with 50 concurrent clients: the hops and
+# the location's ``Path.resolve`` were most of an explain served from the cache).
+
+
+def location_of(request: HTTPConnection, lake: LakeSettings) -> LakeLocation:
+    """The lake's location, resolved once per settings (a bare path is resolved on disk)."""
+    location: LakeLocation = _state(request, "location", lake, lambda: resolve(lake))
+    return location
+
+
+async def get_location(request: HTTPConnection, lake: LakeSettingsDep) -> LakeLocation:
+    return location_of(request, lake)
 
 
 LocationDep = Annotated[LakeLocation, Depends(get_location)]
 
 
-def get_metrics(request: HTTPConnection) -> ApiMetrics:
+async def get_metrics(request: HTTPConnection) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
@@ -79,9 +94,12 @@ def token_store(request: HTTPConnection, settings: ApiSettings) -> TokenStore | 
 
 
 def _require(scope: Scope) -> Any:
-    def check(request: Request, settings: SettingsDep,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-              ) -> Principal:
+    # on the event loop: a stat of the tokens file and a hash (it re-reads the file only
+    # when the file changed)
+    async def check(request: Request, settings: SettingsDep,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                           Depends(_bearer)],
+                    ) -> Principal:
         token = credentials.credentials if credentials else None
         return authenticate(token_store(request, settings), token, scope)
 
@@ -107,7 +125,7 @@ def get_runner(request: HTTPConnection, location: LocationDep, lake: LakeSetting
     return runner
 
 
-def get_graph_slots(request: HTTPConnection, settings: SettingsDep) -> Slots:
+async def get_graph_slots(request: HTTPConnection, settings: SettingsDep) -> Slots:
     slots: Slots = _state(request, "graph_slots",
                           (settings.graph_max_open, settings.graph_wait_s),
                           lambda: Slots("graph", settings.graph_max_open,
@@ -115,16 +133,38 @@ def get_graph_slots(request: HTTPConnection, settings: SettingsDep) -> Slots:
     return slots
 
 
-def get_sql_slots(request: HTTPConnection, settings: SettingsDep) -> Slots:
-    slots: Slots = _state(request, "sql_slots",
-                          (settings.sql_max_concurrent, settings.sql_timeout_s),
-                          lambda: Slots("SQL", settings.sql_max_concurrent,
-                                        settings.sql_timeout_s))
-    return slots
+async def get_lake_db(request: HTTPConnection, location: LocationDep,
+                      settings: SettingsDep) -> LakeDatabase:
+    """The process's DuckDB database over the lake, with its open tables."""
+    db: LakeDatabase = _state(
+        request, "lake_db",
+        (location, settings.sql_threads, settings.sql_memory_limit,
+         settings.lake_max_staleness_s),
+        lambda: LakeDatabase(location, threads=settings.sql_threads,
+                             memory_limit=settings.sql_memory_limit,
+                             max_staleness_s=settings.lake_max_staleness_s))
+    return db
+
+
+async def get_sql_admission(request: HTTPConnection, settings: SettingsDep) -> Admission:
+    admission: Admission = _state(
+        request, "sql_admission",
+        (settings.sql_max_concurrent, settings.sql_max_queued, settings.sql_queue_wait_s),
+        lambda: Admission("SQL", settings.sql_max_concurrent, settings.sql_max_queued,
+                          settings.sql_queue_wait_s))
+    return admission
+
+
+async def get_causal_cache(request: HTTPConnection, settings: SettingsDep) -> AnswerCache:
+    cache: AnswerCache = _state(request, "causal_cache", settings.causal_cache_entries,
+                                lambda: AnswerCache(settings.causal_cache_entries))
+    return cache
 
 
 GraphSlotsDep = Annotated[Slots, Depends(get_graph_slots)]
-SqlSlotsDep = Annotated[Slots, Depends(get_sql_slots)]
+LakeDbDep = Annotated[LakeDatabase, Depends(get_lake_db)]
+SqlAdmissionDep = Annotated[Admission, Depends(get_sql_admission)]
+CausalCacheDep = Annotated[AnswerCache, Depends(get_causal_cache)]
 RunnerDep = Annotated[ReplayRunner, Depends(get_runner)]
 HubDep = Annotated[LiveHub, Depends(get_hub)]
 

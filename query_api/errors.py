@@ -13,6 +13,8 @@
     ├── QueryTimeLimit         422  a query that ran past its time limit (narrow it)
     ├── TooManyRequests        429  replica busy (replays already running)
     └── ServiceUnavailable     503  the lake (or a dependency) cannot be reached
+        └── Overloaded         503  every slot and queue place of this replica is taken
+                                    (Retry-After says when to try again)
 
 Errors of ``lake`` and ``compute`` are mapped to statuses in ``problems.py`` (the one
 place that turns errors into HTTP answers).
@@ -77,3 +79,7 @@ class TooManyRequests(QueryApiError):
 
 class ServiceUnavailable(QueryApiError):
     status, problem, title = 503, "service-unavailable", "Service unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    problem, title = "overloaded", "Replica overloaded"

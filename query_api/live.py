@@ -1,12 +1,13 @@
 """The live stream: new lake rows and new failures, pushed to WebSocket clients.
 
-One ``LiveHub`` per replica polls the lake while anyone listens: for each table it refreshes
-the Delta log incrementally (``update_incremental``), and when the version moved it diffs
-the table's add actions against the files it already knows and reads only the new data
-files (their ``node``/``hour`` come from the add action's partition values). A commit that
-is not an append (compaction, retention, a re-analysis replacing edges) rewrites files whose
-rows were already sent: those files are marked known without being sent again, and clients
-get a ``notice``.
+One ``LiveHub`` per replica polls the lake while anyone listens: for each table some client
+wants (a table nobody wants is not polled, and starts afresh when a client asks for it)
+it refreshes the Delta log incrementally (``update_incremental``), and when the version
+moved it diffs the table's add actions against the files it already knows and reads only
+the new data files (their ``node``/``hour`` come from the add action's partition values).
+A commit that is not an append (compaction, retention, a re-analysis replacing edges)
+rewrites files whose rows were already sent: those files are marked known without being
+sent again, and clients get a ``notice``.
 
 Back-pressure: every client has a bounded queue of messages. When it is full, further
 messages for that client are dropped (and not even converted to JSON) and counted; the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +105,7 @@ class _Tail:
     dt: DeltaTable | None = None
     version: int = -1
     known: set[str] = field(default_factory=set)
+    idle: bool = False  # skipped by polls because no subscriber wanted it
 
 
 class LiveHub:
@@ -117,12 +120,16 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         self._poll_lock = threading.Lock()  # baseline and polls never overlap
+        # how many subscribers want each table (only those are polled)
+        self._interest: Counter[str] = Counter()
+        self._interest_lock = threading.Lock()
 
     # -- subscriptions ----------------------------------------------------------------------
     async def subscribe(self, filters: Filters) -> Subscriber:
         async with self._start_lock:
             if self._tails is None:
                 self._tails = await asyncio.to_thread(self._baseline)
+            await asyncio.to_thread(self._watch, _tables(filters.kinds))
             sub = Subscriber(filters, asyncio.Queue(self.settings.live_queue_messages))
             self.subscribers.add(sub)
             self.metrics.live_clients.set(len(self.subscribers))
@@ -131,7 +138,10 @@ class LiveHub:
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        self.subscribers.discard(sub)
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            with self._interest_lock:
+                self._interest.subtract(_tables(sub.filters.kinds))
         self.metrics.live_clients.set(len(self.subscribers))
 
     async def close(self) -> None:
@@ -155,9 +165,11 @@ class LiveHub:
                         self._tails = None
                         return
                 continue
-            subs = list(self.subscribers)
             try:
                 batches = await asyncio.to_thread(self._poll)
+                # taken after the poll: a client that subscribed while it ran may get rows
+                # committed just before it subscribed, never miss one committed after
+                subs = list(self.subscribers)
                 deliveries = await asyncio.to_thread(self._prepare, batches, subs)
             except LakeError as err:
                 log.warning("live stream: %s", err)
@@ -180,22 +192,45 @@ class LiveHub:
 
     def _baseline(self) -> dict[str, _Tail]:
         with self._poll_lock:
-            tails = {}
-            for table in TABLE_NAMES:
-                tail = _Tail(table)
-                with translate_errors(f"open {table}"):
-                    tail.dt = open_table(self.location, table)
-                    if tail.dt is not None:
-                        tail.version = tail.dt.version()
-                        tail.known = set(_add_actions(tail.dt).column("path").to_pylist())
-                tails[table] = tail
+            tails = {table: _Tail(table) for table in TABLE_NAMES}
+            for tail in tails.values():
+                self._take_baseline(tail)
             return tails
 
+    def _watch(self, tables: set[str]) -> None:
+        """Count a new subscriber's tables as wanted; a table no poll looked at while
+        nobody wanted it starts afresh, so what came meanwhile is sent to no one. Under the
+        poll lock: no poll in flight can still treat these tables as unwanted."""
+        with self._poll_lock:
+            with self._interest_lock:
+                self._interest.update(tables)
+            for tail in (self._tails or {}).values():
+                if tail.idle and tail.table in tables:
+                    self._take_baseline(tail)
+
+    def _take_baseline(self, tail: _Tail) -> None:
+        with translate_errors(f"open {tail.table}"):
+            tail.dt = open_table(self.location, tail.table)
+            if tail.dt is not None:
+                tail.version = tail.dt.version()
+                tail.known = set(_add_actions(tail.dt).column("path").to_pylist())
+        tail.idle = False
+
     def _poll(self) -> list[NewRows]:
+        """New rows of the tables some subscriber wants; the others are not even asked
+        (on an object store, every table polled is one listing per poll)."""
         with self._poll_lock:
             self.metrics.live_polls.inc()
+            with self._interest_lock:
+                wanted = {table for table, count in self._interest.items() if count > 0}
             out: list[NewRows] = []
             for tail in (self._tails or {}).values():
+                if tail.table not in wanted:
+                    tail.idle = True
+                    continue
+                if tail.idle:  # wanted again: what came meanwhile belongs to nobody
+                    self._take_baseline(tail)
+                    continue
                 with translate_errors(f"poll {tail.table}"):
                     found = self._poll_table(tail)
                 if found is not None:
@@ -266,6 +301,11 @@ class LiveHub:
                         messages.append(_message(kind, batch, rows, offset, length))
             out.append((sub, messages, dropped, dropped_rows))
         return out
+
+
+def _tables(kinds: Iterable[str]) -> set[str]:
+    """The lake tables behind subscribed kinds (failures come from ``spans``)."""
+    return {"spans" if kind == FAILURE else kind for kind in kinds}
 
 
 def _add_actions(dt: DeltaTable) -> pa.Table:

@@ -44,9 +44,30 @@ class ApiSettings(BaseSettings):
     sql_max_rows: int = Field(default=1_000_000, gt=0)
     sql_timeout_s: float = Field(default=30.0, gt=0)
     sql_max_chars: int = Field(default=100_000, gt=0)
-    # Statements running at once in this process (each DuckDB connection may use all
-    # cores and memory); more wait for a slot up to sql_timeout_s, then 503.
-    sql_max_concurrent: int = Field(default=8, gt=0)
+    # Statements (SQL, timelines) running at once in this process. They share one DuckDB
+    # database, whose threads already use every core: more at once only adds memory
+    # (measured on 2 cores: 11.5 statements/s with 2 at once, 11.8 with 4, 10.8 with 8).
+    sql_max_concurrent: int = Field(default=4, gt=0)
+    # Statements waiting for a slot, in arrival order; one more is refused at once with
+    # 503 + Retry-After, and so is one that waited sql_queue_wait_s without a slot.
+    sql_max_queued: int = Field(default=64, ge=0)
+    sql_queue_wait_s: float = Field(default=30.0, gt=0)
+    # DuckDB threads and memory limit of this process's database (None: DuckDB's defaults,
+    # every core and 80% of RAM). Shared by its running statements; with several workers
+    # on one machine, divide.
+    sql_threads: int | None = Field(default=None, gt=0)
+    sql_memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+
+    # Lake freshness ------------------------------------------------------------------------
+    # Open Delta tables are kept between requests and checked for new commits: 0 checks
+    # for every request (a commit that completed before a request arrived is always in its
+    # answer; concurrent requests share checks); a positive value lets a check serve
+    # requests arriving up to that many seconds after it began (fewer object-store
+    # listings, commits visible up to that late).
+    lake_max_staleness_s: float = Field(default=0.0, ge=0, le=60)
+    # Explanations and trace graphs kept per process, keyed by the graph snapshots they
+    # were computed from (a re-analysis publishes a new snapshot, hence a new key).
+    causal_cache_entries: int = Field(default=256, ge=0)
 
     # Causal graph --------------------------------------------------------------------------
     cypher_timeout_s: float = Field(default=30.0, gt=0)

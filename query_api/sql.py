@@ -1,10 +1,11 @@
 """One user statement over the lake with a row limit and a time limit, and its encodings.
 
 The statement goes through the lake's own guard (DuckDB's parser: one read-only statement)
-and runs on a connection whose lake datasets are registered first and whose external
-access and configuration are then locked (``lake.query.open_connection``): no files, URLs,
-extensions, ATTACH or SET, whatever the statement contains. The time limit is DuckDB's
-``interrupt()``, fired by a timer thread.
+and runs on a cursor of the process's ``lake.LakeDatabase``, whose external access and
+configuration were locked when it was created: no files, URLs, extensions, ATTACH or SET,
+whatever the statement contains. The cursor holds the statement's tables at their newest
+versions and is closed afterwards. The time limit is DuckDB's ``interrupt()`` of that
+cursor, fired by a timer thread.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake.errors import QueryError
-from lake.query import open_connection, referenced_tables
+from lake.query import fetch, referenced_tables
+from lake.reader import LakeDatabase
 from lake.schema import PARTITION_COLUMNS, TABLES
 from lake.sql_guard import check_read_only
-from lake.storage import LakeLocation
 from query_api.errors import NotAcceptable, QueryTimeLimit
 
 JSON = "application/json"
@@ -48,44 +49,39 @@ class SqlResult:
     elapsed_s: float
 
 
-def run_statement(location: LakeLocation, sql: str, max_rows: int,
+def run_statement(db: LakeDatabase, sql: str, max_rows: int,
                   timeout_s: float) -> SqlResult:
     """Run one read-only statement; QueryTimeLimit after ``timeout_s``."""
     started = time.perf_counter()
     statement = check_read_only(sql)
-    con = open_connection(location, referenced_tables(statement))
-    fired = threading.Event()
+    with db.session(referenced_tables(statement)) as con:
+        fired = threading.Event()
+        state = threading.Lock()
+        finished = False
 
-    def interrupt() -> None:
-        fired.set()
-        con.interrupt()
+        def interrupt() -> None:
+            # never after the statement ended: the cursor may be closing
+            with state:
+                if not finished:
+                    fired.set()
+                    con.interrupt()
 
-    timer = threading.Timer(timeout_s, interrupt)
-    timer.daemon = True
-    timer.start()
-    try:
-        reader = con.sql(statement).to_arrow_reader(65_536)
-        batches: list[pa.RecordBatch] = []
-        rows = 0
-        truncated = False
-        for batch in reader:
-            if rows + batch.num_rows > max_rows:
-                batches.append(batch.slice(0, max_rows - rows))
-                truncated = True
-                break
-            batches.append(batch)
-            rows += batch.num_rows
-        table = pa.Table.from_batches(batches, schema=reader.schema)
-    except duckdb.Error as err:
-        if fired.is_set() or isinstance(err, duckdb.InterruptException):
-            raise QueryTimeLimit(f"the statement ran past the {timeout_s:g} s limit: narrow "
-                                 "it (a WHERE on hour or ts_ns, fewer columns, a LIMIT)"
-                                 ) from None
-        raise QueryError(" ".join(str(err).split())) from None
-    finally:
-        timer.cancel()
-        con.close()
-    return SqlResult(table, truncated, time.perf_counter() - started)
+        timer = threading.Timer(timeout_s, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            result = fetch(con, statement, max_rows)
+        except duckdb.Error as err:
+            if fired.is_set() or isinstance(err, duckdb.InterruptException):
+                raise QueryTimeLimit(f"the statement ran past the {timeout_s:g} s limit: "
+                                     "narrow it (a WHERE on hour or ts_ns, fewer columns, a "
+                                     "LIMIT)") from None
+            raise QueryError(" ".join(str(err).split())) from None
+        finally:
+            with state:
+                finished = True
+            timer.cancel()
+    return SqlResult(result.table, result.truncated, time.perf_counter() - started)
 
 
 def negotiate(accept: str | None) -> Format:

@@ -23,9 +23,8 @@ from compute import timeline as engine_timeline
 from compute.settings import ComputeSettings
 from compute.sql import sql_str
 from compute.window import KERNEL_COLUMNS
-from lake import connect
+from lake import LakeDatabase
 from lake.batches import NS_PER_HOUR, hour_label
-from lake.storage import LakeLocation
 
 TOP_CATEGORIES = 15
 MIN_BUCKETS = 10
@@ -102,17 +101,15 @@ def _hours(lo_ns: int, hi_ns: int) -> str:
             f"hour <= {sql_str(hour_label(max(hi_ns, 0)))}")
 
 
-def build_timeline(location: LakeLocation, compute: ComputeSettings, who: Who, from_ns: int,
+def build_timeline(db: LakeDatabase, compute: ComputeSettings, who: Who, from_ns: int,
                    to_ns: int, max_points: int, max_threads: int) -> dict[str, Any]:
     tables = ["sched", "offcpu", *(s.table for s in _SECTIONS)]
-    con = connect(location, tables)
-    try:
+    # the cursor's temporary tables (w_sched, tl, ...) go away when the session ends
+    with db.session(tables) as con:
         sections = {"threads": _threads(con, compute, who, from_ns, to_ns, max_points,
                                         max_threads)}
         for section in _SECTIONS:
             sections[section.name] = _events(con, section, who, from_ns, to_ns, max_points)
-    finally:
-        con.close()
     return {"from_ns": from_ns, "to_ns": to_ns, "node": who.node, "pid": who.pid,
             "tid": who.tid, "time": "ns offsets from from_ns", "max_points": max_points,
             "sections": sections}

@@ -2,22 +2,28 @@
 
     recording = lake_source.load(location, pid, node)     # or Recording.from_tables(...)
     report = replay(recording, ReplayOptions(injections=parse_all(["fsync:+50ms"])))
+    fuzzed = fuzz.fuzz(recording, ReplayOptions(), FuzzConfig(runs=20, seed=7))  # timing
 """
 
 from replay_sandbox.engine import ReplayOptions, replay
 from replay_sandbox.errors import (
+    FuzzError,
     RecordingError,
     ReplaySandboxError,
     SandboxError,
     SpecError,
     TracerError,
 )
+from replay_sandbox.fuzz import FuzzConfig, FuzzReport
 from replay_sandbox.injection import Injection, parse_all
 from replay_sandbox.recording import ProcessInfo, Recording
 from replay_sandbox.report import Divergence, ReplayReport
 
 __all__ = [
     "Divergence",
+    "FuzzConfig",
+    "FuzzError",
+    "FuzzReport",
     "Injection",
     "ProcessInfo",
     "Recording",

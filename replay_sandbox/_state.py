@@ -63,11 +63,17 @@ class ReplayOptions:
     hold_timeout_s: float = 0.5
     stderr_path: str | None = None  # where bwrap's own messages go
     seed: int = 0
+    # Timing fuzz (``fuzz``): extra ns before one recorded input arrives, by the recorded
+    # (tid, seq) of its row; added where arrivals are computed (``_advance``, and
+    # ``timing._serve_wait``, where it can make a wait time out), like an arrival injection
+    # that hits that row alone.
+    arrival_delays: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def effective_mode(self) -> Mode:
         if self.mode is not None:
             return self.mode
-        changed = self.injections or self.exe or self.argv is not None or self.env_set
+        changed = (self.injections or self.exe or self.argv is not None or self.env_set
+                   or self.arrival_delays)
         return "whatif" if changed else "exact"
 
 
@@ -248,13 +254,17 @@ class EngineState:
         """Its row is the earliest unserved one, and no other thread is running."""
         return row.order <= self.frontier and (self.token is None or self.token is task)
 
-    def _skip_sync_rows(self, task: Task) -> Row | None:
+    def _skip_sync_rows(self, task: Task, clock_read: bool = False) -> Row | None:
         """A recorded futex the replay does not make (the lock was free this time) is
-        passed over: contention is a hint for the order, not a call to reproduce."""
+        passed over: contention is a hint for the order, not a call to reproduce. So is,
+        at a syscall, a recorded vDSO clock read the replay did not make: the runtime's
+        own timed waits (CPython's GIL handoff) read the clock as often as the scheduler
+        made them wait, which a replay run one thread at a time does not repeat."""
         row = task.head()
-        while row is not None and SPECS[row.nr].policy is Policy.SYNC:
+        while row is not None and (SPECS[row.nr].policy is Policy.SYNC
+                                   or (row.vdso and not clock_read)):
             self._consume(task, task.pos)
-            self.stats["sync_skipped"] += 1
+            self.stats["clock_skipped" if row.vdso else "sync_skipped"] += 1
             row = task.head()
         return row
 
@@ -318,6 +328,11 @@ class EngineState:
         P.set_regs(task.tid, regs)
         self._resume(task)
 
+    def _fuzz_delay(self, row: Row) -> int:
+        """Timing fuzz: the extra arrival delay of this one row (0 almost always)."""
+        delays = self.opts.arrival_delays
+        return delays.get((row.tid, row.seq), 0) if delays else 0
+
     def _advance(self, task: Task, row: Row, delays: Delays | None = None,
                  arrival: bool = False) -> None:
         """Virtual time after ``row``: its recorded duration, plus injected delay."""
@@ -327,7 +342,8 @@ class EngineState:
                 self.injected[inj.text] += 1
         extra = delays.duration_ns if delays else 0
         if arrival:  # waiting for data from outside: it arrives at its (shifted) time
-            end = max(start, row.end_ns + (delays.arrival_ns if delays else 0)) + extra
+            late = (delays.arrival_ns if delays else 0) + self._fuzz_delay(row)
+            end = max(start, row.end_ns + late) + extra
         else:
             end = start + row.dur_ns + extra
         task.now_ns = end

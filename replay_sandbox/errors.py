@@ -4,7 +4,8 @@
     ├── RecordingError        the recording is missing, empty or malformed
     ├── SpecError             a bad --inject / --set-arg / --env / --process value
     ├── SandboxError          the sandbox or the tracee could not be started
-    └── TracerError           a ptrace / memory operation failed (carries errno)
+    ├── TracerError           a ptrace / memory operation failed (carries errno)
+    └── FuzzError             a timing-fuzz campaign could not run its replays
 
 A divergence is not an error: the engine stops and the report says where the replay left
 the recording (``report.Divergence``). The CLI maps both to exit codes.
@@ -35,3 +36,8 @@ class TracerError(ReplaySandboxError):
     def __init__(self, message: str, errno: int = 0) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class FuzzError(ReplaySandboxError):
+    """A timing-fuzz campaign could not run its replays (worker processes or Ray failed,
+    or the unperturbed replay itself could not run)."""

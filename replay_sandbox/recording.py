@@ -71,6 +71,7 @@ class Row:
     truncated: bool = False
     order: int = 0  # position in the cross-thread order of trapped rows
     open_for_real: bool = False  # an open whose fd the program maps into memory
+    vdso: bool = False  # a clock read libc answered through the vDSO (no syscall)
 
     @property
     def name(self) -> str:
@@ -123,15 +124,16 @@ class Recording:
         cols = {name: syscalls.column(name).to_pylist()
                 for name in ("ts_ns", "dur_ns", "pid", "tid", "nr", "ret", "fd", "args", "seq")}
         all_rows: list[Row] = []
-        for ts, dur, pid, tid, nr, ret, fd, args, seq in zip(
+        names = syscalls.column("name").to_pylist()
+        for ts, dur, pid, tid, nr, ret, fd, args, seq, name in zip(
                 cols["ts_ns"], cols["dur_ns"], cols["pid"], cols["tid"], cols["nr"],
-                cols["ret"], cols["fd"], cols["args"], cols["seq"]):
+                cols["ret"], cols["fd"], cols["args"], cols["seq"], names):
             if pid != process.pid or ts < process.start_ns or ret in _RESTARTED:
                 continue
             argv = tuple((args or []) + [0] * (6 - len(args or [])))[:6]
             fd_col = fd_of(nr, argv) if nr in SPECS else (fd if fd is not None else -1)
             all_rows.append(Row(tid, seq, ts, dur or 0, nr, ret if ret is not None else 0,
-                                argv, fd_col))
+                                argv, fd_col, vdso=bool(name) and name.startswith("vdso:")))
         if not all_rows:
             raise RecordingError(f"no syscalls recorded for pid {process.pid} on "
                                  f"{process.node} after its exec")

@@ -157,3 +157,15 @@ class ReplayReport:
                                           if k in self.stats))
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines) + "\n"
+
+
+def expectation_held(report: ReplayReport, expect_exit: int | None,
+                     expect_output_match: bool) -> bool:
+    """The CLI's rule (``kprobe replay --expect-exit / --expect-output-match``), shared with
+    the timing fuzz: an exit code, every output matching, or by default the replay's own
+    verdict (exact: followed the recording with the same outputs; what-if: ran to its end)."""
+    if expect_exit is not None:
+        return report.exit_signal is None and report.exit_code == expect_exit
+    if expect_output_match or report.mode == "exact":
+        return report.status in ("completed", "end_of_recording") and report.outputs_match
+    return report.status == "completed"

@@ -352,10 +352,13 @@ class IoServing(TimeServing):
         if spec.nr in (7, 271) and task.process.fd_peer and self._answer_from_peers(
                 task, regs, args, task.now_ns + timeout if timeout is not None else 1 << 62):
             return
-        if timeout is None:
+        if timeout is None or task.head() is None:
+            # nothing recorded is left for this thread: whatever it waits for now (a next
+            # request, or only a timer in a serve loop) lies past the recording
             self.status = "end_of_recording"
-            self.notes.append(f"thread {task.rec_tid} waits ({spec.name}) with no timeout for "
-                              f"input the recording does not have")
+            self.notes.append(f"thread {task.rec_tid} waits ({spec.name}) "
+                              f"{'with no timeout ' if timeout is None else ''}for input "
+                              f"past the end of its recording")
             raise StopReplay
         task.now_ns += timeout
         task.shift_ns += timeout

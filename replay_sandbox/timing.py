@@ -30,6 +30,15 @@ from replay_sandbox.syscall_table import (
 )
 
 RECVFROM = 45
+_MS_TIMEOUT_ARG = {7: 2, 232: 3, 281: 3}  # poll, epoll_wait, epoll_pwait: int ms argument
+
+
+def _recorded_timeout_ns(nr: int, row: Row) -> int | None:
+    """The timeout a recorded wait asked for, when it is a plain argument (ms)."""
+    index = _MS_TIMEOUT_ARG.get(nr)
+    if index is None or row.args[index] < 0:
+        return None
+    return int(row.args[index]) * 1_000_000
 
 
 class TimeServing(EngineState):
@@ -44,7 +53,7 @@ class TimeServing(EngineState):
         if nr == GETRANDOM and args[4] == MASK:  # vgetrandom's parameter query
             self._finish(task, regs, -errno_mod.ENOSYS)
             return
-        row = self._skip_sync_rows(task)
+        row = self._skip_sync_rows(task, clock_read=True)
         if row is not None and row.nr == nr and (nr != 228 or row.args[0] == P.to_signed(
                 args[0])):
             if not self._my_turn(task, row):
@@ -138,7 +147,8 @@ class TimeServing(EngineState):
             delays = delays_for(self.opts.injections, spec.nr,
                                 [self._fd_info(task, fd) for fd in ready],
                                 as_input_nr=WAIT_AS_INPUT)
-        arrival = row.end_ns + (delays.arrival_ns if delays else 0)
+        # a fuzz delay of this row (``ReplayOptions.arrival_delays``) may time it out
+        arrival = row.end_ns + (delays.arrival_ns if delays else 0) + self._fuzz_delay(row)
         timeout = vclock.timeout_ns(spec.timeout_kind, args[spec.timeout_arg or 0],
                                     proc.mem.read)
         waited = max(0, arrival - start)
@@ -162,7 +172,11 @@ class TimeServing(EngineState):
                 task.shift_ns = task.now_ns - row.end_ns
                 return
         if row.ret == 0 and timeout is not None:  # a recorded timeout, maybe a different one
-            task.now_ns = start + timeout
+            # it lasts what it lasted, changed by as much as the timeout asked for changed
+            # (the kernel's slack and the wake-up stay as recorded)
+            recorded = _recorded_timeout_ns(spec.nr, row)
+            task.now_ns = start + (row.dur_ns + timeout - recorded if recorded is not None
+                                   else timeout)
             task.shift_ns = task.now_ns - row.end_ns
         else:
             self._advance(task, row, delays, arrival=True)

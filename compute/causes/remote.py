@@ -28,6 +28,8 @@ def implicit_servers(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) 
     recv = overlap_join(
         "(SELECT * FROM spans_all sp WHERE level = 0 AND origin = 'otel'"
         "   AND conn_lport IS NOT NULL AND conn_rport IS NOT NULL"
+        # a server span's peer is its caller, not a server it waited on
+        "   AND coalesce(sp.kind, '') NOT IN ('SERVER', 'CONSUMER')"
         "   AND NOT EXISTS (SELECT 1 FROM spans_all c WHERE c.parent_key = sp.span_key))",
         "(SELECT * FROM net_io WHERE kind = 'recv')",
         (("conn_rport", "sport"), ("conn_lport", "dport")), settings.join_bucket_ns,

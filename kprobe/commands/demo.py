@@ -1,8 +1,10 @@
-"""``kprobe demo``: the main job, end to end on this machine.
+"""``kprobe demo``: the ₹50,000 payment incident, recorded, explained and replayed.
 
-Today: a local lake, the OTLP receiver as its own process, a real payment workload (SQLite
-ledger with fsync) exporting spans through the OpenTelemetry SDK, then SQL over what
-landed. The kernel capture and the incident story join as the agent and engine land.
+A small payment system (gateway, risk, settlement with a SQLite ledger) runs as real
+processes under the real agent; a nightly batch job in the settlement service's memory
+cgroup makes a ₹50,000 payment time out; ``kprobe analyze`` and ``kprobe explain`` find
+why, down to the kernel; the replay re-runs the gateway as recorded and with a longer
+timeout. ``kprobe.demo.incident`` stages it; this module drives it and reports.
 """
 
 from __future__ import annotations
@@ -11,91 +13,291 @@ import argparse
 import json
 import os
 import shlex
-import signal
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
-import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kprobe.commands._agent_options import require_root
 from kprobe.commands._common import add_format_option
 from kprobe.errors import CommandError
 from lake import LakeSettings, resolve
-from lake.query import run_query
 
-QUERIES: dict[str, str] = {
-    "spans per operation": (
-        "SELECT name, count(*) AS spans, "
-        "round(quantile_cont(dur_ns, 0.5) / 1e6, 3) AS p50_ms, "
-        "round(quantile_cont(dur_ns, 0.99) / 1e6, 3) AS p99_ms "
-        "FROM spans GROUP BY name ORDER BY spans DESC"
-    ),
-    "payments by outcome": (
-        "SELECT status, count(*) AS payments, "
-        "sum((attributes->>'payment.amount')::BIGINT) AS amount_inr "
-        "FROM spans WHERE name = 'POST /payments' GROUP BY status ORDER BY status"
-    ),
-    "failed payments": (
-        "SELECT attributes->>'payment.id' AS payment, "
-        "(attributes->>'payment.amount')::BIGINT AS amount_inr, "
-        "status_message, pid, tid "
-        "FROM spans WHERE name = 'POST /payments' AND status = 'ERROR' "
-        "ORDER BY start_ns LIMIT 5"
-    ),
-}
+if TYPE_CHECKING:
+    from kprobe.demo.incident import IncidentConfig, IncidentRecord, Say
+
+S3_PREFIX = "demo"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("demo", help="run the end-to-end demo on this machine")
+    parser = sub.add_parser(
+        "demo", help="the ₹50,000 payment incident: recorded, explained and replayed",
+        description="Stage a real incident on this machine (as root): a payment gateway, a "
+        "risk service and a settlement service writing a SQLite ledger run under the kprobe "
+        "agent; a batch job in the settlement service's memory cgroup makes a ₹50,000 "
+        "payment time out. Then analyse, explain and replay it. Takes about a minute.")
     parser.add_argument("--lake", default=None, metavar="URI",
-                        help="lake to create or extend (default: ./kprobe-demo-lake)")
-    parser.add_argument("--payments", type=int, default=60)
+                        help="lake to write (default: ./kprobe-demo-lake, or s3://kprobe/demo "
+                        "with --s3)")
+    parser.add_argument("--s3", action="store_true",
+                        help="start a local SeaweedFS and keep the lake in it")
+    parser.add_argument("--ray", action="store_true", help="analyse on a local Ray cluster")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the services (and the agent, cgroup and swap) running")
     add_format_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    require_root()
     started = time.monotonic()
-    lake_uri = args.lake or str(Path.cwd() / "kprobe-demo-lake")
-    location = resolve(LakeSettings(lake=lake_uri))
     text = args.format == "text"
-    with tempfile.TemporaryDirectory(prefix="kprobe-demo-") as work:
-        port = _free_port()
-        receiver = _start_receiver(lake_uri, port, Path(work) / "otlp.log")
-        try:
-            _say(text, f"OTLP receiver pid {receiver.pid} on 127.0.0.1:{port}, "
-                       f"lake {location.root}")
-            workload = subprocess.run(
-                [sys.executable, "-P", "-m", "kprobe.demo.ledger_workload",
-                 "--endpoint", f"http://127.0.0.1:{port}/v1/traces",
-                 "--ledger", str(Path(work) / "ledger.db"),
-                 "--payments", str(args.payments), "--seed", str(os.getpid() % 10_000)],
-                capture_output=True, text=True, timeout=300, check=False,
-            )
-            if workload.returncode != 0:
-                raise CommandError(f"demo workload failed: {workload.stderr.strip()[-300:]}")
-            _say(text, f"workload: {workload.stdout.strip()}")
-        finally:
-            _stop(receiver)  # SIGTERM: the receiver flushes its last batch before exiting
-        results: dict[str, Any] = {"lake": location.root, "queries": {}}
-        for title, sql in QUERIES.items():
-            table = run_query(location, sql).table
-            results["queries"][title] = {"sql": sql, "rows": table.to_pylist()}
-            if text:
-                from kprobe.commands.sql import render_table
+    say = _printer(text, started)
+    workdir = Path(tempfile.mkdtemp(prefix="kprobe-demo-"))
+    try:
+        return _run(args, workdir, started, text, say)
+    except KeyboardInterrupt:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    except CommandError as err:
+        if workdir.exists():
+            raise CommandError(f"{err} (logs in {workdir})", err.exit_code) from err
+        raise
+    except Exception:  # a package error: the CLI prints it; say where the logs are
+        print(f"kprobe demo: logs in {workdir}", file=sys.stderr)
+        raise
 
-                print(f"\n-- {title}\n$ kprobe sql {_shell_quote(sql)}\n{render_table(table)}",
-                      end="")
-    results["seconds"] = round(time.monotonic() - started, 2)
-    if text:
-        print(f"\nDone in {results['seconds']} s. Explore the lake:")
-        for sql in ("SELECT * FROM spans LIMIT 10", "DESCRIBE spans"):
-            print(f"  kprobe sql --lake {location.root} {_shell_quote(sql)}")
-    else:
-        print(json.dumps(results, default=str))
+
+def _run(args: argparse.Namespace, workdir: Path, started: float, text: bool,
+         say: Say) -> int:
+    from kprobe.demo import incident
+
+    with ExitStack() as stack:
+        lake_uri, lake_env, s3_note = _lake(args, workdir, stack, say)
+        config = incident.IncidentConfig(lake=lake_uri, workdir=workdir, lake_env=lake_env,
+                                         keep=args.keep)
+        say(f"kprobe demo: lake {lake_uri}, work dir {workdir}")
+        record = incident.record_incident(config, say, _cutoffs())
+        report = _report_base(record, lake_uri)
+        report["timings"]["record_s"] = round(time.monotonic() - started, 2)
+        if record.failed_payment is None:
+            report["leftovers"] = incident.leftovers(record, workdir)
+            _finish(report, text, started, None, s3_note, lake_uri)
+            raise CommandError(
+                f"the incident did not happen: the ₹{config.tuning.incident_amount_inr:,} "
+                f"payment answered {record.incident_payment.get('status')} in "
+                f"{record.incident_payment.get('ms', 0):.0f} ms", exit_code=1)
+        payment_id = record.failed_payment["payment_id"]
+        _investigate(config, record, report, args.ray, text, say)
+    report["leftovers"] = incident.leftovers(record, workdir)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _finish(report, text, started, payment_id, s3_note, lake_uri)
     return 0
+
+
+def _investigate(config: IncidentConfig, record: IncidentRecord, report: dict[str, Any],
+                 ray: bool, text: bool, say: Say) -> None:
+    """What an engineer does once the payment failed, timed: analyse the recording,
+    explain the payment, replay the gateway. Fills ``report``."""
+    from kprobe.demo import incident
+
+    assert record.failed_payment is not None
+    payment_id = record.failed_payment["payment_id"]
+    clock = time.monotonic()
+    say(f"payment {payment_id} failed: analysing {_seconds(record)} s of recording")
+    report["analysis"] = incident.analyze(config, record, ray)
+    analysed = time.monotonic()
+    explanation_text, explanation = incident.explain(config, payment_id)
+    explained = time.monotonic()
+    if text:
+        print(f"\n$ kprobe explain {payment_id}\n{explanation_text.rstrip()}\n", flush=True)
+    location = resolve(LakeSettings(lake=config.lake, **_settings_env(config.lake_env)))
+    spans = incident.payment_spans(location, payment_id)
+    gateway = spans["gateway"]
+    verdict = incident.verdict(explanation, spans)
+    report.update(verdict)
+    report.update({"failed_payment_id": payment_id, "explanation": explanation,
+                   "explanation_text": explanation_text, "node": gateway["node"],
+                   "payment_span": {k: gateway[k] for k in ("start_ns", "end_ns")},
+                   "settlement_span": spans["settlement"],
+                   "settlement_writes": incident.settlement_writes(location)})
+    say(_verdict_line(verdict, record))
+    report["replay"] = replay_step(
+        lake=config.lake, lake_env=config.lake_env, node=gateway["node"],
+        gateway_pid=record.pids["gateway"], payment_id=payment_id,
+        start_ns=gateway["start_ns"], end_ns=gateway["end_ns"],
+        timeout_arg_index=record.timeout_arg_index, gateway_argv=record.gateway_argv,
+        say=say)
+    replayed = time.monotonic()
+    report["timings"].update({
+        "analyze_s": round(analysed - clock, 2), "explain_s": round(explained - analysed, 2),
+        "replay_s": round(replayed - explained, 2),
+        "investigation_s": round(replayed - clock, 2)})
+
+
+def replay_step(*, lake: str, lake_env: dict[str, str], node: str, gateway_pid: int,
+                payment_id: str, start_ns: int, end_ns: int, timeout_arg_index: int,
+                gateway_argv: list[str], say: Say) -> dict[str, Any]:
+    """Replay the gateway process from its recording: exactly (the payment fails again),
+    then with ``gateway_argv[timeout_arg_index]`` (the value of ``--settlement-timeout-ms``,
+    "750") set to "1500" (the payment settles).
+
+    The gateway's recording runs from its exec (``processes`` row of ``gateway_pid`` on
+    ``node``) to its exit; the failed payment's POST /payments span is
+    [``start_ns``, ``end_ns``] (epoch ns). ``lake_env`` holds the KPROBE_S3_* variables of
+    an S3 lake (empty for a local one). Returns what the JSON report carries as "replay".
+    """
+    from kprobe.demo.replay_step import WHATIF_TIMEOUT_MS, run_replays
+    from lake import LakeSettings, resolve
+
+    saved = {k: os.environ.get(k) for k in lake_env}
+    os.environ.update(lake_env)  # the S3 endpoint and keys, as for the other commands
+    try:
+        location = resolve(LakeSettings(lake=lake))
+        say(f"replaying gateway pid {gateway_pid}@{node} from its exec to the failed payment "
+            f"(exact), then with {gateway_argv[timeout_arg_index - 1]} "
+            f"{WHATIF_TIMEOUT_MS} (what-if)")
+        outcomes = run_replays(location, node, gateway_pid, payment_id, end_ns,
+                               timeout_arg_index, WHATIF_TIMEOUT_MS)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    exact, what_if = (o.to_dict() for o in outcomes)
+    for label, o in (("exact replay", exact), (f"timeout {WHATIF_TIMEOUT_MS} ms", what_if)):
+        say(f"  {label}: {payment_id} -> HTTP {o['http_status']} {o['answer'] or ''} "
+            f"({o['served']} syscalls served in {o['wall_s']} s, replay {o['status']})")
+    return {"run": True, "process": f"{gateway_pid}@{node}", "payment_id": payment_id,
+            "timeout_arg_index": timeout_arg_index,
+            "timeout_arg": gateway_argv[timeout_arg_index],
+            "exact": exact, "what_if": what_if,
+            "exact_fails_as_in_production": exact["http_status"] == 504,
+            "what_if_succeeds": what_if["http_status"] == 200}
+
+
+# -- lake --------------------------------------------------------------------------------------
+def _lake(args: argparse.Namespace, workdir: Path, stack: ExitStack,
+          say: Say) -> tuple[str, dict[str, str], str]:
+    """(lake URI, environment for kprobe commands, a line on how to reach it later)."""
+    if not args.s3:
+        lake = args.lake or str(Path.cwd() / "kprobe-demo-lake")
+        return lake, {}, ""
+    from kprobe.demo.seaweed import S3Server, S3ServerError
+
+    # A directory per run: a server that was killed (not stopped) may leave its data
+    # unreadable, and one bad run must not spoil the next.
+    data = Path.cwd() / "kprobe-demo-s3" / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        server = S3Server.start(data)
+    except S3ServerError as err:
+        raise CommandError(f"--s3: {err}") from None
+    if args.keep:
+        say(f"SeaweedFS pid {server.process.pid} stays up (--keep): {server.endpoint}")
+    else:
+        def stop() -> None:
+            say("stopping SeaweedFS gracefully (~25 s) so its data can be served again")
+            server.stop_gracefully()
+        stack.callback(stop)
+    prefix = (args.lake or f"s3://{server.bucket}/{S3_PREFIX}")
+    env = {k: v for k, v in server.env(S3_PREFIX).items() if k != "KPROBE_LAKE"}
+    say(f"SeaweedFS S3 on {server.endpoint} (data in {data})")
+    note = (f"the S3 lake lives in {data}: `python -m kprobe.demo.seaweed {data} "
+            f"{S3_PREFIX}` serves it again and prints the KPROBE_* variables to export")
+    return prefix, env, note
+
+
+def _settings_env(lake_env: dict[str, str]) -> dict[str, Any]:
+    """LakeSettings keywords (its aliases) for the KPROBE_S3_* variables of an S3 lake."""
+    settings: dict[str, Any] = {k: v for k, v in lake_env.items() if k != "KPROBE_LAKE"}
+    return settings
+
+
+def _cutoffs() -> str:
+    """The clearing cutoffs the domain rules use, for the services' clearing attributes."""
+    from compute.domain import load_rules
+
+    clearing = load_rules().clearing
+    return ",".join(clearing.cutoffs) if clearing and clearing.cutoffs else ""
+
+
+# -- report ------------------------------------------------------------------------------------
+def _report_base(record: IncidentRecord, lake_uri: str) -> dict[str, Any]:
+    healthy = sorted(record.healthy_ms())
+    return {
+        "lake": lake_uri, "run_id": record.run_id, "pids": record.pids,
+        "batch_job_pid": record.pids.get("batch_job"), "cgroup": record.cgroup,
+        "cgroup_id": record.cgroup_id, "cpu_cgroup": record.cpu_cgroup,
+        "zram_device": record.zram_device, "gateway_argv": record.gateway_argv,
+        "timeout_arg_index": record.timeout_arg_index, "pressure": record.pressure,
+        "payments": record.payments, "incident_payment": record.incident_payment,
+        "healthy_ms": {"count": len(healthy), "median": healthy[len(healthy) // 2]
+                       if healthy else None, "max": healthy[-1] if healthy else None},
+        "agent": record.agent_summary, "kept": record.kept,
+        "timings": dict(record.timings),
+    }
+
+
+def _verdict_line(verdict: dict[str, Any], record: IncidentRecord) -> str:
+    kind = verdict.get("root_cause_kind") or "none"
+    culprit = verdict.get("culprit_pid")
+    who = ("the batch job" if culprit == record.pids.get("batch_job")
+           else f"pid {culprit}" if culprit else "nobody")
+    settle, delay = verdict.get("settlement_span_ms"), verdict.get("attributed_delay_ms")
+    return (f"root cause: {kind}, driven by {who} (PID {culprit}); settlement write "
+            f"{settle} ms, of which {delay} ms attributed to it")
+
+
+def _seconds(record: IncidentRecord) -> float:
+    return round(float(record.ended_ns - record.started_ns) / 1e9, 1)
+
+
+def _finish(report: dict[str, Any], text: bool, started: float, payment_id: str | None,
+            s3_note: str, lake_uri: str) -> None:
+    report["timings"]["total_s"] = round(time.monotonic() - started, 2)
+    if not text:
+        print(json.dumps(report, default=str))
+        return
+    timings = report["timings"]
+    left = {k: v for k, v in report.get("leftovers", {}).items() if v}
+    print(f"\nLeft behind: {json.dumps(left) if left else 'nothing'}"
+          + (f" (kept on purpose: {', '.join(report['kept'])})" if report.get("kept") else ""))
+    if report.get("kept"):
+        pids = " ".join(k.rsplit(" ", 1)[1] for k in report["kept"])
+        device = report["zram_device"].removeprefix("/dev/zram")
+        print(f"To stop what --keep left running: kill {pids}; then rmdir "
+              f"{report['cgroup']} {report['cpu_cgroup']}; swapoff {report['zram_device']}; "
+              f"echo {device} > /sys/class/zram-control/hot_remove")
+    if "investigation_s" in timings:
+        print(f"Investigation took {timings['investigation_s']} s (analyse "
+              f"{timings['analyze_s']} s, explain {timings['explain_s']} s, replay "
+              f"{timings['replay_s']} s); the whole demo {timings['total_s']} s.")
+    lake = shlex.quote(lake_uri)
+    print("\nTry next:")
+    tries = [
+        "SELECT service, name, count(*) AS spans, round(median(dur_ns) / 1e6, 1) AS p50_ms, "
+        "round(max(dur_ns) / 1e6, 1) AS max_ms FROM spans GROUP BY ALL ORDER BY max_ms DESC",
+        "SELECT kind, count(*) AS episodes, round(sum(dur_ns) / 1e6) AS ms FROM mem "
+        "WHERE kind LIKE '%reclaim' GROUP BY kind",
+    ]
+    if payment_id:
+        tries.append("SELECT service, name, round(dur_ns / 1e6, 1) AS ms, status, "
+                     "status_message FROM spans WHERE trace_id = (SELECT trace_id FROM spans "
+                     f"WHERE attributes->>'payment.id' = '{payment_id}' LIMIT 1) "
+                     "ORDER BY start_ns")
+    for sql in tries:
+        print(f"  kprobe sql --lake {lake} {_shell_quote(sql)}")
+    if payment_id:
+        print(f"  kprobe explain {payment_id} --lake {lake}")
+        print(f"  kprobe graph root-cause {payment_id} --lake {lake}")
+    if s3_note:
+        print(f"  ({s3_note})")
+    sys.stdout.flush()
 
 
 def _shell_quote(sql: str) -> str:
@@ -103,44 +305,8 @@ def _shell_quote(sql: str) -> str:
     return f'"{sql}"' if not set(sql) & set('"$`\\!') else shlex.quote(sql)
 
 
-def _say(enabled: bool, line: str) -> None:
-    if enabled:
-        print(line, flush=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_receiver(lake_uri: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "kprobe", "otlp", "--lake", lake_uri,
-             "--host", "127.0.0.1", "--port", str(port), "--flush-interval", "0.5"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CommandError(f"OTLP receiver exited: {log.read_text().strip()[-300:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    _stop(proc)
-    raise CommandError("OTLP receiver did not answer within 30 s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _printer(enabled: bool, started: float) -> Say:
+    def say(line: str) -> None:
+        if enabled:
+            print(f"[{time.monotonic() - started:5.1f}s] {line}", flush=True)
+    return say

@@ -4,6 +4,12 @@ Exit code: 0 when the expectation held, 1 when it did not, 2 on bad input. The e
 is ``--expect-exit CODE`` or ``--expect-output-match`` if given; otherwise, in exact mode,
 that the replay followed the recording (no divergence, same outputs), and in what-if mode,
 that the replay ran to its end.
+
+With ``--fuzz N`` (timing fuzz, ``replay_sandbox.fuzz``) the expectation is that timing does
+not matter: 0 when no perturbed replay's outcome differs from the unperturbed one's (and,
+with ``--expect-exit`` / ``--expect-output-match``, the unperturbed replay meets it), 1 when
+a perturbation flips the outcome (or the expectation fails without any), 2 on bad input.
+The outcome is the expectation when one is given, else status, exit and every output's bytes.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from kprobe.commands._common import add_format_option, add_lake_option, lake_set
 from kprobe.errors import CommandError
 from lake import resolve
 from replay_sandbox.engine import ReplayOptions, replay
+from replay_sandbox.fuzz import Expectation, FuzzConfig, fuzz, parse_duration
 from replay_sandbox.injection import parse_all
 from replay_sandbox.lake_source import load, parse_process
-from replay_sandbox.report import ReplayReport
+from replay_sandbox.recording import Recording
+from replay_sandbox.report import expectation_held
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,11 +70,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "not performed)")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="wall-clock limit for the replay (default 120)")
+    fuzz = parser.add_argument_group(
+        "timing fuzz", "replay N times with small timing perturbations (arrival delays of "
+        "single inputs, swaps of adjacent rows of two threads) and report the minimal sets "
+        "that flip the outcome (delta debugging)")
+    fuzz.add_argument("--fuzz", type=int, metavar="N",
+                      help="number of perturbed replays (besides one unperturbed baseline)")
+    fuzz.add_argument("--seed", type=int, metavar="S",
+                      help="seed of the perturbations (default 0): the same seed gives the "
+                      "same perturbations")
+    fuzz.add_argument("--fuzz-max-delay", metavar="DURATION",
+                      help="largest arrival delay, e.g. 200ms (the default), 1s, 500us")
+    fuzz.add_argument("--fuzz-workers", type=int, metavar="N",
+                      help="replays at a time (default: the CPUs this process may use)")
+    fuzz.add_argument("--fuzz-no-swaps", action="store_true",
+                      help="do not perturb the cross-thread order")
+    fuzz.add_argument("--ray", action="store_true",
+                      help="run the replays as Ray tasks (default when RAY_ADDRESS or "
+                      "--ray-address names a cluster; else a local 127.0.0.1 cluster)")
+    fuzz.add_argument("--ray-address", metavar="ADDRESS",
+                      help="the Ray cluster to join (default $RAY_ADDRESS)")
     add_format_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fuzz is None:
+        _no_fuzz_options(args)
     if os.geteuid() != 0:
         raise CommandError("replay needs root (ptrace, seccomp and namespaces)")
     pid, node = parse_process(args.process)
@@ -91,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         argv[int(index)] = value
     if args.cmd or args.set_arg:
         options.argv = argv
+    if args.fuzz is not None:
+        return _fuzz(args, recording, options)
     report = replay(recording, options)
     if args.format == "json":
         sys.stdout.write(report.to_json() + "\n")
@@ -99,15 +131,34 @@ def run(args: argparse.Namespace) -> int:
     return 0 if expectation_held(report, args.expect_exit, args.expect_output_match) else 1
 
 
-def expectation_held(report: ReplayReport, expect_exit: int | None,
-                     expect_output_match: bool) -> bool:
-    if expect_exit is not None:
-        return report.exit_signal is None and report.exit_code == expect_exit
-    if expect_output_match:
-        return report.status in ("completed", "end_of_recording") and report.outputs_match
-    if report.mode == "exact":
-        return report.status in ("completed", "end_of_recording") and report.outputs_match
-    return report.status == "completed"
+def _fuzz(args: argparse.Namespace, recording: Recording, options: ReplayOptions) -> int:
+    if args.fuzz < 1:
+        raise CommandError("--fuzz: expected at least 1 perturbed replay")
+    if args.fuzz_workers is not None and args.fuzz_workers < 1:
+        raise CommandError("--fuzz-workers: expected at least 1")
+    config = FuzzConfig(
+        runs=args.fuzz, seed=args.seed or 0,
+        max_delay_ns=parse_duration(args.fuzz_max_delay or "200ms"),
+        swaps=not args.fuzz_no_swaps, workers=args.fuzz_workers,
+        executor="ray" if args.ray or args.ray_address else "auto",
+        ray_address=args.ray_address,
+        expectation=Expectation(args.expect_exit, args.expect_output_match))
+    report = fuzz(recording, options, config)
+    if args.format == "json":
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        sys.stdout.write(report.render_text())
+    return 0 if report.passed else 1
+
+
+def _no_fuzz_options(args: argparse.Namespace) -> None:
+    given = [name for name, value in (
+        ("--seed", args.seed is not None), ("--fuzz-max-delay", args.fuzz_max_delay),
+        ("--fuzz-workers", args.fuzz_workers is not None),
+        ("--fuzz-no-swaps", args.fuzz_no_swaps), ("--ray", args.ray),
+        ("--ray-address", args.ray_address)) if value]
+    if given:
+        raise CommandError(f"{given[0]} needs --fuzz N")
 
 
 def parse_time(text: str | None, option: str) -> int | None:

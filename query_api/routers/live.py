@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from typing import Any
 
@@ -18,7 +19,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from lake.errors import LakeError
 from query_api.auth import authenticate, bearer_token
-from query_api.deps import get_hub, get_location, get_metrics, token_store
+from query_api.deps import get_hub, location_of, token_store
 from query_api.errors import BadRequest, QueryApiError, ServiceUnavailable
 from query_api.live import KINDS, Filters, Subscriber
 from query_api.problems import classify, detail_of, problem_response
@@ -60,20 +61,22 @@ def _offered_token(ws: WebSocket) -> tuple[str | None, bool]:
     return token, SUBPROTOCOL in offered
 
 
-def _resolve(ws: WebSocket, dependency: Any) -> Any:
-    """A dependency, honouring ``app.dependency_overrides`` (tests)."""
-    return ws.app.dependency_overrides.get(dependency, dependency)()
+async def _resolve(ws: WebSocket, dependency: Any) -> Any:
+    """A settings dependency, honouring ``app.dependency_overrides`` (``create_app`` sets
+    them, as ``async`` functions)."""
+    value = ws.app.dependency_overrides.get(dependency, dependency)()
+    return await value if inspect.isawaitable(value) else value
 
 
 @router.websocket("/live")
 async def live(ws: WebSocket) -> None:
     try:
-        settings = _resolve(ws, get_settings)
+        settings = await _resolve(ws, get_settings)
         token, subprotocol = _offered_token(ws)
         authenticate(token_store(ws, settings), token, "read")
         filters = parse_filters(ws)
-        location = get_location(_resolve(ws, get_lake_settings))
-        hub = get_hub(ws, location, settings, get_metrics(ws))
+        location = location_of(ws, await _resolve(ws, get_lake_settings))
+        hub = get_hub(ws, location, settings, ws.app.state.metrics)
         if len(hub.subscribers) >= settings.live_max_clients:
             raise ServiceUnavailable(f"{len(hub.subscribers)} live clients already "
                                      "connected to this replica; retry later")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import APIRouter, Header
 from starlette.responses import Response
 
-from lake.deltaio import open_table, translate_errors
 from lake.errors import LakeError
-from lake.schema import TABLE_NAMES
-from query_api.deps import LocationDep, MetricsDep, ReadAccess, SettingsDep, SqlSlotsDep
+from lake.sql_guard import check_read_only
+from query_api.deps import LakeDbDep, MetricsDep, ReadAccess, SettingsDep, SqlAdmissionDep
 from query_api.errors import BadRequest, QueryApiError
 from query_api.problems import problem_responses
 from query_api.schemas import SqlRequest, SqlResponse, TablesResponse
@@ -39,42 +37,42 @@ _SQL_RESPONSES[200] = {
 
 @router.post("/sql", response_model=SqlResponse, responses=_SQL_RESPONSES,
              summary="Run one read-only SQL statement over the lake")
-def run_sql(body: SqlRequest, location: LocationDep, settings: SettingsDep,
-            metrics: MetricsDep, slots: SqlSlotsDep, _: ReadAccess,
-            accept: Annotated[str | None, Header()] = None) -> Response:
+async def run_sql(body: SqlRequest, settings: SettingsDep, metrics: MetricsDep,
+                  admission: SqlAdmissionDep, db: LakeDbDep, _: ReadAccess,
+                  accept: Annotated[str | None, Header()] = None) -> Response:
     """One statement: SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN. DuckDB cannot
     reach files, URLs or extensions from it. Rows beyond ``max_rows`` are cut
-    (``truncated``); a statement running past ``timeout_s`` is stopped (422)."""
+    (``truncated``); a statement running past ``timeout_s`` is stopped (422). When every
+    slot and queue place of the replica is taken: 503 with Retry-After."""
     fmt = negotiate(accept)
     if len(body.sql) > settings.sql_max_chars:
         raise BadRequest(f"statement longer than {settings.sql_max_chars} characters")
     max_rows = min(body.max_rows if body.max_rows is not None else settings.sql_default_rows,
                    settings.sql_max_rows)
     timeout_s = min(body.timeout_s or settings.sql_timeout_s, settings.sql_timeout_s)
+
+    def work() -> Response:
+        result = run_statement(db, body.sql, max_rows, timeout_s)
+        headers = {"X-Kprobe-Row-Count": str(result.table.num_rows),
+                   "X-Kprobe-Truncated": "true" if result.truncated else "false"}
+        if fmt == "json":
+            content = json.dumps(json_body(result), ensure_ascii=False, allow_nan=False)
+            return Response(content, media_type=JSON, headers=headers)
+        return Response(encode(result, fmt), media_type=MEDIA[fmt], headers=headers)
+
     try:
-        with slots.hold():
-            result = run_statement(location, body.sql, max_rows, timeout_s)
+        check_read_only(body.sql)  # refused before it waits for a slot
+        response = await admission.run(work)
     except (LakeError, QueryApiError) as err:
         metrics.sql_queries.labels(type(err).__name__).inc()
         raise
     metrics.sql_queries.labels("ok").inc()
-    headers = {"X-Kprobe-Row-Count": str(result.table.num_rows),
-               "X-Kprobe-Truncated": "true" if result.truncated else "false"}
-    if fmt == "json":
-        content = json.dumps(json_body(result), ensure_ascii=False, allow_nan=False)
-        return Response(content, media_type=JSON, headers=headers)
-    return Response(encode(result, fmt), media_type=MEDIA[fmt], headers=headers)
+    return response
 
 
 @router.get("/tables", response_model=TablesResponse,
             responses=problem_responses(401, 403, 503),
             summary="Lake tables and their schemas")
-def tables(location: LocationDep, _: ReadAccess) -> TablesResponse:
-    def version(name: str) -> int | None:
-        with translate_errors(f"open {name}"):
-            table = open_table(location, name)
-        return None if table is None else int(table.version())
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        versions = dict(zip(TABLE_NAMES, pool.map(version, TABLE_NAMES)))
+def tables(db: LakeDbDep, _: ReadAccess) -> TablesResponse:
+    versions = db.tables.versions()
     return TablesResponse.model_validate({"tables": describe_tables(versions.__getitem__)})

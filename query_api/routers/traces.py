@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from starlette.responses import Response
 
-from query_api.causal import trace_graph
+from query_api.cache import encode_answer, snapshots_key
+from query_api.causal import select, trace_graph
 from query_api.deps import (
+    CausalCacheDep,
     ComputeSettingsDep,
     GraphSlotsDep,
     LocationDep,
@@ -26,14 +29,23 @@ router = APIRouter(prefix="/v1/traces", tags=["causal"])
             summary="Nodes and links of a trace's causal graph, colour-coded by delay")
 def graph(trace_id: Annotated[str, Path(min_length=1, max_length=128)],
           location: LocationDep, compute: ComputeSettingsDep, slots: GraphSlotsDep,
-          _: ReadAccess,
+          cache: CausalCacheDep, _: ReadAccess,
           from_: Annotated[str | None, Query(alias="from", max_length=64)] = None,
-          to: TimeParam = None, window: WindowParam = None) -> dict[str, Any]:
+          to: TimeParam = None, window: WindowParam = None) -> Response:
     """Spans (group ``span``), the kernel episodes, threads and processes that delayed
     them, and links ``CHILD_OF`` / ``DELAYED_BY`` / ``CAUSED_BY`` with ``delay_ns``. Each
     node and link has a ``colour`` from the ``legend`` (green under 1 ms ... red from
     100 ms); ``source``/``target`` are node ids, as d3-force expects."""
     start, end = parse_time(from_, "from"), parse_time(to, "to")
-    with slots.hold():
-        return trace_graph(location, compute, trace_id, window_ids=window or None,
-                           start_ns=start, end_ns=end)
+    # listed before computing: see query_api.cache
+    snapshots = select(location, window or None, start, end)
+
+    def compute_answer() -> bytes:
+        with slots.hold():
+            found = trace_graph(location, compute, trace_id, window_ids=window or None,
+                                start_ns=start, end_ns=end)
+        return encode_answer(TraceGraph, found)
+
+    body = cache.get_or_compute(("graph", trace_id, snapshots_key(snapshots)),
+                                compute_answer)
+    return Response(body, media_type="application/json")

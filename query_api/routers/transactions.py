@@ -6,10 +6,14 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
 
 from compute.explain import explain
+from compute.graph.store import select_snapshots
+from query_api.cache import encode_answer, snapshots_key
 from query_api.causal import Cursor, Status, list_transactions
 from query_api.deps import (
+    CausalCacheDep,
     ComputeSettingsDep,
     GraphSlotsDep,
     LocationDep,
@@ -66,13 +70,21 @@ def transactions(request: Request, location: LocationDep, compute: ComputeSettin
             summary="A transaction as a causal chain, business event to kernel event")
 def explain_transaction(txn: Annotated[str, Path(min_length=1, max_length=256)],
                         location: LocationDep, compute: ComputeSettingsDep,
-                        slots: GraphSlotsDep, _: ReadAccess,
+                        slots: GraphSlotsDep, cache: CausalCacheDep, _: ReadAccess,
                         from_: Annotated[str | None, Query(alias="from", max_length=64)] = None,
-                        to: TimeParam = None, window: WindowParam = None) -> dict[str, Any]:
+                        to: TimeParam = None, window: WindowParam = None) -> Response:
     """The same document as ``kprobe explain TXN --format json``: ``txn`` is a business
     id (payment id...), a trace id or a span id."""
     start, end = parse_time(from_, "from"), parse_time(to, "to")
-    with slots.hold():
-        results = explain(location, txn, compute, window_ids=window or None, start_ns=start,
-                          end_ns=end)
-    return {"query": txn, "transactions": results}
+    # listed before computing: see query_api.cache
+    snapshots = select_snapshots(location, window_ids=window or None, start_ns=start,
+                                 end_ns=end)
+
+    def compute_answer() -> bytes:
+        with slots.hold():
+            results = explain(location, txn, compute, window_ids=window or None,
+                              start_ns=start, end_ns=end)
+        return encode_answer(Explanation, {"query": txn, "transactions": results})
+
+    body = cache.get_or_compute(("explain", txn, snapshots_key(snapshots)), compute_answer)
+    return Response(body, media_type="application/json")

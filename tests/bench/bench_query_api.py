@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench/bench_query_api.py [--rows 10000000] [--lake-dir DIR]
                                                    [--clients 50] [--requests 100]
+                                                   [--workers 1] [--poll 0.5]
 
 Builds (once; reused when ``--lake-dir`` already holds it) a local lake of ``--rows``
 synthetic syscall rows (2 nodes, ~500 pids, 2 hours, 1M-row commits, as bench_lake.py)
@@ -156,6 +157,7 @@ def main() -> int:
     parser.add_argument("--per-client", type=int, default=10)
     parser.add_argument("--poll", type=float, default=0.5, help="live poll interval (s)")
     parser.add_argument("--live-samples", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=1, help="kprobe serve --workers")
     args = parser.parse_args()
     root = args.lake_dir.resolve()
     build_lake(root, args.rows)
@@ -166,7 +168,7 @@ def main() -> int:
            "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(root.parent / "graph-cache")}
     server = subprocess.Popen([sys.executable, "-P", "-m", "kprobe", "serve", "--lake",
                                str(root), "--tokens-file", str(tokens_file), "--port",
-                               str(port)], env=env, cwd=REPO)
+                               str(port), "--workers", str(args.workers)], env=env, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -176,8 +178,8 @@ def main() -> int:
             except httpx.TransportError:
                 time.sleep(0.1)
         cpus = os.cpu_count()
-        print(f"kprobe serve (1 worker) on {cpus} CPUs, lake {root}: {args.rows:,} syscall "
-              "rows in 2 nodes x 2 hours + 1 analysed window")
+        print(f"kprobe serve ({args.workers} worker(s)) on {cpus} CPUs, lake {root}: "
+              f"{args.rows:,} syscall rows in 2 nodes x 2 hours + 1 analysed window")
         cases: dict[str, Callable[[httpx.Client], httpx.Response]] = {
             "explain": lambda c: c.get("/v1/transactions/98721/explain"),
             "sql typical (1 node-hour, group by)": lambda c: c.post(

@@ -13,7 +13,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 
 from lake import LakeSettings, connect, resolve
-from tests.support import require_root
+from tests.support import REPO, require_root
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 
@@ -91,7 +91,7 @@ def test_run_hosts_the_otlp_receiver_for_an_instrumented_child(tmp_path: Path) -
     require_root()
     lake = tmp_path / "lake"
     proc = _kprobe("run", "--lake", str(lake), "--spool-dir", str(tmp_path / "spool"), "--",
-                   sys.executable, "-P", "-m", "kprobe.demo.ledger_workload",
+                   sys.executable, "-P", str(REPO / "tests" / "programs" / "ledger_workload.py"),
                    "--ledger", str(tmp_path / "ledger.db"), "--payments", "5")
     assert proc.returncode == 0, proc.stderr
     con = _con(lake)

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     lake = tmp / "lake"
     # GIVEN a lake the agent recorded: the ledger workload under `kprobe run`
     run = _kprobe("run", "--lake", str(lake), "--spool-dir", str(tmp / "spool"), "--",
-                  sys.executable, "-P", "-m", "kprobe.demo.ledger_workload",
+                  sys.executable, "-P", str(REPO / "tests" / "programs" / "ledger_workload.py"),
                   "--ledger", str(tmp / "ledger.db"), "--payments", "20")
     assert run.returncode == 0, run.stderr
     found = _kprobe("sql", "--lake", str(lake), "--format", "json",
@@ -186,6 +187,57 @@ def test_sql_limits(served: Served) -> None:
         assert cut.json()["row_count"] == 5 and cut.json()["truncated"] is True
         big = client.post("/v1/sql", json={"sql": "SELECT '" + "x" * 300_000 + "'"})
         _problem(big, 413, "payload-too-large", "200000 bytes")
+
+
+def test_every_commit_is_in_the_next_answer(served: Served) -> None:
+    """The server keeps its Delta tables open between requests; a commit that returned
+    before a request was sent is in its answer, on every try."""
+    count = {"sql": "SELECT count(*) FROM lost WHERE node = 'fresh-test'"}
+    writer = LakeWriter(resolve(LakeSettings(lake=str(served.lake))), "fresh-test")
+    with served.client("reader") as client:
+        assert client.post("/v1/sql", json=count).json()["rows"] == [[0]]
+        for i in range(1, 6):
+            writer.append("lost", {"ts_ns": [time.time_ns()], "source": ["fresh"],
+                                   "count": [i]})
+            assert client.post("/v1/sql", json=count).json()["rows"] == [[i]]
+
+
+def test_a_saturated_replica_answers_503_with_retry_after(served: Served, tmp_path: Path
+                                                          ) -> None:
+    # GIVEN a replica with one SQL slot and no queue, the slot held by a slow statement
+    port = free_port()
+    env = {**os.environ, "KPROBE_API_SQL_MAX_CONCURRENT": "1", "KPROBE_API_SQL_MAX_QUEUED": "0"}
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([*KPROBE, "serve", "--lake", str(served.lake), "--no-auth",
+                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+        slow = {"sql": "SELECT count(*) FROM range(10000000000000)", "timeout_s": 3}
+        with httpx.Client(base_url=base, timeout=30) as client:
+            held: dict[str, httpx.Response] = {}
+            holder = threading.Thread(target=lambda: held.setdefault(
+                "r", httpx.post(f"{base}/v1/sql", json=slow, timeout=30)))
+            holder.start()
+            time.sleep(1)
+            # WHEN another statement arrives THEN 503 problem+json at once, with Retry-After
+            refused = client.post("/v1/sql", json={"sql": "SELECT 1"})
+            _problem(refused, 503, "overloaded", "retry in 1 s")
+            assert refused.headers["retry-after"] == "1"
+            holder.join()
+            assert held["r"].status_code == 422  # the slow one ran to its limit
+            assert client.post("/v1/sql", json={"sql": "SELECT 1"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 # -- auth ---------------------------------------------------------------------------------------

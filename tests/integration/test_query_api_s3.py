@@ -65,7 +65,8 @@ def replicas(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
     env = {**os.environ, **s3_server.env("lake"), "KPROBE_API_LIVE_POLL_INTERVAL_S": "0.2",
            "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(tmp / "graph-cache")}
     run = subprocess.run([*KPROBE, "run", "--spool-dir", str(tmp / "spool"), "--",
-                          sys.executable, "-P", "-m", "kprobe.demo.ledger_workload",
+                          sys.executable, "-P",
+                          str(REPO / "tests" / "programs" / "ledger_workload.py"),
                           "--ledger", str(tmp / "ledger.db"), "--payments", "20"],
                          env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert run.returncode == 0, run.stderr
@@ -149,6 +150,24 @@ def test_live_stream_over_s3(replicas: dict[str, object]) -> None:
         message = json.loads(ws.recv(timeout=15))
     assert message["type"] == "events" and message["table"] == "lost"
     assert message["rows"][0]["source"] == "s3-test" and message["rows"][0]["node"] == "s3-live"
+
+
+def test_a_commit_to_s3_is_in_the_next_answer_of_every_replica(
+        replicas: dict[str, object]) -> None:
+    """Each replica keeps its tables open between requests: a commit made through S3 is
+    in the next answer of both, however recently they read the table."""
+    s3 = replicas["s3"]
+    assert isinstance(s3, S3Server)
+    writer = LakeWriter(resolve(s3.lake_settings("lake", node="s3-fresh")), "s3-fresh")
+    count = {"sql": "SELECT count(*) FROM lost WHERE node = 's3-fresh'"}
+    with _client(replicas, "a") as a, _client(replicas, "b") as b:
+        for client in (a, b):
+            assert client.post("/v1/sql", json=count).json()["rows"] == [[0]]
+        for i in range(1, 4):
+            writer.append("lost", {"ts_ns": [time.time_ns()], "source": ["s3-fresh"],
+                                   "count": [i]})
+            for client in (a, b):
+                assert client.post("/v1/sql", json=count).json()["rows"] == [[i]]
 
 
 def test_readiness_fails_with_an_unreachable_lake(replicas: dict[str, object]) -> None:

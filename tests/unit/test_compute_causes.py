@@ -174,6 +174,26 @@ def test_uninstrumented_server_found_by_four_tuple(lake_dir: Path) -> None:
     assert sent and sent[0]["dst"] == "n1:1401"
 
 
+
+def test_a_server_spans_caller_is_not_taken_for_a_server_it_called(lake_dir: Path) -> None:
+    # GIVEN a risk service's SERVER span that names both ends of its request's connection
+    # (client.port / server.port, as semantic conventions ask) and has no child span; its
+    # caller (the gateway) receives the answer on its own port during the span
+    sc = Scenario().process(1300, "gateway").process(1400, "risk-svc")
+    caller, server = ("127.0.0.1", 41000), ("127.0.0.1", 9000)
+    sc.run(0, 1300, 1301, 0, 1, leave="S").run(0, 1300, 1301, 30, 31, leave="S")
+    sc.run(1, 1400, 1401, 2, 29, leave="S")
+    sc.net("send", 1, 1300, 1301, caller, server, 200)
+    sc.net("recv", 2, 1400, 1401, server, caller, 200)
+    sc.net("send", 26, 1400, 1401, server, caller, 300)
+    sc.net("recv", 27, 1300, 1301, caller, server, 300)  # before the span has ended
+    sc.span("t8", "s", None, "risk-svc", "risk.check", 2, 29, pid=1400, tid=1401,
+            kind="SERVER", client_port=41000, server_port=9000)
+    analysis = analyze(sc, lake_dir)
+    # THEN no synthetic "remote" server span is made for the caller
+    assert rels(analysis, src=key("s", "t8"), kind="remote_call") == []
+    assert [s for s in analysis.tables["Span"].to_pylist() if s["origin"] == "remote"] == []
+
 def test_healthy_control_invents_no_cause(lake_dir: Path) -> None:
     # GIVEN a quick, successful operation with short waits, and an unrelated reclaim
     # episode in another cgroup later on

@@ -229,3 +229,66 @@ def test_timeline_needs_a_process_and_a_range(make_client: ClientFactory) -> Non
                    400, "bad-request", "from: not a time")
     assert_problem(client.get("/v1/timeline", params={"pid": 1}), 422, "invalid-request")
 
+
+
+def test_explain_is_cached_per_snapshot_and_never_stale(analysed_lake: Path,
+                                                        make_client: ClientFactory,
+                                                        tmp_path: Path) -> None:
+    from compute.analysis import run_window
+    from compute.window import Window
+    from tests.unit.test_compute_scenario import Scenario
+
+    client = make_client()
+    url = "/v1/transactions/98721/explain"
+    first = client.get(url)
+    cache = client.app.state.causal_cache[1]  # type: ignore[attr-defined]
+    assert client.get(url).content == first.content and cache.hits == 1
+    assert "ledger.post" not in first.text
+    graph_url = f"/v1/traces/{TRACE}/graph"
+    assert "ledger.post" not in client.get(graph_url).text
+    assert client.get(graph_url).status_code == 200 and cache.hits == 2
+    # WHEN the trace gains a failed operation and the window is analysed again
+    sc = Scenario()
+    sc.span("t1", "d", "a", "payment-handler", "ledger.post", -740, -700, pid=100, tid=101,
+            status="ERROR", message="ledger refused", attrs={"payment.id": 98721})
+    sc.write(analysed_lake)
+    run_window(resolve(LakeSettings(lake=str(analysed_lake))), Window(WINDOW_START, WINDOW_END),
+               ComputeSettings(graph_cache_dir=tmp_path / "graph-cache"))
+    # THEN the next explanation is computed from the new snapshot, not served from the cache
+    after = client.get(url)
+    assert after.status_code == 200 and "ledger.post" in after.text
+    assert after.json() == {"query": "98721", "transactions": explain(
+        resolve(LakeSettings(lake=str(analysed_lake))), "98721",
+        ComputeSettings(graph_cache_dir=tmp_path / "graph-cache"))}
+    # AND the trace graph follows the same rule
+    graph = client.get(graph_url).json()
+    assert any(n.get("name") == "ledger.post" for n in graph["nodes"])
+
+
+def test_concurrent_misses_of_one_answer_compute_it_once() -> None:
+    import threading
+    import time
+
+    from query_api.cache import AnswerCache
+
+    cache = AnswerCache(entries=2)
+    calls: list[int] = []
+
+    def slow() -> bytes:
+        calls.append(1)
+        time.sleep(0.2)
+        return b"answer"
+
+    got: list[bytes] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get_or_compute("k", slow)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [b"answer"] * 8 and len(calls) == 1
+    # bounded: the oldest answer goes first
+    cache.get_or_compute("a", lambda: b"a")
+    cache.get_or_compute("b", lambda: b"b")
+    cache.get_or_compute("k", slow)
+    assert len(calls) == 2

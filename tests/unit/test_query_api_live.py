@@ -169,3 +169,30 @@ def test_a_rewrite_is_a_notice_not_a_resend(analysed_lake: Path) -> None:
             await hub.close()
 
     asyncio.run(scenario())
+
+
+def test_only_wanted_tables_are_polled_and_a_late_kind_starts_afresh(
+        analysed_lake: Path) -> None:
+    async def scenario() -> None:
+        hub = _hub(analysed_lake)
+        lost = await hub.subscribe(Filters(kinds=frozenset({"lost"})))
+        try:
+            # GIVEN one client of `lost` only: spans are not polled
+            await asyncio.to_thread(_writer(analysed_lake).append, "spans", _spans(2))
+            await _wait_for(lambda: (hub.metrics.registry.get_sample_value(
+                "kprobe_api_live_polls_total") or 0) >= 3)
+            assert hub._tails is not None and hub._tails["spans"].idle
+            # WHEN a client of spans arrives, and then a span is committed
+            spans = await hub.subscribe(Filters(kinds=frozenset({"spans"})))
+            await asyncio.to_thread(_writer(analysed_lake).append, "spans",
+                                    _spans(1, start=T0 + 100))
+            await _wait_for(lambda: spans.queue.qsize() >= 1)
+            await asyncio.sleep(0.3)
+            # THEN it gets that span only, not the two committed while nobody watched
+            got = [spans.queue.get_nowait() for _ in range(spans.queue.qsize())]
+            assert [len(m["rows"]) for m in got] == [1]
+            assert lost.queue.qsize() == 0
+        finally:
+            await hub.close()
+
+    asyncio.run(scenario())

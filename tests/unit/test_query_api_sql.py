@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 
+from lake import LakeSettings, LakeWriter
 from query_api.errors import NotAcceptable
 from query_api.sql import negotiate
+from tests.unit.test_compute_scenario import T0
 from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
     ClientFactory,
     analysed_lake_fixture,
@@ -119,3 +125,61 @@ def test_tables_with_schemas(make_client: ClientFactory) -> None:
     assert spans["partition_columns"] == ["node", "hour"]
     columns = {c["name"]: c for c in spans["columns"]}
     assert columns["start_ns"] == {"name": "start_ns", "type": "int64", "nullable": False}
+
+
+# -- freshness and admission ---------------------------------------------------------------
+def test_a_commit_is_in_the_very_next_answer(analysed_lake: Path,
+                                             make_client: ClientFactory) -> None:
+    """The service keeps its Delta tables open between requests: GIVEN tables already read
+    (cached), WHEN a commit lands THEN the next request has its rows, every time."""
+    client = make_client()
+    count = {"sql": "SELECT count(*) FROM lost WHERE node = 'fresh'"}
+    assert client.post("/v1/sql", json=count).json()["rows"] == [[0]]
+    versions = []
+    for i in range(1, 4):
+        LakeWriter.from_settings(LakeSettings(lake=str(analysed_lake), node="fresh"),
+                                 f"fresh-{i}").append(
+            "lost", {"ts_ns": [T0 + i], "source": ["test"], "count": [i]})
+        assert client.post("/v1/sql", json=count).json()["rows"] == [[i]]
+        tables = {t["name"]: t for t in client.get("/v1/tables").json()["tables"]}
+        versions.append(tables["lost"]["version"])
+    assert versions == sorted(set(versions))
+
+
+def _hold_the_only_slot(client: TestClient) -> threading.Thread:
+    """A statement that runs until its 2 s limit, started on another thread; returns once
+    it holds the SQL slot."""
+    assert client.post("/v1/sql", json={"sql": "SELECT 1"}).status_code == 200
+    admission = client.app.state.sql_admission[1]  # type: ignore[attr-defined]
+    held = threading.Thread(target=client.post, args=("/v1/sql",), kwargs={"json": {
+        "sql": "SELECT count(*) FROM range(1000000000000)", "timeout_s": 2}})
+    held.start()
+    deadline = time.monotonic() + 10
+    while admission.admitted < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return held
+
+
+def test_a_full_replica_answers_503_at_once(make_client: ClientFactory) -> None:
+    # GIVEN one SQL slot, no queue, and the slot taken
+    client = make_client(sql_max_concurrent=1, sql_max_queued=0)
+    held = _hold_the_only_slot(client)
+    # WHEN another statement arrives THEN it is refused at once, with when to retry
+    started = time.monotonic()
+    refused = client.post("/v1/sql", json={"sql": "SELECT 1"})
+    assert time.monotonic() - started < 1
+    assert_problem(refused, 503, "overloaded", "already running or queued")
+    assert refused.headers["retry-after"] == "1"
+    held.join()
+    # AND once the slot is free, statements run again
+    assert client.post("/v1/sql", json={"sql": "SELECT 1"}).status_code == 200
+
+
+def test_a_queued_statement_gives_up_after_its_wait(make_client: ClientFactory) -> None:
+    client = make_client(sql_max_concurrent=1, sql_max_queued=1, sql_queue_wait_s=0.3)
+    held = _hold_the_only_slot(client)
+    refused = client.post("/v1/sql", json={"sql": "SELECT 1"})
+    assert_problem(refused, 503, "overloaded", "within 0.3 s")
+    assert refused.headers["retry-after"] == "1"
+    held.join()

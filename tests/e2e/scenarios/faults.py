@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -20,44 +18,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kprobe.demo import host
 from tests.support import REPO, require, require_binary
-
-_ZRAM_CONTROL = Path("/sys/class/zram-control")
 
 
 @contextmanager
 def zram_swap(size_bytes: int) -> Iterator[str]:
-    """A zram device of ``size_bytes`` used as swap; swapped off and removed afterwards.
-
-    Without swap, reclaim in a memory cgroup only drops clean page cache (~µs); with swap
-    the anonymous pages of the cgroup are compressed out and faulted back in.
-    """
-    require_binary("mkswap")
-    require_binary("swapon")
-    if not _ZRAM_CONTROL.exists():
-        subprocess.run(["modprobe", "zram", "num_devices=0"], check=False,
-                       capture_output=True)
-    require((_ZRAM_CONTROL / "hot_add").exists(), "zram with hot_add (modprobe zram)")
-    dev = int((_ZRAM_CONTROL / "hot_add").read_text())
-    block = Path(f"/sys/block/zram{dev}")
-    path = f"/dev/zram{dev}"
-    swapped = False
-    try:
-        (block / "disksize").write_text(str(size_bytes))
-        subprocess.run(["mkswap", path], check=True, capture_output=True)
-        subprocess.run(["swapon", path], check=True, capture_output=True)
-        swapped = True
-        yield path
-    finally:
-        if swapped:
-            subprocess.run(["swapoff", path], check=False, capture_output=True)
-        for _ in range(50):  # reset refuses a device still held open for a moment
-            try:
-                (block / "reset").write_text("1")
-                (_ZRAM_CONTROL / "hot_remove").write_text(str(dev))
-                break
-            except OSError:
-                time.sleep(0.1)
+    """A zram device of ``size_bytes`` used as swap; swapped off and removed afterwards
+    (``kprobe.demo.host.zram_swap``; a missing zram or swap tool skips the test)."""
+    problem = host.zram_support()
+    require(problem is None, problem or "")
+    with host.zram_swap(size_bytes) as swap:
+        yield swap.path
 
 
 @contextmanager
@@ -82,48 +54,12 @@ def iptables_drop(port: int, probability: float) -> Iterator[list[str]]:
 @contextmanager
 def cpu_cgroup(weight: float = 8.0) -> Iterator[Path]:
     """A CPU cgroup weighted ``weight`` times a default group; its processes are killed and
-    the directory removed afterwards.
-
-    The machine is shared: with autogroup scheduling, every other session's process is a
-    group of its own with the same weight as the test's whole session, so one busy
-    neighbour on the service's CPU takes as much as the culprit's threads together. Inside
-    this cgroup the service and its culprit share the CPU thread by thread as on a
-    dedicated host, and the group as a whole outweighs the neighbours.
-    """
-    root, knob, value = _cpu_controller(weight)
-    path = root / f"kprobe-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    try:
-        (path / knob).write_text(value)
-        yield path
-    finally:
-        for _ in range(100):
-            for pid in (path / "cgroup.procs").read_text().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.05)
-
-
-def _cpu_controller(weight: float) -> tuple[Path, str, str]:
-    v1, unified = None, None
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[2] == "cgroup" and "cpu" in fields[3].split(","):
-            v1 = v1 or Path(fields[1])
-        elif len(fields) >= 4 and fields[2] == "cgroup2":
-            unified = unified or Path(fields[1])
-    if v1 is not None:
-        return v1, "cpu.shares", str(int(1024 * weight))
-    require(unified is not None and "cpu" in (unified / "cgroup.subtree_control").read_text()
-            .split(), "a cgroup v1 cpu controller or cgroup v2 with cpu enabled")
-    assert unified is not None
-    return unified, "cpu.weight", str(int(100 * weight))
+    the directory removed afterwards (``kprobe.demo.host.CpuCgroup``, which says why the
+    scenarios need one on a shared machine)."""
+    require(host.cpu_controller(weight) is not None,
+            "a cgroup v1 cpu controller or cgroup v2 with cpu enabled")
+    with host.CpuCgroup("kprobe-test", weight) as cgroup:
+        yield cgroup.path
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""A small real payment workload: receive, risk-check, and settle payments into SQLite.
+"""A small real payment workload in one process: receive, risk-check, and settle payments
+into SQLite (the first demo workload; ``kprobe demo`` now runs ``kprobe.demo``'s services).
 
-Run as its own process (``python -m kprobe.demo.ledger_workload --endpoint URL``). Each
+Run as its own process (``python tests/programs/ledger_workload.py --ledger PATH``). Each
 payment is a trace of real work: a risk check over recent ledger rows and a settlement write
 committed with fsync (SQLite ``synchronous=FULL``). Spans are exported over OTLP/HTTP by
 the real OpenTelemetry SDK, with the resource attribute ``process.pid`` and ``thread.id``

@@ -1,0 +1,116 @@
+"""Delta table handles kept open between reads, refreshed when the table moves.
+
+Opening a table reads its Delta log and ``to_pyarrow_dataset()`` turns the add actions into
+a dataset (measured on a 10M-row local table: 4 ms and 13 ms). A long-lived reader (the
+HTTP API, one process serving many requests) keeps one ``DeltaTable`` per table in a
+``TableCache`` and builds the dataset again only when the version changed.
+
+Freshness rule: ``snapshots()`` returns, for each table, a version at least as new as every
+commit that completed before the call (with ``max_staleness_s`` 0, the default). The cache
+asks the log for newer commits (``update_incremental``: one listing of ``_delta_log``, ~1 ms
+locally) unless a check that *started after* the call began has already answered; under
+load, concurrent readers of one table therefore share checks instead of each making one. A
+positive ``max_staleness_s`` accepts a check that started up to that long before the call:
+fewer listings on object stores, at the price of seeing a commit up to that late.
+
+A table that does not exist yet reads as an empty table with its schema and is looked for
+again on every check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+from deltalake import DeltaTable
+
+from lake.deltaio import open_table, translate_errors
+from lake.errors import UnknownTable
+from lake.schema import TABLE_NAMES, TABLES
+from lake.storage import LakeLocation
+
+Dataset: TypeAlias = pads.Dataset | pa.Table
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """One table at one version, ready to register with DuckDB."""
+
+    name: str
+    version: int | None  # None: the table does not exist yet
+    dataset: Dataset
+
+
+class _Entry:
+    """One table's handle; every change happens under ``lock``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.table: DeltaTable | None = None
+        self.snapshot = TableSnapshot(name, None, TABLES[name].schema.empty_table())
+        self.checked_at = float("-inf")  # monotonic time at which the last good check began
+
+
+class TableCache:
+    """Open Delta tables of one lake, safe to share between threads."""
+
+    def __init__(self, location: LakeLocation, max_staleness_s: float = 0.0) -> None:
+        if max_staleness_s < 0:
+            raise ValueError("max_staleness_s must be >= 0")
+        self.location = location
+        self.max_staleness_s = max_staleness_s
+        self._entries = {name: _Entry(name) for name in TABLE_NAMES}
+        self.checks = 0  # log checks made (tests and metrics read it)
+
+    def snapshot(self, table: str) -> TableSnapshot:
+        return self.snapshots([table])[table]
+
+    def snapshots(self, tables: Iterable[str]) -> dict[str, TableSnapshot]:
+        """The tables at versions no older than the freshness rule allows."""
+        asked_at = time.monotonic()
+        entries = []
+        for name in dict.fromkeys(tables):  # in order, once each
+            entry = self._entries.get(name)
+            if entry is None:
+                raise UnknownTable(f"unknown table {name!r}; known: {', '.join(TABLE_NAMES)}")
+            entries.append(entry)
+        stale = [e for e in entries if not self._fresh(e, asked_at)]
+        if len(stale) == 1:
+            self._refresh(stale[0], asked_at)
+        elif stale:
+            # a few object-store round trips each: do the tables of a query concurrently
+            with ThreadPoolExecutor(max_workers=min(8, len(stale))) as pool:
+                for _ in pool.map(lambda e: self._refresh(e, asked_at), stale):
+                    pass
+        return {e.name: e.snapshot for e in entries}
+
+    def versions(self, tables: Iterable[str] = TABLE_NAMES) -> dict[str, int | None]:
+        return {name: snap.version for name, snap in self.snapshots(tables).items()}
+
+    def _fresh(self, entry: _Entry, asked_at: float) -> bool:
+        return entry.checked_at >= asked_at - self.max_staleness_s
+
+    def _refresh(self, entry: _Entry, asked_at: float) -> None:
+        with entry.lock:
+            if self._fresh(entry, asked_at):  # another reader checked while we waited
+                return
+            started = time.monotonic()
+            with translate_errors(f"open {entry.name}"):
+                self.checks += 1
+                if entry.table is None:
+                    entry.table = open_table(self.location, entry.name)
+                else:
+                    entry.table.update_incremental()
+                if entry.table is not None:
+                    version = int(entry.table.version())
+                    if version != entry.snapshot.version:
+                        entry.snapshot = TableSnapshot(entry.name, version,
+                                                       entry.table.to_pyarrow_dataset())
+            entry.checked_at = started
