@@ -193,13 +193,23 @@ def run_checks() -> list[Check]:
     steps: list[Callable[[], list[Check]]] = [lambda: [check_ringbuf()], check_attach_kinds]
     for family in FAMILIES.values():
         steps.append(functools.partial(_one, check_layouts, family))
-        steps.append(functools.partial(check_sensor, family))
+        steps.append(functools.partial(check_sensor, family, _full_spec(family)))
     for step in steps:
         try:
             checks.extend(step())
         except Exception as e:  # a doctor reports, it does not crash
             checks.append(Check("internal", False, f"{type(e).__name__}: {e}"))
     return checks
+
+
+def _full_spec(family: Family) -> SensorSpec | None:
+    """The syscalls sensor as `--payloads` loads it: its clock uprobes then attach to this
+    machine's libc (without a place to attach, a uprobe program cannot be tried)."""
+    if family.name != "syscalls":
+        return None
+    from capture_agent.families import syscalls
+
+    return syscalls.sensor_spec(syscalls.SyscallsConfig(capture_payloads=True))
 
 
 def _one(check: Callable[[Family], Check], family: Family) -> list[Check]:
