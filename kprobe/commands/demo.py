@@ -186,7 +186,9 @@ def _lake(args: argparse.Namespace, workdir: Path, stack: ExitStack,
           say: Say) -> tuple[str, dict[str, str], str]:
     """(lake URI, environment for kprobe commands, a line on how to reach it later)."""
     if not args.s3:
-        lake = args.lake or str(Path.cwd() / "kprobe-demo-lake")
+        lake = args.lake or "kprobe-demo-lake"
+        if "://" not in lake:  # the services and the agent run in a work directory
+            lake = str(Path(lake).resolve())
         return lake, {}, ""
     from kprobe.demo.seaweed import S3Server, S3ServerError
 
