@@ -38,7 +38,10 @@ DEFAULT_CUTOFFS = "14:00,16:30"  # compute/domain_rules.yaml, clearing.cutoffs (
 
 def tracer(service: str) -> tuple[trace.Tracer, TracerProvider]:
     """A tracer exporting every span synchronously to the agent's OTLP/HTTP receiver."""
-    resource = Resource.create({"service.name": service, "process.pid": os.getpid()})
+    # Resource(...), not Resource.create(...): create() runs the resource detectors on a
+    # thread pool, a second thread in a process meant to have one (see the module doc)
+    resource = Resource({"service.name": service, "process.pid": os.getpid(),
+                         "telemetry.sdk.language": "python"})
     provider = TracerProvider(resource=resource)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").rstrip("/")
     if endpoint:
