@@ -86,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     fuzz.add_argument("--fuzz-no-swaps", action="store_true",
                       help="do not perturb the cross-thread order")
     fuzz.add_argument("--ray", action="store_true",
-                      help="run the replays as Ray tasks (default when RAY_ADDRESS or "
+                      help="run the replays on Ray, one actor per CPU (default when RAY_ADDRESS or "
                       "--ray-address names a cluster; else a local 127.0.0.1 cluster)")
     fuzz.add_argument("--ray-address", metavar="ADDRESS",
                       help="the Ray cluster to join (default $RAY_ADDRESS)")
