@@ -9,6 +9,7 @@ nothing is lost silently. A crash loses at most what was drained since the last 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import logging
@@ -42,6 +43,30 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 CLOCK_RESAMPLE_S = 30.0
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or nothing elsewhere.
+
+    glibc keeps the pages of freed blocks: what loading the sensors and kallsyms used
+    (~35 MB) would stay resident for the agent's life. Trimmed once, after start. Not per
+    flush: each flush would then fault its batches' pages in again (measured at 100k
+    events/s: +1 % of a core for -4 MB of peak RSS).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+release_memory = _malloc_trim()
 
 
 @dataclass
@@ -113,6 +138,7 @@ class Agent:
                 self.config.bind_host, self.config.metrics_port)
         if self.config.otlp_port is not None:
             self._start_otlp()
+        release_memory()
         return self
 
     def run(self, stop: threading.Event, duration_s: float | None = None) -> None:

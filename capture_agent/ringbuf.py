@@ -10,8 +10,11 @@ then the payload, rounded up to 8 bytes. Producer and consumer positions only gr
 offset in the ring is ``pos & (size - 1)``.
 
 Every ring of this project carries one record size (a convention of the BPF side), so the
-bytes between the consumer and producer positions are an array of equal slots: one numpy
-structured view covers a whole batch, wrap-around included (the double mapping). A batch
+bytes between the consumer and producer positions are an array of equal slots. The reader
+maps the data pages once, not twice: the kernel maps every page of a ring into the process
+at mmap time, so the double mapping would count each ring twice in the agent's RSS. A batch
+that wraps past the end is copied out in two pieces (headers are 8-byte aligned and never
+straddle the end; a record may). A batch
 ends at the first record still being written (BUSY); discarded records are dropped; the
 consumer position is advanced after the records were copied out. x86-64 only: its loads
 are not reordered with other loads and stores are not reordered with older loads, which
@@ -57,11 +60,14 @@ class RingReader:
             map_fd, self._page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
         )
         self._data_map = mmap.mmap(
-            map_fd, self._page + 2 * ring_size, mmap.MAP_SHARED, mmap.PROT_READ,
+            map_fd, self._page + ring_size, mmap.MAP_SHARED, mmap.PROT_READ,
             offset=self._page,
         )
         self._consumer_pos = np.frombuffer(self._consumer_map, dtype="<u8", count=1)
         self._producer_pos = np.frombuffer(self._data_map, dtype="<u8", count=1)
+        self._bytes = np.frombuffer(self._data_map, dtype=np.uint8, count=ring_size,
+                                    offset=self._page)
+        self._words = self._bytes.view("<u4")  # record headers: len at each slot start
         self._epoll: select.epoll | None = None
         self.records_read = 0
         self.discarded = 0
@@ -84,12 +90,17 @@ class RingReader:
         Returns a structured array of ``record``: a view into a private copy of the ring
         bytes (strided by the 8-byte record header), owned by the caller.
         """
+        return self.drain_slots(max_records)["rec"]
+
+    def drain_slots(self, max_records: int | None = None) -> np.ndarray:
+        """As ``drain``, but the contiguous slots (header + record): batches of slots
+        concatenate at memcpy speed, where strided records copy field by field."""
         consumer = int(self._consumer_pos[0])
         producer = int(self._producer_pos[0])  # acquire: headers up to here are written
         pending = producer - consumer
         slot_size = self._slot.itemsize
         if pending <= 0:
-            return np.empty(0, dtype=self.record)
+            return np.empty(0, dtype=self._slot)
         if pending % slot_size:
             raise RingBufferError(
                 f"ring {self.name}: {pending} pending bytes are not whole {slot_size}-byte"
@@ -98,13 +109,17 @@ class RingReader:
         count = pending // slot_size
         if max_records is not None:
             count = min(count, max_records)
-        start = self._page + (consumer & self._mask)
-        slots = np.ndarray(count, dtype=self._slot, buffer=self._data_map, offset=start)
-        lengths = slots["len"].copy()  # read the headers once, before the payloads
+        off = consumer & self._mask
+        # read the headers once, before the payloads
+        if off + count * slot_size <= self.size:  # the usual case: no wrap in this batch
+            lengths = self._words[off // 4:(off + count * slot_size) // 4:slot_size // 4].copy()
+        else:
+            heads = (off + np.arange(count, dtype=np.int64) * slot_size) & self._mask
+            lengths = self._words[heads // 4]
         busy = (lengths & BPF_RINGBUF_BUSY_BIT) != 0
         committed = int(np.argmax(busy)) if busy.any() else count
         if committed == 0:
-            return np.empty(0, dtype=self.record)
+            return np.empty(0, dtype=self._slot)
         lengths = lengths[:committed]
         if np.any((lengths & _LEN_MASK) != self.record.itemsize):
             bad = int(lengths[(lengths & _LEN_MASK) != self.record.itemsize][0] & _LEN_MASK)
@@ -112,16 +127,19 @@ class RingReader:
                 f"ring {self.name}: record of {bad} bytes, reader expects"
                 f" {self.record.itemsize}"
             )
-        # One contiguous byte copy (memcpy speed; a structured copy of the strided records
-        # is ~5x slower), then a view of the records inside it: strided by the slot size.
-        raw = np.frombuffer(self._data_map, dtype=np.uint8, count=committed * slot_size,
-                            offset=start).copy()
-        del slots
-        records = raw.view(self._slot)["rec"]
+        # One contiguous byte copy (two at the wrap), memcpy speed; the records are a view
+        # inside it, strided by the slot size.
+        nbytes = committed * slot_size
+        first = min(nbytes, self.size - off)
+        raw = np.empty(nbytes, dtype=np.uint8)
+        raw[:first] = self._bytes[off:off + first]
+        if first < nbytes:
+            raw[first:] = self._bytes[:nbytes - first]
+        slots = raw.view(self._slot)
         keep = (lengths & BPF_RINGBUF_DISCARD_BIT) == 0
-        out = records if keep.all() else records[keep]
+        out = slots if keep.all() else slots[keep]
         # release: the copies above are done before the kernel may reuse the space
-        self._consumer_pos[0] = consumer + committed * slot_size
+        self._consumer_pos[0] = consumer + nbytes
         self.records_read += len(out)
         self.discarded += committed - len(out)
         return out
@@ -148,5 +166,7 @@ class RingReader:
         # drop the numpy views first: an mmap with live exports cannot close
         self._consumer_pos = np.empty(1, dtype="<u8")
         self._producer_pos = np.empty(1, dtype="<u8")
+        self._bytes = np.empty(0, dtype=np.uint8)
+        self._words = self._bytes.view("<u4")
         self._consumer_map.close()
         self._data_map.close()

@@ -66,12 +66,20 @@ class LakeWriter:
     _seq: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _tables: dict[str, DeltaTable] = field(default_factory=dict)
+    # Table -> the last seq of this writer id known to have landed, kept while that
+    # knowledge is exact: only for a writer id this object made up (no other writer, past
+    # or present, can use it) and dropped when a commit attempt fails (it may have landed).
+    # It spares the lake read of ``transaction_version`` (~5 ms) before each commit.
+    _landed: dict[str, int] = field(default_factory=dict)
+    _own_id: bool = False
 
     @classmethod
     def from_settings(cls, settings: LakeSettings, writer_id: str | None = None) -> LakeWriter:
         if writer_id:
             return cls(resolve(settings), settings.node, writer_id)
-        return cls(resolve(settings), settings.node)
+        writer = cls(resolve(settings), settings.node)
+        writer._own_id = True
+        return writer
 
     # -- public API ---------------------------------------------------------------------
     def prepare(self, table: str, data: BatchData) -> PreparedBatch:
@@ -89,11 +97,19 @@ class LakeWriter:
         rows = batch.data.num_rows
         last_error: Exception | None = None
         for attempt in range(_TRANSIENT_RETRIES):
+            known = self._landed.pop(batch.table, None) if self._own_id else None
             with translate_errors(f"append to {batch.table}"):
                 dt = self._table(batch.table, refresh=attempt > 0)
-                if (dt.transaction_version(batch.writer_id) or 0) >= batch.seq:
-                    return CommitResult(batch.table, batch.batch_id, rows, None, duplicate=True)
-                if rows == 0:
+                if batch.writer_id != self.writer_id or known is None or attempt > 0:
+                    landed = dt.transaction_version(batch.writer_id) or 0
+                else:
+                    landed = known  # exact: every commit under this id went through here
+                if landed >= batch.seq or rows == 0:
+                    if batch.writer_id == self.writer_id:
+                        self._landed[batch.table] = landed
+                    if landed >= batch.seq:
+                        return CommitResult(batch.table, batch.batch_id, rows, None,
+                                            duplicate=True)
                     return CommitResult(batch.table, batch.batch_id, 0, None)
                 try:
                     write_deltalake(
@@ -112,6 +128,8 @@ class LakeWriter:
                 # write_deltalake leaves ``dt`` at the version it committed: no re-read of
                 # the log (a LIST per commit on S3), and the version is ours, not whatever
                 # another writer committed since.
+                if batch.writer_id == self.writer_id:
+                    self._landed[batch.table] = max(landed, batch.seq)
                 return CommitResult(batch.table, batch.batch_id, rows, dt.version())
         raise LakeUnavailable(f"append to {batch.table} failed after retries: {last_error}")
 

@@ -417,9 +417,16 @@ class SyscallsConfig:
     vdso_clocks: bool = True
     target_all: bool = False  # every process is a target (expensive: every syscall)
     wakeup_fill_pct: int = 50
-    events_ring_bytes: int = 8 << 20
+    # Ring sizes: what arrives in one drain interval (0.1 s) at the rate to absorb, plus
+    # headroom; every mapped page of a ring is resident in the agent. syscall_events: 1 M
+    # syscalls/s (the benchmark's goal) x 128-byte slots x 0.1 s = 12.8 MB -> 16 MiB (131 ms
+    # of that rate; the 50 % wakeup drains early, after 65 ms). The payload rings are only
+    # written with ``capture_payloads``; otherwise they shrink to one record's pages.
+    events_ring_bytes: int = 16 << 20
     data_ring_bytes: int = 16 << 20
     small_data_ring_bytes: int = 4 << 20
+    idle_data_ring_bytes: int = 8 << 10  # syscall_data without payloads: one 4168-byte slot
+    idle_small_data_ring_bytes: int = 4 << 10  # syscall_data_small: twelve 328-byte slots
 
 
 # libc's clock_gettime, answered by the vDSO without a syscall: a uprobe records it
@@ -468,8 +475,9 @@ def sensor_spec(config: SyscallsConfig | None = None, *,
         },
         ring_bytes={
             "syscall_events": c.events_ring_bytes,
-            "syscall_data": c.data_ring_bytes,
-            "syscall_data_small": c.small_data_ring_bytes,
+            "syscall_data": c.data_ring_bytes if c.capture_payloads else c.idle_data_ring_bytes,
+            "syscall_data_small": (c.small_data_ring_bytes if c.capture_payloads
+                                   else c.idle_small_data_ring_bytes),
         },
         shared_maps=shared_maps or {},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from lake import LakeSettings, LakeWriter, connect, resolve
@@ -72,3 +73,30 @@ def test_empty_batch_commits_nothing(lake_dir: Path) -> None:
     writer.append("sched", pa.table({"ts_ns": [T0]}))
     result = writer.append("sched", pa.table({"ts_ns": pa.array([], pa.int64())}))
     assert result.rows == 0 and result.version is None
+
+
+def test_a_writer_with_its_own_id_reads_the_lake_only_for_its_first_commit(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GIVEN a writer whose id it made up (no other writer can use it) WHEN it commits
+    batch after batch THEN only the first asks the lake what landed; a retry of a
+    committed batch is still recognised, without asking."""
+    writer = LakeWriter.from_settings(LakeSettings(lake=str(lake_dir), node="n1"))
+    reads: list[str] = []
+    original = DeltaTable.transaction_version
+
+    def counting(self: DeltaTable, app_id: str) -> int | None:
+        reads.append(app_id)
+        return original(self, app_id)
+
+    monkeypatch.setattr(DeltaTable, "transaction_version", counting)
+    batches = [writer.prepare("mem", pa.table({"ts_ns": [T0 + i]})) for i in range(3)]
+    results = [writer.commit(b) for b in batches]
+    assert [r.version is not None for r in results] == [True, True, True]
+    assert len(reads) == 1
+    assert writer.commit(batches[1]).duplicate and len(reads) == 1
+    # a batch of another writer id (e.g. from the spool) is always checked against the lake
+    other = LakeWriter.from_settings(LakeSettings(lake=str(lake_dir), node="n1"), "other")
+    writer.commit(other.prepare("mem", pa.table({"ts_ns": [T0]})))
+    assert reads[-1] == "other"
+    assert DeltaTable(str(lake_dir / "v1" / "mem")).to_pyarrow_table().num_rows == 4

@@ -1,8 +1,9 @@
 """RingReader against a ring laid out by hand in a memfd, following the kernel ABI.
 
-No BPF needed: the memfd holds the consumer page, the producer page and the data area
-written twice in a row (what the kernel's double mapping shows), so the reader maps it
-exactly as it maps a BPF ring buffer map.
+No BPF needed: the memfd holds the consumer page, the producer page and the data area,
+so the reader maps it exactly as it maps a BPF ring buffer map. The kernel maps the data
+area twice in a row; the reader maps it once (each mapped page is resident) and splits a
+batch that wraps, so here the second copy holds garbage it must never read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PAGE = mmap.PAGESIZE
 SIZE = 4096  # 48-byte slots do not divide it: records straddle the end
 RECORD = record_dtype([("a", "<u8"), ("b", "<u8"), ("c", "<u8")])  # 40 bytes
 SLOT = 8 + RECORD.itemsize
+_NOT_MAPPED = b"\xee" * SIZE  # where the kernel's second mapping would be
 
 
 class FakeRing:
@@ -54,7 +56,7 @@ class FakeRing:
         pos = self.producer
         for i, byte in enumerate(blob):
             self.data[(pos + i) % SIZE] = byte
-        os.pwrite(self.fd, bytes(self.data) * 2, 2 * PAGE)
+        os.pwrite(self.fd, bytes(self.data) + _NOT_MAPPED, 2 * PAGE)
         self.producer = pos + 8 + length
         os.pwrite(self.fd, struct.pack("<Q", self.producer), PAGE)
         return pos
@@ -64,7 +66,7 @@ class FakeRing:
         off = pos % SIZE
         (word,) = struct.unpack_from("<I", self.data, off)
         struct.pack_into("<I", self.data, off, word & ~BPF_RINGBUF_BUSY_BIT)
-        os.pwrite(self.fd, bytes(self.data) * 2, 2 * PAGE)
+        os.pwrite(self.fd, bytes(self.data) + _NOT_MAPPED, 2 * PAGE)
 
 
 @pytest.fixture
