@@ -83,6 +83,8 @@ __all__ = ["Engine", "ReplayOptions", "replay"]
 # sched_yield, wait4, waitid, pause, rt_sigsuspend, rt_sigtimedwait (futex is a SYNC row)
 BLOCKING_CALLS = frozenset({24, 61, 247, 34, 130, 128})
 
+# KPROBE_REPLAY_TRACE=1: one stderr line per served stop (row matched or not), to find
+# where a replay leaves its recording before the divergence report does
 _TRACE = bool(os.environ.get("KPROBE_REPLAY_TRACE"))
 
 

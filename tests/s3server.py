@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
+from kprobe.demo.host import free_ports as _free_ports
 from kprobe.demo.seaweed import (
     REGION,
     START_TIMEOUT_S,
     S3Server,
     S3ServerError,
-    _free_ports,
     find_weed,
     main,
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -24,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from kprobe.commands._agent_options import require_root
 from kprobe.commands._common import add_format_option
 from kprobe.errors import CommandError
-from lake import LakeSettings, resolve
 
 if TYPE_CHECKING:
     from kprobe.demo.incident import IncidentConfig, IncidentRecord, Say
@@ -115,7 +113,7 @@ def _investigate(config: IncidentConfig, record: IncidentRecord, report: dict[st
     explained = time.monotonic()
     if text:
         print(f"\n$ kprobe explain {payment_id}\n{explanation_text.rstrip()}\n", flush=True)
-    location = resolve(LakeSettings(lake=config.lake, **_settings_env(config.lake_env)))
+    location = incident.lake_location(config.lake, config.lake_env)
     spans = incident.payment_spans(location, payment_id)
     gateway = spans["gateway"]
     verdict = incident.verdict(explanation, spans)
@@ -151,24 +149,14 @@ def replay_step(*, lake: str, lake_env: dict[str, str], node: str, gateway_pid: 
     [``start_ns``, ``end_ns``] (epoch ns). ``lake_env`` holds the KPROBE_S3_* variables of
     an S3 lake (empty for a local one). Returns what the JSON report carries as "replay".
     """
+    from kprobe.demo.incident import lake_location
     from kprobe.demo.replay_step import WHATIF_TIMEOUT_MS, run_replays
-    from lake import LakeSettings, resolve
 
-    saved = {k: os.environ.get(k) for k in lake_env}
-    os.environ.update(lake_env)  # the S3 endpoint and keys, as for the other commands
-    try:
-        location = resolve(LakeSettings(lake=lake))
-        say(f"replaying gateway pid {gateway_pid}@{node} from its exec to the failed payment "
-            f"(exact), then with {gateway_argv[timeout_arg_index - 1]} "
-            f"{WHATIF_TIMEOUT_MS} (what-if)")
-        outcomes = run_replays(location, node, gateway_pid, payment_id, end_ns,
-                               timeout_arg_index, WHATIF_TIMEOUT_MS)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    say(f"replaying gateway pid {gateway_pid}@{node} from its exec to the failed payment "
+        f"(exact), then with {gateway_argv[timeout_arg_index - 1]} "
+        f"{WHATIF_TIMEOUT_MS} (what-if)")
+    outcomes = run_replays(lake_location(lake, lake_env), node, gateway_pid, payment_id,
+                           end_ns, timeout_arg_index, WHATIF_TIMEOUT_MS)
     exact, what_if = (o.to_dict() for o in outcomes)
     for label, o in (("exact replay", exact), (f"timeout {WHATIF_TIMEOUT_MS} ms", what_if)):
         say(f"  {label}: {payment_id} -> HTTP {o['http_status']} {o['answer'] or ''} "
@@ -212,12 +200,6 @@ def _lake(args: argparse.Namespace, workdir: Path, stack: ExitStack,
     note = (f"the S3 lake lives in {data}: `python -m kprobe.demo.seaweed {data} "
             f"{S3_PREFIX}` serves it again and prints the KPROBE_* variables to export")
     return prefix, env, note
-
-
-def _settings_env(lake_env: dict[str, str]) -> dict[str, Any]:
-    """LakeSettings keywords (its aliases) for the KPROBE_S3_* variables of an S3 lake."""
-    settings: dict[str, Any] = {k: v for k, v in lake_env.items() if k != "KPROBE_LAKE"}
-    return settings
 
 
 def _cutoffs() -> str:

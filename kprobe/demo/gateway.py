@@ -50,15 +50,10 @@ class Gateway(JsonHandler):
     cutoffs: list[time]
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path != "/payments":
-            self.send_json(404, {"error": f"no route {self.path}"})
+        payment = self.read_payment("/payments")
+        if payment is None:
             return
-        try:
-            payment = self.read_json()
-            payment_id, amount = str(payment["payment_id"]), int(payment["amount"])
-        except (ValueError, KeyError, TypeError) as err:
-            self.send_json(400, {"error": f"bad payment: {err}"})
-            return
+        payment_id, amount = str(payment["payment_id"]), int(payment["amount"])
         attributes = {**payment_attributes(payment), **self.peer_attributes(),
                       **clearing_attributes(self.cutoffs), "http.request.method": "POST",
                       "url.path": self.path}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -34,6 +35,20 @@ class HostError(CommandError):
 
 
 # -- memory cgroup ----------------------------------------------------------------------------
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def memory_cgroup_support() -> str | None:
     """None when a memory cgroup with a limit can be made here, else what is missing."""
     mounts = cgroup_mounts()
@@ -47,7 +62,22 @@ def memory_cgroup_support() -> str | None:
     return None
 
 
-class MemoryCgroup:
+class _Group:
+    """What every cgroup directory does alike: take a process, list its processes."""
+
+    path: Path
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+
+class MemoryCgroup(_Group):
     """A throw-away cgroup, on a v1 host's memory controller or on cgroup v2.
 
     ``swap_limit`` applies to v2 only (``memory.swap.max``; None leaves the default, no
@@ -112,15 +142,6 @@ class MemoryCgroup:
         if swap.exists() and self.swap_limit is not None:
             swap.write_text(str(self.swap_limit))
 
-    def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
-
-    def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        except OSError:
-            return []
-
     def usage_bytes(self) -> int:
         """Memory charged to the group now."""
         name = "memory.usage_in_bytes" if self.hierarchy == "memory" else "memory.current"
@@ -178,7 +199,7 @@ def cpu_controller(weight: float) -> tuple[Path, str, str] | None:
     return None
 
 
-class CpuCgroup:
+class CpuCgroup(_Group):
     """A CPU cgroup weighted ``weight`` times a default group; its processes are killed and
     the directory removed afterwards.
 
@@ -214,15 +235,6 @@ class CpuCgroup:
             self.remove()
             raise
         return self
-
-    def add(self, pid: int) -> None:
-        (self.path / "cgroup.procs").write_text(str(pid))
-
-    def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        except OSError:
-            return []
 
     def remove(self) -> None:
         _kill_and_rmdir(self.path, self.pids)

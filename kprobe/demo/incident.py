@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +57,7 @@ from kprobe.demo.host import (
     MemoryCgroup,
     ZramSwap,
     active_swaps,
+    free_ports,
     zram_device_exists,
     zram_swap,
 )
@@ -163,20 +163,6 @@ class IncidentRecord:
 
 
 # -- processes --------------------------------------------------------------------------------
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment without OTel settings of the caller, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -562,7 +548,12 @@ class Stage:
                        partial(healthy, system.ports[child.name]), 60, system.services)
         if self.config.keep:
             self.record.kept = [f"{c.name} {c.pid}" for c in (*system.services, self.agent)]
-            time.sleep(2.5)  # two flushes of the agent: the incident's rows are in the lake
+            failed = self.record.failed_payment
+            if failed is not None:  # the agent keeps running: wait for its flush instead
+                location = lake_location(self.config.lake, self.config.lake_env)
+                wait_until("the incident's spans to reach the lake",
+                           partial(spans_landed, location, failed["payment_id"]), 60,
+                           [self.agent], poll_s=0.5)
         else:
             for child in system.services:
                 stop(child, signal.SIGTERM)  # a clean exit (status 0) for the replay
@@ -656,6 +647,24 @@ def _running(pid: int) -> bool:
 
 
 # -- reading the outcome ----------------------------------------------------------------------
+def lake_location(lake: str, lake_env: dict[str, str]) -> Any:
+    """The lake the demo records into; ``lake_env`` holds an S3 lake's KPROBE_S3_*
+    variables (LakeSettings takes them by those names)."""
+    from lake import LakeSettings, resolve
+
+    settings: dict[str, Any] = {k: v for k, v in lake_env.items() if k != "KPROBE_LAKE"}
+    return resolve(LakeSettings(lake=lake, **settings))
+
+
+def spans_landed(location: Any, payment_id: str) -> bool:
+    """The payment's gateway span and settlement write are both in the lake."""
+    try:
+        spans = payment_spans(location, payment_id)
+    except IncidentError:  # not flushed yet
+        return False
+    return spans["settlement"] is not None
+
+
 def payment_spans(location: Any, payment_id: str) -> dict[str, Any]:
     """Every span of the payment's trace(s) in the lake; ``gateway`` is its POST /payments
     span and ``settlement`` its settlement write (None when missing)."""

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 import lake
+from kprobe.demo.host import free_ports
 
 START_TIMEOUT_S = 60.0
 REGION = "us-east-1"
@@ -52,20 +52,6 @@ def find_weed() -> str | None:
         return found
     beside = Path(sys.executable).parent / "weed"
     return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
@@ -127,7 +113,7 @@ class S3Server:
             "s3_grpc",
             "metrics",
         ]
-        ports = dict(zip(names, _free_ports(len(names))))
+        ports = dict(zip(names, free_ports(len(names))))
         argv = [
             binary,
             f"-logdir={logs}",

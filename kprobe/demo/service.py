@@ -128,6 +128,20 @@ class JsonHandler(BaseHTTPRequestHandler):
             raise ValueError("expected a JSON object")
         return data
 
+    def read_payment(self, route: str) -> dict[str, Any] | None:
+        """The payment POSTed to ``route``; None once a 404 or 400 has been answered."""
+        if self.path != route:
+            self.send_json(404, {"error": f"no route {self.path}"})
+            return None
+        try:
+            payment = self.read_json()
+            str(payment["payment_id"])
+            int(payment["amount"])
+        except (ValueError, KeyError, TypeError) as err:
+            self.send_json(400, {"error": f"bad payment: {err}"})
+            return None
+        return payment
+
     def send_json(self, status: int, body: Mapping[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)

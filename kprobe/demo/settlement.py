@@ -97,15 +97,10 @@ class Settlement(JsonHandler):
     cutoffs: list[time]
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path != "/postings":
-            self.send_json(404, {"error": f"no route {self.path}"})
+        payment = self.read_payment("/postings")
+        if payment is None:
             return
-        try:
-            payment = self.read_json()
-            payment_id, amount = str(payment["payment_id"]), int(payment["amount"])
-        except (ValueError, KeyError, TypeError) as err:
-            self.send_json(400, {"error": f"bad payment: {err}"})
-            return
+        payment_id, amount = str(payment["payment_id"]), int(payment["amount"])
         batch: list[mmap.mmap] = []
         try:
             with self.tracer.start_as_current_span(
