@@ -34,6 +34,7 @@ from capture_agent.families import FAMILIES
 from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.lake_sink import LakeSink
 from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
+from capture_agent.process_probes import ProcessProbes
 from capture_agent.sensor import Sensor, object_path
 from capture_agent.spool import Spool
 from capture_agent.targets import Targets
@@ -114,6 +115,7 @@ class Agent:
         self._metrics: MetricsServer | None = None
         self._stacks: KernelStacks | None = None
         self._drainer: RingDrainer | None = None
+        self._probes: list[ProcessProbes] = []
         self._otlp: Any = None
         self._otlp_thread: threading.Thread | None = None
         self.otlp_port: int | None = None
@@ -126,6 +128,7 @@ class Agent:
         try:
             self._load_families()
             self._add_initial_targets()
+            self._start_process_probes()
         except BaseException:
             self.close_sensors()
             raise
@@ -170,6 +173,9 @@ class Agent:
                 self._metrics.stop()
 
     def close_sensors(self) -> None:
+        for probes in self._probes:
+            probes.stop()
+        self._probes = []
         if self._drainer is not None:
             self._drainer.stop()
             self._drainer = None
@@ -317,6 +323,15 @@ class Agent:
     def add_target(self, pid: int) -> None:
         """Target a process started after the agent (``kprobe run``)."""
         self.families[0].sensor.add_targets([pid])
+        for probes in self._probes:
+            probes.attach_now(pid)
+
+    def _start_process_probes(self) -> None:
+        """Per-process uprobes (libc clock reads) for targets, as the targets change."""
+        for fam in self.families:
+            places_for = getattr(fam.module, "uprobe_places_for", None)
+            if fam.sensor.spec.uprobes and fam.sensor.spec.uprobes_per_process and places_for:
+                self._probes.append(ProcessProbes(fam.sensor, places_for).start())
 
     def _write_meta(self, kind: str) -> None:
         self.sink.submit("agent_meta", pa.table({

@@ -219,14 +219,17 @@ class Program:
             raise _errno_error(f"attach {self.name}")
         return Link(link)
 
-    def attach_uprobe(self, binary: str, offset: int, retprobe: bool) -> Link:
-        """A uprobe (or uretprobe) at file ``offset`` of ``binary``, in every process."""
+    def attach_uprobe(self, binary: str, offset: int, retprobe: bool, pid: int = -1) -> Link:
+        """A uprobe (or uretprobe) at file ``offset`` of ``binary``: in process ``pid`` only
+        (the kernel then plants its breakpoint in that process's memory alone), or in every
+        process mapping ``binary`` for -1."""
         opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=retprobe)
         ctypes.set_errno(0)
-        link = _lib.bpf_program__attach_uprobe_opts(self.ptr, -1, binary.encode(), offset,
+        link = _lib.bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(), offset,
                                                     ctypes.byref(opts))
         if not link:
-            raise _errno_error(f"attach {self.name} to {binary}+{offset:#x}")
+            where = f"{binary}+{offset:#x}" + ("" if pid < 0 else f" in pid {pid}")
+            raise _errno_error(f"attach {self.name} to {where}")
         return Link(link)
 
 

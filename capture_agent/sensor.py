@@ -54,6 +54,10 @@ class SensorSpec:
     disabled:      programs not to load (e.g. a record kind switched off)
     uprobes:       program name -> (binary, file offset, retprobe) places it attaches to
                    (section "uprobe"/"uretprobe" carry none)
+    uprobes_per_process: the uprobe programs are not attached with the others but per
+                   process, by ``attach_uprobes(pid, places)``: a uprobe attached for every
+                   process traps in every process that runs the probed code (~8 us a trap
+                   on this VM), targets or not
     """
 
     family: Family
@@ -63,6 +67,7 @@ class SensorSpec:
     shared_maps: Mapping[str, int] = field(default_factory=dict)
     disabled: frozenset[str] = frozenset()
     uprobes: Mapping[str, tuple[tuple[str, int, bool], ...]] = field(default_factory=dict)
+    uprobes_per_process: bool = False
     object_dir: Path | None = None
 
     @property
@@ -75,6 +80,7 @@ class Sensor:
         self.spec = spec
         self._obj: libbpf.BpfObject | None = None
         self._links: dict[str, libbpf.Link] = {}
+        self._process_links: dict[int, list[libbpf.Link]] = {}
         self._rings: dict[str, RingReader] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -176,6 +182,8 @@ class Sensor:
         mark = libbpf.log_mark()
         try:
             places = self.spec.uprobes.get(name)
+            if places is not None and self.spec.uprobes_per_process:
+                return  # attach_uprobes(pid, ...) attaches it, process by process
             if places is None:
                 self._links[name] = prog.attach()
             for binary, offset, retprobe in places or ():
@@ -188,7 +196,39 @@ class Sensor:
                 e.errno or 0, libbpf.log_since(mark),
             ) from None
 
+    def attach_uprobes(self, pid: int,
+                       places: Mapping[str, tuple[tuple[str, int, bool], ...]]) -> None:
+        """Attach uprobe programs to ``places`` in process ``pid`` only (all or none).
+
+        OSError (e.g. ESRCH: the process is gone) leaves nothing attached for ``pid``.
+        """
+        if pid in self._process_links:
+            return
+        obj = self._require()
+        links: list[libbpf.Link] = []
+        try:
+            for name, prog_places in places.items():
+                prog = obj.program(name)
+                for binary, offset, retprobe in prog_places:
+                    links.append(prog.attach_uprobe(binary, offset, retprobe, pid))
+        except OSError:
+            for link in links:
+                link.destroy()
+            raise
+        self._process_links[pid] = links
+
+    def detach_uprobes(self, pid: int) -> None:
+        for link in self._process_links.pop(pid, []):
+            link.destroy()
+
+    @property
+    def uprobe_pids(self) -> list[int]:
+        """Processes with uprobes attached by ``attach_uprobes``."""
+        return list(self._process_links)
+
     def detach(self) -> None:
+        for pid in list(self._process_links):
+            self.detach_uprobes(pid)
         for link in self._links.values():
             link.destroy()
         self._links.clear()

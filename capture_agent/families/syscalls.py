@@ -44,6 +44,7 @@ pseudo-arguments 6 (msg_name), 7 (msg_control), 8 (the struct msghdr after the c
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -55,7 +56,7 @@ import pyarrow.compute as pc
 from capture_agent import syscall_names
 from capture_agent.clock import ClockSample
 from capture_agent.elfsyms import function_offsets
-from capture_agent.errors import CaptureAgentError, RingBufferError
+from capture_agent.errors import BpfAttachError, CaptureAgentError, RingBufferError
 from capture_agent.families._arrow import comm_array, int_array
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
@@ -448,12 +449,47 @@ def find_libc() -> str | None:
     return None
 
 
-def _clock_uprobes(libc: str) -> dict[str, tuple[tuple[str, int, bool], ...]]:
-    offsets = function_offsets(libc, list(CLOCK_FUNCTIONS))
-    places: dict[str, tuple[tuple[str, int, bool], ...]] = {
+UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
+_offsets_cache: dict[tuple[int, int], dict[str, int]] = {}
+
+
+def _clock_uprobes(libc: str) -> UprobePlaces:
+    st = os.stat(libc)
+    key = (st.st_dev, st.st_ino)
+    if key not in _offsets_cache:  # one ELF read per distinct libc file
+        _offsets_cache[key] = function_offsets(libc, list(CLOCK_FUNCTIONS))
+    offsets = _offsets_cache[key]
+    places: UprobePlaces = {
         prog: ((libc, offsets[fn], False),) for fn, prog in CLOCK_FUNCTIONS.items()}
     places["on_clock_return"] = tuple((libc, offsets[fn], True) for fn in CLOCK_FUNCTIONS)
     return places
+
+
+def process_libc(pid: int) -> str | None:
+    """The C library process ``pid`` has mapped, as a path the agent can open (through
+    the process's own root: a container's libc is not the host's)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].rstrip("\n").rsplit("/", 1)[-1].startswith(
+                        "libc.so"):
+                    return f"/proc/{pid}/root{parts[5].strip()}"
+    except OSError:
+        pass
+    return None
+
+
+def uprobe_places_for(pid: int) -> UprobePlaces:
+    """Where the clock uprobes go in process ``pid``: its libc's clock_gettime (the
+    agent's own libc for a process that maps none yet, e.g. before its exec)."""
+    libc = process_libc(pid) or find_libc()
+    if libc is None:
+        return {}
+    try:
+        return _clock_uprobes(libc)
+    except (OSError, BpfAttachError):  # gone, or a libc without clock_gettime
+        return {}
 
 
 def sensor_spec(config: SyscallsConfig | None = None, *,
@@ -465,6 +501,9 @@ def sensor_spec(config: SyscallsConfig | None = None, *,
     return SensorSpec(
         family=FAMILY,
         uprobes=_clock_uprobes(libc) if libc else {},
+        # per target process (the agent attaches as targets appear), unless every process
+        # is a target anyway
+        uprobes_per_process=not c.target_all,
         disabled=frozenset() if libc else frozenset(CLOCK_PROGRAMS),
         config={
             "capture_payloads": int(c.capture_payloads),

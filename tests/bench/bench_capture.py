@@ -9,6 +9,8 @@ real lake in a temp dir), as a user would run it. Prints figures; asserts nothin
    untargeted (agent running, targeting another process), and the same capture by peers:
    bpftrace (enter+exit merged per thread, one line out per syscall) and strace -f.
    Configurations alternate round by round (CPU speed drifts up to 2x here); medians.
+   Then clock_gettime() through libc (the vDSO, no syscall) with a payload recording
+   running: untargeted (its clock uprobes must not trap other processes) and targeted.
 2. A loopback request/response pair at full rate (tests/programs/echo_pair.c), fully
    targeted with payloads: throughput relative to no agent.
 3. The targeted loop at full speed for --sustain seconds: events per second the agent
@@ -85,9 +87,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def null_loop(binary: Path, iterations: int, wrap: list[str] | None = None,
-              before_go: object = None) -> float:
-    """ns per getppid() of one run; ``before_go(pid)`` runs once the loop waits to start."""
-    proc = subprocess.Popen([*(wrap or []), str(binary), "getppid", str(iterations), "3"],
+              before_go: object = None, mode: str = "getppid") -> float:
+    """ns per call of one run; ``before_go(pid)`` runs once the loop waits to start."""
+    proc = subprocess.Popen([*(wrap or []), str(binary), mode, str(iterations), "3"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin and proc.stdout
     ready = proc.stdout.readline().split()
@@ -154,6 +156,33 @@ def bench_syscall_cost(progs: Path, work: Path, rounds: int, iterations: int) ->
     print(f"   strace / kprobe targeted: {strace / ours:,.0f}x;"
           f" bpftrace / kprobe targeted: "
           f"{(statistics.median(results['bpftrace']) - base) / ours:.1f}x")
+
+
+def bench_clock_cost(progs: Path, work: Path, rounds: int, iterations: int) -> None:
+    binary = progs / "null_syscalls"
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    results: dict[str, list[float]] = {"baseline": [], "untargeted": [], "targeted": []}
+    try:
+        for _ in range(rounds):
+            results["baseline"].append(null_loop(binary, iterations, mode="clock"))
+        rec = Recorder(work, "--payloads", "--families", "syscalls", "--pid", str(sleeper.pid))
+        for _ in range(rounds):
+            results["untargeted"].append(null_loop(binary, iterations, mode="clock"))
+        rec.stop()
+        for _ in range(rounds):
+            def targeted(pid: int) -> object:
+                rec = Recorder(work, "--payloads", "--families", "syscalls", "--pid", str(pid))
+                return lambda: rec.stop()
+
+            results["targeted"].append(null_loop(binary, max(iterations // 100, 1000),
+                                                 before_go=targeted, mode="clock"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"   clock_gettime via libc+vDSO, payload recording running: alone "
+          f"{med['baseline']:.0f} ns, untargeted {med['untargeted']:.0f} ns, targeted "
+          f"(recorded) {med['targeted']:,.0f} ns per call")
 
 
 def echo_rate(progs: Path, duration_ms: int, work: Path | None = None) -> float:
@@ -246,6 +275,7 @@ def run_all(args: argparse.Namespace) -> None:
         progs = build(work / "programs")
         if "1" in args.only:
             bench_syscall_cost(progs, work, args.rounds, args.iterations)
+            bench_clock_cost(progs, work, args.rounds, args.iterations)
         if "2" in args.only:
             bench_realistic(progs, work, args.rounds)
         if "3" in args.only:

@@ -4,6 +4,8 @@
  *
  *   null_syscalls getppid ITERATIONS ROUNDS   getppid() (no arguments, no payload)
  *   null_syscalls read:N ITERATIONS ROUNDS    read(/dev/zero, N bytes) (a payload of N)
+ *   null_syscalls clock ITERATIONS ROUNDS     clock_gettime() through libc (the vDSO: no
+ *                                             syscall, but a uprobe on libc traps it)
  *
  * Prints "ready <pid>", waits for a line on stdin (so the caller can target it first),
  * runs ROUNDS rounds of ITERATIONS calls and prints "ns <best round's ns per call>".
@@ -29,12 +31,13 @@ int main(int argc, char **argv)
 {
 	static char buf[1 << 20];
 	long iterations, rounds, size = 0, i, r;
-	int fd = -1;
+	int fd = -1, clock = 0;
+	struct timespec ts;
 	double best = 1e18;
 	char line[16];
 
 	if (argc != 4) {
-		fprintf(stderr, "usage: %s getppid|read:N ITERATIONS ROUNDS\n", argv[0]);
+		fprintf(stderr, "usage: %s getppid|read:N|clock ITERATIONS ROUNDS\n", argv[0]);
 		return 2;
 	}
 	if (strncmp(argv[1], "read:", 5) == 0) {
@@ -44,6 +47,8 @@ int main(int argc, char **argv)
 		fd = open("/dev/zero", O_RDONLY);
 		if (fd < 0)
 			return 3;
+	} else if (strcmp(argv[1], "clock") == 0) {
+		clock = 1;
 	} else if (strcmp(argv[1], "getppid") != 0) {
 		return 2;
 	}
@@ -57,7 +62,9 @@ int main(int argc, char **argv)
 		long long t0 = now_ns();
 
 		for (i = 0; i < iterations; i++) {
-			if (fd >= 0) {
+			if (clock) {
+				clock_gettime(CLOCK_REALTIME, &ts);
+			} else if (fd >= 0) {
 				if (read(fd, buf, size) != size)
 					return 5;
 			} else {

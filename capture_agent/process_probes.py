@@ -1,0 +1,87 @@
+"""Uprobes on target processes only, following the targets map as it changes.
+
+A uprobe attached for every process plants its breakpoint in every process that maps the
+probed file: with the libc clock probes that made *every* clock read on the node trap
+(measured here: 17 ns -> 16 us per clock_gettime of an untargeted process). Attached per
+process, the kernel plants it in that process's memory alone.
+
+The kernel adds targets by itself (children of targets, comm and cgroup rules), so this
+thread polls the shared ``targets`` map (one key walk, a few syscalls) every
+``interval_s`` and attaches or detaches. What that costs a new child: the uprobe-recorded
+calls it makes before the next poll are not recorded (a replay synthesizes those clock
+values, as for any vDSO read it has no row for); ``attach_now`` covers a process the agent
+starts itself (``kprobe run``) before it runs anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from capture_agent.errors import BpfError
+from capture_agent.sensor import Sensor
+
+log = logging.getLogger(__name__)
+
+Places = Mapping[str, tuple[tuple[str, int, bool], ...]]
+
+
+class ProcessProbes:
+    def __init__(self, sensor: Sensor, places_for: Callable[[int], Places],
+                 interval_s: float = 0.05) -> None:
+        self.sensor = sensor
+        self.places_for = places_for
+        self.interval_s = interval_s
+        self.failed = 0  # attach attempts refused (a process gone meanwhile, mostly)
+        self._tried: set[int] = set()  # attached, or failed: not tried again while a target
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="process-probes", daemon=True)
+
+    def start(self) -> ProcessProbes:
+        self.sync()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def attached(self) -> int:
+        return len(self.sensor.uprobe_pids)
+
+    def attach_now(self, pid: int) -> None:
+        """Attach for ``pid`` at once (the agent's own child, before it execs)."""
+        with self._lock:
+            self._attach(pid)
+
+    def sync(self) -> None:
+        """Attach for new targets, detach from processes that stopped being targets."""
+        try:
+            targets = set(self.sensor.targets())
+        except BpfError as err:  # the sensor is closing
+            log.debug("targets unreadable: %s", err)
+            return
+        with self._lock:
+            for pid in self._tried - targets:
+                self.sensor.detach_uprobes(pid)
+            self._tried &= targets
+            for pid in sorted(targets - self._tried):
+                self._attach(pid)
+
+    def _attach(self, pid: int) -> None:
+        self._tried.add(pid)
+        places = self.places_for(pid)
+        if not places:
+            return
+        try:
+            self.sensor.attach_uprobes(pid, places)
+        except OSError as err:
+            self.failed += 1
+            log.debug("uprobes for pid %d not attached: %s", pid, err)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sync()
