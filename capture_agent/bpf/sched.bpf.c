@@ -3,9 +3,11 @@
  * Sched family: system-wide context switches and wakeups (compact, one record size),
  * and off-CPU intervals of targeted threads computed in the kernel:
  *
- *   switch-out of a target  -> offcpu_start[tid] = {time, state, kernel stack, cpu}
+ *   switch-out of a target  -> offcpu_start[tid] = {time, state, cpu; kernel stack if
+ *                              preempted}
  *   sched_waking of it      -> offcpu_start[tid].waker = current (the real waker;
- *                              sched_wakeup often runs in the idle task, DESIGN.md)
+ *                              sched_wakeup often runs in the idle task, DESIGN.md);
+ *                              its kernel stack, if it slept >= stack_min_ns
  *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event : nothing
  *
  * Attach points: tp_btf only (no kprobes/fentry on the target kernels, no tracefs needed).
@@ -26,6 +28,10 @@ LAYOUT_EXPORT(enum task_state_code, task_state_code);
 LAYOUT_EXPORT(enum sched_constants, sched_constants);
 
 #define MAX_STACK_DEPTH 64
+/* errno values (vmlinux.h has no errno macros) */
+#define ENOMEM 12
+#define EEXIST 17
+#define ENODATA 61
 
 /* Sizes are defaults; the loader resizes rings and maps before load. */
 struct {
@@ -57,16 +63,38 @@ struct {
 	__type(value, struct offcpu_start);
 } offcpu_start SEC(".maps");
 
-/* Kernel stacks at switch-out; user space symbolises and clears them. */
+/*
+ * Kernel stacks of off-CPU intervals, keyed by a 31-bit hash of their frames (so an id
+ * always names the same stack); user space symbolises and clears them. The value is
+ * zero-filled after the last frame.
+ */
+struct kstack {
+	__u64 ip[MAX_STACK_DEPTH];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
+	__type(key, __u32);
+	__type(value, struct kstack);
 } offcpu_stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kstack);
+} stack_scratch SEC(".maps");
+
+/* offcpu_start.kstack_id until a stack is taken: none is if the wait ends sooner */
+#define KSTACK_NOT_TAKEN (-ENODATA)
 
 /* Configuration, set by the loader between open and load. */
 const volatile __u64 min_offcpu_ns = 1000000;
+/* A sleeping target's stack is taken when it is woken, if it slept this long (a quarter
+ * of min_offcpu_ns by default): most sleeps are short (lock hand-offs) and the stack
+ * walk is most of what an off-CPU interval costs (~1 us of ~1.4 us per switch here). */
+const volatile __u64 stack_min_ns = 250000;
 const volatile __u8 record_switch = 1;
 const volatile __u8 record_waking = 1;
 const volatile __u8 record_wakeup = 1;
@@ -141,6 +169,59 @@ static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __
 	event_submit(&sched_events, ev);
 }
 
+/* Hash the frames in scratch (bytes of them from a stack helper), keep the stack under
+ * that id; the id, or a negative errno (-EEXIST: another stack has that hash). */
+static __always_inline __s32 keep_stack(struct kstack *st, long bytes)
+{
+	struct kstack *known;
+	__u32 hash = 2166136261u, key, i, n;
+
+	if (bytes <= 0)
+		return bytes < 0 ? (__s32)bytes : -ENODATA;
+	n = bytes / sizeof(__u64);
+	for (i = 0; i < MAX_STACK_DEPTH; i++) { /* FNV-1a over the frames */
+		if (i >= n)
+			break;
+		hash = (hash ^ (__u32)st->ip[i]) * 16777619u;
+		hash = (hash ^ (__u32)(st->ip[i] >> 32)) * 16777619u;
+	}
+	key = hash & 0x7fffffff;
+	known = bpf_map_lookup_elem(&offcpu_stacks, &key);
+	if (!known) {
+		long err = bpf_map_update_elem(&offcpu_stacks, &key, st, BPF_NOEXIST);
+
+		return err && err != -EEXIST ? (__s32)err : (__s32)key;
+	}
+	for (i = 0; i < MAX_STACK_DEPTH; i++)
+		if (known->ip[i] != st->ip[i])
+			return -EEXIST;
+	return key;
+}
+
+/* The current task's kernel stack (at switch-out: a preempted target is never woken). */
+static __always_inline __s32 current_stack(void *ctx)
+{
+	__u32 zero = 0;
+	struct kstack *st = bpf_map_lookup_elem(&stack_scratch, &zero);
+
+	if (!st)
+		return -ENOMEM;
+	/* the helper zero-fills the buffer after the frames it wrote */
+	return keep_stack(st, bpf_get_stack(ctx, st->ip, sizeof(st->ip), 0));
+}
+
+/* The kernel stack of a task that is asleep (switched out long ago: its saved stack
+ * pointer is current), as /proc/PID/stack reads it. */
+static __always_inline __s32 sleeping_task_stack(struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct kstack *st = bpf_map_lookup_elem(&stack_scratch, &zero);
+
+	if (!st)
+		return -ENOMEM;
+	return keep_stack(st, bpf_get_task_stack(task, st->ip, sizeof(st->ip), 0));
+}
+
 static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __u8 state,
 					 __u64 now, void *ctx)
 {
@@ -149,7 +230,8 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 	start.start_ns = now;
 	start.state = state;
 	start.cpu = bpf_get_smp_processor_id();
-	start.kstack_id = bpf_get_stackid(ctx, &offcpu_stacks, 0);
+	/* a sleeper's stack is taken at its waking, if it slept long enough */
+	start.kstack_id = state == TASK_STATE_R ? current_stack(ctx) : KSTACK_NOT_TAKEN;
 	if (bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY))
 		count_drop(EVENT_OFFCPU);
 }
@@ -234,6 +316,8 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 	__u32 tid = BPF_CORE_READ(task, pid);
 	struct offcpu_start *start = bpf_map_lookup_elem(&offcpu_start, &tid);
 
+	if (start && start->kstack_id == KSTACK_NOT_TAKEN && now - start->start_ns >= stack_min_ns)
+		start->kstack_id = sleeping_task_stack(task);
 	/* First waker wins (a second waking of a runnable task does not fire anyway). */
 	if (start && !(start->flags & OFFCPU_FLAG_WAKER)) {
 		__u64 current_ids = bpf_get_current_pid_tgid();
