@@ -25,10 +25,10 @@ more specific cause):
 A stack that could not be captured (negative id) has no reason (null).
 
 Stack ids are 31-bit hashes of the frames (sched.bpf.c): an id always names the same
-stack, and two stacks with one hash leave the second without a stack (-EEXIST). A
-sleeping target's stack is taken when it is woken (only if it slept a quarter of the
-off-CPU threshold), so it starts at the function that blocked, without the scheduler's
-frames; a preempted target's is taken at its switch-out. ``resolve`` still compares the
+stack, and two stacks with one hash leave the second without a stack (-EEXIST). The
+stack is read at switch-in, for intervals over the threshold only, from the waiting
+task's saved state: it starts at the function that blocked, without the scheduler's
+frames (as /proc/PID/stack shows it). ``resolve`` still compares the
 frames of an id read again after a clear, and emits a new ``kstacks`` row if they differ.
 """
 

@@ -3,12 +3,11 @@
  * Sched family: system-wide context switches and wakeups (compact, one record size),
  * and off-CPU intervals of targeted threads computed in the kernel:
  *
- *   switch-out of a target  -> offcpu_start[tid] = {time, state, cpu; kernel stack if
- *                              preempted}
+ *   switch-out of a target  -> offcpu_start[tid] = {time, state, cpu}
  *   sched_waking of it      -> offcpu_start[tid].waker = current (the real waker;
- *                              sched_wakeup often runs in the idle task, DESIGN.md);
- *                              its kernel stack, if it slept >= stack_min_ns
- *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event : nothing
+ *                              sched_wakeup often runs in the idle task, DESIGN.md)
+ *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event, with the
+ *                              kernel stack it waited in : nothing
  *
  * Attach points: tp_btf only (no kprobes/fentry on the target kernels, no tracefs needed).
  */
@@ -47,7 +46,6 @@ struct {
 /* A targeted thread that is off CPU now: when and how it left, and who woke it. */
 struct offcpu_start {
 	__u64 start_ns;
-	__s32 kstack_id;
 	__u32 waker_pid;
 	__u32 waker_tid;
 	__u16 cpu;
@@ -86,15 +84,8 @@ struct {
 	__type(value, struct kstack);
 } stack_scratch SEC(".maps");
 
-/* offcpu_start.kstack_id until a stack is taken: none is if the wait ends sooner */
-#define KSTACK_NOT_TAKEN (-ENODATA)
-
 /* Configuration, set by the loader between open and load. */
 const volatile __u64 min_offcpu_ns = 1000000;
-/* A sleeping target's stack is taken when it is woken, if it slept this long (a quarter
- * of min_offcpu_ns by default): most sleeps are short (lock hand-offs) and the stack
- * walk is most of what an off-CPU interval costs (~1 us of ~1.4 us per switch here). */
-const volatile __u64 stack_min_ns = 250000;
 const volatile __u8 record_switch = 1;
 const volatile __u8 record_waking = 1;
 const volatile __u8 record_wakeup = 1;
@@ -198,21 +189,11 @@ static __always_inline __s32 keep_stack(struct kstack *st, long bytes)
 	return key;
 }
 
-/* The current task's kernel stack (at switch-out: a preempted target is never woken). */
-static __always_inline __s32 current_stack(void *ctx)
-{
-	__u32 zero = 0;
-	struct kstack *st = bpf_map_lookup_elem(&stack_scratch, &zero);
-
-	if (!st)
-		return -ENOMEM;
-	/* the helper zero-fills the buffer after the frames it wrote */
-	return keep_stack(st, bpf_get_stack(ctx, st->ip, sizeof(st->ip), 0));
-}
-
-/* The kernel stack of a task that is asleep (switched out long ago: its saved stack
- * pointer is current), as /proc/PID/stack reads it. */
-static __always_inline __s32 sleeping_task_stack(struct task_struct *task)
+/* The kernel stack of a task about to be switched in: it has not run since it left, so
+ * its saved stack is where it waited (read as /proc/PID/stack reads it). Taken here, only
+ * for intervals over min_offcpu_ns, rather than at every switch-out (most are short: lock
+ * hand-offs, preemptions), the stack walk stops being most of what a switch costs. */
+static __always_inline __s32 waiting_task_stack(struct task_struct *task)
 {
 	__u32 zero = 0;
 	struct kstack *st = bpf_map_lookup_elem(&stack_scratch, &zero);
@@ -230,8 +211,6 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 	start.start_ns = now;
 	start.state = state;
 	start.cpu = bpf_get_smp_processor_id();
-	/* a sleeper's stack is taken at its waking, if it slept long enough */
-	start.kstack_id = state == TASK_STATE_R ? current_stack(ctx) : KSTACK_NOT_TAKEN;
 	if (bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY))
 		count_drop(EVENT_OFFCPU);
 }
@@ -255,7 +234,7 @@ static __always_inline void offcpu_end(struct task_struct *next, __u32 tid, __u6
 	ev->tid = tid;
 	ev->waker_pid = start->waker_pid;
 	ev->waker_tid = start->waker_tid;
-	ev->kstack_id = start->kstack_id;
+	ev->kstack_id = waiting_task_stack(next);
 	ev->cpu_out = start->cpu;
 	ev->state = start->state;
 	ev->__pad = 0;
@@ -316,8 +295,6 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 	__u32 tid = BPF_CORE_READ(task, pid);
 	struct offcpu_start *start = bpf_map_lookup_elem(&offcpu_start, &tid);
 
-	if (start && start->kstack_id == KSTACK_NOT_TAKEN && now - start->start_ns >= stack_min_ns)
-		start->kstack_id = sleeping_task_stack(task);
 	/* First waker wins (a second waking of a runnable task does not fire anyway). */
 	if (start && !(start->flags & OFFCPU_FLAG_WAKER)) {
 		__u64 current_ids = bpf_get_current_pid_tgid();

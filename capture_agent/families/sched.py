@@ -118,7 +118,6 @@ def sensor_spec(config: SchedConfig | None = None, *,
         family=FAMILY,
         config={
             "min_offcpu_ns": c.min_offcpu_ns,
-            "stack_min_ns": c.min_offcpu_ns // 4,  # see sched.bpf.c
             "record_switch": int(c.record_switch),
             "record_waking": int(c.record_waking),
             "record_wakeup": int(c.record_wakeup),
