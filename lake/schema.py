@@ -82,7 +82,7 @@ _SPECS: tuple[TableSpec, ...] = (
             _f("target_cpu", _I32),
         ),
         "ts_ns",
-        "sched_switch / sched_wakeup / sched_waking",
+        "sched_switch / sched_waking / sched_wakeup_new (sched_wakeup: agent option)",
     ),
     TableSpec(
         "offcpu",

@@ -89,6 +89,7 @@ const volatile __u64 min_offcpu_ns = 1000000;
 const volatile __u8 record_switch = 1;
 const volatile __u8 record_waking = 1;
 const volatile __u8 record_wakeup = 1;
+const volatile __u8 record_wakeup_new = 1;
 /* 1: sched_events only for switches/wakeups involving a target (else system-wide) */
 const volatile __u8 sched_targets_only = 0;
 
@@ -320,7 +321,7 @@ int BPF_PROG(on_sched_wakeup, struct task_struct *task)
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(on_sched_wakeup_new, struct task_struct *task)
 {
-	if (record_wakeup)
+	if (record_wakeup_new)
 		emit_wakeup(task, EVENT_SCHED_WAKEUP_NEW, bpf_ktime_get_ns());
 	return 0;
 }

@@ -95,7 +95,11 @@ class SchedConfig:
     min_offcpu_ns: int = 1_000_000
     record_switch: bool = True
     record_waking: bool = True
-    record_wakeup: bool = True  # sched_wakeup and sched_wakeup_new
+    # sched_wakeup: off by default. The sched_waking row already names the waker, the
+    # wakee and the time (the wakeup completes microseconds later, often in the idle task:
+    # compute/ reads the waking rows); recording both made wakeups two rows each.
+    record_wakeup: bool = False
+    record_wakeup_new: bool = True  # a new task's first wakeup: its parent is the waker
     targets_only: bool = False  # sched_events only when a target is involved
     target_all: bool = False  # every process is a target (off-CPU for all threads)
     wakeup_fill_pct: int = 50
@@ -121,6 +125,7 @@ def sensor_spec(config: SchedConfig | None = None, *,
             "record_switch": int(c.record_switch),
             "record_waking": int(c.record_waking),
             "record_wakeup": int(c.record_wakeup),
+            "record_wakeup_new": int(c.record_wakeup_new),
             "sched_targets_only": int(c.targets_only),
             "target_all": int(c.target_all),
             "wakeup_fill_pct": c.wakeup_fill_pct,
@@ -129,8 +134,9 @@ def sensor_spec(config: SchedConfig | None = None, *,
         map_entries={"offcpu_start": c.offcpu_threads, "offcpu_stacks": c.stack_entries},
         shared_maps=shared_maps or {},
         # not recording wakeups: do not even run those programs
-        disabled=frozenset() if c.record_wakeup else frozenset(
-            {"on_sched_wakeup", "on_sched_wakeup_new"}),
+        disabled=frozenset(name for name, on in (("on_sched_wakeup", c.record_wakeup),
+                                                 ("on_sched_wakeup_new", c.record_wakeup_new))
+                           if not on),
     )
 
 

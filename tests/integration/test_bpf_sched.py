@@ -154,7 +154,7 @@ def test_a_full_ring_counts_its_losses(programs: Path) -> None:
 def test_drain_across_wrap_around_yields_whole_records(programs: Path) -> None:
     require_root_and_objects()
     # GIVEN a 64 KiB ring: 80-byte slots do not divide it, so records straddle its end
-    config = sched.SchedConfig(sched_ring_bytes=64 << 10, record_wakeup=False)
+    config = sched.SchedConfig(sched_ring_bytes=64 << 10, record_wakeup_new=False)
     batches = []
     with Sensor(sched.sensor_spec(config)) as sensor:
         ring = sensor.ring("sched_events")
