@@ -125,8 +125,17 @@ def check_sensor(family: Family, spec: SensorSpec | None = None) -> list[Check]:
         for program, section in sensor.programs():
             label = f"attach {section}"
             try:
-                sensor.attach_program(program)
+                places = sensor.spec.uprobes.get(program)
+                if places and sensor.spec.uprobes_per_process:
+                    # attached per target process by the agent: tried on this one
+                    sensor.attach_uprobes(os.getpid(), {program: places})
+                    sensor.detach_uprobes(os.getpid())
+                else:
+                    sensor.attach_program(program)
                 checks.append(Check(label, True, f"{family.name}/{program} works"))
+            except OSError as e:
+                checks.append(Check(label, False, f"{family.name}/{program} fails: "
+                                    f"{_errno_text(e.errno or 0)}"))
             except BpfError as e:
                 checks.append(Check(label, False, f"{family.name}/{program} fails: "
                                     f"{_errno_text(e.errno)}"))
