@@ -16,6 +16,8 @@ kernel has no tracepoint). Descriptor arguments: argument 0 where the kernel nam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -182,11 +184,24 @@ def number_of(name: str) -> int:
     return NUMBERS[name]
 
 
-def _index(nr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``nr`` as a safe index into the tables, and where it is outside them."""
-    nr64 = nr.astype(np.int64, copy=False)
-    outside = (nr64 < 0) | (nr64 >= NR_MAX)
-    return np.where(outside, 0, nr64), outside
+@dataclass(frozen=True)
+class SyscallIndex:
+    """Syscall numbers as a safe index into the tables, worked out once per batch and
+    shared by the name, argument-count and fd lookups."""
+
+    nr: np.ndarray
+    idx: np.ndarray  # int32; 0 where outside
+    outside: np.ndarray | None  # None: every number is in the table
+
+
+def index(nr: np.ndarray | SyscallIndex) -> SyscallIndex:
+    if isinstance(nr, SyscallIndex):
+        return nr
+    nr32 = np.asarray(nr).astype(np.int32, copy=False)
+    outside = nr32.view(np.uint32) >= NR_MAX  # negative numbers wrap around: outside too
+    if not outside.any():
+        return SyscallIndex(nr32, nr32, None)
+    return SyscallIndex(nr32, np.where(outside, 0, nr32), outside)
 
 
 _NAME_ARRAY = pa.array(NAMES, type=pa.string())
@@ -197,32 +212,37 @@ def numbered(prefix: str, nr: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pc.cast(pa.array(nr), pa.string()), "")
 
 
-def names_array(nr: np.ndarray) -> pa.Array:
+def names_array(nr: np.ndarray | SyscallIndex) -> pa.Array:
     """The ``name`` column for syscall numbers ``nr`` (``syscall_<nr>`` if unknown)."""
-    idx, outside = _index(nr)
-    names = pc.take(_NAME_ARRAY, pa.array(idx.astype(np.int32)))
-    if not outside.any():
+    ix = index(nr)
+    names = pc.take(_NAME_ARRAY, pa.array(ix.idx))
+    if ix.outside is None:
         return names
     # x32 numbers, a skipped syscall's -1: no name
-    return pc.if_else(pa.array(outside), numbered("syscall_", nr), names)
+    return pc.if_else(pa.array(ix.outside), numbered("syscall_", ix.nr), names)
 
 
-def arg_counts(nr: np.ndarray) -> np.ndarray:
+def arg_counts(nr: np.ndarray | SyscallIndex) -> np.ndarray:
     """Arguments each syscall takes (6 for unknown numbers)."""
-    idx, outside = _index(nr)
-    return np.where(outside, 6, NARGS[idx]).astype(np.int64)
+    ix = index(nr)
+    counts: np.ndarray = NARGS[ix.idx]
+    if ix.outside is not None:
+        counts = np.where(ix.outside, 6, counts)
+    return counts.astype(np.int64)
 
 
-def fd_column(nr: np.ndarray, args: np.ndarray) -> pa.Array:
+def fd_column(nr: np.ndarray | SyscallIndex, args: np.ndarray) -> pa.Array:
     """The ``fd`` column: the descriptor argument as the kernel reads it (a C ``int``, so
     AT_FDCWD is -100), null for syscalls without one. ``args``: (rows, 6) registers."""
-    idx, outside = _index(nr)
-    which = np.where(outside, -1, FD_ARG[idx]).astype(np.int64)
+    ix = index(nr)
+    which = FD_ARG[ix.idx]
+    if ix.outside is not None:
+        which = np.where(ix.outside, -1, which)
     has_fd = which >= 0
-    raw = np.take_along_axis(args, np.maximum(which, 0)[:, None], axis=1)[:, 0]
+    raw = np.take_along_axis(args, np.maximum(which, 0).astype(np.intp)[:, None], axis=1)[:, 0]
     fd = raw.astype(np.uint64, copy=False).astype(np.uint32).view(np.int32).astype(np.int64)
-    return pa.array(fd, type=pa.int64(), mask=~has_fd)
+    return pa.array(fd, type=pa.int64(), mask=None if has_fd.all() else ~has_fd)
 
 
-__all__ = ["FD_ARG", "NARGS", "NAMES", "NR_MAX", "NUMBERS", "arg_counts", "fd_column",
-           "name_of", "names_array", "number_of", "numbered"]
+__all__ = ["FD_ARG", "NARGS", "NAMES", "NR_MAX", "NUMBERS", "SyscallIndex", "arg_counts",
+           "fd_column", "index", "name_of", "names_array", "number_of", "numbered"]

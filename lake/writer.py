@@ -8,10 +8,17 @@ flush retried after an ambiguous failure (the commit reached S3 but the answer d
 back) never duplicates rows. Every row also stores ``batch_id`` = ``{writer_id}-{seq}``.
 
 A reader never sees part of a batch: Delta makes the commit file appear atomically.
+
+Small batches go through ``write_deltalake``; large ones (``direct_min_rows``) are encoded
+and uploaded here and committed as file actions with the same transaction id
+(lake/datafiles.py). Either way the writer checkpoints its tables every
+``checkpoint_every`` versions and reloads them from there: a long-lived DeltaTable object
+otherwise makes every append dearer than the last.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -20,15 +27,29 @@ from typing import TypeAlias
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake._internal import DeltaFileSystemHandler
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
 
+from lake import datafiles
 from lake.batches import conform, to_table
 from lake.deltaio import open_table, translate_errors
-from lake.errors import LakeUnavailable
+from lake.errors import LakeError, LakeUnavailable
 from lake.schema import PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_TAG, TableSpec, spec
 from lake.storage import LakeLocation, LakeSettings, resolve
 
+log = logging.getLogger(__name__)
+
 _TRANSIENT_RETRIES = 5
+# Delta's default ``delta.checkpointInterval``: the commit at version v writes a checkpoint
+# when (v + 1) is a multiple of it (the post-commit hook of whoever committed v).
+_CHECKPOINT_INTERVAL = 100
+# The writer checkpoints more often than that, and reloads after each (see ``_rebase``).
+CHECKPOINT_EVERY = 20
+# Batches of this many rows or more are encoded here and committed as file actions
+# (lake/datafiles.py); smaller ones through write_deltalake, whose fixed cost per commit is
+# lower (10 rows: 5 ms of CPU, against 7 ms with the extra snapshot update the other way).
+DIRECT_MIN_ROWS = 10_000
 
 BatchData: TypeAlias = pa.Table | pa.RecordBatch | dict[str, object]
 
@@ -72,6 +93,11 @@ class LakeWriter:
     # It spares the lake read of ``transaction_version`` (~5 ms) before each commit.
     _landed: dict[str, int] = field(default_factory=dict)
     _own_id: bool = False
+    # Table -> the version its DeltaTable object was loaded at (see ``_rebase``).
+    _loaded_at: dict[str, int] = field(default_factory=dict)
+    _stores: dict[str, DeltaFileSystemHandler] = field(default_factory=dict)
+    direct_min_rows: int = DIRECT_MIN_ROWS
+    checkpoint_every: int = CHECKPOINT_EVERY
 
     @classmethod
     def from_settings(cls, settings: LakeSettings, writer_id: str | None = None) -> LakeWriter:
@@ -111,26 +137,30 @@ class LakeWriter:
                         return CommitResult(batch.table, batch.batch_id, rows, None,
                                             duplicate=True)
                     return CommitResult(batch.table, batch.batch_id, 0, None)
+                commit_properties = CommitProperties(
+                    app_transactions=[Transaction(batch.writer_id, batch.seq)],
+                    max_commit_retries=50,
+                )
                 try:
-                    write_deltalake(
-                        dt,
-                        batch.data,
-                        mode="append",
-                        commit_properties=CommitProperties(
-                            app_transactions=[Transaction(batch.writer_id, batch.seq)],
-                            max_commit_retries=50,
-                        ),
-                    )
+                    if not self._append_files(dt, batch, commit_properties):
+                        write_deltalake(
+                            dt,
+                            batch.data,
+                            mode="append",
+                            writer_properties=datafiles.writer_properties(batch.table),
+                            commit_properties=commit_properties,
+                        )
                 except CommitFailedError as err:  # lost every race: re-read, check, retry
                     last_error = err
                     time.sleep(0.05 * (attempt + 1))
                     continue
-                # write_deltalake leaves ``dt`` at the version it committed: no re-read of
-                # the log (a LIST per commit on S3), and the version is ours, not whatever
-                # another writer committed since.
+                # ``dt`` is left at the version committed (by write_deltalake) or at the
+                # newest (after a direct append): no re-read of the log before the next.
                 if batch.writer_id == self.writer_id:
                     self._landed[batch.table] = max(landed, batch.seq)
-                return CommitResult(batch.table, batch.batch_id, rows, dt.version())
+                version = dt.version()
+                self._rebase(batch.table, dt, version)
+                return CommitResult(batch.table, batch.batch_id, rows, version)
         raise LakeUnavailable(f"append to {batch.table} failed after retries: {last_error}")
 
     def append(self, table: str, data: BatchData) -> CommitResult:
@@ -156,7 +186,65 @@ class LakeWriter:
         if dt is None:
             dt = _create(self.location, spec(table))
         self._tables[table] = dt
+        self._loaded_at[table] = dt.version()
         return dt
+
+    def _append_files(self, dt: DeltaTable, batch: PreparedBatch,
+                      commit_properties: CommitProperties) -> bool:
+        """Encode, upload and commit ``batch`` as file actions (lake/datafiles.py); False
+        when it is for write_deltalake (small, or partition values needing escapes)."""
+        if batch.data.num_rows < self.direct_min_rows:
+            return False
+        partitions = datafiles.partition_values(batch.data)
+        if partitions is None:
+            return False
+        store = self._stores.get(batch.table)
+        if store is None:
+            store = DeltaFileSystemHandler(self.location.for_deltalake(batch.table),
+                                        self.location.storage_options or None)
+            self._stores[batch.table] = store
+        adds: list[AddAction | RemoveAction] = [
+            datafiles.upload(store, f)
+            for f in datafiles.encode(batch.table, batch.data, partitions)]
+        dt.create_write_transaction(adds, "append", dt.schema(),
+                                    partition_by=list(PARTITION_COLUMNS),
+                                    commit_properties=commit_properties)
+        # Unlike write_deltalake, this leaves ``dt`` at the version it read: the next
+        # commit would then conflict with this one's transaction id.
+        dt.update_incremental()
+        return True
+
+    def _rebase(self, table: str, dt: DeltaTable, version: int) -> None:
+        """Checkpoint ``table`` every ``checkpoint_every`` versions and reload it from its
+        newest checkpoint once one exists past the load.
+
+        A DeltaTable object carries forward every commit since it was loaded, and each
+        append replays them all again (a checkpoint written meanwhile is not picked up):
+        measured on a local lake, a 10-row append cost 4 ms on a fresh object and 30 ms
+        after 300 commits, growing without bound; within one checkpoint interval it still
+        grows (a 110k-row flush: 22 ms after a checkpoint, 48 ms 100 commits later).
+        Delta's default interval is 100; a checkpoint and a reload cost about one append
+        each while the table has few files (~40 ms at 3600 files).
+        """
+        every = self.checkpoint_every
+        if (version + 1) % every == 0 and (version + 1) % _CHECKPOINT_INTERVAL:
+            try:  # (a multiple of the default interval: the commit's own hook wrote it)
+                with translate_errors(f"checkpoint {table}"):
+                    dt.create_checkpoint()
+            except LakeError as err:  # the batch has landed; a later checkpoint will do
+                log.warning("no checkpoint of %s at version %d: %s", table, version, err)
+        loaded = self._loaded_at.get(table, version)
+        if (version + 1) // every <= (loaded + 1) // every:
+            return
+        try:
+            with translate_errors(f"reload {table}"):
+                reloaded = open_table(self.location, table)
+        except LakeError as err:  # the batch has landed; the old object still works
+            log.warning("keeping the loaded %s table: %s", table, err)
+            return
+        if reloaded is not None:
+            self._tables[table] = reloaded
+            self._loaded_at[table] = reloaded.version()
 
 
 def _create(location: LakeLocation, table_spec: TableSpec) -> DeltaTable:

@@ -3,12 +3,79 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from capture_agent.errors import RingBufferError
+from capture_agent.layouts import EVENT_HEADER
+
 _INT32 = pa.int32()
+
+
+class Header(NamedTuple):
+    """The header fields of a batch's records after ``ktime_ns``, as arrays."""
+
+    kind: np.ndarray  # uint16
+    cpu: np.ndarray  # uint16
+    version: np.ndarray  # uint8
+    flags: np.ndarray  # uint8
+
+
+def _offset(dtype: np.dtype, field: str) -> int:
+    fields = dtype.fields
+    assert fields is not None
+    return int(fields[field][1])
+
+
+_META_OFFSET = _offset(EVENT_HEADER, "kind")  # kind, size, cpu, version, flags: 8 bytes
+assert [_offset(EVENT_HEADER, f) - _META_OFFSET
+        for f in ("kind", "size", "cpu", "version", "flags")] == [0, 2, 4, 6, 7]
+
+
+@cache
+def _meta_view(record: np.dtype) -> np.dtype:
+    return np.dtype({"names": ["meta"], "formats": ["<u8"],
+                     "offsets": [_offset(record, "hdr") + _META_OFFSET],
+                     "itemsize": record.itemsize})
+
+
+@cache
+def _allowed(kinds: tuple[int, ...]) -> np.ndarray:
+    table = np.zeros(1 << 16, bool)
+    table[list(kinds)] = True
+    return table
+
+
+def header(batch: np.ndarray) -> Header:
+    """Every record's kind, cpu, version and flags from one gather of the 8 header bytes
+    that hold them (a strided read of the batch costs ~4 ns per record, field by field)."""
+    meta = np.ascontiguousarray(batch.view(_meta_view(batch.dtype))["meta"])
+    words = meta.view(np.uint16).reshape(-1, 4)
+    octets = meta.view(np.uint8).reshape(-1, 8)
+    return Header(words[:, 0], words[:, 2], octets[:, 6], octets[:, 7])
+
+
+def check_header(batch: np.ndarray, family: str, layout_version: int,
+                 kinds: tuple[int, ...]) -> Header:
+    """The batch's ``header``, after refusing records of another layout version or kind
+    (RingBufferError)."""
+    hdr = header(batch)
+    if not len(batch):
+        return hdr
+    wrong_version = hdr.version != layout_version
+    if wrong_version.any():
+        raise RingBufferError(
+            f"{family} record layout version {int(hdr.version[wrong_version][0])}, this agent"
+            f" reads {layout_version}: rebuild the BPF objects (make bpf)")
+    known = _allowed(kinds)[hdr.kind]
+    if not known.all():
+        raise RingBufferError(f"unexpected record kinds in a {family} batch: "
+                              f"{sorted(set(hdr.kind[~known].tolist()))}")
+    return hdr
 
 
 def int_array(values: np.ndarray, null: np.ndarray | None = None,

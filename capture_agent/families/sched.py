@@ -14,8 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from capture_agent.clock import ClockSample
-from capture_agent.errors import RingBufferError
-from capture_agent.families._arrow import comm_array, int_array, lookup_strings
+from capture_agent.families._arrow import (
+    Header,
+    check_header,
+    comm_array,
+    int_array,
+    lookup_strings,
+)
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
 from lake.schema import spec as table_spec
@@ -140,35 +145,30 @@ def sensor_spec(config: SchedConfig | None = None, *,
     )
 
 
-def check_batch(batch: np.ndarray, kinds: tuple[int, ...]) -> None:
-    """Refuse records of another layout version or kind (RingBufferError)."""
-    hdr = batch["hdr"]
-    if len(batch) and np.any(hdr["version"] != SCHED_LAYOUT_VERSION):
-        bad = int(hdr["version"][hdr["version"] != SCHED_LAYOUT_VERSION][0])
-        raise RingBufferError(
-            f"sched record layout version {bad}, this agent reads {SCHED_LAYOUT_VERSION}:"
-            " rebuild the BPF objects (make bpf)"
-        )
-    if len(batch) and not np.all(np.isin(hdr["kind"], kinds)):
-        raise RingBufferError(f"unexpected record kinds in a sched batch: "
-                              f"{sorted(set(hdr['kind'].tolist()) - set(kinds))}")
+def check_batch(batch: np.ndarray, kinds: tuple[int, ...]) -> Header:
+    """Refuse records of another layout version or kind (RingBufferError); the batch's
+    header fields otherwise."""
+    return check_header(batch, "sched", SCHED_LAYOUT_VERSION, kinds)
+
+
+_SCHED_KINDS = tuple(int(k) for k in SCHED_KINDS)
+_STATE_LETTERS = list(TASK_STATE_LETTERS)
 
 
 def sched_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     """A batch of ``SCHED_EVENT`` -> rows of lake table ``sched`` (vectorised)."""
-    check_batch(batch, tuple(int(k) for k in SCHED_KINDS))
-    hdr = batch["hdr"]
-    kind = hdr["kind"]
+    hdr = check_batch(batch, _SCHED_KINDS)
+    kind = hdr.kind
     not_switch = kind != EventKind.SCHED_SWITCH
     is_switch = ~not_switch
     columns = {
-        "ts_ns": pa.array(clock.to_epoch(hdr["ktime_ns"])),
-        "cpu": int_array(hdr["cpu"]),
+        "ts_ns": pa.array(clock.to_epoch(batch["hdr"]["ktime_ns"])),
+        "cpu": int_array(hdr.cpu),
         "kind": lookup_strings(_KIND_NAMES, kind),
         "prev_pid": int_array(batch["prev_pid"], null=not_switch),
         "prev_tid": int_array(batch["prev_tid"], null=not_switch),
         "prev_comm": comm_array(batch["prev_comm"], null=not_switch),
-        "prev_state": lookup_strings(list(TASK_STATE_LETTERS), batch["prev_state"],
+        "prev_state": lookup_strings(_STATE_LETTERS, batch["prev_state"],
                                      null=not_switch),
         "next_pid": int_array(batch["next_pid"], null=not_switch),
         "next_tid": int_array(batch["next_tid"], null=not_switch),
@@ -188,18 +188,17 @@ def offcpu_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
 
     ``wait_reason`` stays null here: it comes from the symbolised kernel stack.
     """
-    check_batch(batch, (int(EventKind.OFFCPU),))
-    hdr = batch["hdr"]
-    start = batch["start_ns"]
-    no_waker = (hdr["flags"] & OFFCPU_FLAG_WAKER) == 0
+    hdr = check_batch(batch, (int(EventKind.OFFCPU),))
+    start = batch["start_ns"].astype(np.int64)
+    no_waker = (hdr.flags & OFFCPU_FLAG_WAKER) == 0
     columns = {
         "ts_ns": pa.array(clock.to_epoch(start)),
-        "dur_ns": pa.array(hdr["ktime_ns"].astype(np.int64) - start.astype(np.int64)),
+        "dur_ns": pa.array(batch["hdr"]["ktime_ns"].astype(np.int64) - start),
         "pid": int_array(batch["pid"]),
         "tid": int_array(batch["tid"]),
         "cpu": int_array(batch["cpu_out"]),
         "comm": comm_array(batch["comm"]),
-        "state": lookup_strings(list(TASK_STATE_LETTERS), batch["state"]),
+        "state": lookup_strings(_STATE_LETTERS, batch["state"]),
         "wait_reason": pa.nulls(len(batch), pa.string()),
         "kstack_id": int_array(batch["kstack_id"], null=batch["kstack_id"] < 0,
                                arrow_type=pa.int64()),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
@@ -100,3 +102,109 @@ def test_a_writer_with_its_own_id_reads_the_lake_only_for_its_first_commit(
     writer.commit(other.prepare("mem", pa.table({"ts_ns": [T0]})))
     assert reads[-1] == "other"
     assert DeltaTable(str(lake_dir / "v1" / "mem")).to_pyarrow_table().num_rows == 4
+
+
+# -- large batches: encoded by the writer, committed as file actions ----------------------
+def _syscalls(rows: int, start_ns: int = T0, span_ns: int = 2 * HOUR_NS) -> pa.Table:
+    seq = np.arange(rows, dtype=np.int64)
+    return pa.table({
+        "ts_ns": start_ns + seq * (span_ns // rows),
+        "dur_ns": pa.array((seq * 7919) % 50_000, mask=seq % 10 == 0),
+        "pid": (seq % 3).astype(np.int32),
+        "comm": pa.array(["worker"] * (rows - 1) + [None]),
+        "name": pa.array(["read", "write", "x" * 40][i % 3] for i in range(rows)),
+        "args": pa.array([[1, 2, int(i)] for i in range(rows)], pa.list_(pa.int64())),
+        "seq": seq,
+    })
+
+
+def _adds(lake_dir: Path, table: str) -> list[dict[str, object]]:
+    """Add actions without what differs between two writes of the same rows."""
+    dt = DeltaTable(str(lake_dir / "v1" / table))
+    rows = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    varying = ("path", "size_bytes", "modification_time")
+    return sorted(({k: v for k, v in r.items() if k not in varying and "batch_id" not in k}
+                   for r in rows), key=lambda r: str(sorted(r.items())))
+
+
+def test_a_large_batch_lands_as_write_deltalake_would_write_it(tmp_path: Path) -> None:
+    """GIVEN the same batch, spanning two hours, written once by the writer's own encoder
+    and once through write_deltalake WHEN both lakes are read THEN they hold the same rows,
+    partitions, file statistics and one commit each."""
+    lakes = {}
+    for path in ("direct", "write_deltalake"):
+        lakes[path] = tmp_path / path
+        writer = _writer(lakes[path])
+        writer.direct_min_rows = 1 if path == "direct" else 10**9
+        result = writer.append("syscalls", _syscalls(5_000))
+        assert result.version == 1 and not result.duplicate
+    adds = {path: _adds(lake_dir, "syscalls") for path, lake_dir in lakes.items()}
+    assert adds["direct"] == adds["write_deltalake"]
+    assert sorted(a["partition.hour"] for a in adds["direct"]) == ["2026-01-01T00", "2026-01-01T01"]
+    assert all(a["max.name"] == "x" * 40 and "min.args" not in a for a in adds["direct"])
+    sql = ("select hour, count(*), count(dur_ns), min(ts_ns), max(seq), sum(len(args)),"
+           " count(comm), count(distinct name) from syscalls group by hour order by hour")
+    answers = {path: connect(resolve(LakeSettings(lake=str(d)))).execute(sql).fetchall()
+               for path, d in lakes.items()}
+    assert answers["direct"] == answers["write_deltalake"]
+    assert [r[1] for r in answers["direct"]] == [2_500, 2_500]
+
+
+def test_a_retried_large_batch_is_written_once(lake_dir: Path) -> None:
+    writer = _writer(lake_dir)
+    writer.direct_min_rows = 1
+    batch = writer.prepare("syscalls", _syscalls(3_000))
+    assert not writer.commit(batch).duplicate
+    assert writer.commit(batch).duplicate
+    assert _writer(lake_dir).commit(batch).duplicate  # a restarted agent, same writer id
+    writer.append("syscalls", _syscalls(10))  # and the next batch still commits
+    con = connect(resolve(LakeSettings(lake=str(lake_dir))))
+    assert con.execute("select count(*), count(distinct batch_id) from syscalls").fetchone() == (
+        3_010, 2)
+
+
+def test_binary_columns_get_null_counts_but_no_bounds(tmp_path: Path) -> None:
+    adds = []
+    for direct_min_rows in (1, 10**9):
+        lake_dir = tmp_path / str(direct_min_rows)
+        writer = _writer(lake_dir)
+        writer.direct_min_rows = direct_min_rows
+        writer.append("syscall_data", pa.table({
+            "ts_ns": [T0, T0 + 1], "data": [b"\x00\xff", None], "truncated": [True, False]}))
+        adds.extend(_adds(lake_dir, "syscall_data"))
+    direct, through_delta_rs = adds
+    assert direct["null_count.data"] == 1  # write_deltalake leaves it out
+    assert direct.get("min.data") is None and direct.get("max.data") is None
+    assert direct | {"null_count.data": None} == through_delta_rs
+    assert (direct["min.truncated"], direct["max.truncated"]) == (False, True)
+
+
+@pytest.mark.parametrize("direct_min_rows", [1, 10**9], ids=["direct", "write_deltalake"])
+def test_times_and_sequence_numbers_are_delta_encoded(lake_dir: Path,
+                                                      direct_min_rows: int) -> None:
+    """Near-sorted int64s stored as differences, not through an overflowing dictionary."""
+    writer = _writer(lake_dir)
+    writer.direct_min_rows = direct_min_rows
+    writer.append("syscalls", _syscalls(2_000))
+    (path, *_) = sorted((lake_dir / "v1" / "syscalls").rglob("*.parquet"))
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}
+    for column in ("ts_ns", "dur_ns", "seq"):
+        assert "DELTA_BINARY_PACKED" in encodings[column], column
+    assert "RLE_DICTIONARY" in encodings["comm"]
+
+
+def test_the_writer_checkpoints_often_and_keeps_committing(lake_dir: Path) -> None:
+    """GIVEN a writer checkpointing every 3 versions WHEN it commits 8 batches (versions
+    1-8) THEN the table has checkpoints at versions 2, 5 and 8, and every batch landed."""
+    writer = _writer(lake_dir)
+    writer.checkpoint_every = 3
+    for i in range(8):
+        writer.append("net", pa.table({"ts_ns": [T0 + i]}))
+    log_dir = lake_dir / "v1" / "net" / "_delta_log"
+    assert sorted(p.name for p in log_dir.glob("*.checkpoint.parquet")) == [
+        f"{v:020d}.checkpoint.parquet" for v in (2, 5, 8)]
+    dt = DeltaTable(str(lake_dir / "v1" / "net"))
+    assert dt.version() == 8 and dt.transaction_version("agentA") == 8
+    assert dt.to_pyarrow_table().num_rows == 8
