@@ -118,3 +118,30 @@ def test_a_session_keeps_its_version_while_a_commit_lands(lake_dir: Path) -> Non
         # a statement sees one version: the one its session started with
         assert con.execute("SELECT count(*) FROM lost").fetchall() == [(1,)]
     assert _rows(db) == 2
+
+
+def test_old_log_files_are_cleaned_up_and_a_reader_behind_them_still_reads(lake_dir: Path) -> None:
+    from deltalake import DeltaTable
+
+    from lake.writer import LOG_RETENTION
+
+    # GIVEN a table made by the writer: its log keeps LOG_RETENTION of commits
+    writer = LakeWriter.from_settings(LakeSettings(lake=str(lake_dir), node="n1"))
+    writer.append("lost", {"ts_ns": [T0], "source": ["test"], "count": [0]})
+    log_dir = lake_dir / "v1" / "lost" / "_delta_log"
+    dt = DeltaTable(str(log_dir.parent))
+    assert dt.metadata().configuration["delta.logRetentionDuration"] == LOG_RETENTION
+    # and a reader that has it open
+    cache = TableCache(_location(lake_dir))
+    assert cache.snapshot("lost").version is not None
+    # WHEN the retention is shortened to nothing and 60 commits follow
+    dt.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})
+    for i in range(1, 61):
+        writer.append("lost", {"ts_ns": [T0 + i], "source": ["test"], "count": [i]})
+    # THEN the commit files before the last checkpoint are gone
+    commits = sorted(log_dir.glob("*.json"))
+    assert len(commits) < 30, [c.name for c in commits]
+    # and the reader, whose next commit file was deleted, still reads everything
+    snapshot = cache.snapshot("lost")
+    assert snapshot.version == DeltaTable(str(log_dir.parent)).version()
+    assert snapshot.dataset.count_rows() == 61
