@@ -22,7 +22,6 @@ import pyarrow as pa
 
 from capture_agent.spool import Spool
 from lake import LakeError, LakeUnavailable, LakeWriter, PreparedBatch
-from lake.batches import hour_label
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,6 @@ class SinkStats:
     unspooled_batches: int = 0
     lost_rows: Counter[str] = field(default_factory=Counter)  # key: "table:reason"
     lake_errors: int = 0
-    compactions: int = 0
-    compacted_files: int = 0
     last_error: str = ""
     last_flush_seconds: float = 0.0
 
@@ -51,14 +48,10 @@ class LakeSink:
         *,
         max_queue_batches: int = 256,
         retry_interval_s: float = 2.0,
-        compact_interval_s: float | None = 300.0,
     ) -> None:
         self.writer = writer
         self.spool = spool
         self.retry_interval_s = retry_interval_s
-        self.compact_interval_s = compact_interval_s
-        self._last_compact = time.monotonic()
-        self._written: set[str] = set()  # tables committed to since the last compaction
         self.stats = SinkStats()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue_batches)
         self._thread = threading.Thread(target=self._loop, name="lake-sink", daemon=True)
@@ -110,7 +103,6 @@ class LakeSink:
             if item is _STOP:
                 self._drain_spool()
                 return
-            self._maybe_compact()
             if item is not None:
                 table, data = cast(tuple[str, pa.Table], item)
                 try:
@@ -141,28 +133,8 @@ class LakeSink:
             self._count_loss(batch.table, "rejected", batch.data.num_rows)
             return
         self.stats.last_flush_seconds = time.monotonic() - started
-        self._written.add(batch.table)
         self.stats.committed_batches += 1
         self.stats.committed_rows[batch.table] += batch.data.num_rows
-
-    def _maybe_compact(self) -> None:
-        """Every ``compact_interval_s``, merge the small files this node wrote in the
-        current and the previous hour of each table it wrote to (on this thread, between
-        commits: never racing its own appends). A failure is logged and retried later."""
-        if (self.compact_interval_s is None or not self._written
-                or time.monotonic() - self._last_compact < self.compact_interval_s):
-            return
-        self._last_compact = time.monotonic()
-        now = time.time_ns()
-        hours = sorted({hour_label(now), hour_label(now - 3600 * 10**9)})
-        for table in sorted(self._written):
-            try:
-                self.stats.compacted_files += self.writer.compact_own(table, hours)
-            except LakeError as err:
-                log.warning("compaction of %s failed (retried later): %s", table, err)
-                continue
-            self.stats.compactions += 1
-        self._written.clear()
 
     def _to_spool(self, batch: PreparedBatch) -> None:
         if self.spool is not None and self.spool.put(batch):

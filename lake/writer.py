@@ -54,15 +54,8 @@ CHECKPOINT_EVERY = 20
 # versions (no time travel); a reader older than that still updates (from the checkpoint:
 # tests/unit/test_lake_tables.py).
 LOG_RETENTION = "interval 10 minutes"
-# Removed files (compaction, retention) leave the table's state after this: it is also the
-# age after which `kprobe lake compact` vacuums them.
-TOMBSTONE_RETENTION = "interval 1 hour"
 TABLE_PROPERTIES = {"delta.logRetentionDuration": LOG_RETENTION,
-                    "delta.enableExpiredLogCleanup": "true",
-                    "delta.deletedFileRetentionDuration": TOMBSTONE_RETENTION}
-# Merged files of the agent's own compaction: big enough to end the small-file count,
-# small enough that re-merging the hour's partial file stays cheap.
-COMPACT_TARGET_BYTES = 64 << 20
+                    "delta.enableExpiredLogCleanup": "true"}
 # Batches of this many rows or more are encoded here and committed as file actions
 # (lake/datafiles.py); smaller ones through write_deltalake, whose fixed cost per commit is
 # lower (10 rows: 5 ms of CPU, against 7 ms with the extra snapshot update the other way).
@@ -183,26 +176,6 @@ class LakeWriter:
     def append(self, table: str, data: BatchData) -> CommitResult:
         """Prepare and commit in one step."""
         return self.commit(self.prepare(table, data))
-
-    def compact_own(self, table: str, hours: list[str]) -> int:
-        """Merge this node's small files of ``table`` in ``hours``; files removed.
-
-        Why the agent does it: every flush adds a file per table, and each commit's cost
-        grows with the table's file count (measured at 100k events/s: 6.9 % of a core in
-        the first minute, 10.5 % after 13). A plain Delta commit (remove + add): readers
-        keep their snapshot; other nodes' appends touch other partitions.
-        """
-        with translate_errors(f"compact {table}"):
-            dt = self._table(table)
-            metrics = dt.optimize.compact(
-                partition_filters=[(PARTITION_COLUMNS[0], "=", self.node),
-                                   (PARTITION_COLUMNS[1], "in", hours)],
-                target_size=COMPACT_TARGET_BYTES)
-            reloaded = open_table(self.location, table)
-        if reloaded is not None:
-            self._tables[table] = reloaded
-            self._loaded_at[table] = reloaded.version()
-        return int(metrics.get("numFilesRemoved", 0))
 
     def ensure_tables(self, tables: list[str] | None = None) -> None:
         """Create the named (default: all) tables if they do not exist yet."""

@@ -56,24 +56,3 @@ def test_full_spool_counts_loss(tmp_path: Path) -> None:
     sink.start().submit("lost", _rows(0, 7))
     sink.stop()
     assert sink.take_new_losses() == {("lost", "spool_full"): 7}
-
-
-def test_the_sink_compacts_what_this_node_wrote_in_the_current_hour(tmp_path: Path) -> None:
-    """GIVEN a sink that compacts as often as it can WHEN batches of this hour land THEN its
-    small files are merged between commits, and every row is there once."""
-    import time
-
-    from deltalake import DeltaTable
-
-    location = resolve(LakeSettings(lake=str(tmp_path / "lake")))
-    sink = LakeSink(LakeWriter(location, "n1", "w1"), None, retry_interval_s=0.05,
-                    compact_interval_s=0.0).start()
-    now = time.time_ns()
-    for i in range(6):
-        assert sink.submit("lost", pa.table({"ts_ns": [now + i], "count": [i]}))
-        time.sleep(0.1)  # the sink commits each alone
-    sink.stop()
-    assert sink.stats.compactions >= 1 and sink.stats.compacted_files >= 2
-    table = DeltaTable(str(tmp_path / "lake" / "v1" / "lost"))
-    assert len(table.file_uris()) < 6
-    assert sorted(table.to_pyarrow_table()["count"].to_pylist()) == list(range(6))

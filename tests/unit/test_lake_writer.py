@@ -208,34 +208,3 @@ def test_the_writer_checkpoints_often_and_keeps_committing(lake_dir: Path) -> No
     dt = DeltaTable(str(lake_dir / "v1" / "net"))
     assert dt.version() == 8 and dt.transaction_version("agentA") == 8
     assert dt.to_pyarrow_table().num_rows == 8
-
-
-def test_compacting_its_own_hour_merges_only_this_nodes_files_and_keeps_exactly_once(
-        lake_dir: Path) -> None:
-    from lake.batches import hour_label
-
-    # GIVEN 12 one-row commits from this node and 3 from another, in one hour
-    mine, other = _writer(lake_dir, "n1"), _writer(lake_dir, "n2", "agentB")
-    batches = [mine.prepare("lost", {"ts_ns": [T0 + i], "count": [i]}) for i in range(12)]
-    for batch in batches:
-        mine.commit(batch)
-    for i in range(3):
-        other.append("lost", {"ts_ns": [T0 + i], "count": [100 + i]})
-
-    def files(node: str) -> int:
-        return len(list((lake_dir / "v1" / "lost").glob(f"node={node}/*/*.parquet")))
-
-    # WHEN this node compacts its hour
-    removed = mine.compact_own("lost", [hour_label(T0)])
-    # THEN its 12 files became one, the other node's stay as they were (on disk, the
-    # removed ones wait for vacuum: the table's active files say it)
-    assert removed == 12
-    active = DeltaTable(str(lake_dir / "v1" / "lost")).file_uris()
-    assert sum("node=n1" in f for f in active) == 1 and sum("node=n2" in f for f in active) == 3
-    assert files("n2") == 3
-    # and every row is there once; a retried batch is still recognised as landed
-    assert mine.commit(batches[-1]).duplicate
-    mine.append("lost", {"ts_ns": [T0 + 50], "count": [50]})
-    counts = sorted(DeltaTable(str(lake_dir / "v1" / "lost")).to_pyarrow_table()["count"]
-                    .to_pylist())
-    assert counts == [*range(12), 50, 100, 101, 102]
