@@ -203,6 +203,8 @@ class Agent:
             if collect is not None:
                 for table, rows in collect(fam.sensor, self.clock).items():
                     self.sink.submit(table, rows)
+        self.counters.clock_probe_processes = sum(p.attached for p in self._probes)
+        self.counters.clock_probe_failures = sum(p.failed for p in self._probes)
         self._report_losses()
         self.counters.flushes += 1
         self.counters.flush_seconds_last = time.monotonic() - started

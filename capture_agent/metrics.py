@@ -23,6 +23,8 @@ class AgentCounters:
     ring_fill: dict[str, float] = field(default_factory=dict)  # ring -> fill ratio at last drain
     flush_seconds_last: float = 0.0
     flushes: int = 0
+    clock_probe_processes: int = 0  # targets with their libc clock uprobes attached
+    clock_probe_failures: int = 0  # targets whose uprobes could not be attached
 
     def add_events(self, source: str, n: int) -> None:
         self.events[source] = self.events.get(source, 0) + n
@@ -61,6 +63,12 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("kprobe_flush_seconds", "Duration of the last flush",
                                 value=c.flush_seconds_last)
         yield CounterMetricFamily("kprobe_flushes", "Flushes done", value=c.flushes)
+        yield GaugeMetricFamily("kprobe_clock_probe_processes", "Target processes whose libc "
+                                "clock reads are recorded (uprobes attached)",
+                                value=c.clock_probe_processes)
+        yield CounterMetricFamily("kprobe_clock_probe_failures", "Target processes whose "
+                                  "clock uprobes could not be attached (their vDSO clock "
+                                  "reads are not recorded)", value=c.clock_probe_failures)
         if self.sink_stats is not None:
             stats = self.sink_stats()
             rows = CounterMetricFamily("kprobe_lake_rows", "Rows committed to the lake",

@@ -204,8 +204,7 @@ static __always_inline __s32 waiting_task_stack(struct task_struct *task)
 	return keep_stack(st, bpf_get_task_stack(task, st->ip, sizeof(st->ip), 0));
 }
 
-static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __u8 state,
-					 __u64 now, void *ctx)
+static __always_inline void offcpu_begin(__u32 tid, __u8 state, __u64 now)
 {
 	struct offcpu_start start = {};
 
@@ -283,7 +282,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	/* A dying task never comes back: no interval to start. */
 	if (prev_tid != 0 && state != TASK_STATE_X && state != TASK_STATE_Z &&
 	    is_target(prev_tgid))
-		offcpu_begin(prev, prev_tid, state, now, ctx);
+		offcpu_begin(prev_tid, state, now);
 	if (next_tid != 0)
 		offcpu_end(next, next_tid, now);
 	return 0;

@@ -14,6 +14,7 @@ def test_scrape_shows_events_drops_fill_and_lake_state() -> None:
     counters.add_events("sched", 5)
     counters.kernel_drops["sched"] = 3
     counters.ring_fill["sched"] = 0.25
+    counters.clock_probe_processes, counters.clock_probe_failures = 4, 1
     stats = SinkStats()
     stats.committed_rows["sched"] = 15
     stats.lost_rows["sched:queue_full"] = 2
@@ -28,3 +29,5 @@ def test_scrape_shows_events_drops_fill_and_lake_state() -> None:
     assert 'kprobe_ring_fill_ratio{ring="sched"} 0.25' in body
     assert 'kprobe_lost_rows_total{reason="queue_full",table="sched"} 2.0' in body
     assert "kprobe_spool_bytes 4096.0" in body
+    assert "kprobe_clock_probe_processes 4.0" in body
+    assert "kprobe_clock_probe_failures_total 1.0" in body
