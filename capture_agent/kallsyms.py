@@ -24,12 +24,11 @@ more specific cause):
   other          anything else
 A stack that could not be captured (negative id) has no reason (null).
 
-Stack ids are 31-bit hashes of the frames (sched.bpf.c): an id always names the same
-stack, and two stacks with one hash leave the second without a stack (-EEXIST). The
-stack is read at switch-in, for intervals over the threshold only, from the waiting
-task's saved state: it starts at the function that blocked, without the scheduler's
-frames (as /proc/PID/stack shows it). ``resolve`` still compares the
-frames of an id read again after a clear, and emits a new ``kstacks`` row if they differ.
+Stack ids are the kernel map's bucket indexes. Once cleared, an id may be given to a
+different stack later; ``resolve`` then emits a new ``kstacks`` row (readers take the
+latest row at or before an interval's time). A thread that switched out with a stack
+whose id was cleared and reused before it switched in gets the newer stack: rare (a
+bucket collision within one blocked interval) and accepted.
 """
 
 from __future__ import annotations
@@ -234,7 +233,7 @@ class SymbolisedStack:
 
 
 class KernelStacks:
-    """The stacks of the ``offcpu_stacks`` map (id -> frames), symbolised and remembered."""
+    """The stacks of one BPF_MAP_TYPE_STACK_TRACE map, symbolised and remembered."""
 
     def __init__(self, symbols: Kallsyms, stack_map_fd: int) -> None:
         try:

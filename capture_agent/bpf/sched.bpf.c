@@ -3,11 +3,10 @@
  * Sched family: system-wide context switches and wakeups (compact, one record size),
  * and off-CPU intervals of targeted threads computed in the kernel:
  *
- *   switch-out of a target  -> offcpu_start[tid] = {time, state, cpu}
+ *   switch-out of a target  -> offcpu_start[tid] = {time, state, kernel stack, cpu}
  *   sched_waking of it      -> offcpu_start[tid].waker = current (the real waker;
  *                              sched_wakeup often runs in the idle task, DESIGN.md)
- *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event, with the
- *                              kernel stack it waited in : nothing
+ *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event : nothing
  *
  * Attach points: tp_btf only (no kprobes/fentry on the target kernels, no tracefs needed).
  */
@@ -27,10 +26,6 @@ LAYOUT_EXPORT(enum task_state_code, task_state_code);
 LAYOUT_EXPORT(enum sched_constants, sched_constants);
 
 #define MAX_STACK_DEPTH 64
-/* errno values (vmlinux.h has no errno macros) */
-#define ENOMEM 12
-#define EEXIST 17
-#define ENODATA 61
 
 /* Sizes are defaults; the loader resizes rings and maps before load. */
 struct {
@@ -46,6 +41,7 @@ struct {
 /* A targeted thread that is off CPU now: when and how it left, and who woke it. */
 struct offcpu_start {
 	__u64 start_ns;
+	__s32 kstack_id;
 	__u32 waker_pid;
 	__u32 waker_tid;
 	__u16 cpu;
@@ -61,28 +57,13 @@ struct {
 	__type(value, struct offcpu_start);
 } offcpu_start SEC(".maps");
 
-/*
- * Kernel stacks of off-CPU intervals, keyed by a 31-bit hash of their frames (so an id
- * always names the same stack); user space symbolises and clears them. The value is
- * zero-filled after the last frame.
- */
-struct kstack {
-	__u64 ip[MAX_STACK_DEPTH];
-};
-
+/* Kernel stacks at switch-out; user space symbolises and clears them. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, 8192);
-	__type(key, __u32);
-	__type(value, struct kstack);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
 } offcpu_stacks SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct kstack);
-} stack_scratch SEC(".maps");
 
 /* Configuration, set by the loader between open and load. */
 const volatile __u64 min_offcpu_ns = 1000000;
@@ -161,56 +142,15 @@ static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __
 	event_submit(&sched_events, ev);
 }
 
-/* Hash the frames in scratch (bytes of them from a stack helper), keep the stack under
- * that id; the id, or a negative errno (-EEXIST: another stack has that hash). */
-static __always_inline __s32 keep_stack(struct kstack *st, long bytes)
-{
-	struct kstack *known;
-	__u32 hash = 2166136261u, key, i, n;
-
-	if (bytes <= 0)
-		return bytes < 0 ? (__s32)bytes : -ENODATA;
-	n = bytes / sizeof(__u64);
-	for (i = 0; i < MAX_STACK_DEPTH; i++) { /* FNV-1a over the frames */
-		if (i >= n)
-			break;
-		hash = (hash ^ (__u32)st->ip[i]) * 16777619u;
-		hash = (hash ^ (__u32)(st->ip[i] >> 32)) * 16777619u;
-	}
-	key = hash & 0x7fffffff;
-	known = bpf_map_lookup_elem(&offcpu_stacks, &key);
-	if (!known) {
-		long err = bpf_map_update_elem(&offcpu_stacks, &key, st, BPF_NOEXIST);
-
-		return err && err != -EEXIST ? (__s32)err : (__s32)key;
-	}
-	for (i = 0; i < MAX_STACK_DEPTH; i++)
-		if (known->ip[i] != st->ip[i])
-			return -EEXIST;
-	return key;
-}
-
-/* The kernel stack of a task about to be switched in: it has not run since it left, so
- * its saved stack is where it waited (read as /proc/PID/stack reads it). Taken here, only
- * for intervals over min_offcpu_ns, rather than at every switch-out (most are short: lock
- * hand-offs, preemptions), the stack walk stops being most of what a switch costs. */
-static __always_inline __s32 waiting_task_stack(struct task_struct *task)
-{
-	__u32 zero = 0;
-	struct kstack *st = bpf_map_lookup_elem(&stack_scratch, &zero);
-
-	if (!st)
-		return -ENOMEM;
-	return keep_stack(st, bpf_get_task_stack(task, st->ip, sizeof(st->ip), 0));
-}
-
-static __always_inline void offcpu_begin(__u32 tid, __u8 state, __u64 now)
+static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __u8 state,
+					 __u64 now, void *ctx)
 {
 	struct offcpu_start start = {};
 
 	start.start_ns = now;
 	start.state = state;
 	start.cpu = bpf_get_smp_processor_id();
+	start.kstack_id = bpf_get_stackid(ctx, &offcpu_stacks, 0);
 	if (bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY))
 		count_drop(EVENT_OFFCPU);
 }
@@ -234,7 +174,7 @@ static __always_inline void offcpu_end(struct task_struct *next, __u32 tid, __u6
 	ev->tid = tid;
 	ev->waker_pid = start->waker_pid;
 	ev->waker_tid = start->waker_tid;
-	ev->kstack_id = waiting_task_stack(next);
+	ev->kstack_id = start->kstack_id;
 	ev->cpu_out = start->cpu;
 	ev->state = start->state;
 	ev->__pad = 0;
@@ -282,7 +222,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	/* A dying task never comes back: no interval to start. */
 	if (prev_tid != 0 && state != TASK_STATE_X && state != TASK_STATE_Z &&
 	    is_target(prev_tgid))
-		offcpu_begin(prev_tid, state, now);
+		offcpu_begin(prev, prev_tid, state, now, ctx);
 	if (next_tid != 0)
 		offcpu_end(next, next_tid, now);
 	return 0;
