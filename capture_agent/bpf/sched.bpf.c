@@ -26,6 +26,7 @@ LAYOUT_EXPORT(enum task_state_code, task_state_code);
 LAYOUT_EXPORT(enum sched_constants, sched_constants);
 
 #define MAX_STACK_DEPTH 64
+#define ENOENT 2
 
 /* Sizes are defaults; the loader resizes rings and maps before load. */
 struct {
@@ -150,7 +151,13 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 	start.start_ns = now;
 	start.state = state;
 	start.cpu = bpf_get_smp_processor_id();
-	start.kstack_id = bpf_get_stackid(ctx, &offcpu_stacks, 0);
+	/*
+	 * The stack walk is most of this program's cost (~0.9 us of 1.4 us per switch under
+	 * a request/response load). A preempted thread waits for a CPU, not for whatever
+	 * kernel code it was preempted in: its stack names no wait reason (compute/ reads
+	 * reasons of blocked intervals only), so it is not walked.
+	 */
+	start.kstack_id = state == TASK_STATE_R ? -ENOENT : bpf_get_stackid(ctx, &offcpu_stacks, 0);
 	if (bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY))
 		count_drop(EVENT_OFFCPU);
 }

@@ -67,7 +67,8 @@ struct offcpu_event {
 	__u32 tid;
 	__u32 waker_pid;   /* valid with OFFCPU_FLAG_WAKER (no waking when preempted) */
 	__u32 waker_tid;
-	__s32 kstack_id;   /* id in the `offcpu_stacks` map at switch-out; < 0 = errno */
+	__s32 kstack_id;   /* id in the `offcpu_stacks` map at switch-out; < 0 = errno
+			    * (-ENOENT: preempted, state R, not walked) */
 	__u16 cpu_out;     /* CPU the thread switched out on */
 	__u8 state;        /* enum task_state_code at switch-out */
 	__u8 __pad;

@@ -1,15 +1,19 @@
 """Off-CPU kernel stacks symbolised from /proc/kallsyms and classified into wait reasons.
 
 Root only (kallsyms addresses, BPF). tests/programs/pipe_handoff.c: a reader thread blocks
-in read() on a pipe until the writer thread writes ~50 ms later.
+in read() on a pipe until the writer thread writes ~50 ms later. A preempted thread (state
+R) waits for a CPU: its stack is not walked (the walk is most of sched_switch's cost).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from capture_agent import libbpf
@@ -78,3 +82,45 @@ def test_a_thread_blocked_in_a_pipe_read_waits_for_reason_pipe(programs: Path) -
     assert with_stack["wait_reason"].null_count == 0
     assert cleared is None
     assert again.num_rows == 0 and stacks.reasons()[stack_id] == "pipe"
+
+
+_SPIN = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_a_preempted_thread_has_no_stack_walked_and_no_wait_reason() -> None:
+    require_root()
+    require(object_path(sched.FAMILY.object_file).exists(), "sched.bpf.o (run `make bpf`)")
+    # GIVEN two targeted CPU-bound processes sharing one CPU: the scheduler preempts each
+    # in turn (a waiting-for-CPU interval, state R, every time slice)
+    config = sched.SchedConfig(min_offcpu_ns=500_000, record_switch=False,
+                               record_waking=False, record_wakeup=False)
+    cpu = min(os.sched_getaffinity(0))
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        spinners = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(1)\n"
+                                      + _SPIN.format(s=0.6)], stdin=subprocess.PIPE,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+                    for _ in range(2)]
+        try:
+            sensor.add_targets([p.pid for p in spinners])
+            for p in spinners:
+                assert p.stdin is not None
+                p.stdin.write(b"g")
+                p.stdin.close()
+            for p in spinners:
+                assert p.wait(timeout=30) == 0
+        finally:
+            for p in spinners:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        offcpu = sched.offcpu_table(sensor.ring("offcpu_events").drain(), sample_offset())
+        filled = KernelStacks(Kallsyms.load(), sensor.map_fd("offcpu_stacks")) \
+            .fill_wait_reason(offcpu)
+
+    # WHEN their waits are read, THEN there are preempted ones, none with a stack or reason
+    pids = pa.array([p.pid for p in spinners], pa.int64())
+    mine = filled.filter(pc.is_in(filled["pid"], value_set=pids))
+    preempted = mine.filter(pc.equal(mine["state"], "R"))
+    assert preempted.num_rows >= 10, mine.to_pydict()["state"]
+    assert preempted["kstack_id"].null_count == preempted.num_rows
+    assert preempted["wait_reason"].null_count == preempted.num_rows
