@@ -201,11 +201,12 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	     unsigned int prev_state)
 {
 	__u64 now = bpf_ktime_get_ns();
-	__u32 prev_tgid = BPF_CORE_READ(prev, tgid);
-	__u32 prev_tid = BPF_CORE_READ(prev, pid);
-	__u32 next_tgid = BPF_CORE_READ(next, tgid);
-	__u32 next_tid = BPF_CORE_READ(next, pid);
-	__u8 state = task_state_code(preempt, prev_state, BPF_CORE_READ(prev, exit_state));
+	/* BTF pointers: plain loads, no probe-read helper calls on the hottest program */
+	__u32 prev_tgid = prev->tgid;
+	__u32 prev_tid = prev->pid;
+	__u32 next_tgid = next->tgid;
+	__u32 next_tid = next->pid;
+	__u8 state = task_state_code(preempt, prev_state, prev->exit_state);
 	struct sched_event *ev;
 
 	if (record_switch && sched_in_scope(prev_tgid, next_tgid)) {
@@ -217,8 +218,8 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 			ev->prev_tid = prev_tid;
 			ev->next_pid = next_tgid;
 			ev->next_tid = next_tid;
-			BPF_CORE_READ_INTO(&ev->prev_comm, prev, comm);
-			BPF_CORE_READ_INTO(&ev->next_comm, next, comm);
+			__builtin_memcpy(ev->prev_comm, prev->comm, TASK_COMM_LEN);
+			__builtin_memcpy(ev->next_comm, next->comm, TASK_COMM_LEN);
 			ev->target_cpu = -1;
 			ev->prev_state = state;
 			ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
