@@ -21,7 +21,10 @@ real lake in a temp dir), as a user would run it. Prints figures; asserts nothin
 3. The targeted loop at full speed for --sustain seconds: events per second the agent
    wrote and events lost (kernel drops + sink losses, from the agent's own summary).
 4. Agent CPU (fraction of one core) and peak RSS while a paced loop makes ~100k syscall
-   events per second.
+   events per second, for --agent-seconds (past two minutes, per minute as well: the cost
+   must not creep up as the tables age; every commit costs more the more files a table
+   has, so `kprobe lake compact` runs every --compact-every seconds, as the chart's CronJob
+   does, and its own cost is printed).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -274,21 +278,55 @@ def _paced_generator(seconds: int, rate: int) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
 
 
-def bench_agent_cost(work: Path, seconds: int, rate: int = 100_000) -> None:
-    gen = _paced_generator(seconds, rate)
+def bench_agent_cost(work: Path, seconds: int, rate: int = 100_000,
+                     compact_every: int = 0) -> None:
+    """Over ``seconds``; past two minutes, also the cost per minute (it must not creep up
+    as the tables age) and, with ``compact_every``, `kprobe lake compact` run that often
+    as the chart's CronJob does (infra/helm), with its own cost."""
+    gen = _paced_generator(seconds + 2, rate)
     assert gen.stdin
     rec = Recorder(work, "--families", "syscalls,sched", "--pid", str(gen.pid))
     gen.stdin.write("go\n")
     gen.stdin.flush()
     time.sleep(2)
     cpu0, t0 = rec.cpu_seconds(), time.monotonic()
+    minutes: list[float] = []
+    compactions: list[tuple[float, float, int]] = []  # (wall s, CPU s, files removed)
+    next_compact = t0 + compact_every
+    while gen.poll() is None and seconds > 120:
+        c, t = rec.cpu_seconds(), time.monotonic()
+        if compact_every and t >= next_compact:
+            compactions.append(_compact(work / "lake"))
+            next_compact += compact_every
+        try:
+            gen.wait(max(t + 60 - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            pass
+        if gen.poll() is None:
+            minutes.append((rec.cpu_seconds() - c) / (time.monotonic() - t))
     gen.wait()
     cpu = (rec.cpu_seconds() - cpu0) / (time.monotonic() - t0)
     rss = rec.peak_rss_mb()
     summary = rec.stop()
     events = sum(summary.get("events", {}).values())  # type: ignore[union-attr]
     print(f"4. agent at ~{rate // 1000}k syscall events/s ({events / seconds / 1e3:.0f}k events/s "
-          f"incl. sched): {cpu * 100:.1f} % of a core, peak RSS {rss:.0f} MB")
+          f"incl. sched) for {seconds} s: {cpu * 100:.1f} % of a core, peak RSS {rss:.0f} MB")
+    if minutes:
+        print("   % of a core per minute: " + " ".join(f"{m * 100:.1f}" for m in minutes))
+    for wall, cpu_s, removed in compactions:
+        print(f"   lake compaction: {removed} files merged in {wall:.1f} s, {cpu_s:.1f} s of CPU"
+              f" (= {cpu_s / compact_every * 100:.1f} % of a core over {compact_every} s)")
+
+
+def _compact(lake_dir: Path) -> tuple[float, float, int]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    out = subprocess.run([*KPROBE, "lake", "compact", "--lake", str(lake_dir), "--format",
+                          "json"], capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    removed = sum(r["removed_files"] for r in json.loads(out))
+    return time.monotonic() - t, cpu, removed
 
 
 def main() -> None:
@@ -297,6 +335,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1_000_000)
     parser.add_argument("--sustain", type=int, default=30)
     parser.add_argument("--only", default="1234")
+    parser.add_argument("--agent-seconds", type=int, default=20,
+                        help="length of part 4 (600 shows the cost of a table 10 minutes old)")
+    parser.add_argument("--compact-every", type=int, default=240, metavar="SECONDS",
+                        help="in a part 4 longer than 2 minutes, run `kprobe lake compact` "
+                        "this often, as deployed (0: never)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_capture: needs root")
@@ -324,7 +367,7 @@ def run_all(args: argparse.Namespace) -> None:
         if "3" in args.only:
             bench_sustained(work, args.sustain)
         if "4" in args.only:
-            bench_agent_cost(work, 20)
+            bench_agent_cost(work, args.agent_seconds, compact_every=args.compact_every)
 
 
 if __name__ == "__main__":

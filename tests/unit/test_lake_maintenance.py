@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 from lake import LakeSettings, LakeWriter, connect, resolve
 from lake.maintenance import compact, parse_duration, retain
@@ -49,3 +50,28 @@ def test_compact_merges_small_files_and_keeps_every_row(lake_dir: Path) -> None:
     con = connect(location)
     assert con.execute("select count(*), sum(bytes) from net").fetchone() == (6, 15)
     assert len(list(lake_dir.rglob("*.parquet"))) == 1
+
+
+def test_an_agents_writer_appends_exactly_once_across_compactions_behind_its_back(
+        lake_dir: Path) -> None:
+    # GIVEN an agent's long-lived writer appending a batch per flush (a file each), and a
+    # maintenance job compacting the same table between its commits (the chart's CronJob)
+    settings = LakeSettings(lake=str(lake_dir))
+    writer = LakeWriter.from_settings(settings)
+    writer.checkpoint_every = 5  # reloads from checkpoints several times in the run
+    location = resolve(settings)
+    removed = 0
+    for i in range(40):
+        writer.append("net", pa.table({"ts_ns": [NOW + i], "bytes": [i]}))
+        if i % 13 == 12:
+            [report] = compact(location, tables=["net"], vacuum_after_hours=0)
+            removed += report.removed_files
+
+    # THEN every batch landed once, the compactions merged files, and the table is left
+    # with the files appended since the last compaction plus the merged one
+    assert removed >= 36
+    con = connect(location)
+    assert con.execute("select count(*), count(distinct batch_id), sum(bytes) from net"
+                       ).fetchone() == (40, 40, sum(range(40)))
+    # (compactions after appends 13, 26, 39; then append 40 made one more file)
+    assert len(DeltaTable(location.for_deltalake("net")).file_uris()) == 2
