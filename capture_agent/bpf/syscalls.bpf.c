@@ -5,7 +5,7 @@
  * wrote there (the replay's inputs) and what it read (buffers written, paths, addresses:
  * what a replay checks), and at exec the new image's argv and environment.
  *
- *   sys_enter of a target  -> syscall_state[current] = {start, nr, args, ++seq}
+ *   sys_enter of a target  -> syscall_state[current].sys = {start, nr, args, ++seq}
  *   sys_exit               -> payload chunks (success only, per the payload table),
  *                             then one syscall_event {start, exit, nr, ret, args, seq}
  *
@@ -22,6 +22,14 @@
  * has no task storage, which is a NULL test (no hash lookup). Per-thread state lives in
  * task storage rather than a tid-keyed hash: it is freed with the thread (a thread that
  * dies inside a syscall leaves nothing behind) and survives exec (the seq continues).
+ *
+ * Stack budget: the verifier allows 512 bytes for a whole chain of BPF-to-BPF calls (a
+ * program, the subprograms it calls, a bpf_loop callback), and each kernel counts a little
+ * differently (on 6.18, clock return -> emit_payloads -> copy_region -> copy_step once came
+ * to 544). So no big struct lives on a stack here: the payload jobs, the shared copy state
+ * and the clock call in flight live in the thread's task storage, which also makes them
+ * safe from preemption (a per-CPU scratch map is not, on a preemptible kernel).
+ * tests/unit/test_bpf_budget.py keeps every chain under 384 bytes.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -69,20 +77,64 @@ struct {
 	__uint(max_entries, 4 << 20);
 } syscall_data_small SEC(".maps");
 
-/* The syscall a captured thread is in, and its counter. */
-struct syscall_state {
+/* One call of a captured thread: a syscall, or a libc clock read answered by the vDSO. */
+struct syscall_call {
 	__u64 start_ns;
-	__u64 seq;     /* of the syscall in flight; the thread's first is 1 */
+	__u64 seq;     /* its place in the thread's sequence; the thread's first is 1 */
 	__u64 args[SYSCALL_ARGS];
 	__s32 nr;
 	__u16 active;  /* entered and not yet exited */
 	__u16 compat;  /* an ia32 syscall */
-	/* a libc clock call in flight (uprobe entry -> uretprobe) */
-	__u64 clock_start_ns;
-	__u64 clock_seq;  /* seq at its entry: a syscall since then (a fallback) says it all */
-	__u64 clock_args[2];
-	__s32 clock_nr;
-	__u32 clock_active;
+};
+
+/* One region being copied, chunk by chunk (the bpf_loop context). */
+struct copy_state {
+	__u64 now;
+	__u64 start_ns;
+	__u64 seq;
+	__u64 total_len;  /* bytes the region received */
+	__u64 base;       /* user address of the current piece's next byte */
+	__u64 iov;        /* user address of the next struct iovec (IOVEC layout) */
+	__u32 iov_left;   /* iovecs not read yet */
+	__u32 piece_left; /* bytes left in the current piece (flat region or one iovec) */
+	__u32 want;       /* bytes still to copy (the region's first min(total, cap)) */
+	__u32 offset;     /* of the next byte in the region */
+	__u32 pid;
+	__u32 tid;
+	__s32 nr;
+	__u8 arg_index;
+	__u8 data_flags;  /* DATA_FLAG_* of the region's chunks */
+	__u8 sys_flags;   /* SYSCALL_FLAG_* gathered for the syscall_event */
+	__u8 __pad;
+};
+
+/* One region: `total` bytes at addr (flat) or in `count` iovecs at addr; or a C string. */
+struct copy_job {
+	__u64 addr;
+	__u64 count;  /* IOVEC: number of iovecs */
+	__u64 total;
+	__u32 limit;  /* copy at most this much (payload_cap, or less) */
+	__u8 arg;
+	__u8 iovec;
+	__u8 cstring;
+	__u8 __pad;
+};
+
+/* The payload regions of the call being emitted: scratch, filled and used in one program
+ * run (a thread runs one of our programs at a time). */
+struct payload_scratch {
+	struct copy_job jobs[PAYLOAD_REGIONS];
+	struct copy_state shared;
+	struct user_msghdr msg; /* recvmsg's, as the call left it */
+};
+
+/* What a captured thread is doing, and its counter. */
+struct syscall_state {
+	__u64 seq;               /* of the thread's latest call */
+	struct syscall_call sys; /* the syscall in flight */
+	struct syscall_call clock; /* a libc clock call in flight (uprobe entry -> uretprobe) */
+	__u64 clock_seq;         /* seq at its entry: a syscall since then (a fallback) says it all */
+	struct payload_scratch scratch;
 };
 
 struct {
@@ -117,11 +169,12 @@ static __always_inline struct syscall_state *syscall_begin(long nr)
 		count_drop(EVENT_SYSCALL);
 		return NULL;
 	}
-	st->start_ns = bpf_ktime_get_ns();
 	st->seq += 1;
-	st->nr = nr;
-	st->active = 1;
-	st->compat = 0;
+	st->sys.start_ns = bpf_ktime_get_ns();
+	st->sys.seq = st->seq;
+	st->sys.nr = nr;
+	st->sys.active = 1;
+	st->sys.compat = 0;
 	return st;
 }
 
@@ -130,30 +183,31 @@ static __always_inline bool is_error(long ret)
 	return ret < 0 && ret >= -ERRNO_MAX;
 }
 
-__u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __u64 ids);
+__u32 emit_payloads(struct syscall_state *st, struct syscall_call *call, long ret, __u64 now,
+		    __u64 ids);
 
-static __always_inline void syscall_emit(struct syscall_state *st, long ret, __u64 now,
-					 __u8 flags)
+static __always_inline void syscall_emit(struct syscall_state *st, struct syscall_call *call,
+					 long ret, __u64 now, __u8 flags)
 {
 	__u64 ids = bpf_get_current_pid_tgid();
 	struct syscall_event *ev;
 
-	if (st->compat)
+	if (call->compat)
 		flags |= SYSCALL_FLAG_COMPAT;
 	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN))
-		flags |= emit_payloads(st, ret, now, ids);
+		flags |= emit_payloads(st, call, ret, now, ids);
 	ev = EVENT_RESERVE_AT(&syscall_events, struct syscall_event, EVENT_SYSCALL,
 			      SYSCALLS_LAYOUT_VERSION, now);
 	if (!ev)
 		return;
 	ev->hdr.flags = flags;
-	ev->start_ns = st->start_ns;
-	ev->seq = st->seq;
+	ev->start_ns = call->start_ns;
+	ev->seq = call->seq;
 	ev->ret = ret;
-	__builtin_memcpy(ev->args, st->args, sizeof(ev->args));
+	__builtin_memcpy(ev->args, call->args, sizeof(ev->args));
 	ev->pid = ids >> 32;
 	ev->tid = (__u32)ids;
-	ev->nr = st->nr;
+	ev->nr = call->nr;
 	ev->__pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	event_submit(&syscall_events, ev);
@@ -162,12 +216,13 @@ static __always_inline void syscall_emit(struct syscall_state *st, long ret, __u
 /* exit and exit_group never reach sys_exit: record them at entry. */
 static __always_inline void syscall_entered(struct syscall_state *st)
 {
-	bool exits = st->compat ? st->nr == NR_IA32_EXIT || st->nr == NR_IA32_EXIT_GROUP
-				: st->nr == NR_EXIT || st->nr == NR_EXIT_GROUP;
+	struct syscall_call *call = &st->sys;
+	bool exits = call->compat ? call->nr == NR_IA32_EXIT || call->nr == NR_IA32_EXIT_GROUP
+				  : call->nr == NR_EXIT || call->nr == NR_EXIT_GROUP;
 
 	if (exits) {
-		st->active = 0;
-		syscall_emit(st, 0, st->start_ns, SYSCALL_FLAG_NO_RETURN);
+		call->active = 0;
+		syscall_emit(st, call, 0, call->start_ns, SYSCALL_FLAG_NO_RETURN);
 	}
 }
 
@@ -177,10 +232,10 @@ static __always_inline void syscall_end(long ret)
 
 	/* A thread never captured has no storage: this is the whole cost for it. */
 	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
-	if (!st || !st->active)
+	if (!st || !st->sys.active)
 		return;
-	st->active = 0;
-	syscall_emit(st, ret, bpf_ktime_get_ns(), 0);
+	st->sys.active = 0;
+	syscall_emit(st, &st->sys, ret, bpf_ktime_get_ns(), 0);
 }
 
 #ifndef SYSCALLS_NO_ATTACH_POINTS
@@ -193,20 +248,20 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 	if (!st)
 		return 0;
 	if (bpf_get_current_task_btf()->thread_info.status & TS_COMPAT) {
-		st->compat = 1;
-		st->args[0] = (__u32)regs->bx;
-		st->args[1] = (__u32)regs->cx;
-		st->args[2] = (__u32)regs->dx;
-		st->args[3] = (__u32)regs->si;
-		st->args[4] = (__u32)regs->di;
-		st->args[5] = (__u32)regs->bp;
+		st->sys.compat = 1;
+		st->sys.args[0] = (__u32)regs->bx;
+		st->sys.args[1] = (__u32)regs->cx;
+		st->sys.args[2] = (__u32)regs->dx;
+		st->sys.args[3] = (__u32)regs->si;
+		st->sys.args[4] = (__u32)regs->di;
+		st->sys.args[5] = (__u32)regs->bp;
 	} else {
-		st->args[0] = regs->di;
-		st->args[1] = regs->si;
-		st->args[2] = regs->dx;
-		st->args[3] = regs->r10;
-		st->args[4] = regs->r8;
-		st->args[5] = regs->r9;
+		st->sys.args[0] = regs->di;
+		st->sys.args[1] = regs->si;
+		st->sys.args[2] = regs->dx;
+		st->sys.args[3] = regs->r10;
+		st->sys.args[4] = regs->r8;
+		st->sys.args[5] = regs->r9;
 	}
 	syscall_entered(st);
 	return 0;
@@ -221,27 +276,6 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 #endif
 
 /* ---- payloads ------------------------------------------------------------------------ */
-
-/* One region being copied, chunk by chunk (the bpf_loop context). */
-struct copy_state {
-	__u64 now;
-	__u64 start_ns;
-	__u64 seq;
-	__u64 total_len;  /* bytes the region received */
-	__u64 base;       /* user address of the current piece's next byte */
-	__u64 iov;        /* user address of the next struct iovec (IOVEC layout) */
-	__u32 iov_left;   /* iovecs not read yet */
-	__u32 piece_left; /* bytes left in the current piece (flat region or one iovec) */
-	__u32 want;       /* bytes still to copy (the region's first min(total, cap)) */
-	__u32 offset;     /* of the next byte in the region */
-	__u32 pid;
-	__u32 tid;
-	__s32 nr;
-	__u8 arg_index;
-	__u8 data_flags;  /* DATA_FLAG_* of the region's chunks */
-	__u8 sys_flags;   /* SYSCALL_FLAG_* gathered for the syscall_event */
-	__u8 __pad;
-};
 
 struct user_iovec {
 	__u64 base;
@@ -352,18 +386,6 @@ static long copy_step(__u64 index, void *ctx)
 	return 0;
 }
 
-/* One region: `total` bytes at addr (flat) or in `count` iovecs at addr; or a C string. */
-struct copy_job {
-	__u64 addr;
-	__u64 count;  /* IOVEC: number of iovecs */
-	__u64 total;
-	__u32 limit;  /* copy at most this much (payload_cap, or less) */
-	__u8 arg;
-	__u8 iovec;
-	__u8 cstring;
-	__u8 __pad;
-};
-
 /*
  * Global functions (verified once, on their own, whatever the caller's state): one
  * region copied chunk by chunk. The bpf_loop context must live on this stack.
@@ -469,11 +491,11 @@ __noinline int copy_region(struct copy_state *shared, struct copy_job *job)
 	return 0;
 }
 
-static __always_inline __u64 arg_at(struct syscall_state *st, __u32 i)
+static __always_inline __u64 arg_at(struct syscall_call *call, __u32 i)
 {
 	if (i >= SYSCALL_ARGS)
 		return 0;
-	return st->args[i];
+	return call->args[i];
 }
 
 /* Bytes an ioctl wrote through args[2]: legacy tty requests carry no size. */
@@ -528,24 +550,25 @@ static __always_inline __u64 region_size(__u8 kind, __u32 n, __u64 len_value, lo
  * msg_namelen bytes), msg_control (7, msg_controllen) and the msghdr itself (8), as the
  * syscall left them. Fills jobs[0..3].
  */
-static __always_inline void msghdr_jobs(struct copy_job *jobs, __u8 arg, __u64 addr,
-					long ret)
+static __always_inline void msghdr_jobs(struct payload_scratch *scratch, __u8 arg,
+					__u64 addr, long ret)
 {
-	struct user_msghdr m = {};
+	struct copy_job *jobs = scratch->jobs;
+	struct user_msghdr *m = &scratch->msg;
 
-	if (bpf_probe_read_user(&m, sizeof(m), (void *)addr))
+	if (bpf_probe_read_user(m, sizeof(*m), (void *)addr))
 		return;
-	jobs[0].addr = (__u64)m.msg_iov;
-	jobs[0].count = m.msg_iovlen;
+	jobs[0].addr = (__u64)m->msg_iov;
+	jobs[0].count = m->msg_iovlen;
 	jobs[0].total = ret;
 	jobs[0].arg = arg;
 	jobs[0].iovec = 1;
-	jobs[1].addr = (__u64)m.msg_name;
-	jobs[1].total = m.msg_namelen > 0 ? m.msg_namelen : 0;
+	jobs[1].addr = (__u64)m->msg_name;
+	jobs[1].total = m->msg_namelen > 0 ? m->msg_namelen : 0;
 	jobs[1].limit = SOCKADDR_MAX;
 	jobs[1].arg = PAYLOAD_ARG_MSG_NAME;
-	jobs[2].addr = (__u64)m.msg_control;
-	jobs[2].total = m.msg_controllen;
+	jobs[2].addr = (__u64)m->msg_control;
+	jobs[2].total = m->msg_controllen;
 	jobs[2].arg = PAYLOAD_ARG_MSG_CONTROL;
 	jobs[3].addr = addr;
 	jobs[3].total = MSGHDR_SIZE;
@@ -554,19 +577,23 @@ static __always_inline void msghdr_jobs(struct copy_job *jobs, __u8 arg, __u64 a
 
 /* Chunks of every payload region of a syscall (of a failed one: its FLAT inputs only);
  * SYSCALL_FLAG_* to report. */
-__noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __u64 ids)
+__noinline __u32 emit_payloads(struct syscall_state *st, struct syscall_call *call, long ret,
+			       __u64 now, __u64 ids)
 {
-	struct copy_job jobs[PAYLOAD_REGIONS] = {};
-	struct copy_state c = {};
+	struct copy_job *jobs;
+	struct copy_state *c;
 	bool failed;
 	__u32 nr;
 	int i;
 
-	if (!st)
+	if (!st || !call)
 		return 0;
-	nr = st->nr;
+	nr = call->nr;
 	if (nr >= SYSCALL_NR_MAX)
 		return 0;
+	jobs = st->scratch.jobs;
+	c = &st->scratch.shared;
+	__builtin_memset(&st->scratch, 0, sizeof(st->scratch));
 	failed = is_error(ret);
 	for (i = 0; i < PAYLOAD_REGIONS; i++) {
 		const volatile struct payload_region *r = &payload_specs[nr].regions[i];
@@ -579,49 +606,49 @@ __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __
 			/* a failed call wrote nothing; what it offered is still worth having */
 			if (!(r->layout & PAYLOAD_INPUT) || layout != PAYLOAD_FLAT)
 				continue;
-			jobs[i].addr = arg_at(st, r->arg);
+			jobs[i].addr = arg_at(call, r->arg);
 			jobs[i].arg = r->arg;
 			if (kind == PAYLOAD_CSTRING)
 				jobs[i].cstring = 1;
 			else if (jobs[i].addr)
 				jobs[i].total = kind == PAYLOAD_RET
-					? arg_at(st, r->len_arg)
-					: region_size(kind, r->n, arg_at(st, r->len_arg), 0);
+					? arg_at(call, r->len_arg)
+					: region_size(kind, r->n, arg_at(call, r->len_arg), 0);
 			continue;
 		}
 		if (layout == PAYLOAD_MSGHDR) {
 			/* the table gives recvmsg this one region */
-			msghdr_jobs(jobs, r->arg, arg_at(st, r->arg), ret);
+			msghdr_jobs(&st->scratch, r->arg, arg_at(call, r->arg), ret);
 			break;
 		}
-		jobs[i].addr = arg_at(st, r->arg);
+		jobs[i].addr = arg_at(call, r->arg);
 		jobs[i].arg = r->arg;
 		if (kind == PAYLOAD_CSTRING) {
 			jobs[i].cstring = 1;
 		} else if (layout == PAYLOAD_IOVEC) {
-			jobs[i].count = arg_at(st, r->len_arg);
+			jobs[i].count = arg_at(call, r->len_arg);
 			jobs[i].total = ret;
 			jobs[i].iovec = 1;
 		} else if (jobs[i].addr) {
-			jobs[i].total = region_size(kind, r->n, arg_at(st, r->len_arg), ret);
+			jobs[i].total = region_size(kind, r->n, arg_at(call, r->len_arg), ret);
 		}
 	}
 
-	c.now = now;
-	c.start_ns = st->start_ns;
-	c.seq = st->seq;
-	c.pid = ids >> 32;
-	c.tid = (__u32)ids;
-	c.nr = nr;
+	c->now = now;
+	c->start_ns = call->start_ns;
+	c->seq = call->seq;
+	c->pid = ids >> 32;
+	c->tid = (__u32)ids;
+	c->nr = nr;
 	for (i = 0; i < PAYLOAD_REGIONS; i++) {
 		if (!jobs[i].limit || jobs[i].limit > payload_cap)
 			jobs[i].limit = payload_cap;
 		if (jobs[i].cstring)
-			copy_cstring(&c, &jobs[i], 0);
+			copy_cstring(c, &jobs[i], 0);
 		else
-			copy_region(&c, &jobs[i]);
+			copy_region(c, &jobs[i]);
 	}
-	return c.sys_flags;
+	return c->sys_flags;
 }
 
 #ifndef SYSCALLS_NO_ATTACH_POINTS
@@ -635,9 +662,9 @@ __noinline __u32 emit_payloads(struct syscall_state *st, long ret, __u64 now, __
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct copy_job jobs[3] = {};
-	struct copy_state c = {};
 	struct syscall_state *st;
+	struct copy_job *jobs;
+	struct copy_state *c;
 	struct mm_struct *mm;
 	__u64 ids;
 	int i;
@@ -645,18 +672,21 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (!capture_payloads)
 		return 0;
 	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
-	if (!st || !st->active || st->compat)
+	if (!st || !st->sys.active || st->sys.compat)
 		return 0;
 	mm = BPF_CORE_READ(p, mm);
 	if (!mm)
 		return 0;
+	jobs = st->scratch.jobs;
+	c = &st->scratch.shared;
+	__builtin_memset(&st->scratch, 0, sizeof(st->scratch));
 	ids = bpf_get_current_pid_tgid();
-	c.now = bpf_ktime_get_ns();
-	c.start_ns = st->start_ns;
-	c.seq = st->seq;
-	c.pid = ids >> 32;
-	c.tid = (__u32)ids;
-	c.nr = NR_EXECVE;
+	c->now = bpf_ktime_get_ns();
+	c->start_ns = st->sys.start_ns;
+	c->seq = st->sys.seq;
+	c->pid = ids >> 32;
+	c->tid = (__u32)ids;
+	c->nr = NR_EXECVE;
 	jobs[0].addr = (__u64)BPF_CORE_READ(bprm, filename);
 	jobs[0].arg = 0;
 	jobs[1].addr = BPF_CORE_READ(mm, arg_start);
@@ -665,10 +695,10 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	jobs[2].addr = BPF_CORE_READ(mm, env_start);
 	jobs[2].total = BPF_CORE_READ(mm, env_end) - jobs[2].addr;
 	jobs[2].arg = 2;
-	copy_cstring(&c, &jobs[0], 1);
+	copy_cstring(c, &jobs[0], 1);
 	for (i = 1; i < 3; i++) {
 		jobs[i].limit = payload_cap;
-		copy_region(&c, &jobs[i]);
+		copy_region(c, &jobs[i]);
 	}
 	return 0;
 }
@@ -694,33 +724,29 @@ static __always_inline int clock_enter(__s32 nr, __u64 a0, __u64 a1)
 				  BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 0;
-	st->clock_start_ns = bpf_ktime_get_ns();
+	__builtin_memset(&st->clock, 0, sizeof(st->clock));
+	st->clock.start_ns = bpf_ktime_get_ns();
+	st->clock.args[0] = a0;
+	st->clock.args[1] = a1;
+	st->clock.nr = nr;
+	st->clock.active = 1;
 	st->clock_seq = st->seq;
-	st->clock_args[0] = a0;
-	st->clock_args[1] = a1;
-	st->clock_nr = nr;
-	st->clock_active = 1;
 	return 0;
 }
 
 static __always_inline int clock_return(long ret)
 {
 	struct syscall_state *st;
-	struct syscall_state call = {};
 
 	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
-	if (!st || !st->clock_active)
+	if (!st || !st->clock.active)
 		return 0;
-	st->clock_active = 0;
-	if (st->seq != st->clock_seq || st->active)
+	st->clock.active = 0;
+	if (st->seq != st->clock_seq || st->sys.active)
 		return 0; /* the vDSO fell back to the real syscall: that row is the record */
 	st->seq += 1;
-	call.start_ns = st->clock_start_ns;
-	call.seq = st->seq;
-	call.args[0] = st->clock_args[0];
-	call.args[1] = st->clock_args[1];
-	call.nr = st->clock_nr;
-	syscall_emit(&call, ret, bpf_ktime_get_ns(), SYSCALL_FLAG_VDSO);
+	st->clock.seq = st->seq;
+	syscall_emit(st, &st->clock, ret, bpf_ktime_get_ns(), SYSCALL_FLAG_VDSO);
 	return 0;
 }
 

@@ -37,7 +37,7 @@ int per_tp_enter(struct per_tp_enter_ctx *ctx)
 
 	if (!st)
 		return 0;
-	bpf_probe_read_kernel(st->args, sizeof(st->args), (void *)ctx + 16);
+	bpf_probe_read_kernel(st->sys.args, sizeof(st->sys.args), (void *)ctx + 16);
 	syscall_entered(st);
 	return 0;
 }
