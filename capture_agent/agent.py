@@ -29,7 +29,7 @@ import pyarrow as pa
 from capture_agent import procinfo
 from capture_agent.clock import ClockSample, sample_offset
 from capture_agent.drainer import RingDrainer
-from capture_agent.errors import CaptureAgentError
+from capture_agent.errors import BpfLoadError, CaptureAgentError
 from capture_agent.families import FAMILIES
 from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.lake_sink import LakeSink
@@ -273,7 +273,11 @@ class Agent:
             spec_config = self._family_config(name, module)
             spec = module.sensor_spec(spec_config, shared_maps=shared)
             sensor = Sensor(spec)
-            sensor.load()
+            try:
+                sensor.load()
+            except BpfLoadError as e:
+                raise BpfLoadError(f"{e}; {self._meanwhile(name, names)}", e.errno,
+                                   e.log) from None
             self.families.append(LoadedFamily(name, module, sensor))
             if "targets" not in shared:
                 # One targets map for every sensor: a target is a target everywhere.
@@ -289,6 +293,15 @@ class Agent:
             [(f"{fam.name}/{ring}", fam.sensor.ring(ring))
              for fam in self.families for ring in fam.module.RING_TABLES],
             self.config.drain_interval_s).start()
+
+    def _meanwhile(self, failed: str, names: list[str]) -> str:
+        """What a user can record until the kernel or the object is fixed."""
+        others = [n for n in names if n != failed]
+        ways = ["without --payloads"] if failed == "syscalls" and self.config.payloads else []
+        if others:
+            ways.append(f"without this family (--families {','.join(others)})")
+        return ("meanwhile record " + " or ".join(ways) + "; " if ways else "") + (
+            "`kprobe doctor` checks every family on this kernel")
 
     def _family_config(self, name: str, module: ModuleType) -> Any:
         """Each family's config from the agent's, by the fields that family has."""

@@ -8,6 +8,7 @@ the objects' BTF. It never raises; a failure is a Check with ``ok=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno as errno_mod
 import functools
 import os
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from capture_agent import libbpf
+from capture_agent import bpf_elf, libbpf
 from capture_agent.errors import BpfError
 from capture_agent.families import FAMILIES
 from capture_agent.layouts import EVENT_HEADER, Family, layout_differences
 from capture_agent.ringbuf import RingReader
 from capture_agent.sensor import Sensor, SensorSpec, object_path
+from capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_chain
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -44,8 +46,8 @@ def _errno_text(err: int) -> str:
 def check_btf() -> Check:
     if VMLINUX_BTF.is_file() and os.access(VMLINUX_BTF, os.R_OK):
         size = VMLINUX_BTF.stat().st_size
-        return Check("kernel BTF", True, f"{VMLINUX_BTF} ({size // 1024} KiB), "
-                     f"kernel {platform.release()}")
+        return Check("kernel BTF", True, f"Linux {platform.release()}; BTF from the kernel "
+                     f"itself, {VMLINUX_BTF} ({size // 1024} KiB)")
     return Check("kernel BTF", False, f"{VMLINUX_BTF} missing: CO-RE objects cannot relocate "
                  "(kernel built without CONFIG_DEBUG_INFO_BTF)")
 
@@ -110,17 +112,39 @@ def check_layouts(family: Family) -> Check:
     return Check(name, True, f"{len(family.structs)} record types match {path.name}")
 
 
+def check_objects() -> Check:
+    """Which compiler built the objects (one toolchain: all by the same one)."""
+    builds: dict[str, list[str]] = {}
+    for family in FAMILIES.values():
+        path = object_path(family.object_file)
+        try:
+            build = bpf_elf.read(path).build or "an unknown compiler (no .kprobe.build)"
+        except (OSError, BpfError):
+            continue
+        builds.setdefault(build, []).append(path.name)
+    if not builds:
+        return Check("BPF objects", False, "none built (run `make bpf`)")
+    if len(builds) > 1:
+        return Check("BPF objects", False, "built by different toolchains: " + "; ".join(
+            f"{', '.join(names)}: {build}" for build, names in builds.items())
+            + " (run `make bpf`)")
+    build, names = next(iter(builds.items()))
+    return Check("BPF objects", True, f"{len(names)} built by {build} "
+                 f"(in {object_path('').resolve()})", required=False)
+
+
 def check_sensor(family: Family, spec: SensorSpec | None = None) -> list[Check]:
     """Load the family's sensor, then attach each program alone: one Check per program."""
     path = object_path(family.object_file)
     if not path.exists():
         return [Check(f"{family.name} sensor", False, f"{path} not built (run `make bpf`)")]
-    sensor = Sensor(spec or SensorSpec(family=family))
+    sensor = Sensor(dataclasses.replace(spec or SensorSpec(family=family), verifier_stats=True))
     try:
         sensor.load()
     except BpfError as e:
         return [Check(f"{family.name} sensor", False, str(e))]
-    checks = [Check(f"{family.name} sensor", True, f"{path.name} loaded (verifier passed)")]
+    checks = [Check(f"{family.name} sensor", True,
+                    f"{path.name} loaded (verifier passed{_margins(sensor, path)})")]
     try:
         for program, section in sensor.programs():
             label = f"attach {section}"
@@ -142,6 +166,23 @@ def check_sensor(family: Family, spec: SensorSpec | None = None) -> list[Check]:
     finally:
         sensor.close()
     return checks
+
+
+def _margins(sensor: Sensor, path: Path) -> str:
+    """'; deepest stack N of 512 bytes, M insns processed' from the verifier's own figures."""
+    if not sensor.verifier_stats:
+        return ""
+    try:
+        elf = bpf_elf.read(path)
+        stack = max(verified_chain(elf, name, stats)
+                    for name, stats in sensor.verifier_stats.items())
+    except (OSError, BpfError, KeyError):
+        return ""
+    insns = max(s.processed_insns for s in sensor.verifier_stats.values())
+    over = stack > STACK_BUDGET or insns > INSN_BUDGET
+    return (f"; deepest stack chain {stack} of {bpf_elf.MAX_STACK} bytes, at most {insns:,} "
+            f"insns processed of {bpf_elf.MAX_PROCESSED_INSNS:,}"
+            + ("; OVER the project's margin" if over else ""))
 
 
 ATTACH_KINDS = Family(name="attach kinds", object_file="attach_kinds.bpf.o", structs={})
@@ -196,7 +237,7 @@ def _list_programs(sensor: Sensor) -> list[tuple[str, str]]:
 
 def run_checks() -> list[Check]:
     """Every check, in dependency order; BPF checks are skipped without BPF permission."""
-    checks = [check_btf(), check_tracefs(), check_bpf_permission()]
+    checks = [check_btf(), check_objects(), check_tracefs(), check_bpf_permission()]
     if not checks[-1].ok:
         return [*checks, Check("BPF checks", False, "skipped: no BPF permission")]
     steps: list[Callable[[], list[Check]]] = [lambda: [check_ringbuf()], check_attach_kinds]

@@ -63,6 +63,8 @@ _sig("bpf_program__autoload", ctypes.c_bool, _p)
 _sig("bpf_program__set_autoload", ctypes.c_int, _p, ctypes.c_bool)
 _sig("bpf_program__fd", ctypes.c_int, _p)
 _sig("bpf_program__attach", _p, _p)
+_sig("bpf_program__set_log_level", ctypes.c_int, _p, ctypes.c_uint32)
+_sig("bpf_program__set_log_buf", ctypes.c_int, _p, _p, _sz)
 
 
 class _UprobeOpts(ctypes.Structure):
@@ -116,6 +118,7 @@ BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_PROG_TYPE_SOCKET_FILTER = 1
 BPF_ANY = 0
+BPF_LOG_STATS = 4  # the verifier's summary only: stack depth per subprogram, insns processed
 
 # BTF kinds (uapi/linux/btf.h)
 BTF_KIND_INT = 1
@@ -300,6 +303,7 @@ class BpfObject:
             raise _errno_error(f"open {path}")
         self.ptr: int | None = ptr
         self.path = path
+        self._log_bufs: dict[str, ctypes.Array[ctypes.c_char]] = {}
 
     def _live(self) -> int:
         if not self.ptr:
@@ -366,6 +370,23 @@ class BpfObject:
         offset, width = self.rodata_variables()[name]
         addr, _ = self.rodata_map().initial_value()
         return ctypes.string_at(addr + offset, width)
+
+    def request_verifier_stats(self, size: int = 16 << 10) -> None:
+        """Before load: keep the verifier's summary of each program that loads (its
+        errors are written there too, instead of libbpf's log, if a load fails)."""
+        for prog in self.programs():
+            if prog.autoload:
+                buf = ctypes.create_string_buffer(size)
+                _check(_lib.bpf_program__set_log_buf(prog.ptr, ctypes.addressof(buf), size),
+                       f"set_log_buf {prog.name}")
+                _check(_lib.bpf_program__set_log_level(prog.ptr, BPF_LOG_STATS),
+                       f"set_log_level {prog.name}")
+                self._log_bufs[prog.name] = buf
+
+    def verifier_logs(self) -> dict[str, str]:
+        """After load: program name -> what the verifier wrote (request_verifier_stats)."""
+        return {name: buf.value.decode("utf-8", "replace")
+                for name, buf in self._log_bufs.items()}
 
     def load(self) -> None:
         _check(_lib.bpf_object__load(self._live()), f"load {self.path}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+import platform
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from types import TracebackType
 
 import numpy as np
 
-from capture_agent import libbpf
+from capture_agent import bpf_elf, libbpf
 from capture_agent.errors import (
     BpfAttachError,
     BpfError,
@@ -33,13 +34,15 @@ from capture_agent.errors import (
 )
 from capture_agent.layouts import EVENT_KIND_MAX, EventKind, Family
 from capture_agent.ringbuf import RingReader
+from capture_agent.verifier import VerifierStats, failure_reason, limit_of, parse_stats
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 
 
 def object_path(object_file: str, directory: Path | None = None) -> Path:
-    """Where ``make bpf`` puts a compiled object."""
-    return (directory or BPF_DIR) / object_file
+    """Where a compiled object is: ``directory``, else ``$KPROBE_BPF_DIR`` (objects built
+    elsewhere, e.g. by another compiler), else where ``make bpf`` puts them."""
+    return (directory or Path(os.environ.get("KPROBE_BPF_DIR") or BPF_DIR)) / object_file
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class SensorSpec:
     uprobes: Mapping[str, tuple[tuple[str, int, bool], ...]] = field(default_factory=dict)
     uprobes_per_process: bool = False
     object_dir: Path | None = None
+    verifier_stats: bool = False  # keep the verifier's summary of each program (doctor)
 
     @property
     def name(self) -> str:
@@ -82,6 +86,7 @@ class Sensor:
         self._links: dict[str, libbpf.Link] = {}
         self._process_links: dict[int, list[libbpf.Link]] = {}
         self._rings: dict[str, RingReader] = {}
+        self.verifier_stats: dict[str, VerifierStats] = {}  # with spec.verifier_stats
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -146,17 +151,38 @@ class Sensor:
         obj = self.open()
         mark = libbpf.log_mark()
         try:
+            if self.spec.verifier_stats:
+                obj.request_verifier_stats()
             obj.load()
         except OSError as e:
             log = libbpf.log_since(mark)
+            program = _failed_program(log)
+            if self.spec.verifier_stats:  # the verifier wrote to our buffer, not libbpf's
+                log += obj.verifier_logs().get(program, "").splitlines()
             obj.close()
-            reason = _verifier_reason(log)
-            raise BpfLoadError(
-                f"sensor {self.spec.name}: program {_failed_program(log)} did not load:"
-                f" {_errno_text(e.errno or 0)}" + (f"; verifier: {reason}" if reason else ""),
-                e.errno or 0, log,
-            ) from None
+            raise BpfLoadError(self._load_failure(program, e.errno or 0, log),
+                               e.errno or 0, log) from None
+        if self.spec.verifier_stats:
+            for name, text in obj.verifier_logs().items():
+                stats = parse_stats(text)
+                if stats is not None:
+                    self.verifier_stats[name] = stats
         self._obj = obj
+
+    def _load_failure(self, program: str, err: int, log: list[str]) -> str:
+        """One line: which program, why, which limit, on which kernel, built by what."""
+        reason = failure_reason(log)
+        limit = limit_of(reason)
+        path = object_path(self.spec.family.object_file, self.spec.object_dir)
+        try:
+            build = bpf_elf.read(path).build
+        except (OSError, BpfError):
+            build = ""
+        return (f"sensor {self.spec.name}: program {program} did not load on Linux "
+                f"{platform.release()}: {_errno_text(err)}"
+                + (f"; verifier: {reason}" if reason else "")
+                + (f" ({limit})" if limit else "")
+                + (f"; {path.name} built by {build.split(';')[0]}" if build else ""))
 
     def programs(self) -> list[tuple[str, str]]:
         """(name, section) of every program that loads, in object order."""
@@ -330,14 +356,6 @@ def _kind(index: int) -> EventKind | int:
 
 def _errno_text(err: int) -> str:
     return f"{errno_mod.errorcode.get(err, '?')} ({os.strerror(err)})"
-
-
-def _verifier_reason(log: list[str]) -> str:
-    """The verifier's complaint: the line before its "processed N insns" summary."""
-    for before, line in zip(log, log[1:], strict=False):
-        if line.startswith("processed ") and "insns" in line:
-            return before.strip()
-    return ""
 
 
 def _failed_program(log: list[str]) -> str:

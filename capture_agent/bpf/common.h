@@ -72,6 +72,12 @@ struct event_header {
 LAYOUT_EXPORT(struct event_header, event_header);
 LAYOUT_EXPORT(enum event_kind, event_kind);
 
+#ifdef KPROBE_BUILD
+/* The compiler that built this object and the kernel its vmlinux.h came from (set by the
+ * Makefile; `kprobe doctor` prints it). libbpf skips the section. */
+char __kprobe_build[] SEC(".kprobe.build") = KPROBE_BUILD;
+#endif
+
 #define MAX_TARGETS 4096
 
 /* Targeted processes (tgid -> 1). User space adds the roots; forks inherit (below). */

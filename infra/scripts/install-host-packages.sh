@@ -3,8 +3,12 @@
 # Capture (BPF), cgroups and the replay sandbox need root; without root this only reports.
 set -euo pipefail
 
+# The one BPF toolchain: Debian's clang/LLVM of the version capture_agent/bpf/Makefile names.
+LLVM_VERSION=$(sed -n 's/^LLVM_VERSION := *//p' "$(dirname "$0")/../../capture_agent/bpf/Makefile")
+
 PACKAGES=(
-  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev   # build of the CO-RE BPF objects
+  "clang-$LLVM_VERSION" "llvm-$LLVM_VERSION"            # build of the CO-RE BPF objects
+  libbpf-dev bpftool libelf-dev zlib1g-dev
   bubblewrap strace iptables iproute2 util-linux        # sandbox, peers, fault injection
   bpftrace                                              # benchmark peer
   sqlite3 curl python3-venv                             # test programs and the demo

@@ -50,10 +50,9 @@ def build(out: Path) -> tuple[Path, Path]:
     objdir = out / "variants"
     objdir.mkdir(exist_ok=True)
     subprocess.run(
-        ["clang", "-g", "-O2", "-Wall", "-Werror", "-target", "bpf", "-D__TARGET_ARCH_x86",
-         f"-I{BPF_DIR / '.output'}", f"-I{BPF_DIR}", "-I/usr/include", "-c",
-         str(Path(__file__).with_name("syscalls_attach_variants.bpf.c")),
-         "-o", str(objdir / "syscalls.bpf.o")], check=True)
+        ["make", "-s", "-C", str(BPF_DIR), "object",
+         f"SRC={Path(__file__).with_name('syscalls_attach_variants.bpf.c').resolve()}",
+         f"OBJ={(objdir / 'syscalls.bpf.o').resolve()}"], check=True)
     return out / "null_syscalls", objdir
 
 
