@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from lake import LakeWriter
 from lake.storage import LakeSettings, resolve
 from replay_sandbox.engine import ReplayOptions, replay
 from tests.integration.test_replay_recorder import RecordedRun, record
-from tests.support import REPO, require_binary, require_root
+from tests.support import require, require_binary, require_root
 
 ENV = ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]
 
@@ -77,9 +78,9 @@ def test_bad_input_is_exit_2(lake_dir: Path, capsys: pytest.CaptureFixture[str])
 def test_the_installed_command_runs_as_a_subprocess(recorded_cat: tuple[str, Path],
                                                     lake_dir: Path) -> None:
     process, _ = recorded_cat
-    kprobe = REPO / ".venv" / "bin" / "kprobe"
-    if not kprobe.exists():
-        pytest.skip("kprobe is not installed in .venv")
+    # the console script installed next to the interpreter running the tests (any VENV)
+    kprobe = Path(sys.executable).parent / "kprobe"
+    require(kprobe.exists(), f"the kprobe command installed next to {sys.executable}")
     result = subprocess.run([str(kprobe), "replay", "--lake", str(lake_dir), "--process",
                              process, "--inject", "read:+5ms"],
                             capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ import pytest
 from replay_sandbox.engine import ReplayOptions, replay
 from replay_sandbox.injection import parse_all
 from tests.integration.test_replay_recorder import RecordedRun, record
-from tests.support import REPO, require_binary, require_root
+from tests.support import REPO, require, require_binary, require_root
 
 PROGRAMS = REPO / "tests" / "programs"
 PYTHON = "/usr/bin/python3"
@@ -38,8 +38,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _python_available() -> None:
     require_root()
     require_binary("bwrap")
-    if not Path(PYTHON).exists():
-        pytest.skip(f"{PYTHON} is not installed")
+    require(Path(PYTHON).exists(), f"{PYTHON} (the Python the recorded programs run)")
 
 
 def _replay_matches(run: RecordedRun, **options: object) -> None:
