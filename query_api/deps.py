@@ -146,12 +146,18 @@ async def get_lake_db(request: HTTPConnection, location: LocationDep,
     return db
 
 
-async def get_sql_admission(request: HTTPConnection, settings: SettingsDep) -> Admission:
+async def get_sql_admission(request: HTTPConnection, settings: SettingsDep,
+                            metrics: MetricsDep) -> Admission:
+    def build() -> Admission:
+        built = Admission("SQL", settings.sql_max_concurrent, settings.sql_max_queued,
+                          settings.sql_queue_wait_s)
+        metrics.admitted.labels("sql").set_function(lambda: built.admitted)
+        return built
+
     admission: Admission = _state(
         request, "sql_admission",
         (settings.sql_max_concurrent, settings.sql_max_queued, settings.sql_queue_wait_s),
-        lambda: Admission("SQL", settings.sql_max_concurrent, settings.sql_max_queued,
-                          settings.sql_queue_wait_s))
+        build)
     return admission
 
 

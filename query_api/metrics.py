@@ -32,6 +32,9 @@ class ApiMetrics:
                                   registry=r)
         self.replays = Counter("kprobe_api_replays_total", "Replays by final state",
                                ["state"], registry=r)
+        self.admitted = Gauge("kprobe_api_admitted_requests",
+                              "Heavy requests admitted (running or queued), by kind",
+                              ["kind"], registry=r)
 
 
 class MetricsMiddleware:

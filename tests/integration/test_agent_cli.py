@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from lake import LakeSettings, connect, resolve
 from tests.support import REPO, require_root
@@ -26,6 +28,35 @@ def _kprobe(*args: str, timeout: float = 120,
 
 def _con(lake: Path):  # type: ignore[no-untyped-def]
     return connect(resolve(LakeSettings(lake=str(lake))))
+
+
+def _wait_recording(rec: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Until the recorder says capture is on (its "recording ..." line on stderr)."""
+    assert rec.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen = b""
+    while b"\nrecording " not in b"\n" + seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no 'recording' line within {timeout_s:g} s: {seen!r}"
+        ready, _, _ = select.select([rec.stderr], [], [], left)
+        if ready:
+            chunk = rec.stderr.read(4096)
+            assert chunk, f"the recorder exited ({rec.wait()}): {seen!r}"
+            seen += chunk
+
+
+def _version(lake: Path, table: str) -> int:
+    """The table's Delta version; -1 while it does not exist yet."""
+    try:
+        return DeltaTable(str(lake / "v1" / table)).version()
+    except TableNotFoundError:
+        return -1
+
+
+def _rows(lake: Path, table: str) -> int:
+    if _version(lake, table) < 0:
+        return 0
+    return DeltaTable(str(lake / "v1" / table)).to_pyarrow_table().num_rows
 
 
 def test_run_records_the_command_and_exits_with_its_status(tmp_path: Path) -> None:
@@ -111,13 +142,22 @@ def test_record_stops_on_sigterm_and_flushes_everything(tmp_path: Path) -> None:
     rec = subprocess.Popen([*KPROBE, "record", "--lake", str(lake), "--spool-dir",
                             str(tmp_path / "spool"), "--pid", str(os.getpid()), "--no-otlp",
                             "--no-metrics", "--flush-interval", "30"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # recording; no flush yet with a 30 s interval
-    rec.send_signal(signal.SIGTERM)
-    _, err = rec.communicate(timeout=60)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    try:
+        _wait_recording(rec)
+        # recording, and nothing flushed yet with a 30 s interval
+        assert _rows(lake, "sched") == 0
+        # this process switches out while it waits for its children
+        for _ in range(5):
+            subprocess.run(["true"], check=True)
+        rec.send_signal(signal.SIGTERM)
+        _, err = rec.communicate(timeout=60)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.communicate(timeout=30)
     assert rec.returncode == 0, err
-    (switches,) = _con(lake).execute("SELECT count(*) FROM sched").fetchone()
-    assert switches > 0  # only the stop-time flush can have written these
+    assert _rows(lake, "sched") > 0  # only the stop-time flush can have written these
 
 
 def test_a_killed_recorder_leaves_every_flushed_batch_intact(tmp_path: Path) -> None:
@@ -128,11 +168,18 @@ def test_a_killed_recorder_leaves_every_flushed_batch_intact(tmp_path: Path) -> 
                             str(tmp_path / "spool"), "--no-otlp", "--no-metrics",
                             "--families", "sched", "--flush-interval", "0.3"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(4)
-    rec.kill()
-    rec.wait(30)
+    try:
+        # killed once several flushes have committed (each flush is one Delta version)
+        deadline = time.monotonic() + 60
+        while _version(lake, "sched") < 3:
+            assert rec.poll() is None, rec.communicate()[1]
+            assert time.monotonic() < deadline, f"sched at version {_version(lake, 'sched')}"
+            time.sleep(0.05)
+    finally:
+        rec.kill()
+        rec.communicate(timeout=30)
     table = DeltaTable(str(lake / "v1" / "sched"))
-    assert table.version() >= 2  # several flushes committed
+    assert table.version() >= 3
     con = _con(lake)
     per_batch = con.execute(
         "SELECT batch_id, count(*) FROM sched GROUP BY 1").fetchall()

@@ -110,6 +110,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         log.close()
 
 
+def _metric(text: str, series: str) -> float:
+    """The value of one Prometheus series in an exposition text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def _problem(response: httpx.Response, status: int, slug: str, *texts: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -227,7 +235,12 @@ def test_a_saturated_replica_answers_503_with_retry_after(served: Served, tmp_pa
             holder = threading.Thread(target=lambda: held.setdefault(
                 "r", httpx.post(f"{base}/v1/sql", json=slow, timeout=30)))
             holder.start()
-            time.sleep(1)
+            # (the slot is taken once the replica counts the slow statement as admitted)
+            deadline = time.monotonic() + 30
+            while _metric(client.get("/metrics").text,
+                          'kprobe_api_admitted_requests{kind="sql"}') < 1:
+                assert holder.is_alive() and time.monotonic() < deadline, held
+                time.sleep(0.02)
             # WHEN another statement arrives THEN 503 problem+json at once, with Retry-After
             refused = client.post("/v1/sql", json={"sql": "SELECT 1"})
             _problem(refused, 503, "overloaded", "retry in 1 s")
