@@ -95,6 +95,17 @@ async def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _a_whole_poll_later(hub: LiveHub) -> None:
+    """Until a whole poll of the hub has run since this call (the second one from now has
+    started: polls and their deliveries run one after the other), so whatever was committed
+    before the call has been delivered: a poll of the condition "nothing else arrives"."""
+    def polls() -> float:
+        return hub.metrics.registry.get_sample_value("kprobe_api_live_polls_total") or 0.0
+
+    start = polls()
+    await _wait_for(lambda: polls() >= start + 2)
+
+
 def _hub(lake: Path, **settings: Any) -> LiveHub:
     return LiveHub(resolve(LakeSettings(lake=str(lake))),
                    ApiSettings(live_poll_interval_s=0.05, **settings), ApiMetrics())
@@ -136,7 +147,7 @@ def test_filters_by_node_pid_and_kind(analysed_lake: Path) -> None:
                 "ts_ns": [T0, T0 + 1], "kind": ["switch", "switch"], "prev_pid": [7, 9],
                 "next_pid": [9, 9]})
             await _wait_for(lambda: mine.queue.qsize() >= 3 and failures.queue.qsize() >= 1)
-            await asyncio.sleep(0.3)  # nothing else may arrive
+            await _a_whole_poll_later(hub)  # nothing else may arrive
             got = [mine.queue.get_nowait() for _ in range(mine.queue.qsize())]
             tables = sorted((m["type"], m.get("table"), len(m["rows"])) for m in got)
             assert tables == [("events", "sched", 1), ("events", "spans", 3),
@@ -187,7 +198,7 @@ def test_only_wanted_tables_are_polled_and_a_late_kind_starts_afresh(
             await asyncio.to_thread(_writer(analysed_lake).append, "spans",
                                     _spans(1, start=T0 + 100))
             await _wait_for(lambda: spans.queue.qsize() >= 1)
-            await asyncio.sleep(0.3)
+            await _a_whole_poll_later(hub)
             # THEN it gets that span only, not the two committed while nobody watched
             got = [spans.queue.get_nowait() for _ in range(spans.queue.qsize())]
             assert [len(m["rows"]) for m in got] == [1]
