@@ -20,6 +20,7 @@ from replay_sandbox import clock as vclock
 from replay_sandbox import ptrace_ffi as P
 from replay_sandbox.errors import TracerError
 from replay_sandbox.injection import Delays, FdKind, Injection
+from replay_sandbox.limits import Limits
 from replay_sandbox.peers import PeerCursor
 from replay_sandbox.recording import Recording, Row
 from replay_sandbox.report import (
@@ -31,9 +32,11 @@ from replay_sandbox.report import (
 from replay_sandbox.syscall_table import (
     SOCKET_CREATORS,
     SPECS,
+    Layout,
     Policy,
     SyscallSpec,
     capture,
+    fd_of,
 )
 
 Mode = Literal["exact", "whatif"]
@@ -48,6 +51,8 @@ TSC_PER_NS = 3  # a 3 GHz virtual TSC
 LIVE_OPENS = frozenset({2, 257, 85, 437, 41})  # what-if: unrecorded opens/sockets are real
 RUN_FOR_REAL = frozenset({Policy.NEW_FD, Policy.REAL, Policy.SIGNAL})
 WAIT_AS_INPUT = 0  # a ready fd in a wait result is matched as if read
+MAX_RW_COUNT = 0x7FFF_F000  # the kernel's largest read/write count
+VECTOR_OUTPUT = 1 << 20  # iovec / msghdr outputs: at most this much of what the buffers hold
 
 
 @dataclass
@@ -63,6 +68,11 @@ class ReplayOptions:
     hold_timeout_s: float = 0.5
     stderr_path: str | None = None  # where bwrap's own messages go
     seed: int = 0
+    limits: Limits = field(default_factory=Limits)  # rlimits, cgroup, output kept
+    hidden_paths: tuple[str, ...] = ()  # host paths the sandbox covers (a local lake)
+    # host files under /tmp a changed command line names are shown read-only: any root may
+    # read (the CLI: its user is root), or only those anyone may read (requests from the API)
+    named_files: Literal["any", "public"] = "any"
     # Timing fuzz (``fuzz``): extra ns before one recorded input arrives, by the recorded
     # (tid, seq) of its row; added where arrivals are computed (``_advance``, and
     # ``timing._serve_wait``, where it can make a wait time out), like an arrival injection
@@ -204,7 +214,9 @@ class EngineState:
         self.divergence: Divergence | None = None
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
-        self.replayed: dict[int, bytearray] = defaultdict(bytearray)
+        self.replayed: dict[int, bytearray] = defaultdict(bytearray)  # kept, up to the caps
+        self.output_bytes: dict[int, int] = defaultdict(int)  # written in all, per fd
+        self.kept_bytes = 0
         self.peer_bytes = 0  # what-if: bytes served from recorded peers
         self.notes: list[str] = []
         self.stats: dict[str, int] = defaultdict(int)
@@ -320,6 +332,50 @@ class EngineState:
         regions = tuple(r for r in spec.ins if r.arg == arg)
         rows = capture(regions, spec.nr, args, length, task.process.mem, length)
         return b"".join(data for a, _o, data, _t in rows if a == arg)
+
+    # -- outputs (kept up to the caps, then counted) ----------
+    def _output_room(self, fd: int) -> int:
+        limits = self.opts.limits
+        return max(0, min(limits.output_per_fd - len(self.replayed[fd]),
+                          limits.output_total - self.kept_bytes))
+
+    def _keep_output(self, fd: int, data: bytes, count: int) -> None:
+        """``count`` bytes written to ``fd``, of which ``data`` (a prefix) are kept."""
+        room = self._output_room(fd)
+        if room:
+            kept = data[:room]
+            self.replayed[fd] += kept
+            self.kept_bytes += len(kept)
+        self.output_bytes[fd] += max(count, 0)
+
+    def _offered(self, task: Task, spec: SyscallSpec, args: tuple[int, ...]) -> int:
+        """How many bytes an output call hands over: a flat buffer's length (the kernel's
+        per-call maximum at most), or what an iovec / msghdr's buffers hold (1 MiB at most),
+        without reading the bytes themselves."""
+        region = spec.ins[0] if spec.ins else None
+        if region is None or region.layout is Layout.FLAT:
+            return min(args[2] & 0xFFFF_FFFF_FFFF, MAX_RW_COUNT)
+        mem = task.process.mem
+        try:
+            if region.layout is Layout.MSGHDR:
+                iov, iovlen = struct.unpack_from("<QQ", mem.read(args[region.arg], 56), 16)
+            else:
+                iov, iovlen = args[region.arg], args[region.count_arg]
+            raw = mem.read(iov, min(iovlen, 1024) * 16) if iov else b""
+        except TracerError:
+            return 0
+        total = sum(int(length) for _base, length in struct.iter_unpack("<QQ", raw))
+        return min(total, VECTOR_OUTPUT)
+
+    def _take_output(self, task: Task, spec: SyscallSpec, args: tuple[int, ...]) -> int:
+        """What-if: keep what an output call writes (up to the caps); its return value."""
+        fd = fd_of(spec.nr, args)
+        offered = self._offered(task, spec, args)
+        want = min(offered, self._output_room(fd))
+        data = self._read_in(task, spec, 1, args, want) if want else b""
+        count = offered if len(data) == want else len(data)  # short: unreadable memory
+        self._keep_output(fd, data, count)
+        return count
 
     # -- serving ----------
     def _finish(self, task: Task, regs: P.UserRegs, ret: int) -> None:

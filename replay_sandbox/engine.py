@@ -54,6 +54,7 @@ from replay_sandbox._state import (
     tgid,
 )
 from replay_sandbox.errors import RecordingError, SandboxError
+from replay_sandbox.limits import ReplayCgroup
 from replay_sandbox.recording import Recording, Row
 from replay_sandbox.report import (
     CallInfo,
@@ -101,14 +102,17 @@ class Engine(IoServing):
         if spec.cpu is not None:
             P.pin_to_cpu(0, spec.cpu)
         started = time.perf_counter()
-        root = spawn(spec, filt)
-        self.tasks[root] = Task(root)
-        self._deadline = time.monotonic() + self.opts.timeout_s
-        # a tracee stuck in a real wait must not hang the caller: at the deadline a watchdog
-        # kills the tracees (ours, by pid), which ends the blocking waitpid
+        # memory.max and pids.max for the sandbox's processes, removed after the replay
+        cgroup = ReplayCgroup(self.opts.limits)
         watchdog = threading.Timer(self.opts.timeout_s, self._on_deadline)
         watchdog.daemon = True
         try:
+            self.notes.extend(cgroup.create())
+            root = spawn(spec, filt, cgroup)
+            self.tasks[root] = Task(root)
+            self._deadline = time.monotonic() + self.opts.timeout_s
+            # a tracee stuck in a real wait must not hang the caller: at the deadline a
+            # watchdog kills the tracees (ours, by pid), which ends the blocking waitpid
             watchdog.start()
             P.resume(root)
             self._loop()
@@ -120,6 +124,8 @@ class Engine(IoServing):
         finally:
             watchdog.cancel()
             self._kill_all()
+            self._limit_usage(cgroup.usage())
+            cgroup.remove()
             os.sched_setaffinity(0, old_affinity)
         wall = time.perf_counter() - started
         if self.target is None and self.status == "completed":
@@ -151,10 +157,24 @@ class Engine(IoServing):
         named = [a for a in argv[1:] if self.opts.argv is not None and a.startswith("/")
                  and os.path.exists(a)]
         spec = LaunchSpec(exe=exe, argv=argv, env=env, cwd=proc.cwd, sandbox=self.opts.sandbox,
-                          ro_paths=(*self.rec.real_paths, *named),
+                          ro_paths=self.rec.real_paths, named_paths=tuple(named),
+                          named_any=self.opts.named_files == "any",
+                          exe_recorded=exe == proc.exe, hidden=self.opts.hidden_paths,
                           initial_fds=frozenset(self.rec.initial_fds), cpu=cpu,
-                          stderr_path=self._stderr_path, notes=self.notes)
+                          stderr_path=self._stderr_path, limits=self.opts.limits,
+                          notes=self.notes)
         return spec
+
+    def _limit_usage(self, usage: dict[str, float]) -> None:
+        """The cgroup's verdict, in the stats and, when a limit was hit, in the notes."""
+        self.stats.update({k: int(v) for k, v in usage.items()})
+        limits = self.opts.limits
+        if usage.get("oom_kills"):
+            self.notes.append(f"the sandbox hit its memory limit ({limits.memory >> 20} MiB): "
+                              f"the kernel killed {int(usage['oom_kills'])} process(es)")
+        if usage.get("pids_limit_hits"):
+            self.notes.append(f"the sandbox hit its process limit ({limits.processes}): "
+                              f"{int(usage['pids_limit_hits'])} fork(s) or thread(s) refused")
 
     def _stderr_tail(self) -> str:
         try:
@@ -686,9 +706,17 @@ class Engine(IoServing):
     def _report(self, wall: float) -> ReplayReport:
         proc = self.rec.process
         replayed = {fd: bytes(data) for fd, data in self.replayed.items()}
+        written = dict(self.output_bytes)
         recorded = self.rec.outputs()
         if self.status != "completed":  # compare only what the replay got to
-            recorded = {fd: data[:len(replayed.get(fd, b""))] for fd, data in recorded.items()}
+            recorded = {fd: data[:written.get(fd, 0)] for fd, data in recorded.items()}
+        cut = sorted(fd for fd, n in written.items() if n > len(replayed.get(fd, b"")))
+        if cut:
+            limits = self.opts.limits
+            self.notes.append(
+                f"output over the cap ({limits.output_per_fd >> 20} MiB per descriptor, "
+                f"{limits.output_total >> 20} MiB in all) on fd {', '.join(map(str, cut))}: "
+                f"the bytes past it were counted, not kept or compared")
         if self.stats["truncated"]:
             self.notes.append(f"{self.stats['truncated']} served calls had payloads cut at the "
                               f"recorder's cap: bytes past it were not reproduced")
@@ -717,7 +745,7 @@ class Engine(IoServing):
                      "argv": self.opts.argv if self.opts.argv is not None else proc.argv},
             exit_code=self.exit_code, exit_signal=self.exit_signal,
             recorded_exit_code=proc.exit_code, divergence=self.divergence,
-            outputs=compare_outputs(recorded, replayed),
+            outputs=compare_outputs(recorded, replayed, written),
             injections={i.text: self.injected.get(i.text, 0) for i in self.opts.injections},
             stats=stats, notes=self.notes, replayed_outputs=replayed)
 

@@ -71,26 +71,35 @@ class Divergence:
 class OutputComparison:
     fd: int
     recorded_bytes: int
-    replayed_bytes: int
+    replayed_bytes: int  # written by the replay in all (kept or only counted)
     match: bool
     first_difference: int | None
     recorded: str | None
     replayed: str | None
+    # bytes kept (and compared) when the replay wrote more than the output cap; the rest
+    # was only counted. None: everything was kept.
+    kept_bytes: int | None = None
 
 
-def compare_outputs(recorded: dict[int, bytes],
-                    replayed: dict[int, bytes]) -> list[OutputComparison]:
+def compare_outputs(recorded: dict[int, bytes], replayed: dict[int, bytes],
+                    written: dict[int, int] | None = None) -> list[OutputComparison]:
+    """Each descriptor's recorded and replayed bytes. ``written``: how many bytes the
+    replay wrote per fd when more than ``replayed`` holds (the output cap): the kept
+    prefix is compared, and the lengths."""
+    written = written or {}
     out = []
-    for fd in sorted(set(recorded) | set(replayed)):
+    for fd in sorted(set(recorded) | set(replayed) | set(written)):
         rec = recorded.get(fd, b"")
         rep = replayed.get(fd, b"")
-        diff = None
-        if rec != rep:
-            diff = next((i for i, (a, b) in enumerate(zip(rec, rep)) if a != b),
-                        min(len(rec), len(rep)))
+        total = max(written.get(fd, 0), len(rep))
+        cut = total > len(rep)
+        diff = next((i for i, (a, b) in enumerate(zip(rec, rep)) if a != b), None)
+        if diff is None and (len(rec) != total or (not cut and rec != rep)):
+            diff = min(len(rec), len(rep))
         start = max(0, (diff or 0) - 16)
-        out.append(OutputComparison(fd, len(rec), len(rep), rec == rep, diff,
-                                    preview(rec[start:]), preview(rep[start:])))
+        out.append(OutputComparison(fd, len(rec), total, diff is None, diff,
+                                    preview(rec[start:]), preview(rep[start:]),
+                                    len(rep) if cut else None))
     return out
 
 
@@ -143,8 +152,10 @@ class ReplayReport:
             lines.append("  " + self.divergence.render().replace("\n", "\n  "))
         for out in self.outputs:
             verdict = "same" if out.match else f"differs at byte {out.first_difference}"
+            kept = ("" if out.kept_bytes is None
+                    else f" (over the output cap: first {out.kept_bytes} kept and compared)")
             lines.append(f"  fd {out.fd}: recorded {out.recorded_bytes} bytes, replayed "
-                         f"{out.replayed_bytes} bytes: {verdict}")
+                         f"{out.replayed_bytes} bytes{kept}: {verdict}")
             if not out.match:
                 lines.append(f"    recorded: {out.recorded}")
                 lines.append(f"    replayed: {out.replayed}")

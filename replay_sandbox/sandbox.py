@@ -1,14 +1,39 @@
 """Starting the tracee: fork, pre-exec set-up in the child, exec inside bubblewrap.
 
 Why ``os.fork()`` and not a C helper: the pre-exec work is a handful of syscalls
-(personality, PR_SET_TSC, PTRACE_TRACEME, no_new_privs, seccomp, execve) that ctypes makes
-directly, and a C helper would need a compiler or a build step on every host that replays.
-Everything the child needs (argument arrays, the BPF program, file descriptors) is built
-before the fork, so the child allocates almost nothing and only makes those syscalls; it
-never returns into the caller's code (``os._exit`` on any failure).
+(unshare, personality, PR_SET_TSC, PTRACE_TRACEME, setresuid, setrlimit, no_new_privs,
+seccomp, execve) that ctypes and ``os`` make directly, and a C helper would need a compiler
+or a build step on every host that replays. Everything the child needs (argument arrays,
+the BPF program, file descriptors, rlimits) is built before the fork, so the child
+allocates almost nothing; it never returns into the caller's code (``os._exit``).
 
-Why bubblewrap: it sets up the user, mount, pid, net, ipc and uts namespaces, a read-only
-host root, a private /tmp, a fresh /proc and a reaper as pid 1, all of it well tested.
+Privilege: only the tracer keeps any. The replayed program, and every process it starts,
+runs as host uid ``HOST_UID`` (65533: no passwd entry, owns no file; ``nobody``, 65534,
+inside the sandbox) with no capability in any namespace, no_new_privs, a read-only view
+of the host as that uid sees it, a private /tmp, its own pid/net/ipc/uts namespaces, the
+deny filter of ``seccomp``, rlimits and a cgroup (``limits``). The steps:
+
+1. The child makes a user namespace of its own (U0) and stops; the tracer maps every uid
+   1:1 in it, so the child is root *in U0 only*, with no capability on the host.
+2. The child limits U0 to one nested user namespace (``max_user_namespaces`` = 1, the one
+   bubblewrap makes), so nothing inside can make another, by any syscall (clone3 too).
+3. It sets real uid ``HOST_UID`` and keeps effective uid 0 (in U0) and execs bubblewrap,
+   which then runs in its setuid mode: it builds the sandbox with the few capabilities it
+   needs (in U0), maps ``HOST_UID`` as the sandbox's uid, drops every capability, sets
+   no_new_privs, installs the deny filter and execs the program.
+
+Running bwrap as plain root instead (``--unshare-user --uid N``) maps the sandbox uid to
+host uid 0: no capability, but the owner of every root-owned file (``/etc/shadow`` is
+readable), exempt from RLIMIT_NPROC. In setuid mode glibc scrubs the environment bwrap
+gets (LD_*, TMPDIR, …: AT_SECURE), so the recorded environment is passed as bwrap options
+(``--clearenv``/``--setenv``), with all other options, through a memfd (``--args``): no
+recorded value shows in the host's process list.
+
+Files under /tmp (hidden by the private /tmp) that the replay needs, the recorded
+executable and the files the program maps, are copied in read-only by bwrap from
+descriptors the tracer opened (``--ro-bind-data``): the unprivileged uid could not reach
+them through root's 0700 directories. Other host files are seen as ``HOST_UID`` sees them.
+
 bwrap 0.8 cannot choose the program's ``argv[0]``, so the tracer rewrites bwrap's final
 ``execve`` (the second exec in the tree) to the recorded exe with the recorded argv[0].
 The tracer follows bwrap's processes too (their syscalls run untouched); the tracee that
@@ -17,19 +42,30 @@ execs the recorded program is the one replayed.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
 import shutil
 import signal
+import stat
 from dataclasses import dataclass, field
 
 from replay_sandbox import ptrace_ffi
 from replay_sandbox.errors import SandboxError
-from replay_sandbox.seccomp import CompiledFilter
+from replay_sandbox.limits import Limits, ReplayCgroup, rlimits
+from replay_sandbox.seccomp import CompiledFilter, build_deny_program, program_bytes
 
 TRACE_OPTIONS = (ptrace_ffi.PTRACE_O_TRACESYSGOOD | ptrace_ffi.PTRACE_O_TRACEFORK
                  | ptrace_ffi.PTRACE_O_TRACEVFORK | ptrace_ffi.PTRACE_O_TRACECLONE
                  | ptrace_ffi.PTRACE_O_TRACEEXEC | ptrace_ffi.PTRACE_O_TRACESECCOMP
                  | ptrace_ffi.PTRACE_O_EXITKILL)
+
+HOST_UID = 65533  # the kernel's uid (and gid) of every sandboxed process
+SANDBOX_UID = 65534  # what the program sees (nobody/nogroup)
+CLONE_NEWUSER = 0x10000000
+SYS_UNSHARE = 272
+MAX_COPY_BYTES = 256 << 20  # files copied into the private /tmp, in all
+_MAX_USERNS = "/proc/sys/user/max_user_namespaces"
 
 
 @dataclass(frozen=True)
@@ -39,37 +75,22 @@ class LaunchSpec:
     env: list[str]
     cwd: str
     sandbox: bool = True
-    ro_paths: tuple[str, ...] = ()  # host paths under /tmp to show read-only in the sandbox
+    ro_paths: tuple[str, ...] = ()  # host files under /tmp the program needs (recorded)
+    named_paths: tuple[str, ...] = ()  # host files a changed command line names
+    named_any: bool = True  # named files root may read are shown; False: only public ones
+    exe_recorded: bool = True  # exe is the recorded program (not a what-if command)
+    hidden: tuple[str, ...] = ()  # host paths the sandbox must not see (the lake, tokens)
     initial_fds: frozenset[int] = frozenset({0, 1, 2})  # open before the program starts
     cpu: int | None = None
     stderr_path: str = "/dev/null"
     hostname: str = "replay"
+    limits: Limits = field(default_factory=Limits)
     notes: list[str] = field(default_factory=list)
 
     @property
     def exec_count(self) -> int:
         """Which exec in the traced tree is the recorded program (bwrap execs first)."""
         return 2 if self.sandbox else 1
-
-
-def bwrap_command(spec: LaunchSpec, bwrap: str = "bwrap") -> list[str]:
-    """The bwrap command line that runs ``spec.exe`` with the sandbox described above."""
-    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-           "--hostname", spec.hostname,
-           "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    shown: set[str] = set()
-    for path in (spec.exe, *spec.ro_paths):
-        if path.startswith("/tmp/") and path not in shown and os.path.exists(path):
-            cmd += ["--ro-bind", path, path]
-            shown.add(path)
-    cwd = spec.cwd if spec.cwd.startswith("/") else "/"
-    if cwd.startswith("/tmp/") and cwd not in shown:
-        cmd += ["--dir", cwd]
-    elif not os.path.isdir(cwd):
-        spec.notes.append(f"recorded cwd {cwd} does not exist here; the replay runs in /")
-        cwd = "/"
-    cmd += ["--chdir", cwd, "--", spec.exe, *spec.argv[1:]]
-    return cmd
 
 
 def find_bwrap() -> str:
@@ -80,44 +101,207 @@ def find_bwrap() -> str:
     return path
 
 
-def spawn(spec: LaunchSpec, filter_: CompiledFilter) -> int:
-    """Fork the tracee, set ptrace options at its first stop, return its pid.
+def public(path: str, execute: bool = False) -> bool:
+    """Can ``HOST_UID`` read (and execute) ``path``: others may search every directory on
+    the way and read the file. (It owns nothing and is in no group: only "others" bits.)"""
+    try:
+        real = os.path.realpath(path)
+        mode = os.stat(real).st_mode
+    except OSError:
+        return False
+    need = stat.S_IROTH | (stat.S_IXOTH if execute else 0)
+    if mode & need != need:
+        return False
+    parent = os.path.dirname(real)
+    while True:
+        try:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
+
+
+@dataclass
+class _Launch:
+    """What the child execs, built before the fork."""
+
+    path: bytes
+    argv: ptrace_ffi.CStrings
+    envp: ptrace_ffi.CStrings
+    pass_fds: list[int]  # descriptors bwrap reads (--args, --add-seccomp-fd, copies)
+    own_fds: list[int]  # every descriptor made here (closed in the parent after the fork)
+    limits: list[tuple[int, tuple[int, int]]]
+
+
+def _high_fd(fd: int, floor: int) -> int:
+    """``fd`` moved to a number >= ``floor`` (close-on-exec), so the descriptors the
+    recorded program inherited can be placed below it without clobbering it."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return moved
+
+
+def bwrap_options(spec: LaunchSpec, copies: list[tuple[int, str]], deny_fd: int) -> list[str]:
+    """bwrap's options (what goes through ``--args``) for ``spec``: ``copies`` are the
+    (descriptor, path) of the files copied into the private /tmp, ``deny_fd`` holds the
+    deny filter. Appends to ``spec.notes`` what the sandbox cannot show."""
+    opts = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
+            "--hostname", spec.hostname,
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in spec.hidden:  # under the read-only root: cover it
+        if path.startswith("/tmp/") or not os.path.lexists(path):
+            continue
+        opts += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+    for fd, path in copies:
+        opts += ["--perms", "0555", "--ro-bind-data", str(fd), path]
+    cwd = spec.cwd if spec.cwd.startswith("/") else "/"
+    if cwd.startswith("/tmp/"):
+        opts += ["--dir", cwd]
+    elif not os.path.isdir(cwd) or not public(cwd, execute=True):
+        spec.notes.append(f"recorded cwd {cwd} does not exist here or the sandbox's "
+                          f"unprivileged user cannot enter it; the replay runs in /")
+        cwd = "/"
+    opts += ["--chdir", cwd, "--clearenv"]
+    for entry in spec.env:
+        key, eq, value = entry.partition("=")
+        if eq and key:
+            opts += ["--setenv", key, value]
+        else:
+            spec.notes.append(f"environment entry {entry[:40]!r} has no NAME=: not passed")
+    return [*opts, "--add-seccomp-fd", str(deny_fd)]
+
+
+def _copies(spec: LaunchSpec, floor: int, own: list[int]) -> tuple[list[tuple[int, str]], int]:
+    """Open the files under /tmp the sandbox shows (copied by bwrap: the unprivileged uid
+    cannot reach them through root's directories); (descriptor, path) pairs and the size
+    of the largest. Files a what-if names are shown only if ``named_any`` or anyone may
+    read them: the tracer must not lend root's rights to a request."""
+    wanted = [(spec.exe, spec.exe_recorded or spec.named_any or public(spec.exe, True))]
+    wanted += [(p, True) for p in spec.ro_paths]
+    wanted += [(p, spec.named_any or public(p)) for p in spec.named_paths]
+    copies: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    biggest = total = 0
+    for path, allowed in wanted:
+        if not path.startswith("/tmp/") or path in seen or not os.path.exists(path):
+            continue
+        seen.add(path)
+        if not allowed:
+            spec.notes.append(f"{path} is not readable by others on this host: the "
+                              f"sandbox does not show it")
+            continue
+        try:
+            fd = _high_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC), floor)
+        except OSError as err:
+            spec.notes.append(f"cannot show {path} in the sandbox: {err.strerror}")
+            continue
+        own.append(fd)
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or total + size > MAX_COPY_BYTES:
+            spec.notes.append(f"{path} is not shown in the sandbox (not a regular file, or "
+                              f"over {MAX_COPY_BYTES >> 20} MiB of copies)")
+            continue
+        total += size
+        biggest = max(biggest, size)
+        copies.append((fd, path))
+    return copies, biggest
+
+
+def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
+    bwrap = find_bwrap()
+    own: list[int] = []
+
+    def memfd(name: str, data: bytes) -> int:
+        fd = _high_fd(os.memfd_create(name, os.MFD_CLOEXEC), floor)
+        own.append(fd)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    try:
+        copies, biggest = _copies(spec, floor, own)
+        deny = memfd("kprobe-replay-deny", program_bytes(build_deny_program()))
+        opts = bwrap_options(spec, copies, deny)
+        args = memfd("kprobe-replay-args", b"".join(o.encode() + b"\0" for o in opts))
+    except BaseException:
+        for fd in own:
+            os.close(fd)
+        raise
+    command = [bwrap, "--args", str(args), "--", spec.exe, *spec.argv[1:]]
+    return _Launch(bwrap.encode(), ptrace_ffi.c_string_array([a.encode() for a in command]),
+                   ptrace_ffi.c_string_array([]), [fd for fd, _ in copies] + [deny, args],
+                   own, rlimits(spec.limits, biggest))
+
+
+def _check_exe(spec: LaunchSpec) -> None:
+    if not spec.sandbox or spec.exe.startswith("/tmp/") or not os.path.exists(spec.exe):
+        return  # a missing exe fails at exec, with bwrap's message
+    if not public(spec.exe, execute=True):
+        raise SandboxError(f"{spec.exe} cannot be run by the sandbox's unprivileged user "
+                           f"(uid {HOST_UID}): the file or a directory on its path is not "
+                           f"readable and searchable by others")
+
+
+def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None = None) -> int:
+    """Fork the tracee, set ptrace options (and its user namespace's maps and cgroup) at
+    its first stop, return its pid.
 
     The child is stopped at its own SIGSTOP when this returns; the caller resumes it.
     """
-    if spec.sandbox:
-        command = bwrap_command(spec, find_bwrap())
-        path = command[0]
-    else:
-        command = list(spec.argv)
-        path = spec.exe
-    argv = ptrace_ffi.c_string_array([a.encode() for a in command])
-    envp = ptrace_ffi.c_string_array([e.encode() for e in spec.env])
-    path_b = path.encode()
-    cwd_b = None if spec.sandbox else spec.cwd.encode()
-    devnull = os.open("/dev/null", os.O_RDWR)
-    stderr_fd = os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    _check_exe(spec)
     placeholders = sorted(fd for fd in spec.initial_fds if fd > 2)
-    pid = os.fork()
-    if pid == 0:  # the child: syscalls only, then exec; never return
-        try:
-            _child(path_b, argv, envp, cwd_b, devnull, stderr_fd, placeholders, spec.cpu,
-                   filter_)
-        finally:
-            os._exit(126)
-    os.close(devnull)
-    os.close(stderr_fd)
+    floor = max([2, *placeholders]) + 1
+    devnull = _high_fd(os.open("/dev/null", os.O_RDWR), floor)
+    stderr_fd = _high_fd(os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                 0o600), floor)
+    own = [devnull, stderr_fd]
+    try:
+        if spec.sandbox:
+            launch = _bwrap_launch(spec, floor)
+        else:
+            launch = _Launch(spec.exe.encode(),
+                             ptrace_ffi.c_string_array([a.encode() for a in spec.argv]),
+                             ptrace_ffi.c_string_array([e.encode() for e in spec.env]),
+                             [], [], rlimits(spec.limits))
+        own += launch.own_fds
+        max_userns = _MAX_USERNS.encode()
+        cwd_b = None if spec.sandbox else spec.cwd.encode()
+        pid = os.fork()
+        if pid == 0:  # the child: syscalls only, then exec; never return
+            try:
+                _child(launch, cwd_b, devnull, stderr_fd, placeholders, spec.cpu,
+                       spec.sandbox, max_userns, filter_)
+            finally:
+                os._exit(126)
+    finally:
+        for fd in own:
+            os.close(fd)
     _, status = os.waitpid(pid, ptrace_ffi.WALL)
     if not os.WIFSTOPPED(status) or os.WSTOPSIG(status) != signal.SIGSTOP:
         raise SandboxError(f"tracee {pid} did not stop before exec (status {status:#x}); "
                            f"see {spec.stderr_path}")
-    ptrace_ffi.set_options(pid, TRACE_OPTIONS)
+    try:
+        ptrace_ffi.set_options(pid, TRACE_OPTIONS)
+        if spec.sandbox:  # root in its own user namespace only
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:
+                    f.write("0 0 4294967295\n")
+        if cgroup is not None:
+            cgroup.add(pid)
+    except OSError as err:
+        ptrace_ffi.kill_quietly(pid)
+        os.waitpid(pid, ptrace_ffi.WALL)
+        raise SandboxError(f"cannot set up the tracee's user namespace or cgroup: "
+                           f"{err.strerror}") from None
     return pid
 
 
-def _child(path: bytes, argv: ptrace_ffi.CStrings, envp: ptrace_ffi.CStrings,
-           cwd: bytes | None, devnull: int,
-           stderr_fd: int, placeholders: list[int], cpu: int | None,
+def _child(launch: _Launch, cwd: bytes | None, devnull: int, stderr_fd: int,
+           placeholders: list[int], cpu: int | None, sandbox: bool, max_userns: bytes,
            filter_: CompiledFilter) -> None:
     def fail(what: str) -> None:
         os.write(2, f"kprobe replay: {what}: {os.strerror(ptrace_ffi.errno())}\n".encode())
@@ -127,29 +311,45 @@ def _child(path: bytes, argv: ptrace_ffi.CStrings, envp: ptrace_ffi.CStrings,
     os.dup2(devnull, 1)
     os.dup2(stderr_fd, 2)
     for fd in placeholders:  # descriptors the recorded process inherited
-        if fd == devnull:
-            os.set_inheritable(fd, True)
-        else:
-            os.dup2(devnull, fd)
-    wanted = {0, 1, 2, *placeholders}
+        os.dup2(devnull, fd)
+    wanted = {0, 1, 2, *placeholders, *launch.pass_fds}
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in wanted:
             try:
                 os.close(int(name))
             except OSError:
                 pass
+    for fd in launch.pass_fds:
+        os.set_inheritable(fd, True)
     if cwd is not None:
         os.chdir(cwd)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     if ptrace_ffi.personality(ptrace_ffi.ADDR_NO_RANDOMIZE) == -1:
         fail("personality(ADDR_NO_RANDOMIZE)")
+    if sandbox and ptrace_ffi.raw_syscall(SYS_UNSHARE, CLONE_NEWUSER) != 0:
+        fail("unshare(CLONE_NEWUSER)")
     if ptrace_ffi.traceme() == -1:
         fail("PTRACE_TRACEME")
-    os.kill(os.getpid(), signal.SIGSTOP)  # the tracer sets its options now
+    os.kill(os.getpid(), signal.SIGSTOP)  # the tracer sets options, uid maps, cgroup now
     if ptrace_ffi.prctl(ptrace_ffi.PR_SET_TSC, ptrace_ffi.PR_TSC_SIGSEGV) != 0:
         fail("prctl(PR_SET_TSC)")
+    if sandbox:
+        try:
+            limit = os.open(max_userns, os.O_WRONLY)
+            os.write(limit, b"1")  # bwrap's own; none inside (by any syscall)
+            os.close(limit)
+            os.setgroups([])
+            os.setresgid(HOST_UID, HOST_UID, HOST_UID)
+            os.setresuid(HOST_UID, 0, 0)  # real uid HOST_UID: bwrap runs in setuid mode
+        except OSError:
+            fail("dropping privileges")
+    try:
+        for which, pair in launch.limits:
+            resource.setrlimit(which, pair)
+    except (OSError, ValueError):
+        fail("setrlimit")
     if filter_.install() != 0:
         fail("seccomp")
-    ptrace_ffi.execve_raw(path, argv, envp)
-    fail(f"execve {path.decode(errors='replace')}")
+    ptrace_ffi.execve_raw(launch.path, launch.argv, launch.envp)
+    fail(f"execve {launch.path.decode(errors='replace')}")

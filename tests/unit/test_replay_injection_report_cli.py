@@ -13,7 +13,7 @@ from replay_sandbox import clock
 from replay_sandbox.errors import SpecError
 from replay_sandbox.injection import delays_for, parse
 from replay_sandbox.report import CallInfo, Divergence, ReplayReport, compare_outputs
-from replay_sandbox.sandbox import LaunchSpec, bwrap_command
+from replay_sandbox.sandbox import LaunchSpec, bwrap_options
 from replay_sandbox.syscall_table import NUMBERS
 
 
@@ -101,14 +101,20 @@ def test_report_renders_text_and_json() -> None:
     assert data["outputs_match"] is True
 
 
-def test_bwrap_command_shape() -> None:
-    spec = LaunchSpec(exe="/bin/cat", argv=["cat", "x"], env=[], cwd="/tmp/work/dir")
-    cmd = bwrap_command(spec)
-    assert cmd[:2] == ["bwrap", "--unshare-all"]
+def test_bwrap_options_shape() -> None:
+    spec = LaunchSpec(exe="/bin/cat", argv=["cat", "x"], env=["A=1", "B=x=y"],
+                      cwd="/tmp/work/dir")
+    cmd = bwrap_options(spec, [(9, "/tmp/work/prog")], deny_fd=7)
+    assert cmd[0] == "--unshare-all" and "--unshare-user" in cmd
+    assert cmd[cmd.index("--uid") + 1] == "65534" and cmd[cmd.index("--cap-drop") + 1] == "ALL"
     assert cmd[cmd.index("--ro-bind") + 1:cmd.index("--ro-bind") + 3] == ["/", "/"]
     assert "--tmpfs" in cmd and cmd[cmd.index("--tmpfs") + 1] == "/tmp"
+    assert cmd[cmd.index("--ro-bind-data") - 2:cmd.index("--ro-bind-data") + 3] == [
+        "--perms", "0555", "--ro-bind-data", "9", "/tmp/work/prog"]
     assert cmd[cmd.index("--dir") + 1] == "/tmp/work/dir"
-    assert cmd[cmd.index("--") + 1:] == ["/bin/cat", "x"]
+    assert cmd[cmd.index("--clearenv") + 1:cmd.index("--clearenv") + 7] == [
+        "--setenv", "A", "1", "--setenv", "B", "x=y"]
+    assert cmd[-2:] == ["--add-seccomp-fd", "7"]
     assert spec.exec_count == 2
 
 
