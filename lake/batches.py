@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from lake.errors import SchemaError
-from lake.schema import TableSpec
+from lake.schema import SEAL_FIELDS, TableSpec
 
 NS_PER_HOUR = 3_600_000_000_000
 
@@ -88,6 +88,8 @@ def conform(spec: TableSpec, data: pa.Table, *, node: str, batch_id: str) -> pa.
             raise SchemaError(f"{spec.name}: required column {field.name} is missing")
         columns.append(column)
     times = data.column(spec.time_column).to_numpy()
+    if spec.sealed_column:  # stored in the clear unless the writer seals it afterwards
+        columns.extend(pa.nulls(n, f.type) for f in SEAL_FIELDS)
     columns.append(constant_column(batch_id, n))
     columns.append(constant_column(node, n))
     columns.append(hour_labels(times))

@@ -6,7 +6,10 @@
     │   └── SchemaVersionError  a table written by another schema version
     ├── UnknownTable          a table name that schema v1 does not define
     ├── ReadOnlyViolation     a statement that would write or reach outside the lake
-    └── QueryError            a read-only query that failed (syntax, unknown column, limits)
+    ├── QueryError            a read-only query that failed (syntax, unknown column, limits)
+    └── PayloadSealError      sealed payloads that cannot be opened or sealed
+        ├── PayloadKeyError     no key file, a bad one, or not the key the data was sealed for
+        └── PayloadIntegrityError  a sealed segment altered, truncated or incomplete
 
 Errors from deltalake, pyarrow and DuckDB are translated into these at the boundary, so
 callers (the CLI, the API) map one family to exit codes and HTTP statuses.
@@ -41,3 +44,15 @@ class ReadOnlyViolation(LakeError):
 
 class QueryError(LakeError):
     """A read-only query that DuckDB could not run (syntax, unknown column, limits)."""
+
+
+class PayloadSealError(LakeError):
+    """Payloads encrypted at rest (lake/sealing.py) that cannot be sealed or opened."""
+
+
+class PayloadKeyError(PayloadSealError):
+    """The key file is missing or malformed, or lacks the key the data was sealed for."""
+
+
+class PayloadIntegrityError(PayloadSealError):
+    """A sealed segment failed authentication: altered, truncated or incomplete."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import pyarrow.dataset as pads
+from deltalake import DeltaTable
+
 from lake.batches import hour_label
 from lake.deltaio import open_table, translate_errors
-from lake.schema import TABLE_NAMES
+from lake.schema import TABLE_NAMES, spec
 from lake.storage import LakeLocation
 
 
@@ -23,6 +26,7 @@ class TableReport:
     added_files: int = 0
     vacuumed_files: int = 0
     dropped_hours: list[str] = field(default_factory=list)
+    scrubbed_hours: list[str] = field(default_factory=list)  # sensitive columns nulled
 
 
 def parse_duration(text: str) -> int:
@@ -38,6 +42,7 @@ def retain(
     location: LakeLocation,
     keep_ns: int,
     *,
+    keep_payloads_ns: int | None = None,
     tables: list[str] | None = None,
     vacuum_after_hours: int = 1,
     now_ns: int | None = None,
@@ -46,22 +51,37 @@ def retain(
 
     An hour is dropped when all of it is older than the cutoff, so nothing newer than
     ``keep_ns`` is ever removed.
+
+    ``keep_payloads_ns`` (shorter): what programs exchanged is kept only that long. A table
+    that is all payload (one with a sealable column: ``syscall_data``) loses its hours
+    past it; a table with sensitive columns beside its events (``processes.env``) keeps its
+    rows and gets those columns nulled in the hours past it (a rewrite of those hours'
+    files, once: an hour already nulled is not rewritten again). The files replaced leave
+    storage at the vacuum after ``vacuum_after_hours``.
     """
     now = time.time_ns() if now_ns is None else now_ns
     cutoff = hour_label(now - keep_ns)  # the hour holding the cutoff instant is kept
+    payload_cutoff = cutoff if keep_payloads_ns is None else hour_label(
+        now - min(keep_ns, keep_payloads_ns))
     reports = []
     for name in tables or list(TABLE_NAMES):
         report = TableReport(name)
+        table_spec = spec(name)
+        drop_before = payload_cutoff if table_spec.sealed_column else cutoff
         with translate_errors(f"retain {name}"):
             dt = open_table(location, name)
             if dt is None:
                 continue
-            old = sorted({p["hour"] for p in dt.partitions() if p["hour"] < cutoff})
+            hours = {p["hour"] for p in dt.partitions()}
+            old = sorted(h for h in hours if h < drop_before)
             if old:
                 # Partition-only predicate: whole files are removed, no rewrite.
-                metrics = dt.delete(f"hour < '{cutoff}'")
+                metrics = dt.delete(f"hour < '{drop_before}'")
                 report.removed_files = int(metrics.get("num_removed_files", 0))
                 report.dropped_hours = old
+            if table_spec.sensitive and not table_spec.sealed_column:
+                scrub = sorted(h for h in hours if drop_before <= h < payload_cutoff)
+                report.scrubbed_hours = _scrub(dt, scrub, table_spec.sensitive)
             report.vacuumed_files = len(
                 dt.vacuum(
                     retention_hours=vacuum_after_hours,
@@ -71,6 +91,22 @@ def retain(
             )
         reports.append(report)
     return reports
+
+
+def _scrub(dt: DeltaTable, hours: list[str], columns: tuple[str, ...]) -> list[str]:
+    """Null ``columns`` in those of ``hours`` that still hold a value; the hours rewritten."""
+    if not hours:
+        return []
+    holding = pads.field(columns[0]).is_valid()
+    for column in columns[1:]:
+        holding = holding | pads.field(column).is_valid()
+    found = dt.to_pyarrow_dataset().to_table(
+        columns=["hour"], filter=pads.field("hour").isin(hours) & holding)
+    dirty = sorted(set(found.column("hour").to_pylist()))
+    if dirty:  # hour labels are YYYY-MM-DDTHH (hour_label): nothing to escape
+        listed = ", ".join(f"'{h}'" for h in dirty)
+        dt.update(updates=dict.fromkeys(columns, "NULL"), predicate=f"hour IN ({listed})")
+    return dirty
 
 
 def compact(

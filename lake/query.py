@@ -10,6 +10,7 @@ import pyarrow as pa
 from lake.errors import QueryError
 from lake.reader import connect
 from lake.schema import TABLE_NAMES
+from lake.sealing import sealing_error
 from lake.sql_guard import check_read_only
 from lake.storage import LakeLocation
 
@@ -32,18 +33,25 @@ def referenced_tables(sql: str) -> list[str]:
 
 def fetch(con: duckdb.DuckDBPyConnection, statement: str,
           max_rows: int | None = None) -> QueryResult:
-    """Run a checked statement on ``con``; at most ``max_rows`` rows. Raises duckdb.Error."""
-    reader = con.sql(statement).to_arrow_reader(65_536)
-    batches: list[pa.RecordBatch] = []
-    rows = 0
-    truncated = False
-    for batch in reader:
-        if max_rows is not None and rows + batch.num_rows > max_rows:
-            batches.append(batch.slice(0, max_rows - rows))
-            truncated = True
-            break
-        batches.append(batch)
-        rows += batch.num_rows
+    """Run a checked statement on ``con``; at most ``max_rows`` rows. Raises duckdb.Error,
+    or the PayloadSealError that sealed payloads raised in it (lake/sealing.py)."""
+    try:
+        reader = con.sql(statement).to_arrow_reader(65_536)
+        batches: list[pa.RecordBatch] = []
+        rows = 0
+        truncated = False
+        for batch in reader:
+            if max_rows is not None and rows + batch.num_rows > max_rows:
+                batches.append(batch.slice(0, max_rows - rows))
+                truncated = True
+                break
+            batches.append(batch)
+            rows += batch.num_rows
+    except duckdb.Error as err:
+        sealing = sealing_error(err)
+        if sealing is not None:
+            raise sealing from None
+        raise
     return QueryResult(pa.Table.from_batches(batches, schema=reader.schema), truncated)
 
 

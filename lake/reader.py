@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import duckdb
 
+from lake.access import install_opener, register_tables
 from lake.schema import TABLE_NAMES
 from lake.storage import LakeLocation
 from lake.tables import TableCache
@@ -38,9 +39,14 @@ def connect(
     lock_down: bool = True,
     threads: int | None = None,
     memory_limit: str | None = None,
+    payloads: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per lake table (all when ``tables`` is
     None), the tables opened concurrently.
+
+    ``payloads``: the sensitive columns are there (opened when the location has the payload
+    key file), else left out (lake/access.py). Local commands, the causal engine and
+    replays read with payloads; the API decides per token (``LakeDatabase.session``).
 
     With ``lock_down`` (the default), external access is disabled after registration and
     the configuration is locked, so SQL run on this connection cannot read local files or
@@ -49,8 +55,13 @@ def connect(
     """
     snapshots = TableCache(location).snapshots(TABLE_NAMES if tables is None else tables)
     con = _database(threads, memory_limit)
-    for snapshot in snapshots.values():
-        con.register(snapshot.name, snapshot.dataset)
+    opened = False
+    if payloads and location.payload_key_file and "syscall_data" in snapshots:
+        sealed = snapshots["syscall_data"].dataset
+        install_opener(con, location.payload_key_file, lambda: sealed)
+        opened = True
+    register_tables(con, {s.name: s.dataset for s in snapshots.values()},
+                    payloads=payloads, opened=opened)
     if lock_down:
         lock(con)
     return con
@@ -92,21 +103,41 @@ class LakeDatabase:
         self._db = _database(threads, memory_limit)
         lock(self._db)
         self._cursor_lock = threading.Lock()  # the parent connection is not thread-safe
+        # Sessions that open sealed payloads get cursors of a second database, the only
+        # one with the opening function (lake/access.py): made on first use.
+        self._settings = (threads, memory_limit)
+        self._opening_db: duckdb.DuckDBPyConnection | None = None
 
     @contextmanager
-    def session(self, tables: Iterable[str] | None = None
+    def session(self, tables: Iterable[str] | None = None, *, payloads: bool = False
                 ) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A cursor with ``tables`` (all when None) registered at their newest versions."""
+        """A cursor with ``tables`` (all when None) registered at their newest versions;
+        their sensitive columns only with ``payloads`` (lake/access.py)."""
         snapshots = self.tables.snapshots(TABLE_NAMES if tables is None else tables)
+        opening = bool(payloads and self.location.payload_key_file
+                       and "syscall_data" in snapshots)
         with self._cursor_lock:
-            cursor = self._db.cursor()
+            cursor = (self._opening() if opening else self._db).cursor()
         try:
-            for snapshot in snapshots.values():
-                cursor.register(snapshot.name, snapshot.dataset)
+            register_tables(cursor, {s.name: s.dataset for s in snapshots.values()},
+                            payloads=payloads, opened=opening)
             yield cursor
         finally:
             cursor.close()
 
+    def _opening(self) -> duckdb.DuckDBPyConnection:
+        """The database whose cursors open sealed payloads (call under the cursor lock)."""
+        if self._opening_db is None:
+            db = _database(*self._settings)
+            assert self.location.payload_key_file is not None
+            install_opener(db, self.location.payload_key_file,
+                           lambda: self.tables.snapshot("syscall_data").dataset)
+            lock(db)
+            self._opening_db = db
+        return self._opening_db
+
     def close(self) -> None:
         with self._cursor_lock:
             self._db.close()
+            if self._opening_db is not None:
+                self._opening_db.close()

@@ -30,6 +30,13 @@ def _f(name: str, typ: pa.DataType, nullable: bool = True) -> pa.Field:
     return pa.field(name, typ, nullable=nullable)
 
 
+# Envelope encryption at rest (lake/sealing.py), written by the writer, never by producers:
+# the envelope of the row's sealed segment (key id, wrapped data key, nonce, tag), and the
+# row's byte position in the segment's plaintext. Null when the row is stored in the clear.
+SEAL_FIELDS: tuple[pa.Field, ...] = (_f("seal", pa.binary()), _f("seal_pos", _I64))
+SEAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in SEAL_FIELDS)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """One lake table: its payload columns and the column that decides its hour."""
@@ -38,6 +45,12 @@ class TableSpec:
     fields: tuple[pa.Field, ...]
     time_column: str
     doc: str
+    # Columns holding what programs exchanged (payload bytes, environments): readable
+    # only with the ``payloads`` scope (lake.reader hides them otherwise).
+    sensitive: tuple[str, ...] = ()
+    # The binary column the writer may encrypt at rest (lake/sealing.py); the table then
+    # stores SEAL_FIELDS too, written by the writer (null when stored in the clear).
+    sealed_column: str | None = None
 
     @property
     def payload_schema(self) -> pa.Schema:
@@ -46,10 +59,12 @@ class TableSpec:
 
     @property
     def schema(self) -> pa.Schema:
-        """Columns as stored: payload, then batch id, then the partition columns."""
+        """Columns as stored: payload, the seal (if sealable), then batch id, then the
+        partition columns."""
         return pa.schema(
             [
                 *self.fields,
+                *(SEAL_FIELDS if self.sealed_column else ()),
                 _f(BATCH_ID_COLUMN, _STR, nullable=False),
                 _f("node", _STR, nullable=False),
                 _f("hour", _STR, nullable=False),
@@ -138,6 +153,8 @@ _SPECS: tuple[TableSpec, ...] = (
         ),
         "ts_ns",
         "bytes a syscall wrote into user memory (replay input)",
+        sensitive=("data", *SEAL_COLUMNS),
+        sealed_column="data",
     ),
     TableSpec(
         "net",
@@ -216,6 +233,7 @@ _SPECS: tuple[TableSpec, ...] = (
         ),
         "ts_ns",
         "exec / fork / exit",
+        sensitive=("env",),
     ),
     TableSpec(
         "kstacks",
@@ -300,6 +318,14 @@ _SPECS: tuple[TableSpec, ...] = (
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in _SPECS}
 TABLE_NAMES: tuple[str, ...] = tuple(TABLES)
+# table -> its sensitive columns, for the tables that have any
+SENSITIVE_COLUMNS: dict[str, tuple[str, ...]] = {
+    s.name: s.sensitive for s in _SPECS if s.sensitive}
+
+# What a redacted secret is stored as (an environment value, a command-line value, the
+# password of a connection string): the capture agent writes it, a replay names the
+# variables and arguments that hold it.
+REDACTED = "[kprobe-redacted]"
 
 
 def spec(table: str) -> TableSpec:

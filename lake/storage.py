@@ -39,6 +39,9 @@ class LakeSettings(BaseSettings):
     )
     # Plain HTTP to the endpoint: only for a local SeaweedFS/MinIO on loopback.
     s3_allow_http: bool = False
+    # Payloads sealed at rest (lake/sealing.py): agents seal for the file's active public
+    # key; readers holding its private keys open them. None: payloads stored in the clear.
+    payload_key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class LakeLocation:
     root: str  # no trailing slash: file:///abs/path or s3://bucket/prefix
     scheme: str  # "file" | "s3"
     storage_options: dict[str, str]
+    payload_key_file: str | None = None  # see LakeSettings.payload_key_file
 
     def table_uri(self, table: str, version: int = 1) -> str:
         return f"{self.root}/v{version}/{table}"
@@ -71,6 +75,8 @@ class LakeLocation:
 def resolve(settings: LakeSettings) -> LakeLocation:
     """Turn settings into a location; a malformed URI is a one-line LakeError."""
     uri = settings.lake.strip()
+    keys = (str(Path(settings.payload_key_file).expanduser().resolve())
+            if settings.payload_key_file else None)
     if "://" not in uri:  # a bare path is a local lake
         uri = "file://" + str(Path(uri).expanduser().resolve())
     parsed = urlparse(uri)
@@ -78,7 +84,7 @@ def resolve(settings: LakeSettings) -> LakeLocation:
         path = Path(parsed.path)
         if not path.is_absolute():
             raise LakeError(f"lake path must be absolute: {settings.lake}")
-        return LakeLocation(f"file://{str(path).rstrip('/') or '/'}", "file", {})
+        return LakeLocation(f"file://{str(path).rstrip('/') or '/'}", "file", {}, keys)
     if parsed.scheme in ("s3", "s3a"):
         if not parsed.netloc:
             raise LakeError(f"lake URI has no bucket: {settings.lake}")
@@ -96,5 +102,5 @@ def resolve(settings: LakeSettings) -> LakeLocation:
         # Commits race on the same log entry name; conditional put makes the loser retry
         # instead of overwriting (several agents append to one table).
         options["conditional_put"] = "etag"
-        return LakeLocation(root, "s3", options)
+        return LakeLocation(root, "s3", options, keys)
     raise LakeError(f"unsupported lake URI scheme {parsed.scheme!r}: use file:// or s3://")

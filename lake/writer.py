@@ -28,14 +28,16 @@ from typing import TypeAlias
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake._internal import DeltaFileSystemHandler
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 
-from lake import datafiles
+from lake import datafiles, payload_keys
 from lake.batches import conform, to_table
 from lake.deltaio import open_table, translate_errors
 from lake.errors import LakeError, LakeUnavailable
 from lake.schema import PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_TAG, TableSpec, spec
+from lake.sealing import seal_table
 from lake.storage import LakeLocation, LakeSettings, resolve
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,10 @@ class LakeWriter:
             self._seq[table] = seq
         batch_id = f"{self.writer_id}-{seq}"
         conformed = conform(table_spec, to_table(data), node=self.node, batch_id=batch_id)
+        if table_spec.sealed_column and self.location.payload_key_file:
+            # sealed before it can reach the spool or the lake (lake/sealing.py)
+            conformed = seal_table(conformed, payload_keys.load(self.location.payload_key_file),
+                                   table_spec.sealed_column)
         return PreparedBatch(table, self.writer_id, seq, conformed)
 
     def commit(self, batch: PreparedBatch) -> CommitResult:
@@ -197,8 +203,11 @@ class LakeWriter:
         dt = open_table(self.location, table)
         if dt is None:
             dt = _create(self.location, spec(table))
-        elif any(dt.metadata().configuration.get(k) != v for k, v in TABLE_PROPERTIES.items()):
-            _set_properties(dt, table)  # a table made before they were set
+        else:
+            if any(dt.metadata().configuration.get(k) != v
+                   for k, v in TABLE_PROPERTIES.items()):
+                _set_properties(dt, table)  # a table made before they were set
+            _add_missing_columns(dt, spec(table))  # a table made by an older schema v1
         self._tables[table] = dt
         self._loaded_at[table] = dt.version()
         return dt
@@ -268,6 +277,24 @@ def _set_properties(dt: DeltaTable, table: str) -> None:
             dt.alter.set_table_properties(TABLE_PROPERTIES, raise_if_not_exists=False)
     except LakeError as err:  # e.g. another writer altered it at once: appends still work
         log.warning("table %s keeps its log retention: %s", table, err)
+
+
+def _add_missing_columns(dt: DeltaTable, table_spec: TableSpec) -> None:
+    """Add the (nullable) columns schema v1 gained since ``dt`` was created: rows written
+    before read them as nulls. Several writers may race: a column another one added
+    meanwhile is not added twice."""
+    present = set(dt.schema().to_arrow().names)
+    missing = [f for f in table_spec.schema if f.name not in present]
+    if not missing:
+        return
+    with translate_errors(f"add columns to {table_spec.name}"):
+        try:
+            dt.alter.add_columns([DeltaField.from_arrow(f) for f in missing])
+        except (CommitFailedError, DeltaError):
+            dt.update_incremental()
+            present = set(dt.schema().to_arrow().names)
+            if any(f.name not in present for f in missing):
+                raise
 
 
 def _create(location: LakeLocation, table_spec: TableSpec) -> DeltaTable:
