@@ -1,9 +1,22 @@
 """Sandboxed replays launched over HTTP, with their state kept in the lake.
 
-A replay is the ``kprobe replay`` command run as a subprocess (``python -P -m kprobe replay
-… --format json``), so the service depends on the command's contract, not on the sandbox's
-internals; with ``KPROBE_API_RAY_ADDRESS`` set, the same command runs as a Ray task on the
-cluster instead. The replica that launched a job watches it and writes its state to
+A request (``schemas.ReplayRequest``) becomes the typed ``replay_sandbox.request.
+ReplayRequest`` (checked here: a request it refuses is a 400), which the replay worker
+(``python -P -m replay_sandbox.worker``) reads as JSON on stdin; it writes the report as
+JSON on stdout. ``kprobe replay`` runs the same worker code in-process, so the service
+depends on one typed contract, not on a command line or on stderr text. With
+``KPROBE_API_RAY_ADDRESS`` set, the worker runs as a Ray task on the cluster instead.
+The worker replays in the unprivileged sandbox (``replay_sandbox.sandbox``) under the
+launcher's policy: the lake and the tokens file are hidden from the replayed program, and
+host files under /tmp that a changed command line names are shown only if anyone may read
+them (the tracer must not lend root's rights to a request).
+
+``cmd`` (another command line) stays: a what-if that changes ``set_args`` on a recorded
+interpreter, or its environment, runs any code as well, so the boundary is the sandbox,
+not the request's fields; ``cmd`` is parsed here (``shlex``, no shell) and contained like
+every replay.
+
+The replica that launched a job watches it and writes its state to
 ``{lake}/jobs/replays/{id}/job.json`` (and the report to ``report.json``) through the
 lake's storage, so any replica answers ``GET /v1/replays/{id}``. While a job runs, its
 watcher refreshes ``heartbeat_ns``; a running job whose heartbeat is older than a few
@@ -11,7 +24,7 @@ intervals is reported ``lost`` (its replica died).
 
 Job status: ``running`` → ``succeeded`` (the replay ran and its expectation held, exit 0),
 ``failed`` (it ran and the expectation did not hold, exit 1; the report says why) or
-``error`` (it could not run: the command's one-line reason is in ``error``).
+``error`` (it could not run: the worker's one-line reason is in ``error``).
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -31,11 +45,16 @@ from typing import Any
 
 from lake import LakeSettings
 from lake.storage import LakeLocation
-from query_api.errors import TooManyRequests
+from query_api.errors import BadRequest, TooManyRequests
 from query_api.metrics import ApiMetrics
 from query_api.schemas import ReplayRequest
 from query_api.settings import ApiSettings
 from query_api.storage import LakeFiles
+from replay_sandbox import request as replay_request
+from replay_sandbox.errors import ReplaySandboxError, SpecError
+from replay_sandbox.lake_source import parse_process
+from replay_sandbox.request import parse_time
+from replay_sandbox.worker import run_worker
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +85,34 @@ class JobStore:
         return None if raw is None else dict(json.loads(raw))
 
 
-def command_args(request: ReplayRequest, lake_root: str) -> list[str]:
-    """``kprobe replay`` arguments for a request (``--opt=value`` so values may start
-    with a dash)."""
-    args = ["replay", f"--lake={lake_root}", f"--process={request.process}",
-            "--format=json", f"--timeout={request.timeout_s:g}"]
-    if request.from_ is not None:
-        args.append(f"--from={request.from_}")
-    if request.to is not None:
-        args.append(f"--to={request.to}")
-    args.extend(f"--inject={spec}" for spec in request.inject)
-    args.extend(f"--set-arg={change.index}={change.value}" for change in request.set_args)
-    args.extend(f"--env={key}={value}" for key, value in sorted(request.env.items()))
-    if request.cmd is not None:
-        args.append(f"--cmd={request.cmd}")
-    if request.mode is not None:
-        args.append(f"--mode={request.mode}")
-    if request.expect_exit is not None:
-        args.append(f"--expect-exit={request.expect_exit}")
-    elif request.expect_output_match:
-        args.append("--expect-output-match")
-    return args
+def typed_request(body: ReplayRequest) -> replay_request.ReplayRequest:
+    """The worker's typed request for a POST body; a value it refuses is a BadRequest."""
+    try:
+        pid, node = parse_process(body.process)
+        cmd = None
+        if body.cmd is not None:
+            try:
+                cmd = tuple(shlex.split(body.cmd))
+            except ValueError as err:
+                raise SpecError(f"cmd: {err}") from None
+            if not cmd:
+                raise SpecError("cmd is empty")
+        return replay_request.ReplayRequest(
+            pid=pid, node=node, from_ns=parse_time(body.from_, "from"),
+            to_ns=parse_time(body.to, "to"), injections=tuple(body.inject),
+            set_args=tuple((change.index, change.value) for change in body.set_args),
+            env=tuple(sorted(body.env.items())), cmd=cmd, mode=body.mode,
+            expect_exit=body.expect_exit, expect_output_match=body.expect_output_match,
+            timeout_s=body.timeout_s)
+    except ReplaySandboxError as err:
+        raise BadRequest(str(err)) from None
+
+
+def worker_input(request: replay_request.ReplayRequest, lake_root: str,
+                 hide: list[str]) -> dict[str, Any]:
+    """What the worker reads on stdin: the request, the lake, the launcher's policy."""
+    return {"lake": lake_root, "request": request.to_json(), "hide": hide,
+            "named_files": "public"}
 
 
 def lake_env(lake: LakeSettings) -> dict[str, str]:
@@ -100,38 +126,27 @@ def lake_env(lake: LakeSettings) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str, str]:
-    """Run ``python -P -m kprobe ARGS``; (exit code, stdout, stderr). Kills the whole
-    process group at the deadline (exit code -9)."""
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "kprobe", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return -9, out, err + f"\nkprobe replay: killed after {timeout_s:g} s"
-    return proc.returncode, out, err
-
-
 def outcome(code: int, stdout: str, stderr: str) -> dict[str, Any]:
-    """Job fields from the command's exit code and output."""
-    report: dict[str, Any] | None = None
+    """Job fields from the worker's exit code and JSON output."""
+    document: dict[str, Any] | None = None
     try:
         parsed = json.loads(stdout) if stdout.strip() else None
-        report = parsed if isinstance(parsed, dict) else None
+        document = parsed if isinstance(parsed, dict) else None
     except ValueError:
-        report = None
-    if code in (0, 1) and report is not None:
+        document = None
+    report = document.get("report") if document is not None else None
+    if code in (0, 1) and isinstance(report, dict):
         summary = {k: report.get(k) for k in ("status", "mode", "exit_code", "exit_signal",
                                               "recorded_exit_code", "outputs_match")}
         return {"status": "succeeded" if code == 0 else "failed", "exit_code": code,
                 "expectation_held": code == 0, "error": None, "summary": summary,
                 "report": report}
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    reason = lines[-1] if lines else f"kprobe replay exited with {code} and no message"
-    reason = reason.removeprefix("kprobe replay: ")
+    if document is not None and isinstance(document.get("error"), str):
+        reason = document["error"]
+    else:  # the worker died before it could answer (killed, crashed)
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"the replay worker exited with {code} and no message"
+        reason = reason.removeprefix("replay worker: ")
     return {"status": "error", "exit_code": code, "expectation_held": None,
             "error": reason[:1000], "summary": None, "report": None}
 
@@ -157,6 +172,7 @@ class ReplayRunner:
         self._ray_ready = False
 
     def launch(self, request: ReplayRequest) -> dict[str, Any]:
+        typed = typed_request(request)  # a refused value: 400 before any job exists
         now = time.time_ns()
         job: dict[str, Any] = {
             "id": uuid.uuid4().hex, "kind": "replay", "status": "running",
@@ -179,8 +195,9 @@ class ReplayRunner:
             with self._lock:
                 self._running.pop(job["id"], None)
             raise
-        args = command_args(request, self.location.root)
-        threading.Thread(target=self._watch, args=(running, args, request.timeout_s),
+        hide = [str(self.settings.tokens_file)] if self.settings.tokens_file else []
+        document = worker_input(typed, self.location.root, hide)
+        threading.Thread(target=self._watch, args=(running, document, request.timeout_s),
                          name=f"replay-{job['id'][:8]}", daemon=True).start()
         return job
 
@@ -197,10 +214,10 @@ class ReplayRunner:
         return time.time_ns() - int(job.get("heartbeat_ns") or 0) > stale_ns
 
     # -- watcher thread -----------------------------------------------------------------------
-    def _watch(self, running: _Running, args: list[str], timeout_s: float) -> None:
+    def _watch(self, running: _Running, document: dict[str, Any], timeout_s: float) -> None:
         job = running.job
         try:
-            code, out, err = self._execute(running, args, timeout_s + _KILL_GRACE_S)
+            code, out, err = self._execute(running, document, timeout_s + _KILL_GRACE_S)
             result = outcome(code, out, err)
         except Exception as exc:  # noqa: BLE001 - the job must end in a terminal state
             log.exception("replay %s failed to run", job["id"])
@@ -220,18 +237,18 @@ class ReplayRunner:
             with self._lock:
                 self._running.pop(job["id"], None)
 
-    def _execute(self, running: _Running, args: list[str],
+    def _execute(self, running: _Running, document: dict[str, Any],
                  deadline_s: float) -> tuple[int, str, str]:
         env = lake_env(self.lake)
         if self.settings.ray_address:
-            return self._execute_ray(running, args, env, deadline_s)
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "kprobe", *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+            return self._execute_ray(running, document, env, deadline_s)
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "replay_sandbox.worker"],
+                                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         result: dict[str, Any] = {}
 
         def collect() -> None:
-            result["out"], result["err"] = proc.communicate()
+            result["out"], result["err"] = proc.communicate(json.dumps(document))
 
         reader = threading.Thread(target=collect, daemon=True)
         reader.start()
@@ -253,10 +270,10 @@ class ReplayRunner:
             self._heartbeat(running.job)
         err = result.get("err", "")
         if killed:
-            err += f"\nkprobe replay: {killed}"
+            err += f"\nreplay worker: {killed}"
         return proc.returncode if not killed else -9, result.get("out", ""), err
 
-    def _execute_ray(self, running: _Running, args: list[str], env: dict[str, str],
+    def _execute_ray(self, running: _Running, document: dict[str, Any], env: dict[str, str],
                      deadline_s: float) -> tuple[int, str, str]:
         import ray  # only when a cluster is configured
 
@@ -264,8 +281,8 @@ class ReplayRunner:
             ray.init(address=self.settings.ray_address, ignore_reinit_error=True,
                      log_to_driver=False)
             self._ray_ready = True
-        task = ray.remote(num_cpus=1, max_retries=0)(run_cli)
-        ref = task.remote(args, env, deadline_s)
+        task = ray.remote(num_cpus=1, max_retries=0)(run_worker)
+        ref = task.remote(document, env, deadline_s)
         while True:
             done, _ = ray.wait([ref], timeout=self.settings.replay_heartbeat_s)
             if done:
@@ -273,7 +290,7 @@ class ReplayRunner:
                 return int(code), str(out), str(err)
             if running.stop.is_set():
                 ray.cancel(ref, force=True)
-                return -9, "", "kprobe replay: the server stopped"
+                return -9, "", "replay worker: the server stopped"
             self._heartbeat(running.job)
 
     def _heartbeat(self, job: dict[str, Any]) -> None:

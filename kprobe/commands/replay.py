@@ -15,21 +15,18 @@ The outcome is the expectation when one is given, else status, exit and every ou
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import shutil
 import sys
-from datetime import UTC, datetime
 
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.errors import CommandError
 from lake import resolve
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.fuzz import Expectation, FuzzConfig, fuzz, parse_duration
-from replay_sandbox.injection import parse_all
-from replay_sandbox.lake_source import load, parse_process
-from replay_sandbox.recording import Recording
-from replay_sandbox.report import expectation_held
+from replay_sandbox.errors import SpecError
+from replay_sandbox.fuzz import parse_duration
+from replay_sandbox.lake_source import parse_process
+from replay_sandbox.request import FuzzSpec, ReplayRequest
+from replay_sandbox.request import parse_time as _parse_time
+from replay_sandbox.worker import execute
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -95,60 +92,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    request = build_request(args)
+    outcome = execute(request, resolve(lake_settings(args)))
+    if args.format == "json":
+        sys.stdout.write(outcome.report.to_json() + "\n")
+    else:
+        sys.stdout.write(outcome.report.render_text())
+    return 0 if outcome.passed else 1
+
+
+def build_request(args: argparse.Namespace) -> ReplayRequest:
+    """The typed request the flags describe (the same the API builds from a POST): the
+    replay itself runs in ``replay_sandbox.worker.execute``."""
     if args.fuzz is None:
         _no_fuzz_options(args)
-    if os.geteuid() != 0:
-        raise CommandError("replay needs root (ptrace, seccomp and namespaces)")
     pid, node = parse_process(args.process)
-    recording = load(resolve(lake_settings(args)), pid, node,
-                     parse_time(args.from_, "--from"), parse_time(args.to, "--to"))
-    options = ReplayOptions(mode=args.mode, injections=parse_all(args.inject),
-                            sandbox=not args.no_sandbox, timeout_s=args.timeout,
-                            env_set=_env(args.env))
-    argv = list(recording.process.argv)
-    if args.cmd:
-        argv = shlex.split(args.cmd)
-        if not argv:
+    cmd = None
+    if args.cmd is not None:
+        try:
+            cmd = tuple(shlex.split(args.cmd))
+        except ValueError as err:
+            raise CommandError(f"--cmd: {err}") from None
+        if not cmd:
             raise CommandError("--cmd is empty")
-        options.exe = _which(argv[0], recording.process.env)
+    set_args = []
     for item in args.set_arg:
         index, eq, value = item.partition("=")
         if not eq or not index.isdigit():
             raise CommandError(f"--set-arg {item!r}: expected N=VALUE")
-        if int(index) >= len(argv):
-            raise CommandError(f"--set-arg {item!r}: the command line has {len(argv)} "
-                               f"arguments")
-        argv[int(index)] = value
-    if args.cmd or args.set_arg:
-        options.argv = argv
+        set_args.append((int(index), value))
+    fuzz = None
     if args.fuzz is not None:
-        return _fuzz(args, recording, options)
-    report = replay(recording, options)
-    if args.format == "json":
-        sys.stdout.write(report.to_json() + "\n")
-    else:
-        sys.stdout.write(report.render_text())
-    return 0 if expectation_held(report, args.expect_exit, args.expect_output_match) else 1
-
-
-def _fuzz(args: argparse.Namespace, recording: Recording, options: ReplayOptions) -> int:
-    if args.fuzz < 1:
-        raise CommandError("--fuzz: expected at least 1 perturbed replay")
-    if args.fuzz_workers is not None and args.fuzz_workers < 1:
-        raise CommandError("--fuzz-workers: expected at least 1")
-    config = FuzzConfig(
-        runs=args.fuzz, seed=args.seed or 0,
-        max_delay_ns=parse_duration(args.fuzz_max_delay or "200ms"),
-        swaps=not args.fuzz_no_swaps, workers=args.fuzz_workers,
-        executor="ray" if args.ray or args.ray_address else "auto",
-        ray_address=args.ray_address,
-        expectation=Expectation(args.expect_exit, args.expect_output_match))
-    report = fuzz(recording, options, config)
-    if args.format == "json":
-        sys.stdout.write(report.to_json() + "\n")
-    else:
-        sys.stdout.write(report.render_text())
-    return 0 if report.passed else 1
+        if args.fuzz < 1:
+            raise CommandError("--fuzz: expected at least 1 perturbed replay")
+        if args.fuzz_workers is not None and args.fuzz_workers < 1:
+            raise CommandError("--fuzz-workers: expected at least 1")
+        fuzz = FuzzSpec(runs=args.fuzz, seed=args.seed or 0,
+                        max_delay_ns=parse_duration(args.fuzz_max_delay or "200ms"),
+                        swaps=not args.fuzz_no_swaps, workers=args.fuzz_workers,
+                        executor="ray" if args.ray or args.ray_address else "auto",
+                        ray_address=args.ray_address)
+    return ReplayRequest(
+        pid=pid, node=node, from_ns=parse_time(args.from_, "--from"),
+        to_ns=parse_time(args.to, "--to"), injections=tuple(args.inject),
+        set_args=tuple(set_args), env=tuple(_env(args.env).items()), cmd=cmd,
+        mode=args.mode, expect_exit=args.expect_exit,
+        expect_output_match=args.expect_output_match, timeout_s=args.timeout, fuzz=fuzz,
+        sandbox=not args.no_sandbox)
 
 
 def _no_fuzz_options(args: argparse.Namespace) -> None:
@@ -163,22 +153,10 @@ def _no_fuzz_options(args: argparse.Namespace) -> None:
 
 def parse_time(text: str | None, option: str) -> int | None:
     """Epoch ns, epoch seconds (with a fraction) or ISO 8601 (UTC unless it says)."""
-    if text is None:
-        return None
-    if text.isdigit():
-        value_int = int(text)
-        return value_int if value_int > 10**14 else value_int * 1_000_000_000
     try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise CommandError(f"{option} {text!r}: expected epoch ns/s or ISO 8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1_000_000_000)
-    return int(value) if value > 1e14 else int(value * 1_000_000_000)
+        return _parse_time(text, option)
+    except SpecError as err:
+        raise CommandError(str(err)) from None
 
 
 def _env(items: list[str]) -> dict[str, str]:
@@ -189,13 +167,3 @@ def _env(items: list[str]) -> dict[str, str]:
             raise CommandError(f"--env {item!r}: expected K=V")
         out[key] = value
     return out
-
-
-def _which(program: str, env: list[str]) -> str:
-    if "/" in program:
-        return program
-    path = next((e[5:] for e in env if e.startswith("PATH=")), os.defpath)
-    found = shutil.which(program, path=path)
-    if found is None:
-        raise CommandError(f"--cmd: {program} not found on the recorded PATH")
-    return found

@@ -29,13 +29,14 @@ def _view(runner: ReplayRunner, job: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("", status_code=202, response_model=ReplayJob,
-             responses=problem_responses(401, 403, 413, 422, 503,
+             responses=problem_responses(400, 401, 403, 413, 422, 503,
                                          _429="replays already running on this replica"),
              summary="Launch a sandboxed replay of a recorded process")
 def launch(body: ReplayRequest, runner: RunnerDep, _: ReplayAccess) -> JSONResponse:
-    """Runs ``kprobe replay`` for ``process`` (PID@NODE) with the injections and what-if
-    changes asked for, as a subprocess (or a Ray task when a cluster is configured). The
-    job's state lives in the lake: poll ``GET /v1/replays/{id}`` on any replica."""
+    """Replays ``process`` (PID@NODE) with the injections and what-if changes asked for,
+    in the replay worker (a subprocess, or a Ray task when a cluster is configured) and
+    its unprivileged sandbox. The job's state lives in the lake: poll
+    ``GET /v1/replays/{id}`` on any replica."""
     job = _view(runner, runner.launch(body))
     return JSONResponse(ReplayJob.model_validate(job).model_dump(mode="json"),
                         status_code=202, headers={"Location": job["links"]["self"]})
@@ -54,7 +55,7 @@ def job(job_id: JobId, runner: RunnerDep, _: ReadAccess) -> dict[str, Any]:
 @router.get("/{job_id}/report",
             responses=problem_responses(401, 403, 404, 422, 503,
                                         _409="the replay is still running"),
-            summary="The replay report (kprobe replay --format json)")
+            summary="The replay report (as kprobe replay --format json prints it)")
 def report(job_id: JobId, runner: RunnerDep, _: ReadAccess) -> dict[str, Any]:
     found = runner.store.get(job_id)
     if found is None:

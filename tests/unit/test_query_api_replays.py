@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from lake import LakeSettings, resolve
+from query_api.errors import BadRequest
 from query_api.metrics import ApiMetrics
-from query_api.replays import JobStore, ReplayRunner, command_args, outcome
+from query_api.replays import JobStore, ReplayRunner, outcome, typed_request, worker_input
 from query_api.schemas import ReplayRequest
 from query_api.settings import ApiSettings
 from query_api.storage import LakeFiles
@@ -27,30 +28,49 @@ from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_a_request_becomes_a_kprobe_replay_command_line() -> None:
+def test_a_request_becomes_the_workers_typed_request() -> None:
     request = ReplayRequest.model_validate({
-        "process": "4721@node-1", "from": "2026-01-01T14:00:00Z", "to": "-5m",
+        "process": "4721@node-1", "from": "2026-01-01T14:00:00Z", "to": "1767276000.5",
         "inject": ["fsync:+50ms", "recv fd=7:+800ms"],
         "set_args": [{"index": 1, "value": "--fast"}], "env": {"B": "2", "A": "1"},
-        "mode": "whatif", "expect_exit": 0, "timeout_s": 30})
-    assert command_args(request, "s3://bucket/lake") == [
-        "replay", "--lake=s3://bucket/lake", "--process=4721@node-1", "--format=json",
-        "--timeout=30", "--from=2026-01-01T14:00:00Z", "--to=-5m",
-        "--inject=fsync:+50ms", "--inject=recv fd=7:+800ms", "--set-arg=1=--fast",
-        "--env=A=1", "--env=B=2", "--mode=whatif", "--expect-exit=0"]
+        "cmd": "/usr/bin/env 'two words'", "mode": "whatif", "expect_exit": 0,
+        "timeout_s": 30})
+    typed = typed_request(request)
+    assert (typed.pid, typed.node, typed.timeout_s) == (4721, "node-1", 30)
+    assert typed.from_ns == 1767276000 * 10**9 and typed.to_ns == 1767276000_500_000_000
+    assert typed.injections == ("fsync:+50ms", "recv fd=7:+800ms")
+    assert typed.set_args == ((1, "--fast"),) and typed.env == (("A", "1"), ("B", "2"))
+    assert typed.cmd == ("/usr/bin/env", "two words") and typed.sandbox
+    document = worker_input(typed, "s3://bucket/lake", ["/etc/kprobe/tokens.json"])
+    assert document["named_files"] == "public" and document["lake"] == "s3://bucket/lake"
+    assert document["request"]["process"] == "4721@node-1"
+    assert json.loads(json.dumps(document)) == document
 
 
-def test_outcomes_follow_the_commands_exit_code() -> None:
-    report = json.dumps({"status": "completed", "mode": "exact", "exit_code": 0,
-                         "outputs_match": True})
-    assert outcome(0, report, "")["status"] == "succeeded"
-    failed = outcome(1, report, "")
+@pytest.mark.parametrize("body", [
+    {"process": "1@n", "from": "yesterday"}, {"process": "1@n", "cmd": "'unclosed"},
+    {"process": "1@n", "cmd": "   "}, {"process": "1@n", "inject": ["fsync"]},
+    {"process": "0@n"}])
+def test_a_request_the_worker_would_refuse_is_a_bad_request(body: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as err:
+        typed_request(ReplayRequest.model_validate(body))
+    assert "\n" not in str(err.value)
+
+
+def test_outcomes_follow_the_workers_exit_code() -> None:
+    report = {"status": "completed", "mode": "exact", "exit_code": 0, "outputs_match": True}
+    answer = json.dumps({"kind": "replay", "passed": True, "report": report})
+    assert outcome(0, answer, "")["status"] == "succeeded"
+    failed = outcome(1, answer, "")
     assert failed["status"] == "failed" and failed["expectation_held"] is False
     assert failed["summary"]["outputs_match"] is True and failed["report"]
-    error = outcome(2, "", "warming up\nkprobe replay: no exec of pid 1 on node n\n")
-    assert error["status"] == "error" and error["error"] == "no exec of pid 1 on node n"
+    error = outcome(2, json.dumps({"kind": "error", "error": "no exec of pid 1 on n"}),
+                    "warming up\n")
+    assert error["status"] == "error" and error["error"] == "no exec of pid 1 on n"
     crash = outcome(1, "", "Traceback (most recent call last):\nValueError: bad\n")
     assert crash["status"] == "error" and crash["error"] == "ValueError: bad"
+    killed = outcome(-9, "", "replay worker: killed after 60 s\n")
+    assert killed["status"] == "error" and killed["error"] == "killed after 60 s"
 
 
 def test_job_documents_live_in_the_lake(lake_dir: Path) -> None:

@@ -7,12 +7,18 @@ import json
 import pytest
 
 from kprobe.cli import build_parser
-from kprobe.commands.replay import expectation_held, parse_time
+from kprobe.commands.replay import parse_time
 from kprobe.errors import CommandError
 from replay_sandbox import clock
 from replay_sandbox.errors import SpecError
 from replay_sandbox.injection import delays_for, parse
-from replay_sandbox.report import CallInfo, Divergence, ReplayReport, compare_outputs
+from replay_sandbox.report import (
+    CallInfo,
+    Divergence,
+    ReplayReport,
+    compare_outputs,
+    expectation_held,
+)
 from replay_sandbox.sandbox import LaunchSpec, bwrap_options
 from replay_sandbox.syscall_table import NUMBERS
 
