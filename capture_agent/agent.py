@@ -35,6 +35,8 @@ from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.lake_sink import LakeSink
 from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
 from capture_agent.process_probes import ProcessProbes
+from capture_agent.protection import PayloadProtection, ProtectionConfig
+from capture_agent.redaction import RedactionRules
 from capture_agent.sensor import Sensor, object_path
 from capture_agent.spool import Spool
 from capture_agent.targets import Targets
@@ -86,6 +88,10 @@ class AgentConfig:
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     otlp_port: int | None = None  # None: no receiver; 0: any free port
     bind_host: str = "127.0.0.1"
+    # what is redacted from environments and command lines, and whether card numbers in
+    # payloads are masked, before anything is written (capture_agent/protection.py)
+    redaction: RedactionRules = field(default_factory=RedactionRules)
+    mask_pans: bool = True
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -107,6 +113,10 @@ class Agent:
         self.writer = LakeWriter.from_settings(config.lake)
         self.spool = Spool(config.spool_dir, config.spool_max_bytes)
         self.sink = LakeSink(self.writer, self.spool)
+        # environments are kept only with payloads: a replay is their one use
+        self.protection = PayloadProtection(ProtectionConfig(
+            config.redaction, config.mask_pans, keep_env=config.payloads,
+            payload_cap=config.payload_cap))
         self.counters = AgentCounters()
         self.families: list[LoadedFamily] = []
         self.clock: ClockSample = sample_offset()
@@ -160,6 +170,9 @@ class Agent:
         """Final flush, then everything down; the sink commits (or spools) all it holds."""
         try:
             self.flush()
+            held = self.protection.release()  # exec regions still waiting for chunks
+            if held is not None:
+                self.sink.submit("syscall_data", held)
         finally:
             self.close_sensors()
             if self._otlp is not None:
@@ -224,7 +237,18 @@ class Agent:
             log.error("cannot convert %d %s records: %s", len(batch), table, err)
             self.sink.count_loss(table, "convert_failed", len(batch))
             return
-        self.sink.submit(table, converted)
+        self._submit_protected(table, converted)
+
+    def _submit_protected(self, table: str, rows: pa.Table) -> None:
+        """Secrets redacted and card numbers masked first; rows that cannot be are lost
+        (counted), never written as they are."""
+        try:
+            rows = self.protection.apply(table, rows)
+        except (pa.ArrowException, ValueError) as err:
+            log.error("cannot protect %d %s rows, dropped: %s", rows.num_rows, table, err)
+            self.sink.count_loss(table, "protect_failed", rows.num_rows)
+            return
+        self.sink.submit(table, rows)
 
     def _report_losses(self) -> None:
         """New kernel drops and sink losses since the last report -> ``lost`` rows."""
@@ -333,7 +357,8 @@ class Agent:
             sensor.add_targets(pids)
         infos = [procinfo.read_process(pid) for pid in pids]
         if infos:
-            self.sink.submit("processes", procinfo.processes_table(infos, time.time_ns()))
+            self._submit_protected("processes",
+                                   procinfo.processes_table(infos, time.time_ns()))
 
     def add_target(self, pid: int) -> None:
         """Target a process started after the agent (``kprobe run``)."""

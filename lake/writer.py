@@ -186,8 +186,12 @@ class LakeWriter:
         return self.commit(self.prepare(table, data))
 
     def ensure_tables(self, tables: list[str] | None = None) -> None:
-        """Create the named (default: all) tables if they do not exist yet."""
+        """Create the named (default: all) tables if they do not exist yet; check the
+        payload key file, if any (a writer that could not seal must fail at its start)."""
         from lake.schema import TABLE_NAMES
+
+        if self.location.payload_key_file:
+            payload_keys.load(self.location.payload_key_file)
 
         for name in tables or list(TABLE_NAMES):
             with translate_errors(f"create {name}"):

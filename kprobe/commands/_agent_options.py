@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from capture_agent.agent import AgentConfig, default_spool_dir
+from capture_agent.redaction import RedactionRules
 from capture_agent.targets import Targets
 from kprobe.commands._common import add_lake_option, lake_settings
 from kprobe.errors import CommandError
@@ -25,6 +26,23 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         help="with --payloads, do not record clock_gettime calls libc answers "
                         "through the vDSO (uprobes: ~22 us per clock read here); a replay then "
                         "interpolates those clock values")
+    protect = parser.add_argument_group(
+        "protecting what is recorded (before anything reaches the lake)")
+    protect.add_argument("--redact-env", action="append", default=[], metavar="NAME_GLOB",
+                         help="also redact variables (and --name=value arguments) whose name "
+                         "matches, e.g. 'STRIPE_*' (repeatable; $KPROBE_REDACT_ENV, comma-"
+                         "separated); always redacted: *KEY*, *SECRET*, *TOKEN*, *PASSWORD*, "
+                         "*PASSWD*, *CREDENTIAL*, *PRIVATE* and connection-string passwords")
+    protect.add_argument("--keep-env", action="append", default=[], metavar="NAME_GLOB",
+                         help="never redact variables whose name matches, e.g. "
+                         "'PUBLIC_KEY_ID' (repeatable; $KPROBE_KEEP_ENV)")
+    protect.add_argument("--no-mask-pans", action="store_true",
+                         help="keep card numbers in payloads as they are (masked by default: "
+                         "first 6 and last 4 digits kept; e.g. when payloads are encrypted "
+                         "and needed verbatim; $KPROBE_MASK_PANS=0)")
+    protect.add_argument("--payload-key-file", metavar="PATH",
+                         help="encrypt payloads at rest for this key file's active public key "
+                         "(`kprobe lake new-key --public-out`; $KPROBE_PAYLOAD_KEY_FILE)")
     parser.add_argument("--families", default="", metavar="LIST",
                         help="comma-separated probe families (default: all built)")
     parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS")
@@ -65,10 +83,22 @@ def require_root() -> None:
         raise CommandError("capture needs root (loading BPF programs): run with sudo")
 
 
+def _globs(given: list[str], variable: str) -> tuple[str, ...]:
+    from_env = [g.strip() for g in os.environ.get(variable, "").split(",") if g.strip()]
+    return tuple(from_env + [g for g in given if g.strip()])
+
+
 def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    lake = lake_settings(args)
+    if args.payload_key_file:
+        lake = lake.model_copy(update={"payload_key_file": args.payload_key_file})
+    mask_env = os.environ.get("KPROBE_MASK_PANS", "1").strip().lower()
     return AgentConfig(
-        lake=lake_settings(args),
+        lake=lake,
+        redaction=RedactionRules(redact=_globs(args.redact_env, "KPROBE_REDACT_ENV"),
+                                 keep=_globs(args.keep_env, "KPROBE_KEEP_ENV")),
+        mask_pans=not args.no_mask_pans and mask_env not in ("0", "false", "no", "off"),
         targets=targets,
         families=families,
         payloads=args.payloads,
