@@ -7,8 +7,10 @@ The tokens file (``KPROBE_API_TOKENS_FILE``) is JSON and holds only SHA-256 hash
 
 ``kprobe serve --new-token NAME --scopes read,replay`` creates a token, prints it once and
 appends its hash. The file is re-read when it changes, so tokens rotate without a restart.
-Scopes: ``read`` (SQL, causal queries, timelines, the live stream, replay status) and
-``replay`` (launching replays).
+Scopes: ``read`` (SQL, causal queries, timelines, the live stream, replay status),
+``replay`` (launching replays) and ``payloads`` (with ``read``: the bytes programs exchanged
+and their environments, ``syscall_data.data`` and ``processes.env``, in SQL, the live
+stream and replay reports; query_api/payload_scope.py).
 """
 
 from __future__ import annotations

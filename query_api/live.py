@@ -45,6 +45,7 @@ from lake.errors import LakeError
 from lake.schema import TABLE_NAMES
 from lake.storage import LakeLocation
 from query_api.metrics import ApiMetrics
+from query_api.payload_scope import strip_rows
 from query_api.settings import ApiSettings
 from query_api.sql import json_column
 from query_api.storage import LakeFiles
@@ -66,6 +67,7 @@ class Filters:
     nodes: frozenset[str] | None = None
     pids: frozenset[int] | None = None
     kinds: frozenset[str] = DEFAULT_KINDS
+    payloads: bool = False  # the client's token has the payloads scope: sensitive columns
 
     def describe(self) -> dict[str, Any]:
         return {"node": sorted(self.nodes) if self.nodes else None,
@@ -341,7 +343,7 @@ def _selected(batch: NewRows, filters: Filters) -> list[tuple[str, pa.Table | No
         rows = rows.filter(mask)
     out: list[tuple[str, pa.Table | None]] = []
     if rows.num_rows and batch.table in filters.kinds:
-        out.append(("events", rows))
+        out.append(("events", rows if filters.payloads else strip_rows(batch.table, rows)))
     if batch.table == "spans" and FAILURE in filters.kinds and rows.num_rows:
         failed = rows.filter(pc.fill_null(pc.equal(rows["status"], "ERROR"), False))
         if failed.num_rows:

@@ -19,8 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from compute.settings import ComputeSettings
 from lake import LakeSettings
 
-Scope = Literal["read", "replay"]
-SCOPES: tuple[Scope, ...] = ("read", "replay")
+# payloads: on top of read, what programs exchanged (query_api/payload_scope.py)
+Scope = Literal["read", "replay", "payloads"]
+SCOPES: tuple[Scope, ...] = ("read", "replay", "payloads")
 
 
 class ApiSettings(BaseSettings):

@@ -45,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--new-token", metavar="NAME",
                         help="create a token NAME in --tokens-file, print it once, and exit")
     parser.add_argument("--scopes", default="read", metavar="LIST",
-                        help="scopes of --new-token: read, replay or read,replay")
+                        help="scopes of --new-token, comma-separated: read, replay, "
+                        "payloads (with read: payload bytes and environments), e.g. "
+                        "read,payloads")
     parser.set_defaults(func=run)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -22,6 +23,7 @@ from query_api.auth import authenticate, bearer_token
 from query_api.deps import get_hub, location_of, token_store
 from query_api.errors import BadRequest, QueryApiError, ServiceUnavailable
 from query_api.live import KINDS, Filters, Subscriber
+from query_api.payload_scope import may_read_payloads
 from query_api.problems import classify, detail_of, problem_response
 from query_api.settings import get_lake_settings, get_settings
 
@@ -46,9 +48,9 @@ def parse_filters(ws: WebSocket) -> Filters:
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise BadRequest(f"unknown kind {bad[0]!r}; known: {', '.join(KINDS)}")
-    return Filters(nodes=frozenset(nodes) if nodes else None,
-                   pids=frozenset(pids) if pids else None,
-                   **({"kinds": frozenset(kinds)} if kinds else {}))
+    filters = Filters(nodes=frozenset(nodes) if nodes else None,
+                      pids=frozenset(pids) if pids else None)
+    return replace(filters, kinds=frozenset(kinds)) if kinds else filters
 
 
 def _offered_token(ws: WebSocket) -> tuple[str | None, bool]:
@@ -73,8 +75,8 @@ async def live(ws: WebSocket) -> None:
     try:
         settings = await _resolve(ws, get_settings)
         token, subprotocol = _offered_token(ws)
-        authenticate(token_store(ws, settings), token, "read")
-        filters = parse_filters(ws)
+        principal = authenticate(token_store(ws, settings), token, "read")
+        filters = replace(parse_filters(ws), payloads=may_read_payloads(principal))
         location = location_of(ws, await _resolve(ws, get_lake_settings))
         hub = get_hub(ws, location, settings, ws.app.state.metrics)
         if len(hub.subscribers) >= settings.live_max_clients:

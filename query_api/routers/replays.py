@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from query_api.deps import ReadAccess, ReplayAccess, RunnerDep
 from query_api.errors import Conflict, NotFound
+from query_api.payload_scope import may_read_payloads, strip_report
 from query_api.problems import problem_responses
 from query_api.replays import ReplayRunner
 from query_api.schemas import ReplayJob, ReplayRequest
@@ -56,7 +57,9 @@ def job(job_id: JobId, runner: RunnerDep, _: ReadAccess) -> dict[str, Any]:
             responses=problem_responses(401, 403, 404, 422, 503,
                                         _409="the replay is still running"),
             summary="The replay report (as kprobe replay --format json prints it)")
-def report(job_id: JobId, runner: RunnerDep, _: ReadAccess) -> dict[str, Any]:
+def report(job_id: JobId, runner: RunnerDep, principal: ReadAccess) -> dict[str, Any]:
+    """Without the payloads scope, the bytes the program read or wrote (its output text,
+    output previews, a diverging call's data) are removed from the report."""
     found = runner.store.get(job_id)
     if found is None:
         raise NotFound(f"no replay job {job_id}")
@@ -66,4 +69,5 @@ def report(job_id: JobId, runner: RunnerDep, _: ReadAccess) -> dict[str, Any]:
     if data is None:
         why = found.get("error") or "the replay produced no report"
         raise NotFound(f"replay {job_id} has no report: {why}")
-    return data
+    kept: dict[str, Any] = data if may_read_payloads(principal) else strip_report(data)
+    return kept
