@@ -35,8 +35,11 @@ unit: venv
 demo: setup
 	$(VENV)/bin/kprobe demo
 
+## bench: every bench to its end, by module; exits non-zero if any could not run
 bench: setup
-	@for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@failed=""; for b in tests/bench/bench_*.py; do m=tests.bench.$$(basename $$b .py); \
+	echo "== $$m"; $(PY) -m $$m || failed="$$failed $$m"; done; \
+	if [ -n "$$failed" ]; then echo "bench failed:$$failed" >&2; exit 1; fi
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 """Causal-engine throughput and latency on a synthetic lake (run by hand; prints, asserts none).
 
-    .venv/bin/python tests/bench/bench_compute.py [--events 10000000] [--windows 10]
+    .venv/bin/python -m tests.bench.bench_compute [--events 10000000] [--windows 10]
                                                   [--no-ray] [--keep DIR]
 
 Writes a lake of about ``--events`` kernel rows for one node with 4 CPUs over ``--windows``
@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,16 +35,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import lake  # noqa: E402
-from compute.analysis import analyze_window, write_edges  # noqa: E402
-from compute.domain import load_rules  # noqa: E402
-from compute.explain import explain  # noqa: E402
-from compute.graph import store  # noqa: E402
-from compute.ray_driver import analyze_windows  # noqa: E402
-from compute.settings import ComputeSettings  # noqa: E402
-from compute.window import split  # noqa: E402
+import lake
+from compute.analysis import analyze_window, write_edges
+from compute.domain import load_rules
+from compute.explain import explain
+from compute.graph import store
+from compute.ray_driver import analyze_windows
+from compute.settings import ComputeSettings
+from compute.window import split
 
 NS = 1_000_000_000
 MS = 1_000_000

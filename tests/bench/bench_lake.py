@@ -1,6 +1,6 @@
 """Lake throughput and latency on synthetic events (run by hand; prints figures, asserts none).
 
-    .venv/bin/python tests/bench/bench_lake.py [--rows 10000000] [--batch 1000000] [--s3]
+    .venv/bin/python -m tests.bench.bench_lake [--rows 10000000] [--batch 1000000] [--s3]
 
 Writes ``--rows`` syscall rows (2 nodes, ~500 pids with a skewed distribution, timestamps
 over 2 hours so each node has 3 hour partitions) and 10,000 spans to a local lake, and with
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import lake  # noqa: E402
-from tests.s3server import S3Server  # noqa: E402
+import lake
+from tests.s3server import S3Server
 
 HOUR_NS = 3_600_000_000_000
 T0 = 1_767_225_600_000_000_000 + HOUR_NS // 2  # 2026-01-01T00:30Z: 2 h span -> 3 hours

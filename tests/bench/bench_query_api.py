@@ -1,6 +1,6 @@
 """HTTP API latency on a 10M-event lake (run by hand; prints figures, asserts none).
 
-    .venv/bin/python tests/bench/bench_query_api.py [--rows 10000000] [--lake-dir DIR]
+    .venv/bin/python -m tests.bench.bench_query_api [--rows 10000000] [--lake-dir DIR]
                                                    [--clients 50] [--requests 100]
                                                    [--workers 1] [--poll 0.5]
 
@@ -34,15 +34,13 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import lake  # noqa: E402
-from compute.analysis import run_window  # noqa: E402
-from compute.settings import ComputeSettings  # noqa: E402
-from compute.window import Window  # noqa: E402
-from query_api.auth import add_token  # noqa: E402
-from tests.support import REPO, free_port  # noqa: E402
-from tests.unit.test_compute_scenario import (  # noqa: E402
+import lake
+from compute.analysis import run_window
+from compute.settings import ComputeSettings
+from compute.window import Window
+from query_api.auth import add_token
+from tests.support import REPO, free_port
+from tests.unit.test_compute_scenario import (
     WINDOW_END,
     WINDOW_START,
     payment_scenario,

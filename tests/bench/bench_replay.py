@@ -1,7 +1,7 @@
 """Replay benchmarks on recordings made by the real agent (run as root from the repository
 root; figures only, no assertions):
 
-    .venv/bin/python -m tests.bench.bench_replay [N]
+    sudo .venv/bin/python -m tests.bench.bench_replay [N]
 
 1. Cost per served syscall (goal <= 20 us): ``replay_loop`` doing 0 and N iterations of
    one syscall, recorded by ``kprobe run --payloads``, each replayed a few times; the
@@ -15,6 +15,8 @@ root; figures only, no assertions):
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,9 +37,13 @@ def record(lake: Path, *command: str) -> tuple[int, float]:
                     "--spool-dir", str(lake.parent / "spool"), "--", *command],
                    check=True, capture_output=True, cwd=REPO)
     con = connect(resolve(LakeSettings(lake=str(lake))))
+    # the command's exec: the first of a target (the agent records syscalls of targets
+    # only; the processes table holds every exec on the node, a neighbour's too)
     pid, start, end = con.execute("""
         SELECT e.pid, e.ts_ns, x.ts_ns FROM processes e JOIN processes x USING (pid)
-        WHERE e.kind = 'exec' AND x.kind = 'exit' ORDER BY e.ts_ns LIMIT 1""").fetchone()
+        WHERE e.kind = 'exec' AND x.kind = 'exit'
+          AND e.pid IN (SELECT DISTINCT pid FROM syscalls)
+        ORDER BY e.ts_ns LIMIT 1""").fetchone()
     return int(pid), (end - start) / 1e9
 
 
@@ -57,7 +63,12 @@ def _node(lake: Path) -> str:
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", type=int, nargs="?", default=20_000,
+                        help="iterations of the loop in part 1 (default 20000)")
+    n = parser.parse_args().n
+    if os.geteuid() != 0:
+        sys.exit("bench_replay: needs root")
     with tempfile.TemporaryDirectory() as tmp_text:
         tmp = Path(tmp_text)
         program = str(tmp / "replay_loop")
@@ -79,7 +90,7 @@ def main() -> int:
                 "for i in range(10):\n"
                 "    time.sleep(0.2)\n"
                 "    os.read(os.open('/etc/hostname', os.O_RDONLY), 64)\n")
-        pid, recorded_s = record(lake, sys.executable, "-c", code)
+        pid, recorded_s = record(lake, "/usr/bin/python3", "-c", code)
         started = time.monotonic()
         wall = best_wall(lake, pid, repeats=3)
         print(f"2. mostly waiting: recorded {recorded_s:.2f} s, replayed in {wall:.3f} s "

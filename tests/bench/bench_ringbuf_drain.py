@@ -1,4 +1,7 @@
-"""Ring drain throughput of the sched sensor (root; prints numbers, exits 0 when skipped).
+"""Ring drain throughput of the sched sensor (root and `make bpf`; prints numbers, asserts
+nothing; exits non-zero when it cannot run).
+
+    sudo .venv/bin/python -m tests.bench.bench_ringbuf_drain
 
 1. burst: fill a 16 MiB ring without draining, then time one ``drain()`` (numpy copy of
    the whole batch): the drain's own rate.
@@ -15,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from capture_agent.families import sched
+from capture_agent.sensor import Sensor, object_path
 
-from capture_agent.families import sched  # noqa: E402
-from capture_agent.sensor import Sensor, object_path  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _storm(binary: Path, rounds: int) -> float:
@@ -29,9 +31,11 @@ def _storm(binary: Path, rounds: int) -> float:
 
 
 def main() -> int:
-    if os.geteuid() != 0 or not object_path(sched.FAMILY.object_file).exists():
-        print("skipped: needs root and `make bpf`")
-        return 0
+    if os.geteuid() != 0:
+        sys.exit("bench_ringbuf_drain: needs root")
+    if not object_path(sched.FAMILY.object_file).exists():
+        sys.exit(f"bench_ringbuf_drain: {object_path(sched.FAMILY.object_file)} missing "
+                 "(run `make bpf`)")
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={tmp}"],
                        check=True)
