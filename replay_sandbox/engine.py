@@ -55,7 +55,7 @@ from replay_sandbox._state import (
 )
 from replay_sandbox.errors import RecordingError, SandboxError
 from replay_sandbox.limits import ReplayCgroup
-from replay_sandbox.recording import Recording, Row
+from replay_sandbox.recording import Recording, Row, redaction_notes
 from replay_sandbox.report import (
     CallInfo,
     Divergence,
@@ -140,6 +140,7 @@ class Engine(IoServing):
             keep = [e for e in env if e.split("=", 1)[0] not in self.opts.env_set]
             env = keep + [f"{k}={v}" for k, v in self.opts.env_set.items()]
         argv = self.opts.argv if self.opts.argv is not None else list(proc.argv)
+        self.notes.extend(redaction_notes(env, argv))
         exe = self.opts.exe or proc.exe
         if not argv:
             argv = [exe]

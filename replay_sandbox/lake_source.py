@@ -11,10 +11,12 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from lake.batches import NS_PER_HOUR, hour_label
 from lake.reader import connect
+from lake.sealing import sealing_error
 from lake.storage import LakeLocation
 from replay_sandbox.errors import RecordingError
 from replay_sandbox.peers import load_peer_streams
@@ -75,6 +77,11 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
         data = con.sql(f"SELECT {_DATA_COLUMNS} FROM syscall_data WHERE {where}",
                        params=params).to_arrow_table()
         peers = load_peer_streams(con, node, pid, start, end) if with_peers else {}
+    except duckdb.Error as err:  # sealed payloads this key file cannot open: one line
+        sealing = sealing_error(err)
+        if sealing is None:
+            raise
+        raise sealing from None
     finally:
         con.close()
     exe = image.get(0) or exec_row["exe"] or ""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from lake.schema import TABLES
+from lake.schema import REDACTED, TABLES
 from replay_sandbox.errors import RecordingError
 from replay_sandbox.peers import PeerStream
 from replay_sandbox.syscall_table import (
@@ -52,6 +52,21 @@ class ProcessInfo:
     start_ns: int
     comm: str = ""
     exit_code: int | None = None
+
+
+def redaction_notes(env: list[str], argv: list[str]) -> list[str]:
+    """What a recording holds redacted (the agent never stores secrets:
+    capture_agent/redaction.py), and how to give it back to a replay."""
+    notes = []
+    names = [e.split("=", 1)[0] for e in env if REDACTED in e.partition("=")[2]]
+    if names:
+        notes.append(f"recorded with secrets redacted: environment {', '.join(names)} "
+                     f"hold {REDACTED!r}; give real values with --env NAME=value")
+    args = [str(i) for i, a in enumerate(argv) if REDACTED in a]
+    if args:
+        notes.append(f"recorded with secrets redacted: argument(s) {', '.join(args)} hold "
+                     f"{REDACTED!r}; give real values with --set-arg N=value")
+    return notes
 
 
 @dataclass(slots=True)

@@ -242,3 +242,15 @@ def test_masking_can_be_turned_off() -> None:
     rows = _data_rows([(1, 0, 1, 0, b"4111111111111111", 16)])
     out = PayloadProtection(ProtectionConfig(mask_pans=False)).apply("syscall_data", rows)
     assert out.column("data")[0].as_py() == b"4111111111111111"
+
+
+def test_a_replay_names_what_the_recording_holds_redacted() -> None:
+    from replay_sandbox.recording import redaction_notes
+
+    notes = redaction_notes([f"API_KEY={R}", "HOME=/", f"DSN=pg://u:{R}@h"],
+                            ["prog", "--password", R])
+    assert len(notes) == 2
+    assert "API_KEY, DSN" in notes[0] and "--env NAME=value" in notes[0]
+    assert "argument(s) 2" in notes[1] and "--set-arg" in notes[1]
+    # once given (replay --env/--set-arg), nothing is left to say
+    assert redaction_notes(["API_KEY=real"], ["prog", "--password", "pw"]) == []
