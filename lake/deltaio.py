@@ -28,8 +28,16 @@ _VERSION_TAG = re.compile(re.escape(SCHEMA_VERSION_TAG) + r"(\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+# A native (Rust) backtrace appended to an error: "… 0: <unknown> 1: … start_thread at …"
+_BACKTRACE = re.compile(r"(\bstack backtrace:|\bBacktrace:?|\s0: (<unknown>|0x[0-9a-f]+|\S+::))")
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(_ANSI.sub("", str(err)).replace("↳", ":").split())
+    text = _ANSI.sub("", str(err)).replace("↳", ":")
+    cut = _BACKTRACE.search(text)
+    if cut:  # frames of the native library say nothing to a user
+        text = text[:cut.start()]
+    text = " ".join(text.split())
     # Object-store errors put the useful part (SignatureDoesNotMatch, Connection refused)
     # at the end of a long chain: keep both ends.
     return text if len(text) <= 300 else f"{text[:120]} … {text[-170:]}"
@@ -49,12 +57,28 @@ def translate_errors(action: str) -> Iterator[None]:
         raise LakeError(f"{action} failed: {reason}") from err
 
 
+def log_missing(location: LakeLocation, table: str) -> bool:
+    """A local table that has files but no ``_delta_log``: its log was lost (or moved), and
+    reading it as an empty table would answer wrong. (Object stores: not checked.)"""
+    if location.scheme != "file":
+        return False
+    directory = location.local_path / "v1" / table
+    try:
+        entries = [e.name for e in directory.iterdir()]
+    except OSError:
+        return False  # not created yet
+    return bool(entries) and "_delta_log" not in entries
+
+
 def open_table(location: LakeLocation, table: str) -> DeltaTable | None:
     """The table, or None when it does not exist yet. Checks the schema version."""
     uri = location.for_deltalake(table)
     try:
         dt = DeltaTable(uri, storage_options=location.storage_options or None)
     except TableNotFoundError:
+        if log_missing(location, table):
+            raise LakeUnavailable(f"lake unreadable: table {table} has data files but no "
+                                  "_delta_log (lost or moved): restore its log") from None
         return None
     match = _VERSION_TAG.match(dt.metadata().description or "")
     found = match.group(1) if match else None

@@ -14,7 +14,10 @@ positive ``max_staleness_s`` accepts a check that started up to that long before
 fewer listings on object stores, at the price of seeing a commit up to that late.
 
 A table that does not exist yet reads as an empty table with its schema and is looked for
-again on every check.
+again on every check; a local table with files but no ``_delta_log`` is an error, not an
+empty table. A check that fails (a torn commit, a log that went back to an older version
+after a repair) raises ``LakeUnavailable`` and drops the handle, so the next check opens
+the table afresh: a repaired log is read again without a restart.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from lake.deltaio import open_table, translate_errors
-from lake.errors import UnknownTable
+from lake.deltaio import log_missing, open_table, translate_errors
+from lake.errors import LakeError, LakeUnavailable, SchemaError, UnknownTable
 from lake.schema import TABLE_NAMES, TABLES
 from lake.storage import LakeLocation
 
@@ -102,15 +105,24 @@ class TableCache:
             if self._fresh(entry, asked_at):  # another reader checked while we waited
                 return
             started = time.monotonic()
-            with translate_errors(f"open {entry.name}"):
-                self.checks += 1
-                if entry.table is None:
-                    entry.table = open_table(self.location, entry.name)
-                else:
-                    entry.table.update_incremental()
-                if entry.table is not None:
-                    version = int(entry.table.version())
-                    if version != entry.snapshot.version:
-                        entry.snapshot = TableSnapshot(entry.name, version,
-                                                       entry.table.to_pyarrow_dataset())
+            try:
+                with translate_errors(f"open {entry.name}"):
+                    self.checks += 1
+                    if entry.table is None:
+                        entry.table = open_table(self.location, entry.name)
+                    elif log_missing(self.location, entry.name):
+                        raise LakeUnavailable(
+                            f"lake unreadable: table {entry.name} lost its _delta_log")
+                    else:
+                        entry.table.update_incremental()
+                    if entry.table is not None:
+                        version = int(entry.table.version())
+                        if version != entry.snapshot.version:
+                            entry.snapshot = TableSnapshot(entry.name, version,
+                                                           entry.table.to_pyarrow_dataset())
+            except LakeError as err:
+                entry.table = None  # the next check starts from the log as it is then
+                if isinstance(err, (LakeUnavailable, SchemaError)):
+                    raise
+                raise LakeUnavailable(f"lake unreadable: {err}") from err
             entry.checked_at = started

@@ -20,7 +20,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from compute.settings import ComputeSettings
 from lake import LakeSettings
-from query_api import problems
+from query_api import audit, docs, problems
+from query_api.audit import AuditMiddleware
+from query_api.http_guard import FrontDoor
 from query_api.limits import BodyLimitMiddleware
 from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.routers import graph, health, live, replays, sql, timeline, traces, transactions
@@ -67,6 +69,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     db = getattr(app.state, "lake_db", None)
     if db is not None:
         db[1].close()
+    pool = getattr(app.state, "cypher_pool", None)
+    if pool is not None:
+        pool[1].close()
 
 
 def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = None,
@@ -77,6 +82,7 @@ def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = 
         summary="SQL over the event lake, causal explanations and graphs, timelines, a live "
                 "stream of new events and failures, and sandboxed replays.",
         lifespan=_lifespan,
+        docs_url=None, redoc_url=None,  # /docs is served locally (docs.py); no ReDoc
     )
     # The settings are read once, here, and served by ``async`` overrides: a plain function
     # as a dependency would cost every request a hop to a worker thread (see deps.py).
@@ -86,18 +92,25 @@ def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = 
     app.dependency_overrides[get_compute_settings] = _constant(
         compute or get_compute_settings())
     logging.getLogger("uvicorn.error").addFilter(_DENIED_FILTER)  # idempotent
+    audit.configure(effective.audit_log)
     app.state.metrics = ApiMetrics()
     problems.install(app)
+    docs.install(app)
     for module in (health, sql, transactions, traces, graph, timeline, live, replays):
         app.include_router(module.router)
-    # Outermost last: metrics see every answer, including 413s and CORS preflights.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=effective.max_request_bytes)
+    # Innermost first. Outward: the body's size and time limits, CORS, the front door
+    # (health, Host, loopback, authentication before the body is read), metrics (every
+    # answer, refusals included), the audit line (every SQL/Cypher/replay request).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=effective.max_request_bytes,
+                       timeout_s=effective.body_timeout_s)
     if effective.cors_origins:  # closed by default: no CORS headers at all
         app.add_middleware(CORSMiddleware, allow_origins=effective.cors_origins,
                            allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Accept"],
                            expose_headers=["X-Kprobe-Row-Count", "X-Kprobe-Truncated",
-                                           "Location"],
+                                           "X-Kprobe-Next-Offset", "Location"],
                            max_age=600)
+    app.add_middleware(FrontDoor, settings=effective)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(AuditMiddleware)
     return app

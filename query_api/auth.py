@@ -37,7 +37,9 @@ class Principal:
     scopes: frozenset[str]
 
 
-ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
+# --no-auth: loopback only (kprobe serve refuses another bind) and read-only: launching a
+# replay, or any other scope, always takes a token.
+ANONYMOUS = Principal("anonymous", frozenset({"read"}))
 
 
 def hash_token(token: str) -> str:

@@ -7,7 +7,7 @@
 - ``trace_graph``: a trace's spans, the kernel episodes, threads and processes that delayed
   it, and the edges between them, shaped for a D3 force layout, colour-coded by delay.
 - ``run_cypher``: a user statement that passed ``cypher_guard`` on each selected snapshot,
-  with a time limit and a row limit.
+  in a confined worker (``cypher_worker``), with time, row and byte limits.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import pyarrow as pa
-
-from compute.errors import GraphNotFound, QueryNotFound
+from compute.errors import GraphNotFound
 from compute.graph import queries, store
-from compute.graph.store import GraphReader, SnapshotInfo
+from compute.graph.store import SnapshotInfo
 from compute.settings import ComputeSettings
 from lake.storage import LakeLocation
-from query_api.errors import BadRequest, QueryTimeLimit, ServiceUnavailable
-from query_api.sql import json_column
+from query_api.cypher_worker import CypherJob, CypherPool, CypherResult, run_job, snapshot_files
+from query_api.errors import BadRequest, ServiceUnavailable
 
 MS = 1_000_000
 # Delay colour scale (upper bound exclusive, colour, label): also returned as the legend.
@@ -319,62 +317,11 @@ def _link(source: str, target: str, rel: str, kind: str | None, delay: int | Non
 
 
 # -- user Cypher ---------------------------------------------------------------------------
-@contextmanager
-def _time_limit(reader: GraphReader, timeout_s: float) -> Iterator[threading.Event]:
-    """Interrupt the reader's statement after ``timeout_s`` (LadybugDB ``interrupt()``).
-
-    ``GraphReader`` does not expose a timeout yet, so this reaches its connection.
-    """
-    fired = threading.Event()
-    con = getattr(reader, "_con", None)
-
-    def interrupt() -> None:
-        fired.set()
-        if con is not None:
-            con.interrupt()
-
-    timer = threading.Timer(timeout_s, interrupt)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield fired
-    finally:
-        timer.cancel()
-
-
 def run_cypher(location: LakeLocation, settings: ComputeSettings, cypher: str,
                params: dict[str, Any], snapshots: list[SnapshotInfo], *, max_rows: int,
-               timeout_s: float) -> dict[str, Any]:
-    parts: list[pa.Table] = []
-    rows = 0
-    truncated = False
-    for info in snapshots:
-        with store.open_snapshot(location, info, settings) as reader, \
-                _time_limit(reader, timeout_s) as fired:
-            try:
-                table = reader.query(cypher, params)
-            except QueryNotFound as err:
-                if fired.is_set() or "interrupt" in str(err).lower():
-                    raise QueryTimeLimit(f"the statement ran past the {timeout_s:g} s limit "
-                                         f"on window {info.window_id}") from None
-                raise
-            except Exception as err:  # noqa: BLE001 - the engine's other failures are ours
-                raise QueryNotFound(f"graph query failed on window {info.window_id}: "
-                                    f"{' '.join(str(err).split()) or type(err).__name__}"
-                                    ) from None
-        table = table.add_column(0, "window", pa.array([info.window_id] * table.num_rows,
-                                                       pa.string()))
-        if rows + table.num_rows > max_rows:
-            table = table.slice(0, max_rows - rows)
-            truncated = True
-        parts.append(table)
-        rows += table.num_rows
-        if truncated:
-            break
-    result = pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
-    columns = [json_column(col, field.type) for col, field in zip(result.columns,
-                                                                   result.schema)]
-    return {"columns": [{"name": f.name, "type": str(f.type)} for f in result.schema],
-            "rows": [list(r) for r in zip(*columns)] if columns else [],
-            "row_count": result.num_rows, "truncated": truncated,
-            "windows": [s.window_id for s in snapshots]}
+               max_bytes: int, timeout_s: float, pool: CypherPool | None) -> CypherResult:
+    """A statement that passed ``cypher_guard`` on each selected snapshot, in a confined
+    worker of ``pool`` (in this process when ``pool`` is None), with its limits."""
+    job = CypherJob(cypher, params, snapshot_files(location, snapshots, settings), max_rows,
+                    max_bytes, timeout_s, settings.graph_buffer_pool_mb)
+    return pool.run(job) if pool is not None else run_job(job)

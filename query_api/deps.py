@@ -23,6 +23,8 @@ from query_api.admission import Admission
 from query_api.auth import Principal, TokenStore, authenticate
 from query_api.cache import AnswerCache
 from query_api.causal import Slots
+from query_api.confine import unavailable_reason
+from query_api.cypher_worker import CypherPool
 from query_api.errors import BadRequest, ServiceUnavailable
 from query_api.live import LiveHub
 from query_api.metrics import ApiMetrics
@@ -101,7 +103,9 @@ def _require(scope: Scope) -> Any:
                                            Depends(_bearer)],
                     ) -> Principal:
         token = credentials.credentials if credentials else None
-        return authenticate(token_store(request, settings), token, scope)
+        principal = authenticate(token_store(request, settings), token, scope)
+        request.state.principal = principal.name  # for the audit line
+        return principal
 
     return check
 
@@ -150,15 +154,39 @@ async def get_sql_admission(request: HTTPConnection, settings: SettingsDep,
                             metrics: MetricsDep) -> Admission:
     def build() -> Admission:
         built = Admission("SQL", settings.sql_max_concurrent, settings.sql_max_queued,
-                          settings.sql_queue_wait_s)
+                          settings.sql_queue_wait_s,
+                          running_per_principal=settings.sql_max_concurrent_per_token,
+                          queued_per_principal=settings.sql_max_queued_per_token)
         metrics.admitted.labels("sql").set_function(lambda: built.admitted)
         return built
 
     admission: Admission = _state(
         request, "sql_admission",
-        (settings.sql_max_concurrent, settings.sql_max_queued, settings.sql_queue_wait_s),
+        (settings.sql_max_concurrent, settings.sql_max_queued, settings.sql_queue_wait_s,
+         settings.sql_max_concurrent_per_token, settings.sql_max_queued_per_token),
         build)
     return admission
+
+
+async def get_cypher_pool(request: HTTPConnection, location: LocationDep,
+                          settings: SettingsDep, compute: ComputeSettingsDep
+                          ) -> CypherPool | None:
+    """The confined Cypher workers of this process (None: ``cypher_isolation = "none"``)."""
+    if settings.cypher_isolation == "none":
+        return None
+    reason = unavailable_reason()
+    if reason is not None:
+        raise ServiceUnavailable(f"Cypher is refused on this host: its worker cannot be "
+                                 f"confined: {reason} (KPROBE_API_CYPHER_ISOLATION=none "
+                                 "runs it behind the parser alone)")
+    from compute.graph.store import readable_roots
+
+    roots = readable_roots(location, compute)
+    pool: CypherPool = _state(
+        request, "cypher_pool", (location, tuple(roots), settings.cypher_workers,
+                                 settings.graph_wait_s),
+        lambda: CypherPool(roots, settings.cypher_workers, settings.graph_wait_s))
+    return pool
 
 
 async def get_causal_cache(request: HTTPConnection, settings: SettingsDep) -> AnswerCache:
@@ -171,6 +199,7 @@ GraphSlotsDep = Annotated[Slots, Depends(get_graph_slots)]
 LakeDbDep = Annotated[LakeDatabase, Depends(get_lake_db)]
 SqlAdmissionDep = Annotated[Admission, Depends(get_sql_admission)]
 CausalCacheDep = Annotated[AnswerCache, Depends(get_causal_cache)]
+CypherPoolDep = Annotated[CypherPool | None, Depends(get_cypher_pool)]
 RunnerDep = Annotated[ReplayRunner, Depends(get_runner)]
 HubDep = Annotated[LiveHub, Depends(get_hub)]
 

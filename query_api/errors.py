@@ -11,6 +11,7 @@
     ├── Conflict               409  the resource is not in a state to answer (job running)
     ├── PayloadTooLarge        413  a request body over the limit
     ├── QueryTimeLimit         422  a query that ran past its time limit (narrow it)
+    ├── ResultTooLarge         422  one row of the answer is over the answer's byte limit
     ├── TooManyRequests        429  replica busy (replays already running)
     └── ServiceUnavailable     503  the lake (or a dependency) cannot be reached
         └── Overloaded         503  every slot and queue place of this replica is taken
@@ -71,6 +72,10 @@ class PayloadTooLarge(QueryApiError):
 
 class QueryTimeLimit(QueryApiError):
     status, problem, title = 422, "query-time-limit", "Query time limit exceeded"
+
+
+class ResultTooLarge(QueryApiError):
+    status, problem, title = 422, "result-too-large", "Answer too large"
 
 
 class TooManyRequests(QueryApiError):

@@ -33,6 +33,8 @@ class SqlRequest(_Closed):
                                  description="row limit (capped by the server's)")
     timeout_s: float | None = Field(default=None, gt=0, le=3600,
                                     description="time limit (capped by the server's)")
+    offset: int = Field(default=0, ge=0, le=2**62,
+                        description="first row to answer: a previous answer's next_offset")
 
 
 class Column(BaseModel):
@@ -45,6 +47,10 @@ class SqlResponse(BaseModel):
     rows: list[list[Any]]
     row_count: int
     truncated: bool
+    truncated_by: Literal["rows", "bytes"] | None = Field(
+        default=None, description="the limit that cut the answer")
+    next_offset: int | None = Field(
+        default=None, description="send as offset (same statement) for the rows after these")
     elapsed_ms: float
 
 
@@ -169,6 +175,7 @@ class CypherResponse(BaseModel):
     rows: list[list[Any]]
     row_count: int
     truncated: bool
+    truncated_by: Literal["rows", "bytes"] | None = None
     windows: list[str]
 
 
@@ -215,7 +222,9 @@ class ReplayRequest(_Closed):
     env: dict[EnvName, Arg] = Field(default_factory=dict, max_length=64,
                                 description="what-if: environment variables to set")
     cmd: str | None = Field(default=None, max_length=8192, pattern=_NO_NUL,
-                            description="what-if: run this command line instead")
+                            description="what-if: run this command line instead (split as a "
+                            "shell would, never run by one), in the same unprivileged "
+                            "sandbox as every replay")
     mode: Literal["exact", "whatif"] | None = None
     expect_exit: int | None = Field(default=None, ge=0, le=255)
     expect_output_match: bool = False

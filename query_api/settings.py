@@ -38,11 +38,30 @@ class ApiSettings(BaseSettings):
     auth_disabled: bool = False
     # Origins allowed to call from a browser; empty = CORS closed (no CORS headers at all).
     cors_origins: list[str] = Field(default_factory=list)
+    # Host header values accepted (DNS rebinding: a browser page of another site resolving
+    # its name to this server). Empty: the bind address and the loopback names; "*" any
+    # (the default when bound to a wildcard address, where names are the deployment's).
+    # WebSocket Origins must be one of these hosts or a cors_origins entry.
+    allowed_hosts: list[str] = Field(default_factory=list)
     max_request_bytes: int = Field(default=1 << 20, gt=0)
+    # HTTP front door (`kprobe serve`): a request's line and headers must arrive within
+    # header_timeout_s and fit in max_header_bytes; its body within body_timeout_s. At most
+    # max_connections at once; beyond, new connections are closed at once.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16 << 10, ge=1024)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1000, gt=0)
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    # One structured line per SQL, Cypher and replay request (logger kprobe.audit); a path
+    # appends them to that file instead of standard error.
+    audit_log: Path | None = None
 
     # SQL -----------------------------------------------------------------------------------
     sql_default_rows: int = Field(default=10_000, gt=0)
-    sql_max_rows: int = Field(default=1_000_000, gt=0)
+    sql_max_rows: int = Field(default=100_000, gt=0)
+    # Bytes of one answer (Arrow bytes read, and the encoded body): more is cut at a row
+    # boundary (truncated, truncated_by "bytes", next_offset to ask for the rest).
+    sql_max_bytes: int = Field(default=32 << 20, gt=0)
     sql_timeout_s: float = Field(default=30.0, gt=0)
     sql_max_chars: int = Field(default=100_000, gt=0)
     # Statements (SQL, timelines) running at once in this process. They share one DuckDB
@@ -57,7 +76,12 @@ class ApiSettings(BaseSettings):
     # every core and 80% of RAM). Shared by its running statements; with several workers
     # on one machine, divide.
     sql_threads: int | None = Field(default=None, gt=0)
-    sql_memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    sql_memory_limit: str | None = Field(default="1GiB",
+                                         pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    # Statements of one token running / waiting at once: one client cannot take every slot
+    # (default: half the slots, at least 1; queued beyond the per-token cap: 429).
+    sql_max_concurrent_per_token: int | None = Field(default=None, gt=0)
+    sql_max_queued_per_token: int = Field(default=16, ge=0)
 
     # Lake freshness ------------------------------------------------------------------------
     # Open Delta tables are kept between requests and checked for new commits: 0 checks
@@ -73,6 +97,12 @@ class ApiSettings(BaseSettings):
     # Causal graph --------------------------------------------------------------------------
     cypher_timeout_s: float = Field(default=30.0, gt=0)
     cypher_max_rows: int = Field(default=10_000, gt=0)
+    cypher_max_bytes: int = Field(default=16 << 20, gt=0)  # Arrow bytes of one answer
+    # User Cypher runs in confined worker processes (query_api/cypher_worker.py): "sandbox"
+    # (the default) refuses Cypher with 503 where the kernel cannot confine them (no
+    # Landlock ABI 4); "none" runs it in the server process behind the parser alone.
+    cypher_isolation: Literal["sandbox", "none"] = "sandbox"
+    cypher_workers: int = Field(default=2, gt=0, le=14)
     transactions_max_page: int = Field(default=500, gt=0)
     # Graph snapshots open at once in this process. Each open LadybugDB database reserves
     # 8 TiB of address space: ~16 at once exhaust a 47-bit address space (measured: 50

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -25,12 +27,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake.errors import QueryError
-from lake.query import fetch, referenced_tables
+from lake.errors import LakeError, LakeUnavailable, QueryError
+from lake.query import referenced_tables
 from lake.reader import LakeDatabase
 from lake.schema import PARTITION_COLUMNS, TABLES
 from lake.sql_guard import check_read_only
-from query_api.errors import NotAcceptable, QueryTimeLimit
+from query_api.errors import NotAcceptable, QueryTimeLimit, ResultTooLarge
+from query_api.problems import one_line
 
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
@@ -47,11 +50,16 @@ class SqlResult:
     table: pa.Table
     truncated: bool
     elapsed_s: float
+    # why it was cut ("rows" or "bytes") and where the next page starts (offset + rows)
+    truncated_by: str | None = None
+    next_offset: int | None = None
+    offset: int = 0  # the first row's place in the statement's whole answer
 
 
-def run_statement(db: LakeDatabase, sql: str, max_rows: int,
-                  timeout_s: float) -> SqlResult:
-    """Run one read-only statement; QueryTimeLimit after ``timeout_s``."""
+def run_statement(db: LakeDatabase, sql: str, max_rows: int, timeout_s: float,
+                  max_bytes: int = 64 << 20, offset: int = 0) -> SqlResult:
+    """Run one read-only statement; QueryTimeLimit after ``timeout_s``, rows cut at
+    ``max_rows`` or ``max_bytes`` (``truncated``; ``next_offset`` continues)."""
     started = time.perf_counter()
     statement = check_read_only(sql)
     with db.session(referenced_tables(statement)) as con:
@@ -70,18 +78,82 @@ def run_statement(db: LakeDatabase, sql: str, max_rows: int,
         timer.daemon = True
         timer.start()
         try:
-            result = fetch(con, statement, max_rows)
+            table, cut_by = bounded_fetch(con, statement, max_rows, max_bytes, offset)
         except duckdb.Error as err:
             if fired.is_set() or isinstance(err, duckdb.InterruptException):
                 raise QueryTimeLimit(f"the statement ran past the {timeout_s:g} s limit: "
                                      "narrow it (a WHERE on hour or ts_ns, fewer columns, a "
                                      "LIMIT)") from None
-            raise QueryError(" ".join(str(err).split())) from None
+            raise statement_error(err) from None
         finally:
             with state:
                 finished = True
             timer.cancel()
-    return SqlResult(result.table, result.truncated, time.perf_counter() - started)
+    return SqlResult(table, cut_by is not None, time.perf_counter() - started, cut_by,
+                     offset + table.num_rows if cut_by else None, offset)
+
+
+def bounded_fetch(con: duckdb.DuckDBPyConnection, statement: str, max_rows: int,
+                  max_bytes: int, offset: int = 0) -> tuple[pa.Table, str | None]:
+    """At most ``max_rows`` rows and ``max_bytes`` Arrow bytes of the statement's answer,
+    from row ``offset`` on, read in small batches so nothing much bigger than the limit is
+    ever held; and why it was cut (None: it was not)."""
+    relation = con.sql(statement)
+    if offset:
+        relation = relation.limit(max_rows + 1, offset)
+    reader = relation.to_arrow_reader(_FETCH_BATCH_ROWS)
+    batches: list[pa.RecordBatch] = []
+    rows = size = 0
+    cut: str | None = None
+    for batch in reader:
+        if rows + batch.num_rows > max_rows:
+            batch, cut = batch.slice(0, max_rows - rows), "rows"
+        if size + batch.nbytes > max_bytes:
+            fitted = _fit_bytes(batch, max_bytes - size)
+            if fitted.num_rows == 0 and rows == 0:
+                one = batch.slice(0, 1).nbytes
+                raise ResultTooLarge(
+                    f"one row of the answer takes {one} bytes, over the limit of "
+                    f"{max_bytes} bytes per answer: select fewer or smaller columns")
+            batch, cut = fitted, "bytes"
+        batches.append(batch)
+        rows += batch.num_rows
+        size += batch.nbytes
+        if cut:
+            break
+    if cut is None and rows == max_rows:
+        # exactly max_rows so far: is there more?
+        nxt = reader.read_next_batch() if rows else None
+        if nxt is not None and nxt.num_rows:
+            cut = "rows"
+    return pa.Table.from_batches(batches, schema=reader.schema), cut
+
+
+def _fit_bytes(batch: pa.RecordBatch, budget: int) -> pa.RecordBatch:
+    n = batch.num_rows
+    n = min(n, int(n * budget / batch.nbytes)) if batch.nbytes and budget > 0 else 0
+    while n > 0 and batch.slice(0, n).nbytes > budget:
+        n = n * 3 // 4
+    return batch.slice(0, n)
+
+
+# DuckDB error texts that mean the lake's storage or files are broken, not the statement
+_STORAGE_FAULTS = re.compile(
+    r"could not open parquet|parquet magic bytes|invalid parquet|corrupt|ioerror|"
+    r"io error|no such file|not found.*\.parquet|requested range was invalid|"
+    r"unexpected end of (stream|file)|checksum", re.IGNORECASE)
+
+
+def statement_error(err: duckdb.Error) -> LakeError:
+    """A DuckDB failure as ours: storage faults (a torn or missing data file) are the
+    lake's (503), the rest the statement's (400)."""
+    text = one_line(str(err))
+    if _STORAGE_FAULTS.search(text) and "Permission Error" not in text:
+        return LakeUnavailable(f"lake data unreadable: {text}")
+    return QueryError(text)
+
+
+_FETCH_BATCH_ROWS = 2048
 
 
 def negotiate(accept: str | None) -> Format:
@@ -123,16 +195,54 @@ def encode(result: SqlResult, fmt: Format) -> bytes:
     raise ValueError(fmt)
 
 
-def json_body(result: SqlResult) -> dict[str, Any]:
+def json_body(result: SqlResult, deadline: float | None = None,
+              max_bytes: int | None = None) -> tuple[bytes, SqlResult]:
+    """The JSON answer, encoded a slice of rows at a time (the GIL is released between
+    slices, so other requests are served meanwhile) before ``deadline`` (perf_counter
+    time; QueryTimeLimit after it), and cut to ``max_bytes`` at a row boundary (the
+    result returned says how many rows went out)."""
     table = result.table
+    head = {"columns": [{"name": f.name, "type": str(f.type)} for f in table.schema]}
+    pieces: list[str] = []
+    size = 0
+    sent = 0
+    for start in range(0, table.num_rows, _JSON_SLICE_ROWS):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise QueryTimeLimit("encoding the answer ran past the statement's time limit: "
+                                 "ask for fewer rows or columns")
+        rows = table_rows(table.slice(start, _JSON_SLICE_ROWS))
+        text = json.dumps(rows, ensure_ascii=False, allow_nan=False)[1:-1]
+        if max_bytes is not None and size + len(text) > max_bytes:
+            for row in rows:  # the slice that crosses the limit, row by row
+                one = json.dumps(row, ensure_ascii=False, allow_nan=False)
+                if size + len(one) + 1 > max_bytes:
+                    break
+                pieces.append(one)
+                size += len(one) + 1
+                sent += 1
+            break
+        if text:
+            pieces.append(text)
+            size += len(text) + 1
+            sent += len(rows)
+    if sent < table.num_rows:
+        result = SqlResult(table.slice(0, sent), True, result.elapsed_s, "bytes",
+                           result.offset + sent, result.offset)
+    body = json.dumps({**head, "rows": None, "row_count": sent, "truncated": result.truncated,
+                       "truncated_by": result.truncated_by,
+                       "next_offset": result.next_offset,
+                       "elapsed_ms": round(result.elapsed_s * 1000, 3)},
+                      ensure_ascii=False, allow_nan=False)
+    rows_json = "[" + ",".join(pieces) + "]"
+    return body.replace('"rows": null', '"rows": ' + rows_json, 1).encode(), result
+
+
+def table_rows(table: pa.Table) -> list[list[Any]]:
     columns = [json_column(col, field.type) for col, field in zip(table.columns, table.schema)]
-    return {
-        "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
-        "rows": [list(row) for row in zip(*columns)] if columns else [],
-        "row_count": table.num_rows,
-        "truncated": result.truncated,
-        "elapsed_ms": round(result.elapsed_s * 1000, 3),
-    }
+    return [list(row) for row in zip(*columns)] if columns else []
+
+
+_JSON_SLICE_ROWS = 2048
 
 
 def json_column(column: pa.ChunkedArray | pa.Array, typ: pa.DataType) -> list[Any]:

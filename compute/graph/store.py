@@ -300,6 +300,10 @@ class GraphReader:
         rows: list[dict[str, Any]] = self.query(cypher, params).to_pylist()
         return rows
 
+    def interrupt(self) -> None:
+        """Stop the statement running on this reader (called from another thread)."""
+        self._con.interrupt()
+
     def close(self) -> None:
         self._con.close()
         self._db.close()
@@ -308,10 +312,30 @@ class GraphReader:
 @contextmanager
 def open_snapshot(location: lake.LakeLocation, info: SnapshotInfo,
                   settings: ComputeSettings) -> Iterator[GraphReader]:
+    with open_snapshot_file(info, snapshot_file(location, info, settings), settings) as reader:
+        yield reader
+
+
+def snapshot_file(location: lake.LakeLocation, info: SnapshotInfo,
+                  settings: ComputeSettings) -> Path:
+    """The snapshot's database file on this machine (an object-store snapshot is downloaded
+    into ``graph_cache_dir`` once)."""
     if location.scheme == "file":
-        path = Path(urlparse(info.uri).path) / DB_FILE
-    else:
-        path = _cached(location, info, settings)
+        return Path(urlparse(info.uri).path) / DB_FILE
+    return _cached(location, info, settings)
+
+
+def readable_roots(location: lake.LakeLocation, settings: ComputeSettings) -> list[Path]:
+    """The directories every ``snapshot_file`` of this lake lies under."""
+    if location.scheme == "file":
+        return [location.local_path / GRAPHS_DIR]
+    return [settings.graph_cache_dir]
+
+
+@contextmanager
+def open_snapshot_file(info: SnapshotInfo, path: Path,
+                       settings: ComputeSettings) -> Iterator[GraphReader]:
+    """A read-only reader of the snapshot's database file ``path`` (``snapshot_file``)."""
     if not path.is_file():
         raise GraphNotFound(f"graph snapshot {info.window_id} has no database file")
     try:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         help="JSON file of token hashes and scopes "
                         "(default: $KPROBE_API_TOKENS_FILE)")
     parser.add_argument("--no-auth", action="store_true",
-                        help="serve without tokens (only on a trusted loopback)")
+                        help="serve without tokens, read-only (no replays), on a loopback "
+                        "address only")
     parser.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                         help="allow browser calls from ORIGIN (repeatable; default: none)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
@@ -75,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         first = err.errors()[0]
         raise CommandError(f"invalid setting {'.'.join(map(str, first['loc']))}: "
                            f"{first['msg']}") from None
+    if settings.auth_disabled and not is_loopback(settings.host):
+        raise CommandError(f"--no-auth serves on a loopback address only, not "
+                           f"{settings.host}: give tokens (--tokens-file) to listen there")
     if not settings.auth_disabled:
         if settings.tokens_file is None:
             raise CommandError("no tokens: give --tokens-file (create one with --new-token "
@@ -99,15 +104,38 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     logging.basicConfig(level=args.log_level.upper(), format="kprobe serve: %(message)s")
-    print(f"kprobe serve: http://{settings.host}:{settings.port} over {location.root}",
+    _raise_open_files(settings.max_connections)
+    print(f"kprobe serve: http://{settings.host}:{settings.port} over {location.root}"
+          f"{' (no tokens: read-only, loopback only)' if settings.auth_disabled else ''}",
           file=sys.stderr, flush=True)
     try:
+        # h11 with our guard (query_api/http_guard.py): header size and time limits and a
+        # connection cap; httptools has neither
         uvicorn.run("query_api.app:create_app", factory=True, host=settings.host,
                     port=settings.port, workers=args.workers, log_level=args.log_level,
                     access_log=args.log_level in ("info", "debug"), server_header=False,
+                    http="query_api.http_guard:GuardedH11Protocol",
+                    h11_max_incomplete_event_size=settings.max_header_bytes,
+                    timeout_keep_alive=int(max(1, settings.keep_alive_s)),
                     ws="websockets-sansio", ws_max_size=1 << 16, lifespan="on",
                     timeout_graceful_shutdown=5)
     except OSError as err:
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: "
                            f"{err.strerror or err}") from None
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    from query_api.http_guard import is_loopback as loopback
+
+    return loopback(host)
+
+
+def _raise_open_files(connections: int) -> None:
+    """Room for ``connections`` sockets plus the lake's files: raise the soft limit of open
+    files towards the hard one (the server's own cap, max_connections, stays the bound)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 512
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

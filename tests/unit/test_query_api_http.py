@@ -66,10 +66,12 @@ def make_client_fixture(analysed_lake: Path, tokens: dict[str, Any], tmp_path: P
 
     def make(token: str | None = "reader", lake: Path | None = None,
              **overrides: Any) -> TestClient:
-        settings = ApiSettings(**{"tokens_file": tokens["path"], **overrides})
+        settings = ApiSettings(**{"tokens_file": tokens["path"],
+                                  "allowed_hosts": ["localhost", "testserver"], **overrides})
         app = create_app(settings, LakeSettings(lake=str(lake or analysed_lake), node="n1"),
                          ComputeSettings(graph_cache_dir=tmp_path / "graph-cache"))
-        client = TestClient(app, raise_server_exceptions=False)
+        client = TestClient(app, base_url="http://localhost", client=("127.0.0.1", 50000),
+                            raise_server_exceptions=False)
         if token:
             client.headers["Authorization"] = f"Bearer {tokens.get(token, token)}"
         client.__enter__()
