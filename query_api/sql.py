@@ -31,8 +31,10 @@ from lake.errors import LakeError, LakeUnavailable, QueryError
 from lake.query import referenced_tables
 from lake.reader import LakeDatabase
 from lake.schema import PARTITION_COLUMNS, TABLES
+from lake.sealing import sealing_error
 from lake.sql_guard import check_read_only
 from query_api.errors import NotAcceptable, QueryTimeLimit, ResultTooLarge
+from query_api.payload_scope import refused
 from query_api.problems import one_line
 
 JSON = "application/json"
@@ -57,12 +59,15 @@ class SqlResult:
 
 
 def run_statement(db: LakeDatabase, sql: str, max_rows: int, timeout_s: float,
-                  max_bytes: int = 64 << 20, offset: int = 0) -> SqlResult:
+                  max_bytes: int = 64 << 20, offset: int = 0,
+                  payloads: bool = False) -> SqlResult:
     """Run one read-only statement; QueryTimeLimit after ``timeout_s``, rows cut at
-    ``max_rows`` or ``max_bytes`` (``truncated``; ``next_offset`` continues)."""
+    ``max_rows`` or ``max_bytes`` (``truncated``; ``next_offset`` continues). Sensitive
+    columns are there only with ``payloads`` (query_api/payload_scope.py)."""
     started = time.perf_counter()
     statement = check_read_only(sql)
-    with db.session(referenced_tables(statement)) as con:
+    tables = referenced_tables(statement)
+    with db.session(tables, payloads=payloads) as con:
         fired = threading.Event()
         state = threading.Lock()
         finished = False
@@ -84,7 +89,8 @@ def run_statement(db: LakeDatabase, sql: str, max_rows: int, timeout_s: float,
                 raise QueryTimeLimit(f"the statement ran past the {timeout_s:g} s limit: "
                                      "narrow it (a WHERE on hour or ts_ns, fewer columns, a "
                                      "LIMIT)") from None
-            raise statement_error(err) from None
+            raise (refused(str(err), tables) or sealing_error(err)
+                   or statement_error(err)) from None
         finally:
             with state:
                 finished = True

@@ -13,6 +13,7 @@ from lake.sql_guard import check_read_only
 from query_api.audit import note
 from query_api.deps import LakeDbDep, MetricsDep, ReadAccess, SettingsDep, SqlAdmissionDep
 from query_api.errors import BadRequest, QueryApiError, QueryTimeLimit
+from query_api.payload_scope import may_read_payloads
 from query_api.problems import problem_responses
 from query_api.schemas import SqlRequest, SqlResponse, TablesResponse
 from query_api.sql import (
@@ -62,7 +63,8 @@ async def run_sql(request: Request, body: SqlRequest, settings: SettingsDep,
     def work() -> Response:
         started = time.perf_counter()
         result = run_statement(db, body.sql, max_rows, timeout_s, max_bytes=max_bytes,
-                               offset=body.offset)
+                               offset=body.offset,
+                               payloads=may_read_payloads(principal))
         deadline = started + timeout_s
         if fmt == "json":
             content, result = json_body(result, deadline, max_bytes)
