@@ -207,6 +207,8 @@ class EngineState:
         self.mode: Mode = self.opts.effective_mode()
         self.exact = self.mode == "exact"
         self.tasks: dict[int, Task] = {}
+        self.seen_pids: set[int] = set()  # every traced task, to reap what is re-parented
+        self.sandbox_info: dict[str, object] = {}  # the report's "sandbox"
         self.procs: dict[int, Proc] = {}
         self.target: Proc | None = None
         self.execs_seen = 0

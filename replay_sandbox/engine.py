@@ -29,7 +29,9 @@ timers, and child processes (they run for real, unserved).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import signal
 import struct
 import sys
@@ -63,7 +65,7 @@ from replay_sandbox.report import (
     compare_outputs,
     preview,
 )
-from replay_sandbox.sandbox import LaunchSpec, spawn
+from replay_sandbox.sandbox import HOST_UID, LaunchSpec, spawn
 from replay_sandbox.seccomp import compile_filter
 from replay_sandbox.serving import RECEIVES, IoServing
 from replay_sandbox.syscall_table import (
@@ -106,10 +108,16 @@ class Engine(IoServing):
         cgroup = ReplayCgroup(self.opts.limits)
         watchdog = threading.Timer(self.opts.timeout_s, self._on_deadline)
         watchdog.daemon = True
+        # orphans of the sandbox (bwrap's processes die in any order when killed) come to
+        # this process, which reaps them, instead of to the host's init
+        subreaper = ctypes.c_int(0)
+        P.prctl(P.PR_GET_CHILD_SUBREAPER, ctypes.addressof(subreaper))
+        P.prctl(P.PR_SET_CHILD_SUBREAPER, 1)
         try:
             self.notes.extend(cgroup.create())
             root = spawn(spec, filt, cgroup)
             self.tasks[root] = Task(root)
+            self.seen_pids.add(root)
             self._deadline = time.monotonic() + self.opts.timeout_s
             # a tracee stuck in a real wait must not hang the caller: at the deadline a
             # watchdog kills the tracees (ours, by pid), which ends the blocking waitpid
@@ -124,7 +132,12 @@ class Engine(IoServing):
         finally:
             watchdog.cancel()
             self._kill_all()
+            self._reap_orphans()
+            P.prctl(P.PR_SET_CHILD_SUBREAPER, subreaper.value)
             self._limit_usage(cgroup.usage())
+            self.sandbox_info = {"host_uid": HOST_UID if self.opts.sandbox else 0,
+                                 "cgroups": sorted({str(p) for p in cgroup.dirs.values()}),
+                                 "limits": self.opts.limits.to_json()}
             cgroup.remove()
             os.sched_setaffinity(0, old_affinity)
         wall = time.perf_counter() - started
@@ -229,6 +242,7 @@ class Engine(IoServing):
             else:
                 self._resume(task, sig)
             self.stats["stops"] += 1
+            self.seen_pids.add(stop.pid)
             if self.release_pending:
                 self._schedule()
             if self.several_threads and self.fd_waiters:
@@ -348,6 +362,24 @@ class Engine(IoServing):
                 self._gone(task, P.Stop(pid, status))
         for proc in list(self.procs.values()):
             proc.mem.close()
+
+    def _reap_orphans(self) -> None:
+        """Reap the sandbox's processes re-parented to this process (a child subreaper
+        during the replay); only pids it traced, never another child of this process."""
+        pending = set(self.seen_pids)
+        deadline = time.monotonic() + 1.0
+        while pending:
+            for pid in list(pending):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG | P.WALL)
+                except ChildProcessError:  # not (or no longer) this process's child
+                    pending.discard(pid)
+                    continue
+                if done:
+                    pending.discard(pid)
+            if not pending or time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
 
     # -- process events ----------
     def _on_exec(self, task: Task) -> None:
@@ -738,6 +770,10 @@ class Engine(IoServing):
         main = next((t for t in self.tasks.values()
                      if t.proc is not None and t.tid == t.proc.pid), None)
         stats["virtual_shift_ms"] = round((main.shift_ns if main else self._last_shift) / 1e6, 3)
+        # the tracer's own peak memory (its process's, so far): outputs past the caps are
+        # counted, never held, so this stays flat however much the program writes
+        stats["tracer_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                           / 1024, 1)
         self._stderr_tail()
         return ReplayReport(
             status=self.status,
@@ -748,7 +784,8 @@ class Engine(IoServing):
             recorded_exit_code=proc.exit_code, divergence=self.divergence,
             outputs=compare_outputs(recorded, replayed, written),
             injections={i.text: self.injected.get(i.text, 0) for i in self.opts.injections},
-            stats=stats, notes=self.notes, replayed_outputs=replayed)
+            stats=stats, notes=self.notes, replayed_outputs=replayed,
+            sandbox=self.sandbox_info)
 
 
 def replay(recording: Recording, options: ReplayOptions | None = None) -> ReplayReport:

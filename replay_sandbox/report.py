@@ -120,6 +120,8 @@ class ReplayReport:
     stats: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     replayed_outputs: dict[int, bytes] = field(default_factory=dict, repr=False)
+    # how it was contained: the host uid it ran as, its cgroups (removed), its limits
+    sandbox: dict[str, Any] = field(default_factory=dict)
 
     @property
     def outputs_match(self) -> bool:

@@ -144,10 +144,20 @@ def _high_fd(fd: int, floor: int) -> int:
     return moved
 
 
-def bwrap_options(spec: LaunchSpec, copies: list[tuple[int, str]], deny_fd: int) -> list[str]:
-    """bwrap's options (what goes through ``--args``) for ``spec``: ``copies`` are the
-    (descriptor, path) of the files copied into the private /tmp, ``deny_fd`` holds the
-    deny filter. Appends to ``spec.notes`` what the sandbox cannot show."""
+@dataclass
+class Plan:
+    """What the sandbox adds to the host view for one replay (``plan``)."""
+
+    covered: list[str] = field(default_factory=list)  # unsearchable dirs: a tmpfs on each
+    symlinks: list[tuple[str, str]] = field(default_factory=list)  # (target, path) to make
+    copies: list[tuple[int, str]] = field(default_factory=list)  # (descriptor, path)
+    cwd: str = "/"
+    biggest: int = 0  # bytes of the largest copy
+
+
+def bwrap_options(spec: LaunchSpec, plan: Plan, deny_fd: int) -> list[str]:
+    """bwrap's options (what goes through ``--args``) for ``spec`` and its ``plan``;
+    ``deny_fd`` holds the deny filter."""
     opts = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
             "--hostname", spec.hostname,
@@ -156,16 +166,15 @@ def bwrap_options(spec: LaunchSpec, copies: list[tuple[int, str]], deny_fd: int)
         if path.startswith("/tmp/") or not os.path.lexists(path):
             continue
         opts += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
-    for fd, path in copies:
+    for path in plan.covered:
+        opts += ["--tmpfs", path]
+    for target, path in plan.symlinks:
+        opts += ["--symlink", target, path]
+    for fd, path in plan.copies:
         opts += ["--perms", "0555", "--ro-bind-data", str(fd), path]
-    cwd = spec.cwd if spec.cwd.startswith("/") else "/"
-    if cwd.startswith("/tmp/"):
-        opts += ["--dir", cwd]
-    elif not os.path.isdir(cwd) or not public(cwd, execute=True):
-        spec.notes.append(f"recorded cwd {cwd} does not exist here or the sandbox's "
-                          f"unprivileged user cannot enter it; the replay runs in /")
-        cwd = "/"
-    opts += ["--chdir", cwd, "--clearenv"]
+    if plan.cwd.startswith("/tmp/") or _under(plan.cwd, plan.covered):
+        opts += ["--dir", plan.cwd]
+    opts += ["--chdir", plan.cwd, "--clearenv"]
     for entry in spec.env:
         key, eq, value = entry.partition("=")
         if eq and key:
@@ -175,40 +184,102 @@ def bwrap_options(spec: LaunchSpec, copies: list[tuple[int, str]], deny_fd: int)
     return [*opts, "--add-seccomp-fd", str(deny_fd)]
 
 
-def _copies(spec: LaunchSpec, floor: int, own: list[int]) -> tuple[list[tuple[int, str]], int]:
-    """Open the files under /tmp the sandbox shows (copied by bwrap: the unprivileged uid
-    cannot reach them through root's directories); (descriptor, path) pairs and the size
-    of the largest. Files a what-if names are shown only if ``named_any`` or anyone may
-    read them: the tracer must not lend root's rights to a request."""
-    wanted = [(spec.exe, spec.exe_recorded or spec.named_any or public(spec.exe, True))]
+def _under(path: str, dirs: list[str] | tuple[str, ...]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def _unsearchable(path: str) -> str | None:
+    """The highest of ``path`` and its ancestors that others may not search, if any."""
+    parts = [p for p in path.split("/") if p]
+    for depth in range(1, len(parts) + 1):
+        prefix = "/" + "/".join(parts[:depth])
+        try:
+            mode = os.stat(prefix).st_mode
+        except OSError:
+            return None
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return prefix
+    return None
+
+
+def _chain(path: str) -> tuple[list[tuple[str, str]], str]:
+    """The symlinks from ``path`` to the file it names, as (link, target), and that file."""
+    hops: list[tuple[str, str]] = []
+    for _ in range(40):
+        if not os.path.islink(path):
+            break
+        target = os.readlink(path)
+        hops.append((path, target))
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return hops, path
+
+
+def plan(spec: LaunchSpec, floor: int, own: list[int]) -> Plan:
+    """What the sandbox must add so the replay finds its files: the uid it runs as sees
+    the host as "others" do, and /tmp is private. Each file the replay needs that it could
+    not reach is copied in by bwrap from a descriptor the tracer opens (root's rights, so
+    only for what the recording says the program ran and mapped, or what a root user of
+    the CLI names: ``named_any``); an unsearchable directory on its way is covered by an
+    empty tmpfs (nothing under it was reachable anyway) in which the copy and the
+    symlinks leading to it are made. Descriptors opened here go to ``own``."""
+    out = Plan()
+    wanted = [(spec.exe, spec.exe_recorded or spec.named_any)]
     wanted += [(p, True) for p in spec.ro_paths]
-    wanted += [(p, spec.named_any or public(p)) for p in spec.named_paths]
-    copies: list[tuple[int, str]] = []
+    wanted += [(p, spec.named_any) for p in spec.named_paths]
     seen: set[str] = set()
-    biggest = total = 0
-    for path, allowed in wanted:
-        if not path.startswith("/tmp/") or path in seen or not os.path.exists(path):
+    total = 0
+
+    def cover(path: str) -> bool:
+        """Make ``path``'s unreachable ancestor a tmpfs; False if nothing needed it."""
+        if path.startswith("/tmp/") or _under(path, out.covered):
+            return True
+        top = _unsearchable(path)
+        if top is None:
+            return False
+        out.covered[:] = [c for c in out.covered if not _under(c, [top])] + [top]
+        return True
+
+    for path, lend in wanted:
+        if not path.startswith("/") or path in seen or not os.path.exists(path):
             continue
         seen.add(path)
-        if not allowed:
+        hops, final = _chain(path)
+        if not final.startswith("/tmp/") and public(final):
+            continue  # the read-only host view shows it
+        if not lend and not public(final):
             spec.notes.append(f"{path} is not readable by others on this host: the "
                               f"sandbox does not show it")
             continue
         try:
-            fd = _high_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC), floor)
+            fd = _high_fd(os.open(final, os.O_RDONLY | os.O_CLOEXEC), floor)
         except OSError as err:
             spec.notes.append(f"cannot show {path} in the sandbox: {err.strerror}")
             continue
         own.append(fd)
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or total + size > MAX_COPY_BYTES:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or total + info.st_size > MAX_COPY_BYTES:
             spec.notes.append(f"{path} is not shown in the sandbox (not a regular file, or "
                               f"over {MAX_COPY_BYTES >> 20} MiB of copies)")
             continue
-        total += size
-        biggest = max(biggest, size)
-        copies.append((fd, path))
-    return copies, biggest
+        total += info.st_size
+        out.biggest = max(out.biggest, info.st_size)
+        cover(final)  # False: only the file is unreadable; the copy goes over it
+        out.copies.append((fd, final))
+        for link, target in hops:
+            if (link.startswith("/tmp/") or cover(link)) and (target, link) not in out.symlinks:
+                out.symlinks.append((target, link))
+    cwd = spec.cwd if spec.cwd.startswith("/") else "/"
+    if not os.path.isdir(cwd):
+        spec.notes.append(f"recorded cwd {cwd} does not exist here; the replay runs in /")
+        cwd = "/"
+    elif not cwd.startswith("/tmp/") and not public(cwd, execute=True) and not cover(cwd):
+        spec.notes.append(f"the sandbox's unprivileged user cannot enter the recorded cwd "
+                          f"{cwd}; the replay runs in /")
+        cwd = "/"
+    out.cwd = cwd
+    # covered dirs outermost first; entries inside a covered dir are made after it
+    out.covered.sort(key=lambda p: p.count("/"))
+    return out
 
 
 def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
@@ -223,9 +294,9 @@ def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
         return fd
 
     try:
-        copies, biggest = _copies(spec, floor, own)
+        layout = plan(spec, floor, own)
         deny = memfd("kprobe-replay-deny", program_bytes(build_deny_program()))
-        opts = bwrap_options(spec, copies, deny)
+        opts = bwrap_options(spec, layout, deny)
         args = memfd("kprobe-replay-args", b"".join(o.encode() + b"\0" for o in opts))
     except BaseException:
         for fd in own:
@@ -233,17 +304,9 @@ def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
         raise
     command = [bwrap, "--args", str(args), "--", spec.exe, *spec.argv[1:]]
     return _Launch(bwrap.encode(), ptrace_ffi.c_string_array([a.encode() for a in command]),
-                   ptrace_ffi.c_string_array([]), [fd for fd, _ in copies] + [deny, args],
-                   own, rlimits(spec.limits, biggest))
-
-
-def _check_exe(spec: LaunchSpec) -> None:
-    if not spec.sandbox or spec.exe.startswith("/tmp/") or not os.path.exists(spec.exe):
-        return  # a missing exe fails at exec, with bwrap's message
-    if not public(spec.exe, execute=True):
-        raise SandboxError(f"{spec.exe} cannot be run by the sandbox's unprivileged user "
-                           f"(uid {HOST_UID}): the file or a directory on its path is not "
-                           f"readable and searchable by others")
+                   ptrace_ffi.c_string_array([]),
+                   [fd for fd, _ in layout.copies] + [deny, args], own,
+                   rlimits(spec.limits, layout.biggest))
 
 
 def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None = None) -> int:
@@ -252,7 +315,6 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
 
     The child is stopped at its own SIGSTOP when this returns; the caller resumes it.
     """
-    _check_exe(spec)
     placeholders = sorted(fd for fd in spec.initial_fds if fd > 2)
     floor = max([2, *placeholders]) + 1
     devnull = _high_fd(os.open("/dev/null", os.O_RDWR), floor)

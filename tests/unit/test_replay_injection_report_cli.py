@@ -19,7 +19,7 @@ from replay_sandbox.report import (
     compare_outputs,
     expectation_held,
 )
-from replay_sandbox.sandbox import LaunchSpec, bwrap_options
+from replay_sandbox.sandbox import LaunchSpec, Plan, bwrap_options
 from replay_sandbox.syscall_table import NUMBERS
 
 
@@ -110,8 +110,13 @@ def test_report_renders_text_and_json() -> None:
 def test_bwrap_options_shape() -> None:
     spec = LaunchSpec(exe="/bin/cat", argv=["cat", "x"], env=["A=1", "B=x=y"],
                       cwd="/tmp/work/dir")
-    cmd = bwrap_options(spec, [(9, "/tmp/work/prog")], deny_fd=7)
+    layout = Plan(covered=["/srv/app"], symlinks=[("prog.1", "/srv/app/prog")],
+                  copies=[(9, "/tmp/work/prog")], cwd="/tmp/work/dir")
+    cmd = bwrap_options(spec, layout, deny_fd=7)
     assert cmd[0] == "--unshare-all" and "--unshare-user" in cmd
+    assert cmd[cmd.index("/srv/app") - 1] == "--tmpfs"
+    assert cmd[cmd.index("--symlink"):cmd.index("--symlink") + 3] == [
+        "--symlink", "prog.1", "/srv/app/prog"]
     assert cmd[cmd.index("--uid") + 1] == "65534" and cmd[cmd.index("--cap-drop") + 1] == "ALL"
     assert cmd[cmd.index("--ro-bind") + 1:cmd.index("--ro-bind") + 3] == ["/", "/"]
     assert "--tmpfs" in cmd and cmd[cmd.index("--tmpfs") + 1] == "/tmp"
