@@ -49,8 +49,8 @@ def _kprobe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
                           check=False, cwd=REPO)
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+@pytest.fixture(scope="module", name="recorded")
+def recorded_fixture(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """A real recording: the agent records ``python3 -c`` with payloads."""
     require_root()
     require_binary("bwrap")
@@ -69,8 +69,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     return Recorded(lake, f"{found[0][0]}@{found[0][1]}")
 
 
-@pytest.fixture
-def no_probe_file() -> Iterator[None]:
+@pytest.fixture(name="no_probe_file")
+def no_probe_file_fixture() -> Iterator[None]:
     """The host file the attacks write must not exist before, and must not after."""
     assert not PROBE_FILE.exists(), f"{PROBE_FILE} exists before the test: an earlier escape?"
     before = set(os.listdir("/var/tmp"))
