@@ -25,6 +25,7 @@ Python per entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -44,39 +45,49 @@ _VALUE_SECRETS: tuple[str, ...] = (
     r"(?i)([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]+@",
     # Go's MySQL DSN: user:PASSWORD@tcp(host) / @unix(path)
     r"(?i)((?:^|[\s=])[\w.-]+:)[^@/\s]+@((?:tcp|unix)\()",
-    # ?password=... &token=... ;pwd=... and libpq's keyword form "host=h password=pw"
-    r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd|secret|token|api_?key|access_?key)\s*=\s*)"
+    # ?password=... &token=... ;pwd=... and libpq's keyword form "host=h password=pw" (not
+    # at the start of an entry: there it is the variable's own name, ruled by the globs)
+    r"(?i)([?&;\s=](?:password|passwd|pwd|secret|token|api_?key|access_?key)\s*=\s*)"
     r"(?:'[^']*'|[^&;\s]+)",
     # an HTTP credential header given on a command line (curl -H "Authorization: Bearer x")
     r"(?i)((?:proxy-)?authorization:\s*(?:[a-z]+\s+)?)\S+",
 )
 _VALUE_REPLACEMENTS: tuple[str, ...] = (rf"\1{REDACTED}@", rf"\1{REDACTED}@\2", rf"\1{REDACTED}",
                                         rf"\1{REDACTED}")
-
-_ENTRY = r"(?s)^(?P<name>[^=]*)=(?P<value>.*)$"
-_ASSIGNMENT = r"(?s)^(?P<dashes>-{0,2})(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>.*)$"
+# a superset of the entries any of _VALUE_SECRETS changes: the replacements run on those only
+_VALUE_PREFILTER = (r"(?i)://[^@/\s]*@|@(?:tcp|unix)\(|"
+                    r"[?&;\s=](?:password|passwd|pwd|secret|token|api_?key|access_?key)\s*=|"
+                    r"authorization:")
 _OPTION = r"^--?[A-Za-z][A-Za-z0-9_.-]*$"
+_FLAG_LIKE = r"^-."
 
 
-def _glob_regex(globs: tuple[str, ...]) -> str | None:
-    """One case-insensitive RE2 pattern matching a whole name against any of ``globs``
-    (``*`` any run, ``?`` one character)."""
+def _glob_body(glob: str, *, name_chars: str) -> str:
+    """A glob as RE2 (``*`` any run of ``name_chars``, ``?`` one; in command lines ``_``
+    also matches ``-`` and ``.``)."""
+    out = []
+    for ch in glob.upper():
+        if ch == "*":
+            out.append(f"{name_chars}*")
+        elif ch == "?":
+            out.append(name_chars)
+        elif ch == "_" and name_chars != "[^=]":
+            out.append("[-._]")
+        elif ch.isalnum() or ch == "_":
+            out.append(ch)
+        else:
+            out.append("\\" + ch if ch in r".^$|+()[]{}\-/" else ch)
+    return "".join(out)
+
+
+def _entry_regex(globs: tuple[str, ...], *, dashes: bool, end: str) -> str | None:
+    """Case-insensitive RE2 matching an entry whose name (before ``=``, after up to two
+    dashes when ``dashes``) matches one of ``globs``, followed by ``end``."""
     if not globs:
         return None
-    parts = []
-    for glob in globs:
-        out = []
-        for ch in glob.upper():
-            if ch == "*":
-                out.append(".*")
-            elif ch == "?":
-                out.append(".")
-            elif ch.isalnum() or ch == "_":
-                out.append(ch)
-            else:
-                out.append("\\" + ch if ch in r".^$|+()[]{}\-/" else ch)
-        parts.append("".join(out))
-    return "(?is)^(?:" + "|".join(parts) + ")$"
+    chars = "[A-Za-z0-9_.-]" if dashes else "[^=]"
+    body = "|".join(_glob_body(g, name_chars=chars) for g in globs)
+    return f"(?is)^{'-{0,2}' if dashes else ''}(?:{body}){end}"
 
 
 @dataclass(frozen=True)
@@ -93,70 +104,76 @@ class RedactionRules:
         return (SECRET_NAMES if self.defaults else ()) + tuple(self.redact)
 
     @cached_property
-    def _secret(self) -> str | None:
-        return _glob_regex(self.names)
-
-    @cached_property
-    def _secret_suffix(self) -> str | None:
-        # an option taking its value as the next argument: its name ends with a secret word
-        return _glob_regex(tuple(g[:-1] if g.endswith("*") else g for g in self.names))
-
-    @cached_property
-    def _kept(self) -> str | None:
-        return _glob_regex(tuple(self.keep))
+    def _patterns(self) -> dict[str, str | None]:
+        suffixes = tuple(g[:-1] if g.endswith("*") else g for g in self.names)
+        return {
+            # NAME=value with a value (an empty one hides nothing)
+            "env_secret": _entry_regex(self.names, dashes=False, end="=."),
+            "env_kept": _entry_regex(tuple(self.keep), dashes=False, end="="),
+            "arg_secret": _entry_regex(self.names, dashes=True, end="=."),
+            "arg_kept": _entry_regex(tuple(self.keep), dashes=True, end="="),
+            # an option taking its value as the next argument: its name ends with a
+            # secret word (--password VALUE, not --no-password-prompt VALUE)
+            "option_secret": _entry_regex(suffixes, dashes=True, end="$"),
+            "option_kept": _entry_regex(tuple(self.keep), dashes=True, end="$"),
+        }
 
     # -- the two shapes of entries ------------------------------------------------------
     def environment(self, entries: pa.Array) -> pa.Array:
         """``NAME=value`` entries (binary or string) with secret values replaced."""
         binary = _as_binary(entries)
-        parts = pc.extract_regex(binary, _ENTRY)
-        name, value = parts.field("name"), parts.field("value")
-        assigned = _true(pc.is_valid(parts))
-        kept = assigned & self._is(name, self._kept)
-        secret = assigned & self._is(name, self._secret) & ~kept & _true(
-            pc.greater(pc.binary_length(value), 0))
-        cleaned = pc.if_else(pa.array(assigned), pc.binary_join_element_wise(
-            name, _in_values(value), pa.scalar(b"=")), _in_values(binary))
-        out = pc.if_else(pa.array(kept), binary, cleaned)
-        out = pc.if_else(pa.array(secret), pc.binary_join_element_wise(
-            name, pa.scalar(REDACTED.encode()), pa.scalar(b"=")), out)
+        kept = self._is(binary, "env_kept")
+        secret = self._is(binary, "env_secret") & ~kept
+        out = _replace_rows(binary, secret, lambda v: pc.replace_substring_regex(
+            v, r"(?s)^([^=]*)=.*$", rf"\1={REDACTED}"))
+        out = _replace_rows(out, ~kept & ~secret & _matches(binary, _VALUE_PREFILTER),
+                            _in_values)
         return _like(out, entries)
 
     def command_line(self, argv: pa.Array) -> pa.Array:
         """A list<string> (or list<binary>) of command lines with secret values replaced."""
         values, offsets, validity = flatten_lists(argv)
         binary = _as_binary(values)
-        parts = pc.extract_regex(binary, _ASSIGNMENT)
-        name = pc.replace_substring_regex(parts.field("name"), r"[-.]", "_")
-        assigned = _true(pc.is_valid(parts))
-        kept = assigned & self._is(name, self._kept)
-        secret = assigned & self._is(name, self._secret) & ~kept
-        # "--password VALUE": the argument after such an option
-        option = _true(pc.match_substring_regex(binary, _OPTION))
-        option_name = pc.replace_substring_regex(
-            pc.replace_substring_regex(binary, r"^-+", ""), r"[-.]", "_")
-        takes_secret = option & self._is(option_name, self._secret_suffix) & ~self._is(
-            option_name, self._kept)
+        kept = self._is(binary, "arg_kept")
+        secret = self._is(binary, "arg_secret") & ~kept
+        # "--password VALUE": the argument after such an option, in the same command line
+        takes_secret = self._is(binary, "option_secret") & ~self._is(binary, "option_kept")
         n = len(binary)
         first = np.zeros(n, bool)
-        starts = offsets[:-1][np.diff(offsets) > 0]
-        first[starts] = True
+        first[offsets[:-1][np.diff(offsets) > 0]] = True
         after = np.zeros(n, bool)
         after[1:] = takes_secret[:-1] & ~first[1:]
-        flag_like = _true(pc.match_substring_regex(binary, r"^-."))
-        after &= ~flag_like
-        cleaned = pc.if_else(pa.array(kept), binary, _in_values(binary))
-        cleaned = pc.if_else(pa.array(secret), pc.binary_join_element_wise(
-            pc.binary_join_element_wise(parts.field("dashes"), parts.field("name"),
-                                        pa.scalar(b"")),
-            pa.scalar(REDACTED.encode()), pa.scalar(b"=")), cleaned)
-        cleaned = pc.if_else(pa.array(after), pa.scalar(REDACTED.encode()), cleaned)
-        return rebuild_lists(_like(cleaned, values), offsets, validity, argv.type)
+        after &= ~_matches(binary, _FLAG_LIKE)
+        out = _replace_rows(binary, secret, lambda v: pc.replace_substring_regex(
+            v, r"(?s)^(-{0,2}[^=]*)=.*$", rf"\1={REDACTED}"))
+        out = _replace_rows(out, after, lambda v: pa.array([REDACTED.encode()] * len(v),
+                                                           pa.binary()))
+        out = _replace_rows(out, ~kept & ~secret & ~after & _matches(binary, _VALUE_PREFILTER),
+                            _in_values)
+        return rebuild_lists(_like(out, values), offsets, validity, argv.type)
 
-    def _is(self, names: pa.Array, pattern: str | None) -> np.ndarray:
-        if pattern is None or len(names) == 0:
-            return np.zeros(len(names), bool)
-        return _true(pc.match_substring_regex(names, pattern))
+    def _is(self, values: pa.Array, which: str) -> np.ndarray:
+        return _matches(values, self._patterns[which])
+
+
+def _matches(values: pa.Array, pattern: str | None) -> np.ndarray:
+    if pattern is None or len(values) == 0:
+        return np.zeros(len(values), bool)
+    return np.asarray(pc.fill_null(pc.match_substring_regex(values, pattern), False)
+                      .to_numpy(zero_copy_only=False), bool)
+
+
+def _replace_rows(values: pa.Array, rows: np.ndarray,
+                  change: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``values`` with the rows where ``rows`` is true replaced by ``change`` of them (run
+    on those rows only; one concatenation and one take put them back)."""
+    picked = np.flatnonzero(rows)
+    if not len(picked):
+        return values
+    changed = change(values.take(pa.array(picked)))
+    index = np.arange(len(values), dtype=np.int64)
+    index[picked] = len(values) + np.arange(len(picked))
+    return pa.concat_arrays([values, changed.cast(values.type)]).take(pa.array(index))
 
 
 def _in_values(values: pa.Array) -> pa.Array:
@@ -164,10 +181,6 @@ def _in_values(values: pa.Array) -> pa.Array:
     for pattern, replacement in zip(_VALUE_SECRETS, _VALUE_REPLACEMENTS, strict=True):
         values = pc.replace_substring_regex(values, pattern, replacement)
     return values
-
-
-def _true(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), bool)
 
 
 def _as_binary(values: pa.Array) -> pa.Array:
