@@ -1,6 +1,7 @@
 """Card numbers (PANs) in payload bytes, masked before they reach the lake.
 
-A PAN is 13 to 19 digits passing the Luhn check, written either unbroken (and not part of a
+A PAN is 13 to 19 digits passing the Luhn check and starting with a card issuer's digit
+(2-6 or 8: ``_ISSUER_DIGITS``), written either unbroken (and not part of a
 longer run of digits) or in the groups cards are printed in, separated by one space or one
 dash used consistently: 4-4-4-4 (16), 4-4-4-4-3 (19), 4-4-4-1..7 (13-19), 4-6-5 (15,
 American Express), 4-6-4 (14, Diners). A match keeps its first 6 and last 4 digits (the
@@ -37,6 +38,17 @@ GROUPED_PREFILTER = (r"[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]"
 PREFILTER = r"[0-9]{13}|" + GROUPED_PREFILTER
 _RUN = re.compile(rb"[0-9]+(?:[ -][0-9]+)*")
 _GROUPED = ((4, 6, 5), (4, 6, 4))  # American Express, Diners
+
+
+# A PAN's first digit (its major industry identifier) on the cards in use: 2 and 5
+# (Mastercard), 3 (Amex, JCB, Diners), 4 (Visa), 6 (Discover, UnionPay, Maestro, RuPay 60/65),
+# 8 (RuPay 81/82). Numbers starting with 0, 1, 7 or 9 are never taken for a card: epoch
+# timestamps (1...), which pass the Luhn check one time in ten, are the commonest decoy.
+_ISSUER_DIGITS = b"234568"
+
+
+def _issuer(first: int) -> bool:
+    return first in _ISSUER_DIGITS
 
 
 def luhn(digits: bytes) -> bool:
@@ -84,7 +96,7 @@ def _mask_runs(data: bytes, *, unbroken: bool) -> tuple[bytes, int]:
         bounds = [(m.start() + start, m.end() + start) for m in re.finditer(rb"[0-9]+", text)]
         if unbroken:  # each group alone: 13 to 19 digits between non-digits
             for a, b in bounds:
-                if 13 <= b - a <= 19 and luhn(data[a:b]):
+                if 13 <= b - a <= 19 and _issuer(data[a]) and luhn(data[a:b]):
                     out = out if out is not None else bytearray(data)
                     _mask_span(out, list(range(a, b)))
                     found += 1
@@ -100,7 +112,7 @@ def _mask_runs(data: bytes, *, unbroken: bool) -> tuple[bytes, int]:
                 if not 13 <= sum(groups) <= 19 or not _card_shape(groups):
                     continue
                 span = [i for a, b in bounds[first:last + 1] for i in range(a, b)]
-                if luhn(bytes(data[i] for i in span)):
+                if _issuer(data[span[0]]) and luhn(bytes(data[i] for i in span)):
                     out = out if out is not None else bytearray(data)
                     _mask_span(out, span)
                     found += 1
@@ -134,7 +146,9 @@ def _mask_unbroken(buffer: np.ndarray, starts: np.ndarray) -> int:
     value = buffer[position].astype(np.int64) - 48
     doubled = value * 2
     value = np.where(from_end % 2 == 1, np.where(doubled > 9, doubled - 9, doubled), value)
-    valid = np.add.reduceat(value, first) % 10 == 0
+    leading = buffer[run_start]
+    valid = (np.add.reduceat(value, first) % 10 == 0) & np.isin(
+        leading, np.frombuffer(_ISSUER_DIGITS, np.uint8))
     from_start = position - np.repeat(run_start, length)
     masked = np.repeat(valid, length) & (from_start >= 6) & (from_end >= 4)
     buffer[position[masked]] = MASK

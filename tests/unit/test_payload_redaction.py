@@ -119,6 +119,7 @@ def test_null_and_empty_command_lines_survive() -> None:
     (b"6011000990139424", b"601100******9424"),
     (b"4111111111111111110", b"411111*********1110"),  # 19 digits
     (b"4222222222222", b"422222***2222"),  # 13 digits
+    (b"8111111111111112", b"811111******1112"),  # RuPay's 8 series
     (b"x4111111111111111y", b"x411111******1111y"),  # letters are boundaries
     (b"4111111111111111", b"411111******1111"),  # the whole value
     (b"4111111111111111 2024-01-02", b"411111******1111 2024-01-02"),
@@ -133,6 +134,8 @@ def test_luhn_valid_pans_are_masked_keeping_bin_and_last_four(text: bytes,
     b"order 4111111111111112 refused",  # Luhn fails
     b"id 12345678901234567890123",  # a longer run of digits
     b"ts=1717171717171717171717",
+    b"ns 1767225600000000009",  # an epoch in nanoseconds that passes the Luhn check
+    b"7111111111111114",  # Luhn-valid, but no card issuer starts with 7
     b"4111 1111-1111 1111",  # mixed separators
     b"4111  1111 1111 1111",  # a double space
     b"411 1111 1111 11111",  # not a card's grouping
@@ -263,6 +266,7 @@ def test_the_batch_masker_agrees_with_the_reference_on_random_payloads() -> None
 
     rng = np.random.default_rng(11)
     pieces = [b"4111111111111111", b"4111 1111 1111 1111", b"3782-822463-10005",
+              b"1767225600000000009", b"8111111111111112",
               b"4111111111111112", b"5500005555555559", b"1767225600000000000", b" ", b"-",
               b"x", b"\xff", b"12", b"0000", b'{"pan":"', b'"}', b"4222222222222"]
     values = [b"".join(pieces[i] for i in rng.integers(0, len(pieces), rng.integers(0, 12)))
