@@ -79,12 +79,17 @@ def lock(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def _database(threads: int | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+def _database(threads: int | None, memory_limit: str | None, temp_directory: str | None = None,
+              max_temp_size: str | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:
         con.execute("SET memory_limit = ?", [memory_limit])
+    if temp_directory:  # where a statement over memory_limit spills, and how much
+        con.execute("SET temp_directory = ?", [temp_directory])
+    if max_temp_size:
+        con.execute("SET max_temp_directory_size = ?", [max_temp_size])
     return con
 
 
@@ -97,15 +102,17 @@ class LakeDatabase:
     """
 
     def __init__(self, location: LakeLocation, *, threads: int | None = None,
-                 memory_limit: str | None = None, max_staleness_s: float = 0.0) -> None:
+                 memory_limit: str | None = None, max_staleness_s: float = 0.0,
+                 temp_directory: str | None = None, max_temp_size: str | None = None
+                 ) -> None:
         self.location = location
         self.tables = TableCache(location, max_staleness_s)
-        self._db = _database(threads, memory_limit)
+        self._db = _database(threads, memory_limit, temp_directory, max_temp_size)
         lock(self._db)
         self._cursor_lock = threading.Lock()  # the parent connection is not thread-safe
         # Sessions that open sealed payloads get cursors of a second database, the only
         # one with the opening function (lake/access.py): made on first use.
-        self._settings = (threads, memory_limit)
+        self._settings = (threads, memory_limit, temp_directory, max_temp_size)
         self._opening_db: duckdb.DuckDBPyConnection | None = None
 
     @contextmanager

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import TypeVar
@@ -31,6 +33,29 @@ import anyio.to_thread
 from query_api.errors import Overloaded, TooManyRequests
 
 T = TypeVar("T")
+
+
+STATEMENT_NICE = 5  # statements' threads yield the CPU to the event loop (/healthz, routing)
+
+
+def lower_priority(tids: list[int] | None = None) -> None:
+    """Lower the scheduling priority of these threads (default: the calling one) so the
+    event loop thread, which answers health checks and routes requests, gets a core first
+    when statements keep every core busy. Best effort: a thread that is gone is skipped."""
+    for tid in tids if tids is not None else [threading.get_native_id()]:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < STATEMENT_NICE:
+                os.setpriority(os.PRIO_PROCESS, tid, STATEMENT_NICE)
+        except OSError:
+            pass
+
+
+def _lowered(work: Callable[[], T]) -> Callable[[], T]:
+    def run() -> T:
+        lower_priority()
+        return work()
+
+    return run
 
 
 class Admission:
@@ -80,7 +105,7 @@ class Admission:
             else:
                 await self._wait_turn(principal)
             try:
-                return await anyio.to_thread.run_sync(work, limiter=threads)
+                return await anyio.to_thread.run_sync(_lowered(work), limiter=threads)
             finally:
                 self._finish(principal)
         finally:

@@ -10,6 +10,7 @@ may pass settings. Either way they become the dependency overrides of ``get_sett
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -72,6 +73,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = getattr(app.state, "cypher_pool", None)
     if pool is not None:
         pool[1].close()
+    spill = getattr(app.state, "spill_dir", None)
+    if spill is not None:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = None,

@@ -224,6 +224,7 @@ def worker_main(readable: list[Path]) -> int:
 
     out = sys.stdout.fileno()
     inp = sys.stdin.fileno()
+    os.nice(5)  # the server's event loop gets a core before a statement does
     try:
         _warm_up()
         # Python's library directories hold code only; readable, a module imported late

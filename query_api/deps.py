@@ -8,7 +8,10 @@ and are built on first use from the injected settings, so tests that override
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
@@ -19,7 +22,7 @@ from compute.errors import WindowError
 from compute.settings import ComputeSettings
 from compute.window import parse_instant
 from lake import LakeDatabase, LakeLocation, LakeSettings, resolve
-from query_api.admission import Admission
+from query_api.admission import Admission, lower_priority
 from query_api.auth import Principal, TokenStore, authenticate
 from query_api.cache import AnswerCache
 from query_api.causal import Slots
@@ -140,13 +143,25 @@ async def get_graph_slots(request: HTTPConnection, settings: SettingsDep) -> Slo
 async def get_lake_db(request: HTTPConnection, location: LocationDep,
                       settings: SettingsDep) -> LakeDatabase:
     """The process's DuckDB database over the lake, with its open tables."""
+    def build() -> LakeDatabase:
+        spill = settings.sql_temp_directory
+        if spill is None:  # private to this process; removed at shutdown (app.py)
+            spill = Path(tempfile.mkdtemp(prefix="kprobe-serve-spill-"))
+            request.app.state.spill_dir = spill
+        before = _thread_ids()
+        db = LakeDatabase(location, threads=settings.sql_threads,
+                          memory_limit=settings.sql_memory_limit,
+                          max_staleness_s=settings.lake_max_staleness_s,
+                          temp_directory=str(spill),
+                          max_temp_size=settings.sql_max_temp_size)
+        lower_priority(sorted(_thread_ids() - before))  # DuckDB's own worker threads
+        return db
+
     db: LakeDatabase = _state(
         request, "lake_db",
         (location, settings.sql_threads, settings.sql_memory_limit,
-         settings.lake_max_staleness_s),
-        lambda: LakeDatabase(location, threads=settings.sql_threads,
-                             memory_limit=settings.sql_memory_limit,
-                             max_staleness_s=settings.lake_max_staleness_s))
+         settings.lake_max_staleness_s, settings.sql_temp_directory,
+         settings.sql_max_temp_size), build)
     return db
 
 
@@ -202,6 +217,13 @@ CausalCacheDep = Annotated[AnswerCache, Depends(get_causal_cache)]
 CypherPoolDep = Annotated[CypherPool | None, Depends(get_cypher_pool)]
 RunnerDep = Annotated[ReplayRunner, Depends(get_runner)]
 HubDep = Annotated[LiveHub, Depends(get_hub)]
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
 
 
 def parse_time(value: str | None, name: str) -> int | None:

@@ -105,12 +105,13 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if scope["type"] == "http" and path == "/healthz" and scope["method"] in ("GET",
-                                                                                 "HEAD"):
+        headers = _headers(scope)
+        refusal = self._oversized(scope)
+        if refusal is None and scope["type"] == "http" and path == "/healthz" and \
+                scope["method"] in ("GET", "HEAD"):
             await _health(scope, send)
             return
-        headers = _headers(scope)
-        refusal = self._refusal(scope, headers)
+        refusal = refusal or self._refusal(scope, headers)
         if refusal is not None:
             status, slug, title, detail = refusal
             response = problem_response(status, slug, title, detail, instance=path,
@@ -129,6 +130,17 @@ class FrontDoor:
                 await denied(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _oversized(self, scope: Scope) -> tuple[int, str, str, str] | None:
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + \
+            sum(len(k) + len(v) + 4 for k, v in scope.get("headers") or [])
+        if size > self.settings.max_header_bytes:
+            # h11 bounds what it buffers; a header block that arrived in one read is
+            # measured here, before any route
+            return (431, "headers-too-large", "Request headers too large",
+                    f"request line and headers of {size} bytes, over the limit of "
+                    f"{self.settings.max_header_bytes}")
+        return None
 
     def _refusal(self, scope: Scope, headers: dict[bytes, bytes]
                  ) -> tuple[int, str, str, str] | None:

@@ -78,6 +78,10 @@ class ApiSettings(BaseSettings):
     sql_threads: int | None = Field(default=None, gt=0)
     sql_memory_limit: str | None = Field(default="1GiB",
                                          pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    # Where statements over the memory limit spill, and how much (default: a private
+    # directory of this process under the system's temporary directory, removed on exit).
+    sql_temp_directory: Path | None = None
+    sql_max_temp_size: str = Field(default="4GiB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
     # Statements of one token running / waiting at once: one client cannot take every slot
     # (default: half the slots, at least 1; queued beyond the per-token cap: 429).
     sql_max_concurrent_per_token: int | None = Field(default=None, gt=0)
