@@ -155,9 +155,9 @@ class Plan:
     biggest: int = 0  # bytes of the largest copy
 
 
-def bwrap_options(spec: LaunchSpec, plan: Plan, deny_fd: int) -> list[str]:
+def bwrap_options(spec: LaunchSpec, plan: Plan, filter_fds: list[int]) -> list[str]:
     """bwrap's options (what goes through ``--args``) for ``spec`` and its ``plan``;
-    ``deny_fd`` holds the deny filter."""
+    ``filter_fds`` hold the seccomp filters bwrap installs last (trace, deny)."""
     opts = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
             "--hostname", spec.hostname,
@@ -181,7 +181,9 @@ def bwrap_options(spec: LaunchSpec, plan: Plan, deny_fd: int) -> list[str]:
             opts += ["--setenv", key, value]
         else:
             spec.notes.append(f"environment entry {entry[:40]!r} has no NAME=: not passed")
-    return [*opts, "--add-seccomp-fd", str(deny_fd)]
+    for fd in filter_fds:
+        opts += ["--add-seccomp-fd", str(fd)]
+    return opts
 
 
 def _under(path: str, dirs: list[str] | tuple[str, ...]) -> bool:
@@ -282,7 +284,7 @@ def plan(spec: LaunchSpec, floor: int, own: list[int]) -> Plan:
     return out
 
 
-def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
+def _bwrap_launch(spec: LaunchSpec, floor: int, filter_: CompiledFilter) -> _Launch:
     bwrap = find_bwrap()
     own: list[int] = []
 
@@ -295,8 +297,9 @@ def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
 
     try:
         layout = plan(spec, floor, own)
+        trace = memfd("kprobe-replay-trace", program_bytes(filter_.prog))
         deny = memfd("kprobe-replay-deny", program_bytes(build_deny_program()))
-        opts = bwrap_options(spec, layout, deny)
+        opts = bwrap_options(spec, layout, [trace, deny])
         args = memfd("kprobe-replay-args", b"".join(o.encode() + b"\0" for o in opts))
     except BaseException:
         for fd in own:
@@ -305,7 +308,7 @@ def _bwrap_launch(spec: LaunchSpec, floor: int) -> _Launch:
     command = [bwrap, "--args", str(args), "--", spec.exe, *spec.argv[1:]]
     return _Launch(bwrap.encode(), ptrace_ffi.c_string_array([a.encode() for a in command]),
                    ptrace_ffi.c_string_array([]),
-                   [fd for fd, _ in layout.copies] + [deny, args], own,
+                   [fd for fd, _ in layout.copies] + [trace, deny, args], own,
                    rlimits(spec.limits, layout.biggest))
 
 
@@ -323,7 +326,7 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
     own = [devnull, stderr_fd]
     try:
         if spec.sandbox:
-            launch = _bwrap_launch(spec, floor)
+            launch = _bwrap_launch(spec, floor, filter_)
         else:
             launch = _Launch(spec.exe.encode(),
                              ptrace_ffi.c_string_array([a.encode() for a in spec.argv]),
@@ -411,7 +414,7 @@ def _child(launch: _Launch, cwd: bytes | None, devnull: int, stderr_fd: int,
             resource.setrlimit(which, pair)
     except (OSError, ValueError):
         fail("setrlimit")
-    if filter_.install() != 0:
+    if not sandbox and filter_.install() != 0:  # in the sandbox bwrap installs it
         fail("seccomp")
     ptrace_ffi.execve_raw(launch.path, launch.argv, launch.envp)
     fail(f"execve {launch.path.decode(errors='replace')}")

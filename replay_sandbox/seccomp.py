@@ -3,8 +3,10 @@ the one that refuses what a replayed program never needs.
 
 Trace filter: ``SECCOMP_RET_TRACE`` stops the tracee once per trapped syscall (the tracer
 sets ``PTRACE_O_TRACESECCOMP``); every other syscall costs ~40 ns more and runs untouched.
-It is built in the parent and installed by the forked child just before it execs
-bubblewrap, so the child allocates nothing.
+In the sandbox bubblewrap installs it with the deny filter, just before it execs the
+program (``--add-seccomp-fd``), so bwrap's own set-up makes no tracer stop; its final
+``execve`` (which the tracer rewrites) already stops. Without the sandbox, the forked
+child installs it just before exec (built in the parent: the child allocates nothing).
 
 Deny filter (``DENIED``): mount and the new mount API, namespaces (unshare, setns, clone
 with a ``CLONE_NEW*`` flag), bpf, perf_event_open, kexec, kernel modules, ptrace and the
@@ -172,6 +174,7 @@ class CompiledFilter:
     """The filter as C structures, kept alive until the child has installed it."""
 
     def __init__(self, prog: list[tuple[int, int, int, int]]) -> None:
+        self.prog = prog
         self.instructions = (SockFilter * len(prog))(*(SockFilter(*insn) for insn in prog))
         self.fprog = SockFprog(len(prog), self.instructions)
 

@@ -112,7 +112,7 @@ def test_bwrap_options_shape() -> None:
                       cwd="/tmp/work/dir")
     layout = Plan(covered=["/srv/app"], symlinks=[("prog.1", "/srv/app/prog")],
                   copies=[(9, "/tmp/work/prog")], cwd="/tmp/work/dir")
-    cmd = bwrap_options(spec, layout, deny_fd=7)
+    cmd = bwrap_options(spec, layout, filter_fds=[6, 7])
     assert cmd[0] == "--unshare-all" and "--unshare-user" in cmd
     assert cmd[cmd.index("/srv/app") - 1] == "--tmpfs"
     assert cmd[cmd.index("--symlink"):cmd.index("--symlink") + 3] == [
@@ -125,7 +125,7 @@ def test_bwrap_options_shape() -> None:
     assert cmd[cmd.index("--dir") + 1] == "/tmp/work/dir"
     assert cmd[cmd.index("--clearenv") + 1:cmd.index("--clearenv") + 7] == [
         "--setenv", "A", "1", "--setenv", "B", "x=y"]
-    assert cmd[-2:] == ["--add-seccomp-fd", "7"]
+    assert cmd[-4:] == ["--add-seccomp-fd", "6", "--add-seccomp-fd", "7"]
     assert spec.exec_count == 2
 
 
