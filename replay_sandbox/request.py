@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from replay_sandbox.errors import SpecError
+from replay_sandbox.errors import RecordingError, SpecError
 from replay_sandbox.injection import parse_all
 from replay_sandbox.lake_source import parse_process
 from replay_sandbox.limits import Limits
@@ -168,7 +168,10 @@ class ReplayRequest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"request: unknown field {unknown[0]!r}")
-        pid, node = parse_process(_field(data, "process", str))
+        try:
+            pid, node = parse_process(_field(data, "process", str))
+        except RecordingError as err:
+            raise SpecError(str(err)) from None
         set_args = []
         for item in _field(data, "set_args", list, []):
             if not isinstance(item, dict) or set(item) != {"index", "value"}:
