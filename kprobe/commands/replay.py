@@ -33,8 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = sub.add_parser(
         "replay",
         help="re-run a recorded process under ptrace, serving its syscalls from the lake",
-        description="Re-run a recorded process in a sandbox (user, mount, pid, net, ipc and "
-        "uts namespaces; read-only host root; private /tmp; no network), serving its inputs "
+        description="Re-run a recorded process in a sandbox (an unprivileged uid with no "
+        "capabilities in its own user, mount, pid, net, ipc and uts namespaces; read-only "
+        "host root; private /tmp; no network; a seccomp deny list; rlimits and a cgroup), "
+        "serving its inputs "
         "from the lake in the recorded order and checking its outputs against it. Clock reads "
         "and waits run in virtual time. Injections and changed arguments, environment or "
         "command line turn it into a what-if replay.",
@@ -63,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     expect.add_argument("--expect-output-match", action="store_true",
                         help="succeed when every output matches the recording")
     parser.add_argument("--no-sandbox", action="store_true",
-                        help="run without namespaces (debugging only: outputs are still "
-                        "not performed)")
+                        help="run without namespaces, as root (debugging only: outputs are "
+                        "still not performed)")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="wall-clock limit for the replay (default 120)")
     fuzz = parser.add_argument_group(
