@@ -114,7 +114,12 @@ class TableCache:
                         raise LakeUnavailable(
                             f"lake unreadable: table {entry.name} lost its _delta_log")
                     else:
-                        entry.table.update_incremental()
+                        try:
+                            entry.table.update_incremental()
+                        except Exception:  # noqa: BLE001 - retried from scratch below
+                            # e.g. the log went back to an older version (restored from a
+                            # backup): the handle is ahead of it; read the log as it is
+                            entry.table = open_table(self.location, entry.name)
                     if entry.table is not None:
                         version = int(entry.table.version())
                         if version != entry.snapshot.version:

@@ -89,11 +89,14 @@ class AuditMiddleware:
         started = time.perf_counter()
         status = 500
         body = hashlib.sha256()
+        read = False
 
         async def hashing_receive() -> Message:
+            nonlocal read
             message = await receive()
             if message["type"] == "http.request":
                 body.update(message.get("body", b""))
+                read = True
             return message
 
         async def status_send(message: Message) -> None:
@@ -113,7 +116,8 @@ class AuditMiddleware:
                 .replace("+00:00", "Z"),
                 "kind": kind, "principal": state.get("principal", "-"),
                 "client": client[0] if client else None, "status": status,
-                "statement_sha256": noted.pop("statement_sha256", body.hexdigest()[:16]),
+                "statement_sha256": noted.pop("statement_sha256",
+                                              body.hexdigest()[:16] if read else None),
                 "rows": noted.pop("rows", None), **noted,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1)}
             write(fields)

@@ -134,6 +134,11 @@ def authenticate(store: TokenStore | None, token: str | None, scope: Scope) -> P
     ``store`` None means authentication is disabled (``--no-auth``).
     """
     if store is None:
+        if scope not in ANONYMOUS.scopes:
+            raise Forbidden(f"this server runs without tokens (--no-auth) and is read-only: "
+                            f"the {scope!r} scope needs a token (kprobe serve --tokens-file)",
+                            {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope", '
+                                                 f'scope="{scope}"'})
         return ANONYMOUS
     if token is None:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)",

@@ -28,7 +28,7 @@ from query_api.cache import AnswerCache
 from query_api.causal import Slots
 from query_api.confine import unavailable_reason
 from query_api.cypher_worker import CypherPool
-from query_api.errors import BadRequest, ServiceUnavailable
+from query_api.errors import BadRequest, Forbidden, ServiceUnavailable
 from query_api.live import LiveHub
 from query_api.metrics import ApiMetrics
 from query_api.replays import ReplayRunner
@@ -106,7 +106,13 @@ def _require(scope: Scope) -> Any:
                                            Depends(_bearer)],
                     ) -> Principal:
         token = credentials.credentials if credentials else None
-        principal = authenticate(token_store(request, settings), token, scope)
+        store = token_store(request, settings)
+        try:
+            principal = authenticate(store, token, scope)
+        except Forbidden:
+            known = store.lookup(token) if store is not None and token else None
+            request.state.principal = known.name if known else "anonymous"
+            raise
         request.state.principal = principal.name  # for the audit line
         return principal
 
