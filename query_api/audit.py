@@ -57,12 +57,12 @@ def note(request: HTTPConnection, *, statement: str | None = None, rows: int | N
 
 def configure(path: Path | None) -> None:
     """Send audit lines to ``path`` (appended) or standard error; idempotent."""
-    for handler in list(log.handlers):
-        if getattr(handler, _MARK, None) == str(path):
+    for existing in list(log.handlers):
+        if getattr(existing, _MARK, None) == str(path):
             return
-        if getattr(handler, _MARK, None) is not None:
-            log.removeHandler(handler)
-            handler.close()
+        if getattr(existing, _MARK, None) is not None:
+            log.removeHandler(existing)
+            existing.close()
     handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
                                 else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter("kprobe audit %(message)s"))
