@@ -13,8 +13,9 @@ inside the sandbox) with no capability in any namespace, no_new_privs, a read-on
 of the host as that uid sees it, a private /tmp, its own pid/net/ipc/uts namespaces, the
 deny filter of ``seccomp``, rlimits and a cgroup (``limits``). The steps:
 
-1. The child makes a user namespace of its own (U0) and stops; the tracer maps every uid
-   1:1 in it, so the child is root *in U0 only*, with no capability on the host.
+1. The child makes a user namespace of its own (U0) and stops; the tracer maps root, the
+   sandbox's uid and the overflow uid 1:1 in it (``U0_MAP``), so the child is root *in U0
+   only*, with no capability on the host.
 2. The child limits U0 to one nested user namespace (``max_user_namespaces`` = 1, the one
    bubblewrap makes), so nothing inside can make another, by any syscall (clone3 too).
 3. It sets real uid ``HOST_UID`` and keeps effective uid 0 (in U0) and execs bubblewrap,
@@ -66,6 +67,9 @@ CLONE_NEWUSER = 0x10000000
 SYS_UNSHARE = 272
 MAX_COPY_BYTES = 256 << 20  # files copied into the private /tmp, in all
 _MAX_USERNS = "/proc/sys/user/max_user_namespaces"
+# the ids U0 maps (to the same host ids): root, for the child and bwrap's set-up, the
+# sandbox's host uid, and the overflow id bwrap maps root to in the sandbox; nothing else
+U0_MAP = f"0 0 1\n{HOST_UID} {HOST_UID} 1\n{SANDBOX_UID} {SANDBOX_UID} 1\n"
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,7 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
         if spec.sandbox:  # root in its own user namespace only
             for name in ("uid_map", "gid_map"):
                 with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:
-                    f.write("0 0 4294967295\n")
+                    f.write(U0_MAP)
         if cgroup is not None:
             cgroup.add(pid)
     except OSError as err:
