@@ -55,7 +55,7 @@ from replay_sandbox._state import (
     runs_first,
     tgid,
 )
-from replay_sandbox.errors import RecordingError, SandboxError
+from replay_sandbox.errors import RecordingError, SandboxError, TracerError
 from replay_sandbox.limits import ReplayCgroup
 from replay_sandbox.recording import Recording, Row, redaction_notes
 from replay_sandbox.report import (
@@ -126,6 +126,14 @@ class Engine(IoServing):
             self._loop()
         except StopReplay:
             pass
+        except TracerError:
+            # The watchdog kills the tracees at the deadline from its own thread, maybe while
+            # this one handles a stop: ptrace and memory calls on them then fail (ESRCH).
+            # That replay ran out of time; it did not fail.
+            if not self.deadline_hit:
+                self._stderr_tail()
+                raise
+            self._timed_out()
         except BaseException:
             self._stderr_tail()  # removes the temporary file
             raise
@@ -141,6 +149,8 @@ class Engine(IoServing):
             cgroup.remove()
             os.sched_setaffinity(0, old_affinity)
         wall = time.perf_counter() - started
+        if self.deadline_hit and self.status == "completed":
+            self._timed_out()  # the tracees died at the deadline before the loop looked
         if self.target is None and self.status == "completed":
             raise SandboxError(f"the recorded program never started: {self._stderr_tail()}")
         return self._report(wall)

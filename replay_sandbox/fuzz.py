@@ -20,6 +20,9 @@ The outcome is the expectation (``--expect-exit`` / ``--expect-output-match``) w
 is given, else what the program did: status, exit code or signal, and the bytes of each
 output. A replay that could not run, or one with a swap after which the engine had to
 relax the cross-thread order (an order the program's own locks forbid), is not a flip.
+A perturbed replay has a short deadline (20 times the baseline's wall time, at least 10 s)
+so that one that hangs does not hold the campaign; one that meets it is replayed again with
+the replay's own timeout before its outcome counts (a loaded machine is not a finding).
 The same seed gives the same perturbations and, replays being deterministic, the same
 report, whatever the number of workers.
 """
@@ -318,17 +321,31 @@ class _Campaign:
         self.pool = pool
         self.cache: dict[frozenset[Perturbation], Outcome] = {}
         self.counts = {"baseline": 0, "perturbed": 0, "shrinking": 0, "thresholds": 0}
-        self.timeout_s: float | None = None
+        self.timeout_s: float | None = None  # perturbed replays: short, set after the baseline
+        self.full_timeout_s = float("inf")  # the replay's own timeout
         self.baseline: Outcome | None = None
 
     def outcomes(self, sets: Sequence[tuple[Perturbation, ...]], purpose: str) -> list[Outcome]:
-        """Outcomes of perturbation sets (each replayed once per campaign)."""
+        """Outcomes of perturbation sets (each replayed once per campaign).
+
+        A replay stopped by the campaign's short deadline (``timeout_s``) is run once more
+        with the replay's own (``full_timeout_s``) before its outcome counts: wall time on
+        a loaded machine says nothing about the program (replays of one recording took
+        0.15-17 s here), and a timeout differs from the baseline, so it would be a flip."""
         todo = list(dict.fromkeys(frozenset(s) for s in sets if frozenset(s) not in self.cache))
         if todo:
             jobs = [Job(tuple(sorted(s, key=_sort_key)), self.timeout_s) for s in todo]
-            for key, outcome in zip(todo, self.pool.run(jobs)):
+            outcomes = self.pool.run(jobs)
+            slow = [i for i, o in enumerate(outcomes) if o.status == "timeout"
+                    and self.timeout_s is not None and self.timeout_s < self.full_timeout_s]
+            if slow:
+                again = self.pool.run([Job(jobs[i].perturbations, self.full_timeout_s)
+                                       for i in slow])
+                for i, outcome in zip(slow, again):
+                    outcomes[i] = outcome
+            for key, outcome in zip(todo, outcomes):
                 self.cache[key] = outcome
-            self.counts[purpose] += len(todo)
+            self.counts[purpose] += len(todo) + len(slow)
         return [self.cache[frozenset(s)] for s in sets]
 
     def infeasible(self, perturbations: Sequence[Perturbation], outcome: Outcome) -> bool:
@@ -409,6 +426,7 @@ def fuzz(recording: Recording, options: ReplayOptions | None, config: FuzzConfig
     kind = pool.kind
     try:
         campaign = _Campaign(config, pool)
+        campaign.full_timeout_s = options.timeout_s
         (baseline,) = campaign.outcomes([()], "baseline")
         if baseline.error is not None:
             raise FuzzError(f"the unperturbed replay could not run: {baseline.error}")

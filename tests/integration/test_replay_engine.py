@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,59 @@ def test_changed_environment_is_a_whatif(tmp_path: Path) -> None:
     report = replay(run.recording(), ReplayOptions(env_set={"LEDGER_MODE": "strict"}))
     assert report.mode == "whatif" and report.status == "completed", report.render_text()
     assert report.replayed_outputs[1] == b"strict\n" and not report.outputs_match
+
+
+class _ManualWatchdog:
+    """Stands in for the engine's ``threading.Timer`` watchdog: it fires when told to."""
+
+    fire: list[Any] = []
+
+    def __init__(self, _interval: float, function: Any) -> None:
+        _ManualWatchdog.fire.append(function)
+        self.daemon = True
+
+    def start(self) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_replay_killed_at_its_deadline_mid_stop_is_a_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog kills the tracees at the deadline from its own thread, maybe while the
+    engine handles a stop; the engine's next ptrace call then fails (ESRCH). That replay ran
+    out of time: it must end as a timeout, not as an error (in a fuzz campaign an error
+    is a run that could not be replayed; before the fix, 4 of 132 deadline hits were)."""
+    require_root()
+    require_binary("bwrap")
+    # GIVEN cat recorded reading a file
+    (tmp_path / "ledger.txt").write_text("debit 100\ncredit 100\n")
+    run = record(["/bin/cat", str(tmp_path / "ledger.txt")], cwd=str(tmp_path), env=ENV)
+    # AND the deadline made to fire while the engine handles the program's third stop,
+    # between its reading the stop and its first ptrace call on the tracee
+    import replay_sandbox.engine as engine
+    from replay_sandbox import ptrace_ffi
+
+    _ManualWatchdog.fire = []
+    monkeypatch.setattr(engine.threading, "Timer", _ManualWatchdog)
+    real_get_regs = ptrace_ffi.get_regs
+    calls: list[int] = []
+
+    def get_regs_at_the_deadline(pid: int, regs: Any) -> Any:
+        calls.append(pid)
+        if len(calls) == 3:
+            _ManualWatchdog.fire[-1]()  # the watchdog: deadline_hit, SIGKILL to every tracee
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and "\nState:\tZ" not in Path(
+                    f"/proc/{pid}/status").read_text():
+                assert time.monotonic() < deadline, f"tracee {pid} survived SIGKILL"
+                time.sleep(0.005)
+        return real_get_regs(pid, regs)
+
+    monkeypatch.setattr(engine.P, "get_regs", get_regs_at_the_deadline)
+    # WHEN replayed THEN the replay timed out; no TracerError escapes
+    report = replay(run.recording())
+    assert len(calls) >= 3
+    assert report.status == "timeout", report.render_text()
+    assert any("wall time" in note for note in report.notes), report.notes

@@ -310,6 +310,45 @@ def test_no_flip_passes_and_errors_are_not_flips() -> None:
     assert "verdict: no perturbation flips the outcome" in report.render_text()
 
 
+class SlowMachinePool(RulePool):
+    """Every perturbed replay meets the campaign's short deadline (a loaded machine) and
+    completes with the replay's own timeout; ``hangs`` ones time out whatever the time."""
+
+    def __init__(self, hangs: bool) -> None:
+        super().__init__()
+        self.hangs = hangs
+
+    def run(self, jobs: Sequence[Job]) -> list[Outcome]:
+        self.jobs.extend(jobs)
+        out = []
+        for job in jobs:
+            short = job.timeout_s is not None and job.timeout_s < ReplayOptions().timeout_s
+            if job.perturbations and (short or self.hangs):
+                out.append(Outcome("timeout", None, 9, (), True, False))
+            else:
+                out.append(self.rule(job.perturbations))
+        return out
+
+
+def test_a_replay_stopped_by_the_campaign_deadline_is_replayed_with_its_own() -> None:
+    # GIVEN perturbed replays that all meet the campaign's short deadline on a slow machine
+    pool = SlowMachinePool(hangs=False)
+    report = fuzz(_recording(), ReplayOptions(), FuzzConfig(runs=12, seed=3), pool=pool)
+    # THEN each is replayed again with the replay's own timeout, and only the rule flips
+    first = [j for j in pool.jobs if j.perturbations and j.timeout_s == 10.0]
+    again = [j for j in pool.jobs if j.perturbations and j.timeout_s == 120.0]
+    assert first and sorted(map(repr, again)) == sorted(
+        repr(Job(j.perturbations, 120.0)) for j in first)
+    assert all(r.outcome.status == "completed" for r in report.runs)
+    rule = fuzz(_recording(), ReplayOptions(), FuzzConfig(runs=12, seed=3), pool=RulePool())
+    assert [r.flipped for r in report.runs] == [r.flipped for r in rule.runs]
+    assert [f.perturbations for f in report.flips] == [f.perturbations for f in rule.flips]
+    # AND a replay that hangs with its own timeout too is still a finding (a flip)
+    hung = fuzz(_recording(), ReplayOptions(), FuzzConfig(runs=4, seed=3, shrink=False),
+                pool=SlowMachinePool(hangs=True))
+    assert all(r.outcome.status == "timeout" and r.flipped for r in hung.runs)
+
+
 def test_an_expectation_that_fails_unperturbed_fails_the_campaign() -> None:
     rec = _recording()
     expectation = Expectation(exit_code=3)
