@@ -65,7 +65,7 @@ HOST_UID = 65533  # the kernel's uid (and gid) of every sandboxed process
 SANDBOX_UID = 65534  # what the program sees (nobody/nogroup)
 CLONE_NEWUSER = 0x10000000
 SYS_UNSHARE = 272
-MAX_COPY_BYTES = 256 << 20  # files copied into the private /tmp, in all
+MAX_COPY_BYTES = 256 << 20  # files copied into the sandbox, in all
 _MAX_USERNS = "/proc/sys/user/max_user_namespaces"
 # the ids U0 maps (to the same host ids): root, for the child and bwrap's set-up, the
 # sandbox's host uid, and the overflow id bwrap maps root to in the sandbox; nothing else
@@ -79,7 +79,7 @@ class LaunchSpec:
     env: list[str]
     cwd: str
     sandbox: bool = True
-    ro_paths: tuple[str, ...] = ()  # host files under /tmp the program needs (recorded)
+    ro_paths: tuple[str, ...] = ()  # host files the program maps (from the recording)
     named_paths: tuple[str, ...] = ()  # host files a changed command line names
     named_any: bool = True  # named files root may read are shown; False: only public ones
     exe_recorded: bool = True  # exe is the recorded program (not a what-if command)
@@ -166,8 +166,9 @@ def bwrap_options(spec: LaunchSpec, plan: Plan, filter_fds: list[int]) -> list[s
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL",
             "--hostname", spec.hostname,
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for path in spec.hidden:  # under the read-only root: cover it
-        if path.startswith("/tmp/") or not os.path.lexists(path):
+    for path in spec.hidden:  # under the read-only root: cover it, if it can be reached
+        if (path.startswith("/tmp/") or not os.path.lexists(path)
+                or _unsearchable(os.path.dirname(path)) is not None):
             continue
         opts += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     for path in plan.covered:

@@ -127,3 +127,18 @@ def test_outputs_past_the_cap_are_counted_and_compared_on_the_kept_prefix() -> N
     assert not other.match and other.first_difference == 5
     [whole] = compare_outputs(recorded, {1: b"a" * 100})
     assert whole.match and whole.kept_bytes is None
+
+
+def test_hidden_paths_are_covered_where_the_sandbox_could_reach_them() -> None:
+    from replay_sandbox.sandbox import LaunchSpec, Plan, bwrap_options
+
+    spec = LaunchSpec(exe="/bin/cat", argv=["cat"], env=[], cwd="/",
+                      hidden=("/root", "/root/.profile", "/etc/hostname", "/tmp/lake",
+                              "/no/such/lake"))
+    opts = bwrap_options(spec, Plan(), [5])
+    triples = list(zip(opts, opts[1:], opts[2:], strict=False))
+    assert opts[opts.index("/root") - 1] == "--tmpfs"
+    assert ("--ro-bind", "/dev/null", "/etc/hostname") in triples
+    # under root's 0700 /root the uid cannot look anyway; /tmp is private already
+    assert "/root/.profile" not in opts and "/tmp/lake" not in opts
+    assert "/no/such/lake" not in opts
