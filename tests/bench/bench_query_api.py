@@ -9,9 +9,10 @@ synthetic syscall rows (2 nodes, ~500 pids, 2 hours, 1M-row commits, as bench_la
 plus the causal-engine tests' payment scenario, analysed into a graph snapshot. Starts
 ``kprobe serve`` on loopback and measures with real HTTP clients:
 
-- explain (``GET /v1/transactions/98721/explain``) and a typical SQL query (one node, one
-  hour, per-syscall count and p99 duration) and a pruned point query (one pid): p50 / p99,
-  alone (sequential requests) and with ``--clients`` concurrent clients;
+- explain (``GET /v1/transactions/98721/explain``), a typical SQL query (one node, one
+  hour, per-syscall count and p99 duration), a pruned point query (one pid) and a user
+  Cypher statement (run in a confined worker): p50 / p99, alone (sequential requests) and
+  with ``--clients`` concurrent clients, each with its own token;
 - the live stream: delay from a commit returning (``LakeWriter.append``) to the client
   receiving the row, with the server polling every ``--poll`` seconds.
 """
@@ -94,13 +95,15 @@ def percentiles(samples: list[float]) -> str:
             f"(n={len(ms)})")
 
 
-def measure(base: str, token: str, request: Callable[[httpx.Client], httpx.Response],
+def measure(base: str, tokens: list[str], request: Callable[[httpx.Client], httpx.Response],
             clients: int, per_client: int) -> tuple[list[float], float]:
+    """Each client with its own token (a token runs at most half the SQL slots: one token
+    for 50 clients would measure its 429s)."""
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list[str] = []
 
-    def worker() -> None:
+    def worker(token: str) -> None:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
                           timeout=120) as client:
             for _ in range(per_client):
@@ -112,7 +115,8 @@ def measure(base: str, token: str, request: Callable[[httpx.Client], httpx.Respo
                 with lock:
                     latencies.append(took)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    threads = [threading.Thread(target=worker, args=(tokens[i % len(tokens)],))
+               for i in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -156,14 +160,19 @@ def main() -> int:
     parser.add_argument("--poll", type=float, default=0.5, help="live poll interval (s)")
     parser.add_argument("--live-samples", type=int, default=30)
     parser.add_argument("--workers", type=int, default=1, help="kprobe serve --workers")
+    parser.add_argument("--cypher-isolation", choices=("sandbox", "none"), default="sandbox",
+                        help="none: user Cypher in the server process (to see the cost)")
     args = parser.parse_args()
     root = args.lake_dir.resolve()
     build_lake(root, args.rows)
     tokens_file = root.parent / "tokens.json"
-    token = add_token(tokens_file, "bench", ["read"])
+    tokens_file.unlink(missing_ok=True)
+    tokens = [add_token(tokens_file, f"bench-{i}", ["read"]) for i in range(args.clients)]
+    token = tokens[0]
     port = free_port()
     env = {**os.environ, "KPROBE_API_LIVE_POLL_INTERVAL_S": str(args.poll),
-           "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(root.parent / "graph-cache")}
+           "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(root.parent / "graph-cache"),
+           "KPROBE_API_CYPHER_ISOLATION": args.cypher_isolation}
     server = subprocess.Popen([sys.executable, "-P", "-m", "kprobe", "serve", "--lake",
                                str(root), "--tokens-file", str(tokens_file), "--port",
                                str(port), "--workers", str(args.workers)], env=env, cwd=REPO)
@@ -183,11 +192,15 @@ def main() -> int:
             "sql typical (1 node-hour, group by)": lambda c: c.post(
                 "/v1/sql", json={"sql": TYPICAL_SQL}),
             "sql point (1 pid)": lambda c: c.post("/v1/sql", json={"sql": POINT_SQL}),
+            # user Cypher runs in a confined worker process (query_api/cypher_worker.py)
+            f"cypher (isolation {args.cypher_isolation})": lambda c: c.post(
+                "/v1/graph/cypher", json={
+                "cypher": "MATCH (s:Span) RETURN s.name AS name, count(*) AS n"}),
         }
         for name, request in cases.items():
-            measure(base, token, request, 1, 3)  # warm caches
-            alone, _ = measure(base, token, request, 1, args.requests)
-            busy, rate = measure(base, token, request, args.clients, args.per_client)
+            measure(base, [token], request, 1, 3)  # warm caches
+            alone, _ = measure(base, [token], request, 1, args.requests)
+            busy, rate = measure(base, tokens, request, args.clients, args.per_client)
             print(f"{name}")
             print(f"  alone:                 {percentiles(alone)}")
             print(f"  {args.clients} concurrent clients: {percentiles(busy)}  "
