@@ -83,16 +83,38 @@ def test_slow_disk_fsync_behind_heavy_concurrent_writeback(tmp_path: Path) -> No
     """GIVEN a writer rewriting a 384 MiB file with an fdatasync after each pass
     WHEN the settlement service appends and fsyncs each payment's record (deadline 30 ms;
     ~0.5 ms on the idle disk)
-    THEN the late ones are explained by disk I/O driven by the writer's pid."""
+    THEN the late ones are explained by disk I/O driven by the writer's pid.
+
+    The weighted CPU cgroup does not always keep neighbours off: another session's QEMU
+    once held the service's CPU for 31 ms of a 33 ms payment, and explain rightly said CPU
+    contention by QEMU. So the ground truth has each payment's run-queue wait as the kernel
+    counted it (schedstat): a payment still late without it was made late by the fault, and
+    must be explained by the writer's disk I/O; one late only with it may be explained by
+    either delay, and a CPU contention no longer than the kernel measured. On a failure the
+    lake and a diagnosis of every late payment are kept (``ScenarioRun.kept_on_failure``)."""
     require_root()
     with cpu_cgroup() as cpu, culprit("writer", "--file", str(tmp_path / "batch.dat"),
                                       "--mb", "384", "--chunk-kb", "1024") as writer:
-        run = record(tmp_path, "disk", "--journal", str(tmp_path / "journal"), "--ops", "20",
+        run = record(tmp_path, "disk", "--journal", str(tmp_path / "journal"), "--ops", "30",
                      "--deadline-ms", "30", "--interval-ms", "120", "--cgroup", str(cpu))
-        verdicts = _explain_missed(run, at_least=3)
-    for v in verdicts:
-        assert v.failed and v.covers_lateness(), v.text
-        assert (v.kind, v.culprit_pid) == ("disk", writer.pid), v.text
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += _explain_missed(run, at_least=3)
+        ops = {op.payment_id: op for op in run.truth.missed()}
+        assert all(op.runqueue_ns >= 0 for op in ops.values()), "no schedstat"
+        by_fault = [v for v in verdicts if ops[v.payment_id].late_without_runqueue]
+        assert len(by_fault) >= 3, f"{len(by_fault)} payments late without a run-queue wait"
+        for v in verdicts:
+            op = ops[v.payment_id]
+            assert v.failed, v.text
+            if op.late_without_runqueue:
+                assert v.covers_lateness(), v.text
+                assert (v.kind, v.culprit_pid) == ("disk", writer.pid), v.text
+            elif v.kind == "cpu_contention":
+                assert v.delay_ns is not None and v.delay_ns <= op.runqueue_ns * 1.1 + 1e6, \
+                    (v.text, op.runqueue_ns)
+            else:
+                assert (v.kind, v.culprit_pid) == ("disk", writer.pid), v.text
 
 
 def test_packet_loss_on_loopback_makes_tcp_retransmit(tmp_path: Path) -> None:

@@ -15,21 +15,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compute.explain import explain
 from compute.settings import ComputeSettings
-from lake import LakeSettings, resolve
+from lake import LakeSettings, connect, resolve
 from tests.e2e.scenarios.telemetry import GroundTruth, Operation
 from tests.support import REPO
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 _PID = re.compile(r"\bPID (\d+)")
+KEEP_DIR = Path(os.environ.get("KPROBE_TEST_KEEP_DIR", "/var/tmp/kprobe-test-failures"))
 
 
 @dataclass
@@ -103,6 +107,82 @@ class ScenarioRun:
         """The same explanation through compute's API (no interpreter start per operation)."""
         (result,) = explain(self.location, op.payment_id, ComputeSettings())
         return verdict(op, result)
+
+    @contextmanager
+    def kept_on_failure(self, verdicts: list[Verdict] | None = None) -> Iterator[None]:
+        """On a failed assertion inside, keep the lake, the ground truth and a diagnosis of
+        every operation that missed its deadline (``diagnose``) in a directory that outlives
+        the test (``$KPROBE_TEST_KEEP_DIR``, default /var/tmp/kprobe-test-failures), and add
+        its path and the diagnosis to the failure message."""
+        try:
+            yield
+        except AssertionError as err:
+            kept = KEEP_DIR / f"{self.truth.scenario}-{time.strftime('%Y%m%dT%H%M%S')}"
+            kept.mkdir(parents=True, exist_ok=True)
+            try:
+                text = self.diagnose(self.truth.missed(), verdicts or [])
+            except Exception as failed:  # noqa: BLE001 - never hide the test's own failure
+                text = f"(diagnosis failed: {failed!r})\n"
+            (kept / "diagnosis.txt").write_text(text)
+            shutil.copytree(self.lake, kept / "lake")
+            shutil.copy(self.tmp / "truth.json", kept / "truth.json")
+            raise AssertionError(f"{err}\n(lake, ground truth and diagnosis kept in {kept})"
+                                 f"\n{text[-6000:]}") from err
+
+    def diagnose(self, ops: list[Operation], verdicts: list[Verdict]) -> str:
+        """What the lake holds about each operation's thread while it ran: its off-CPU
+        intervals (state, wait reason, waker, kernel stack), its switches, the block requests
+        in flight (by process), and what the agent lost; then what explain said."""
+        con = connect(self.location)
+        out = [f"scenario {self.truth.scenario}, service pid {self.truth.pid}, agent "
+               f"{json.dumps(self.agent_summary)}"]
+        lost = con.execute("SELECT source, reason, sum(count) FROM lost GROUP BY ALL"
+                           " ORDER BY ALL").fetchall()
+        out.append(f"lost rows of the whole recording: {lost or 'none'}")
+        said = {v.payment_id: v for v in verdicts}
+        for op in ops:
+            s, e = op.start_ns, op.end_ns
+            out.append(f"\n== {op.payment_id}: {op.dur_ns / 1e6:.2f} ms (deadline "
+                       f"{op.deadline_ms:g} ms), thread {op.tid}; by the kernel's schedstat: "
+                       f"{op.oncpu_ns / 1e6:.2f} ms on CPU, {op.runqueue_ns / 1e6:.2f} ms "
+                       f"waiting for one")
+            v = said.get(op.payment_id)
+            if v is not None:
+                out.append(f"explain: {v.line()}; kernel causes {v.kernel_causes}")
+                out.append(v.text)
+            rows = con.execute("""
+                SELECT (o.ts_ns - ?) / 1e6 AS at_ms, o.dur_ns / 1e6 AS ms, o.state,
+                       o.wait_reason, o.waker_comm, o.waker_pid,
+                       list_filter(k.frames, lambda f: NOT regexp_matches(
+                           f, '^(bpf_|__traceiter_|__schedule|schedule\\+)'))[1:8] AS stack,
+                       least(o.ts_ns + o.dur_ns, ?) - greatest(o.ts_ns, ?) AS overlap_ns
+                FROM offcpu o LEFT JOIN (SELECT DISTINCT ON (node, stack_id) * FROM kstacks)
+                     k ON k.node = o.node AND k.stack_id = o.kstack_id
+                WHERE o.tid = ? AND o.ts_ns < ? AND o.ts_ns + o.dur_ns > ?
+                ORDER BY o.ts_ns""", [s, e, s, op.tid, e, s]).fetchall()
+            covered = sum(r[7] for r in rows)
+            out.append(f"off-CPU intervals of the thread ({len(rows)}, covering "
+                       f"{covered / 1e6:.2f} ms of the span):")
+            out += [f"  +{r[0]:.3f} ms {r[1]:.3f} ms {r[2]} {r[3]} waker {r[4]}({r[5]})"
+                    f" {r[6]}" for r in rows[:40]]
+            switches = con.execute("""
+                SELECT (ts_ns - ?) / 1e6, kind, cpu, prev_tid, prev_state, next_tid
+                FROM sched WHERE (prev_tid = ? OR next_tid = ? OR wakee_tid = ?)
+                  AND ts_ns BETWEEN ? AND ? ORDER BY ts_ns""",
+                                   [s, op.tid, op.tid, op.tid, s, e]).fetchall()
+            out.append(f"sched rows of the thread ({len(switches)}):")
+            out += [f"  +{r[0]:.3f} ms {r[1]} cpu {r[2]} prev {r[3]} ({r[4]}) next {r[5]}"
+                    for r in switches[:40]]
+            block = con.execute("""
+                SELECT pid, comm, dev, count(*), sum(bytes), max(dur_ns) / 1e6,
+                       min(ts_ns - ?) / 1e6, max(ts_ns + dur_ns - ?) / 1e6
+                FROM block_io WHERE ts_ns < ? AND ts_ns + dur_ns > ?
+                GROUP BY ALL ORDER BY 5 DESC""", [s, s, e, s]).fetchall()
+            out.append("block requests in flight during the span (pid comm dev requests "
+                       "bytes longest_ms first_ms last_ms):")
+            out += [f"  {r}" for r in block[:20]] or ["  none"]
+        con.close()
+        return "\n".join(out) + "\n"
 
 
 def record(tmp: Path, scenario: str, *service_args: str, timeout: float = 240) -> ScenarioRun:

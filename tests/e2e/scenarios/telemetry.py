@@ -38,10 +38,20 @@ class Operation:
     start_ns: int
     end_ns: int
     deadline_ms: float
+    # the kernel's own accounting of the thread over the operation (/proc/thread-self/
+    # schedstat): time on a CPU, and time runnable but waiting for one (-1: not available)
+    oncpu_ns: int = -1
+    runqueue_ns: int = -1
 
     @property
     def dur_ns(self) -> int:
         return self.end_ns - self.start_ns
+
+    @property
+    def late_without_runqueue(self) -> bool:
+        """Still late with its run-queue wait taken out: something other than waiting for a
+        CPU (a neighbour on this shared machine, say) made it late."""
+        return self.dur_ns - max(self.runqueue_ns, 0) > self.deadline_ms * 1e6
 
     @property
     def missed(self) -> bool:
@@ -100,16 +110,19 @@ class Service:
             attributes={"payment.id": payment_id, "kprobe.deadline_ms": deadline_ms,
                         "thread.id": tid, **attributes},
         ) as span:
+            cpu0, wait0 = _schedstat()
             start = time.time_ns()
             try:
                 yield span
             finally:
                 end = time.time_ns()
+                cpu1, wait1 = _schedstat()
                 ctx = span.get_span_context()
                 with self._lock:
                     self.truth.operations.append(Operation(
                         payment_id, f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", tid,
-                        start, end, deadline_ms))
+                        start, end, deadline_ms, cpu1 - cpu0 if cpu0 >= 0 else -1,
+                        wait1 - wait0 if wait0 >= 0 else -1))
 
     def child(self, name: str, kind: SpanKind = SpanKind.INTERNAL,
               **attributes: Any) -> Any:
@@ -121,6 +134,15 @@ class Service:
         """Export every span, then write the ground truth (the test waits for both)."""
         self.provider.shutdown()
         self.truth.save(self.truth_path)
+
+
+def _schedstat() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable waiting for one) of the calling thread, by the kernel."""
+    try:
+        on_cpu, waited, _slices = Path("/proc/thread-self/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return -1, -1
+    return int(on_cpu), int(waited)
 
 
 def parser(description: str | None) -> argparse.ArgumentParser:
