@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup host-packages venv bpf test unit demo bench lint clean
+.PHONY: setup host-packages venv bpf test unit vmtest demo bench lint clean
 
 ## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects
 setup: host-packages venv bpf
@@ -27,6 +27,11 @@ bpf:
 ## exit 5 (no tests collected), fails the target.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## vmtest: the kernel matrix: Debian's 6.1 and 6.12 cloud kernels in QEMU guests that see this
+## machine's root read-only, and the host's own kernel natively (root; tests/vmtest/)
+vmtest: setup
+	$(PY) -m tests.vmtest
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

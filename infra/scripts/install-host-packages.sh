@@ -12,6 +12,7 @@ PACKAGES=(
   bubblewrap strace iptables iproute2 util-linux        # sandbox, peers, fault injection
   bpftrace                                              # benchmark peer
   sqlite3 curl python3-venv                             # test programs and the demo
+  qemu-system-x86 busybox-static kmod e2fsprogs         # make vmtest: guests, initramfs
 )
 
 missing=()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +30,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/programs (tiny C workloads with known kernel events), built once per run."""
+    """tests/programs (tiny C workloads with known kernel events), built once per run.
+
+    ``KPROBE_TEST_PROGRAMS=DIR``: build into DIR instead (make skips what is up to date);
+    the kernel matrix builds there once on the host, since compiling in an emulated guest
+    takes minutes."""
     require_binary("make")
     require_binary("cc")
-    out = tmp_path_factory.mktemp("programs")
+    prebuilt = os.environ.get("KPROBE_TEST_PROGRAMS")
+    out = Path(prebuilt) if prebuilt else tmp_path_factory.mktemp("programs")
     subprocess.run(["make", "-s", "-C", str(REPO / "tests/programs"), f"OUT={out}"],
                    check=True)
     return out

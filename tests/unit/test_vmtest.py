@@ -1,0 +1,191 @@
+"""The kernel matrix's pure parts (tests/vmtest): which Debian kernel packages it picks, the
+result protocol between guest and host, the lines it prints, and the initramfs archive."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.vmtest import guest
+from tests.vmtest.errors import VmtestError
+from tests.vmtest.initramfs import CpioWriter
+from tests.vmtest.kernels import newest_per_line, parse_package
+from tests.vmtest.qemu import VmSpec, qemu_command
+from tests.vmtest.results import (
+    MARK,
+    StepResult,
+    decode_all,
+    encode,
+    judge,
+    kernel_line,
+    summary_line,
+)
+
+APT_NAMES = [
+    "linux-image-6.1.0-47-cloud-amd64-unsigned",
+    "linux-image-6.1.0-9-cloud-amd64-unsigned",  # 9 < 47: numbers, not text, are compared
+    "linux-image-6.1.0-57-cloud-amd64-unsigned",
+    "linux-image-6.12.107+deb12-cloud-amd64-unsigned",
+    "linux-image-6.12.118+deb12-cloud-amd64-unsigned",
+    "linux-image-6.12.99+deb12-cloud-amd64-unsigned",
+    "linux-image-6.1.0-99-cloud-amd64",  # signed: no
+    "linux-image-6.1.0-99-amd64-unsigned",  # not the cloud flavour
+    "linux-image-6.1.0-99-cloud-arm64-unsigned",  # another architecture
+    "linux-image-6.10.5-cloud-amd64-unsigned",  # another line
+]
+
+
+def test_the_newest_cloud_package_of_each_line_is_chosen() -> None:
+    chosen = newest_per_line(APT_NAMES, ("6.1", "6.12"))
+    assert chosen["6.1"].name == "linux-image-6.1.0-57-cloud-amd64-unsigned"
+    assert chosen["6.1"].release == "6.1.0-57-cloud-amd64"
+    assert chosen["6.12"].name == "linux-image-6.12.118+deb12-cloud-amd64-unsigned"
+    assert chosen["6.12"].release == "6.12.118+deb12-cloud-amd64"
+    assert list(chosen) == ["6.1", "6.12"]
+
+
+def test_other_flavours_and_architectures_are_not_packages_of_the_matrix() -> None:
+    assert parse_package("linux-image-6.1.0-99-cloud-amd64") is None
+    assert parse_package("linux-image-6.1.0-99-amd64-unsigned") is None
+    assert parse_package("linux-image-6.1.0-99-cloud-arm64-unsigned") is None
+    assert parse_package("linux-image-cloud-amd64") is None  # the meta package
+
+
+def test_a_line_without_a_package_is_an_error_naming_it() -> None:
+    with pytest.raises(VmtestError, match="6.8"):
+        newest_per_line(APT_NAMES, ("6.1", "6.8"))
+
+
+def test_results_round_trip_and_noise_around_them_is_ignored() -> None:
+    step = StepResult("doctor", ok=False, seconds=32.8, reason="net sensor: ESRCH",
+                      failures=("net sensor: ESRCH", 'block "x": ESRCH'))
+    text = "\n".join(["[   3.1] random kernel line", encode(step),
+                      MARK + '{"step": "tests", "ok": tr',  # cut by a dying guest
+                      "garbage " + encode(StepResult("tests", ok=True, seconds=1.0))])
+    assert decode_all(text) == [step, StepResult("tests", ok=True, seconds=1.0)]
+    assert "\n" not in encode(StepResult("x", ok=False, reason="a\nb"))
+
+
+def _all_ok() -> list[StepResult]:
+    return [StepResult("begin", ok=True, release="6.1.0-57-cloud-amd64"),
+            StepResult("doctor", ok=True), StepResult("tests", ok=True),
+            StepResult("record-replay", ok=True)]
+
+
+def test_a_kernel_passes_only_with_every_step_reported_ok() -> None:
+    assert judge("6.1.0-57-cloud-amd64", "tcg", 300.0, _all_ok()).ok
+    # GIVEN a guest that died after the doctor (no result for tests)
+    outcome = judge("6.1.0-57-cloud-amd64", "tcg", 900.0, _all_ok()[:2],
+                    stopped="killed at the 900 s deadline")
+    assert not outcome.ok
+    assert outcome.reason == "no result for tests (killed at the 900 s deadline)"
+    # GIVEN a guest that never reported at all
+    assert not judge("6.12.118+deb12-cloud-amd64", "tcg", 4.0, []).ok
+
+
+def test_the_reason_is_the_first_failing_step_and_every_failure_is_kept() -> None:
+    steps = _all_ok()
+    steps[1] = StepResult("doctor", ok=False, reason="net sensor: ESRCH",
+                          failures=("net sensor: ESRCH", "block sensor: ESRCH"))
+    steps[2] = StepResult("tests", ok=False, reason="FAILED t1", failures=("FAILED t1",))
+    outcome = judge("6.1.0-57-cloud-amd64", "tcg", 600.0, steps)
+    assert outcome.reason == "doctor: net sensor: ESRCH"
+    assert outcome.failures == ("doctor: net sensor: ESRCH", "doctor: block sensor: ESRCH",
+                                "tests: FAILED t1")
+
+
+def test_one_line_per_kernel_and_the_closing_line() -> None:
+    passed = judge("6.1.0-57-cloud-amd64", "tcg", 312.44, _all_ok())
+    native = judge("6.18.44", "native", 40.0, _all_ok()[1:])
+    assert kernel_line(passed).split() == ["vmtest:", "6.1.0-57-cloud-amd64", "tcg", "pass",
+                                           "312.4", "s"]
+    assert summary_line([native, passed]) == \
+        "vmtest: 2 kernels passed: 6.18.44, 6.1.0-57-cloud-amd64"
+    failed = judge("6.12.118+deb12-cloud-amd64", "tcg", 500.0,
+                   [StepResult("doctor", ok=False, reason="x\ny")])
+    assert kernel_line(failed).endswith("FAIL   500.0 s  doctor: x y")
+    assert summary_line([native, failed, passed]) == \
+        "vmtest: 1 of 3 kernels failed: 6.12.118+deb12-cloud-amd64 (doctor: x y)"
+
+
+def test_doctor_failures_are_the_required_checks_that_failed() -> None:
+    checks = [{"name": "kernel BTF", "ok": True, "required": True, "detail": "ok"},
+              {"name": "attach kind kprobe", "ok": False, "required": False, "detail": "n"},
+              {"name": "net sensor", "ok": False, "required": True, "detail": "ESRCH"}]
+    assert guest.doctor_failures(checks) == ["net sensor: ESRCH"]
+
+
+def test_pytest_failures_and_counts_come_from_its_summary() -> None:
+    output = "\n".join([
+        "..F.E", "=== short test summary info ===",
+        "FAILED tests/integration/test_bpf_net.py::test_x - AssertionError: boom",
+        "ERROR tests/integration/test_bpf_block.py::test_y - OSError",
+        "SKIPPED [1] tests/integration/test_bpf_net.py:215: missing: IPv6",
+        "=== 1 failed, 3 passed, 1 error in 490.47s (0:08:10) ==="])
+    assert guest.pytest_failures(output) == [
+        "FAILED tests/integration/test_bpf_net.py::test_x - AssertionError: boom",
+        "ERROR tests/integration/test_bpf_block.py::test_y - OSError"]
+    assert guest.pytest_counts(output) == "1 failed, 3 passed, 1 error in 490.47s (0:08:10)"
+
+
+def _report(**fields: object) -> str:
+    base: dict[str, object] = {"status": "completed", "outputs_match": True,
+                               "replayed_text": {"1": guest.EXPECTED_ROWS}}
+    return json.dumps({**base, **fields})
+
+
+def test_only_a_completed_identical_replay_passes() -> None:
+    assert guest.replay_problem(0, _report(), "") == ""
+    diverged = _report(status="diverged", divergence={"reason": "openat path differs"})
+    assert guest.replay_problem(1, diverged, "") == "replay diverged: openat path differs"
+    assert "outputs differ" in guest.replay_problem(0, _report(outputs_match=False), "")
+    assert "replayed stdout" in guest.replay_problem(
+        0, _report(replayed_text={"1": "PAY-1|50000\n"}), "")
+    assert "no report" in guest.replay_problem(2, "", "kprobe replay: no such process")
+
+
+def test_the_cpio_archive_is_newc_with_aligned_entries_and_a_trailer() -> None:
+    archive = CpioWriter()
+    archive.directory("bin")
+    archive.device("dev/console", major=5, minor=1)
+    archive.file("init", b"#!/bin/sh\n", mode=0o755)
+    data = archive.finish()
+    entries = []
+    stream = io.BytesIO(data)
+    while True:
+        header = stream.read(110)
+        assert header[:6] == b"070701"
+        fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
+        mode, size, rdev_major, rdev_minor, namesize = (fields[1], fields[6], fields[9],
+                                                        fields[10], fields[11])
+        name = stream.read(namesize)[:-1].decode()
+        stream.read(-(110 + namesize) % 4)
+        body = stream.read(size)
+        stream.read(-size % 4)
+        entries.append((name, mode, body, (rdev_major, rdev_minor)))
+        if name == "TRAILER!!!":
+            break
+    assert stream.read() == b""
+    assert [e[0] for e in entries] == ["bin", "dev/console", "init", "TRAILER!!!"]
+    assert stat.S_ISDIR(entries[0][1]) and stat.S_ISCHR(entries[1][1])
+    assert entries[1][3] == (5, 1)
+    assert entries[2][2] == b"#!/bin/sh\n" and stat.S_IMODE(entries[2][1]) == 0o755
+
+
+def test_the_guest_has_no_network_device_and_shares_the_root_only_when_asked() -> None:
+    spec = VmSpec(accel="tcg", cpus=2, memory_mib=2048)
+    command = qemu_command("qemu", spec, Path("/k"), Path("/i"), Path("/r"),
+                           root_socket=Path("/s"), scratch=Path("/d"))
+    assert "-nodefaults" in command and "-netdev" not in command and "-nic" not in command
+    assert "tcg,thread=multi" in command
+    # under emulation the guest keeps time by the HPET, not a TSC it calibrated
+    assert "clocksource=hpet" in command[command.index("-append") + 1]
+    assert "memory-backend-memfd,id=mem,size=2048M,share=on" in command
+    probe = qemu_command("qemu", VmSpec(accel="kvm", cpus=1, memory_mib=256), Path("/k"),
+                         Path("/i"), Path("/dev/null"))
+    assert "vhost-user-fs-pci,chardev=root,tag=hostroot" not in probe and "kvm" in probe
+    assert "clocksource" not in probe[probe.index("-append") + 1]

@@ -1,0 +1,174 @@
+"""QEMU for the matrix: the read-only root share (virtiofsd), the accelerator probe, and one
+guest's run with a deadline and a log.
+
+The guest sees this machine's whole root file system through virtiofs, exported read-only:
+virtiofsd runs in a private mount namespace on a read-only bind mount of ``/`` (Debian 12's
+virtiofsd, QEMU's C one, has no read-only option). The guest writes into an overlay in its
+own memory, so it cannot change a file of the host.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Literal
+
+from tests.vmtest.errors import NoQemuError, VmtestError
+
+QEMU = "qemu-system-x86_64"
+VIRTIOFSD = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
+Accel = Literal["kvm", "tcg"]
+
+# Console on the first serial port; results on the second (no kernel messages there).
+KERNEL_ARGS = "console=ttyS0 loglevel=4 panic=-1"
+# Under emulation the guest calibrates its TSC against the emulated HPET at boot; on a
+# loaded host that once came out ~3x wrong (the guest's seconds ran 2.9 times faster than
+# the host's, and every timing in the tests with them). The HPET follows the host's clock.
+TCG_KERNEL_ARGS = "clocksource=hpet"
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    accel: Accel
+    cpus: int
+    memory_mib: int
+    cpu_model: str = "max"
+
+
+def find_qemu() -> str:
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+        path = Path(directory) / QEMU
+        if path.exists() and os.access(path, os.X_OK):
+            return str(path)
+    raise NoQemuError(f"{QEMU} not found (apt-get install qemu-system-x86)")
+
+
+def find_virtiofsd() -> str:
+    for path in VIRTIOFSD:
+        if Path(path).exists() and os.access(path, os.X_OK):
+            return path
+    raise NoQemuError("virtiofsd not found (Debian 12 ships it in qemu-system-common)")
+
+
+def qemu_command(qemu: str, spec: VmSpec, kernel: Path, initrd: Path, results: Path,
+                 root_socket: Path | None = None, scratch: Path | None = None,
+                 extra_args: str = "") -> list[str]:
+    """The QEMU command line of one guest: no network device (loopback only), serial
+    console on stdout, results on a second serial port written to ``results``."""
+    command = [
+        qemu, "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+        "-accel", "kvm" if spec.accel == "kvm" else "tcg,thread=multi",
+        "-cpu", spec.cpu_model, "-smp", str(spec.cpus), "-m", f"{spec.memory_mib}M",
+        "-serial", "stdio", "-serial", f"file:{results}",
+        "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", " ".join(a for a in (KERNEL_ARGS, TCG_KERNEL_ARGS if spec.accel == "tcg"
+                                        else "", extra_args) if a),
+    ]
+    if root_socket is not None:
+        # vhost-user needs the guest's memory shared with virtiofsd
+        command += [
+            "-object", f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on",
+            "-numa", "node,memdev=mem",
+            "-chardev", f"socket,id=root,path={root_socket}",
+            "-device", "vhost-user-fs-pci,chardev=root,tag=hostroot",
+        ]
+    if scratch is not None:
+        command += ["-drive", f"file={scratch},format=raw,if=virtio,cache=unsafe"]
+    return command
+
+
+class RootShare:
+    """virtiofsd exporting ``/`` read-only on ``socket`` for one guest, while in use."""
+
+    _SCRIPT = ('mount --bind / "$1" && mount -o remount,bind,ro "$1" && '
+               'exec "$2" --socket-path="$3" '
+               '-o source="$1",cache=always,sandbox=namespace,no_posix_lock,no_xattr '
+               '-o log_level=warn')
+
+    def __init__(self, socket: Path, mountpoint: Path, log: IO[str]) -> None:
+        self.socket, self.mountpoint, self.log = socket, mountpoint, log
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RootShare:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             self._SCRIPT, "sh", str(self.mountpoint), find_virtiofsd(), str(self.socket)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if self._proc.poll() is not None:
+                raise VmtestError(f"virtiofsd exited ({self._proc.returncode}) before its "
+                                  f"socket appeared; see {self.log.name}")
+            if time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise VmtestError(f"virtiofsd made no socket in 10 s; see {self.log.name}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self.socket.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class VmRun:
+    seconds: float
+    exit_code: int | None  # None when it was killed at the deadline
+    marker_seen: bool  # the ``stop_on`` text appeared on the console
+    last_lines: tuple[str, ...]  # the console's last lines, for a reason on a timeout
+
+
+def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
+           stop_on: str | None = None) -> VmRun:
+    """Run QEMU until it exits, ``stop_on`` appears on its console, or the deadline;
+    everything it prints goes to ``log``."""
+    start = time.monotonic()
+    proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    seen = threading.Event()
+    tail: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode(errors="replace").replace("\r", "")
+            log.write(line)
+            log.flush()
+            if line.strip():
+                tail.append(line.rstrip())
+                del tail[:-20]
+            if stop_on is not None and stop_on in line:
+                seen.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    exit_code: int | None = None
+    while True:
+        remaining = deadline_s - (time.monotonic() - start)
+        if seen.is_set() or remaining <= 0:
+            proc.kill()
+            proc.wait()
+            break
+        try:
+            exit_code = proc.wait(timeout=min(remaining, 0.2))
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    reader.join(timeout=5)
+    return VmRun(seconds=time.monotonic() - start, exit_code=exit_code,
+                 marker_seen=seen.is_set(), last_lines=tuple(tail))
