@@ -131,7 +131,9 @@ def install(app: FastAPI) -> None:
 
     async def known(request: Request, err: Exception) -> Response:
         status, slug, title, headers = classify(err)
-        if status >= 500:
+        if status == 503:  # overload or an unreadable lake: the reason says it all
+            log.warning("%s %s: %s", request.method, request.url.path, detail_of(err))
+        elif status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, err, exc_info=err)
         return problem_response(status, slug, title, detail_of(err),
                                 instance=request.url.path, headers=headers)
