@@ -28,7 +28,7 @@ _TIME = "ISO 8601 (2026-01-01T14:00:00Z), epoch s or ns, now, or -15m"
             summary="A process's or thread's timeline for ECharts, downsampled when wide")
 async def timeline(
         db: LakeDbDep, compute: ComputeSettingsDep, settings: SettingsDep,
-        admission: SqlAdmissionDep, _: ReadAccess,
+        admission: SqlAdmissionDep, principal: ReadAccess,
         from_: Annotated[str, Query(alias="from", min_length=1, max_length=64,
                                     description=_TIME)],
         to: Annotated[str, Query(min_length=1, max_length=64, description=_TIME)],
@@ -49,4 +49,5 @@ async def timeline(
     points = min(max_points or settings.timeline_max_points, settings.timeline_max_points)
     who = Who(node, pid, tid)
     return await admission.run(lambda: build_timeline(db, compute, who, start, end, points,
-                                                      settings.timeline_max_threads))
+                                                      settings.timeline_max_threads),
+                               principal.name)
