@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_websocket_origin_and_host_are_checked(served: Served) -> None:
 def test_every_sql_cypher_and_replay_request_is_audited(served: Served) -> None:
     statement = "SELECT count(*) AS n FROM spans WHERE name = 'PAY-SECRET-4242'"
     cypher = "MATCH (s:Span) RETURN count(*) AS n"
+    before = len(served.audit_lines())
     with served.client("reader") as client:
         assert client.post("/v1/sql", json={"sql": statement}).status_code == 200
         assert client.post("/v1/graph/cypher", json={"cypher": cypher}).status_code == 200
@@ -113,10 +115,14 @@ def test_every_sql_cypher_and_replay_request_is_audited(served: Served) -> None:
         assert client.post("/v1/replays", json={"process": "1@n"}).status_code == 403
     with httpx.Client(base_url=served.base) as anonymous:
         assert anonymous.post("/v1/sql", json={"sql": statement}).status_code == 401
-    lines = served.audit_lines()
-    for line in lines[-5:]:
+    # a line is written when its request ends, just after the answer went out: wait for it
+    deadline = time.monotonic() + 30
+    while len(lines := served.audit_lines()) < before + 5:
+        assert time.monotonic() < deadline, lines[before:]
+        time.sleep(0.05)
+    for line in lines[before:]:
         print(json.dumps(line))
-    sql_ok, cypher_ok, refused, replay, anonymous_line = lines[-5:]
+    sql_ok, cypher_ok, refused, replay, anonymous_line = lines[before:before + 5]
     digest = hashlib.sha256(statement.encode()).hexdigest()[:16]
     assert sql_ok["kind"] == "sql" and sql_ok["principal"] == "reader"
     assert sql_ok["status"] == 200 and sql_ok["rows"] == 1
