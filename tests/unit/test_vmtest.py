@@ -11,10 +11,17 @@ from pathlib import Path
 import pytest
 
 from tests.vmtest import guest
-from tests.vmtest.errors import VmtestError
+from tests.vmtest.errors import NoQemuError, VmtestError
 from tests.vmtest.initramfs import CpioWriter
 from tests.vmtest.kernels import newest_per_line, parse_package
-from tests.vmtest.qemu import VmSpec, qemu_command
+from tests.vmtest.qemu import (
+    VmSpec,
+    clock_args,
+    find_qemu,
+    qemu_command,
+    tsc_khz_from_cpuinfo,
+    tsc_khz_from_kernel_log,
+)
 from tests.vmtest.results import (
     MARK,
     StepResult,
@@ -85,6 +92,17 @@ def test_a_kernel_passes_only_with_every_step_reported_ok() -> None:
     assert outcome.reason == "no result for tests (killed at the 900 s deadline)"
     # GIVEN a guest that never reported at all
     assert not judge("6.12.118+deb12-cloud-amd64", "tcg", 4.0, []).ok
+
+
+def test_a_guest_whose_clock_ran_fast_fails_even_if_every_step_passed() -> None:
+    # GIVEN steps that took 945 s by the guest's clock, in a guest that ran 326 s
+    steps = [StepResult("begin", ok=True), StepResult("doctor", ok=True, seconds=138.1),
+             StepResult("tests", ok=True, seconds=679.5),
+             StepResult("record-replay", ok=True, seconds=127.5)]
+    outcome = judge("6.12.118+deb12-cloud-amd64", "tcg", 326.4, steps)
+    assert not outcome.ok and "clock ran 2.9x fast" in outcome.reason
+    # control: the same steps in a guest that ran longer than they add up to
+    assert judge("6.12.118+deb12-cloud-amd64", "tcg", 960.0, steps).ok
 
 
 def test_the_reason_is_the_first_failing_step_and_every_failure_is_kept() -> None:
@@ -182,10 +200,35 @@ def test_the_guest_has_no_network_device_and_shares_the_root_only_when_asked() -
                            root_socket=Path("/s"), scratch=Path("/d"))
     assert "-nodefaults" in command and "-netdev" not in command and "-nic" not in command
     assert "tcg,thread=multi" in command
-    # under emulation the guest keeps time by the HPET, not a TSC it calibrated
+    # under emulation, without the host's TSC rate the guest keeps time by the HPET
     assert "clocksource=hpet" in command[command.index("-append") + 1]
     assert "memory-backend-memfd,id=mem,size=2048M,share=on" in command
     probe = qemu_command("qemu", VmSpec(accel="kvm", cpus=1, memory_mib=256), Path("/k"),
                          Path("/i"), Path("/dev/null"))
     assert "vhost-user-fs-pci,chardev=root,tag=hostroot" not in probe and "kvm" in probe
     assert "clocksource" not in probe[probe.index("-append") + 1]
+
+
+def test_a_missing_qemu_is_an_error_saying_what_to_install(tmp_path: Path) -> None:
+    with pytest.raises(NoQemuError, match="apt-get install qemu-system-x86"):
+        find_qemu([str(tmp_path)])
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert find_qemu([str(tmp_path)]) == str(fake)
+
+
+def test_an_emulated_guest_is_told_the_hosts_tsc_rate_instead_of_measuring_it() -> None:
+    log = "\n".join(["[    0.000054] tsc: Detected 2793.436 MHz processor",
+                     "[    0.343227] clocksource: tsc: mask: 0xffffffffffffffff",
+                     "[    1.100000] tsc: Refined TSC clocksource calibration: 2793.438 MHz"])
+    assert tsc_khz_from_kernel_log(log) == 2793438  # the refined value, the kernel's last
+    assert tsc_khz_from_kernel_log(log.splitlines()[0]) == 2793436
+    assert tsc_khz_from_kernel_log("[    0.1] clocksource: Switched to clocksource tsc") is None
+    cpuinfo = "flags\t\t: fpu tsc constant_tsc tsc_known_freq\ncpu MHz\t\t: 2793.436\n"
+    assert tsc_khz_from_cpuinfo(cpuinfo) == 2793436
+    # without tsc_known_freq "cpu MHz" may be the core's current clock, not the TSC's
+    assert tsc_khz_from_cpuinfo(cpuinfo.replace(" tsc_known_freq", "")) is None
+    spec = VmSpec(accel="tcg", cpus=2, memory_mib=2048, tsc_khz=2793436)
+    assert clock_args(spec) == "tsc=reliable tsc_early_khz=2793436"
+    assert clock_args(VmSpec(accel="kvm", cpus=2, memory_mib=2048, tsc_khz=2793436)) == ""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,9 +121,10 @@ def run_native(cache: Path, logs: Path, tests: Sequence[str], deadline_s: float
     log_path, results = logs / f"{release}.log", logs / f"{release}.results"
     results.unlink(missing_ok=True)
     start = time.monotonic()
+    work = tempfile.mkdtemp(prefix="kprobe-vmtest-")
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tests.vmtest.guest", "--results",
-                                 str(results), "--work", f"/tmp/kprobe-vmtest-{os.getpid()}",
+                                 str(results), "--work", work,
                                  "--programs", str(cache / "programs"), "--tests", *tests],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
@@ -131,6 +134,7 @@ def run_native(cache: Path, logs: Path, tests: Sequence[str], deadline_s: float
             proc.kill()
             proc.wait()
             code = None
+    shutil.rmtree(work, ignore_errors=True)
     stopped = f"exit {code}" if code is not None else f"killed at {deadline_s:.0f} s"
     found = decode_all(results.read_text(errors="replace")) if results.exists() else []
     return judge(release, "native", time.monotonic() - start, found, stopped=stopped,
@@ -169,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unpacked = [kernels.ensure_unpacked(p, args.cache) for p in packages.values()]
         build_programs(args.cache / "programs")
     except NoQemuError as err:
-        _loud(f"QEMU CANNOT RUN HERE, NO KERNEL OF THE MATRIX WAS BOOTED: {err}")
+        _loud(f"THE KERNEL MATRIX CANNOT RUN HERE, NO KERNEL WAS BOOTED: {err}")
         return 1 if in_ci else EXIT_NO_QEMU
     except VmtestError as err:
         _loud(f"the matrix cannot run: {err}")
@@ -177,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say("vmtest: kernels " + ", ".join(f"{k.release} ({k.package.name})" for k in unpacked)
          + ("" if args.no_native else f", and the host's {os.uname().release} natively"))
 
+    tsc_khz = qemu.host_tsc_khz()
+    _say(f"vmtest: emulated guests keep time by their TSC at this host's {tsc_khz / 1000:.3f} MHz"
+         if tsc_khz else "vmtest: this host's TSC frequency is not in its kernel log: emulated "
+         "guests keep time by the HPET (their vDSO clock reads become system calls)")
     accel: dict[str, qemu.Accel] = {}
     with ThreadPoolExecutor(max_workers=len(unpacked)) as pool:
         probes = {k.release: pool.submit(probe_kvm, qemu_bin, k, _work(args.cache, k))
@@ -199,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def one(kernel: kernels.UnpackedKernel) -> KernelOutcome:
         spec = qemu.VmSpec(accel=accel[kernel.release], cpus=args.cpus,
-                           memory_mib=args.memory)
+                           memory_mib=args.memory, tsc_khz=tsc_khz)
         outcome = run_guest(qemu_bin, kernel, spec, args.cache, args.logs, args.tests,
                             args.deadline)
         _say(kernel_line(outcome))

@@ -10,6 +10,7 @@ own memory, so it cannot change a file of the host.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import time
@@ -27,10 +28,6 @@ Accel = Literal["kvm", "tcg"]
 
 # Console on the first serial port; results on the second (no kernel messages there).
 KERNEL_ARGS = "console=ttyS0 loglevel=4 panic=-1"
-# Under emulation the guest calibrates its TSC against the emulated HPET at boot; on a
-# loaded host that once came out ~3x wrong (the guest's seconds ran 2.9 times faster than
-# the host's, and every timing in the tests with them). The HPET follows the host's clock.
-TCG_KERNEL_ARGS = "clocksource=hpet"
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,59 @@ class VmSpec:
     cpus: int
     memory_mib: int
     cpu_model: str = "max"
+    tsc_khz: int | None = None  # the host's TSC frequency, which an emulated TSC runs at
 
 
-def find_qemu() -> str:
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+def clock_args(spec: VmSpec) -> str:
+    """How an emulated guest keeps time. Under TCG its TSC counts at the host's TSC rate,
+    but the guest measures that rate against the emulated HPET at boot, and on a loaded
+    host that once came out ~3x wrong (the guest's seconds ran 2.9 times faster than the
+    host's, and every timing in the tests with them). Told the rate (``tsc_early_khz``) it
+    keeps the TSC, so vDSO clock reads stay as on a real machine; not knowing it, the HPET
+    (right, but every clock read becomes a system call)."""
+    if spec.accel != "tcg":
+        return ""
+    if spec.tsc_khz:
+        return f"tsc=reliable tsc_early_khz={spec.tsc_khz}"
+    return "clocksource=hpet"
+
+
+_TSC_MHZ = re.compile(r"tsc: (?:Refined TSC clocksource calibration:|Detected) "
+                      r"(\d+)\.(\d{3}) MHz")
+
+
+def tsc_khz_from_kernel_log(text: str) -> int | None:
+    """The TSC frequency the host's kernel settled on (its last word on it), in kHz."""
+    found = _TSC_MHZ.findall(text)
+    if not found:
+        return None
+    mhz, fraction = found[-1]
+    return int(mhz) * 1000 + int(fraction)
+
+
+def tsc_khz_from_cpuinfo(text: str) -> int | None:
+    """The "cpu MHz" of /proc/cpuinfo, when the kernel took the TSC's frequency from the
+    CPU or hypervisor (flag tsc_known_freq; no frequency scaling, so it is the TSC's)."""
+    flags = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    mhz = re.search(r"^cpu MHz\s*:\s*(\d+)\.(\d{3})", text, re.MULTILINE)
+    if flags is None or mhz is None or "tsc_known_freq" not in flags[1].split():
+        return None
+    return int(mhz[1]) * 1000 + int(mhz[2])
+
+
+def host_tsc_khz() -> int | None:
+    """This host's TSC frequency: from its kernel log, else /proc/cpuinfo when the kernel
+    knew it; None when neither says."""
+    out = subprocess.run(["dmesg"], capture_output=True, text=True, check=False)
+    found = tsc_khz_from_kernel_log(out.stdout) if out.returncode == 0 else None
+    return found or tsc_khz_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+
+
+def find_qemu(dirs: Sequence[str] | None = None) -> str:
+    """The QEMU binary in ``dirs`` (default: PATH and /usr/bin)."""
+    if dirs is None:
+        dirs = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]
+    for directory in dirs:
         path = Path(directory) / QEMU
         if path.exists() and os.access(path, os.X_OK):
             return str(path)
@@ -67,8 +113,7 @@ def qemu_command(qemu: str, spec: VmSpec, kernel: Path, initrd: Path, results: P
         "-cpu", spec.cpu_model, "-smp", str(spec.cpus), "-m", f"{spec.memory_mib}M",
         "-serial", "stdio", "-serial", f"file:{results}",
         "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", " ".join(a for a in (KERNEL_ARGS, TCG_KERNEL_ARGS if spec.accel == "tcg"
-                                        else "", extra_args) if a),
+        "-append", " ".join(a for a in (KERNEL_ARGS, clock_args(spec), extra_args) if a),
     ]
     if root_socket is not None:
         # vhost-user needs the guest's memory shared with virtiofsd

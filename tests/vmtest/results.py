@@ -15,6 +15,7 @@ MARK = "@@vmtest "
 # the steps every kernel must pass, in order
 STEPS: tuple[str, ...] = ("doctor", "tests", "record-replay")
 REASON_CHARS = 400  # a reason is one line; the full text is in the log
+CLOCK_SLACK = 1.05  # a guest's steps may not add up to more than its run on the host
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,11 @@ def judge(release: str, accel: str, seconds: float, results: Sequence[StepResult
     missing = [s for s in steps if s not in by_step]
     if not reason and missing:
         reason = f"no result for {missing[0]}" + (f" ({stopped})" if stopped else "")
+    guest_seconds = sum(r.seconds for r in results)
+    if not reason and guest_seconds > seconds * CLOCK_SLACK + 5:
+        # the steps took longer by the guest's clock than the whole guest by the host's
+        reason = (f"the guest's clock ran {guest_seconds / seconds:.1f}x fast ({guest_seconds:.0f}"
+                  f" s of steps in {seconds:.0f} s): its timings cannot be trusted")
     seen_release = next((r.release for r in results if r.release), release)
     return KernelOutcome(release=seen_release, accel=accel, ok=not reason, seconds=seconds,
                          reason=one_line(reason), failures=tuple(failures), log=log)
