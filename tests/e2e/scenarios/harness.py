@@ -129,6 +129,29 @@ class ScenarioRun:
             raise AssertionError(f"{err}\n(lake, ground truth and diagnosis kept in {kept})"
                                  f"\n{text[-6000:]}") from err
 
+    @staticmethod
+    def _untraced_switch_ins(con: Any, op: Operation) -> list[str]:
+        """Switch-outs of the thread with no switch-in since its previous one: the kernel
+        did not trace the switch that put it on the CPU (seen here: the switch out of a
+        thread of PID 1), so its off-CPU interval, emitted at switch-in, is missing too.
+        Names the task the CPU's previous traced switch put on it."""
+        rows = con.execute("""
+            WITH mine AS (
+                SELECT ts_ns, cpu, prev_tid = ? AS out_,
+                       lag(prev_tid = ?) OVER (ORDER BY ts_ns) AS out_before
+                FROM sched WHERE kind = 'switch' AND (prev_tid = ? OR next_tid = ?)
+                  AND ts_ns BETWEEN ? AND ?)
+            SELECT (m.ts_ns - ?) / 1e6, m.cpu,
+                   (SELECT next_comm || '(' || next_pid || ')' FROM sched x
+                    WHERE x.kind = 'switch' AND x.cpu = m.cpu AND x.ts_ns < m.ts_ns
+                    ORDER BY x.ts_ns DESC LIMIT 1)
+            FROM mine m WHERE m.out_ AND m.out_before AND m.ts_ns >= ?
+            ORDER BY m.ts_ns""",
+                           [op.tid, op.tid, op.tid, op.tid, op.start_ns - 10**9, op.end_ns,
+                            op.start_ns, op.start_ns]).fetchall()
+        return [f"  UNTRACED SWITCH-IN before the switch-out at +{at:.3f} ms on cpu {cpu}: "
+                f"the CPU's last traced switch put {holder} on it" for at, cpu, holder in rows]
+
     def diagnose(self, ops: list[Operation], verdicts: list[Verdict]) -> str:
         """What the lake holds about each operation's thread while it ran: its off-CPU
         intervals (state, wait reason, waker, kernel stack), its switches, the block requests
@@ -173,6 +196,7 @@ class ScenarioRun:
             out.append(f"sched rows of the thread ({len(switches)}):")
             out += [f"  +{r[0]:.3f} ms {r[1]} cpu {r[2]} prev {r[3]} ({r[4]}) next {r[5]}"
                     for r in switches[:40]]
+            out += self._untraced_switch_ins(con, op)
             block = con.execute("""
                 SELECT pid, comm, dev, count(*), sum(bytes), max(dur_ns) / 1e6,
                        min(ts_ns - ?) / 1e6, max(ts_ns + dur_ns - ?) / 1e6
