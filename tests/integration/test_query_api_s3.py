@@ -1,8 +1,10 @@
 """Two ``kprobe serve`` replicas over one S3 lake (SeaweedFS): any replica answers.
 
 The agent records the ledger workload straight into ``s3://…`` and ``kprobe analyze``
-publishes its graph there. Replica A launches a replay and streams a commit live; replica B
-answers the job, the SQL and the explanation from the lake alone.
+publishes its graph there; ``kprobe run --payloads`` records the timeout story there too
+(``timeout_story``). Replica A launches a replay and streams a commit live; replica B
+answers the job (which must reproduce production exactly), the SQL and the explanation
+from the lake alone, and runs a what-if that changes the outcome.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 
 from lake import LakeWriter, resolve
 from query_api.auth import add_token
+from tests.integration.timeout_story import SETTLED, TIMED_OUT, TIMEOUT_ARG, record_timeout_story
 from tests.s3server import S3Server
 from tests.support import REPO, free_port, require_root
 
@@ -80,23 +84,28 @@ def replicas(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
                               "local"], env=env, capture_output=True, text=True, timeout=120,
                              cwd=REPO)
     assert analyze.returncode == 0, analyze.stderr
+    # AND the timeout story recorded with payloads, what replays need
+    story = record_timeout_story(s3_server.lake_settings("lake"), env, tmp)
     tokens_file = tmp / "tokens.json"
     token = add_token(tokens_file, "ops", ["read", "replay"])
+    # replay reports show the program's bytes only with the payloads scope
+    auditor = add_token(tokens_file, "auditor", ["read", "replay", "payloads"])
     a, base_a = _serve(env, tokens_file, tmp / "a.log")
     # replica B has its own graph cache: it downloads the snapshot itself
     b, base_b = _serve({**env, "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(tmp / "cache-b")},
                        tokens_file, tmp / "b.log")
     try:
         yield {"a": base_a, "b": base_b, "token": token, "env": env, "spans": spans,
+               "story": story, "auditor": auditor,
                "tokens_file": tokens_file, "tmp": tmp, "s3": s3_server}
     finally:
         _stop(a)
         _stop(b)
 
 
-def _client(replicas: dict[str, object], which: str) -> httpx.Client:
+def _client(replicas: dict[str, object], which: str, token: str = "token") -> httpx.Client:
     return httpx.Client(base_url=str(replicas[which]), timeout=60,
-                        headers={"Authorization": f"Bearer {replicas['token']}"})
+                        headers={"Authorization": f"Bearer {replicas[token]}"})
 
 
 def test_both_replicas_answer_from_the_lake(replicas: dict[str, object]) -> None:
@@ -113,28 +122,53 @@ def test_both_replicas_answer_from_the_lake(replicas: dict[str, object]) -> None
                 == b.get(f"/v1/transactions/{txn}/explain").json())
 
 
+def _finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """GET /v1/replays/{id} until the job ends."""
+    deadline = time.monotonic() + 150
+    while (job := client.get(f"/v1/replays/{job_id}").json())["status"] == "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return dict(job)
+
+
 def test_a_replay_launched_on_one_replica_is_answered_by_the_other(
         replicas: dict[str, object]) -> None:
-    spans = replicas["spans"]
-    assert isinstance(spans, dict)
-    with _client(replicas, "a") as a, _client(replicas, "b") as b:
-        launched = a.post("/v1/replays", json={"process": f"{spans['pid']}@{spans['node']}",
-                                               "timeout_s": 60})
+    # GIVEN the client of the timeout story recorded with payloads into the S3 lake
+    story = replicas["story"]
+    with _client(replicas, "a", "auditor") as a, _client(replicas, "b", "auditor") as b:
+        # WHEN replica A replays it exactly
+        launched = a.post("/v1/replays", json={"process": story, "timeout_s": 60})
         assert launched.status_code == 202, launched.text
         job_id = launched.json()["id"]
-        assert b.get(f"/v1/replays/{job_id}").json()["status"] in (
-            "running", "succeeded", "failed", "error")
-        deadline = time.monotonic() + 150
-        while (job := b.get(f"/v1/replays/{job_id}").json())["status"] == "running":
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)
-    assert job["status"] in ("succeeded", "failed", "error")
+        assert b.get(f"/v1/replays/{job_id}").json()["status"] in ("running", "succeeded")
+        # THEN replica B answers it: loaded from S3, it reproduced production exactly
+        job = _finished(b, job_id)
+        report = b.get(f"/v1/replays/{job_id}/report").json()
+    assert job["status"] == "succeeded", job
+    assert job["summary"]["status"] == "completed" and job["summary"]["outputs_match"], job
+    assert TIMED_OUT in report["replayed_text"]["1"], report["replayed_text"]
     assert job["owner"] != "" and job["finished_ns"]
     s3 = replicas["s3"]
     assert isinstance(s3, S3Server)
     prefix = f"lake/jobs/replays/{job_id}/"
     listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
     assert f"{prefix}job.json" in {o["Key"] for o in listed["Contents"]}
+
+
+def test_a_what_if_over_s3_changes_the_outcome(replicas: dict[str, object]) -> None:
+    # GIVEN the same recording, and the client's timeout raised from 750 to 1500 ms
+    body = {"process": replicas["story"], "timeout_s": 60, "expect_exit": 0,
+            "set_args": [{"index": TIMEOUT_ARG, "value": "1500"}]}
+    with _client(replicas, "b", "auditor") as b:
+        # WHEN replayed through replica B
+        launched = b.post("/v1/replays", json=body)
+        assert launched.status_code == 202, launched.text
+        job = _finished(b, launched.json()["id"])
+        report = b.get(f"/v1/replays/{job['id']}/report").json()
+    # THEN PAY-1 is settled with the reply the server really sent: not what was recorded
+    assert job["status"] == "succeeded" and job["summary"]["outputs_match"] is False, job
+    stdout = report["replayed_text"]["1"]
+    assert SETTLED in stdout and TIMED_OUT not in stdout, stdout
 
 
 def test_live_stream_over_s3(replicas: dict[str, object]) -> None:
