@@ -387,8 +387,9 @@ def test_live_stream_gets_an_event_committed_after_connecting(served: Served) ->
 @pytest.fixture(scope="module")
 def story(served: Served, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The timeout story recorded with payloads into the served lake; the client's
-    PID@NODE. (The ledger workload above is not replayed: recorded with payloads, its
-    exact replay times out, see the README's replay limits.)"""
+    PID@NODE. (The ledger workload above is not the replay target: recorded with
+    payloads, its exact replay ran into the 120 s timeout here, its OpenTelemetry exporter
+    thread waiting on rows that did not come.)"""
     require(shutil.which("bwrap") is not None, "the bwrap program")
     return record_timeout_story(LakeSettings(lake=str(served.lake)), dict(os.environ),
                                 tmp_path_factory.mktemp("story"))
