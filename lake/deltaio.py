@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
 from lake.errors import LakeError, LakeUnavailable, SchemaVersionError
 from lake.schema import SCHEMA_VERSION, SCHEMA_VERSION_TAG
-from lake.storage import LakeLocation
+from lake.storage import LakeLocation, filesystem
 
 # Substrings of object-store errors that mean "cannot reach or not allowed", as opposed to
 # a bug in the request.
@@ -58,16 +60,33 @@ def translate_errors(action: str) -> Iterator[None]:
 
 
 def log_missing(location: LakeLocation, table: str) -> bool:
-    """A local table that has files but no ``_delta_log``: its log was lost (or moved), and
-    reading it as an empty table would answer wrong. (Object stores: not checked.)"""
-    if location.scheme != "file":
-        return False
-    directory = location.local_path / "v1" / table
+    """A table that has files but no ``_delta_log``: its log was lost (or moved), and
+    reading it as an empty table would answer wrong. One listing of the table's directory
+    (an object-store LIST)."""
+    if location.scheme == "file":  # on every check of a cached table: keep it cheap
+        directory = location.local_path / "v1" / table
+        try:
+            if all(name == "_delta_log" for name in os.listdir(directory)):
+                return False  # not created yet
+            with os.scandir(directory / "_delta_log") as log:
+                return not any(entry.is_file() for entry in log)  # stops at the first
+        except FileNotFoundError:
+            return directory.is_dir()
+        except OSError:
+            return False
+    fs, base = filesystem(location)
     try:
-        entries = [e.name for e in directory.iterdir()]
+        entries = fs.get_file_info(pafs.FileSelector(f"{base}/v1/{table}",
+                                                     allow_not_found=True))
+        data = [e for e in entries if e.base_name != "_delta_log"]
+        if not data:
+            return False  # not created yet
+        # an empty _delta_log "directory" may remain on object stores that keep them
+        commits = fs.get_file_info(pafs.FileSelector(f"{base}/v1/{table}/_delta_log",
+                                                     allow_not_found=True))
     except OSError:
-        return False  # not created yet
-    return bool(entries) and "_delta_log" not in entries
+        return False  # cannot tell: the open that follows says why
+    return not any(e.type == pafs.FileType.File for e in commits)
 
 
 def open_table(location: LakeLocation, table: str) -> DeltaTable | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -104,3 +106,21 @@ def resolve(settings: LakeSettings) -> LakeLocation:
         options["conditional_put"] = "etag"
         return LakeLocation(root, "s3", options, keys)
     raise LakeError(f"unsupported lake URI scheme {parsed.scheme!r}: use file:// or s3://")
+
+
+def filesystem(location: LakeLocation) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow file system for the lake's storage and the root's path in it (a local
+    directory, or ``bucket/prefix``), for listing and reading plain files."""
+    if location.scheme == "file":
+        return pafs.LocalFileSystem(), str(location.local_path)
+    opts = location.storage_options
+    kwargs: dict[str, Any] = {"region": opts.get("AWS_REGION", "us-east-1")}
+    if opts.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = opts["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = opts.get("AWS_SECRET_ACCESS_KEY", "")
+    endpoint = opts.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs), location.root[len("s3://"):]

@@ -14,10 +14,11 @@ positive ``max_staleness_s`` accepts a check that started up to that long before
 fewer listings on object stores, at the price of seeing a commit up to that late.
 
 A table that does not exist yet reads as an empty table with its schema and is looked for
-again on every check; a local table with files but no ``_delta_log`` is an error, not an
-empty table. A check that fails (a torn commit, a log that went back to an older version
-after a repair) raises ``LakeUnavailable`` and drops the handle, so the next check opens
-the table afresh: a repaired log is read again without a restart.
+again on every check; a table with files but no ``_delta_log`` is an error, not an empty
+table (checked when the table is opened, and, for local lakes, on every check). A check
+that fails (a torn commit, a log that went back to an older version after a repair)
+raises ``LakeUnavailable`` and drops the handle, so the next check opens the table
+afresh: a repaired log is read again without a restart.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class TableCache:
                     self.checks += 1
                     if entry.table is None:
                         entry.table = open_table(self.location, entry.name)
-                    elif log_missing(self.location, entry.name):
+                    elif self.location.scheme == "file" and \
+                            log_missing(self.location, entry.name):  # a LIST on S3: not here
                         raise LakeUnavailable(
                             f"lake unreadable: table {entry.name} lost its _delta_log")
                     else:

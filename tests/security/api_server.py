@@ -96,7 +96,7 @@ class Served:
 
 
 @contextmanager
-def serve(lake: Path, tmp: Path, *, args: tuple[str, ...] = (),
+def serve(lake: Path | str, tmp: Path, *, args: tuple[str, ...] = (),
           env: dict[str, str] | None = None, auth: bool = True) -> Iterator[Served]:
     tmp.mkdir(parents=True, exist_ok=True)
     tokens_file = tmp / "tokens.json"
@@ -124,7 +124,7 @@ def serve(lake: Path, tmp: Path, *, args: tuple[str, ...] = (),
         assert time.monotonic() < deadline, "kprobe serve did not answer within 60 s"
         time.sleep(0.1)
     try:
-        yield Served(base, port, lake, tokens, proc, log_path, tmp, env or {})
+        yield Served(base, port, Path(lake), tokens, proc, log_path, tmp, env or {})
     finally:
         proc.terminate()
         try:

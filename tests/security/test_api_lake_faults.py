@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from lake import LakeWriter, resolve
+from tests.s3server import S3Server
 from tests.security.api_server import RecordedLake, Served, copy_lake, serve
 
 pytestmark = pytest.mark.timeout(300)
@@ -114,3 +116,31 @@ def test_a_corrupt_data_file_is_503(served: Served, tmp_path: Path) -> None:
         # the control: a statement's own mistake is still the client's (400)
         wrong = client.post("/v1/sql", json={"sql": "SELECT no_such_column FROM syscalls"})
         assert wrong.status_code == 400
+
+
+def test_an_object_store_table_without_its_log_is_an_error(s3_server: S3Server,
+                                                           tmp_path: Path) -> None:
+    # GIVEN a table in an S3 lake (SeaweedFS) with rows, then its _delta_log deleted
+    location = resolve(s3_server.lake_settings("faults"))
+    LakeWriter(location, "faults").append("lost", {"ts_ns": [1, 2, 3], "source": ["x"] * 3,
+                                                   "count": [1, 2, 3]})
+    client = s3_server.client()
+    listed = client.list_objects_v2(Bucket=s3_server.bucket, Prefix="faults/v1/lost/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert any("/_delta_log/" in k for k in keys) and any(k.endswith(".parquet") for k in keys)
+    env = s3_server.env("faults")
+    with serve(env["KPROBE_LAKE"], tmp_path / "before", env=env) as server, \
+            server.client("reader") as api:
+        assert api.post("/v1/sql", json={"sql": "SELECT sum(count) FROM lost"}
+                        ).json()["rows"] == [[6]]
+    for key in keys:
+        if "/_delta_log/" in key:
+            client.delete_object(Bucket=s3_server.bucket, Key=key)
+    # WHEN a server reads it THEN 503 naming the lost log, not an empty table
+    with serve(env["KPROBE_LAKE"], tmp_path / "after", env=env) as server, \
+            server.client("reader") as api:
+        body = unavailable(api.post("/v1/sql", json={"sql": "SELECT sum(count) FROM lost"}))
+        assert "_delta_log" in body["detail"]
+        # the control: a table never written is still an empty table
+        assert api.post("/v1/sql", json={"sql": "SELECT count(*) FROM spans"}
+                        ).json()["rows"] == [[0]]
