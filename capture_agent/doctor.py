@@ -8,7 +8,6 @@ the objects' BTF. It never raises; a failure is a Check with ``ok=False``.
 
 from __future__ import annotations
 
-import dataclasses
 import errno as errno_mod
 import functools
 import os
@@ -138,13 +137,17 @@ def check_sensor(family: Family, spec: SensorSpec | None = None) -> list[Check]:
     path = object_path(family.object_file)
     if not path.exists():
         return [Check(f"{family.name} sensor", False, f"{path} not built (run `make bpf`)")]
-    sensor = Sensor(dataclasses.replace(spec or SensorSpec(family=family), verifier_stats=True))
+    sensor = Sensor(spec or SensorSpec(family=family))
     try:
         sensor.load()
     except BpfError as e:
         return [Check(f"{family.name} sensor", False, str(e))]
     checks = [Check(f"{family.name} sensor", True,
                     f"{path.name} loaded (verifier passed{_margins(sensor, path)})")]
+    for missing, fallback in sensor.fallbacks_used.items():
+        checks.append(Check(f"{family.name} fallback", True,
+                            f"{missing} cannot attach on this kernel; {fallback} records the "
+                            "same instead", required=False))
     try:
         for program, section in sensor.programs():
             label = f"attach {section}"

@@ -88,6 +88,8 @@ class Family:
     structs:     C struct name -> dtype (checked against BTF)
     enums:       C enum name -> {C enumerator: value} (checked against BTF)
     rings:       ring map name -> the dtype of its (one) record type
+    fallbacks:   program -> the program it stands in for, loaded only on kernels that lack
+                 the other's attach point (an older kernel's tracepoint); see Sensor.open
     """
 
     name: str
@@ -96,6 +98,7 @@ class Family:
     enums: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     rings: Mapping[str, np.dtype] = field(default_factory=dict)
     layout_version: int = 1
+    fallbacks: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

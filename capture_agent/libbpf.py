@@ -127,6 +127,7 @@ BTF_KIND_STRUCT = 4
 BTF_KIND_UNION = 5
 BTF_KIND_ENUM = 6
 BTF_KIND_TYPEDEF = 8
+BTF_KIND_FUNC = 12
 BTF_KIND_VOLATILE = 9
 BTF_KIND_CONST = 10
 BTF_KIND_VAR = 14
@@ -599,6 +600,10 @@ class Btf:
         if type_id < 0:
             raise OSError(errno_mod.ENOENT, f"no BTF type {name!r} (kind {kind}) in {self.path}")
         return type_id
+
+    def has(self, name: str, kind: int) -> bool:
+        assert self.ptr
+        return int(_lib.btf__find_by_name_kind(self.ptr, name.encode(), kind)) >= 0
 
     def struct_size(self, name: str) -> int:
         assert self.ptr

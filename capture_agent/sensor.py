@@ -32,6 +32,7 @@ from capture_agent.errors import (
     BpfMapError,
     BpfObjectError,
 )
+from capture_agent.kernel_btf import attach_point_exists
 from capture_agent.layouts import EVENT_KIND_MAX, EventKind, Family
 from capture_agent.ringbuf import RingReader
 from capture_agent.verifier import VerifierStats, failure_reason, limit_of, parse_stats
@@ -72,7 +73,8 @@ class SensorSpec:
     uprobes: Mapping[str, tuple[tuple[str, int, bool], ...]] = field(default_factory=dict)
     uprobes_per_process: bool = False
     object_dir: Path | None = None
-    verifier_stats: bool = False  # keep the verifier's summary of each program (doctor)
+    prefer_fallbacks: bool = False  # load the family's fallbacks even where the programs
+                                    # they stand in for could attach (to test them here)
 
     @property
     def name(self) -> str:
@@ -86,7 +88,9 @@ class Sensor:
         self._links: dict[str, libbpf.Link] = {}
         self._process_links: dict[int, list[libbpf.Link]] = {}
         self._rings: dict[str, RingReader] = {}
-        self.verifier_stats: dict[str, VerifierStats] = {}  # with spec.verifier_stats
+        self.verifier_stats: dict[str, VerifierStats] = {}  # per program, once loaded
+        # program whose attach point this kernel lacks -> the fallback loaded instead
+        self.fallbacks_used: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -140,6 +144,8 @@ class Sensor:
             for prog in obj.programs():
                 if prog.name in spec.disabled:
                     prog.autoload = False
+            self.fallbacks_used = _choose_fallbacks(obj, spec.family.fallbacks,
+                                                    spec.prefer_fallbacks)
         except BaseException:
             obj.close()
             raise
@@ -151,22 +157,21 @@ class Sensor:
         obj = self.open()
         mark = libbpf.log_mark()
         try:
-            if self.spec.verifier_stats:
-                obj.request_verifier_stats()
+            # the verifier's summary (and its complaint, on a refusal) in a buffer per
+            # program: libbpf's own retry log can be megabytes and is cut in its print
+            obj.request_verifier_stats()
             obj.load()
         except OSError as e:
             log = libbpf.log_since(mark)
             program = _failed_program(log)
-            if self.spec.verifier_stats:  # the verifier wrote to our buffer, not libbpf's
-                log += obj.verifier_logs().get(program, "").splitlines()
+            log += obj.verifier_logs().get(program, "").splitlines()
             obj.close()
             raise BpfLoadError(self._load_failure(program, e.errno or 0, log),
                                e.errno or 0, log) from None
-        if self.spec.verifier_stats:
-            for name, text in obj.verifier_logs().items():
-                stats = parse_stats(text)
-                if stats is not None:
-                    self.verifier_stats[name] = stats
+        for name, text in obj.verifier_logs().items():
+            stats = parse_stats(text)
+            if stats is not None:
+                self.verifier_stats[name] = stats
         self._obj = obj
 
     def _load_failure(self, program: str, err: int, log: list[str]) -> str:
@@ -341,6 +346,27 @@ class Sensor:
         except OSError as e:
             raise BpfMapError(f"sensor {self.spec.name}: {what}map {name}: {e.strerror}",
                               e.errno or 0) from None
+
+
+def _choose_fallbacks(obj: libbpf.BpfObject, fallbacks: Mapping[str, str],
+                      prefer: bool = False) -> dict[str, str]:
+    """Each fallback program loads only where the program it stands in for cannot (its
+    attach point is missing from this kernel's BTF), or with ``prefer``; returns
+    {replaced: fallback}."""
+    programs = {p.name: p for p in obj.programs()}
+    used: dict[str, str] = {}
+    for fallback, preferred in fallbacks.items():
+        fb, pref = programs.get(fallback), programs.get(preferred)
+        if fb is None:
+            continue
+        if pref is not None and pref.autoload and (
+                prefer or attach_point_exists(pref.section) is False):
+            pref.autoload = False
+            if fb.autoload:
+                used[preferred] = fallback
+        else:
+            fb.autoload = False
+    return used
 
 
 def _u32(value: int) -> bytes:

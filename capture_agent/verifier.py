@@ -69,10 +69,15 @@ def verified_chain(elf: BpfElf, program: str, stats: VerifierStats) -> int:
 
 
 def failure_reason(log: list[str]) -> str:
-    """The verifier's complaint: its last line before the summary."""
-    for before, line in zip(log, log[1:], strict=False):
-        if line.startswith(_SUMMARY) and not before.startswith(_SUMMARY):
-            return before.strip()
+    """The verifier's complaint: its last line before the summary that is not a source
+    annotation (``; int BPF_PROG(...) @ net.bpf.c:265``)."""
+    for i, line in enumerate(log):
+        if line.startswith(_SUMMARY):
+            for before in reversed(log[:i]):
+                text = before.strip()
+                if text and not text.startswith(";"):
+                    return text
+            return ""
     return ""
 
 

@@ -17,7 +17,11 @@
  * created before the sensor loaded) have no task (no BLOCK_FLAG_TASK); completions of
  * requests issued before the sensor loaded are skipped (no issue time).
  *
- * Attach points: tp_btf only. block_io_start exists since Linux 6.5.
+ * Attach points: tp_btf only. block_io_start exists since Linux 6.5; older kernels get
+ * block_getrq instead (the loader picks, by the running kernel's BTF: FALLBACKS in
+ * capture_agent/families/block.py). It fires in the submitter when a bio gets a new request,
+ * before the request is linked to it, so it keeps the submitter by bio
+ * (-> bio_starts[bio]), and block_rq_issue finds it through the request's first bio.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -59,6 +63,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct request_start);
 } requests SEC(".maps");
+
+/* struct bio pointer -> request_start, from block_getrq until the request is issued
+ * (kernels without block_io_start). LRU: a bio whose request is never issued ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct request_start);
+} bio_starts SEC(".maps");
 
 static __always_inline __u32 disk_devt(struct request *rq)
 {
@@ -141,6 +154,28 @@ int BPF_PROG(on_block_io_start, struct request *rq)
 	return 0;
 }
 
+/* Before Linux 6.5: the submitter of a bio that gets a new request. */
+SEC("tp_btf/block_getrq")
+int BPF_PROG(on_block_getrq, struct bio *bio)
+{
+	__u64 key = (__u64)bio;
+	__u64 ids = bpf_get_current_pid_tgid();
+	struct request_start start = {};
+	struct block_device *bdev = BPF_CORE_READ(bio, bi_bdev);
+
+	start.pid = ids >> 32;
+	start.tid = (__u32)ids;
+	start.flags = BLOCK_FLAG_TASK;
+	bpf_get_current_comm(start.comm, sizeof(start.comm));
+	if (bdev) {
+		start.dev = BPF_CORE_READ(bdev, bd_dev);
+		start.part_start = BPF_CORE_READ(bdev, bd_start_sect);
+	}
+	if (bpf_map_update_elem(&bio_starts, &key, &start, BPF_ANY))
+		count_drop(EVENT_BLOCK_RQ);
+	return 0;
+}
+
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(on_block_rq_issue, struct request *rq)
 {
@@ -148,10 +183,22 @@ int BPF_PROG(on_block_rq_issue, struct request *rq)
 	__u64 now = bpf_ktime_get_ns();
 	struct request_start *known = bpf_map_lookup_elem(&requests, &key);
 	struct request_start start = {};
+	__u64 bio;
 
 	/* a requeued request is issued again: the latest issue counts */
 	if (known) {
 		known->issue_ns = now;
+		return 0;
+	}
+	/* older kernels: its submitter, found through its first bio (block_getrq) */
+	bio = (__u64)BPF_CORE_READ(rq, bio);
+	known = bio ? bpf_map_lookup_elem(&bio_starts, &bio) : NULL;
+	if (known) {
+		start = *known;
+		bpf_map_delete_elem(&bio_starts, &bio);
+		start.issue_ns = now;
+		if (bpf_map_update_elem(&requests, &key, &start, BPF_ANY))
+			count_drop(EVENT_BLOCK_RQ);
 		return 0;
 	}
 	start.issue_ns = now;

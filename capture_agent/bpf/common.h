@@ -109,6 +109,18 @@ static __always_inline bool is_target(__u32 tgid)
 	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
 }
 
+/*
+ * v, at most max, in a form every supported kernel's verifier can follow: the comparison
+ * and the result are one 64-bit register. Written in C, clang may compare a 32-bit copy
+ * and pass the original (`w2 = w1; if w1 < 256 ...; call ...(r2)`), and verifiers before
+ * Linux ~6.7 do not link a 32-bit copy to its source: "R2 unbounded memory access" on 6.1.
+ */
+static __always_inline __u64 bounded(__u64 v, const __u64 max)
+{
+	asm volatile("if %[v] <= %[max] goto +1\n\t%[v] = %[max]" : [v] "+r"(v) : [max] "i"(max));
+	return v;
+}
+
 static __always_inline void count_drop(__u32 kind)
 {
 	__u64 *count = bpf_map_lookup_elem(&drops, &kind);

@@ -22,9 +22,12 @@
  * on an unowned socket is softirq (on loopback often in the peer's task). The test needs
  * no per-CPU preempt-count symbol (whose home moved between kernels).
  *
- * Attach points: tp_btf only (no kprobes/fentry on the target kernels).
- *   sock:sock_send_length, sock:sock_recv_length   Linux >= 6.3
- *   tcp:tcp_retransmit_skb (sk, skb, err)          err: recent kernels (6.18 has it)
+ * Attach points: tp_btf (some machines refuse kprobes and fentry), with one fallback:
+ *   sock:sock_send_length, sock:sock_recv_length   Linux >= 6.3; older kernels get
+ *       fexit/tcp_sendmsg and fexit/tcp_recvmsg instead (the loader picks, by the running
+ *       kernel's BTF: capture_agent/families/net.py FALLBACKS)
+ *   tcp:tcp_retransmit_skb (sk, skb[, err])        err: newer kernels (6.18, not 6.12): read only where
+ *       the kernel's tracepoint has it (CO-RE type match)
  *   tcp:tcp_receive_reset, tcp:tcp_send_reset, sock:inet_sock_set_state
  */
 #include "vmlinux.h"
@@ -260,11 +263,36 @@ int BPF_PROG(on_sock_recv_length, struct sock *sk, int ret, int flags)
 	return 0;
 }
 
-/* Called after each retransmission attempt; err != 0: it did not leave the host. */
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(on_tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *skb, int err)
+/* The same on kernels without the sock_*_length tracepoints (before Linux 6.3): what
+ * tcp_sendmsg / tcp_recvmsg returned, in the calling task. */
+SEC("fexit/tcp_sendmsg")
+int BPF_PROG(on_tcp_sendmsg_exit, struct sock *sk, struct msghdr *msg, size_t size, int ret)
 {
-	if (err || !sk)
+	on_length(sk, ret, EVENT_NET_SEND, record_send);
+	return 0;
+}
+
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(on_tcp_recvmsg_exit, struct sock *sk, struct msghdr *msg, size_t len, int flags,
+	     int *addr_len, int ret)
+{
+	if (!(flags & MSG_PEEK))
+		on_length(sk, ret, EVENT_NET_RECV, record_recv);
+	return 0;
+}
+
+/* The tracepoint's prototype on kernels that pass `err`; the ___ suffix is CO-RE's. */
+typedef void (*btf_trace_tcp_retransmit_skb___err)(void *, const struct sock *,
+						    const struct sk_buff *, int);
+
+/* Called after each retransmission attempt; err != 0: it did not leave the host (only
+ * kernels whose tracepoint passes err say so). */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *skb)
+{
+	if (bpf_core_type_matches(btf_trace_tcp_retransmit_skb___err) && (int)ctx[2])
+		return 0;
+	if (!sk)
 		return 0;
 	emit(sk, EVENT_NET_RETRANSMIT, skb ? BPF_CORE_READ(skb, len) : 0,
 	     BPF_CORE_READ(sk, __sk_common.skc_state), 0, true, owned_by_user(sk));

@@ -313,9 +313,7 @@ static __always_inline int emit_chunk(struct copy_state *c, __u32 n)
 
 		if (!ev)
 			goto lost;
-		barrier_var(n);
-		if (n > SYSCALL_DATA_SMALL_CHUNK)
-			n = SYSCALL_DATA_SMALL_CHUNK;
+		n = bounded(n, SYSCALL_DATA_SMALL_CHUNK);
 		FILL_CHUNK_HEAD(ev, c, n);
 		if (n && bpf_probe_read_user(ev->data, n, (void *)c->base)) {
 			ev->len = 0;
@@ -331,9 +329,7 @@ static __always_inline int emit_chunk(struct copy_state *c, __u32 n)
 
 		if (!ev)
 			goto lost;
-		barrier_var(n);
-		if (n > SYSCALL_DATA_CHUNK)
-			n = SYSCALL_DATA_CHUNK;
+		n = bounded(n, SYSCALL_DATA_CHUNK);
 		FILL_CHUNK_HEAD(ev, c, n);
 		if (bpf_probe_read_user(ev->data, n, (void *)c->base)) {
 			ev->len = 0;

@@ -94,6 +94,8 @@ FAMILY = Family(
     ),
     rings=MappingProxyType({"block_events": BLOCK_EVENT}),
     layout_version=BLOCK_LAYOUT_VERSION,
+    # block_io_start is Linux >= 6.5; before, the submitter is taken at block_getrq
+    fallbacks=MappingProxyType({"on_block_getrq": "on_block_io_start"}),
 )
 
 
@@ -113,7 +115,7 @@ def sensor_spec(config: BlockConfig | None = None, *,
         family=FAMILY,
         config={"wakeup_fill_pct": c.wakeup_fill_pct},
         ring_bytes={"block_events": c.ring_bytes},
-        map_entries={"requests": c.requests_in_flight},
+        map_entries={"requests": c.requests_in_flight, "bio_starts": c.requests_in_flight},
         shared_maps=shared_maps or {},
     )
 

@@ -89,6 +89,9 @@ FAMILY = Family(
     ),
     rings=MappingProxyType({"net_events": NET_EVENT}),
     layout_version=NET_LAYOUT_VERSION,
+    # sock_send_length / sock_recv_length are Linux >= 6.3; before, fexit on TCP's own
+    fallbacks=MappingProxyType({"on_tcp_sendmsg_exit": "on_sock_send_length",
+                                "on_tcp_recvmsg_exit": "on_sock_recv_length"}),
 )
 
 

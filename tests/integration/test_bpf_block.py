@@ -7,6 +7,7 @@ Completions run in irq/softirq context: the rows must still name the writer.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import tempfile
@@ -51,11 +52,16 @@ def dev_string(path: Path) -> str:
     return f"{os.major(dev)}:{os.minor(dev)}"
 
 
-def write_and_capture(binary: Path, mode: str, path: Path, nbytes: int
-                      ) -> tuple[int, pa.Table, int, int]:
-    """Run block_writer under the block sensor: (its pid, block_io rows, t0, t1)."""
+def write_and_capture(binary: Path, mode: str, path: Path, nbytes: int,
+                      fallback: bool = False) -> tuple[int, pa.Table, int, int]:
+    """Run block_writer under the block sensor: (its pid, block_io rows, t0, t1).
+    ``fallback``: with the older kernels' program (block_getrq) instead of block_io_start."""
     t0 = time.time_ns()
-    with Sensor(block.sensor_spec(block.BlockConfig(ring_bytes=8 << 20))) as sensor:
+    spec = dataclasses.replace(block.sensor_spec(block.BlockConfig(ring_bytes=8 << 20)),
+                               prefer_fallbacks=fallback)
+    with Sensor(spec) as sensor:
+        assert sensor.fallbacks_used == ({"on_block_io_start": "on_block_getrq"}
+                                         if fallback else {})
         out = subprocess.run([str(binary), mode, str(path), str(nbytes)], check=True,
                              capture_output=True, text=True, timeout=120).stdout
         batch = sensor.ring("block_events").drain()
@@ -74,15 +80,18 @@ def writes_of(rows: pa.Table, pid: int) -> pa.Table:
     return mine.filter(pc.match_substring(mine["rwbs"], "W"))
 
 
-@pytest.mark.parametrize("mode", ["direct", "fsync"])
+@pytest.mark.parametrize(("mode", "fallback"), [("direct", False), ("fsync", False),
+                                               ("direct", True), ("fsync", True)],
+                         ids=["direct", "fsync", "direct-getrq", "fsync-getrq"])
 def test_block_requests_of_a_writer_carry_its_pid_device_size_and_latency(
-        programs: Path, disk_dir: Path, mode: str) -> None:
+        programs: Path, disk_dir: Path, mode: str, fallback: bool) -> None:
     require_root_and_objects()
-    # GIVEN the block sensor, system-wide
+    # GIVEN the block sensor, system-wide (or as it runs on kernels before 6.5)
     nbytes = 4 << 20
     path = disk_dir / f"blocks-{mode}.bin"
     # WHEN block_writer writes 4 MiB to a file and fsyncs it
-    pid, rows, t0, t1 = write_and_capture(programs / "block_writer", mode, path, nbytes)
+    pid, rows, t0, t1 = write_and_capture(programs / "block_writer", mode, path, nbytes,
+                                          fallback)
 
     # THEN the write requests it created name it, on the file system's device
     mine = writes_of(rows, pid)

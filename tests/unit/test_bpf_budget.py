@@ -122,6 +122,7 @@ LOG_FAILED = """\
 func#0 @0
 func#1 @51
 combined stack size of 2 calls is 640. Too large
+; int BPF_PROG(stack_hog, struct pt_regs *regs, long ret) @ syscalls_stack_hog.bpf.c:24
 verification time 210 usec
 stack depth 320+320
 processed 120 insns (limit 1000000) max_states_per_insn 0 total_states 8 peak_states 8 mark_read 2
