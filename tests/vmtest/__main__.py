@@ -7,6 +7,7 @@ run); 2: bad arguments; 3: QEMU cannot run here at all (without KPROBE_CI=1).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 from tests.vmtest import initramfs, kernels, qemu
 from tests.vmtest.errors import NoQemuError, VmtestError
@@ -68,10 +70,30 @@ def _scratch_disk(path: Path) -> Path:
     return path
 
 
-def build_programs(out: Path) -> Path:
+# not part of the snapshot: at the top of the tree, and (anywhere) bytecode caches
+_SNAPSHOT_SKIP_TOP = {".git", ".venv", "build", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+                      "kprobe.egg-info", "lake-data", "kprobe-demo-lake", "kprobe-demo-s3"}
+
+
+def snapshot_tree(repo: Path, dest: Path) -> Path:
+    """A copy of the working tree as it is now, built BPF objects included (not .git, the
+    virtualenv or build output). The guests and the native run test this copy: engineers
+    who edit or rebuild the tree during a run would otherwise hand a guest files cut at
+    their old size (SyntaxError) or replaced under it (ESTALE through its overlay)."""
+    def skip(directory: str, names: list[str]) -> set[str]:
+        top = _SNAPSHOT_SKIP_TOP if Path(directory) == repo else set()
+        return {n for n in names if n in top or n == "__pycache__"}
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(repo, dest, ignore=skip, symlinks=True)
+    return dest
+
+
+def build_programs(tree: Path, out: Path) -> Path:
     """tests/programs built once on the host (compiling in an emulated guest takes minutes);
     the tests' fixture builds into the same directory, where make finds them up to date."""
-    proc = subprocess.run(["make", "-s", "-C", str(REPO / "tests" / "programs"), f"OUT={out}"],
+    proc = subprocess.run(["make", "-s", "-C", str(tree / "tests" / "programs"), f"OUT={out}"],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise VmtestError(f"make -C tests/programs failed: {proc.stderr.strip()[-300:]}")
@@ -79,7 +101,7 @@ def build_programs(out: Path) -> Path:
 
 
 def run_guest(qemu_bin: str, kernel: kernels.UnpackedKernel, spec: qemu.VmSpec,
-              cache: Path, logs: Path, tests: Sequence[str], deadline_s: float
+              cache: Path, tree: Path, logs: Path, tests: Sequence[str], deadline_s: float
               ) -> KernelOutcome:
     """Boot ``kernel`` in a VM, run the checks in it, judge its results."""
     work = cache / "run" / kernel.release
@@ -87,7 +109,8 @@ def run_guest(qemu_bin: str, kernel: kernels.UnpackedKernel, spec: qemu.VmSpec,
     log_path = logs / f"{kernel.release}.log"
     results = logs / f"{kernel.release}.results"
     results.unlink(missing_ok=True)
-    command = ["/bin/sh", str(GUEST_INIT), str(REPO), str(kernel.modules),
+    command = ["/bin/sh", str(tree / GUEST_INIT.relative_to(REPO)), str(tree), sys.executable,
+               str(kernel.modules),
                "--results", "/dev/ttyS1", "--work", "/tmp/kprobe-vmtest",
                "--programs", str(cache / "programs"), "--tests", *tests]
     start = time.monotonic()
@@ -114,7 +137,7 @@ def run_guest(qemu_bin: str, kernel: kernels.UnpackedKernel, spec: qemu.VmSpec,
                  log=str(log_path))
 
 
-def run_native(cache: Path, logs: Path, tests: Sequence[str], deadline_s: float
+def run_native(cache: Path, tree: Path, logs: Path, tests: Sequence[str], deadline_s: float
                ) -> KernelOutcome:
     """The same checks on the host's running kernel (its image is not on disk here)."""
     release = os.uname().release
@@ -127,7 +150,8 @@ def run_native(cache: Path, logs: Path, tests: Sequence[str], deadline_s: float
                                  str(results), "--work", work,
                                  "--programs", str(cache / "programs"), "--tests", *tests],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                                cwd=tree, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+                                               "PYTHONPATH": str(tree)})
         try:
             code: int | None = proc.wait(timeout=deadline_s)
         except subprocess.TimeoutExpired:
@@ -139,6 +163,24 @@ def run_native(cache: Path, logs: Path, tests: Sequence[str], deadline_s: float
     found = decode_all(results.read_text(errors="replace")) if results.exists() else []
     return judge(release, "native", time.monotonic() - start, found, stopped=stopped,
                  log=str(log_path))
+
+
+def hold_matrix_lock(cache: Path) -> IO[str]:
+    """One matrix at a time on this machine (guests share the cache, and two would
+    starve each other of the two cores): wait for another run to finish."""
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = open(cache / "matrix.lock", "a+")  # noqa: SIM115 (held until the process ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        _say(f"vmtest: another matrix run ({lock.read().strip() or 'pid unknown'}) holds "
+             f"{lock.name}; waiting for it to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}, {REPO}\n")
+    lock.flush()
+    return lock
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,19 +207,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if os.geteuid() != 0:
             raise NoQemuError("not root: the guests' root share and the checks need root")
+        lock = hold_matrix_lock(args.cache)
         qemu_bin = qemu.find_qemu()
         qemu.find_virtiofsd()
         initramfs.find_static_busybox()
         args.logs.mkdir(parents=True, exist_ok=True)
         packages = kernels.select_packages(args.lines)
         unpacked = [kernels.ensure_unpacked(p, args.cache) for p in packages.values()]
-        build_programs(args.cache / "programs")
+        tree = snapshot_tree(REPO, args.cache / "tree")
+        build_programs(tree, args.cache / "programs")
     except NoQemuError as err:
         _loud(f"THE KERNEL MATRIX CANNOT RUN HERE, NO KERNEL WAS BOOTED: {err}")
         return 1 if in_ci else EXIT_NO_QEMU
     except VmtestError as err:
         _loud(f"the matrix cannot run: {err}")
         return 1
+    _say(f"vmtest: testing a snapshot of {REPO} in {tree}")
     _say("vmtest: kernels " + ", ".join(f"{k.release} ({k.package.name})" for k in unpacked)
          + ("" if args.no_native else f", and the host's {os.uname().release} natively"))
 
@@ -201,14 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     outcomes: list[KernelOutcome] = []
     if not args.no_native:
-        outcome = run_native(args.cache, args.logs, args.tests, args.deadline)
+        outcome = run_native(args.cache, tree, args.logs, args.tests, args.deadline)
         _say(kernel_line(outcome))
         outcomes.append(outcome)
 
     def one(kernel: kernels.UnpackedKernel) -> KernelOutcome:
         spec = qemu.VmSpec(accel=accel[kernel.release], cpus=args.cpus,
                            memory_mib=args.memory, tsc_khz=tsc_khz)
-        outcome = run_guest(qemu_bin, kernel, spec, args.cache, args.logs, args.tests,
+        outcome = run_guest(qemu_bin, kernel, spec, args.cache, tree, args.logs, args.tests,
                             args.deadline)
         _say(kernel_line(outcome))
         return outcome
@@ -223,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _say(f"vmtest:   {failure}")
     _say(f"vmtest: matrix took {time.monotonic() - start:.0f} s")
     _say(summary_line(outcomes))
+    lock.close()
     return 0 if all(o.ok for o in outcomes) else 1
 
 

@@ -1,11 +1,14 @@
 #!/bin/sh
 # PID 1 of a matrix guest, started by the initramfs (tests/vmtest/initramfs.py) on the
 # overlay over this machine's root: the mounts a Debian host has, then the checks
-# (python -m tests.vmtest.guest ARGS), then power off. Usage: guest_init.sh REPO MODULES ARGS
+# (python -m tests.vmtest.guest ARGS), then power off.
+# Usage: guest_init.sh TREE PYTHON MODULES ARGS: TREE is the snapshot of the repository under
+# test, PYTHON the project's virtualenv's, MODULES this kernel's unpacked modules.
 set -u
 repo=$1
-modules=$2
-shift 2
+python=$2
+modules=$3
+shift 3
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
@@ -33,8 +36,10 @@ export HOME=/root LANG=C.UTF-8 TMPDIR=/tmp PYTHONUNBUFFERED=1
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=/tmp/kprobe-pycache
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# the snapshot's packages before the virtualenv's editable install (the live tree)
+export PYTHONPATH="$repo"
 cd "$repo" || exit 1
-"$repo/.venv/bin/python" -m tests.vmtest.guest "$@"
+"$python" -m tests.vmtest.guest "$@"
 echo "vmtest guest: checks done (exit $?), powering off"
 sync
 busybox poweroff -f

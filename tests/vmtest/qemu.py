@@ -1,7 +1,8 @@
 """QEMU for the matrix: the read-only root share (virtiofsd), the accelerator probe, and one
 guest's run with a deadline and a log.
 
-The guest sees this machine's whole root file system through virtiofs, exported read-only:
+The guest sees this machine's whole root file system through virtiofs, exported read-only
+(cache=always: the guests run a snapshot of the tree that nothing changes during the run):
 virtiofsd runs in a private mount namespace on a read-only bind mount of ``/`` (Debian 12's
 virtiofsd, QEMU's C one, has no read-only option). The guest writes into an overlay in its
 own memory, so it cannot change a file of the host.
