@@ -84,7 +84,8 @@ def run_statement(db: LakeDatabase, sql: str, max_rows: int, timeout_s: float,
         timer.start()
         try:
             table, cut_by = bounded_fetch(con, statement, max_rows, max_bytes, offset)
-        except duckdb.Error as err:
+        except (duckdb.Error, pa.ArrowException, OSError) as err:
+            # an interrupt while pyarrow reads DuckDB's stream arrives as pyarrow's OSError
             if fired.is_set() or isinstance(err, duckdb.InterruptException):
                 raise QueryTimeLimit(f"the statement ran past the {timeout_s:g} s limit: "
                                      "narrow it (a WHERE on hour or ts_ns, fewer columns, a "
@@ -150,7 +151,7 @@ _STORAGE_FAULTS = re.compile(
     r"unexpected end of (stream|file)|checksum", re.IGNORECASE)
 
 
-def statement_error(err: duckdb.Error) -> LakeError:
+def statement_error(err: Exception) -> LakeError:
     """A DuckDB failure as ours: storage faults (a torn or missing data file) are the
     lake's (503), the rest the statement's (400)."""
     text = one_line(str(err))
