@@ -52,7 +52,10 @@ def test_a_300_mb_value_is_refused_not_sent(served: Served) -> None:
         answer = client.post("/v1/sql", json={"sql": "SELECT repeat('x',300000000)"})
     healthy(probe.stop(), "during SELECT repeat('x',300000000)")
     assert answer.status_code == 422, answer.text[:300]
-    assert answer.json()["type"].endswith("result-too-large")
+    # the row is over the answer's byte limit; on a machine busy enough that DuckDB takes
+    # 30 s to build it, the time limit says no first: refused either way, never sent
+    assert answer.json()["type"].rsplit(":", 1)[-1] in ("result-too-large",
+                                                        "query-time-limit"), answer.text
     assert len(answer.content) < 10_000
 
 
