@@ -24,6 +24,16 @@ def _vmlinux() -> libbpf.Btf | None:
         return None
 
 
+def tracepoint_args(name: str) -> int | None:
+    """How many arguments the kernel's tracepoint ``name`` passes (None: no such
+    tracepoint, or no kernel BTF). Tracepoints gain arguments between kernels."""
+    btf = _vmlinux()
+    if btf is None:
+        return None
+    params = btf.typedef_func_params(f"btf_trace_{name}")
+    return None if params is None else params - 1  # the first is the context pointer
+
+
 def attach_point_exists(section: str) -> bool | None:
     """Whether the program section's attach point exists here; None: unknown (no kernel
     BTF, or a kind of section this does not check)."""

@@ -126,8 +126,10 @@ BTF_KIND_ARRAY = 3
 BTF_KIND_STRUCT = 4
 BTF_KIND_UNION = 5
 BTF_KIND_ENUM = 6
+BTF_KIND_PTR = 2
 BTF_KIND_TYPEDEF = 8
 BTF_KIND_FUNC = 12
+BTF_KIND_FUNC_PROTO = 13
 BTF_KIND_VOLATILE = 9
 BTF_KIND_CONST = 10
 BTF_KIND_VAR = 14
@@ -604,6 +606,18 @@ class Btf:
     def has(self, name: str, kind: int) -> bool:
         assert self.ptr
         return int(_lib.btf__find_by_name_kind(self.ptr, name.encode(), kind)) >= 0
+
+    def typedef_func_params(self, name: str) -> int | None:
+        """Parameters of the function pointer typedef ``name`` (a tracepoint's
+        ``btf_trace_<tp>``: its context pointer, then the tracepoint's arguments)."""
+        assert self.ptr
+        type_id = int(_lib.btf__find_by_name_kind(self.ptr, name.encode(), BTF_KIND_TYPEDEF))
+        if type_id < 0:
+            return None
+        t = _type(self.ptr, self._strip(type_id))
+        if _kind(t) == BTF_KIND_PTR:
+            t = _type(self.ptr, t.size_or_type)
+        return _vlen(t) if _kind(t) == BTF_KIND_FUNC_PROTO else None
 
     def struct_size(self, name: str) -> int:
         assert self.ptr

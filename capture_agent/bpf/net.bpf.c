@@ -29,6 +29,8 @@
  *   tcp:tcp_retransmit_skb (sk, skb[, err])        err: newer kernels (6.18, not 6.12): read only where
  *       the kernel's tracepoint has it (CO-RE type match)
  *   tcp:tcp_receive_reset, tcp:tcp_send_reset, sock:inet_sock_set_state
+ *       (tcp_send_reset fires for a reset sent without a socket, to a closed port, only
+ *       since Linux 6.10; before, those resets are not seen)
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>

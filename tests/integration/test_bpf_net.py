@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from capture_agent import kernel_btf
 from capture_agent.clock import sample_offset
 from capture_agent.families import net
 from capture_agent.layouts import EventKind
@@ -204,7 +205,12 @@ def test_connecting_to_a_closed_port_shows_the_reset_and_the_close() -> None:
     assert closed["old_state"].to_pylist() == ["SYN_SENT"]
     assert closed["pid"].to_pylist() == [os.getpid()]
     # and the kernel's reset for the port without a socket has the tuple, and no owner
+    # (where the kernel traces it: Linux 6.10 made tcp_send_reset fire without a socket,
+    # in the release that gave it its `reason` argument; 6.1 sends the reset untraced)
     sent = where(rows, kind="reset", sport=port).to_pylist()
+    if (kernel_btf.tracepoint_args("tcp_send_reset") or 0) < 3:
+        assert sent == []
+        return
     assert len(sent) == 1
     assert (sent[0]["saddr"], sent[0]["daddr"]) == ("127.0.0.1", "127.0.0.1")
     assert sent[0]["pid"] is None and sent[0]["sock_id"] is None
