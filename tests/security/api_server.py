@@ -140,6 +140,8 @@ import httpx
 base, stop = sys.argv[1], sys.argv[2]
 lat, errors = [], []
 with httpx.Client(timeout=10) as client:
+    client.get(base + "/healthz")
+    print("ready", flush=True)
     while not os.path.exists(stop):
         started = time.perf_counter()
         try:
@@ -178,6 +180,9 @@ class HealthProbe:
         self._stop = Path(tempfile.mkdtemp(prefix="kprobe-probe-")) / "stop"
         self._proc = subprocess.Popen([sys.executable, "-c", _PROBE, base, str(self._stop)],
                                       stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        ready = self._proc.stdout.readline()  # polling from now on
+        assert ready.strip() == "ready", ready
 
     def stop(self) -> HealthFigures:
         self._stop.touch()
