@@ -6,9 +6,9 @@ trickling headers and 300 idle ones, 64 kB and 200 kB headers, a body announced 
 token, a body trickled with one. Measured before (the server as it was): 200 with a 300 MB
 body after 10.6 s; 1 M rows in one answer; another token's SELECT 42 waited 5.1-28.8 s;
 connections open for as long as the client liked; 200 kB headers accepted; bodies read
-before authentication. The latency figures are printed (the README's come from a run of
-this module); the assertions are about answers, limits and order, not speed, except that
-``/healthz`` must keep answering with a median under 100 ms.
+before authentication. The latency figures are printed (the README's come from
+tests/bench/bench_api_attacks.py); the assertions are about answers, limits and order, not
+speed, except that ``/healthz`` must keep answering with a median under 100 ms.
 """
 
 from __future__ import annotations
