@@ -32,7 +32,7 @@ PYTHON = sys.executable
 KPROBE = (PYTHON, "-P", "-m", "kprobe")
 
 # Each probe family, payloads on, in what fits the matrix's time under software emulation
-# (~20x slower than this host): sched with off-CPU stacks and the ring's drain, syscalls
+# (~20x slower than this host): the verifier budget of every family, sched with off-CPU stacks and the ring's drain, syscalls
 # with payloads, net (incl. retransmits), block, mem (memcg reclaim, faults, OOM), process,
 # the clock uprobes, and the agent recording payloads into a lake. Left out: tests of
 # user-space logic no kernel changes (layouts vs the object's BTF, the CLI's error paths,
@@ -51,6 +51,9 @@ TESTS: tuple[str, ...] = (
     f"{_I}test_bpf_mem.py",
     f"{_I}test_bpf_process.py",
     f"{_I}test_agent_process_probes.py",
+    # this kernel's verifier figures within the budget, payloads off and on, and the
+    # one-line refusal of a program it cannot load
+    f"{_I}test_bpf_verifier_budget.py",
     f"{_I}test_agent_cli.py::test_payloads_hold_each_execs_argv_env_and_the_paths_and_bytes_"
     "a_call_read",
 )
