@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 JOBS_DIR = "jobs/replays"
 TERMINAL = ("succeeded", "failed", "error")
 _KILL_GRACE_S = 60.0  # beyond the replay's own --timeout before the job is killed
+_TORN_READS = 5  # reads of a job document before a torn one is an error
 
 
 class JobStore:
@@ -74,8 +75,20 @@ class JobStore:
                                json.dumps(job, indent=1).encode())
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.files.read_bytes(f"{JOBS_DIR}/{job_id}/job.json")
-        return None if raw is None else dict(json.loads(raw))
+        # The watcher rewrites job.json at every heartbeat. On an object store a read that
+        # overlaps a rewrite can come back torn (pyarrow sizes the object, then reads it in
+        # ranges; seen on SeaweedFS as a 500 from GET /v1/replays/{id}): read it again.
+        for attempt in range(_TORN_READS):
+            raw = self.files.read_bytes(f"{JOBS_DIR}/{job_id}/job.json")
+            if raw is None:
+                return None
+            try:
+                return dict(json.loads(raw))
+            except ValueError:
+                if attempt == _TORN_READS - 1:
+                    raise
+                time.sleep(0.05)
+        return None
 
     def put_report(self, job_id: str, report: dict[str, Any]) -> None:
         self.files.write_bytes(f"{JOBS_DIR}/{job_id}/report.json", json.dumps(report).encode())

@@ -402,7 +402,12 @@ def _replayed(client: httpx.Client, body: dict[str, Any]
     assert launched.status_code == 202, launched.text
     job_id = launched.json()["id"]
     deadline = time.monotonic() + 150
-    while (job := client.get(f"/v1/replays/{job_id}").json())["status"] == "running":
+    while True:
+        answer = client.get(f"/v1/replays/{job_id}")
+        assert answer.status_code == 200, answer.text
+        job: dict[str, Any] = answer.json()
+        if job["status"] != "running":
+            break
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
     report = client.get(f"/v1/replays/{job_id}/report")

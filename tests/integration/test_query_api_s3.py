@@ -125,10 +125,14 @@ def test_both_replicas_answer_from_the_lake(replicas: dict[str, object]) -> None
 def _finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
     """GET /v1/replays/{id} until the job ends."""
     deadline = time.monotonic() + 150
-    while (job := client.get(f"/v1/replays/{job_id}").json())["status"] == "running":
+    while True:
+        answer = client.get(f"/v1/replays/{job_id}")
+        assert answer.status_code == 200, answer.text
+        job: dict[str, Any] = answer.json()
+        if job["status"] != "running":
+            return job
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
-    return dict(job)
 
 
 def test_a_replay_launched_on_one_replica_is_answered_by_the_other(

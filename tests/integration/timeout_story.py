@@ -41,7 +41,7 @@ def record_timeout_story(lake: LakeSettings, env: dict[str, str], tmp: Path) -> 
          "--no-metrics", "--", "sh", "-c", script],
         capture_output=True, text=True, timeout=180, check=False, cwd=REPO, env=env)
     assert run.returncode == 0, run.stderr
-    assert TIMED_OUT in run.stdout, run.stdout
+    assert TIMED_OUT in run.stdout, (run.stdout, run.stderr[-3000:])
     con = connect(resolve(lake))
     try:
         # the argv the kernel read at the client's exec (an execve payload)

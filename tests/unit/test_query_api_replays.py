@@ -136,3 +136,29 @@ def test_replay_requests_are_validated_and_bounded(make_client: ClientFactory) -
     assert_problem(client.get("/v1/replays/" + "f" * 32), 404, "not-found")
     assert_problem(client.get("/v1/replays/../etc"), 404, "not-found")
     assert_problem(client.get("/v1/replays/XYZ"), 422, "invalid-request")
+
+
+class _TornOnce:
+    """Lake files whose job document reads torn once, as an object store can hand back a
+    document being rewritten (seen on SeaweedFS: a 500 from GET /v1/replays/{id})."""
+
+    def __init__(self, document: bytes, torn: int) -> None:
+        self.document = document
+        self.torn = torn
+        self.reads = 0
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        self.reads += 1
+        if self.reads <= self.torn:
+            return self.document[: len(self.document) // 2]
+        return self.document
+
+
+def test_a_torn_read_of_a_job_document_is_read_again() -> None:
+    document = json.dumps({"id": "j1", "status": "running"}, indent=1).encode()
+    files = _TornOnce(document, torn=2)
+    assert JobStore(files).get("j1") == {"id": "j1", "status": "running"}  # type: ignore[arg-type]
+    assert files.reads == 3
+    # a document that never reads whole is an error, not a job
+    with pytest.raises(ValueError):
+        JobStore(_TornOnce(document, torn=99)).get("j1")  # type: ignore[arg-type]
