@@ -21,12 +21,23 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from compute.settings import ComputeSettings
 from lake import LakeSettings
-from query_api import audit, docs, problems
+from query_api import audit, console, docs, problems
 from query_api.audit import AuditMiddleware
 from query_api.http_guard import FrontDoor
 from query_api.limits import BodyLimitMiddleware
 from query_api.metrics import ApiMetrics, MetricsMiddleware
-from query_api.routers import graph, health, live, replays, sql, timeline, traces, transactions
+from query_api.routers import (
+    graph,
+    health,
+    live,
+    replays,
+    sql,
+    timeline,
+    trace_processes,
+    traces,
+    transactions,
+    whoami,
+)
 from query_api.settings import ApiSettings, get_compute_settings, get_lake_settings, get_settings
 
 T = TypeVar("T")
@@ -100,8 +111,10 @@ def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = 
     app.state.metrics = ApiMetrics()
     problems.install(app)
     docs.install(app)
-    for module in (health, sql, transactions, traces, graph, timeline, live, replays):
+    for module in (health, sql, transactions, traces, trace_processes, graph, timeline, live,
+                   replays, whoami):
         app.include_router(module.router)
+    console.install(app)  # after every route: it answers only what none of them does
     # Innermost first. Outward: the body's size and time limits, CORS, the front door
     # (health, Host, loopback, authentication before the body is read), metrics (every
     # answer, refusals included), the audit line (every SQL/Cypher/replay request).

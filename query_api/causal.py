@@ -40,6 +40,7 @@ DELAY_SCALE: tuple[tuple[int | None, str, str], ...] = (
 NO_DELAY = "#9e9e9e"
 
 Status = Literal["all", "failed", "ok"]
+Order = Literal["asc", "desc"]
 
 
 class Slots:
@@ -89,17 +90,19 @@ def select(location: LakeLocation, window_ids: list[str] | None, start_ns: int |
 class Cursor:
     start_ns: int
     trace_id: str
+    descending: bool = False  # a page of order=desc (newest first)
 
     def encode(self) -> str:
-        raw = f"{self.start_ns}:{self.trace_id}".encode()
+        raw = f"{'d:' if self.descending else ''}{self.start_ns}:{self.trace_id}".encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-            start, _, trace = raw.partition(":")
-            return cls(int(start), trace)
+            descending = raw.startswith("d:")
+            start, _, trace = raw.removeprefix("d:").partition(":")
+            return cls(int(start), trace, descending)
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise BadRequest("cursor is not one this service returned") from None
 
@@ -107,14 +110,20 @@ class Cursor:
 _ROOTS = """
     MATCH (s:Span)
     WHERE s.origin = 'otel' AND s.owned AND s.start_ns >= $lo AND s.start_ns < $hi
-      AND (s.start_ns > $cs OR (s.start_ns = $cs AND s.trace_id > $ct))
+      AND {after_cursor}
       AND NOT EXISTS { MATCH (s)-[:CHILD_OF]->(:Span) } {trace_filter}
     RETURN s.trace_id AS trace_id, s.id AS span, s.txn_id AS txn_id,
            s.business_id AS business_id, s.concept AS concept, s.service AS service,
            s.name AS name, s.start_ns AS start_ns, s.end_ns AS end_ns, s.dur_ns AS dur_ns,
            s.status AS status, s.failed AS root_failed
-    ORDER BY s.start_ns, s.trace_id
+    ORDER BY {order}
     LIMIT $n"""
+_AFTER = {"asc": "(s.start_ns > $cs OR (s.start_ns = $cs AND s.trace_id > $ct))",
+          "desc": "(s.start_ns < $cs OR (s.start_ns = $cs AND s.trace_id < $ct))"}
+_ORDER = {"asc": "s.start_ns, s.trace_id", "desc": "s.start_ns DESC, s.trace_id DESC"}
+# traces with a span of one service (the service filter of the transaction list)
+_SERVICE_TRACES = """
+    MATCH (x:Span) WHERE x.service = $service RETURN DISTINCT x.trace_id AS trace_id"""
 _FAILED = """
     MATCH (t:Span) WHERE t.failed AND t.origin = 'otel'
     RETURN t.trace_id AS trace_id, t.id AS span, t.parent_id AS parent_id,
@@ -129,7 +138,13 @@ _FAILED = """
 def list_transactions(location: LakeLocation, settings: ComputeSettings, *, status: Status,
                       start_ns: int | None, end_ns: int | None, limit: int,
                       cursor: Cursor | None, window_ids: list[str] | None = None,
+                      service: str | None = None, order: Order = "asc",
                       ) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Root operations, oldest first (``order="desc"``: newest first); ``service`` keeps
+    the transactions with a span of that service."""
+    descending = order == "desc"
+    if cursor is not None and cursor.descending != descending:
+        raise BadRequest(f"cursor belongs to a page of the other order than {order!r}")
     try:
         snapshots = select(location, window_ids, start_ns, end_ns)
     except GraphNotFound:
@@ -138,9 +153,15 @@ def list_transactions(location: LakeLocation, settings: ComputeSettings, *, stat
         return [], None
     lo = max(start_ns or 0, 0)
     hi = end_ns if end_ns is not None else 2**63 - 1
-    if cursor is not None:
-        snapshots = [s for s in snapshots if s.window.end_ns > cursor.start_ns]
-    cs, ct = (cursor.start_ns, cursor.trace_id) if cursor else (-1, "")
+    if cursor is not None:  # a window owns the roots that start in it
+        snapshots = [s for s in snapshots if (s.window.start_ns <= cursor.start_ns
+                                              if descending
+                                              else s.window.end_ns > cursor.start_ns)]
+    if descending:
+        snapshots = snapshots[::-1]
+    cs, ct = (cursor.start_ns, cursor.trace_id) if cursor else (
+        (2**63 - 1, "") if descending else (-1, ""))
+    roots = _ROOTS.replace("{after_cursor}", _AFTER[order]).replace("{order}", _ORDER[order])
     items: list[dict[str, Any]] = []
     for info in snapshots:
         want = limit + 1 - len(items)
@@ -158,7 +179,14 @@ def list_transactions(location: LakeLocation, settings: ComputeSettings, *, stat
                                 else "AND NOT s.trace_id IN $traces")
             elif status == "failed":
                 continue
-            rows = reader.rows(_ROOTS.replace("{trace_filter}", trace_filter), params)
+            if service is not None:
+                params["service_traces"] = sorted(
+                    row["trace_id"] for row in reader.rows(_SERVICE_TRACES,
+                                                           {"service": service}))
+                if not params["service_traces"]:
+                    continue
+                trace_filter += " AND s.trace_id IN $service_traces"
+            rows = reader.rows(roots.replace("{trace_filter}", trace_filter), params)
         for row in rows:
             failure = failures.get(row["trace_id"])
             items.append(_transaction(row, failure, info.window_id))
@@ -166,7 +194,7 @@ def list_transactions(location: LakeLocation, settings: ComputeSettings, *, stat
     if len(items) > limit:
         items = items[:limit]
         last = items[-1]
-        next_cursor = Cursor(last["start_ns"], last["trace_id"])
+        next_cursor = Cursor(last["start_ns"], last["trace_id"], descending)
     return items, next_cursor
 
 

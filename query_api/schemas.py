@@ -249,3 +249,35 @@ class ReplayJob(BaseModel):
     error: str | None
     summary: dict[str, Any] | None
     links: dict[str, str]
+
+
+# -- the console's reads (query_api/routers/whoami.py, trace_processes.py) ------------------
+class WhoAmI(BaseModel):
+    principal: str = Field(description="the token's name; 'anonymous' without tokens")
+    scopes: list[Literal["read", "replay", "payloads"]]
+    auth: Literal["token", "none"] = Field(description="none: the server runs --no-auth "
+                                                       "(loopback only, read-only)")
+
+
+class TraceProcess(BaseModel):
+    node: str
+    pid: int
+    services: list[str] = Field(description="services whose spans of the trace it ran")
+    spans: list[str] = Field(description="ids (trace:span) of the trace's spans it ran")
+    span_names: list[str]
+    first_start_ns: int
+    last_end_ns: int | None
+    exec_ns: int | None = Field(description="its last exec before the trace, when recorded")
+    comm: str | None
+    exe: str | None
+    argv: list[str] | None = Field(description="as recorded at exec (secrets redacted at "
+                                               "capture)")
+    cgroup: str | None
+    payload_rows: int = Field(description="syscall_data rows recorded for it in the trace's "
+                                          "hours: a replay needs them")
+    replayable: bool = Field(description="its exec and payloads were recorded")
+
+
+class TraceProcesses(BaseModel):
+    trace_id: str
+    processes: list[TraceProcess]

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from compute.explain import explain
 from compute.graph.store import select_snapshots
 from query_api.cache import encode_answer, snapshots_key
-from query_api.causal import Cursor, Status, list_transactions
+from query_api.causal import Cursor, Order, Status, list_transactions
 from query_api.deps import (
     CausalCacheDep,
     ComputeSettingsDep,
@@ -48,9 +48,15 @@ def transactions(request: Request, location: LocationDep, compute: ComputeSettin
                  to: TimeParam = None, window: WindowParam = None,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
                  cursor: Annotated[str | None, Query(max_length=512)] = None,
+                 service: Annotated[str | None, Query(min_length=1, max_length=256,
+                                                      description=(
+                     "only transactions with a span of this service"))] = None,
+                 order: Annotated[Order, Query(description=(
+                     "by start time: asc (oldest first) or desc (newest first)"))] = "asc",
                  ) -> dict[str, Any]:
-    """Ordered by start time. ``status=failed`` keeps transactions where any operation
-    failed (an error or a missed deadline). Pass ``next_cursor`` back as ``cursor``."""
+    """Ordered by start time (``order``). ``status=failed`` keeps transactions where any
+    operation failed (an error or a missed deadline); ``service`` those with a span of that
+    service. Pass ``next_cursor`` back as ``cursor`` (with the same ``order``)."""
     start, end = parse_time(from_, "from"), parse_time(to, "to")
     if start is not None and end is not None and end <= start:
         raise BadRequest("to must be after from")
@@ -58,7 +64,8 @@ def transactions(request: Request, location: LocationDep, compute: ComputeSettin
         items, next_cursor = list_transactions(
             location, compute, status=status, start_ns=start, end_ns=end,
             limit=min(limit, settings.transactions_max_page),
-            cursor=Cursor.decode(cursor) if cursor else None, window_ids=window)
+            cursor=Cursor.decode(cursor) if cursor else None, window_ids=window,
+            service=service, order=order)
     for item in items:
         item["links"] = links(item["trace_id"])
     token = next_cursor.encode() if next_cursor else None
