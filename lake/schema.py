@@ -114,6 +114,9 @@ _SPECS: tuple[TableSpec, ...] = (
             _f("waker_pid", _I32),
             _f("waker_tid", _I32),
             _f("waker_comm", _STR),
+            # the switch back onto a CPU was not traced (the kernel fires no sched_switch
+            # for some switches): the interval ends at the thread's waking
+            _f("ends_at_waking", pa.bool_()),
         ),
         "ts_ns",
         "blocked interval of a watched thread above a threshold",

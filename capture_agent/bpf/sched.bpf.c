@@ -8,6 +8,12 @@
  *                              sched_wakeup often runs in the idle task, DESIGN.md)
  *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event : nothing
  *
+ * A switch-in the kernel does not trace (seen on a 6.18 VM: no sched_switch fires when
+ * one of PID 1's threads leaves a CPU, so the thread that takes it over is never seen
+ * coming in) leaves its entry behind. The thread's next switch-out finds it: the interval
+ * is emitted then, ending at the thread's waking (flag ENDS_AT_WAKING), or counted lost
+ * if nothing woke it.
+ *
  * Attach points: tp_btf only (no kprobes/fentry on the target kernels, no tracefs needed).
  */
 #include "vmlinux.h"
@@ -42,6 +48,7 @@ struct {
 /* A targeted thread that is off CPU now: when and how it left, and who woke it. */
 struct offcpu_start {
 	__u64 start_ns;
+	__u64 waking_ns; /* its first sched_waking, 0 before */
 	__s32 kstack_id;
 	__u32 waker_pid;
 	__u32 waker_tid;
@@ -143,10 +150,44 @@ static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __
 	event_submit(&sched_events, ev);
 }
 
+/* One offcpu_event for `start`, ended at `end` by thread `task`. */
+static __always_inline void offcpu_emit(struct offcpu_start *start, struct task_struct *task,
+					__u32 tid, __u64 end, __u8 flags)
+{
+	struct offcpu_event *ev;
+
+	ev = EVENT_RESERVE_AT(&offcpu_events, struct offcpu_event, EVENT_OFFCPU,
+			      SCHED_LAYOUT_VERSION, end);
+	if (!ev)
+		return;
+	ev->hdr.flags = start->flags | flags;
+	ev->start_ns = start->start_ns;
+	ev->pid = BPF_CORE_READ(task, tgid);
+	ev->tid = tid;
+	ev->waker_pid = start->waker_pid;
+	ev->waker_tid = start->waker_tid;
+	ev->kstack_id = start->kstack_id;
+	ev->cpu_out = start->cpu;
+	ev->state = start->state;
+	ev->__pad = 0;
+	BPF_CORE_READ_INTO(&ev->comm, task, comm);
+	__builtin_memcpy(ev->waker_comm, start->waker_comm, TASK_COMM_LEN);
+	event_submit(&offcpu_events, ev);
+}
+
 static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __u8 state,
 					 __u64 now, void *ctx)
 {
 	struct offcpu_start start = {};
+	struct offcpu_start *left = bpf_map_lookup_elem(&offcpu_start, &tid);
+
+	/* still there: the switch that brought it back was not traced */
+	if (left) {
+		if (!left->waking_ns)
+			count_drop(EVENT_OFFCPU);
+		else if (left->waking_ns - left->start_ns >= min_offcpu_ns)
+			offcpu_emit(left, prev, tid, left->waking_ns, OFFCPU_FLAG_ENDS_AT_WAKING);
+	}
 
 	start.start_ns = now;
 	start.state = state;
@@ -165,30 +206,11 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 static __always_inline void offcpu_end(struct task_struct *next, __u32 tid, __u64 now)
 {
 	struct offcpu_start *start = bpf_map_lookup_elem(&offcpu_start, &tid);
-	struct offcpu_event *ev;
 
 	if (!start)
 		return;
-	if (now - start->start_ns < min_offcpu_ns)
-		goto done;
-	ev = EVENT_RESERVE_AT(&offcpu_events, struct offcpu_event, EVENT_OFFCPU,
-			      SCHED_LAYOUT_VERSION, now);
-	if (!ev)
-		goto done;
-	ev->hdr.flags = start->flags;
-	ev->start_ns = start->start_ns;
-	ev->pid = BPF_CORE_READ(next, tgid);
-	ev->tid = tid;
-	ev->waker_pid = start->waker_pid;
-	ev->waker_tid = start->waker_tid;
-	ev->kstack_id = start->kstack_id;
-	ev->cpu_out = start->cpu;
-	ev->state = start->state;
-	ev->__pad = 0;
-	BPF_CORE_READ_INTO(&ev->comm, next, comm);
-	__builtin_memcpy(ev->waker_comm, start->waker_comm, TASK_COMM_LEN);
-	event_submit(&offcpu_events, ev);
-done:
+	if (now - start->start_ns >= min_offcpu_ns)
+		offcpu_emit(start, next, tid, now, 0);
 	bpf_map_delete_elem(&offcpu_start, &tid);
 }
 
@@ -247,6 +269,7 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 	if (start && !(start->flags & OFFCPU_FLAG_WAKER)) {
 		__u64 current_ids = bpf_get_current_pid_tgid();
 
+		start->waking_ns = now;
 		start->waker_pid = current_ids >> 32;
 		start->waker_tid = (__u32)current_ids;
 		bpf_get_current_comm(start->waker_comm, sizeof(start->waker_comm));

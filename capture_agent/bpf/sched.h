@@ -15,6 +15,8 @@ enum sched_constants {
 	SCHED_LAYOUT_VERSION = 1, /* bumped on any change to the records below */
 	SCHED_FLAG_PREEMPT = 0x1, /* sched_event hdr.flags: prev was preempted (state R) */
 	OFFCPU_FLAG_WAKER = 0x1,  /* offcpu_event hdr.flags: a sched_waking named the waker */
+	OFFCPU_FLAG_ENDS_AT_WAKING = 0x2, /* the switch back in was not traced: the interval
+					   * ends at the thread's waking (hdr.ktime_ns) */
 };
 
 #ifndef TASK_COMM_LEN /* 16 in every kernel (vmlinux.h's enum constant is no macro) */
@@ -58,7 +60,8 @@ struct sched_event {
 
 /*
  * An off-CPU interval of a targeted thread above min_offcpu_ns (80 bytes). The header's
- * ktime_ns and cpu are those of the switch-in that ended the interval.
+ * ktime_ns and cpu are those of the switch-in that ended the interval (of the waking, with
+ * OFFCPU_FLAG_ENDS_AT_WAKING).
  */
 struct offcpu_event {
 	struct event_header hdr;

@@ -34,6 +34,7 @@ _STATE_C_NAMES = ("R", "S", "D", "T", "t", "X", "Z", "P", "I")
 
 SCHED_FLAG_PREEMPT = 0x1
 OFFCPU_FLAG_WAKER = 0x1
+OFFCPU_FLAG_ENDS_AT_WAKING = 0x2  # the switch back in was not traced: ends at the waking
 
 SCHED_EVENT = record_dtype(
     [
@@ -85,6 +86,7 @@ FAMILY = Family(
                 "SCHED_LAYOUT_VERSION": SCHED_LAYOUT_VERSION,
                 "SCHED_FLAG_PREEMPT": SCHED_FLAG_PREEMPT,
                 "OFFCPU_FLAG_WAKER": OFFCPU_FLAG_WAKER,
+                "OFFCPU_FLAG_ENDS_AT_WAKING": OFFCPU_FLAG_ENDS_AT_WAKING,
             },
         }
     ),
@@ -205,6 +207,7 @@ def offcpu_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
         "waker_pid": int_array(batch["waker_pid"], null=no_waker),
         "waker_tid": int_array(batch["waker_tid"], null=no_waker),
         "waker_comm": comm_array(batch["waker_comm"], null=no_waker),
+        "ends_at_waking": pa.array((hdr.flags & OFFCPU_FLAG_ENDS_AT_WAKING) != 0),
     }
     return pa.table(columns, schema=table_spec("offcpu").payload_schema)
 

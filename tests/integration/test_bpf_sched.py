@@ -7,7 +7,9 @@ writer thread writes to it ~50 ms later; tests/programs/switch_storm.c: many swi
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from capture_agent import libbpf
 from capture_agent.clock import sample_offset
 from capture_agent.families import sched
 from capture_agent.layouts import EventKind
@@ -218,3 +221,65 @@ def test_sensors_can_share_one_targets_map() -> None:
             assert second.targets() == [os.getpid()]
             second.remove_targets([os.getpid()])
             assert first.targets() == []
+
+
+def _plant(fd: int, tid: int, start: int, waking: int) -> bool:
+    """An offcpu_start entry for ``tid`` as the kernel leaves one whose switch-in it did not
+    trace; only while ``tid`` is on a CPU (no entry of its own): False if it was not."""
+    value = struct.pack("<QQiIIHBB16s", start, waking, -2, 4242, 4243, 0,
+                        sched.TASK_STATE_LETTERS.index("S"),
+                        sched.OFFCPU_FLAG_WAKER if waking else 0, b"planted-waker")
+    try:
+        libbpf.map_update(fd, struct.pack("<I", tid), value, flags=1)  # BPF_NOEXIST
+    except FileExistsError:
+        return False
+    return True
+
+
+def test_an_interval_whose_switch_in_was_not_traced_ends_at_its_waking() -> None:
+    """Some kernels fire no sched_switch for some switches (seen here: none when one of
+    PID 1's threads leaves a CPU), so a target can come back on a CPU unseen and leave its
+    interval's entry behind. GIVEN such an entry, planted as the kernel leaves it (switched
+    out 60 ms ago, woken 40 ms ago, never seen coming in), for a thread that is running
+    WHEN the thread next leaves the CPU THEN that interval is emitted, ending at its waking
+    and flagged; a control entry that nothing woke is counted lost instead."""
+    require_root_and_objects()
+    code = "import time\nt = time.time()\nwhile time.time() - t < 2: pass\ntime.sleep(0.2)\n"
+    woken, unwoken = (subprocess.Popen([sys.executable, "-c", code]) for _ in range(2))
+    try:
+        with Sensor(sched.sensor_spec(sched.SchedConfig(min_offcpu_ns=1_000_000))) as sensor:
+            sensor.add_targets([woken.pid, unwoken.pid])
+            fd = sensor.map_fd("offcpu_start")
+            with libbpf.Btf(str(object_path(sched.FAMILY.object_file))) as btf:
+                assert btf.struct_size("offcpu_start") == struct.calcsize("<QQiIIHBB16s")
+            planted: dict[int, tuple[int, int]] = {}
+            deadline = time.monotonic() + 1.5
+            while len(planted) < 2 and time.monotonic() < deadline:
+                now = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+                for proc, waking in ((woken, now - 40_000_000), (unwoken, 0)):
+                    if proc.pid not in planted and _plant(fd, proc.pid, now - 60_000_000,
+                                                          waking):
+                        planted[proc.pid] = (now - 60_000_000, waking)
+            assert len(planted) == 2, "a spinner was never seen on a CPU"
+            assert woken.wait(timeout=30) == 0 and unwoken.wait(timeout=30) == 0
+            intervals = sensor.ring("offcpu_events").drain()
+            drops = sensor.drops()
+        rows = sched.offcpu_table(intervals, sample_offset()).to_pylist()
+    finally:
+        for proc in (woken, unwoken):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    clock = sample_offset()
+    ends = [r for r in rows if r["ends_at_waking"]]
+    assert len(ends) == 1, rows
+    (row,) = ends
+    start, waking = planted[woken.pid]
+    assert abs(row["ts_ns"] - int(clock.to_epoch(np.array([start]))[0])) < 1_000
+    assert row["dur_ns"] == waking - start
+    assert (row["tid"], row["waker_pid"], row["waker_comm"]) == (woken.pid, 4242,
+                                                                 "planted-waker")
+    # the never-woken entry gave no interval, and was counted
+    assert drops.get(EventKind.OFFCPU, 0) >= 1
+    # both threads' own intervals (their sleep at the end) are traced as usual
+    assert {r["tid"] for r in rows if not r["ends_at_waking"]} >= {woken.pid, unwoken.pid}
