@@ -108,20 +108,23 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
         {only}
     """, f"""
         -- One ordered pass per thread: each switch row learns where its segment ends (the
-        -- next switch), the first wakeup after it and that wakeup's waker ('waking' rows
-        -- name the real waker; other wakeup rows only if no 'waking' row exists).
+        -- next switch), whether that next switch brings the thread in (ord 2) or takes it
+        -- out (ord 0: the switch in between was not traced), the first wakeup after it and
+        -- that wakeup's waker ('waking' rows name the real waker; other wakeup rows only if
+        -- no 'waking' row exists).
         CREATE TEMP TABLE t_open AS
         SELECT * EXCLUDE (first_row) FROM (
             SELECT node, tid, pid, ts AS s, cpu,
                    CASE WHEN ord = 1 THEN 'runnable' ELSE opens END AS opens, prev_state,
                    coalesce(lead(CASE WHEN ord <> 1 THEN ts END IGNORE NULLS) OVER w,
                             {range_end_ns}) AS e,
+                   lead(CASE WHEN ord <> 1 THEN ord END IGNORE NULLS) OVER w AS next_ord,
                    lead(CASE WHEN ord <> 1 THEN cpu END IGNORE NULLS) OVER w AS next_cpu,
                    lead(CASE WHEN ord = 1 THEN ts END IGNORE NULLS) OVER w AS wake_ts,
-                   lead(CASE WHEN ord = 1 AND wake_kind = 'waking' AND waker_tid > 0
+                   lead(CASE WHEN ord = 1 AND wake_kind = 'waking' AND waker_tid IS NOT NULL
                              THEN {{'ts': ts, 'pid': waker_pid, 'tid': waker_tid}} END
                         IGNORE NULLS) OVER w AS waking,
-                   lead(CASE WHEN ord = 1 AND waker_tid > 0
+                   lead(CASE WHEN ord = 1 AND waker_tid IS NOT NULL
                              THEN {{'ts': ts, 'pid': waker_pid, 'tid': waker_tid}} END
                         IGNORE NULLS) OVER w AS any_wake,
                    ord, waker_pid AS own_waker_pid, waker_tid AS own_waker_tid,
@@ -131,28 +134,36 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
         -- switch rows open segments; a wakeup opens one only before the first switch seen
         WHERE ord <> 1 OR first_row
     """, """
+        -- A segment whose next switch takes the thread out again lost its switch in: the
+        -- thread ran from an unknown instant, so that part is 'unknown' (neither run-queue
+        -- wait nor on-CPU). Likewise a running segment followed by another switch in: it
+        -- left the CPU untraced, at an unknown instant.
         CREATE TEMP TABLE t_intervals AS
         WITH o AS (
             SELECT *, (wake_ts >= s AND wake_ts < e) AS woken,
+                   coalesce(next_ord = 0, false) AS lost_in,
                    CASE WHEN waking.ts < e THEN waking
                         WHEN any_wake.ts < e THEN any_wake END AS waker
             FROM t_open)
-        SELECT node, tid, pid, s, e, 'running' AS state, cpu, NULL::BIGINT AS waker_pid,
-               NULL::BIGINT AS waker_tid, prev_state
+        SELECT node, tid, pid, s, e,
+               CASE WHEN next_ord = 2 THEN 'unknown' ELSE 'running' END AS state, cpu,
+               NULL::BIGINT AS waker_pid, NULL::BIGINT AS waker_tid, prev_state
         FROM o WHERE opens = 'running'
         UNION ALL
-        SELECT node, tid, pid, s, e, 'runnable', coalesce(next_cpu, cpu),
+        SELECT node, tid, pid, s, e, CASE WHEN lost_in THEN 'unknown' ELSE 'runnable' END,
+               coalesce(next_cpu, cpu),
                CASE WHEN ord = 1 THEN own_waker_pid END,
                CASE WHEN ord = 1 THEN own_waker_tid END,
                prev_state
         FROM o WHERE opens = 'runnable'
         UNION ALL
-        SELECT node, tid, pid, s, CASE WHEN woken THEN wake_ts ELSE e END, opens, cpu,
+        SELECT node, tid, pid, s, CASE WHEN woken THEN wake_ts ELSE e END,
+               CASE WHEN lost_in AND NOT woken THEN 'unknown' ELSE opens END, cpu,
                waker.pid, waker.tid, prev_state
         FROM o WHERE opens IN ('blocked', 'unknown')
         UNION ALL
-        SELECT node, tid, pid, wake_ts, e, 'runnable', coalesce(next_cpu, cpu), waker.pid,
-               waker.tid, prev_state
+        SELECT node, tid, pid, wake_ts, e, CASE WHEN lost_in THEN 'unknown' ELSE 'runnable' END,
+               coalesce(next_cpu, cpu), waker.pid, waker.tid, prev_state
         FROM o WHERE opens IN ('blocked', 'unknown') AND woken
     """, f"""
         -- the reason of a blocked interval: the offcpu row of the same switch-out
@@ -183,12 +194,16 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
           {"" if settings.timeline_all_threads else
            "AND EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = o.node AND r.tid = o.tid)"}
     """, f"""
+        -- who held each CPU: the thread the switch put there, until the CPU's next switch
+        -- (unless that switch takes another thread out: the holder then left untraced, at
+        -- an unknown instant, and is not blamed for the time)
         CREATE TEMP TABLE cpu_intervals AS
-        SELECT * FROM (
+        SELECT node, cpu, s, e, tid, pid FROM (
             SELECT node, cpu, ts_ns AS s,
-                   coalesce(lead(ts_ns) OVER (PARTITION BY node, cpu ORDER BY ts_ns),
-                            {range_end_ns}) AS e,
-                   next_tid::BIGINT AS tid, next_pid::BIGINT AS pid
-            FROM w_sched WHERE kind = 'switch')
-        WHERE tid > 0 AND e > s
+                   coalesce(lead(ts_ns) OVER w, {range_end_ns}) AS e,
+                   next_tid::BIGINT AS tid, next_pid::BIGINT AS pid,
+                   lead(prev_tid) OVER w AS next_prev
+            FROM w_sched WHERE kind = 'switch'
+            WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
+        WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
     """, "DROP TABLE t_events", "DROP TABLE t_open", "DROP TABLE t_intervals")

@@ -17,6 +17,8 @@ from tests.unit.test_compute_scenario import (
     WINDOW_START,
     Scenario,
     analyze,
+    key,
+    rels,
     span_row,
 )
 
@@ -61,6 +63,63 @@ def test_timeline_from_switch_rows(lake_dir: Path) -> None:
         WHERE cpu = 0 ORDER BY s""").fetchall()
     assert holders == [(0, 10, 11), (25, 35, 21), (35, 50, 11), (50, 55, 21), (55, 60, 11)]
     loaded.con.close()
+
+
+def _untraced_scenario() -> Scenario:
+    """Thread 11 (pid 10) on CPU 0 runs 0-10 ms and sleeps on a futex until thread 21 wakes
+    it at 30 ms. Meanwhile a thread of PID 1 (tid 1001) took CPU 0 at 25 ms; it leaves at
+    35 ms and the kernel fires no sched_switch for that (this VM's 6.18 kernel, for PID 1's
+    threads), so thread 11's switch in at 35 ms is never seen. Thread 11 runs to 50 ms;
+    the capture emits its off-CPU interval ending at its waking (ends_at_waking)."""
+    sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
+    sc.run(0, 10, 11, 0, 10, leave="S")
+    sc.run(0, 20, 21, 12, 25, leave="S")
+    sc.run(0, 1, 1001, 25, 35, leave="S")
+    sc.run(0, 10, 11, 35, 50, leave="S")
+    sc.untraced_switch(0, 35)
+    sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
+    sc.wake(30, (10, 11), (20, 21))
+    return sc
+
+
+def test_untraced_switch_in_is_unknown_not_run_queue(lake_dir: Path) -> None:
+    # GIVEN a thread whose switch back onto the CPU was not traced
+    _untraced_scenario().write(lake_dir)
+    location = resolve(LakeSettings(lake=str(lake_dir)))
+    settings = ComputeSettings(timeline_all_threads=True)
+    # WHEN the timeline is built
+    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+    rows = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid
+        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    # THEN the wait ends at the waking, and the time from the waking to the next switch
+    # out is unknown: neither run-queue wait nor on-CPU (it ran from an unknown instant)
+    assert rows == [
+        (0, 10, "running", None, None),
+        (10, 30, "blocked", "futex", 21),
+        (30, 50, "unknown", None, 21),
+        (50, 60, "blocked", "other", None),  # asleep to the end, nothing recorded woke it
+    ]
+    # AND the PID-1 thread that left untraced is not blamed for holding CPU 0 past 35 ms
+    holders = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, tid FROM cpu_intervals
+        WHERE cpu = 0 ORDER BY s""").fetchall()
+    assert holders == [(0, 10, 11), (12, 25, 21)]
+    loaded.con.close()
+
+
+def test_untraced_switch_in_decomposes_as_unknown(lake_dir: Path) -> None:
+    # GIVEN a span over thread 11's whole life in the scenario above
+    sc = _untraced_scenario()
+    sc.span("t1", "a", None, "api", "GET /x", 0, 50, pid=10, tid=11)
+    analysis = analyze(sc, lake_dir)
+    a = span_row(analysis, "a")
+    # THEN 20 ms are unknown, none of it run-queue wait, and the parts still sum up
+    assert (a["on_cpu_ns"], a["runqueue_ns"], a["blocked_ns"], a["unknown_ns"]) == (
+        10 * MS, 0, 20 * MS, 20 * MS)
+    # AND no CPU contention is invented from the unknown part
+    assert not [r for r in rels(analysis, src=key("a")) if r["kind"] == "cpu_contention"]
 
 
 def test_decomposition_sums_to_the_span(lake_dir: Path) -> None:
