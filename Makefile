@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup host-packages venv bpf test unit vmtest demo bench lint clean
+.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean
 
-## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects
-setup: host-packages venv bpf
+## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects, the console
+setup: host-packages venv bpf console
 
 host-packages:
 	@bash infra/scripts/install-host-packages.sh
@@ -22,6 +22,21 @@ $(VENV)/.installed: pyproject.toml
 
 bpf:
 	@if [ -f capture_agent/bpf/Makefile ]; then $(MAKE) --no-print-directory -C capture_agent/bpf; fi
+
+## console: the web console (console/dist, served by kprobe serve at /), from the committed
+## package-lock.json; rebuilt when its sources change
+CONSOLE_SOURCES := $(shell find console/src console/index.html console/vite.config.ts \
+	console/tsconfig.json -type f 2>/dev/null)
+console: console/dist/index.html
+
+console/node_modules/.installed: console/package-lock.json
+	@command -v npm >/dev/null || { echo "setup: npm (Node.js 20.19+) is missing: it builds the console" >&2; exit 1; }
+	cd console && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
+	cd console && npm run --silent build
+	@touch $@
 
 ## test: the whole suite (root needed for the kernel tests); any pytest failure, including
 ## exit 5 (no tests collected), fails the target.
@@ -51,5 +66,5 @@ lint: venv
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info console/dist console/node_modules
 	@if [ -f capture_agent/bpf/Makefile ]; then $(MAKE) -C capture_agent/bpf clean; fi

@@ -13,6 +13,7 @@ PACKAGES=(
   bpftrace                                              # benchmark peer
   sqlite3 curl python3-venv                             # test programs and the demo
   qemu-system-x86 busybox-static kmod e2fsprogs         # make vmtest: guests, initramfs
+  chromium                                              # the console's browser tests
 )
 
 missing=()

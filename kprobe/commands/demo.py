@@ -244,6 +244,8 @@ def _seconds(record: IncidentRecord) -> float:
 def _finish(report: dict[str, Any], text: bool, started: float, payment_id: str | None,
             s3_note: str, lake_uri: str) -> None:
     report["timings"]["total_s"] = round(time.monotonic() - started, 2)
+    if payment_id:
+        report["console_url"] = console_url(payment_id)
     if not text:
         print(json.dumps(report, default=str))
         return
@@ -277,11 +279,27 @@ def _finish(report: dict[str, Any], text: bool, started: float, payment_id: str 
     for sql in tries:
         print(f"  kprobe sql --lake {lake} {_shell_quote(sql)}")
     if payment_id:
+        print(f"  kprobe serve --lake {lake} --no-auth   # then open the console (read-only) at"
+              f"\n    {report['console_url']}\n    (to replay from it: kprobe serve --lake "
+              f"{lake} --tokens-file F, a token from --new-token NAME --scopes "
+              "read,replay,payloads --tokens-file F)")
         print(f"  kprobe explain {payment_id} --lake {lake}")
         print(f"  kprobe graph root-cause {payment_id} --lake {lake}")
     if s3_note:
         print(f"  ({s3_note})")
     sys.stdout.flush()
+
+
+def console_url(payment_id: str) -> str:
+    """Where ``kprobe serve`` (its host and port settings) shows the payment in the console."""
+    from urllib.parse import quote
+
+    from query_api.settings import ApiSettings
+
+    settings = ApiSettings()
+    host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}/transactions/{quote(payment_id, safe='')}"
 
 
 def _shell_quote(sql: str) -> str:

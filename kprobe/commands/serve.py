@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(str(err)) from None
         print(token)
         return 0
+    # the tokens file by absolute path: replays hide it from the replayed program by path
+    tokens_file = str(Path(args.tokens_file).resolve()) if args.tokens_file else None
     overrides: dict[str, Any] = {name: value for name, value in (
-        ("host", args.host), ("port", args.port), ("tokens_file", args.tokens_file),
+        ("host", args.host), ("port", args.port), ("tokens_file", tokens_file),
         ("auth_disabled", True if args.no_auth else None),
         ("cors_origins", args.cors_origin)) if value is not None}
     try:

@@ -6,7 +6,7 @@ import { zoom, zoomIdentity, type ZoomTransform } from "d3-zoom";
 import { useEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
 import type { TraceGraph } from "../api/types";
 import { fmtDuration } from "../lib/format";
-import { describeNode, layoutGraph, type LaidNode, type Marks } from "../lib/graphModel";
+import { describeNode, layoutGraph, SHOWN_BADGES, visibleText, type LaidNode, type Marks } from "../lib/graphModel";
 
 interface Props {
   graph: TraceGraph;
@@ -90,12 +90,9 @@ export function CausalGraph({ graph, marks, selected, onSelect, onRendered }: Pr
                   )}
                   {n.badges.includes("root cause") || n.badges.includes("driver") ? <circle r={n.radius + 6} className="ring" /> : null}
                   {showLabel ? (
-                    <text x={n.radius + 6} y={4} className="node-label">
-                      {n.display}
-                      {n.node.delay_ns ? ` · ${fmtDuration(n.node.delay_ns)}` : ""}
-                    </text>
+                    <text x={n.radius + 6} y={4} className="node-label">{visibleText(n)}</text>
                   ) : null}
-                  {n.badges.filter((b) => b === "root cause" || b === "driver").map((b, i) => (
+                  {n.badges.filter((b) => SHOWN_BADGES.includes(b)).map((b, i) => (
                     <text key={b} x={n.radius + 6} y={-10 - 13 * i} className="badge">{b.toUpperCase()}</text>
                   ))}
                 </g>

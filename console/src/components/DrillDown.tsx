@@ -64,7 +64,7 @@ FROM offcpu o
 LEFT JOIN (SELECT node, stack_id, any_value(frames) AS frames FROM kstacks GROUP BY ALL) k
   ON k.node = o.node AND k.stack_id = o.kstack_id
 WHERE o.node = ${sqlString(where)} AND o.pid = ${delayedPid} AND o.ts_ns >= ${from} AND o.ts_ns < ${to}
-ORDER BY o.dur_ns DESC` : null;
+ORDER BY k.frames IS NULL, o.dur_ns DESC` : null;
   return (
     <>
       <dl className="facts">

@@ -44,7 +44,10 @@ function ColumnView({ column, needle }: { column: Column; needle: string | null 
       <h4>{column.title}</h4>
       {job ? (
         <p>
-          <Link to={`/replays/${job.id}`}>Job {job.id.slice(0, 8)}</Link>: <span className={`job-status ${job.status}`}>{job.status}</span>
+          <Link to={`/replays/${job.id}`}>Job {job.id.slice(0, 8)}</Link>:{" "}
+          <span className={`job-status ${job.status}`}>
+            {job.status === "failed" && result?.report ? "ran; its expectation did not hold" : job.status}
+          </span>
           {job.status === "running" ? <span role="status"> (replaying…)</span> : null}
         </p>
       ) : <p className="muted">Not run yet.</p>}

@@ -180,13 +180,22 @@ export function layoutGraph(graph: TraceGraph, marks: Marks, ticks = 220): Graph
   };
 }
 
+// The text drawn next to a node (its label, then the delay it carries).
+export function visibleText(node: LaidNode): string {
+  return `${node.display}${node.node.delay_ns ? ` · ${fmtDuration(node.node.delay_ns)}` : ""}`;
+}
+
+export const SHOWN_BADGES = ["root cause", "driver"];
+
+// The accessible name: the visible text first (as drawn: label, delay, badges), then what
+// the drawing says by shape and colour.
 export function describeNode(node: LaidNode): string {
-  const parts = [node.display];
+  const shown = node.badges.filter((b) => SHOWN_BADGES.includes(b)).map((b) => b.toUpperCase());
+  const parts = [[visibleText(node), ...shown].join(" ")];
   if (node.node.group === "span") parts.push("span");
   if (node.node.group === "kernel_episode") parts.push("kernel episode");
   if (node.node.group === "thread" || node.node.group === "process") parts.push("process");
-  if (node.node.delay_ns) parts.push(`delay ${fmtDuration(node.node.delay_ns)}`);
-  parts.push(...node.badges);
+  parts.push(...node.badges.filter((b) => !SHOWN_BADGES.includes(b)));
   if (node.critical) parts.push("on the critical path");
   return parts.join(", ");
 }
