@@ -60,10 +60,10 @@ def trace_processes(db: LakeDatabase, trace_id: str, start_ns: int | None,
         execs = {(r[0], r[1]): r[2:] for r in con.execute(_EXECS).fetchall()}
         first = min(r["first_start_ns"] for r in rows)
         last = max((r["last_end_ns"] or r["first_start_ns"]) for r in rows)
-        # the payloads a replay from the exec needs start at the exec, hours before
-        since = min([first, *(e[0] for e in execs.values() if e[0] is not None)])
+        # payloads in the trace's own hours only: a long-lived process's payloads since its
+        # exec may be days of partitions, too much to count for a page
         payloads = {(r[0], r[1]): int(r[2]) for r in con.execute(
-            _PAYLOADS, [hour_label(max(since, 0)), hour_label(last + NS_PER_HOUR)]).fetchall()}
+            _PAYLOADS, [hour_label(max(first, 0)), hour_label(last + NS_PER_HOUR)]).fetchall()}
     out = []
     for row in rows:
         key = (row["node"], row["pid"])

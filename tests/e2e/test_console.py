@@ -233,9 +233,9 @@ def test_search_explain_drill_timeline_and_replay(server: Server, chromium: Any,
         summary = page.locator("[data-testid=timeline-summary]")
         summary.wait_for(timeout=120_000)
         critical = summary.locator("table").first.inner_text()
-        assert "settlement-service: settlement.write" in critical, critical
-        assert "memcg reclaim episode" in critical, critical
+        assert "memcg reclaim episode" in critical, critical  # the root cause, on the path
         lanes = page.locator("[data-testid=timeline-summary] details table").text_content() or ""
+        assert "span · settlement-service: settlement.write" in lanes, lanes
         assert lanes.count(f"PID {settlement_pid} · memory") == 1, lanes
         drawn = page.eval_on_selector(
             "[data-testid=timeline-chart] canvas",
@@ -248,7 +248,6 @@ def test_search_explain_drill_timeline_and_replay(server: Server, chromium: Any,
         page.wait_for_selector("text=showing +")
         page.keyboard.press("0")
         page.locator(".timeline").screenshot(path=str(shots / "05-timeline.png"))
-        page.screenshot(path=str(shots / "02-transaction.png"), full_page=True)
         # WHEN she replays the gateway exactly and with its timeout at 1500 ms
         timeout = page.locator("#timeout-value")
         assert "--settlement-timeout-ms" in page.inner_text("label[for=timeout-value]")
@@ -265,6 +264,7 @@ def test_search_explain_drill_timeline_and_replay(server: Server, chromium: Any,
         assert payment in body and '"settled"' in body, body
         assert "timed out" in page.locator("[data-testid=replay-exact] .answer-body").inner_text()
         page.locator(".replay-panel").screenshot(path=str(shots / "06-replay.png"))
+        page.screenshot(path=str(shots / "02-transaction.png"), full_page=True)
         # AND the page's URL holds the replays: a reload shows them again
         assert "exact=" in page.url and "whatif=" in page.url
         page.reload()

@@ -90,11 +90,14 @@ export function CausalGraph({ graph, marks, selected, onSelect, onRendered }: Pr
                   )}
                   {n.badges.includes("root cause") || n.badges.includes("driver") ? <circle r={n.radius + 6} className="ring" /> : null}
                   {showLabel ? (
-                    <text x={n.radius + 6} y={4} className="node-label">{visibleText(n)}</text>
+                    // one text element: its text reads as the accessible name begins
+                    <text x={n.radius + 6} y={4} className="node-label">
+                      {visibleText(n)}
+                      {n.badges.filter((b) => SHOWN_BADGES.includes(b)).map((b, i) => (
+                        <tspan key={b} x={n.radius + 6} y={-10 - 13 * i} className="badge">{` ${b.toUpperCase()}`}</tspan>
+                      ))}
+                    </text>
                   ) : null}
-                  {n.badges.filter((b) => SHOWN_BADGES.includes(b)).map((b, i) => (
-                    <text key={b} x={n.radius + 6} y={-10 - 13 * i} className="badge">{b.toUpperCase()}</text>
-                  ))}
                 </g>
               );
             })}

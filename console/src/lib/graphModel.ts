@@ -83,15 +83,28 @@ export function marksFor(graph: TraceGraph, explained: ExplainedTransaction | nu
     critical.add(rootCause);
     drivers.forEach((d) => critical.add(d));
   }
-  let span = explained?.root_cause?.via_span ?? null;
-  if (!span && explained) {
-    span = [...graph.nodes].filter((n) => n.group === "span" && n.failed).sort((a, b) => (b.start_ns ?? 0) - (a.start_ns ?? 0))[0]?.id ?? null;
+  // the spans down to the root cause: the one it came through, and those it delayed
+  // directly, each with its ancestors up to the transaction
+  const starts = new Set<string>();
+  const via = explained?.root_cause?.via_span;
+  if (via) starts.add(via);
+  if (rootCause) {
+    for (const link of graph.links) {
+      if (link.target === rootCause && link.rel === "DELAYED_BY") starts.add(link.source);
+    }
+  }
+  if (!starts.size && explained) {
+    const failed = [...graph.nodes].filter((n) => n.group === "span" && n.failed).sort((a, b) => (b.start_ns ?? 0) - (a.start_ns ?? 0))[0];
+    if (failed) starts.add(failed.id);
   }
   const seen = new Set<string>();
-  while (span && !seen.has(span)) {
-    seen.add(span);
-    critical.add(span);
-    span = parent.get(span) ?? null;
+  for (const start of starts) {
+    let span: string | null = start;
+    while (span && !seen.has(span)) {
+      seen.add(span);
+      critical.add(span);
+      span = parent.get(span) ?? null;
+    }
   }
   return { rootCause, drivers, critical };
 }

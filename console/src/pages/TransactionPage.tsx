@@ -54,7 +54,7 @@ function Explained({ explained }: { explained: ExplainedTransaction }) {
         <p className="muted">Trace <code>{trace}</code>, analysed window {explained.window}.</p>
         <details open>
           <summary>The causal chain</summary>
-          <pre className="chain" data-testid="chain">{explained.text}</pre>
+          <pre className="chain" data-testid="chain" tabIndex={0} aria-label="The causal chain as text">{explained.text}</pre>
         </details>
       </section>
       <section className="panel" aria-labelledby="graph-title">
