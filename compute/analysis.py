@@ -58,7 +58,7 @@ def analyze_window(location: lake.LakeLocation, window: Window, settings: Comput
         causes.remote.implicit_servers(con, settings)
         timeline.relevant(con, settings)
         timeline.build(con, loaded.range_end_ns, settings)
-        causes.prepare(con, settings)
+        causes.prepare(con, settings, loaded.range_end_ns)
         for level in range(settings.max_chain_depth + 1):
             pending = scalar_row(con, f"SELECT count(*) FROM spans_all WHERE level = {level}")
             if not pending[0]:

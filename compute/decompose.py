@@ -17,11 +17,11 @@ from __future__ import annotations
 import duckdb
 
 from compute.settings import ComputeSettings
-from compute.sql import execute, overlap_join
+from compute.sql import execute, overlap_join, sql_list, sql_str
 
 # offcpu wait_reason values (the capture agent's classification by kernel stack)
 REASONS: tuple[str, ...] = ("reclaim", "page_fault_io", "disk", "futex", "socket", "pipe",
-                            "sleep", "other")
+                            "poll", "sleep", "lock", "other")
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -36,6 +36,13 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def _reason_is(reason: str) -> str:
+    """A reason this engine does not know counts as ``other``."""
+    if reason == "other":
+        return f"coalesce(reason, 'other') NOT IN {sql_list(REASONS[:-1])}"
+    return f"reason = {sql_str(reason)}"
+
+
 def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
     """Decompose the spans of chain ``level`` (0: the services' own spans)."""
     overlap = overlap_join(
@@ -45,14 +52,21 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int)
         select="l.span_key, l.node, l.tid, greatest(l.s, r.s) AS s, least(l.e, r.e) AS e,"
                " r.state, r.reason, r.cpu, r.waker_pid, r.waker_tid")
     sums = ",\n".join(
-        f"coalesce(sum(e - s) FILTER (WHERE state = 'blocked' AND reason = '{r}'), 0)"
+        f"coalesce(sum(e - s) FILTER (WHERE state = 'blocked' AND {_reason_is(r)}), 0)"
         f" AS blocked_{r}_ns" for r in REASONS)
     execute(con, "decomposition", f"""
         CREATE TEMP TABLE d_overlap AS {overlap}
     """, """
         INSERT INTO span_pieces
-        SELECT span_key, node, tid, s, e, state, reason, cpu, waker_pid, waker_tid
+        SELECT span_key, node, tid, s, e, state,
+               CASE WHEN state = 'blocked' THEN coalesce(reason, 'other') END, cpu,
+               waker_pid, waker_tid
         FROM d_overlap WHERE state <> 'running'
+    """, f"""
+        -- a span on no known thread: all of it unknown (its child calls may still explain it)
+        INSERT INTO span_pieces
+        SELECT span_key, node, NULL, s, e, 'unknown', NULL, NULL, NULL, NULL
+        FROM spans_all WHERE level = {level} AND tid IS NULL AND e > s
     """, f"""
         INSERT INTO span_breakdown
         SELECT sp.span_key, coalesce(b.on_cpu_ns, 0), coalesce(b.runqueue_ns, 0),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lake
-from compute.causes import KERNEL_KINDS
+from compute.causes import KERNEL_KINDS, LEAF_KINDS, WAIT_KINDS
 from compute.errors import NotFound
 from compute.graph import queries, store
 from compute.settings import ComputeSettings
@@ -32,8 +32,13 @@ CAUSE_NAMES = {
     "memory_pressure": "memory pressure", "cpu_contention": "CPU contention",
     "disk": "disk I/O", "network": "TCP retransmits", "network_reset": "TCP reset",
     "lock_wait": "lock wait", "remote_call": "a slow remote call",
-    "thread_handoff": "waiting on another thread", "app_cpu": "on-CPU work",
+    "thread_wait": "waiting for another thread", "thread_handoff": "waiting on another thread",
+    "app_cpu": "on-CPU work", "timer": "a timer (the thread slept)",
+    "kernel_wakeup": "a kernel thread's wakeup",
 }
+# Lines shown under a span: kernel causes, waits for other threads (with what those did,
+# nested), kernel-thread wakeups.
+SHOWN_KINDS = (*KERNEL_KINDS, *WAIT_KINDS, *LEAF_KINDS)
 _MEM_KINDS = {"memcg_reclaim": "memcg reclaim", "direct_reclaim": "direct reclaim",
               "page_fault_io": "page-fault I/O", "reclaim": "reclaim wait"}
 
@@ -127,7 +132,7 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
     owner: dict[tuple[str, str], str] = {}
     for s in sorted(otel, key=lambda s: (depth[s["id"]], s["start_ns"])):
         for edge in edges_by_src.get(s["id"], []):
-            if edge["rel"] == "DELAYED_BY" and edge["kind"] in KERNEL_KINDS:
+            if edge["rel"] == "DELAYED_BY" and _shown(edge):
                 owner[(edge["kind"], edge["dst"])] = s["id"]
 
     steps: list[_Step] = []
@@ -135,7 +140,8 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
         dom = domain.get(s["id"])
         is_root = s["id"] == root["id"]
         kernel = [e for e in edges_by_src.get(s["id"], [])
-                  if e["rel"] == "DELAYED_BY" and owner.get((e["kind"], e["dst"])) == s["id"]]
+                  if e["rel"] == "DELAYED_BY" and _shown(e)
+                  and owner.get((e["kind"], e["dst"])) == s["id"]]
         remote = [e for e in edges_by_src.get(s["id"], [])
                   if e["rel"] == "DELAYED_BY" and e["kind"] in ("remote_call", "thread_handoff")
                   and all_spans.get(e["dst"], {}).get("origin") == "remote"]
@@ -192,6 +198,12 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
                   for st, line in zip(steps, lines)],
         "text": "\n".join(lines),
     }
+
+
+def _shown(edge: dict[str, Any]) -> bool:
+    """A cause line: a kernel cause, a wait for a thread, a timer; not a link to a span."""
+    return bool(edge["kind"] in SHOWN_KINDS and edge.get("dst_label") != "Span"
+                and not (edge["kind"] == "timer" and (edge["delay_ns"] or 0) < 1_000_000))
 
 
 def _depth(span: dict[str, Any], spans: dict[str, dict[str, Any]]) -> int:
@@ -253,13 +265,14 @@ class _Context:
                                 "delay_ns": sum(e["delay_ns"] or 0 for e in
                                                 (cpu if edge in cpu else [edge])),
                                 **extra}))
-            if edge["kind"] == "lock_wait" and indent < 3:
+            if edge["kind"] in WAIT_KINDS and indent < 6:
+                # what the thread it waited for did meanwhile, and why (holder spans)
                 for hold in self.edges.get(s["id"], []):
                     holder = self.spans.get(hold["dst"])
-                    if (hold["kind"] == "lock_holder" and holder is not None
+                    if (hold["kind"] == "holder" and holder is not None
                             and holder.get("tid") == edge["evidence"].get("waker_tid")):
                         inner = [e for e in self.edges.get(holder["id"], [])
-                                 if e["rel"] == "DELAYED_BY" and e["kind"] in KERNEL_KINDS]
+                                 if e["rel"] == "DELAYED_BY" and _shown(e)]
                         steps.extend(self.kernel_steps(holder, inner, indent + 1))
         return steps
 
@@ -271,7 +284,7 @@ class _Context:
                        {"span": s["id"], "cause": edge["kind"], "target": child["id"],
                         "delay_ns": edge["delay_ns"]})]
         inner = [e for e in self.edges.get(child["id"], [])
-                 if e["rel"] == "DELAYED_BY" and e["kind"] in KERNEL_KINDS]
+                 if e["rel"] == "DELAYED_BY" and _shown(e)]
         steps.extend(self.kernel_steps(child, inner, indent=1))
         return steps
 
@@ -315,16 +328,27 @@ class _Context:
                 return f"TCP reset on {conn}", "", {"conn": conn}
             return (f"TCP retransmit x{edge['count']} on {conn}, {fmt_ns(delay)}", "",
                     {"conn": conn})
-        if kind == "lock_wait":
+        if kind in WAIT_KINDS:
             thread = self.threads.get(edge["dst"], {})
             activity = ev.get("waker_activity") or {}
             doing = _activity(activity)
             spans = ev.get("waker_spans") or []
             inside = f" in {spans[0]['service']} '{spans[0]['name']}'" if spans else ""
-            return (f"lock wait {fmt_ns(delay)}",
-                    f"woken by {_who_thread(thread, edge['dst'])}{inside}"
+            reasons = [r for r in ev.get("reasons") or [] if r and r != "other"]
+            on = f" ({', '.join(reasons)})" if reasons else ""
+            what = {"lock_wait": "lock wait", "remote_call": "remote call",
+                    "thread_wait": "wait"}[kind]
+            verb = "woken by" if ev.get("how") == "waker" else "waiting for"
+            return (f"{what} {fmt_ns(delay)}{on}",
+                    f"{verb} {_who_thread(thread, edge['dst'])}{inside}"
                     + (f", which was {doing}" if doing else ""),
-                    {"waker": edge["dst"], "waker_activity": activity})
+                    {"waker": edge["dst"], "waker_activity": activity, "how": ev.get("how")})
+        if kind == "timer":
+            return f"timer {fmt_ns(delay)}", "the thread slept until its own timeout", {}
+        if kind == "kernel_wakeup":
+            thread = self.threads.get(edge["dst"], {})
+            return (f"woken by the kernel after {fmt_ns(delay)}",
+                    f"{_who_thread(thread, edge['dst'])}", {"waker": edge["dst"]})
         return f"{kind} {fmt_ns(delay)}", "", {}
 
     def _top_driver(self, episode_id: str) -> dict[str, Any] | None:
@@ -366,6 +390,12 @@ class _Context:
         target = self.spans.get(edge["dst"])
         if edge["kind"] == "remote_call" and target:
             name = f"a slow remote call to {target['service']}"
+        elif edge["kind"] in WAIT_KINDS and edge["dst_label"] == "Thread":
+            thread = self.threads.get(edge["dst"], {})
+            who = _who_thread(thread, edge["dst"])
+            name = {"lock_wait": f"lock wait for {who}",
+                    "remote_call": f"a slow remote call to {who}",
+                    "thread_wait": f"waiting for {who}"}[edge["kind"]]
         summary = ""
         if edge["dst_label"] == "KernelEpisode":
             summary = self.describe({**edge, "rel": "DELAYED_BY"}, [edge])[1]

@@ -1,21 +1,33 @@
-"""Root cause of each failed operation, and the ranking of the other causes.
+"""Root cause of each failed operation: its critical path cut into leaves, one verdict per
+failure chain.
 
-Candidates of a failed span are the causes of every span it waited for, found by walking
-links (child spans, remote server spans, lock holders) with a recursive query. A span on
-the *same* thread as the one it hangs under adds no new thread-state causes (memory, CPU,
-disk and lock waits are already in the parent's own timeline), so only thread-crossing hops
-contribute those; causes found on a span's *connection* (retransmits, resets) and its links
-to other threads are not in any timeline, so they count from every span below. The same
-cause reached through several spans is one candidate, and so are pieces that one removal
-would take away together, named by the largest piece: the threads of one process that held
-the CPU, the busy periods of one disk. The operation's own on-CPU work is a candidate too
-(``app_cpu``): an operation that was simply computing has no kernel cause.
+The time of a failed span is the time of its thread (decomposition), and every wait on it
+was followed to the thread it waited for (``wait``: waker, child call, peer) over exactly
+the waited interval, hop by hop (holder spans). So the span's time splits into *leaves*:
 
-A candidate is *sufficient* when its delay is at least how late the operation was
-(``over_ns``): removing it would have brought the operation under its deadline. The root
-cause is, in order of preference: a TCP reset for an error; a sufficient kernel or remote
-cause, the deepest first (the cause of the cause: the lock holder's reclaim before the lock
-wait); sufficient on-CPU work; and, when nothing alone suffices, the largest delay.
+- a kernel cause found on any span of that tree: memory pressure (episode), CPU contention
+  (the holder process), disk (the device), TCP retransmits or a reset (the connection);
+- what a waited-for thread did itself: on CPU (or unknown) while the operation waited for
+  it, named by the wait that reached it: ``lock_wait``, ``thread_wait``, ``remote_call``
+  (so a remote call is a cause only for the part of it the remote side spent working,
+  never for what the kernel did to the remote side);
+- a wait not followed (shorter than ``min_delay_ns``, at the depth limit, or back to a
+  thread already on the chain), a timer, a kernel thread's wakeup;
+- the operation's own on-CPU work (``app_cpu``).
+
+The same cause reached through several paths is one candidate (per process for CPU
+contention, per device for disk, per episode for memory, per thread for waits). A
+candidate is *sufficient* when its delay is at least how late the operation was
+(``over_ns``). The ranking: a TCP reset for an error; the failure chain's verdict (below);
+sufficient before not; a cause (kernel, or another thread's work) before the operation's
+own CPU or timers; the larger delay.
+
+One verdict per failure chain: an operation that failed while (or because) an operation it
+contains failed reports the verdict of the innermost failed one, when that cause is among
+its own candidates and the outer failure has no deadline of its own to weigh it against
+(it failed by error or timeout message) or the cause is sufficient for it too. So the
+gateway's request that gave up with the settlement call it made names what delayed the
+settlement, whichever of the two timeouts fired first.
 
 Output: ``root_causes(failed_key, rank, kind, dst_label, dst, delay_ns, depth, via_span,
 sufficient, over_ns, failure_kind, pieces)``; ``CAUSED_BY`` edges from the failed span,
@@ -26,96 +38,130 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.causes import KERNEL_KINDS
+from compute.causes import WAIT_KINDS
 from compute.settings import ComputeSettings
 from compute.sql import execute, sql_list
 
 MAX_DEPTH = 12
 TOP = 5
-# Causes found on a span's connection or links to other threads, not in its thread's
-# timeline: a parent on the same thread does not already account for them.
-UNTIMED_KINDS = ("network", "network_reset", "remote_call", "thread_handoff")
+# Leaves that are edges of a span of the tree (waits: the part not followed further).
+EDGE_LEAVES = ("memory_pressure", "cpu_contention", "disk", "network", "network_reset",
+               "timer", "kernel_wakeup", *WAIT_KINDS)
+# Leaves that are not causes: the operation's own work and timers, unknown time.
+NOT_CAUSES = ("app_cpu", "timer")
 
 
 def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
-    candidate_kinds = (*KERNEL_KINDS, "remote_call", "thread_handoff")
-    execute(con, "root cause", """
-        CREATE TEMP TABLE rc_links AS
-        SELECT DISTINCT parent_key AS parent, span_key AS child FROM spans_all
-        WHERE parent_key IS NOT NULL
-        UNION
-        SELECT src, dst FROM rels WHERE rel = 'DELAYED_BY' AND dst_label = 'Span'
-    """, f"""
-        CREATE TEMP TABLE rc_sub AS
-        WITH RECURSIVE sub(failed_key, span_key, depth, counted) AS (
-            SELECT span_key, span_key, 0, true FROM span_domain WHERE failed
+    waits = sql_list(WAIT_KINDS)
+    execute(con, "root cause", f"""
+        CREATE TEMP TABLE rc_tree AS
+        WITH RECURSIVE t(failed_key, ti, depth, via_kind) AS (
+            SELECT span_key, span_key, 0, NULL::VARCHAR FROM span_domain WHERE failed
             UNION ALL
-            SELECT sub.failed_key, l.child, sub.depth + 1,
-                   (c.tid IS NULL OR p.tid IS NULL OR c.tid <> p.tid OR c.node <> p.node)
-            FROM sub
-            JOIN rc_links l ON l.parent = sub.span_key
-            JOIN spans_all p ON p.span_key = sub.span_key
-            JOIN spans_all c ON c.span_key = l.child
-            WHERE sub.depth < {MAX_DEPTH})
-        SELECT failed_key, span_key, max(depth) AS depth, bool_or(counted) AS counted
-        FROM sub GROUP BY failed_key, span_key
+            SELECT t.failed_key, r.dst, t.depth + 1,
+                   json_extract_string(r.evidence, '$.kind')
+            FROM t JOIN rels r ON r.src = t.ti AND r.rel = 'DELAYED_BY' AND r.kind = 'holder'
+            WHERE t.depth < {MAX_DEPTH})
+        SELECT failed_key, ti, min(depth) AS depth, any_value(via_kind) AS via_kind
+        FROM t GROUP BY failed_key, ti
+    """, """
+        CREATE TEMP TABLE rc_mem AS
+        SELECT src, sum(delay_ns) AS delay_ns FROM rels
+        WHERE rel = 'DELAYED_BY' AND kind = 'memory_pressure' GROUP BY src
+    """, f"""
+        CREATE TEMP TABLE rc_leaves AS
+        SELECT t.failed_key, t.depth, r.src AS via_span, r.kind, r.dst_label, r.dst,
+               CASE WHEN r.kind IN {waits}
+                    THEN r.delay_ns - coalesce(TRY_CAST(json_extract(r.evidence,
+                                                         '$.followed_ns') AS BIGINT), 0)
+                    ELSE r.delay_ns END AS delay_ns,
+               CASE WHEN r.kind = 'cpu_contention'
+                         AND json_extract_string(r.evidence, '$.holder_pid') IS NOT NULL
+                    THEN regexp_extract(r.dst, '^(.*):-?[0-9]+$', 1) || ':pid:'
+                         || json_extract_string(r.evidence, '$.holder_pid')
+                    WHEN r.kind = 'disk' AND ep.dev IS NOT NULL AND ep.dev <> '?'
+                    THEN ep.node || ':dev:' || ep.dev
+                    ELSE r.dst END AS unit
+        FROM rc_tree t JOIN rels r ON r.src = t.ti AND r.rel = 'DELAYED_BY'
+        LEFT JOIN (SELECT DISTINCT id, node, dev FROM episodes) ep
+               ON r.dst_label = 'KernelEpisode' AND ep.id = r.dst
+        WHERE r.kind IN {sql_list(EDGE_LEAVES)} AND r.dst_label <> 'Span'
+        UNION ALL
+        -- what a waited-for thread did itself meanwhile: on CPU (not reclaiming) or unknown
+        SELECT t.failed_key, t.depth, t.ti, coalesce(t.via_kind, 'thread_wait'), 'Thread',
+               sp.node || ':' || sp.tid,
+               greatest(b.on_cpu_ns - greatest(coalesce(m.delay_ns, 0) - b.blocked_reclaim_ns
+                                               - b.blocked_page_fault_io_ns, 0), 0)
+                 + b.unknown_ns,
+               sp.node || ':' || sp.tid
+        FROM rc_tree t JOIN spans_all sp ON sp.span_key = t.ti
+        JOIN span_breakdown b ON b.span_key = t.ti
+        LEFT JOIN rc_mem m ON m.src = t.ti
+        WHERE t.depth > 0 AND sp.tid IS NOT NULL
+        UNION ALL
+        -- the failed operation's own on-CPU work (reclaim runs on the allocating thread's CPU)
+        SELECT t.failed_key, 0, t.ti, 'app_cpu', 'Thread', sp.node || ':' || sp.tid,
+               greatest(b.on_cpu_ns - greatest(coalesce(m.delay_ns, 0) - b.blocked_reclaim_ns
+                                               - b.blocked_page_fault_io_ns, 0), 0),
+               'app:' || sp.node || ':' || sp.tid
+        FROM rc_tree t JOIN spans_all sp ON sp.span_key = t.ti
+        JOIN span_breakdown b ON b.span_key = t.ti
+        LEFT JOIN rc_mem m ON m.src = t.ti
+        WHERE t.depth = 0 AND sp.tid IS NOT NULL
     """, f"""
         CREATE TEMP TABLE rc_candidates AS
-        WITH edges AS (
-            SELECT s.failed_key, r.kind, r.dst_label, r.dst, r.delay_ns, s.depth, r.src,
-                   CASE WHEN r.kind = 'cpu_contention'
-                             AND json_extract_string(r.evidence, '$.holder_pid') IS NOT NULL
-                        THEN regexp_extract(r.dst, '^(.*):-?[0-9]+$', 1) || ':pid:'
-                             || json_extract_string(r.evidence, '$.holder_pid')
-                        WHEN r.kind = 'disk' AND ep.dev IS NOT NULL AND ep.dev <> '?'
-                        THEN ep.node || ':dev:' || ep.dev
-                        ELSE r.dst END AS unit
-            FROM rc_sub s JOIN rels r ON r.src = s.span_key AND r.rel = 'DELAYED_BY'
-            LEFT JOIN (SELECT DISTINCT id, node, dev FROM episodes) ep
-                   ON r.dst_label = 'KernelEpisode' AND ep.id = r.dst
-            WHERE r.kind IN {sql_list(candidate_kinds)}
-              AND (s.counted OR r.kind IN {sql_list(UNTIMED_KINDS)})),
-        per_dst AS (
-            SELECT failed_key, kind, dst_label, dst, unit, sum(delay_ns) AS delay_ns,
-                   max(depth) AS depth, arg_max(src, delay_ns) AS via_span
-            FROM edges GROUP BY failed_key, kind, dst_label, dst, unit)
-        SELECT failed_key, kind, arg_max(dst_label, delay_ns) AS dst_label,
-               arg_max(dst, delay_ns) AS dst, sum(delay_ns)::BIGINT AS delay_ns,
-               max(depth) AS depth, arg_max(via_span, delay_ns) AS via_span,
-               count(*) AS pieces
-        FROM per_dst GROUP BY failed_key, kind, unit
-        UNION ALL
-        -- on-CPU work that was not reclaim (reclaim runs on the CPU of the allocating thread)
-        SELECT d.span_key, 'app_cpu', 'Thread', sp.node || ':' || sp.tid,
-               greatest(b.on_cpu_ns - greatest(coalesce(m.delay_ns, 0) - b.blocked_reclaim_ns
-                                               - b.blocked_page_fault_io_ns, 0), 0)::BIGINT,
-               0, d.span_key, 1
-        FROM span_domain d JOIN spans_all sp USING (span_key)
-        JOIN span_breakdown b USING (span_key)
-        LEFT JOIN (SELECT src, sum(delay_ns) AS delay_ns FROM rels
-                   WHERE rel = 'DELAYED_BY' AND kind = 'memory_pressure' GROUP BY src) m
-               ON m.src = d.span_key
-        WHERE d.failed AND sp.tid IS NOT NULL AND b.on_cpu_ns > 0
+        SELECT c.*, least(c.delay, sp.e - sp.s)::BIGINT AS delay_ns,
+               CASE WHEN d.over_ns IS NOT NULL
+                    THEN least(c.delay, sp.e - sp.s) >= d.over_ns END AS sufficient,
+               c.kind NOT IN {sql_list(NOT_CAUSES)} AS is_cause,
+               d.over_ns, d.failure_kind
+        FROM (SELECT failed_key, kind, unit, arg_max(dst_label, delay_ns) AS dst_label,
+                     arg_max(dst, delay_ns) AS dst, sum(delay_ns) AS delay,
+                     max(depth) AS depth, arg_max(via_span, delay_ns) AS via_span,
+                     count(DISTINCT dst) AS pieces
+              FROM rc_leaves WHERE delay_ns > 0
+              GROUP BY failed_key, kind, unit) c
+        JOIN span_domain d ON d.span_key = c.failed_key
+        JOIN spans_all sp ON sp.span_key = c.failed_key
+        WHERE c.delay >= {settings.min_delay_ns} OR c.kind = 'network_reset'
+    """, """
+        -- each failure's own verdict, then the innermost failed operation below it
+        CREATE TEMP TABLE rc_own AS
+        SELECT failed_key, kind, unit, is_cause FROM (
+            SELECT *, row_number() OVER (
+                       PARTITION BY failed_key
+                       ORDER BY (failure_kind = 'error' AND kind = 'network_reset') DESC,
+                                coalesce(sufficient, false) DESC, is_cause DESC,
+                                delay_ns DESC, dst) AS r
+            FROM rc_candidates)
+        WHERE r = 1
+    """, f"""
+        CREATE TEMP TABLE rc_inherit AS
+        WITH RECURSIVE d(failed_key, span_key, depth) AS (
+            SELECT span_key, span_key, 0 FROM span_domain WHERE failed
+            UNION ALL
+            SELECT d.failed_key, c.span_key, d.depth + 1
+            FROM d JOIN spans_all c ON c.parent_key = d.span_key AND c.origin = 'otel'
+            WHERE d.depth < {MAX_DEPTH})
+        SELECT d.failed_key, arg_max(o.kind || '|' || o.unit, d.depth) AS inherited
+        FROM d JOIN span_domain f ON f.span_key = d.span_key AND f.failed
+        JOIN rc_own o ON o.failed_key = d.span_key AND o.is_cause
+        WHERE d.depth > 0
+        GROUP BY d.failed_key
     """, f"""
         CREATE TEMP TABLE root_causes AS
-        SELECT *, row_number() OVER (
-                   PARTITION BY failed_key
-                   ORDER BY (failure_kind = 'error' AND kind = 'network_reset') DESC,
-                            coalesce(sufficient, false) DESC,
-                            (kind <> 'app_cpu') DESC,
-                            CASE WHEN coalesce(sufficient, false) THEN depth ELSE 0 END DESC,
-                            delay_ns DESC, dst) AS rank
+        SELECT failed_key, kind, dst_label, dst, delay_ns, depth, via_span, sufficient,
+               over_ns, failure_kind, pieces, rank
         FROM (
-            SELECT c.failed_key, c.kind, c.dst_label, c.dst,
-                   least(c.delay_ns, sp.e - sp.s)::BIGINT AS delay_ns, c.depth, c.via_span,
-                   CASE WHEN d.over_ns IS NOT NULL
-                        THEN least(c.delay_ns, sp.e - sp.s) >= d.over_ns END AS sufficient,
-                   d.over_ns, d.failure_kind, c.pieces
-            FROM rc_candidates c
-            JOIN span_domain d ON d.span_key = c.failed_key
-            JOIN spans_all sp ON sp.span_key = c.failed_key
-            WHERE c.delay_ns >= {settings.min_delay_ns} OR c.kind = 'network_reset')
-        QUALIFY rank <= {TOP}
+            SELECT c.*, row_number() OVER (
+                       PARTITION BY c.failed_key
+                       ORDER BY (c.failure_kind = 'error' AND c.kind = 'network_reset') DESC,
+                                coalesce(i.inherited = c.kind || '|' || c.unit
+                                         AND (c.over_ns IS NULL OR c.sufficient), false) DESC,
+                                coalesce(c.sufficient, false) DESC, c.is_cause DESC,
+                                c.delay_ns DESC, c.dst) AS rank
+            FROM rc_candidates c LEFT JOIN rc_inherit i USING (failed_key))
+        WHERE rank <= {TOP}
     """, """
         INSERT INTO rels
         SELECT 'CAUSED_BY', 'Span', failed_key, dst_label, dst, kind, delay_ns, rank, NULL,
@@ -124,4 +170,5 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                            'over_ns', over_ns, 'pieces', pieces)
         FROM root_causes
         WHERE NOT (dst_label = 'Span' AND dst = failed_key)
-    """, "DROP TABLE rc_links", "DROP TABLE rc_sub", "DROP TABLE rc_candidates")
+    """, "DROP TABLE rc_tree", "DROP TABLE rc_mem", "DROP TABLE rc_leaves",
+       "DROP TABLE rc_candidates", "DROP TABLE rc_own", "DROP TABLE rc_inherit")

@@ -11,7 +11,8 @@ causes use. A process with a single thread maps its spans to that thread.
 
 Output: ``spans_all`` (one row per span; synthetic spans are appended by later stages):
     span_key = trace_id:span_id, parent_key, node, pid, tid, mapped_by, s, e, conn_*,
-    owned, synthetic, origin ('otel' | 'remote' | 'holder'), level (hops from an operation)
+    owned, synthetic, origin ('otel' | 'remote' | 'holder'), level (hops from an operation),
+    chain (``/tid/tid/``: the threads a holder span was reached through)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SPANS_ALL_COLUMNS = """
     status_message VARCHAR, attributes VARCHAR, events VARCHAR, pid BIGINT, tid BIGINT,
     mapped_by VARCHAR, conn_laddr VARCHAR, conn_lport BIGINT, conn_raddr VARCHAR,
     conn_rport BIGINT, owned BOOLEAN, synthetic BOOLEAN, origin VARCHAR, level INTEGER,
-    trigger_key VARCHAR
+    trigger_key VARCHAR, chain VARCHAR
 """
 
 
@@ -94,7 +95,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                     WHEN c.c.tid IS NOT NULL THEN 'net_tuple'
                     WHEN st.tid IS NOT NULL THEN 'single_thread' END,
                c.c.saddr, c.c.sport, c.c.daddr, c.c.dport,
-               sp.owned, false, 'otel', 0, NULL
+               sp.owned, false, 'otel', 0, NULL, NULL
         FROM span_src sp
         LEFT JOIN span_conn c USING (span_key)
         LEFT JOIN single_thread st ON st.node = sp.node AND st.pid = sp.pid

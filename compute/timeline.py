@@ -62,7 +62,8 @@ def relevant(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
     """``t_relevant``: threads whose timeline the analysis needs.
 
     The threads that ran spans, then the threads that woke those (a lock holder, a pipe
-    writer), and so on ``max_chain_depth`` hops: the chain levels analyse exactly these.
+    writer) or answer them on a TCP connection, and so on ``max_chain_depth`` hops: the
+    chain levels analyse exactly these.
     Every other thread still counts as a CPU holder (``cpu_intervals`` is per CPU); it just
     gets no timeline of its own, which on a busy node is most of the sorting saved.
     """
@@ -72,6 +73,15 @@ def relevant(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         FROM w_sched WHERE kind IN ('waking', 'wakeup', 'wakeup_new') AND waker_tid > 0
         UNION
         SELECT DISTINCT node, waker_tid, tid FROM w_offcpu WHERE waker_tid > 0
+        UNION
+        -- the two ends of a TCP connection wait for each other (a request, its answer)
+        SELECT DISTINCT a.node, b.tid, a.tid
+        FROM (SELECT DISTINCT node, tid, pid, saddr, sport, daddr, dport FROM net_io
+              WHERE tid > 0) a
+        JOIN (SELECT DISTINCT node, tid, pid, saddr, sport, daddr, dport FROM net_io
+              WHERE tid > 0) b
+          ON b.node = a.node AND b.saddr = a.daddr AND b.sport = a.dport
+         AND b.daddr = a.saddr AND b.dport = a.sport AND b.pid IS DISTINCT FROM a.pid
     """, """
         CREATE TEMP TABLE t_relevant AS
         SELECT DISTINCT node, tid FROM spans_all WHERE tid IS NOT NULL

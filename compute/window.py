@@ -50,7 +50,7 @@ KERNEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "block_io": ("node", "ts_ns", "dur_ns", "pid", "tid", "comm", "dev", "sector", "bytes",
                  "rwbs", "error"),
     "net": ("node", "ts_ns", "pid", "tid", "comm", "kind", "saddr", "sport", "daddr", "dport",
-            "bytes", "state", "srtt_us", "sock_id"),
+            "bytes", "state", "old_state", "srtt_us", "sock_id"),
 }
 # Tables whose rows are intervals [ts_ns, ts_ns + dur_ns): load those that started earlier.
 _INTERVAL_TABLES = ("offcpu", "mem", "block_io")

@@ -10,8 +10,9 @@ edges from the episode to the processes that drove it.
     cpu      run-queue wait; the threads that held the CPU meanwhile
     disk     blocked on block I/O; the device's busy period; the processes issuing I/O
     network  retransmits and resets on the operation's own connection
-    lock     futex/pipe waits; the waker thread, what it was doing, and (one hop further)
-             the waker's own causes during the wait (a synthetic "holder" span)
+    wait     every other wait: the thread it waited for (its waker, the child call running
+             meanwhile, or the peer of an unanswered request), what that thread did, and,
+             hop by hop, that thread's own causes during the wait (synthetic "holder" spans)
     remote   child spans in other threads/processes; without a child span, the server side
              found by matching the connection's send->recv across processes
 
@@ -24,14 +25,20 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.causes import cpu, disk, lock, memory, network, remote
+from compute.causes import cpu, disk, memory, network, remote, wait
 from compute.settings import ComputeSettings
 from compute.sql import execute
 
-# Kinds that count as causes of a delay (the rest are links in a chain).
+# Kinds that count as causes of a delay: kernel episodes and contention, and waits for
+# another thread (named by what that thread was doing, followed through holder links).
 KERNEL_KINDS = ("memory_pressure", "cpu_contention", "disk", "network", "network_reset",
-                "lock_wait")
-LINK_KINDS = ("remote_call", "thread_handoff", "lock_holder")
+                "lock_wait", "thread_wait")
+# Waits for another thread or process (``wait``); what they waited for is followed.
+WAIT_KINDS = wait.WAIT_KINDS
+# Leaves that are not causes: the thread's own timer, a kernel thread's wakeup.
+LEAF_KINDS = wait.LEAF_KINDS
+# Links between spans (child spans on other threads, uninstrumented servers, holders).
+LINK_KINDS = ("remote_call", "thread_handoff", "holder")
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -46,11 +53,13 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
-    """Window-wide facts independent of spans: pressure episodes, disk busy periods..."""
+def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings,
+            range_end_ns: int) -> None:
+    """Window-wide facts: pressure episodes, disk busy periods, calls and requests..."""
     memory.prepare(con, settings)
     disk.prepare(con, settings)
     network.prepare(con, settings)
+    wait.prepare(con, range_end_ns)
 
 
 def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
@@ -60,7 +69,8 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     disk.attribute(con, settings, level)
     network.attribute(con, settings, level)
     remote.attribute_children(con, settings, level)
-    lock.attribute(con, settings, level)
+    wait.attribute(con, settings, level)
 
 
-__all__ = ["KERNEL_KINDS", "LINK_KINDS", "attribute", "create_tables", "prepare", "remote"]
+__all__ = ["KERNEL_KINDS", "LEAF_KINDS", "LINK_KINDS", "WAIT_KINDS", "attribute",
+           "create_tables", "prepare", "remote"]

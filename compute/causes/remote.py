@@ -63,7 +63,7 @@ def implicit_servers(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) 
                'serve ' || r.srv.saddr || ':' || r.srv.sport, 'SERVER', r.s,
                greatest(r.e, r.s), NULL, NULL, NULL, NULL, r.srv.pid, r.srv.tid, 'net_tuple',
                r.srv.saddr, r.srv.sport, r.srv.daddr, r.srv.dport, r.owned, true, 'remote',
-               0, r.span_key
+               0, r.span_key, NULL
         FROM r_servers r
         LEFT JOIN w_processes p ON p.node = r.srv.node AND p.pid = r.srv.pid
         LEFT JOIN thread_names tn ON tn.node = r.srv.node AND tn.tid = r.srv.tid

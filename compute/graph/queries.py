@@ -68,9 +68,9 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
     NamedQuery(
         "delayed-by", ("EPISODE",),
         "every transaction a kernel episode delayed (episode id or its prefix), directly or "
-        "through a lock holder or a remote server",
+        "through the threads it waited for (lock holders, wakers, remote servers)",
         """
-        MATCH (s:Span)-[:DELAYED_BY*0..3]->(x:Span)-[d:DELAYED_BY]->(e:KernelEpisode)
+        MATCH (s:Span)-[:DELAYED_BY*0..8]->(x:Span)-[d:DELAYED_BY]->(e:KernelEpisode)
         WHERE e.id STARTS WITH $episode AND s.origin = 'otel'
         RETURN e.id AS episode, s.txn_id AS txn, s.trace_id AS trace_id,
                count(DISTINCT s) AS spans, max(d.delay_ns) AS delay_ns,
@@ -165,9 +165,9 @@ def trace_data(reader: GraphReader, trace_id: str) -> dict[str, Any]:
     params = {"trace": trace_id}
     spans = reader.rows("""
         MATCH (s:Span) WHERE s.trace_id = $trace RETURN s.* ORDER BY s.start_ns""", params)
-    # holder spans hang off the trace's spans through lock_holder links
+    # holder spans (what a waited-for thread did) hang off the trace's spans, hop by hop
     holders = reader.rows("""
-        MATCH (s:Span)-[:DELAYED_BY*1..3]->(h:Span)
+        MATCH (s:Span)-[:DELAYED_BY*1..8]->(h:Span)
         WHERE s.trace_id = $trace AND h.origin = 'holder'
         RETURN DISTINCT h.*""", params)
     keys = [s["s.id"] for s in spans] + [h["h.id"] for h in holders]

@@ -71,7 +71,7 @@ def test_snapshot_published_and_queried(location: LakeLocation) -> None:
         ("episode", "POST /payments"), ("episode", "settlement.write")}
     blast = run_named(location, snaps, "blast-radius", ["300", "n1"], settings).to_pylist()
     assert {(b["via"], b["cause"], b["txn"]) for b in blast} >= {
-        ("thread", "lock_wait", "L-7"), ("holder", "lock_holder", "L-7")}
+        ("thread", "lock_wait", "L-7"), ("holder", "holder", "L-7")}
     failures = run_named(location, snaps, "failures", [], settings).to_pylist()
     assert {f["txn"] for f in failures} == {"98721", "L-7"}
     # AND the snapshot is read-only for everyone
