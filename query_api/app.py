@@ -114,7 +114,7 @@ def create_app(settings: ApiSettings | None = None, lake: LakeSettings | None = 
     for module in (health, sql, transactions, traces, trace_processes, graph, timeline, live,
                    replays, whoami):
         app.include_router(module.router)
-    console.install(app)  # after every route: it answers only what none of them does
+    console.install(app, effective.console_dir)  # last: answers what no route does
     # Innermost first. Outward: the body's size and time limits, CORS, the front door
     # (health, Host, loopback, authentication before the body is read), metrics (every
     # answer, refusals included), the audit line (every SQL/Cypher/replay request).

@@ -13,7 +13,6 @@ it is missing, ``/`` says how to build it (503) instead of a blank page.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -33,9 +32,8 @@ _REPO_DIST = Path(__file__).resolve().parent.parent / "console" / "dist"
 
 
 def console_dir() -> Path:
-    """The built console: ``KPROBE_API_CONSOLE_DIR`` or the repository's console/dist."""
-    configured = os.environ.get("KPROBE_API_CONSOLE_DIR")
-    return Path(configured) if configured else _REPO_DIST
+    """The built console of the source tree (``ApiSettings.console_dir`` overrides it)."""
+    return _REPO_DIST
 
 
 class _Assets(StaticFiles):
@@ -52,7 +50,7 @@ def is_console_path(path: str) -> bool:
 
 
 def install(app: FastAPI, directory: Path | None = None) -> None:
-    """Serve the console from ``directory`` (default ``console_dir()``): ``/assets`` and, for
+    """Serve the console from ``directory`` (None: ``console_dir()``): ``/assets`` and, for
     every other GET outside the API that no route answers, ``index.html``."""
     dist = directory or console_dir()
     index = dist / "index.html"

@@ -55,6 +55,9 @@ class ApiSettings(BaseSettings):
     # One structured line per SQL, Cypher and replay request (logger kprobe.audit); a path
     # appends them to that file instead of standard error.
     audit_log: Path | None = None
+    # The built console served at / (query_api/console.py); default: console/dist of the
+    # source tree (make setup builds it).
+    console_dir: Path | None = None
 
     # SQL -----------------------------------------------------------------------------------
     sql_default_rows: int = Field(default=10_000, gt=0)
