@@ -47,6 +47,8 @@ TOP = 5
 # Leaves that are edges of a span of the tree (waits: the part not followed further).
 EDGE_LEAVES = ("memory_pressure", "cpu_contention", "disk", "network", "network_reset",
                "timer", "kernel_wakeup", *WAIT_KINDS)
+# Causes on a connection, not in any thread's timeline (counted from every span inside).
+UNTIMED_KINDS = ("network", "network_reset")
 # Leaves that are not causes: the operation's own work and timers, unknown time.
 NOT_CAUSES = ("app_cpu", "timer")
 
@@ -64,6 +66,17 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
             WHERE t.depth < {MAX_DEPTH})
         SELECT failed_key, ti, min(depth) AS depth, any_value(via_kind) AS via_kind
         FROM t GROUP BY failed_key, ti
+    """, f"""
+        -- the operations inside a failed one (any thread): their connections' retransmits
+        -- and resets are in no thread's timeline
+        CREATE TEMP TABLE rc_desc AS
+        WITH RECURSIVE d(failed_key, span_key, depth) AS (
+            SELECT span_key, span_key, 0 FROM span_domain WHERE failed
+            UNION ALL
+            SELECT d.failed_key, c.span_key, d.depth + 1
+            FROM d JOIN spans_all c ON c.parent_key = d.span_key
+            WHERE d.depth < {MAX_DEPTH})
+        SELECT failed_key, span_key, min(depth) AS depth FROM d GROUP BY ALL
     """, """
         CREATE TEMP TABLE rc_mem AS
         SELECT src, sum(delay_ns) AS delay_ns FROM rels
@@ -86,6 +99,10 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         LEFT JOIN (SELECT DISTINCT id, node, dev FROM episodes) ep
                ON r.dst_label = 'KernelEpisode' AND ep.id = r.dst
         WHERE r.kind IN {sql_list(EDGE_LEAVES)} AND r.dst_label <> 'Span'
+        UNION ALL
+        SELECT d.failed_key, d.depth, r.src, r.kind, r.dst_label, r.dst, r.delay_ns, r.dst
+        FROM rc_desc d JOIN rels r ON r.src = d.span_key AND r.rel = 'DELAYED_BY'
+        WHERE d.depth > 0 AND r.kind IN {sql_list(UNTIMED_KINDS)}
         UNION ALL
         -- what a waited-for thread did itself meanwhile: on CPU (not reclaiming) or unknown
         SELECT t.failed_key, t.depth, t.ti, coalesce(t.via_kind, 'thread_wait'), 'Thread',
@@ -116,7 +133,10 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                c.kind NOT IN {sql_list(NOT_CAUSES)} AS is_cause,
                d.over_ns, d.failure_kind
         FROM (SELECT failed_key, kind, unit, arg_max(dst_label, delay_ns) AS dst_label,
-                     arg_max(dst, delay_ns) AS dst, sum(delay_ns) AS delay,
+                     arg_max(dst, delay_ns) AS dst,
+                     -- one retransmit episode seen from both ends is one delay
+                     CASE WHEN kind IN {sql_list(UNTIMED_KINDS)} THEN max(delay_ns)
+                          ELSE sum(delay_ns) END AS delay,
                      max(depth) AS depth, arg_max(via_span, delay_ns) AS via_span,
                      count(DISTINCT dst) AS pieces
               FROM rc_leaves WHERE delay_ns > 0
@@ -135,16 +155,10 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                                 delay_ns DESC, dst) AS r
             FROM rc_candidates)
         WHERE r = 1
-    """, f"""
+    """, """
         CREATE TEMP TABLE rc_inherit AS
-        WITH RECURSIVE d(failed_key, span_key, depth) AS (
-            SELECT span_key, span_key, 0 FROM span_domain WHERE failed
-            UNION ALL
-            SELECT d.failed_key, c.span_key, d.depth + 1
-            FROM d JOIN spans_all c ON c.parent_key = d.span_key AND c.origin = 'otel'
-            WHERE d.depth < {MAX_DEPTH})
         SELECT d.failed_key, arg_max(o.kind || '|' || o.unit, d.depth) AS inherited
-        FROM d JOIN span_domain f ON f.span_key = d.span_key AND f.failed
+        FROM rc_desc d JOIN span_domain f ON f.span_key = d.span_key AND f.failed
         JOIN rc_own o ON o.failed_key = d.span_key AND o.is_cause
         WHERE d.depth > 0
         GROUP BY d.failed_key
@@ -171,4 +185,5 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         FROM root_causes
         WHERE NOT (dst_label = 'Span' AND dst = failed_key)
     """, "DROP TABLE rc_tree", "DROP TABLE rc_mem", "DROP TABLE rc_leaves",
-       "DROP TABLE rc_candidates", "DROP TABLE rc_own", "DROP TABLE rc_inherit")
+       "DROP TABLE rc_candidates", "DROP TABLE rc_own", "DROP TABLE rc_inherit",
+       "DROP TABLE rc_desc")

@@ -1,4 +1,5 @@
-"""Network: TCP retransmits and resets on the operation's own connection.
+"""Network: TCP retransmits and resets on the operation's own connection (a span's, from
+its attributes and the 4-tuple; a thread's without spans, the ones it used around then).
 
 Retransmits fire in softirq context, so they are matched by 4-tuple (never by the pid they
 happen to carry). A retransmitted segment waited from the last send on that connection
@@ -14,9 +15,12 @@ from __future__ import annotations
 import duckdb
 
 from compute.settings import ComputeSettings
-from compute.sql import evidence_list, execute, merged
+from compute.sql import evidence_list, execute, merged, overlap_join
 
 MIN_RTO_NS = 200_000_000
+# A span without a connection of its own (a server's thread, a thread it waited for) owns
+# the connections its thread used this close to it.
+CONN_SLACK_NS = 1_000_000_000
 
 
 def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
@@ -55,21 +59,38 @@ def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
 
 def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
     limit = settings.max_evidence_rows
+    conns = overlap_join(
+        f"(SELECT span_key, node, tid, s - {CONN_SLACK_NS} AS s, e + {CONN_SLACK_NS} AS e"
+        f" FROM spans_all WHERE level = {level} AND tid IS NOT NULL"
+        f" AND conn_lport IS NULL AND origin = 'holder')",
+        "net_io", ("node", "tid"), settings.join_bucket_ns,
+        select="DISTINCT l.span_key, r.saddr, r.sport, r.daddr, r.dport")
     execute(con, "network attribution", f"""
+        -- the connections of each span: its own (from its attributes and 4-tuple); a
+        -- waited-for thread's (holder span): those it sent or received on around then
+        CREATE TEMP TABLE n_conns AS
+        SELECT span_key, conn_laddr AS laddr, conn_lport AS lport, conn_raddr AS raddr,
+               conn_rport AS rport
+        FROM spans_all
+        WHERE level = {level} AND conn_lport IS NOT NULL AND conn_rport IS NOT NULL
+        UNION ALL
+        SELECT span_key, saddr, sport, daddr, dport FROM ({conns})
+    """, f"""
         CREATE TEMP TABLE n_hits AS
         SELECT sp.span_key, t.episode_id, t.kind, t.node, t.conn, t.ts,
                CASE WHEN t.kind = 'reset' THEN t.ts
                     ELSE greatest(sp.s, coalesce(t.sent_ts, t.ts - {MIN_RTO_NS})) END AS s,
                least(t.ts, sp.e) AS e, t.saddr, t.sport, t.daddr, t.dport, t.srtt_us
-        FROM spans_all sp
+        FROM n_conns c JOIN spans_all sp USING (span_key)
         JOIN net_trouble t
           ON t.node = sp.node
-         AND t.lo_port = least(sp.conn_lport, sp.conn_rport)
-         AND t.hi_port = greatest(sp.conn_lport, sp.conn_rport)
+         AND t.lo_port = least(c.lport, c.rport)
+         AND t.hi_port = greatest(c.lport, c.rport)
          AND t.ts >= sp.s AND t.ts <= sp.e
-        WHERE sp.level = {level} AND sp.conn_lport IS NOT NULL AND sp.conn_rport IS NOT NULL
-          AND ((t.saddr = sp.conn_laddr AND t.daddr = sp.conn_raddr)
-               OR (t.saddr = sp.conn_raddr AND t.daddr = sp.conn_laddr))
+        WHERE (t.saddr = c.laddr AND t.daddr = c.raddr)
+           OR (t.saddr = c.raddr AND t.daddr = c.laddr)
+        QUALIFY row_number() OVER (PARTITION BY sp.span_key, t.episode_id, t.ts,
+                                   t.saddr, t.sport) = 1
     """, """
         INSERT INTO episodes
         SELECT episode_id, 'network', any_value(kind), any_value(node), min(ts), max(ts),
@@ -96,4 +117,4 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                                 ("span_key", "episode_id"))}
                    GROUP BY span_key, episode_id) d USING (span_key, episode_id)
         WHERE h.kind = 'reset' OR coalesce(d.delay_ns, 0) >= {settings.min_delay_ns}
-    """, "DROP TABLE n_hits")
+    """, "DROP TABLE n_hits", "DROP TABLE n_conns")
