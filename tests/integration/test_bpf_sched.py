@@ -249,11 +249,21 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_at_its_waking() -> None
     try:
         with Sensor(sched.sensor_spec(sched.SchedConfig(min_offcpu_ns=1_000_000))) as sensor:
             sensor.add_targets([woken.pid, unwoken.pid])
+            targeted_ns = time.monotonic_ns()
             fd = sensor.map_fd("offcpu_start")
             with libbpf.Btf(str(object_path(sched.FAMILY.object_file))) as btf:
                 assert btf.struct_size("offcpu_start") == struct.calcsize("<QQiIIHBB16s")
-            planted: dict[int, tuple[int, int]] = {}
+            # a thread that left its CPU before it was a target has no entry although it
+            # is off CPU: plant only once each was seen coming in as a target
+            came_in: set[int] = set()
             deadline = time.monotonic() + 1.5
+            while len(came_in) < 2 and time.monotonic() < deadline:
+                switches = sensor.ring("sched_events").drain()
+                since = switches[switches["hdr"]["ktime_ns"] > targeted_ns]
+                came_in |= {int(t) for t in since["next_tid"]} & {woken.pid, unwoken.pid}
+                time.sleep(0.001)
+            assert len(came_in) == 2, "a spinner was never seen coming onto a CPU"
+            planted: dict[int, tuple[int, int]] = {}
             while len(planted) < 2 and time.monotonic() < deadline:
                 now = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
                 for proc, waking in ((woken, now - 40_000_000), (unwoken, 0)):

@@ -94,6 +94,7 @@ def test_a_missing_delta_log_is_an_error_not_an_empty_table(served: Served,
     shutil.move(log, tmp_path / "saved-log")
     with serve(served.lake, tmp_path / "fresh") as fresh, fresh.client("reader") as client:
         unavailable(client.post("/v1/sql", json=COUNT))
+    shutil.move(tmp_path / "saved-log", log)
     # the control: a table not created yet (no directory at all) is an empty table
     shutil.rmtree(served.lake / "v1" / "lost")
     with served.client("reader") as client:

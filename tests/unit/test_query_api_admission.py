@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -51,18 +53,24 @@ def test_a_freed_slot_goes_to_the_principal_running_fewest() -> None:
             order.append(name)
             assert gates[name].wait(30)
 
+        async def until(condition: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 10
+            while not condition():
+                assert time.monotonic() < deadline, "condition not reached in 10 s"
+                await asyncio.sleep(0.005)
+
         a1 = asyncio.create_task(admission.run(lambda: work("a1"), "a"))
         a2 = asyncio.create_task(admission.run(lambda: work("a2"), "a"))
-        await asyncio.sleep(0.1)
+        await until(lambda: len(order) == 2)  # both of a's running
         a3 = asyncio.create_task(admission.run(lambda: work("a3"), "a"))  # waits first
-        await asyncio.sleep(0.1)
+        await until(lambda: admission.admitted == 3)
         b1 = asyncio.create_task(admission.run(lambda: work("b1"), "b"))  # waits second
-        await asyncio.sleep(0.1)
+        await until(lambda: admission.admitted == 4)
         gates["a1"].set()
         await a1
-        await asyncio.sleep(0.1)
+        await until(lambda: len(order) == 3)
         # b runs nothing, a runs one: the slot goes to b although a3 waited longer
-        assert order == ["a1", "a2", "b1"]
+        assert sorted(order[:2]) == ["a1", "a2"] and order[2] == "b1"
         for gate in gates.values():
             gate.set()
         await asyncio.gather(a2, a3, b1)
