@@ -222,13 +222,23 @@ def _spans(rng: np.random.Generator, duration: int) -> pa.Table:
     return pa.concat_tables([roots, children], promote_options="default")
 
 
-def write_lake(root: Path, tables: dict[str, pa.Table]) -> int:
+def write_lake(root: Path, tables: dict[str, pa.Table], minutes: int) -> int:
+    """Write the tables as an agent's lake looks after compaction: rows in time order,
+    one commit (file) per 30 s of events per table, so a window reads its own files (the
+    agent flushes a file per second; ``kprobe lake compact`` merges them in that order)."""
     writer = lake.LakeWriter.from_settings(lake.LakeSettings(lake=str(root), node=NODE))
     writer.ensure_tables()
     rows = 0
+    step = 30 * NS
     for name, table in tables.items():
-        for offset in range(0, table.num_rows, 2_000_000):
-            writer.append(name, table.slice(offset, 2_000_000))
+        column = "start_ns" if name == "spans" else "ts_ns"
+        table = table.sort_by(column)
+        times = table[column].to_numpy()
+        bounds = np.searchsorted(times, T0 + np.arange(0, minutes * 60 * NS + step, step))
+        bounds = np.unique(np.r_[0, bounds, table.num_rows])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if hi > lo:
+                writer.append(name, table.slice(int(lo), int(hi - lo)))
         if name != "spans":
             rows += table.num_rows
     return rows
@@ -245,22 +255,33 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=10, help="60 s windows (minutes)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="build the lake here, keep it")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: analyse the lake already there (no generation)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     work = args.keep or Path(tempfile.mkdtemp(prefix="kprobe-bench-compute-"))
     root = work / "lake"
     try:
-        rng = np.random.default_rng(7)
-        started = time.perf_counter()
-        tables = generate(rng, args.events, args.windows)
-        generated = time.perf_counter() - started
-        events = write_lake(root, tables)
-        print(f"lake: {events:,} kernel events + {tables['spans'].num_rows:,} spans, "
-              f"{args.windows} x 60 s, {CPUS} synthetic CPUs; generated in {generated:.1f} s,"
-              f" written in {time.perf_counter() - started - generated:.1f} s "
-              f"({cores} cores here)")
-        print("  " + ", ".join(f"{k} {v.num_rows:,}" for k, v in tables.items()))
-        del tables
+        if args.reuse and args.keep and (root / "v1").is_dir():
+            location = lake.resolve(lake.LakeSettings(lake=str(root)))
+            shutil.rmtree(root / "graphs", ignore_errors=True)
+            con = lake.connect(location, ["sched", "offcpu", "mem", "block_io", "net"])
+            events = sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                         for t in ("sched", "offcpu", "mem", "block_io", "net"))
+            con.close()
+            print(f"lake: {events:,} kernel events (reused {root}), {cores} cores here")
+        else:
+            rng = np.random.default_rng(7)
+            started = time.perf_counter()
+            tables = generate(rng, args.events, args.windows)
+            generated = time.perf_counter() - started
+            events = write_lake(root, tables, args.windows)
+            print(f"lake: {events:,} kernel events + {tables['spans'].num_rows:,} spans, "
+                  f"{args.windows} x 60 s, {CPUS} synthetic CPUs; generated in "
+                  f"{generated:.1f} s, written in {time.perf_counter() - started - generated:.1f}"
+                  f" s ({cores} cores here)")
+            print("  " + ", ".join(f"{k} {v.num_rows:,}" for k, v in tables.items()))
+            del tables
 
         location = lake.resolve(lake.LakeSettings(lake=str(root)))
         settings = ComputeSettings(graph_cache_dir=work / "graph-cache")

@@ -4,6 +4,7 @@
     with iptables_drop(port, probability=0.25):   # INPUT -i lo, that TCP port only
     with cpu_cgroup() as cg:                      # service and hog isolated from neighbours
     with culprit("hog", "--threads", "3") as c:   # a culprit process; c.pid, c.tids
+    with loop_filesystem(tmp, 512 << 20) as mnt:  # an ext4 on a loop device (another disk)
 """
 
 from __future__ import annotations
@@ -60,6 +61,32 @@ def cpu_cgroup(weight: float = 8.0) -> Iterator[Path]:
             "a cgroup v1 cpu controller or cgroup v2 with cpu enabled")
     with host.CpuCgroup("kprobe-test", weight) as cgroup:
         yield cgroup.path
+
+
+@contextmanager
+def loop_filesystem(tmp: Path, size_bytes: int) -> Iterator[Path]:
+    """An ext4 file system on a loop device backed by a file in /dev/shm (memory): a block
+    device other than the one the services write to. Unmounted, detached and deleted
+    afterwards."""
+    losetup, mkfs, mount = (require_binary(b) for b in ("losetup", "mkfs.ext4", "mount"))
+    umount = require_binary("umount")
+    backing = Path("/dev/shm") / f"kprobe-e2e-{uuid.uuid4().hex[:8]}.img"
+    mnt = tmp / "loopfs"
+    mnt.mkdir(parents=True, exist_ok=True)
+    device = ""
+    with open(backing, "wb") as f:
+        f.truncate(size_bytes)
+    try:
+        device = subprocess.run([losetup, "-f", "--show", str(backing)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        subprocess.run([mkfs, "-q", "-F", device], check=True, capture_output=True)
+        subprocess.run([mount, device, str(mnt)], check=True, capture_output=True)
+        yield mnt
+    finally:
+        subprocess.run([umount, str(mnt)], check=False, capture_output=True)
+        if device:
+            subprocess.run([losetup, "-d", device], check=False, capture_output=True)
+        backing.unlink(missing_ok=True)
 
 
 @dataclass

@@ -49,6 +49,8 @@ class Verdict:
     dur_ns: int = 0
     over_ns: int | None = None
     kernel_causes: list[str] = field(default_factory=list)
+    # every kernel line of the explanation (any span, nested holders too): (kind, delay)
+    kernel_delays: list[tuple[str, int]] = field(default_factory=list)
     text: str = ""
 
     def covers_lateness(self) -> bool:
@@ -228,6 +230,19 @@ def record(tmp: Path, scenario: str, *service_args: str, timeout: float = 240) -
     return run
 
 
+def explain_missed(run: ScenarioRun, *, at_least: int) -> list[Verdict]:
+    """Verdicts for every operation that missed its deadline (the first one via the CLI)."""
+    missed = run.truth.missed()
+    assert len(missed) >= at_least, (
+        f"only {len(missed)} of {len(run.truth.operations)} operations missed their deadline: "
+        f"{[round(op.dur_ns / 1e6) for op in run.truth.operations]} ms")
+    run.analyze()
+    verdicts = [run.explain_cli(missed[0])] + [run.explain(op) for op in missed[1:]]
+    for v in verdicts:
+        print(v.line())
+    return verdicts
+
+
 def verdict(op: Operation, result: dict[str, Any]) -> Verdict:
     """The root cause ``explain`` gives for one operation, with the culprit it names."""
     v = Verdict(op.payment_id, bool(result["failed"]), dur_ns=result["dur_ns"],
@@ -235,6 +250,8 @@ def verdict(op: Operation, result: dict[str, Any]) -> Verdict:
     failure = result.get("failure") or {}
     v.over_ns = failure.get("over_ns")
     v.kernel_causes = sorted({s["cause"] for s in result["steps"] if s["kind"] == "kernel"})
+    v.kernel_delays = [(s["cause"], int(s.get("delay_ns") or 0)) for s in result["steps"]
+                       if s["kind"] == "kernel"]
     root = result.get("root_cause")
     if not root:
         return v

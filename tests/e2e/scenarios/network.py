@@ -17,6 +17,7 @@ import argparse
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,12 +62,24 @@ def main() -> None:
         return
     p = parser(__doc__)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--decoy-port", type=int, default=None,
+                   help="a second ledger: another thread keeps calling it (its own lossy "
+                        "connection, never the payments')")
     args = p.parse_args()
     join_cgroups(args.cgroup)
     service = Service("network", args.truth, "payment-gateway")
     ledger = subprocess.Popen([sys.executable, "-m", "tests.e2e.scenarios.network",
                                "--serve", str(args.port)], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).resolve().parents[3])
+    decoy = None
+    stop = threading.Event()
+    if args.decoy_port:
+        decoy = subprocess.Popen([sys.executable, "-m", "tests.e2e.scenarios.network",
+                                  "--serve", str(args.decoy_port)], stdout=subprocess.PIPE,
+                                 text=True, cwd=Path(__file__).resolve().parents[3])
+        assert decoy.stdout is not None and decoy.stdout.readline().strip() == "listening"
+        caller = threading.Thread(target=_decoy_calls, args=(args.decoy_port, stop))
+        caller.start()
     try:
         assert ledger.stdout is not None and ledger.stdout.readline().strip() == "listening"
         sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
@@ -85,9 +98,22 @@ def main() -> None:
             pace(args.interval_ms, started)
         sock.close()
     finally:
+        stop.set()
         ledger.kill()
         ledger.wait()
+        if decoy is not None:
+            decoy.kill()
+            decoy.wait()
     service.finish()
+
+
+def _decoy_calls(port: int, stop: threading.Event) -> None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while not stop.wait(0.02):
+        sock.sendall(b"decoy".ljust(REQUEST, b" "))
+        _exactly(sock, RESPONSE)
+    sock.close()
 
 
 if __name__ == "__main__":

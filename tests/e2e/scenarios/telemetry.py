@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
@@ -83,17 +83,45 @@ class GroundTruth:
         return [op for op in self.operations if op.missed]
 
 
-class Service:
-    """A tracer exporting to the agent, and operations recorded as ground truth."""
+class _Deferred(SpanProcessor):
+    """Keeps finished spans until ``export`` is called (from the caller's thread): a
+    single-threaded service exports between its operations, never inside one."""
 
-    def __init__(self, scenario: str, truth_path: Path, service_name: str) -> None:
+    def __init__(self, exporter: OTLPSpanExporter) -> None:
+        self.exporter = exporter
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+    def export(self) -> None:
+        if self.spans:
+            self.exporter.export(self.spans)
+            self.spans = []
+
+    def shutdown(self) -> None:
+        self.export()
+        self.exporter.shutdown()
+
+
+class Service:
+    """A tracer exporting to the agent, and operations recorded as ground truth.
+
+    ``thread_ids=False``: spans carry no ``thread.id`` (most SDKs set none); the engine
+    maps them by socket or as the process's only thread. ``single_thread=True``: no
+    exporter thread (spans are exported by ``flush``, between operations)."""
+
+    def __init__(self, scenario: str, truth_path: Path, service_name: str, *,
+                 thread_ids: bool = True, single_thread: bool = False) -> None:
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if not endpoint:
             raise SystemExit("OTEL_EXPORTER_OTLP_ENDPOINT is not set: run under `kprobe run`")
         resource = Resource.create({"service.name": service_name, "process.pid": os.getpid()})
         self.provider = TracerProvider(resource=resource)
-        self.provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")))
+        exporter = OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+        self.deferred = _Deferred(exporter) if single_thread else None
+        self.provider.add_span_processor(self.deferred or BatchSpanProcessor(exporter))
+        self.thread_ids = thread_ids
         self.tracer = self.provider.get_tracer("kprobe.e2e.scenarios")
         self.truth = GroundTruth(scenario, os.getpid())
         self.truth_path = truth_path
@@ -108,7 +136,7 @@ class Service:
         with self.tracer.start_as_current_span(
             name, kind=SpanKind.SERVER,
             attributes={"payment.id": payment_id, "kprobe.deadline_ms": deadline_ms,
-                        "thread.id": tid, **attributes},
+                        **({"thread.id": tid} if self.thread_ids else {}), **attributes},
         ) as span:
             cpu0, wait0 = _schedstat()
             start = time.time_ns()
@@ -127,8 +155,14 @@ class Service:
     def child(self, name: str, kind: SpanKind = SpanKind.INTERNAL,
               **attributes: Any) -> Any:
         """A child span on the calling thread (context manager)."""
-        return self.tracer.start_as_current_span(
-            name, kind=kind, attributes={"thread.id": threading.get_native_id(), **attributes})
+        ids = {"thread.id": threading.get_native_id()} if self.thread_ids else {}
+        return self.tracer.start_as_current_span(name, kind=kind,
+                                                 attributes={**ids, **attributes})
+
+    def flush(self) -> None:
+        """Export the finished spans now (single-threaded services, between operations)."""
+        if self.deferred is not None:
+            self.deferred.export()
 
     def finish(self) -> None:
         """Export every span, then write the ground truth (the test waits for both)."""
