@@ -14,6 +14,7 @@ PACKAGES=(
   sqlite3 curl python3-venv                             # test programs and the demo
   qemu-system-x86 busybox-static kmod e2fsprogs         # make vmtest: guests, initramfs
   chromium                                              # the console's browser tests
+  postgresql redis-server nginx-light                   # e2e: third-party servers, uninstrumented
 )
 
 missing=()
