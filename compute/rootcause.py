@@ -7,12 +7,14 @@ the waited interval, hop by hop (holder spans). So the span's time splits into *
 
 - a kernel cause found on any span of that tree: memory pressure (episode), CPU contention
   (the holder process), disk (the device), TCP retransmits or a reset (the connection);
-- what a waited-for thread did itself: on CPU (or unknown) while the operation waited for
-  it, named by the wait that reached it: ``lock_wait``, ``thread_wait``, ``remote_call``
+- what a waited-for thread did itself: on CPU while the operation waited for it (its
+  unknown time, an untraced switch or no timeline, blames nobody), named by the wait that
+  reached it: ``lock_wait``, ``thread_wait``, ``remote_call``
   (so a remote call is a cause only for the part of it the remote side spent working,
   never for what the kernel did to the remote side);
-- a wait not followed (shorter than ``min_delay_ns``, at the depth limit, or back to a
-  thread already on the chain), a timer, a kernel thread's wakeup;
+- a wait not followed (shorter than ``min_delay_ns``, or at the depth limit), a kernel
+  thread's wakeup (a wait back to a thread already on the chain adds nothing: that
+  thread's time is counted where it was first met);
 - the operation's own on-CPU work (``app_cpu``).
 
 The same cause reached through several paths is one candidate (per process for CPU
@@ -85,8 +87,11 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         CREATE TEMP TABLE rc_leaves AS
         SELECT t.failed_key, t.depth, r.src AS via_span, r.kind, r.dst_label, r.dst,
                CASE WHEN r.kind IN {waits}
-                    THEN r.delay_ns - coalesce(TRY_CAST(json_extract(r.evidence,
-                                                         '$.followed_ns') AS BIGINT), 0)
+                    THEN r.delay_ns
+                         - coalesce(TRY_CAST(json_extract(r.evidence, '$.followed_ns')
+                                             AS BIGINT), 0)
+                         - coalesce(TRY_CAST(json_extract(r.evidence, '$.cycle_ns')
+                                             AS BIGINT), 0)
                     ELSE r.delay_ns END AS delay_ns,
                CASE WHEN r.kind = 'cpu_contention'
                          AND json_extract_string(r.evidence, '$.holder_pid') IS NOT NULL
@@ -104,12 +109,12 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         FROM rc_desc d JOIN rels r ON r.src = d.span_key AND r.rel = 'DELAYED_BY'
         WHERE d.depth > 0 AND r.kind IN {sql_list(UNTIMED_KINDS)}
         UNION ALL
-        -- what a waited-for thread did itself meanwhile: on CPU (not reclaiming) or unknown
+        -- what a waited-for thread did itself meanwhile: on CPU (not reclaiming); its
+        -- unknown time (no timeline, an untraced switch) blames nobody
         SELECT t.failed_key, t.depth, t.ti, coalesce(t.via_kind, 'thread_wait'), 'Thread',
                sp.node || ':' || sp.tid,
                greatest(b.on_cpu_ns - greatest(coalesce(m.delay_ns, 0) - b.blocked_reclaim_ns
-                                               - b.blocked_page_fault_io_ns, 0), 0)
-                 + b.unknown_ns,
+                                               - b.blocked_page_fault_io_ns, 0), 0),
                sp.node || ':' || sp.tid
         FROM rc_tree t JOIN spans_all sp ON sp.span_key = t.ti
         JOIN span_breakdown b ON b.span_key = t.ti

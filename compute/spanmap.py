@@ -5,7 +5,8 @@ socket 4-tuple does: a server span knows its local port (``server.port``) and us
 client's (``client.port``); a client span knows the server's port. The ``net`` send/recv
 rows on that connection during the span, by the span's process when its pid is known, name
 the thread (the one with most rows) and the full 4-tuple, which the network and remote-call
-causes use. A process with a single thread maps its spans to that thread.
+causes use. A process that had a single thread alive while the span ran (first to last row
+seen of each thread) maps the span to that thread.
 
 ``net`` rows carry the local end in saddr/sport and the remote end in daddr/dport.
 
@@ -79,9 +80,28 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
               FROM ({match}) GROUP BY ALL)
         GROUP BY span_key
     """, """
+        -- the threads alive (first to last row seen) of processes with spans on no thread
+        CREATE TEMP TABLE thread_life AS
+        WITH wanted AS (SELECT DISTINCT node, pid FROM span_src
+                        WHERE tid IS NULL AND pid IS NOT NULL)
+        SELECT node, pid, tid, min(ts) AS first_ts, max(ts) AS last_ts FROM (
+            SELECT node, prev_pid::BIGINT AS pid, prev_tid::BIGINT AS tid, ts_ns AS ts
+            FROM w_sched WHERE kind = 'switch' AND prev_tid > 0
+            UNION ALL
+            SELECT node, next_pid, next_tid, ts_ns FROM w_sched
+            WHERE kind = 'switch' AND next_tid > 0
+            UNION ALL
+            SELECT node, pid, tid, ts_ns FROM w_offcpu WHERE tid > 0) x
+        SEMI JOIN wanted USING (node, pid)
+        GROUP BY node, pid, tid
+    """, """
+        -- a span's process had one thread alive while it ran: the span ran on it
         CREATE TEMP TABLE single_thread AS
-        SELECT node, pid, min(tid) AS tid FROM thread_names
-        WHERE pid IS NOT NULL GROUP BY node, pid HAVING count(DISTINCT tid) = 1
+        SELECT sp.span_key, min(l.tid) AS tid
+        FROM span_src sp JOIN thread_life l
+          ON l.node = sp.node AND l.pid = sp.pid AND l.first_ts <= sp.e AND l.last_ts >= sp.s
+        WHERE sp.tid IS NULL
+        GROUP BY sp.span_key HAVING count(DISTINCT l.tid) = 1
     """, f"""
         CREATE TEMP TABLE spans_all ({SPANS_ALL_COLUMNS})
     """, """
@@ -98,7 +118,6 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                sp.owned, false, 'otel', 0, NULL, NULL
         FROM span_src sp
         LEFT JOIN span_conn c USING (span_key)
-        LEFT JOIN single_thread st ON st.node = sp.node AND st.pid = sp.pid
-                                  AND sp.tid IS NULL
+        LEFT JOIN single_thread st ON st.span_key = sp.span_key
         LEFT JOIN thread_names tn ON tn.node = sp.node AND tn.tid = sp.tid
-    """, "DROP TABLE span_conn", "DROP TABLE single_thread")
+    """, "DROP TABLE span_conn", "DROP TABLE single_thread", "DROP TABLE thread_life")

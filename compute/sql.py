@@ -42,12 +42,22 @@ def overlap_join(left: str, right: str, on: Sequence[str] | Sequence[tuple[str, 
     """``SELECT {select} FROM left l JOIN right r`` where the intervals overlap.
 
     ``on`` lists the equality keys: a name present on both sides, or (left_expr, right_expr).
-    Columns are referred to as ``l.x`` and ``r.x`` in ``select`` and ``where``.
+    Columns are referred to as ``l.x`` and ``r.x`` in ``select`` and ``where``. For an inner
+    join the right side is first cut down to the keys and the time span the left side has
+    (a semi join), so that intervals of threads, CPUs or connections nobody asked about are
+    never cut into buckets.
     """
-    keys = []
+    keys, pairs = [], []
     for key in on:
         lk, rk = (key, key) if isinstance(key, str) else key
         keys.append(f"l.{lk} = r.{rk}")
+        pairs.append((lk, rk))
+    if kind == "JOIN":
+        lcols = ", ".join(f"{lk} AS _k{i}" for i, (lk, _) in enumerate(pairs))
+        match = " AND ".join(f"k._k{i} = r.{rk}" for i, (_, rk) in enumerate(pairs))
+        right = (f"(SELECT r.* FROM {right} r SEMI JOIN (SELECT DISTINCT {lcols} FROM {left}) k"
+                 f" ON {match} WHERE r.{re_} > (SELECT min({ls}) FROM {left})"
+                 f" AND r.{rs} < (SELECT max({le}) FROM {left}))")
     cond = " AND ".join([*keys, "l._b = r._b",
                          f"l._b = greatest(l.{ls} // {bucket_ns}, r.{rs} // {bucket_ns})",
                          f"r.{rs} < l.{le}", f"r.{re_} > l.{ls}"])

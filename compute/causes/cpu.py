@@ -13,13 +13,17 @@ import duckdb
 from compute.settings import ComputeSettings
 from compute.sql import evidence_list, execute, overlap_join
 
+# A CPU switches threads every few ms: finer buckets than the default keep the candidate
+# holders of each runnable piece few.
+CPU_BUCKET_NS = 2_000_000
+
 
 def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
     holders = overlap_join(
         f"(SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e FROM span_pieces p"
         f" JOIN spans_all sp USING (span_key)"
         f" WHERE sp.level = {level} AND p.state = 'runnable' AND p.cpu IS NOT NULL)",
-        "cpu_intervals", ("node", "cpu"), settings.join_bucket_ns,
+        "cpu_intervals", ("node", "cpu"), min(settings.join_bucket_ns, CPU_BUCKET_NS),
         select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
                " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e",
         where="r.tid <> l.tid")

@@ -236,8 +236,11 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     """)
     follow = level < settings.max_chain_depth
     min_delay = settings.min_delay_ns
-    followed = (f"how IN ('waker', 'call', 'peer') AND e - s >= {min_delay}"
-                " AND instr(coalesce(chain, '/'), '/' || t_tid || '/') = 0"
+    # a wait back to a thread already on the chain adds nothing: that thread's time is
+    # accounted where it was first met (a client and its server waking each other)
+    cycle = ("how IN ('waker', 'call', 'peer')"
+             " AND instr(coalesce(chain, '/'), '/' || t_tid || '/') > 0")
+    followed = (f"how IN ('waker', 'call', 'peer') AND e - s >= {min_delay} AND NOT ({cycle})"
                 if follow else "false")
     execute(con, "wait attribution", f"""
         INSERT INTO rels
@@ -248,6 +251,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                json_object('waker_pid', w.t_pid, 'waker_tid', w.t_tid,
                            'waker_comm', w.waker_comm, 'how', w.how,
                            'reasons', w.reasons, 'followed_ns', w.followed_ns,
+                           'cycle_ns', w.cycle_ns,
                            'conn', w.conn, 'call_span', w.call_span,
                            'waits', w.rows,
                            'waker_activity', json_object(
@@ -262,6 +266,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                      any_value(call_span) AS call_span,
                      sum(e - s) AS delay_ns, count(*) AS n,
                      coalesce(sum(e - s) FILTER (WHERE {followed}), 0) AS followed_ns,
+                     coalesce(sum(e - s) FILTER (WHERE {cycle}), 0) AS cycle_ns,
                      {evidence_list("{'ts_ns': s, 'dur_ns': e - s, 'wait_reason': reason,"
                                     " 'how': how}", "s", limit)}::JSON AS rows
               FROM w_waits WHERE kind IS NOT NULL AND kind <> 'timer'

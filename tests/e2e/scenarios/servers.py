@@ -115,6 +115,7 @@ def postgres_server() -> Iterator[Server]:
              "-c", "lock_timeout=0", "-c", "deadlock_timeout=10s"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait_port(proc, port, "postgres")
+        _wait_accepting(proc, port)
         yield Server("postgres", proc, port, work)
     finally:
         if proc is not None:
@@ -122,6 +123,19 @@ def postgres_server() -> Iterator[Server]:
             _stop(proc, signal.SIGINT)
             subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_accepting(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 60.0) -> None:
+    """Postgres listens before it accepts sessions ("the database system is starting up")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            Postgres(port).close()
+            return
+        except (OSError, RuntimeError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @contextmanager
