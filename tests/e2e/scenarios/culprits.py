@@ -81,10 +81,11 @@ def writer(path: Path, mb: int, chunk_kb: int) -> None:
             _ready([threading.get_native_id()])
 
 
-def pg_locker(port: int, row: int, hold_ms: float, every_ms: float) -> None:
+def pg_locker(port: int, row: int, hold_ms: float, every_ms: float, compute: bool) -> None:
     """A batch session that keeps taking one account row's lock (UPDATE in an open
-    transaction) and, holding it, computes in this client for ``hold_ms`` before COMMIT:
-    a payment updating that row waits in postgres for the lock, i.e. for this process."""
+    transaction) and, holding it, computes in this client for ``hold_ms`` before COMMIT
+    (or sleeps, ``compute`` false): a payment updating that row waits in postgres for the
+    lock, i.e. for this process."""
     import time
 
     from tests.e2e.scenarios.servers import Postgres
@@ -95,8 +96,10 @@ def pg_locker(port: int, row: int, hold_ms: float, every_ms: float) -> None:
     while True:
         started = time.monotonic()
         db.query(f"BEGIN; UPDATE accounts SET balance = balance WHERE id = {row}")
-        while time.monotonic() - started < hold_ms / 1e3:
+        while compute and time.monotonic() - started < hold_ms / 1e3:
             hashlib.sha256(data).digest()
+        if not compute:
+            time.sleep(hold_ms / 1e3)
         db.query("COMMIT")
         left = every_ms / 1e3 - (time.monotonic() - started)
         if left > 0:
@@ -164,13 +167,14 @@ def main() -> None:
     k.add_argument("--row", type=int, default=1)
     k.add_argument("--hold-ms", type=float, default=250)
     k.add_argument("--every-ms", type=float, default=300)
+    k.add_argument("--hold-by", choices=("compute", "sleep"), default="compute")
     u = sub.add_parser("upstream")
     u.add_argument("--port", type=int, required=True)
     u.add_argument("--cpu", type=int, default=None)
     u.add_argument("--work-ms", type=float, default=10)
     args = p.parse_args()
     if args.kind == "pg-locker":
-        pg_locker(args.port, args.row, args.hold_ms, args.every_ms)
+        pg_locker(args.port, args.row, args.hold_ms, args.every_ms, args.hold_by == "compute")
     elif args.kind == "upstream":
         upstream(args.port, args.cpu, args.work_ms)
     elif args.kind == "allocator":

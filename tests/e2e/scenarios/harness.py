@@ -51,6 +51,8 @@ class Verdict:
     kernel_causes: list[str] = field(default_factory=list)
     # every kernel line of the explanation (any span, nested holders too): (kind, delay)
     kernel_delays: list[tuple[str, int]] = field(default_factory=list)
+    # the other ranked causes: (kind, culprit pid or None, delay)
+    others: list[tuple[str, int | None, int]] = field(default_factory=list)
     text: str = ""
 
     def covers_lateness(self) -> bool:
@@ -253,6 +255,10 @@ def verdict(op: Operation, result: dict[str, Any]) -> Verdict:
     v.kernel_delays = [(s["cause"], int(s.get("delay_ns") or 0)) for s in result["steps"]
                        if s["kind"] == "kernel"]
     root = result.get("root_cause")
+    for other in result.get("other_causes") or []:
+        found = _PID.findall(other.get("driver") or "")
+        v.others.append((other["kind"], int(found[-1]) if found else None,
+                         int(other.get("delay_ns") or 0)))
     if not root:
         return v
     v.kind, v.delay_ns, v.sufficient = root["kind"], root["delay_ns"], root["sufficient"]

@@ -138,13 +138,13 @@ class Service:
             attributes={"payment.id": payment_id, "kprobe.deadline_ms": deadline_ms,
                         **({"thread.id": tid} if self.thread_ids else {}), **attributes},
         ) as span:
-            cpu0, wait0 = _schedstat()
+            cpu0, wait0 = schedstat()
             start = time.time_ns()
             try:
                 yield span
             finally:
                 end = time.time_ns()
-                cpu1, wait1 = _schedstat()
+                cpu1, wait1 = schedstat()
                 ctx = span.get_span_context()
                 with self._lock:
                     self.truth.operations.append(Operation(
@@ -170,7 +170,7 @@ class Service:
         self.truth.save(self.truth_path)
 
 
-def _schedstat() -> tuple[int, int]:
+def schedstat() -> tuple[int, int]:
     """(ns on a CPU, ns runnable waiting for one) of the calling thread, by the kernel."""
     try:
         on_cpu, waited, _slices = Path("/proc/thread-self/schedstat").read_text().split()

@@ -27,8 +27,16 @@ import os
 import struct
 import time
 
+from tests.e2e.scenarios.cpu import price
 from tests.e2e.scenarios.memory import build_batch
-from tests.e2e.scenarios.telemetry import Service, join_cgroups, pace, parser
+from tests.e2e.scenarios.telemetry import (
+    Service,
+    join_cgroups,
+    pace,
+    parser,
+    pin_to_cpu,
+    schedstat,
+)
 
 _IPC_PRIVATE = 0
 _IPC_CREAT = 0o1000
@@ -90,9 +98,11 @@ class Channel:
             self.sem.remove()
 
 
-def worker(requests: int, channel: Channel, cgroups: list[str], batch_mb: int) -> None:
+def worker(requests: int, channel: Channel, cgroups: list[str], batch_mb: int,
+           cpu: int | None) -> None:
     """The settlement worker: one batch per request byte, then 'done'."""
     join_cgroups(cgroups)
+    pin_to_cpu(cpu)
     size = batch_mb << 20
     build_batch(size, 0)
     channel.post()  # warmed up: ready
@@ -110,6 +120,11 @@ def main() -> None:
     p.add_argument("--ipc", choices=("sem", "eventfd", "pipe"), required=True)
     p.add_argument("--worker-cgroup", action="append", default=[])
     p.add_argument("--batch-mb", type=int, default=32)
+    p.add_argument("--price-paths", type=int, default=0,
+                   help="then price the payment (CPU) on --price-cpu: a second step, for a "
+                        "second fault")
+    p.add_argument("--price-cpu", type=int, default=None)
+    p.add_argument("--worker-cpu", type=int, default=None)
     args = p.parse_args()
     join_cgroups(args.cgroup)
     channel = Channel(args.ipc)
@@ -118,24 +133,38 @@ def main() -> None:
     if pid == 0:
         os.close(req_w)
         try:
-            worker(req_r, channel, args.worker_cgroup + args.cgroup, args.batch_mb)
+            worker(req_r, channel, args.worker_cgroup + args.cgroup, args.batch_mb,
+                   args.worker_cpu)
         finally:
             os._exit(0)
     os.close(req_r)
     service = Service(f"waits-{args.ipc}", args.truth, "payment-handoff")
     service.truth.facts.update({"worker_pid": pid, "ipc": args.ipc})
     channel.wait()  # the worker is in its cgroups and warmed up
+    pin_to_cpu(args.price_cpu)
+    steps: dict[str, dict[str, int]] = {}
     try:
         for i in range(args.ops):
             started = time.monotonic()
-            with service.operation(i, args.deadline_ms), service.child("settlement.handoff"):
-                os.write(req_w, struct.pack("<q", i))
-                channel.wait()
+            with service.operation(i, args.deadline_ms):
+                handoff = time.monotonic_ns()
+                with service.child("settlement.handoff"):
+                    os.write(req_w, struct.pack("<q", i))
+                    channel.wait()
+                handoff = time.monotonic_ns() - handoff
+                _, wait0 = schedstat()
+                if args.price_paths:
+                    with service.child("risk.price"):
+                        price(args.price_paths, i)
+                _, wait1 = schedstat()
+            steps[service.truth.operations[-1].payment_id] = {
+                "handoff_ns": handoff, "price_runqueue_ns": wait1 - wait0}
             pace(args.interval_ms, started)
     finally:
         os.write(req_w, b"q" * 8)
         os.waitpid(pid, 0)
         channel.close()
+    service.truth.facts["steps"] = steps
     service.finish()
 
 
