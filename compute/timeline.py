@@ -101,48 +101,66 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     only = ("" if settings.timeline_all_threads else
             "WHERE EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = x.node AND r.tid = x.tid)")
     execute(con, "thread timeline", f"""
-        CREATE TEMP TABLE t_events AS SELECT * FROM (
+        -- switch rows of each thread: out (prev) and in (next)
+        CREATE TEMP TABLE t_sw AS SELECT * FROM (
         SELECT node, prev_tid::BIGINT AS tid, prev_pid::BIGINT AS pid, ts_ns AS ts, cpu,
                CASE WHEN prev_state IS NULL OR prev_state = '' THEN 'unknown'
                     WHEN prev_state LIKE 'R%' THEN 'runnable' ELSE 'blocked' END AS opens,
-               0 AS ord, prev_state, NULL::BIGINT AS waker_pid, NULL::BIGINT AS waker_tid,
-               NULL::VARCHAR AS wake_kind
+               0 AS ord, prev_state
         FROM w_sched WHERE kind = 'switch' AND prev_tid > 0
         UNION ALL
-        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL, NULL, NULL, NULL
-        FROM w_sched WHERE kind = 'switch' AND next_tid > 0
-        UNION ALL
-        SELECT node, wakee_tid, wakee_pid, ts_ns, target_cpu, NULL, 1, NULL, waker_pid,
-               waker_tid, kind
+        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL
+        FROM w_sched WHERE kind = 'switch' AND next_tid > 0) x
+        {only}
+    """, f"""
+        -- wakeups of each thread (waking rows name the real waker)
+        CREATE TEMP TABLE t_wk AS SELECT * FROM (
+        SELECT node, wakee_tid::BIGINT AS tid, wakee_pid::BIGINT AS pid, ts_ns AS ts,
+               target_cpu AS cpu, waker_pid::BIGINT AS waker_pid,
+               waker_tid::BIGINT AS waker_tid, kind = 'waking' AS is_waking
         FROM w_sched WHERE kind IN ('waking', 'wakeup', 'wakeup_new') AND wakee_tid > 0) x
         {only}
     """, f"""
-        -- One ordered pass per thread: each switch row learns where its segment ends (the
-        -- next switch), whether that next switch brings the thread in (ord 2) or takes it
-        -- out (ord 0: the switch in between was not traced), the first wakeup after it and
-        -- that wakeup's waker ('waking' rows name the real waker; other wakeup rows only if
-        -- no 'waking' row exists).
+        -- Each switch row learns where its segment ends (the thread's next switch), whether
+        -- that next switch brings the thread in (ord 2) or takes it out (ord 0: the switch in
+        -- between was not traced), and the first wakeup at or after it (ASOF), preferring a
+        -- 'waking' row (other wakeup rows only when no 'waking' row exists).
         CREATE TEMP TABLE t_open AS
-        SELECT * EXCLUDE (first_row) FROM (
-            SELECT node, tid, pid, ts AS s, cpu,
-                   CASE WHEN ord = 1 THEN 'runnable' ELSE opens END AS opens, prev_state,
-                   coalesce(lead(CASE WHEN ord <> 1 THEN ts END IGNORE NULLS) OVER w,
-                            {range_end_ns}) AS e,
-                   lead(CASE WHEN ord <> 1 THEN ord END IGNORE NULLS) OVER w AS next_ord,
-                   lead(CASE WHEN ord <> 1 THEN cpu END IGNORE NULLS) OVER w AS next_cpu,
-                   lead(CASE WHEN ord = 1 THEN ts END IGNORE NULLS) OVER w AS wake_ts,
-                   lead(CASE WHEN ord = 1 AND wake_kind = 'waking' AND waker_tid IS NOT NULL
-                             THEN {{'ts': ts, 'pid': waker_pid, 'tid': waker_tid}} END
-                        IGNORE NULLS) OVER w AS waking,
-                   lead(CASE WHEN ord = 1 AND waker_tid IS NOT NULL
-                             THEN {{'ts': ts, 'pid': waker_pid, 'tid': waker_tid}} END
-                        IGNORE NULLS) OVER w AS any_wake,
-                   ord, waker_pid AS own_waker_pid, waker_tid AS own_waker_tid,
-                   lag(ts) OVER w IS NULL AS first_row
-            FROM t_events
-            WINDOW w AS (PARTITION BY node, tid ORDER BY ts, ord))
-        -- switch rows open segments; a wakeup opens one only before the first switch seen
-        WHERE ord <> 1 OR first_row
+        WITH sw AS (
+            SELECT node, tid, pid, ts AS s, cpu, opens, prev_state, ord,
+                   coalesce(lead(ts) OVER w, {range_end_ns}) AS e,
+                   lead(ord) OVER w AS next_ord, lead(cpu) OVER w AS next_cpu
+            FROM t_sw WINDOW w AS (PARTITION BY node, tid ORDER BY ts, ord)),
+        a AS (
+            SELECT sw.*, k.ts AS any_ts, k.waker_pid AS any_pid, k.waker_tid AS any_tid
+            FROM sw ASOF LEFT JOIN (SELECT * FROM t_wk WHERE waker_tid IS NOT NULL) k
+              ON k.node = sw.node AND k.tid = sw.tid AND k.ts >= sw.s),
+        b AS (
+            SELECT a.*, k.ts AS waking_ts, k.waker_pid AS waking_pid,
+                   k.waker_tid AS waking_tid
+            FROM a ASOF LEFT JOIN (SELECT * FROM t_wk WHERE is_waking
+                                   AND waker_tid IS NOT NULL) k
+              ON k.node = a.node AND k.tid = a.tid AND k.ts >= a.s)
+        SELECT node, tid, pid, s, cpu, opens, prev_state, e, next_ord, next_cpu,
+               any_ts AS wake_ts,
+               CASE WHEN waking_ts < e THEN {{'ts': waking_ts, 'pid': waking_pid,
+                                               'tid': waking_tid}} END AS waking,
+               CASE WHEN any_ts < e THEN {{'ts': any_ts, 'pid': any_pid,
+                                           'tid': any_tid}} END AS any_wake,
+               ord, NULL::BIGINT AS own_waker_pid, NULL::BIGINT AS own_waker_tid
+        FROM b
+        UNION ALL
+        -- a wakeup before the thread's first switch opens a runnable segment
+        SELECT k.node, k.tid, k.pid, k.ts, k.cpu, 'runnable', NULL, f.first_ts, f.first_ord,
+               f.first_cpu, NULL, NULL, NULL, 1, k.waker_pid, k.waker_tid
+        FROM (SELECT node, tid, min(ts) AS first_ts, arg_min(ord, (ts, ord)) AS first_ord,
+                     arg_min(cpu, (ts, ord)) AS first_cpu
+              FROM t_sw GROUP BY node, tid) f
+        JOIN (SELECT node, tid, arg_min(pid, ts) AS pid, min(ts) AS ts,
+                     arg_min(cpu, ts) AS cpu, arg_min(waker_pid, ts) AS waker_pid,
+                     arg_min(waker_tid, ts) AS waker_tid
+              FROM t_wk GROUP BY node, tid) k USING (node, tid)
+        WHERE k.ts < f.first_ts
     """, """
         -- A segment whose next switch takes the thread out again lost its switch in: the
         -- thread ran from an unknown instant, so that part is 'unknown' (neither run-queue
@@ -200,7 +218,7 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
                coalesce(o.wait_reason, 'other'), o.cpu, o.waker_pid, o.waker_tid, o.state
         FROM w_offcpu o
         WHERE o.dur_ns > 0 AND o.tid > 0
-          AND NOT EXISTS (SELECT 1 FROM t_events t WHERE t.node = o.node AND t.tid = o.tid)
+          AND NOT EXISTS (SELECT 1 FROM t_sw t WHERE t.node = o.node AND t.tid = o.tid)
           {"" if settings.timeline_all_threads else
            "AND EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = o.node AND r.tid = o.tid)"}
     """, f"""
@@ -216,4 +234,4 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
             FROM w_sched WHERE kind = 'switch'
             WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
         WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
-    """, "DROP TABLE t_events", "DROP TABLE t_open", "DROP TABLE t_intervals")
+    """, "DROP TABLE t_sw", "DROP TABLE t_wk", "DROP TABLE t_open", "DROP TABLE t_intervals")
