@@ -142,9 +142,14 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
         kernel = [e for e in edges_by_src.get(s["id"], [])
                   if e["rel"] == "DELAYED_BY" and _shown(e)
                   and owner.get((e["kind"], e["dst"])) == s["id"]]
+        # an uninstrumented server's side of a call, unless a wait line already follows
+        # that server thread (with what it did meanwhile)
+        waited = {e["dst"] for e in edges_by_src.get(s["id"], [])
+                  if e["kind"] in WAIT_KINDS and e["dst_label"] == "Thread"}
         remote = [e for e in edges_by_src.get(s["id"], [])
                   if e["rel"] == "DELAYED_BY" and e["kind"] in ("remote_call", "thread_handoff")
-                  and all_spans.get(e["dst"], {}).get("origin") == "remote"]
+                  and all_spans.get(e["dst"], {}).get("origin") == "remote"
+                  and f"{all_spans[e['dst']]['node']}:{all_spans[e['dst']]['tid']}" not in waited]
         if not (dom or is_root or s["failed"] or kernel or remote):
             continue
         steps.extend(_span_steps(s, dom, is_root))
