@@ -38,6 +38,13 @@ def require_binary(name: str) -> str:
     return path
 
 
+def deadline_s(seconds: float) -> float:
+    """A deadline for something that should finish well within ``seconds`` here, scaled by
+    ``KPROBE_TEST_DEADLINE_SCALE`` where everything runs slower (the kernel matrix's
+    emulated guests set 4). Deadlines catch hangs; no test asserts a duration."""
+    return seconds * float(os.environ.get("KPROBE_TEST_DEADLINE_SCALE") or 1)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

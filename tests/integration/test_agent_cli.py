@@ -15,14 +15,15 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from lake import LakeSettings, connect, resolve
-from tests.support import REPO, require_root
+from tests.support import REPO, deadline_s, require_root
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 
 
 def _kprobe(*args: str, timeout: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KPROBE, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*KPROBE, *args], capture_output=True, text=True,
+                          timeout=deadline_s(timeout),
                           check=False, env={**os.environ, **(env or {})})
 
 

@@ -27,7 +27,7 @@ from capture_agent.errors import BpfLoadError
 from capture_agent.families import FAMILIES
 from capture_agent.sensor import Sensor, SensorSpec, object_path
 from capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_chain
-from tests.support import REPO, require, require_root
+from tests.support import REPO, deadline_s, require, require_root
 from tests.unit.test_bpf_budget import build_object
 
 CONFIGS = [(name, None) for name in sorted(FAMILIES)] + [("syscalls", "payloads")]
@@ -91,7 +91,7 @@ def test_a_program_the_verifier_refuses_is_one_line_naming_limit_kernel_and_a_wa
     proc = subprocess.run(
         [sys.executable, "-P", "-m", "kprobe", "record", "--payloads", "--duration", "1",
          "--lake", str(tmp_path / "lake"), "--spool-dir", str(tmp_path / "spool")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=deadline_s(120), check=False,
         env={**os.environ, "KPROBE_BPF_DIR": str(objects)})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

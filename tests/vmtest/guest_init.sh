@@ -31,6 +31,9 @@ mount -t ext4 /dev/vda /tmp && chmod 1777 /tmp
 ip link set lo up
 hostname vmtest
 export HOME=/root LANG=C.UTF-8 TMPDIR=/tmp PYTHONUNBUFFERED=1
+# emulated: everything is ~20x slower, more with two guests on a busy host; the tests'
+# deadlines (hang detectors, tests.support.deadline_s) stretch by 4
+export KPROBE_TEST_DEADLINE_SCALE=4
 # compiled bytecode of the repository's modules, kept in the guest (on its scratch disk) so
 # that each Python process after the first skips compiling them: minutes under emulation
 unset PYTHONDONTWRITEBYTECODE
