@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * One empty program per kind of attach point, for `kprobe doctor` only: each is loaded and
- * attached on its own, so the doctor can say which kinds this kernel allows (DESIGN.md:
+ * attached on its own, so the doctor can say which kinds this kernel allows (ARCHITECTURE.md:
  * tracepoints and tp_btf yes; kprobes and fentry refused on the machines we know).
  * A kernel that allows fentry could later get fentry variants of the families.
  */

@@ -3,7 +3,7 @@
  * Block family: every block request with its issue -> completion latency, device, size,
  * direction and the task that created it.
  *
- * A request lives in three contexts (DESIGN.md: attribute by request, never by the
+ * A request lives in three contexts (ARCHITECTURE.md, Decisions: attribute by request, never by the
  * current pid at completion):
  *
  *   block_io_start     the submitter (blk_mq_submit_bio: the writer, the fsync caller,

@@ -99,7 +99,7 @@ struct {
 /* Set by the loader between open and load; the verifier prunes the dead branches. */
 const volatile __u8 target_all = 0;
 /* Wake the consumer only when a ring is at least this full (percent); else stay silent:
- * a wakeup per record cut the workload's throughput to a third (DESIGN.md). */
+ * a wakeup per record cut the workload's throughput to a third (ARCHITECTURE.md, Decisions). */
 const volatile __u32 wakeup_fill_pct = 50;
 
 static __always_inline bool is_target(__u32 tgid)

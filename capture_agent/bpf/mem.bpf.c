@@ -11,7 +11,7 @@
  *   kmem:mm_page_alloc                            -> allocs[tgid] += 1 << order (no record)
  *
  * A memcg limit reclaims in the allocating thread through the memcg events; direct
- * reclaim needs global pressure (DESIGN.md). The two hash maps are read and cleared by
+ * reclaim needs global pressure (ARCHITECTURE.md). The two hash maps are read and cleared by
  * user space once per flush (capture_agent/families/mem.py collect_maps).
  *
  * Attach points: tp_btf only (no kprobes/fentry on the target kernels).

@@ -5,7 +5,7 @@
  *
  * Retransmits, resets and most state changes fire in softirq (timers, packet receive),
  * where `current` is whatever task the CPU interrupted: on loopback often the *peer*
- * (DESIGN.md). So the owner comes from a socket map, kept up to date where the current
+ * (ARCHITECTURE.md, Decisions). So the owner comes from a socket map, kept up to date where the current
  * task is known to act on the socket:
  *
  *   sock_send_length / sock_recv_length   process context by construction (the syscall)

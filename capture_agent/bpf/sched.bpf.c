@@ -5,7 +5,7 @@
  *
  *   switch-out of a target  -> offcpu_start[tid] = {time, state, kernel stack, cpu}
  *   sched_waking of it      -> offcpu_start[tid].waker = current (the real waker;
- *                              sched_wakeup often runs in the idle task, DESIGN.md)
+ *                              sched_wakeup often runs in the idle task: ARCHITECTURE.md)
  *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event : nothing
  *
  * A switch-in the kernel does not trace (seen on a 6.18 VM: no sched_switch fires when

@@ -3,7 +3,7 @@
 ``start(tmp_dir)`` runs ``weed server`` on loopback with an explicit free port for every
 listener, telemetry off, logs and data under ``tmp_dir``, one key pair, and a bucket; it
 returns once S3 answers. ``stop()`` SIGKILLs the process group: a graceful stop takes ~25 s
-and the data is throw-away (DESIGN.md, "SeaweedFS").
+and the data is throw-away (ARCHITECTURE.md, Decisions).
 
     with S3Server.start(tmp_dir) as s3:
         writer = lake.LakeWriter.from_settings(s3.lake_settings("lake"))
