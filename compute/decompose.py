@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import duckdb
 
+from compute.causes.wait import KERNEL_THREAD_RE
 from compute.settings import ComputeSettings
 from compute.sql import execute, overlap_join, sql_list, sql_str
 
 # offcpu wait_reason values (the capture agent's classification by kernel stack)
+# A block request completing this close to a wakeup from kernel context woke the thread.
+DISK_WAKE_NS = 2_000_000
 REASONS: tuple[str, ...] = ("reclaim", "page_fault_io", "disk", "futex", "socket", "pipe",
                             "poll", "sleep", "lock", "other")
 
@@ -50,18 +53,32 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int)
         f" WHERE level = {level} AND tid IS NOT NULL AND e > s)",
         "thread_intervals", ("node", "tid"), settings.join_bucket_ns,
         select="l.span_key, l.node, l.tid, greatest(l.s, r.s) AS s, least(l.e, r.e) AS e,"
-               " r.state, r.reason, r.cpu, r.waker_pid, r.waker_tid")
+               " r.state, r.reason, r.cpu, r.waker_pid, r.waker_tid, r.e AS ie")
     sums = ",\n".join(
         f"coalesce(sum(e - s) FILTER (WHERE state = 'blocked' AND {_reason_is(r)}), 0)"
         f" AS blocked_{r}_ns" for r in REASONS)
     execute(con, "decomposition", f"""
         CREATE TEMP TABLE d_overlap AS {overlap}
-    """, """
+    """, f"""
+        -- A wait without a named stack (no offcpu row: a thread nobody targeted), ended
+        -- from kernel context (an interrupt: tid 0, or a kernel thread) just as a block
+        -- request of the thread's own completed: the device woke it.
         INSERT INTO span_pieces
-        SELECT span_key, node, tid, s, e, state,
-               CASE WHEN state = 'blocked' THEN coalesce(reason, 'other') END, cpu,
-               waker_pid, waker_tid
-        FROM d_overlap WHERE state <> 'running'
+        SELECT d.span_key, d.node, d.tid, d.s, d.e, d.state,
+               CASE WHEN d.state <> 'blocked' THEN NULL
+                    WHEN coalesce(d.reason, 'other') = 'other'
+                         AND (d.waker_tid = 0 OR regexp_matches(coalesce(tn.comm, ''),
+                                                                '{KERNEL_THREAD_RE}'))
+                         AND EXISTS (SELECT 1 FROM disk_rows r
+                                     WHERE r.node = d.node AND r.tid = d.tid
+                                       AND r.e BETWEEN d.ie - {DISK_WAKE_NS}
+                                                   AND d.ie + {DISK_WAKE_NS})
+                    THEN 'disk'
+                    ELSE coalesce(d.reason, 'other') END,
+               d.cpu, d.waker_pid, d.waker_tid
+        FROM d_overlap d
+        LEFT JOIN thread_names tn ON tn.node = d.node AND tn.tid = d.waker_tid
+        WHERE d.state <> 'running'
     """, f"""
         -- a span on no known thread: all of it unknown (its child calls may still explain it)
         INSERT INTO span_pieces

@@ -128,12 +128,16 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
                    _group(data["drivers"], "episode"), {t["id"]: t for t in data["threads"]})
 
     depth = {s["id"]: _depth(s, spans) for s in otel}
-    # a kernel cause is shown once, under the deepest span that suffered it
-    owner: dict[tuple[str, str], str] = {}
-    for s in sorted(otel, key=lambda s: (depth[s["id"]], s["start_ns"])):
-        for edge in edges_by_src.get(s["id"], []):
-            if edge["rel"] == "DELAYED_BY" and _shown(edge):
-                owner[(edge["kind"], edge["dst"])] = s["id"]
+    # a cause is shown once, under the deepest span that suffered it: not under a span one
+    # of whose descendants shows it (a parent's timeline holds its children's waits)
+    below: dict[str, set[tuple[str, str]]] = {}
+    for s in sorted(otel, key=lambda s: -depth[s["id"]]):
+        mine = {(e["kind"], e["dst"]) for e in edges_by_src.get(s["id"], [])
+                if e["rel"] == "DELAYED_BY" and _shown(e)}
+        below.setdefault(s["id"], set())
+        parent = s.get("parent_id")
+        if parent in spans:
+            below.setdefault(parent, set()).update(mine | below[s["id"]])
 
     steps: list[_Step] = []
     for s in otel:
@@ -141,7 +145,7 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
         is_root = s["id"] == root["id"]
         kernel = [e for e in edges_by_src.get(s["id"], [])
                   if e["rel"] == "DELAYED_BY" and _shown(e)
-                  and owner.get((e["kind"], e["dst"])) == s["id"]]
+                  and (e["kind"], e["dst"]) not in below.get(s["id"], set())]
         # an uninstrumented server's side of a call, unless a wait line already follows
         # that server thread (with what it did meanwhile)
         waited = {e["dst"] for e in edges_by_src.get(s["id"], [])
@@ -271,14 +275,26 @@ class _Context:
                                                 (cpu if edge in cpu else [edge])),
                                 **extra}))
             if edge["kind"] in WAIT_KINDS and indent < 6:
-                # what the thread it waited for did meanwhile, and why (holder spans)
-                for hold in self.edges.get(s["id"], []):
-                    holder = self.spans.get(hold["dst"])
-                    if (hold["kind"] == "holder" and holder is not None
-                            and holder.get("tid") == edge["evidence"].get("waker_tid")):
-                        inner = [e for e in self.edges.get(holder["id"], [])
-                                 if e["rel"] == "DELAYED_BY" and _shown(e)]
-                        steps.extend(self.kernel_steps(holder, inner, indent + 1))
+                # what the thread it waited for did meanwhile, and why (its holder spans,
+                # one per wait: the same cause over several waits is one line)
+                holders = [self.spans[h["dst"]] for h in self.edges.get(s["id"], [])
+                           if h["kind"] == "holder" and h["dst"] in self.spans
+                           and self.spans[h["dst"]].get("tid")
+                           == edge["evidence"].get("waker_tid")]
+                merged: dict[tuple[str, str], dict[str, Any]] = {}
+                for holder in holders:
+                    for e in self.edges.get(holder["id"], []):
+                        if e["rel"] == "DELAYED_BY" and _shown(e):
+                            key = (e["kind"], e["dst"])
+                            if key in merged:
+                                merged[key] = {**merged[key], "delay_ns": (
+                                    merged[key]["delay_ns"] or 0) + (e["delay_ns"] or 0)}
+                            else:
+                                merged[key] = e
+                if holders:
+                    first = min(holders, key=lambda h: h["start_ns"])
+                    steps.extend(self.kernel_steps(
+                        {**first, "id": first["id"]}, list(merged.values()), indent + 1))
         return steps
 
     def remote_steps(self, s: dict[str, Any], edge: dict[str, Any]) -> list[_Step]:

@@ -161,3 +161,25 @@ def test_remote_call_only_when_the_far_side_has_no_kernel_cause(lake_dir: Path) 
     # THEN the root cause is the remote call itself, naming the settlement thread
     inner = span_row(analysis, "p", "t4")
     assert (inner["root_cause_kind"], inner["root_cause_target"]) == ("remote_call", "n1:21")
+
+
+def test_an_interrupt_wakeup_at_the_threads_own_block_completion_is_disk(
+        lake_dir: Path) -> None:
+    # GIVEN a server thread nobody targeted (no offcpu row: no stack, no reason) blocked
+    # 200 ms and woken from interrupt context (tid 0) just as its own write completed,
+    # while a backup job kept the device busy
+    sc = Scenario().process(700, "postgres").process(800, "backup-agent")
+    sc.run(0, 700, 701, 0, 5, leave="D")
+    sc.wake(204.8, (700, 701), (0, 0))
+    sc.run(0, 700, 701, 205, 210, leave="S")
+    sc.block_io(700, 701, 5, 204.5, 8192)
+    for i in range(5):
+        sc.block_io(800, 801, i * 45, i * 45 + 50, 64 << 20)
+    sc.span("t5", "a", None, "postgres", "COMMIT", 0, 210, pid=700, tid=701,
+            kind="SERVER", attrs=PAY)
+    analysis = analyze(sc, lake_dir)
+    # THEN the device woke it: a disk wait driven by the backup job, not a timer
+    a = span_row(analysis, "a", "t5")
+    assert a["root_cause_kind"] == "disk", a
+    drivers = rels(analysis, "CAUSED_BY", src=a["root_cause_target"], kind="disk_driver")
+    assert min(drivers, key=lambda d: d["rank"])["dst"] == "n1:800"
