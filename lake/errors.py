@@ -7,6 +7,7 @@
     ├── UnknownTable          a table name that schema v1 does not define
     ├── ReadOnlyViolation     a statement that would write or reach outside the lake
     ├── QueryError            a read-only query that failed (syntax, unknown column, limits)
+    ├── TimeSpecError         a time or duration outside the one grammar (lake/timespec.py)
     └── PayloadSealError      sealed payloads that cannot be opened or sealed
         ├── PayloadKeyError     no key file, a bad one, or not the key the data was sealed for
         └── PayloadIntegrityError  a sealed segment altered, truncated or incomplete
@@ -36,6 +37,10 @@ class SchemaVersionError(SchemaError):
 
 class UnknownTable(LakeError):
     """A table name that schema v1 does not define."""
+
+
+class TimeSpecError(LakeError, ValueError):
+    """A time or duration the grammar (lake/timespec.py) does not accept."""
 
 
 class ReadOnlyViolation(LakeError):

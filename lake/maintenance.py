@@ -29,15 +29,6 @@ class TableReport:
     scrubbed_hours: list[str] = field(default_factory=list)  # sensitive columns nulled
 
 
-def parse_duration(text: str) -> int:
-    """'24h', '90m', '7d', '30s' -> nanoseconds; ValueError with the accepted forms."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = text.strip().lower()
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
-        raise ValueError(f"bad duration {text!r}: use a number and one of s, m, h, d, w (24h)")
-    return int(text[:-1]) * units[text[-1]] * 1_000_000_000
-
-
 def retain(
     location: LakeLocation,
     keep_ns: int,

@@ -18,10 +18,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from compute.errors import WindowError
 from compute.settings import ComputeSettings
-from compute.window import parse_instant
 from lake import LakeDatabase, LakeLocation, LakeSettings, resolve
+from lake.timespec import TimeSpecError, parse_instant
 from query_api.admission import Admission, lower_priority
 from query_api.auth import Principal, TokenStore, authenticate
 from query_api.cache import AnswerCache
@@ -238,7 +237,7 @@ def parse_time(value: str | None, name: str) -> int | None:
         return None
     try:
         parsed = parse_instant(value)
-    except WindowError as err:
+    except TimeSpecError as err:
         raise BadRequest(f"{name}: {err}") from None
     except (OverflowError, ValueError, OSError):
         raise BadRequest(f"{name}: {value!r} is out of range") from None

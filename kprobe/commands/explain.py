@@ -6,10 +6,10 @@ import argparse
 import json
 
 from compute.explain import explain
-from compute.window import parse_instant
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.commands.analyze import compute_settings
 from lake import resolve
+from lake.timespec import parse_instant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,12 +11,12 @@ import pyarrow as pa
 
 from compute.graph import list_snapshots, select_snapshots
 from compute.graph.queries import NAMED_QUERIES, run_cypher, run_named
-from compute.window import parse_instant
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.commands.analyze import compute_settings
 from kprobe.commands.sql import render_table
 from kprobe.errors import CommandError
 from lake import resolve
+from lake.timespec import parse_instant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

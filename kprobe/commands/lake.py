@@ -10,7 +10,8 @@ from pathlib import Path
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.errors import CommandError
 from lake import TABLE_NAMES, payload_keys, resolve
-from lake.maintenance import TableReport, compact, parse_duration, retain
+from lake.maintenance import TableReport, compact, retain
+from lake.timespec import parse_duration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,7 +55,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     location = resolve(lake_settings(args))
     try:
-        vacuum_h = parse_duration(args.vacuum_after) // 3_600_000_000_000
+        vacuum_h = parse_duration(args.vacuum_after, allow_zero=True) // 3_600_000_000_000
         if args.action == "retain":
             keep = parse_duration(args.keep)
             keep_payloads = (parse_duration(args.keep_payloads)
