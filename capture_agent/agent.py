@@ -87,7 +87,9 @@ class AgentConfig:
     spool_max_bytes: int = 512 * 1024 * 1024
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
     otlp_port: int | None = None  # None: no receiver; 0: any free port
-    bind_host: str = "127.0.0.1"
+    otlp_grpc_port: int | None = None  # OTLP/gRPC beside OTLP/HTTP (None: off; 0: any free)
+    bind_host: str = "127.0.0.1"  # the OTLP receivers' address
+    metrics_host: str = "127.0.0.1"
     # what is redacted from environments and command lines, and whether card numbers in
     # payloads are masked, before anything is written (capture_agent/protection.py)
     redaction: RedactionRules = field(default_factory=RedactionRules)
@@ -128,7 +130,10 @@ class Agent:
         self._probes: list[ProcessProbes] = []
         self._otlp: Any = None
         self._otlp_thread: threading.Thread | None = None
+        self._otlp_grpc: Any = None
+        self._otlp_sink: Any = None
         self.otlp_port: int | None = None
+        self.otlp_grpc_port: int | None = None
         self.boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -148,7 +153,7 @@ class Agent:
             self._metrics = MetricsServer(
                 AgentCollector(self.counters, lambda: self.sink.stats, self.spool.size_bytes,
                                self.sink.queued),
-                self.config.bind_host, self.config.metrics_port)
+                self.config.metrics_host, self.config.metrics_port)
         if self.config.otlp_port is not None:
             self._start_otlp()
         release_memory()
@@ -175,10 +180,14 @@ class Agent:
                 self.sink.submit("syscall_data", held)
         finally:
             self.close_sensors()
+            if self._otlp_grpc is not None:
+                self._otlp_grpc.stop()
             if self._otlp is not None:
                 self._otlp.should_exit = True
                 if self._otlp_thread is not None:
                     self._otlp_thread.join(60)
+            if self._otlp_sink is not None:
+                self._otlp_sink.stop()
             self._write_meta("stop")
             self._report_losses()
             self.sink.stop()
@@ -382,12 +391,32 @@ class Agent:
         }))
 
     def _start_otlp(self) -> None:
-        from capture_agent.otlp.server import OtlpSettings, build_server, listen_socket
+        from capture_agent.otlp.grpc_server import OtlpGrpcServer
+        from capture_agent.otlp.server import (
+            OtlpSettings,
+            build_server,
+            create_sink,
+            listen_socket,
+        )
 
         settings = OtlpSettings(host=self.config.bind_host, port=self.config.otlp_port or 0)
         sock = listen_socket(settings.host, settings.port)
         self.otlp_port = int(sock.getsockname()[1])
-        server, _sink = build_server(settings, LakeWriter.from_settings(self.config.lake))
+        writer = LakeWriter.from_settings(self.config.lake)
+        # one sink for both protocols: the agent stops the receivers, then flushes it
+        sink = self._otlp_sink = create_sink(settings, writer)
+        if self.config.otlp_grpc_port is not None:
+            try:
+                self._otlp_grpc = OtlpGrpcServer(sink, settings.host, self.config.otlp_grpc_port,
+                                                 max_message_bytes=settings.max_body_bytes)
+            except BaseException:
+                sock.close()
+                raise
+            self.otlp_grpc_port = self._otlp_grpc.port
+        server, _sink = build_server(settings, writer, sink)
+        sink.start()
+        if self._otlp_grpc is not None:
+            self._otlp_grpc.start()
         self._otlp = server
         self._otlp_thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="otlp", daemon=True)

@@ -1,9 +1,11 @@
-"""OTLP/HTTP span receiver: ``POST /v1/traces`` (protobuf or JSON) into the lake's ``spans``.
+"""OTLP span receivers into the lake's ``spans``: HTTP (``POST /v1/traces``, protobuf or JSON)
+and gRPC (``TraceService/Export``), sharing one sink.
 
 Runs alone as ``kprobe otlp``; the capture agent can host the same app with its own sink.
 """
 
 from capture_agent.otlp.decode import decode_json, decode_protobuf, decode_request, decompress
+from capture_agent.otlp.grpc_server import OtlpGrpcServer
 from capture_agent.otlp.server import (
     OtlpSettings,
     build_server,
@@ -15,6 +17,7 @@ from capture_agent.otlp.server import (
 from capture_agent.otlp.sink import SpanSink, SpanSinkStats
 
 __all__ = [
+    "OtlpGrpcServer",
     "OtlpSettings",
     "SpanSink",
     "SpanSinkStats",

@@ -39,6 +39,7 @@ from capture_agent.errors import (
     OtlpUnsupportedMedia,
 )
 from capture_agent.otlp.decode import Encoding, decode_request, decompress, media_type
+from capture_agent.otlp.grpc_server import OtlpGrpcServer
 from capture_agent.otlp.sink import SpanSink, SpanSinkStats
 from lake import LakeWriter
 
@@ -66,6 +67,8 @@ class OtlpSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=4318, ge=0, le=65535)
+    # OTLP/gRPC on this port of the same host as well (None: HTTP only; 0: any free port)
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     flush_interval_s: float = Field(default=1.0, gt=0)
     flush_rows: int = Field(default=10_000, gt=0)
@@ -221,12 +224,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def build_server(
-    settings: OtlpSettings, writer: LakeWriter
+    settings: OtlpSettings, writer: LakeWriter, sink: SpanSink | None = None
 ) -> tuple[uvicorn.Server, SpanSink]:
-    """A uvicorn server for the receiver (not started) and the sink it flushes on shutdown."""
-    sink = create_sink(settings, writer)
+    """A uvicorn server for the receiver (not started) and its sink. Without ``sink`` the
+    server owns a new one (started and flushed by its lifespan); a given sink is the
+    caller's to start and stop (shared with the gRPC receiver)."""
+    owned = sink is None
+    sink = sink or create_sink(settings, writer)
     config = uvicorn.Config(
-        create_app(settings, sink),
+        create_app(settings, sink, manage_sink=owned),
         host=settings.host,
         port=settings.port,
         lifespan="on",
@@ -256,12 +262,32 @@ def run_receiver(
     sock = listen_socket(settings.host, settings.port)
     bound_host, bound_port = sock.getsockname()[:2]
     log.info("receiving OTLP/HTTP on http://%s:%d%s", bound_host, bound_port, TRACES_PATH)
-    server, sink = build_server(settings, writer)
+    if settings.grpc_port is None:
+        server, sink = build_server(settings, writer)
+        try:
+            with _sigterm_returns():
+                server.run(sockets=[sock])
+        finally:
+            sock.close()
+        return sink.stats
+    # Both protocols into one sink: the gRPC server stops taking calls before the final flush
+    sink = create_sink(settings, writer)
+    try:
+        grpc_server = OtlpGrpcServer(sink, settings.host, settings.grpc_port,
+                                     max_message_bytes=settings.max_body_bytes)
+    except BaseException:
+        sock.close()
+        raise
+    server, _ = build_server(settings, writer, sink)
+    sink.start()
+    grpc_server.start()
     try:
         with _sigterm_returns():
             server.run(sockets=[sock])
     finally:
         sock.close()
+        grpc_server.stop()
+        sink.stop(settings.shutdown_timeout_s)
     return sink.stats
 
 

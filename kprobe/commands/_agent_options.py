@@ -51,11 +51,19 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
     parser.add_argument("--spool-dir", type=Path, default=None,
                         help="where batches wait while the lake is unreachable "
                         "(default $KPROBE_SPOOL or /var/lib/kprobe/spool)")
-    parser.add_argument("--otlp-port", type=int, default=otlp_default,
-                        help="OTLP/HTTP span receiver port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--otlp-host", default="127.0.0.1", metavar="ADDR",
+                        help="address of the OTLP receivers (default 127.0.0.1; 0.0.0.0 or "
+                        ":: for spans from other hosts or pods)")
+    parser.add_argument("--otlp-port", type=_port, default=otlp_default,
+                        help="OTLP/HTTP span receiver port (0: any free port)")
+    parser.add_argument("--otlp-grpc-port", type=_port, default=None, metavar="PORT",
+                        help="also receive OTLP/gRPC on this port (4317 is the SDKs' "
+                        "default; 0: any free port; default: off)")
     parser.add_argument("--no-otlp", action="store_true", help="do not receive spans")
-    parser.add_argument("--metrics-port", type=int, default=metrics_default,
-                        help="Prometheus metrics port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR",
+                        help="address of the Prometheus metrics endpoint (default 127.0.0.1)")
+    parser.add_argument("--metrics-port", type=_port, default=metrics_default,
+                        help="Prometheus metrics port (0: any free port)")
     parser.add_argument("--no-metrics", action="store_true")
 
 
@@ -68,6 +76,12 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
                         help="target processes in this cgroup v2 path (repeatable)")
     parser.add_argument("--all", action="store_true", dest="target_all",
                         help="target every process (expensive)")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port, 0 to 65535")
+    return int(text)
 
 
 def _size(text: str) -> int:
@@ -108,5 +122,8 @@ def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
         min_offcpu_ns=int(args.min_offcpu_ms * 1_000_000),
         spool_dir=args.spool_dir or default_spool_dir(),
         otlp_port=None if args.no_otlp else args.otlp_port,
+        otlp_grpc_port=None if args.no_otlp else args.otlp_grpc_port,
+        bind_host=args.otlp_host,
+        metrics_host=args.metrics_host,
         metrics_port=None if args.no_metrics else args.metrics_port,
     )

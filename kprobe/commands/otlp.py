@@ -1,4 +1,5 @@
-"""``kprobe otlp``: receive OpenTelemetry spans over OTLP/HTTP into the lake's ``spans``."""
+"""``kprobe otlp``: receive OpenTelemetry spans (OTLP/HTTP, and OTLP/gRPC with ``--grpc-port``)
+into the lake's ``spans``."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from lake import LakeWriter, resolve
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
         "otlp",
-        help="receive OpenTelemetry spans (OTLP/HTTP) into the lake",
+        help="receive OpenTelemetry spans (OTLP/HTTP, OTLP/gRPC) into the lake",
         description="Serve POST /v1/traces (OTLP/HTTP, protobuf or JSON, optionally gzip) "
-        "and write every span to the lake's spans table, one commit per flush. Stops on "
-        "SIGTERM or Ctrl+C after flushing. Defaults come from KPROBE_OTLP_* variables.",
+        "and, with --grpc-port, the OTLP/gRPC TraceService, and write every span to the "
+        "lake's spans table, one commit per flush. Stops on SIGTERM or Ctrl+C after flushing. "
+        "Defaults come from KPROBE_OTLP_* variables.",
     )
     parser.add_argument("--host", default=None,
                         help="address to listen on (default: $KPROBE_OTLP_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None,
-                        help="port to listen on (default: $KPROBE_OTLP_PORT or 4318)")
+                        help="OTLP/HTTP port (default: $KPROBE_OTLP_PORT or 4318)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="also serve OTLP/gRPC on this port (4317 is the SDKs' default; "
+                        "0: any free port; default: $KPROBE_OTLP_GRPC_PORT or off)")
     add_lake_option(parser)
     parser.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
                         help="largest request body, also after gzip (default: 16 MiB)")
@@ -40,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         for name, value in (
             ("host", args.host),
             ("port", args.port),
+            ("grpc_port", args.grpc_port),
             ("max_body_bytes", args.max_body_bytes),
             ("flush_interval_s", args.flush_interval),
         )

@@ -37,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # On stderr, also with --format json: scripts wait for this line to know capture is on.
-    extra = f", OTLP on 127.0.0.1:{agent.otlp_port}" if agent.otlp_port else ""
+    host = agent.config.bind_host
+    extra = f", OTLP on {host}:{agent.otlp_port}" if agent.otlp_port else ""
+    if agent.otlp_grpc_port:
+        extra += f", OTLP/gRPC on {host}:{agent.otlp_grpc_port}"
     print(f"recording {', '.join(f.name for f in agent.families)} into "
           f"{agent.writer.location.root}{extra}; Ctrl+C stops", file=sys.stderr, flush=True)
     try:
