@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean
+.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean checkov
 
 ## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects, the console
-setup: host-packages venv bpf console
+setup: host-packages venv bpf console checkov
 
 host-packages:
 	@bash infra/scripts/install-host-packages.sh
@@ -18,6 +18,17 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## checkov: the infra scanner (tests/infra) in a virtualenv of its own: it pins boto3 and
+## packaging to versions the project's own dependencies exclude
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION := 3.3.30
+checkov: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: Makefile
+	@test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
 	@touch $@
 
 bpf:
@@ -66,5 +77,5 @@ lint: venv
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info console/dist console/node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info console/dist console/node_modules
 	@if [ -f capture_agent/bpf/Makefile ]; then $(MAKE) -C capture_agent/bpf clean; fi
