@@ -212,6 +212,7 @@ class Agent:
             self.clock = sample_offset()
             self._last_clock = started
             self._write_meta("clock")
+        drained_at = time.time_ns()  # what the rings held up to here is in this flush
         drained = self._drainer.take() if self._drainer is not None else {}
         for fam in self.families:
             ring_tables: dict[str, tuple[str, Callable[..., pa.Table]]] = fam.module.RING_TABLES
@@ -228,6 +229,11 @@ class Agent:
         self.counters.clock_probe_processes = sum(p.attached for p in self._probes)
         self.counters.clock_probe_failures = sum(p.failed for p in self._probes)
         self._report_losses()
+        # The flush marker, the watermark of `kprobe analyze --follow` (compute/follow.py):
+        # one committing thread commits (or spools) it after this flush's batches, so once it
+        # is in the lake, so is every row this node drained before ``drained_at``.
+        self.sink.submit("agent_meta", pa.table({
+            "ts_ns": [drained_at], "kind": ["flush"], "boot_id": [self.boot_id]}))
         self.counters.flushes += 1
         self.counters.flush_seconds_last = time.monotonic() - started
 

@@ -51,3 +51,7 @@ class NotFound(ComputeError):
 
 class DistributedError(ComputeError):
     """Ray could not run the windows."""
+
+
+class ExportError(ComputeError):
+    """Findings could not be sent to an OTLP endpoint (bad endpoint, refused, no answer)."""

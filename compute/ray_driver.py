@@ -76,20 +76,30 @@ def _check_reachable(address: str | None, timeout_s: float = 3.0) -> None:
                                ) from None
 
 
+def start_ray(settings: ComputeSettings) -> bool:
+    """Join (or start) the cluster unless this process already has; True when this call
+    did, so the caller shuts it down (a long-lived driver, ``kprobe analyze --follow``,
+    keeps one cluster for its life instead of one per batch of windows)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    _check_reachable(settings.ray_address or os.environ.get("RAY_ADDRESS"))
+    try:
+        ray.init(**_init_kwargs(settings))
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = settings.ray_address or os.environ.get("RAY_ADDRESS") or "a local cluster"
+        raise DistributedError(f"cannot start or reach Ray at {where}: {_one_line(err)}"
+                               ) from err
+    return True
+
+
 def _on_ray(location: lake.LakeLocation, windows: list[Window], settings: ComputeSettings,
             rules: Rules, on_done: Callable[[WindowOutput], None] | None) -> list[WindowOutput]:
     import ray  # only the driver of a distributed run needs Ray imported
     from ray.exceptions import RayError, RayTaskError
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        _check_reachable(settings.ray_address or os.environ.get("RAY_ADDRESS"))
-        try:
-            ray.init(**_init_kwargs(settings))
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            where = settings.ray_address or os.environ.get("RAY_ADDRESS") or "a local cluster"
-            raise DistributedError(f"cannot start or reach Ray at {where}: {_one_line(err)}"
-                                   ) from err
+    started_here = start_ray(settings)
     try:
         # Any: Ray's typing of remote functions does not follow our arguments
         task: Any = ray.remote(num_cpus=1, max_retries=2)(run_window)
