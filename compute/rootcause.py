@@ -18,11 +18,15 @@ the waited interval, hop by hop (holder spans). So the span's time splits into *
 - the operation's own on-CPU work (``app_cpu``).
 
 The same cause reached through several paths is one candidate (per process for CPU
-contention, per device for disk, per episode for memory, per thread for waits). A
-candidate is *sufficient* when its delay is at least how late the operation was
-(``over_ns``). The ranking: a TCP reset for an error; the failure chain's verdict (below);
-sufficient before not; a cause (kernel, or another thread's work) before the operation's
-own CPU or timers; the larger delay.
+contention, per device for disk, per episode for memory, per thread for waits).
+Candidates belong to *faults*: the process behind them (a memory episode's top driver, the
+process of a CPU holder or of a waited-for thread), else the candidate itself. A batch job
+that makes a worker reclaim and also takes that worker's CPU is one fault with both
+delays, reported as its largest kind. A fault is *sufficient* when its delay is at least
+how late the operation was (``over_ns``). The ranking: a TCP reset for an error; the
+failure chain's verdict (below); sufficient before not; a cause (kernel, or another
+thread's work) before the operation's own CPU or timers; the larger fault; the larger
+delay. Several concurrent faults are all reported (``TOP``), ranked so.
 
 One verdict per failure chain: an operation that failed while (or because) an operation it
 contains failed reports the verdict of the innermost failed one, when that cause is among
@@ -32,8 +36,9 @@ gateway's request that gave up with the settlement call it made names what delay
 settlement, whichever of the two timeouts fired first.
 
 Output: ``root_causes(failed_key, rank, kind, dst_label, dst, delay_ns, depth, via_span,
-sufficient, over_ns, failure_kind, pieces)``; ``CAUSED_BY`` edges from the failed span,
-ranked (``pieces``: how many episodes or threads the candidate groups).
+sufficient, over_ns, failure_kind, pieces, fault_ns)``; ``CAUSED_BY`` edges from the failed
+span, ranked (``pieces``: how many episodes or threads the candidate groups; ``fault_ns``:
+the delay of its whole fault).
 """
 
 from __future__ import annotations
@@ -131,24 +136,51 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         LEFT JOIN rc_mem m ON m.src = t.ti
         WHERE t.depth = 0 AND sp.tid IS NOT NULL
     """, f"""
+        CREATE TEMP TABLE rc_units AS
+        SELECT failed_key, kind, unit, arg_max(dst_label, delay_ns) AS dst_label,
+               arg_max(dst, delay_ns) AS dst,
+               -- one retransmit episode seen from both ends is one delay
+               CASE WHEN kind IN {sql_list(UNTIMED_KINDS)} THEN max(delay_ns)
+                    ELSE sum(delay_ns) END AS delay,
+               max(depth) AS depth, arg_max(via_span, delay_ns) AS via_span,
+               count(DISTINCT dst) AS pieces
+        FROM rc_leaves WHERE delay_ns > 0
+        GROUP BY failed_key, kind, unit
+    """, f"""
+        -- the fault each candidate belongs to: the process behind it (the episode's top
+        -- driver, the CPU holder's process, the waited-for thread's process), else itself
         CREATE TEMP TABLE rc_candidates AS
-        SELECT c.*, least(c.delay, sp.e - sp.s)::BIGINT AS delay_ns,
-               CASE WHEN d.over_ns IS NOT NULL
-                    THEN least(c.delay, sp.e - sp.s) >= d.over_ns END AS sufficient,
-               c.kind NOT IN {sql_list(NOT_CAUSES)} AS is_cause,
+        WITH f AS (
+            SELECT c.*, c.kind NOT IN {sql_list(NOT_CAUSES)} AS is_cause,
+                   CASE WHEN c.kind = 'memory_pressure' AND drv.dst IS NOT NULL
+                        THEN 'proc:' || drv.dst
+                        WHEN c.kind = 'cpu_contention' AND c.unit LIKE '%:pid:%'
+                        THEN 'proc:' || replace(c.unit, ':pid:', ':')
+                        WHEN c.kind IN {waits} AND c.dst_label = 'Thread' AND tn.pid > 0
+                        THEN 'proc:' || tn.node || ':' || tn.pid
+                        ELSE c.kind || ':' || c.unit END AS fault
+            FROM rc_units c
+            LEFT JOIN (SELECT src, arg_min(dst, rank) AS dst FROM rels
+                       WHERE rel = 'CAUSED_BY' AND kind = 'memory_driver' GROUP BY src) drv
+                   ON c.kind = 'memory_pressure' AND drv.src = c.dst
+            LEFT JOIN thread_names tn
+                   ON c.dst_label = 'Thread' AND tn.node || ':' || tn.tid = c.dst)
+        SELECT f.*, least(f.delay, sp.e - sp.s)::BIGINT AS delay_ns, fs.fault_ns,
+               CASE WHEN d.over_ns IS NOT NULL THEN fs.fault_ns >= d.over_ns END
+                 AS sufficient,
                d.over_ns, d.failure_kind
-        FROM (SELECT failed_key, kind, unit, arg_max(dst_label, delay_ns) AS dst_label,
-                     arg_max(dst, delay_ns) AS dst,
-                     -- one retransmit episode seen from both ends is one delay
-                     CASE WHEN kind IN {sql_list(UNTIMED_KINDS)} THEN max(delay_ns)
-                          ELSE sum(delay_ns) END AS delay,
-                     max(depth) AS depth, arg_max(via_span, delay_ns) AS via_span,
-                     count(DISTINCT dst) AS pieces
-              FROM rc_leaves WHERE delay_ns > 0
-              GROUP BY failed_key, kind, unit) c
-        JOIN span_domain d ON d.span_key = c.failed_key
-        JOIN spans_all sp ON sp.span_key = c.failed_key
-        WHERE c.delay >= {settings.min_delay_ns} OR c.kind = 'network_reset'
+        FROM f
+        JOIN span_domain d ON d.span_key = f.failed_key
+        JOIN spans_all sp ON sp.span_key = f.failed_key
+        -- a fault's delay: all of its candidates (a batch job that reclaims in a worker's
+        -- cgroup and takes that worker's CPU is one fault)
+        JOIN (SELECT f2.failed_key, f2.fault,
+                     least(sum(f2.delay), any_value(sp2.e - sp2.s))::BIGINT AS fault_ns
+              FROM f f2 JOIN spans_all sp2 ON sp2.span_key = f2.failed_key
+              WHERE f2.delay >= {settings.min_delay_ns} OR f2.kind = 'network_reset'
+              GROUP BY f2.failed_key, f2.fault) fs
+          ON fs.failed_key = f.failed_key AND fs.fault = f.fault
+        WHERE f.delay >= {settings.min_delay_ns} OR f.kind = 'network_reset'
     """, """
         -- each failure's own verdict, then the innermost failed operation below it
         CREATE TEMP TABLE rc_own AS
@@ -157,7 +189,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                        PARTITION BY failed_key
                        ORDER BY (failure_kind = 'error' AND kind = 'network_reset') DESC,
                                 coalesce(sufficient, false) DESC, is_cause DESC,
-                                delay_ns DESC, dst) AS r
+                                fault_ns DESC, delay_ns DESC, dst) AS r
             FROM rc_candidates)
         WHERE r = 1
     """, """
@@ -170,7 +202,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
     """, f"""
         CREATE TEMP TABLE root_causes AS
         SELECT failed_key, kind, dst_label, dst, delay_ns, depth, via_span, sufficient,
-               over_ns, failure_kind, pieces, rank
+               over_ns, failure_kind, pieces, fault_ns, rank
         FROM (
             SELECT c.*, row_number() OVER (
                        PARTITION BY c.failed_key
@@ -178,7 +210,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                                 coalesce(i.inherited = c.kind || '|' || c.unit
                                          AND (c.over_ns IS NULL OR c.sufficient), false) DESC,
                                 coalesce(c.sufficient, false) DESC, c.is_cause DESC,
-                                c.delay_ns DESC, c.dst) AS rank
+                                c.fault_ns DESC, c.delay_ns DESC, c.dst) AS rank
             FROM rc_candidates c LEFT JOIN rc_inherit i USING (failed_key))
         WHERE rank <= {TOP}
     """, """
@@ -186,9 +218,10 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         SELECT 'CAUSED_BY', 'Span', failed_key, dst_label, dst, kind, delay_ns, rank, NULL,
                NULL,
                json_object('via_span', via_span, 'depth', depth, 'sufficient', sufficient,
-                           'over_ns', over_ns, 'pieces', pieces)
+                           'over_ns', over_ns, 'pieces', pieces, 'fault_ns', fault_ns)
         FROM root_causes
         WHERE NOT (dst_label = 'Span' AND dst = failed_key)
     """, "DROP TABLE rc_tree", "DROP TABLE rc_mem", "DROP TABLE rc_leaves",
-       "DROP TABLE rc_candidates", "DROP TABLE rc_own", "DROP TABLE rc_inherit",
+       "DROP TABLE rc_units", "DROP TABLE rc_candidates", "DROP TABLE rc_own",
+       "DROP TABLE rc_inherit",
        "DROP TABLE rc_desc")

@@ -183,3 +183,52 @@ def test_an_interrupt_wakeup_at_the_threads_own_block_completion_is_disk(
     assert a["root_cause_kind"] == "disk", a
     drivers = rels(analysis, "CAUSED_BY", src=a["root_cause_target"], kind="disk_driver")
     assert min(drivers, key=lambda d: d["rank"])["dst"] == "n1:800"
+
+
+def _two_faults(worker_cpu_taken_by: int) -> Scenario:
+    """Two faults on one payment (pid 100, tid 101; deadline 150 ms, it took 160): it waits
+    (an unnamed wait) 105 ms for a worker (pid 300, tid 301, CPU 1) that reclaims 40 ms in
+    memcg 9, where a batch job (pid 900) allocates, and then waits 35 ms for CPU 1 while
+    ``worker_cpu_taken_by`` runs there; then the payment waits 45 ms for CPU 0, held by a
+    hog (pid 500)."""
+    sc = Scenario().process(100, "payments").process(300, "worker", cgroup_id=9)
+    sc.process(900, "batch-job", cgroup_id=9).process(500, "hog").process(600, "indexer")
+    sc.run(0, 100, 101, 0, 5, leave="S")
+    sc.offcpu(100, 101, 5, 110, "other", waker=(300, 301))
+    sc.wake(110, (100, 101), (300, 301), target_cpu=0)
+    sc.run(0, 500, 501, 5, 155, leave="R")
+    sc.run(0, 100, 101, 155, 160, leave="S")
+    sc.run(1, 300, 301, 0, 65, leave="R")
+    sc.reclaim(300, 301, 20, 60, memcg=9)
+    sc.page_alloc(900, 60, 80_000, 9)
+    sc.run(1, worker_cpu_taken_by, worker_cpu_taken_by + 1, 65, 100, leave="R")
+    sc.run(1, 300, 301, 100, 110, leave="S")
+    sc.span("t6", "a", None, "payments", "POST /payments", 0, 160, pid=100, tid=101,
+            kind="SERVER", attrs={"payment.id": "P-6", "kprobe.deadline_ms": 150})
+    return sc
+
+
+def test_a_fault_is_its_process_across_kinds_and_faults_are_ranked(lake_dir: Path) -> None:
+    # GIVEN the batch job made the worker reclaim 40 ms AND took its CPU 35 ms, while the
+    # hog took the payment's CPU 45 ms (more than either of the batch job's parts alone)
+    analysis = analyze(_two_faults(worker_cpu_taken_by=900), lake_dir)
+    a = span_row(analysis, "a", "t6")
+    # THEN the batch job is the larger fault (75 ms): its largest kind is the root cause
+    assert a["root_cause_kind"] == "memory_pressure", a
+    drivers = rels(analysis, "CAUSED_BY", src=a["root_cause_target"], kind="memory_driver")
+    assert min(drivers, key=lambda d: d["rank"])["dst"] == "n1:900"
+    # AND the hog is reported too, ranked after it
+    ranked = sorted(rels(analysis, "CAUSED_BY", src=key("a", "t6")), key=lambda r: r["rank"])
+    hog = [r for r in ranked if r["kind"] == "cpu_contention"
+           and r["evidence"].get("fault_ns") == 45 * MS]
+    assert hog and hog[0]["rank"] > 1, ranked
+
+
+def test_a_fault_of_another_process_is_not_added_to_the_batch_job(lake_dir: Path) -> None:
+    # GIVEN the same, but an unrelated indexer (pid 600) took the worker's CPU: the batch
+    # job's fault is its 40 ms of reclaim alone
+    analysis = analyze(_two_faults(worker_cpu_taken_by=600), lake_dir)
+    a = span_row(analysis, "a", "t6")
+    # THEN the hog's 45 ms is the larger fault
+    assert a["root_cause_kind"] == "cpu_contention", a
+    assert a["root_cause_target"] == "n1:501"
