@@ -1,5 +1,6 @@
-"""One window, end to end: load -> timelines -> spans on threads -> decomposition ->
-causes (following holders and servers level by level) -> domain -> root causes -> graph.
+"""One window, end to end: load -> timelines -> spans on threads -> domain (failures) ->
+decomposition -> causes (following waits level by level where a failure happened) -> root
+causes -> graph.
 
 ``analyze_window`` is a plain function of its inputs; ``run_window`` also publishes the
 graph snapshot. The Ray driver runs ``run_window`` as a task per window and writes the
@@ -59,13 +60,14 @@ def analyze_window(location: lake.LakeLocation, window: Window, settings: Comput
         timeline.relevant(con, settings)
         timeline.build(con, loaded.range_end_ns, settings)
         causes.prepare(con, settings, loaded.range_end_ns)
+        # failures are known before the causes: waits are followed only where one happened
+        domain.build(con, rules, loaded.range_start_ns, loaded.range_end_ns)
         for level in range(settings.max_chain_depth + 1):
             pending = scalar_row(con, f"SELECT count(*) FROM spans_all WHERE level = {level}")
             if not pending[0]:
                 break
             decompose.build(con, settings, level)
             causes.attribute(con, settings, level)
-        domain.build(con, rules, loaded.range_start_ns, loaded.range_end_ns)
         rootcause.build(con, settings)
         causes.remote.sent_to(con)
         assemble.structural_rels(con)

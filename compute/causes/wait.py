@@ -25,7 +25,9 @@ unknown stacks), ``remote_call`` (a call to another process over a connection or
 span). What the target did meanwhile is followed: each wait of at least ``min_delay_ns``
 becomes a synthetic *holder* span on the target's thread over exactly the waited interval
 (chain level + 1, ``holder`` link), decomposed and attributed like any span at the next
-level, across threads and processes, at most ``max_chain_depth`` hops and never back to a
+level, across threads and processes (in traces where an operation failed: elsewhere the
+wait names its target, and what the target did is not followed, which keeps a busy
+window's graph the size of its failures), at most ``max_chain_depth`` hops and never back to a
 thread already on the chain (cycles: a client and its server wake each other).
 """
 
@@ -127,11 +129,18 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         "w_pieces", "x_peers", ("node", "tid"), bucket,
         select="l.piece, r.p_node, r.p_tid, r.p_pid, r.conn,"
                " least(l.e, r.e) - greatest(l.s, r.s) AS ov")
-    execute(con, "wait attribution", f"""
+    execute(con, "wait attribution", """
+        CREATE TEMP TABLE w_failed_traces AS
+        SELECT DISTINCT sp.trace_id FROM span_domain d JOIN spans_all sp USING (span_key)
+        WHERE d.failed AND sp.trace_id IS NOT NULL
+    """, f"""
         CREATE TEMP TABLE w_pieces AS
         SELECT row_number() OVER () AS piece, p.span_key, p.node, p.tid, sp.pid, p.s, p.e,
                coalesce(p.reason, 'other') AS reason, p.waker_pid, p.waker_tid, sp.owned,
-               coalesce(sp.chain, '/' || coalesce(p.tid, 0) || '/') AS chain, p.state
+               coalesce(sp.chain, '/' || coalesce(p.tid, 0) || '/') AS chain, p.state,
+               -- followed further only where a failure happened (holders exist only there)
+               (sp.origin = 'holder' OR sp.trace_id IN (SELECT trace_id FROM w_failed_traces))
+                 AS material
         FROM span_pieces p JOIN spans_all sp USING (span_key)
         WHERE sp.level = {level} AND p.e > p.s
           AND ((p.state = 'blocked' AND coalesce(p.reason, 'other') NOT IN
@@ -178,7 +187,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                         ELSE 'none' END AS how
             FROM k)
         SELECT piece, span_key, node, tid, pid, s, e, reason, owned, chain, how, waker_kind,
-               waker_comm, waker_tid,
+               waker_comm, waker_tid, material,
                CASE how WHEN 'waker' THEN node WHEN 'call' THEN c.node WHEN 'peer' THEN p.node
                         ELSE node END AS t_node,
                CASE how WHEN 'waker' THEN waker_tid WHEN 'call' THEN c.tid
@@ -215,7 +224,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                      sum(ns) AS ns
               FROM ({overlap_join(
                   "(SELECT span_key, t_node AS node, t_tid AS tid, s, e FROM w_waits"
-                  " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call'))",
+                  " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call') AND material)",
                   "thread_intervals", ("node", "tid"), bucket,
                   select="l.span_key, l.tid AS t_tid, r.state, r.reason,"
                          " least(l.e, r.e) - greatest(l.s, r.s) AS ns")})
@@ -227,7 +236,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                list({{'span': w_key, 'service': service, 'name': name}})[1:{limit}] AS spans
         FROM ({overlap_join(
             "(SELECT span_key, t_node AS node, t_tid AS tid, s, e FROM w_waits"
-            " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call'))",
+            " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call') AND material)",
             "(SELECT span_key AS w_key, node, tid, s, e, service, name FROM spans_all"
             " WHERE origin IN ('otel', 'remote'))",
             ("node", "tid"), bucket,
@@ -240,8 +249,8 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     # accounted where it was first met (a client and its server waking each other)
     cycle = ("how IN ('waker', 'call', 'peer')"
              " AND instr(coalesce(chain, '/'), '/' || t_tid || '/') > 0")
-    followed = (f"how IN ('waker', 'call', 'peer') AND e - s >= {min_delay} AND NOT ({cycle})"
-                if follow else "false")
+    followed = (f"material AND how IN ('waker', 'call', 'peer') AND e - s >= {min_delay}"
+                f" AND NOT ({cycle})" if follow else "false")
     execute(con, "wait attribution", f"""
         INSERT INTO rels
         SELECT 'DELAYED_BY', 'Span', w.span_key, 'Thread', w.t_node || ':' || w.t_tid,
@@ -305,6 +314,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                                'dur_ns', e - s, 'wait_reason', reason)
             FROM w_holders
         """, "DROP TABLE w_holders")
-    execute(con, "wait attribution", "DROP TABLE w_pieces", "DROP TABLE w_calls",
+    execute(con, "wait attribution", "DROP TABLE w_failed_traces", "DROP TABLE w_pieces",
+            "DROP TABLE w_calls",
             "DROP TABLE w_peers", "DROP TABLE w_waits", "DROP TABLE w_activity",
             "DROP TABLE w_target_spans")

@@ -101,7 +101,7 @@ class _Deferred(SpanProcessor):
 
     def shutdown(self) -> None:
         self.export()
-        self.exporter.shutdown()
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]
 
 
 class Service:
