@@ -12,19 +12,30 @@ The chain is built from the window's graph snapshot (``compute.graph.queries.tra
 business events from the domain mapping (start / end lines of each mapped span, times
 between consecutive events), kernel causes under the deepest span that suffered them (with
 the process that drove the episode), lock holders and uninstrumented servers one level
-further in, the failure with its root cause, and missed clearing windows. ``--format json``
-carries the same steps as data, each with its rendered line.
+further in, the failure with its root cause, and missed clearing windows. The result is
+typed data (``compute.explain_model``); ``kprobe explain`` lays it out as the text above.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import lake
 from compute.causes import KERNEL_KINDS, LEAF_KINDS, WAIT_KINDS
 from compute.errors import NotFound
+from compute.explain_model import (
+    Cause,
+    CpuHolder,
+    Driver,
+    Episode,
+    EventStep,
+    ExplainedTransaction,
+    FailureStep,
+    KernelStep,
+    MissedStep,
+    RemoteStep,
+)
 from compute.graph import queries, store
 from compute.settings import ComputeSettings
 
@@ -75,42 +86,40 @@ def fmt_bytes(n: int | None) -> str:
 
 @dataclass
 class _Step:
-    ts: int
-    order: int  # tie-break: start events, kernel lines, failure, end events
-    kind: str  # event | kernel | remote | failure | missed
-    line: str
-    data: dict[str, Any] = field(default_factory=dict)
-    depth: int = 1  # 0: the transaction's own first and last line
+    """A step being placed: ``order`` breaks ties of one instant (start events, kernel
+    lines, failure, end events)."""
+
+    order: int
+    step: EventStep | KernelStep | RemoteStep | FailureStep | MissedStep
 
 
 def explain(location: lake.LakeLocation, txn: str, settings: ComputeSettings, *,
             window_ids: list[str] | None = None, start_ns: int | None = None,
-            end_ns: int | None = None) -> list[dict[str, Any]]:
+            end_ns: int | None = None) -> list[ExplainedTransaction]:
     """Explanations of every trace ``txn`` names (trace id, business id or span id)."""
     snapshots = store.select_snapshots(location, window_ids=window_ids, start_ns=start_ns,
                                        end_ns=end_ns)
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, ExplainedTransaction] = {}
     for info in snapshots:
         with store.open_snapshot(location, info, settings) as reader:
             for trace in queries.find_traces(reader, txn):
-                data = queries.trace_data(reader, trace)
-                result = build(data)
+                result = build(queries.trace_data(reader, trace), info.window_id)
                 if result is None:
                     continue
-                result["window"] = info.window_id
                 previous = found.get(trace)
                 # a trace seen by two windows: keep the one that owns its first span
-                if previous is None or (result["owned"] and not previous["owned"]):
+                if previous is None or (result.owned and not previous.owned):
                     found[trace] = result
     if not found:
         where = ", ".join(s.window_id for s in snapshots[:3])
         more = f" and {len(snapshots) - 3} more" if len(snapshots) > 3 else ""
         raise NotFound(f"no transaction, trace or span {txn!r} in the analysed windows "
                        f"({where}{more})")
-    return sorted(found.values(), key=lambda r: r["start_ns"])
+    return sorted(found.values(), key=lambda r: r.start_ns)
 
 
-def build(data: dict[str, Any]) -> dict[str, Any] | None:
+def build(data: dict[str, Any], window: str) -> ExplainedTransaction | None:
+    """One trace's steps from ``queries.trace_data`` (evidence already parsed)."""
     spans = {s["id"]: s for s in data["spans"]}
     otel = [s for s in data["spans"] if s["origin"] == "otel"]
     if not otel:
@@ -122,7 +131,6 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
     all_spans = {**spans, **holders}
     edges_by_src: dict[str, list[dict[str, Any]]] = {}
     for edge in data["edges"]:
-        edge["evidence"] = json.loads(edge["evidence"]) if edge.get("evidence") else {}
         edges_by_src.setdefault(edge["src"], []).append(edge)
     ctx = _Context(all_spans, edges_by_src, {e["id"]: e for e in data["episodes"]},
                    _group(data["drivers"], "episode"), {t["id"]: t for t in data["threads"]})
@@ -161,10 +169,8 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
         for edge in remote:
             steps.extend(ctx.remote_steps(s, edge))
         if s["failed"]:
-            failure = ctx.failure_step(s)
-            if is_root:  # after every inner line of the same instant
-                failure.order = 6
-            steps.append(failure)
+            # the root's failure comes after every inner line of the same instant
+            steps.append(_Step(6 if is_root else 3, ctx.failure_step(s)))
     # a missed cutoff is told once, on the outermost operation that missed it
     outermost: dict[Any, dict[str, Any]] = {}
     for missed in data["missed"]:
@@ -178,35 +184,30 @@ def build(data: dict[str, Any]) -> dict[str, Any] | None:
         span_id = missed["event"].split(":", 1)[1]
         s = spans.get(span_id)
         if s is not None:
-            steps.append(_Step(s["end_ns"], 7, "missed",
-                               f"[MISSED: the {missed['label'].removesuffix(' clearing window')}"
-                               f" clearing window by {fmt_ns(missed['missed_by_ns'])}]",
-                               {"cutoff_ns": missed["cutoff_ns"],
-                                "missed_by_ns": missed["missed_by_ns"], "span": span_id},
-                               depth=0 if span_id == root["id"] else 1))
-    steps.sort(key=lambda st: (st.ts, st.order))
+            label = missed["label"].removesuffix(" clearing window")
+            steps.append(_Step(7, MissedStep(
+                ts_ns=s["end_ns"], depth=0 if span_id == root["id"] else 1,
+                label=f"MISSED: the {label} clearing window by {fmt_ns(missed['missed_by_ns'])}",
+                span=span_id, cutoff_ns=missed["cutoff_ns"],
+                missed_by_ns=missed["missed_by_ns"])))
+    steps.sort(key=lambda st: (st.step.ts_ns, st.order))
     # the root's end line closes the chain, whatever its timestamp ties with
-    closing = [st for st in steps if st.depth == 0 and st.kind == "event"
-               and st.data.get("moment") == "end"]
-    steps = [st for st in steps if st not in closing] + closing
-    lines = _render(steps, root)
+    def closes(st: _Step) -> bool:
+        return isinstance(st.step, EventStep) and st.step.depth == 0 and st.step.moment == "end"
+
+    ordered = [st.step for st in steps if not closes(st)] + [
+        st.step for st in steps if closes(st)]
     dom = domain.get(root["id"]) or {}
-    failed_steps = [st.data for st in steps if st.kind == "failure"]
-    outcome = next((f for f in failed_steps if f["span"] == root["id"]),
-                   failed_steps[0] if failed_steps else None)
-    return {
-        "trace_id": root["trace_id"], "txn_id": root.get("txn_id"),
-        "concept": dom.get("type"), "business_id": dom.get("business_id"),
-        "root_span": root["id"], "service": root["service"], "name": root["name"],
-        "start_ns": root["start_ns"], "dur_ns": root["dur_ns"], "owned": root["owned"],
-        "failed": bool(root["failed"] or any(s["failed"] for s in otel)),
-        "failure": outcome,
-        "root_cause": outcome.get("root_cause") if outcome else None,
-        "other_causes": outcome.get("other_causes", []) if outcome else [],
-        "steps": [{"kind": st.kind, "ts_ns": st.ts, "line": line, **st.data}
-                  for st, line in zip(steps, lines)],
-        "text": "\n".join(lines),
-    }
+    failures = [st for st in ordered if isinstance(st, FailureStep)]
+    outcome = next((f for f in failures if f.span == root["id"]),
+                   failures[0] if failures else None)
+    return ExplainedTransaction(
+        trace_id=root["trace_id"], txn_id=root.get("txn_id"), concept=dom.get("type"),
+        business_id=dom.get("business_id"), root_span=root["id"], service=root["service"],
+        name=root["name"], start_ns=root["start_ns"], dur_ns=root["dur_ns"],
+        owned=bool(root["owned"]), failed=bool(root["failed"] or any(s["failed"] for s in otel)),
+        failure=outcome, root_cause=outcome.root_cause if outcome else None,
+        other_causes=outcome.other_causes if outcome else [], steps=ordered, window=window)
 
 
 def _shown(edge: dict[str, Any]) -> bool:
@@ -233,8 +234,6 @@ def _group(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any
 
 def _span_steps(s: dict[str, Any], dom: dict[str, Any] | None, is_root: bool) -> list[_Step]:
     depth = 0 if is_root else 1
-    base = {"span": s["id"], "service": s["service"], "name": s["name"],
-            "concept": dom["type"] if dom else None}
     if dom:
         start = dom.get("label_started")
         end = dom.get("label_failed") if s["failed"] else dom.get("label_completed")
@@ -243,12 +242,14 @@ def _span_steps(s: dict[str, Any], dom: dict[str, Any] | None, is_root: bool) ->
         end = (f"{s['service']}: {s['name']} failed" if s["failed"]
                else f"{s['service']}: {s['name']} completed")
     steps = []
-    if start or is_root:
-        steps.append(_Step(s["start_ns"], 0, "event", f"[{start or s['name']}]",
-                           {**base, "moment": "start"}, depth))
-    if end or is_root:
-        steps.append(_Step(s["end_ns"], 5, "event", f"[{end or s['name']}]",
-                           {**base, "moment": "end"}, depth))
+    moments: tuple[tuple[int, int, Literal["start", "end"], str | None], ...] = (
+        (s["start_ns"], 0, "start", start), (s["end_ns"], 5, "end", end))
+    for ts, order, moment, label in moments:
+        if label or is_root:
+            steps.append(_Step(order, EventStep(
+                ts_ns=ts, depth=depth, label=label or s["name"], span=s["id"],
+                service=s["service"], name=s["name"], concept=dom["type"] if dom else None,
+                moment=moment)))
     return steps
 
 
@@ -266,14 +267,13 @@ class _Context:
         steps = []
         cpu = [e for e in edges if e["kind"] == "cpu_contention"]
         for edge in [e for e in edges if e["kind"] != "cpu_contention"] + cpu[:1]:
-            label, why, extra = self.describe(edge, cpu if edge in cpu else [edge])
-            ts = max(s["start_ns"], _first_ts(edge["evidence"]) or s["start_ns"])
-            line = f"{'  ' * indent}[KERNEL: {label}]" + (f"  <- {why}" if why else "")
-            steps.append(_Step(ts, 1, "kernel", line,
-                               {"span": s["id"], "cause": edge["kind"], "target": edge["dst"],
-                                "delay_ns": sum(e["delay_ns"] or 0 for e in
-                                                (cpu if edge in cpu else [edge])),
-                                **extra}))
+            group = cpu if edge in cpu else [edge]
+            label, why, extra = self.describe(edge, group)
+            steps.append(_Step(1, KernelStep(
+                ts_ns=max(s["start_ns"], _first_ts(edge["evidence"]) or s["start_ns"]),
+                indent=indent, label=label, detail=why, span=s["id"], cause=edge["kind"],
+                target=edge["dst"], delay_ns=sum(e["delay_ns"] or 0 for e in group),
+                **extra)))
             if edge["kind"] in WAIT_KINDS and indent < 6:
                 # what the thread it waited for did meanwhile, and why (its holder spans,
                 # one per wait: the same cause over several waits is one line)
@@ -293,17 +293,16 @@ class _Context:
                                 merged[key] = e
                 if holders:
                     first = min(holders, key=lambda h: h["start_ns"])
-                    steps.extend(self.kernel_steps(
-                        {**first, "id": first["id"]}, list(merged.values()), indent + 1))
+                    steps.extend(self.kernel_steps(first, list(merged.values()), indent + 1))
         return steps
 
     def remote_steps(self, s: dict[str, Any], edge: dict[str, Any]) -> list[_Step]:
         child = self.spans[edge["dst"]]
-        line = (f"[REMOTE: {child['service']} PID {child['pid']} {child['name']}, "
-                f"{fmt_ns(child['dur_ns'])}]")
-        steps = [_Step(child["start_ns"], 1, "remote", line,
-                       {"span": s["id"], "cause": edge["kind"], "target": child["id"],
-                        "delay_ns": edge["delay_ns"]})]
+        steps = [_Step(1, RemoteStep(
+            ts_ns=child["start_ns"], span=s["id"], cause=edge["kind"], target=child["id"],
+            delay_ns=edge["delay_ns"],
+            label=(f"REMOTE: {child['service']} PID {child['pid']} {child['name']}, "
+                   f"{fmt_ns(child['dur_ns'])}")))]
         inner = [e for e in self.edges.get(child["id"], [])
                  if e["rel"] == "DELAYED_BY" and _shown(e)]
         steps.extend(self.kernel_steps(child, inner, indent=1))
@@ -311,38 +310,38 @@ class _Context:
 
     def describe(self, edge: dict[str, Any], group: list[dict[str, Any]]
                  ) -> tuple[str, str, dict[str, Any]]:
-        """(what happened, who drove it, data) for one cause edge."""
+        """(what happened, who drove it, the step's typed fields) for one cause edge."""
         kind, ev, delay = edge["kind"], edge["evidence"], edge["delay_ns"]
-        if kind == "memory_pressure":
-            episode = self.episodes.get(edge["dst"], {})
-            what = _MEM_KINDS.get(episode.get("subkind") or "", "memory pressure")
-            driver = self._top_driver(edge["dst"])
+        if kind in ("memory_pressure", "disk"):
+            row = self.episodes.get(edge["dst"], {})
+            episode = Episode(**row) if row else None
+            top = self._top_driver(edge["dst"])
+            driver = Driver(**top) if top else None
+            if kind == "disk":
+                dev = f" on {row['dev']}" if row.get("dev") not in (None, "?") else ""
+                why = (f"{_who(top)} issuing {fmt_bytes(top['bytes'])} of I/O"
+                       if top else "")
+                return (f"disk I/O wait {fmt_ns(delay)}{dev}", why,
+                        {"episode": episode, "driver": driver})
+            what = _MEM_KINDS.get(row.get("subkind") or "", "memory pressure")
             why = ""
-            if driver:
-                dev = json.loads(driver["evidence"] or "{}")
-                scope = "in the same cgroup" if dev.get("same_memcg") else "on the node"
-                amount = (f"allocating {fmt_bytes(driver['bytes'])}" if driver["bytes"]
-                          else f"faulting {dev.get('faults')} pages")
-                why = f"{_who(driver)} {amount} {scope}"
+            if top:
+                dev_ev = top["evidence"]
+                scope = "in the same cgroup" if dev_ev.get("same_memcg") else "on the node"
+                amount = (f"allocating {fmt_bytes(top['bytes'])}" if top["bytes"]
+                          else f"faulting {dev_ev.get('faults')} pages")
+                why = f"{_who(top)} {amount} {scope}"
             return f"{what} {fmt_ns(delay)}", why, {"episode": episode, "driver": driver}
         if kind == "cpu_contention":
             total = sum(e["delay_ns"] or 0 for e in group)
-            top = max(group, key=lambda e: e["delay_ns"] or 0)
-            thread = self.threads.get(top["dst"], {})
+            top_edge = max(group, key=lambda e: e["delay_ns"] or 0)
+            thread = self.threads.get(top_edge["dst"], {})
             others = f" (+{len(group) - 1} more)" if len(group) > 1 else ""
             return (f"run-queue wait {fmt_ns(total)}",
-                    f"CPU held by {_who_thread(thread, top['dst'])} for "
-                    f"{fmt_ns(top['delay_ns'])}{others}",
-                    {"holders": [{"thread": e["dst"], "delay_ns": e["delay_ns"]}
+                    f"CPU held by {_who_thread(thread, top_edge['dst'])} for "
+                    f"{fmt_ns(top_edge['delay_ns'])}{others}",
+                    {"holders": [CpuHolder(thread=e["dst"], delay_ns=e["delay_ns"])
                                  for e in group]})
-        if kind == "disk":
-            episode = self.episodes.get(edge["dst"], {})
-            driver = self._top_driver(edge["dst"])
-            dev = f" on {episode['dev']}" if episode.get("dev") not in (None, "?") else ""
-            why = (f"{_who(driver)} issuing {fmt_bytes(driver['bytes'])} of I/O"
-                   if driver else "")
-            return f"disk I/O wait {fmt_ns(delay)}{dev}", why, {"episode": episode,
-                                                                 "driver": driver}
         if kind in ("network", "network_reset"):
             conn = ev.get("conn", "?")
             if kind == "network_reset":
@@ -377,7 +376,7 @@ class _Context:
         return min(drivers, key=lambda d: d["rank"] or 0) if drivers else None
 
     # -- failure line -------------------------------------------------------------------
-    def failure_step(self, s: dict[str, Any]) -> _Step:
+    def failure_step(self, s: dict[str, Any]) -> FailureStep:
         kind = s.get("failure_kind") or "error"
         if kind == "timeout" and s.get("deadline_ns"):
             head = f"TIMEOUT: {s['service']} exceeded {fmt_ns(s['deadline_ns'])}"
@@ -388,24 +387,24 @@ class _Context:
             head = f"ERROR: {s['service']} {s['name']}{msg}"
         ranked = sorted((e for e in self.edges.get(s["id"], []) if e["rel"] == "CAUSED_BY"),
                         key=lambda e: e["rank"] or 0)
-        causes = [self._cause(e, s) for e in ranked]
+        causes = [self._cause(e) for e in ranked]
         root = causes[0] if causes else None
         if root is None:
             why = "no cause found in the kernel record"
         else:
             late = f"{fmt_ns(s['over_ns'])} too late" if s.get("over_ns") else ""
-            if root["sufficient"] is False:
-                why = (f"largest cause: {root['name']} {fmt_ns(root['delay_ns'])}, not enough "
-                       f"alone ({late})" if late else f"largest cause: {root['name']}")
+            if root.sufficient is False:
+                why = (f"largest cause: {root.name} {fmt_ns(root.delay_ns)}, not enough "
+                       f"alone ({late})" if late else f"largest cause: {root.name}")
             else:
-                why = f"root cause: {root['name']}" + (f" ({late})" if late else "")
-        return _Step(s["end_ns"], 3, "failure", f"[{head}]  <- {why}",
-                     {"span": s["id"], "failure_kind": kind, "deadline_ns": s.get("deadline_ns"),
-                      "dur_ns": s["dur_ns"], "over_ns": s.get("over_ns"),
-                      "status_message": s.get("status_message"), "root_cause": root,
-                      "other_causes": causes[1:]}, depth=1)
+                why = f"root cause: {root.name}" + (f" ({late})" if late else "")
+        return FailureStep(
+            ts_ns=s["end_ns"], label=head, detail=why, span=s["id"], failure_kind=kind,
+            deadline_ns=s.get("deadline_ns"), dur_ns=s["dur_ns"], over_ns=s.get("over_ns"),
+            status_message=s.get("status_message"), root_cause=root,
+            other_causes=causes[1:])
 
-    def _cause(self, edge: dict[str, Any], failed: dict[str, Any]) -> dict[str, Any]:
+    def _cause(self, edge: dict[str, Any]) -> Cause:
         ev = edge["evidence"]
         name = CAUSE_NAMES.get(edge["kind"], edge["kind"])
         target = self.spans.get(edge["dst"])
@@ -422,11 +421,10 @@ class _Context:
             summary = self.describe({**edge, "rel": "DELAYED_BY"}, [edge])[1]
         elif edge["dst_label"] == "Thread" and edge["kind"] != "app_cpu":
             summary = _who_thread(self.threads.get(edge["dst"], {}), edge["dst"])
-        return {"rank": edge["rank"], "kind": edge["kind"], "name": name,
-                "target": edge["dst"], "target_label": edge["dst_label"],
-                "delay_ns": edge["delay_ns"], "sufficient": ev.get("sufficient"),
-                "depth": ev.get("depth"), "via_span": ev.get("via_span"),
-                "driver": summary or None}
+        return Cause(rank=edge["rank"], kind=edge["kind"], name=name, target=edge["dst"],
+                     target_label=edge["dst_label"], delay_ns=edge["delay_ns"],
+                     sufficient=ev.get("sufficient"), depth=ev.get("depth"),
+                     via_span=ev.get("via_span"), driver=summary or None)
 
 
 def _who(driver: dict[str, Any]) -> str:
@@ -461,20 +459,3 @@ def _first_ts(evidence: dict[str, Any]) -> int | None:
     found = [row["ts_ns"] for value in evidence.values() if isinstance(value, list)
              for row in value if isinstance(row, dict) and isinstance(row.get("ts_ns"), int)]
     return min(found) if found else None
-
-
-def _render(steps: list[_Step], root: dict[str, Any]) -> list[str]:
-    lines = []
-    last_event = root["start_ns"]
-    for st in steps:
-        if st.depth == 0 and st.kind == "event":
-            lines.append(st.line)
-            last_event = st.ts
-        elif st.kind == "event":
-            lines.append(f"  | {fmt_ns(st.ts - last_event)}  {st.line}")
-            last_event = st.ts
-        elif st.kind in ("kernel", "remote"):
-            lines.append(f"  |   {st.line}")
-        else:  # failure, missed
-            lines.append(f"  {st.line}")
-    return lines

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -317,17 +316,11 @@ def build_graph(data: dict[str, Any]) -> dict[str, Any]:
             nodes[edge["dst"]] = {"id": edge["dst"], "group": _group(edge["dst_label"]),
                                   "label": edge["dst"], "delay_ns": caused.get(edge["dst"], 0),
                                   "colour": delay_colour(caused.get(edge["dst"], 0))}
-        if edge["src"] in nodes:
-            evidence = edge.get("evidence")
-            if isinstance(evidence, str):
-                try:
-                    evidence = json.loads(evidence)
-                except ValueError:
-                    evidence = None
+        if edge["src"] in nodes:  # evidence: parsed by queries.trace_data
             links.append(_link(edge["src"], edge["dst"], edge["rel"], edge.get("kind"),
                                edge.get("delay_ns"), rank=edge.get("rank"),
                                count=edge.get("count"), bytes_=edge.get("bytes"),
-                               evidence=evidence))
+                               evidence=edge.get("evidence") or None))
     return {"nodes": list(nodes.values()), "links": links}
 
 

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from compute import explain_model
+
 ParamValue = str | int | float | bool | None | list[str | int | float | bool | None]
 
 _NO_NUL = r"^[^\x00]*$"
@@ -112,13 +114,8 @@ class TransactionPage(BaseModel):
     next: str | None = Field(description="URL of the next page, or null on the last page")
 
 
-class Explanation(BaseModel):
-    """The same document as ``kprobe explain --format json``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    query: str
-    transactions: list[dict[str, Any]]
+# ``kprobe explain --format json`` and the explain route answer the same typed document
+Explanation = explain_model.Explanation
 
 
 class GraphNode(BaseModel):

@@ -7,6 +7,7 @@ snapshots are opened read-only, so a write statement fails in the engine).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -198,6 +199,9 @@ def trace_data(reader: GraphReader, trace_id: str) -> dict[str, Any]:
         OPTIONAL MATCH (t)-[:PART_OF]->(p:Process)
         RETURN t.id AS id, t.pid AS pid, t.tid AS tid, t.comm AS comm, p.comm AS process,
                p.role AS role""", {"ids": thread_ids})
+    # evidence is stored as JSON text; parsed here, once, for every reader of a trace
+    for row in (*edges, *drivers):
+        row["evidence"] = parse_evidence(row.get("evidence"))
     return {
         "spans": [_strip(s, "s.") for s in spans],
         "holders": [_strip(h, "h.") for h in holders],
@@ -205,6 +209,17 @@ def trace_data(reader: GraphReader, trace_id: str) -> dict[str, Any]:
         "missed": missed, "edges": edges, "episodes": [_strip(e, "e.") for e in episodes],
         "drivers": drivers, "threads": threads,
     }
+
+
+def parse_evidence(text: str | None) -> dict[str, Any]:
+    """An edge's evidence column (JSON text) as a dict; empty when absent or unreadable."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _strip(row: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from compute.explain import explain
+from compute.explain_model import Explanation
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
+from kprobe.commands._explain_text import render
 from kprobe.commands.analyze import compute_settings
 from lake import resolve
 from lake.timespec import parse_instant
@@ -42,12 +43,7 @@ def run(args: argparse.Namespace) -> int:
         start_ns=parse_instant(args.start) if args.start else None,
         end_ns=parse_instant(args.end) if args.end else None)
     if args.format == "json":
-        print(json.dumps({"query": args.txn, "transactions": results}))
+        print(Explanation(query=args.txn, transactions=results).model_dump_json())
         return 0
-    for i, result in enumerate(results):
-        if len(results) > 1:
-            if i:
-                print()
-            print(f"# trace {result['trace_id']} (window {result['window']})")
-        print(result["text"])
+    print(render(results), end="")
     return 0

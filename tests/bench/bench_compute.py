@@ -336,7 +336,7 @@ def main() -> None:
             t = time.perf_counter()
             (result,) = explain(location, payment_id, settings)
             everywhere.append(time.perf_counter() - t)
-            lines += len(result["steps"])
+            lines += len(result.steps)
             window_id = next(w.id for w in windows if w.contains(start_ns))
             t = time.perf_counter()
             explain(location, payment_id, settings, window_ids=[window_id])

@@ -77,7 +77,7 @@ def test_root_cause_is_memcg_reclaim_in_the_settlement_write(
     (step,) = kernel
     assert step["episode"]["subkind"] == "memcg_reclaim", step["episode"]
     assert step["episode"]["memcg"] == report["cgroup_id"]  # the demo's cgroup
-    assert json.loads(step["driver"]["evidence"])["same_memcg"] is True
+    assert step["driver"]["evidence"]["same_memcg"] is True
     assert report["root_cause"]["target"] == step["target"]
 
 

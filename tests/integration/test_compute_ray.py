@@ -78,7 +78,7 @@ def _edges(lake: Path) -> list[tuple[Any, ...]]:
 
 def _root_cause(lake: Path, payment_id: str) -> dict[str, Any]:
     (result,) = explain(resolve(LakeSettings(lake=str(lake))), payment_id, ComputeSettings())
-    root = result["root_cause"] or {}
+    root = result.root_cause.model_dump() if result.root_cause else {}
     return {k: root.get(k) for k in ("kind", "target", "delay_ns", "sufficient")}
 
 

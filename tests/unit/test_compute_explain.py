@@ -1,8 +1,10 @@
-"""``explain``: the chain from the business event to the kernel event, as text and JSON."""
+"""``explain``: the chain from the business event to the kernel event, as typed data (compute),
+as text (``kprobe explain``) and as JSON."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ import pytest
 from compute.analysis import run_window
 from compute.errors import GraphNotFound, NotFound
 from compute.explain import explain, fmt_bytes, fmt_ns
+from compute.explain_model import Explanation, FailureStep, KernelStep
 from compute.settings import ComputeSettings
 from compute.window import Window
 from kprobe.cli import main
+from kprobe.commands._explain_text import LEGEND, chain_lines
 from lake import LakeLocation, LakeSettings, resolve
 from tests.unit.test_compute_scenario import (
     WINDOW_END,
@@ -45,32 +49,48 @@ def test_explain_text(analysed: LakeLocation) -> None:
     [result] = explain(analysed, "98721", ComputeSettings())
     # THEN the chain runs from the payment down to the reclaim and its driver, and ends
     # with the timeout, its root cause, the missed clearing window and the outcome
-    assert result["text"] == EXPECTED
+    assert "\n".join(chain_lines(result)) == EXPECTED
 
 
-def test_explain_json_carries_the_same_content(analysed: LakeLocation) -> None:
+def test_explain_is_typed_data(analysed: LakeLocation) -> None:
     [by_trace] = explain(analysed, "t1".ljust(32, "0"), ComputeSettings())
     [result] = explain(analysed, "98721", ComputeSettings())
-    assert by_trace["steps"] == result["steps"]
-    assert [s["line"] for s in result["steps"]] == result["text"].splitlines()
-    kernel = [s for s in result["steps"] if s["kind"] == "kernel"]
-    assert kernel[0]["cause"] == "memory_pressure" and kernel[0]["span"] == key("c")
-    assert kernel[0]["driver"]["pid"] == 4721 and kernel[0]["delay_ns"] == 790_000_000
-    assert result["failure"]["over_ns"] == 50_000_000
-    assert result["root_cause"]["kind"] == "memory_pressure"
-    assert result["root_cause"]["sufficient"] is True
-    assert result["root_cause"]["driver"].startswith("batch job PID 4721")
-    assert result["concept"] == "Payment" and result["business_id"] == "98721"
-    assert json.loads(json.dumps(result)) == result
+    assert by_trace.steps == result.steps
+    kernel = [s for s in result.steps if isinstance(s, KernelStep)]
+    assert kernel[0].cause == "memory_pressure" and kernel[0].span == key("c")
+    assert kernel[0].driver is not None and kernel[0].driver.pid == 4721
+    assert kernel[0].delay_ns == 790_000_000
+    # evidence arrives parsed (once, by the graph read), not as JSON text
+    assert isinstance(kernel[0].driver.evidence, dict)
+    assert kernel[0].label == "memcg reclaim 790 ms"
+    assert kernel[0].detail == "batch job PID 4721 allocating 1.2 GiB in the same cgroup"
+    assert isinstance(result.failure, FailureStep) and result.failure.over_ns == 50_000_000
+    assert result.root_cause is not None and result.root_cause.kind == "memory_pressure"
+    assert result.root_cause.sufficient is True
+    assert (result.root_cause.driver or "").startswith("batch job PID 4721")
+    assert result.concept == "Payment" and result.business_id == "98721"
+    # the JSON document round-trips to the same typed data, and carries no CLI text
+    doc = Explanation(query="98721", transactions=[result]).model_dump(mode="json")
+    assert Explanation.model_validate(doc).transactions == [result]
+    assert "text" not in doc["transactions"][0]
+    assert all("line" not in step for step in doc["transactions"][0]["steps"])
 
 
 def test_explain_cli(analysed: LakeLocation, capsys: pytest.CaptureFixture[str]) -> None:
     lake = analysed.root
     assert main(["explain", "--lake", lake, "98721"]) == 0
-    assert capsys.readouterr().out == EXPECTED + "\n"
+    out = capsys.readouterr().out
+    legend, block = out.rstrip("\n").split("\n\n")
+    heading, *chain = block.splitlines()
+    assert legend == LEGEND and "left column: time since the event line above" in legend
+    # the heading names the transaction and its start as a UTC time, not nanoseconds
+    assert heading.startswith("# Payment 98721: failed; payment-handler: ")
+    assert re.search(r"started \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z, took", heading)
+    assert "\n".join(chain) == EXPECTED
     assert main(["explain", "--lake", lake, "--format", "json", "98721"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["query"] == "98721" and data["transactions"][0]["text"] == EXPECTED
+    assert data["query"] == "98721"
+    assert data["transactions"][0]["root_cause"]["kind"] == "memory_pressure"
     assert main(["explain", "--lake", lake, "nope"]) == 2
     assert "no transaction, trace or span 'nope'" in capsys.readouterr().err
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from compute.explain import explain
+from compute.explain_model import Explanation
 from compute.settings import ComputeSettings
 from lake import LakeSettings, LakeWriter, resolve
 from query_api.cypher_guard import check_read_only
@@ -88,8 +89,11 @@ def test_explain_is_the_cli_json(analysed_lake: Path, make_client: ClientFactory
     body = make_client().get("/v1/transactions/98721/explain").json()
     expected = explain(resolve(LakeSettings(lake=str(analysed_lake))), "98721",
                        ComputeSettings(graph_cache_dir=tmp_path / "graph-cache"))
-    assert body == {"query": "98721", "transactions": expected}
-    assert "[KERNEL: memcg reclaim 790 ms]" in body["transactions"][0]["text"]
+    assert body == Explanation(query="98721", transactions=expected).model_dump(mode="json")
+    # data, not CLI lines: the kernel step is typed, its words are a label and a detail
+    kernel = [st for st in body["transactions"][0]["steps"] if st["kind"] == "kernel"]
+    assert kernel[0]["label"] == "memcg reclaim 790 ms" and kernel[0]["driver"]["pid"] == 4721
+    assert "text" not in body["transactions"][0]
     missing = make_client().get("/v1/transactions/nope/explain")
     assert_problem(missing, 404, "transaction-not-found", "'nope'")
     assert_problem(make_client().get("/v1/transactions/98721/explain",
@@ -257,9 +261,9 @@ def test_explain_is_cached_per_snapshot_and_never_stale(analysed_lake: Path,
     # THEN the next explanation is computed from the new snapshot, not served from the cache
     after = client.get(url)
     assert after.status_code == 200 and "ledger.post" in after.text
-    assert after.json() == {"query": "98721", "transactions": explain(
+    assert after.json() == Explanation(query="98721", transactions=explain(
         resolve(LakeSettings(lake=str(analysed_lake))), "98721",
-        ComputeSettings(graph_cache_dir=tmp_path / "graph-cache"))}
+        ComputeSettings(graph_cache_dir=tmp_path / "graph-cache"))).model_dump(mode="json")
     # AND the trace graph follows the same rule
     graph = client.get(graph_url).json()
     assert any(n.get("name") == "ledger.post" for n in graph["nodes"])

@@ -88,13 +88,17 @@ export interface Driver {
   cgroup?: string | null;
   bytes?: number | null;
   delay_ns?: number | null;
-  evidence?: string | null;
+  evidence?: Record<string, unknown> | null;
 }
 
 export interface Step {
-  kind: "event" | "kernel" | "failure" | string;
+  kind: "event" | "kernel" | "remote" | "failure" | "missed" | string;
   ts_ns: number;
-  line: string;
+  label: string; // what happened, in words ("memcg reclaim 790 ms")
+  detail?: string; // who or why, for causes and failures
+  depth?: number; // events: 0 = the transaction's own first and last line
+  indent?: number; // kernel lines: 0 under the span, n inside the n-th waited-for thread
+  moment?: "start" | "end";
   span?: string;
   service?: string | null;
   name?: string | null;
@@ -123,7 +127,6 @@ export interface ExplainedTransaction {
   root_cause: RootCause | null;
   other_causes?: RootCause[];
   steps: Step[];
-  text: string;
   window: string;
 }
 

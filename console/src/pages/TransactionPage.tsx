@@ -11,6 +11,7 @@ import { Loading, ProblemMessage } from "../components/ProblemMessage";
 import { ReplayPanel } from "../components/ReplayPanel";
 import { TransactionTimeline } from "../components/TransactionTimeline";
 import { fmtDuration, fmtInstant, nsParam } from "../lib/format";
+import { CHAIN_LEGEND, chainLines } from "../lib/chain";
 import { marksFor } from "../lib/graphModel";
 import { useAsync } from "../lib/useAsync";
 
@@ -54,7 +55,8 @@ function Explained({ explained }: { explained: ExplainedTransaction }) {
         <p className="muted">Trace <code>{trace}</code>, analysed window {explained.window}.</p>
         <details open>
           <summary>The causal chain</summary>
-          <pre className="chain" data-testid="chain" tabIndex={0} aria-label="The causal chain as text">{explained.text}</pre>
+          <p className="muted">{CHAIN_LEGEND}</p>
+          <pre className="chain" data-testid="chain" tabIndex={0} aria-label="The causal chain as text">{chainLines(explained).join("\n")}</pre>
         </details>
       </section>
       <section className="panel" aria-labelledby="graph-title">

@@ -31,11 +31,11 @@ export const explained: ExplainedTransaction = {
   failure: { status_message: "settlement timed out after 750 ms", failure_kind: "timeout" },
   root_cause: { kind: "memory_pressure", name: "memory pressure", target: "mem:vm:113522:1", delay_ns: 773_000_000, via_span: `${TRACE}:write`, driver: "batch job PID 8861 allocating 1.5 GiB in the same cgroup" },
   steps: [
-    { kind: "kernel", ts_ns: T0 + 19_000_000, line: "[KERNEL: memcg reclaim 774 ms]", span: `${TRACE}:write`, cause: "memory_pressure", target: "mem:vm:113522:1", delay_ns: 773_000_000,
+    { kind: "kernel", ts_ns: T0 + 19_000_000, indent: 0, label: "memcg reclaim 774 ms", detail: "batch job PID 8861 allocating 1.5 GiB in the same cgroup", span: `${TRACE}:write`, cause: "memory_pressure", target: "mem:vm:113522:1", delay_ns: 773_000_000,
       episode: { id: "mem:vm:113522:1", kind: "memory_pressure", subkind: "memcg_reclaim", node: "vm", start_ns: T0 - 3_000_000_000, memcg: 113522 },
       driver: { process: "vm:8861", pid: 8861, role: "batch job", comm: "python", bytes: 1_600_000_000 } },
   ],
-  text: "[Payment #PAY-1 received]\n  [KERNEL: memcg reclaim 774 ms]\n[Payment failed]", window: "w",
+  window: "w",
 };
 
 export function report(status: number, body: string, mode: "exact" | "whatif"): ReplayReport {

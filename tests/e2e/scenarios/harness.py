@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from compute.explain import explain
+from compute.explain_model import ExplainedTransaction
 from compute.settings import ComputeSettings
+from kprobe.commands._explain_text import chain_lines
 from lake import LakeSettings, connect, resolve
 from tests.e2e.scenarios.telemetry import GroundTruth, Operation
 from tests.support import REPO
@@ -110,7 +112,7 @@ class ScenarioRun:
     def explain(self, op: Operation) -> Verdict:
         """The same explanation through compute's API (no interpreter start per operation)."""
         (result,) = explain(self.location, op.payment_id, ComputeSettings())
-        return verdict(op, result)
+        return verdict(op, result.model_dump(mode="json"))
 
     @contextmanager
     def kept_on_failure(self, verdicts: list[Verdict] | None = None) -> Iterator[None]:
@@ -247,8 +249,8 @@ def explain_missed(run: ScenarioRun, *, at_least: int) -> list[Verdict]:
 
 def verdict(op: Operation, result: dict[str, Any]) -> Verdict:
     """The root cause ``explain`` gives for one operation, with the culprit it names."""
-    v = Verdict(op.payment_id, bool(result["failed"]), dur_ns=result["dur_ns"],
-                text=result["text"])
+    text = "\n".join(chain_lines(ExplainedTransaction.model_validate(result)))
+    v = Verdict(op.payment_id, bool(result["failed"]), dur_ns=result["dur_ns"], text=text)
     failure = result.get("failure") or {}
     v.over_ns = failure.get("over_ns")
     v.kernel_causes = sorted({s["cause"] for s in result["steps"] if s["kind"] == "kernel"})
