@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,7 @@ from capture_agent.clock import ClockSample, sample_offset
 from capture_agent.drainer import RingDrainer
 from capture_agent.errors import BpfLoadError, CaptureAgentError
 from capture_agent.families import FAMILIES
+from capture_agent.file_store import FileStore, FileStoreConfig
 from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.lake_sink import LakeSink
 from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
@@ -40,7 +41,9 @@ from capture_agent.redaction import RedactionRules
 from capture_agent.sensor import Sensor, object_path
 from capture_agent.spool import Spool
 from capture_agent.targets import Targets
-from lake import LakeSettings, LakeWriter
+from lake import LakeSettings, LakeWriter, payload_keys
+from lake import blobs as lake_blobs
+from lake.errors import LakeError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,10 @@ class AgentConfig:
     # payloads are masked, before anything is written (capture_agent/protection.py)
     redaction: RedactionRules = field(default_factory=RedactionRules)
     mask_pans: bool = True
+    # with payloads: reads of regular files by identity, each version's content stored
+    # once in table blobs (capture_agent/file_store.py), or by their bytes as any payload
+    file_reads: Literal["identity", "bytes"] = "identity"
+    file_max: int = 64 << 20  # a bigger file version is not stored (its reads say so)
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -119,6 +126,14 @@ class Agent:
         self.protection = PayloadProtection(ProtectionConfig(
             config.redaction, config.mask_pans, keep_env=config.payloads,
             payload_cap=config.payload_cap))
+        self.files: FileStore | None = None
+        if config.payloads and config.file_reads == "identity":
+            location = self.writer.location
+            keys = (payload_keys.load(location.payload_key_file)
+                    if location.payload_key_file else None)
+            self.files = FileStore(
+                FileStoreConfig(max_file_bytes=config.file_max, mask_pans=config.mask_pans),
+                present=lambda hour, names: self._blobs_present(hour, names), keys=keys)
         self.counters = AgentCounters()
         self.families: list[LoadedFamily] = []
         self.clock: ClockSample = sample_offset()
@@ -252,7 +267,27 @@ class Agent:
             log.error("cannot convert %d %s records: %s", len(batch), table, err)
             self.sink.count_loss(table, "convert_failed", len(batch))
             return
+        if table == "syscall_data" and self.files is not None:
+            # the contents of the files read by identity, stored once, before the rows
+            # that name them
+            try:
+                converted, blobs, missing = self.files.process(converted)
+            except (pa.ArrowException, ValueError, OSError) as err:  # rows keep blob ""
+                log.error("file store: %d rows: %s", converted.num_rows, err)
+                blobs, missing = None, {"file_store_failed": converted.num_rows}
+            if blobs is not None:
+                self._submit_protected("blobs", blobs)
+            for reason, count in missing.items():
+                self.sink.count_loss("blobs", reason, count)
         self._submit_protected(table, converted)
+
+    def _blobs_present(self, hour: str, names: list[str]) -> set[str]:
+        """Which names the lake's hour holds (another node's); none if it cannot say."""
+        try:
+            return lake_blobs.present(self.writer.location, hour, names)
+        except LakeError as err:
+            log.warning("cannot ask the lake which file contents it holds: %s", err)
+            return set()
 
     def _submit_protected(self, table: str, rows: pa.Table) -> None:
         """Secrets redacted and card numbers masked first; rows that cannot be are lost
@@ -358,6 +393,7 @@ class Agent:
             "payloads": self.config.payloads,
             "payload_cap": self.config.payload_cap,
             "vdso_clocks": self.config.vdso_clocks,
+            "files_by_identity": self.config.file_reads == "identity",
         }
         fields = getattr(config_cls, "__dataclass_fields__", {})
         return config_cls(**{k: v for k, v in wanted.items() if k in fields})

@@ -163,6 +163,8 @@ class PayloadProtection:
         self.stats.held_rows = len(held)
         if not out["ts_ns"]:
             return None
+        out["blob"] = [None] * len(out["ts_ns"])  # exec regions are bytes, never file reads
+        out["blob_offset"] = [None] * len(out["ts_ns"])
         return pa.table(out, schema=table_spec("syscall_data").payload_schema)
 
     def _redact_region(self, region: bytes, arg: int) -> bytes:

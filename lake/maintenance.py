@@ -44,7 +44,7 @@ def retain(
     ``keep_ns`` is ever removed.
 
     ``keep_payloads_ns`` (shorter): what programs exchanged is kept only that long. A table
-    that is all payload (one with a sealable column: ``syscall_data``) loses its hours
+    that is all payload (``syscall_data``, ``blobs``) loses its hours
     past it; a table with sensitive columns beside its events (``processes.env``) keeps its
     rows and gets those columns nulled in the hours past it (a rewrite of those hours'
     files, once: an hour already nulled is not rewritten again). The files replaced leave
@@ -58,7 +58,7 @@ def retain(
     for name in tables or list(TABLE_NAMES):
         report = TableReport(name)
         table_spec = spec(name)
-        drop_before = payload_cutoff if table_spec.sealed_column else cutoff
+        drop_before = payload_cutoff if table_spec.all_payload else cutoff
         with translate_errors(f"retain {name}"):
             dt = open_table(location, name)
             if dt is None:
@@ -70,7 +70,7 @@ def retain(
                 metrics = dt.delete(f"hour < '{drop_before}'")
                 report.removed_files = int(metrics.get("num_removed_files", 0))
                 report.dropped_hours = old
-            if table_spec.sensitive and not table_spec.sealed_column:
+            if table_spec.sensitive and not table_spec.all_payload:
                 scrub = sorted(h for h in hours if drop_before <= h < payload_cutoff)
                 report.scrubbed_hours = _scrub(dt, scrub, table_spec.sensitive)
             report.vacuumed_files = len(

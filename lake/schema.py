@@ -51,6 +51,9 @@ class TableSpec:
     # The binary column the writer may encrypt at rest (lake/sealing.py); the table then
     # stores SEAL_FIELDS too, written by the writer (null when stored in the clear).
     sealed_column: str | None = None
+    # All payload (what programs exchanged), kept only as long as payloads are
+    # (``kprobe lake retain --keep-payloads``): syscall_data, blobs.
+    all_payload: bool = False
 
     @property
     def payload_schema(self) -> pa.Schema:
@@ -153,11 +156,34 @@ _SPECS: tuple[TableSpec, ...] = (
             _f("data", pa.binary()),
             _f("total_len", _I64),  # bytes the syscall produced, before the cap
             _f("truncated", pa.bool_()),
+            # A read of a regular file recorded by identity: its bytes are
+            # content[blob_offset:blob_offset + total_len] of table `blobs`' row `blob`
+            # (data then holds the file's identity, capture_agent/families/syscalls.py
+            # FILE_ID). Null blob: bytes in `data`. Empty: the content could not be stored
+            # (the file changed or went away first: `truncated` is true).
+            _f("blob", _STR),
+            _f("blob_offset", _I64),
         ),
         "ts_ns",
         "bytes a syscall wrote into user memory (replay input)",
         sensitive=("data", *SEAL_COLUMNS),
         sealed_column="data",
+        all_payload=True,
+    ),
+    TableSpec(
+        "blobs",
+        (
+            _f("ts_ns", _I64, False),  # when stored
+            # the content's name: hex SHA-256 of `data` (keyed when sealed, lake/sealing.py)
+            _f("blob", _STR, False),
+            _f("size", _I64),
+            _f("data", pa.binary()),  # masked as payloads are; sealed when a key is set
+            _f("seal", pa.binary()),  # the envelope of a sealed blob; null in the clear
+        ),
+        "ts_ns",
+        "a file version's content, stored once per hour for the reads that name it",
+        sensitive=("data", "seal"),
+        all_payload=True,
     ),
     TableSpec(
         "net",

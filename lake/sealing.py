@@ -39,6 +39,7 @@ ciphertext; a wrong key or key file is a one-line ``PayloadKeyError``; an altere
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import struct
@@ -83,9 +84,9 @@ class Envelope:
     header: bytes  # everything before the tag: part of the associated data
 
     @classmethod
-    def parse(cls, seal: bytes) -> Envelope:
+    def parse(cls, seal: bytes, magic: bytes = MAGIC) -> Envelope:
         try:
-            if seal[:4] != MAGIC:
+            if seal[:4] != magic:
                 raise ValueError("not a kprobe seal")
             n = seal[4]
             kid = seal[5:5 + n].decode("ascii")
@@ -318,6 +319,79 @@ class SegmentOpener:
         while self._held > self.cache_bytes and len(self._plain) > 1:
             _, dropped = self._plain.popitem(last=False)
             self._held -= dropped.size
+
+
+# -- blobs: one file version's content, sealed on its own ------------------------------------------
+#
+# A blob (table ``blobs``: capture_agent/file_store.py) is sealed alone, with the same
+# construction as a segment (a fresh X25519 agreement with the active public key, HKDF,
+# AES-256-GCM), its name as the associated data: a blob cannot be moved under another
+# name. Its name is the SHA-256 of its content in the clear; when sealed, an HMAC-SHA256
+# keyed from the active public key (HKDF), so a lake reader without the key file cannot
+# confirm a guess of a small file's content from its name, while every agent writing for
+# that key still names the same content the same (deduplication across nodes). A reader
+# checks the name of what it opened.
+
+BLOB_MAGIC = b"KPB1"
+_BLOB_INFO = b"kprobe blob seal v1"
+_NAME_INFO = b"kprobe blob name v1"
+
+
+def _name_key(public: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, None, _NAME_INFO).derive(public)
+
+
+def blob_name(content: bytes, public: bytes | None = None) -> str:
+    """The name ``content`` is stored under: its hex SHA-256, or with the active payload
+    key's ``public`` bytes, the HMAC-SHA256 keyed from it."""
+    if public is None:
+        return hashlib.sha256(content).hexdigest()
+    return hmac.new(_name_key(public), content, hashlib.sha256).hexdigest()
+
+
+def seal_blob(content: bytes, name: str, keys: PayloadKeys) -> tuple[bytes, bytes]:
+    """(ciphertext, seal) of a blob for the active key of ``keys``."""
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_pub = _raw(ephemeral.public_key())
+    recipient = keys.active
+    dek = HKDF(hashes.SHA256(), 32, None,
+               _BLOB_INFO + ephemeral_pub + recipient.public_bytes).derive(
+        ephemeral.exchange(recipient.public))
+    nonce = os.urandom(_NONCE)
+    kid = recipient.id.encode("ascii")
+    header = (BLOB_MAGIC + bytes([len(kid)]) + kid + ephemeral_pub + nonce
+              + _HEAD.pack(len(content), 1))
+    sealed = AESGCM(dek).encrypt(nonce, content, header + name.encode("ascii"))
+    return sealed[:-_TAG], header + sealed[-_TAG:]
+
+
+def open_blob(data: bytes, seal: bytes | None, name: str, keys: PayloadKeys | None) -> bytes:
+    """The content of blob ``name`` (``seal`` None: stored in the clear), checked against
+    its name; PayloadKeyError without the key, PayloadIntegrityError if altered."""
+    if seal is None:
+        if hashlib.sha256(data).hexdigest() != name:
+            raise PayloadIntegrityError(f"blob {name[:16]}: its content does not match its "
+                                        f"name: altered or corrupt")
+        return data
+    envelope = Envelope.parse(seal, BLOB_MAGIC)
+    if keys is None:
+        raise PayloadKeyError(f"blob {name[:16]} is sealed for key {envelope.key_id}: give "
+                              f"the lake's payload key file (KPROBE_PAYLOAD_KEY_FILE)")
+    private = keys.private(envelope.key_id)
+    recipient = _raw(private.public_key())
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(envelope.ephemeral))
+        dek = HKDF(hashes.SHA256(), 32, None,
+                   _BLOB_INFO + envelope.ephemeral + recipient).derive(shared)
+        plain = AESGCM(dek).decrypt(envelope.nonce, data + envelope.tag,
+                                    envelope.header + name.encode("ascii"))
+    except (ValueError, InvalidTag):
+        raise PayloadIntegrityError(f"sealed blob {name[:16]} failed authentication: altered "
+                                    f"or corrupt") from None
+    if blob_name(plain, recipient) != name:
+        raise PayloadIntegrityError(f"sealed blob {name[:16]}: its content does not match "
+                                    f"its name")
+    return plain
 
 
 # -- binary slices without a loop per row --------------------------------------------------------

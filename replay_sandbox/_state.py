@@ -49,7 +49,7 @@ GETRANDOM = 318
 LOOKAHEAD = 64
 TSC_PER_NS = 3  # a 3 GHz virtual TSC
 LIVE_OPENS = frozenset({2, 257, 85, 437, 41})  # what-if: unrecorded opens/sockets are real
-RUN_FOR_REAL = frozenset({Policy.NEW_FD, Policy.REAL, Policy.SIGNAL})
+RUN_FOR_REAL = frozenset({Policy.NEW_FD, Policy.REAL, Policy.SIGNAL, Policy.MAP})
 WAIT_AS_INPUT = 0  # a ready fd in a wait result is matched as if read
 MAX_RW_COUNT = 0x7FFF_F000  # the kernel's largest read/write count
 VECTOR_OUTPUT = 1 << 20  # iovec / msghdr outputs: at most this much of what the buffers hold
@@ -123,6 +123,10 @@ class Task:
     awaiting_sigstop: bool = False  # a new task's first stop is still to come
     announced: bool = False  # its parent's fork/clone event was handled
     parked: bool = False  # stopped at its first stop, waiting for that event
+    # past the end of its recording while the process's recording ends with an exit:
+    # never resumed (the process's exit takes it, as it did when recorded)
+    finished: bool = False
+    restart_row: Row | None = None  # a wait for a child interrupted by a signal, to redo
     pending_child_rec: int | None = None
     synth_clock: int = 0
     injecting: bool = False  # running syscalls the tracer injected (see serving._inject)
@@ -210,14 +214,18 @@ class EngineState:
         self.seen_pids: set[int] = set()  # every traced task, to reap what is re-parented
         self.sandbox_info: dict[str, object] = {}  # the report's "sandbox"
         self.procs: dict[int, Proc] = {}
+        self.served_tasks = 0  # tasks of the replayed program (its threads, its tree) alive
         self.target: Proc | None = None
         self.execs_seen = 0
         self.status: Status = "completed"
         self.divergence: Divergence | None = None
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
-        self.replayed: dict[int, bytearray] = defaultdict(bytearray)  # kept, up to the caps
-        self.output_bytes: dict[int, int] = defaultdict(int)  # written in all, per fd
+        # what each process (recorded pid) wrote to each fd: kept up to the caps, and counted
+        self.replayed: dict[tuple[int, int], bytearray] = defaultdict(bytearray)
+        self.output_bytes: dict[tuple[int, int], int] = defaultdict(int)
+        self.child_exits: dict[int, tuple[int | None, int | None]] = {}  # pid -> exit, signal
+        self.first_cut: tuple[int, int] | None = None  # (tid, seq) of the first cut payload
         self.kept_bytes = 0
         self.peer_bytes = 0  # what-if: bytes served from recorded peers
         self.notes: list[str] = []
@@ -231,11 +239,31 @@ class EngineState:
         self.consumed = bytearray(total)
         self.frontier = 0
         self.release_pending = False
-        self.token: Task | None = None  # the thread of the program allowed to run user code
+        # per process, the thread allowed to run user code (processes run side by side)
+        self.tokens: dict[int, Task] = {}
         self._last_shift = 0
         self.rec_to_ns: dict[int, int] = {}  # recorded pid/tid -> pid/tid in the sandbox
         self.rng = random.Random(self.opts.seed)
         self.exec_argv0: bytes | None = None
+        self.exec_pwd: str | None = None  # the recorded environment's PWD=... entry
+
+    def recorded_id(self, value: int) -> int:
+        """A pid/tid as the recording knew it: the sandbox's own ids reach the program
+        through memory the kernel writes (a thread's tid in its pthread struct) and come
+        back in arguments (pthread_getcpuclockid, pthread_kill)."""
+        for rec, ns in self.rec_to_ns.items():
+            if ns == value:
+                return rec
+        return value
+
+    def canonical_clock(self, clk: int) -> int:
+        """A clock id with the pid or tid of a CPU-time clock (negative ids:
+        ``~pid << 3 | type``) in the recording's numbering."""
+        clk = P.to_signed(clk & 0xFFFF_FFFF | (-(1 << 32) if clk & 1 << 31 else 0))
+        if clk >= 0:
+            return clk
+        pid = ~(clk >> 3)
+        return (~self.recorded_id(pid) << 3) | (clk & 7)
 
     def _resume(self, task: Task, sig: int = 0, chosen: bool = False) -> None:
         """Let it go on (PTRACE_CONT, or PTRACE_SYSCALL when its exit matters). With several
@@ -245,13 +273,15 @@ class EngineState:
             # One thread of the program runs user code at a time: of the threads ready to
             # run, the one whose stretch of user code began first in the recording (a free
             # lock is taken somewhere in that stretch: the earliest starter took it first).
-            free = self.token is None or self.token is task
-            if chosen or free and not any(t is not task and self._runs_before(t, task)
+            holder = self.tokens.get(proc.pid)
+            free = holder is None or holder is task
+            if chosen or free and not any(t is not task and t.proc is proc
+                                          and self._runs_before(t, task)
                                           for t in self.tasks.values()):
-                self.token = task
+                self.tokens[proc.pid] = task
             else:
-                if self.token is task:
-                    self.token = None
+                if holder is task:
+                    del self.tokens[proc.pid]
                     self.release_pending = True
                 task.wants_token = True
                 task.park_sig = sig
@@ -265,8 +295,10 @@ class EngineState:
                 raise
 
     def _my_turn(self, task: Task, row: Row) -> bool:
-        """Its row is the earliest unserved one, and no other thread is running."""
-        return row.order <= self.frontier and (self.token is None or self.token is task)
+        """Its row is the earliest unserved one, and no other thread of its process is
+        running."""
+        holder = self.tokens.get(task.process.pid)
+        return row.order <= self.frontier and (holder is None or holder is task)
 
     def _skip_sync_rows(self, task: Task, clock_read: bool = False) -> Row | None:
         """A recorded futex the replay does not make (the lock was free this time) is
@@ -275,10 +307,11 @@ class EngineState:
         own timed waits (CPython's GIL handoff) read the clock as often as the scheduler
         made them wait, which a replay run one thread at a time does not repeat."""
         row = task.head()
-        while row is not None and (SPECS[row.nr].policy is Policy.SYNC
-                                   or (row.vdso and not clock_read)):
+        while row is not None and (SPECS[row.nr].policy in (Policy.SYNC, Policy.MAP)
+                                   or row.taken or (row.vdso and not clock_read)):
             self._consume(task, task.pos)
-            self.stats["clock_skipped" if row.vdso else "sync_skipped"] += 1
+            if not row.taken:
+                self.stats["clock_skipped" if row.vdso else "sync_skipped"] += 1
             row = task.head()
         return row
 
@@ -294,8 +327,8 @@ class EngineState:
 
     @property
     def several_threads(self) -> bool:
-        target = self.target
-        return target is not None and target.threads > 1
+        """More than one task is served (threads, or processes of a tree): order matters."""
+        return self.served_tasks > 1
 
     def _hold(self, task: Task) -> None:
         """Keep it at its stop until its turn; another thread may run meanwhile."""
@@ -303,8 +336,9 @@ class EngineState:
         self._release_token(task)
 
     def _release_token(self, task: Task) -> None:
-        if self.token is task:
-            self.token = None
+        proc = task.proc
+        if proc is not None and self.tokens.get(proc.pid) is task:
+            del self.tokens[proc.pid]
             self.release_pending = True
 
     def _consume(self, task: Task, index: int, defer: bool = False) -> None:
@@ -336,19 +370,20 @@ class EngineState:
         return b"".join(data for a, _o, data, _t in rows if a == arg)
 
     # -- outputs (kept up to the caps, then counted) ----------
-    def _output_room(self, fd: int) -> int:
+    def _output_room(self, task: Task, fd: int) -> int:
         limits = self.opts.limits
-        return max(0, min(limits.output_per_fd - len(self.replayed[fd]),
+        return max(0, min(limits.output_per_fd - len(self.replayed[(task.process.rec_pid, fd)]),
                           limits.output_total - self.kept_bytes))
 
-    def _keep_output(self, fd: int, data: bytes, count: int) -> None:
+    def _keep_output(self, task: Task, fd: int, data: bytes, count: int) -> None:
         """``count`` bytes written to ``fd``, of which ``data`` (a prefix) are kept."""
-        room = self._output_room(fd)
+        room = self._output_room(task, fd)
+        key = (task.process.rec_pid, fd)
         if room:
             kept = data[:room]
-            self.replayed[fd] += kept
+            self.replayed[key] += kept
             self.kept_bytes += len(kept)
-        self.output_bytes[fd] += max(count, 0)
+        self.output_bytes[key] += max(count, 0)
 
     def _offered(self, task: Task, spec: SyscallSpec, args: tuple[int, ...]) -> int:
         """How many bytes an output call hands over: a flat buffer's length (the kernel's
@@ -373,10 +408,10 @@ class EngineState:
         """What-if: keep what an output call writes (up to the caps); its return value."""
         fd = fd_of(spec.nr, args)
         offered = self._offered(task, spec, args)
-        want = min(offered, self._output_room(fd))
+        want = min(offered, self._output_room(task, fd))
         data = self._read_in(task, spec, 1, args, want) if want else b""
         count = offered if len(data) == want else len(data)  # short: unreadable memory
-        self._keep_output(fd, data, count)
+        self._keep_output(task, fd, data, count)
         return count
 
     # -- serving ----------

@@ -44,6 +44,7 @@ from replay_sandbox import vdso
 from replay_sandbox._state import (
     EXECVE,
     FCNTL,
+    MASK,
     LOOKAHEAD,
     RUN_FOR_REAL,
     Proc,
@@ -55,11 +56,14 @@ from replay_sandbox._state import (
     runs_first,
     tgid,
 )
+from replay_sandbox.context import RLIM_INFINITY, RLIMIT_NAMES, ProcessContext
 from replay_sandbox.errors import RecordingError, SandboxError, TracerError
 from replay_sandbox.limits import ReplayCgroup
 from replay_sandbox.recording import Recording, Row, redaction_notes
+from replay_sandbox.runtimes import runtime_notes
 from replay_sandbox.report import (
     CallInfo,
+    ChildReport,
     Divergence,
     ReplayReport,
     compare_outputs,
@@ -85,6 +89,8 @@ __all__ = ["Engine", "ReplayOptions", "replay"]
 
 # sched_yield, wait4, waitid, pause, rt_sigsuspend, rt_sigtimedwait (futex is a SYNC row)
 BLOCKING_CALLS = frozenset({24, 61, 247, 34, 130, 128})
+WAIT_CHILD = frozenset({61, 247})  # wait4, waitid
+CLOCK_ID_CALLS = frozenset({228, 229, 230})  # clock_gettime, clock_getres, clock_nanosleep
 
 # KPROBE_REPLAY_TRACE=1: one stderr line per served stop (row matched or not), to find
 # where a replay leaves its recording before the divergence report does
@@ -143,7 +149,13 @@ class Engine(IoServing):
             self._reap_orphans()
             P.prctl(P.PR_SET_CHILD_SUBREAPER, subreaper.value)
             self._limit_usage(cgroup.usage())
+            context = self.rec.process.context
             self.sandbox_info = {"host_uid": HOST_UID if self.opts.sandbox else 0,
+                                 # what the program saw when recorded, and is told again
+                                 "recorded_ids": None if context is None else {
+                                     "uid": context.uid, "euid": context.euid,
+                                     "gid": context.gid, "egid": context.egid,
+                                     "as_its_namespace_saw_them": context.ids_mapped},
                                  "cgroups": sorted({str(p) for p in cgroup.dirs.values()}),
                                  "limits": self.opts.limits.to_json()}
             cgroup.remove()
@@ -165,9 +177,11 @@ class Engine(IoServing):
         argv = self.opts.argv if self.opts.argv is not None else list(proc.argv)
         self.notes.extend(redaction_notes(env, argv))
         exe = self.opts.exe or proc.exe
+        self.notes.extend(runtime_notes(exe, self.rec.real_paths))
         if not argv:
             argv = [exe]
         self.exec_argv0 = argv[0].encode()
+        self.exec_pwd = next((e for e in env if e.startswith("PWD=")), None)
         cpu = self.opts.cpu
         if cpu == -1:
             cpu = max(os.sched_getaffinity(0))
@@ -180,13 +194,19 @@ class Engine(IoServing):
         # host files a changed command line names are shown read-only (private /tmp hides them)
         named = [a for a in argv[1:] if self.opts.argv is not None and a.startswith("/")
                  and os.path.exists(a)]
+        context = proc.context
         spec = LaunchSpec(exe=exe, argv=argv, env=env, cwd=proc.cwd, sandbox=self.opts.sandbox,
                           ro_paths=self.rec.real_paths, named_paths=tuple(named),
                           named_any=self.opts.named_files == "any",
                           exe_recorded=exe == proc.exe, hidden=self.opts.hidden_paths,
                           initial_fds=frozenset(self.rec.initial_fds), cpu=cpu,
                           stderr_path=self._stderr_path, limits=self.opts.limits,
-                          notes=self.notes)
+                          notes=self.notes,
+                          hostname=context.hostname if context and context.hostname
+                          else "replay",
+                          umask=context.umask if context else None,
+                          recorded_rlimits=_recorded_rlimits(context),
+                          placeholder_kinds={d.fd: d.kind for d in proc.descriptors or ()})
         return spec
 
     def _limit_usage(self, usage: dict[str, float]) -> None:
@@ -281,8 +301,7 @@ class Engine(IoServing):
             if self.deadline_hit or time.monotonic() > self._deadline:
                 self._timed_out()
                 raise StopReplay
-            stuck = self.token is None and self.several_threads and any(
-                t.held or t.wants_token or t.fd_wait is not None for t in self.tasks.values())
+            stuck = self._stuck()
             if not stuck:
                 try:
                     pid, status = os.waitpid(-1, P.WALL)
@@ -304,6 +323,17 @@ class Engine(IoServing):
                 pause = min(pause * 2, 2e-3)
             self._relax()
 
+    def _stuck(self) -> bool:
+        """Tasks wait for their turn and none of the others is running (each is waiting
+        too, or blocked in a real wait): no stop may come, so the wait must poll."""
+        if not self.several_threads:
+            return False
+        served = [t for t in self.tasks.values() if t.proc is not None]
+        if not any(t.held or t.wants_token or t.fd_wait is not None for t in served):
+            return False
+        return not any(not (t.held or t.wants_token or t.fd_wait is not None or t.finished
+                            or t.in_wait) for t in served)
+
     def _timed_out(self) -> None:
         self.status = "timeout"
         self.notes.append(f"replay stopped after {self.opts.timeout_s:g} s of wall time")
@@ -319,6 +349,7 @@ class Engine(IoServing):
         if proc is None:
             return
         proc.threads -= 1
+        self.served_tasks -= 1
         self._release_token(task)
         self.release_pending = True  # a lone thread left parked must get going
         if task.mark_at_exit is not None:
@@ -329,26 +360,59 @@ class Engine(IoServing):
             self._abandon([r.order for r in left])
         if task.tid != proc.pid:
             return
+        # rows that are hints, not calls to reproduce, do not say the recording continues
+        left = [r for r in left if not (r.vdso or r.taken or SPECS[r.nr].policy in (
+            Policy.SYNC, Policy.MAP))]
+        proc.mem.close()
+        self.procs.pop(proc.pid, None)
+        if proc is not self.target:
+            self._child_ended(task, proc, stop, left)
+            return
         self._last_shift = task.shift_ns
         if stop.exited:
             self.exit_code = stop.exit_code
         else:
             self.exit_signal = stop.term_sig
-        proc.mem.close()
-        self.procs.pop(proc.pid, None)
-        if self.exact and self.status == "completed" and proc is self.target:
+        if self.exact and self.status == "completed":
             self._check_end(task, left)
+
+    def _child_ended(self, task: Task, proc: Proc, stop: P.Stop, left: list[Row]) -> None:
+        """A process of the tree ended: kept for the report and, in exact mode, checked
+        against its recorded end."""
+        code = stop.exit_code if stop.exited else None
+        sig = None if stop.exited else stop.term_sig
+        self.child_exits[proc.rec_pid] = (code, sig)
+        info = self.rec.children.get(proc.rec_pid)
+        if not self.exact or self.status != "completed" or info is None:
+            return
+        recorded = info.exit_code
+        how = f"killed by signal {sig}" if sig is not None else f"exit code {code}"
+        want = (f"exit code {recorded}" if recorded is None or recorded >= 0
+                else f"killed by signal {-recorded}")
+        if left and recorded is not None:
+            reason = f"process {proc.rec_pid} ended ({how}) where its recording continues"
+        elif recorded is not None and (code if sig is None else -sig) != recorded:
+            reason = f"process {proc.rec_pid} ended with {how}, recorded {want}"
+            left = []
+        else:
+            return
+        self.status = "diverged"
+        row = left[0] if left else None
+        self.divergence = Divergence(reason, task.rec_tid, task.tid, row.seq if row else None,
+                                     recorded_call(row) if row else None, None)
 
     def _check_end(self, task: Task, left: list[Row]) -> None:
         """Exact mode: the process must end where and how the recording did."""
-        recorded = self.rec.process.exit_code
+        recorded = self.rec.process.exit_code  # -N: killed by signal N
         how = (f"killed by signal {self.exit_signal}" if self.exit_signal is not None
                else f"exit code {self.exit_code}")
+        ended = -self.exit_signal if self.exit_signal is not None else self.exit_code
         if left and recorded is not None:
             reason = f"the process ended ({how}) where the recording continues"
-        elif recorded is not None and (self.exit_signal is not None
-                                       or self.exit_code != recorded):
-            reason = f"the process ended with {how}, recorded exit code {recorded}"
+        elif recorded is not None and ended != recorded:
+            want = (f"killed by signal {-recorded}" if recorded < 0
+                    else f"exit code {recorded}")
+            reason = f"the process ended with {how}, recorded {want}"
             left = []
         else:
             return
@@ -414,6 +478,7 @@ class Engine(IoServing):
     def _adopt(self, task: Task, proc: Proc, rec_tid: int) -> None:
         task.proc = proc
         proc.threads += 1
+        self.served_tasks += 1
         task.rec_tid = rec_tid
         task.rows = self.rec.threads.get(rec_tid, [])
         task.ns_tid = ns_tid(task.tid)
@@ -423,6 +488,21 @@ class Engine(IoServing):
         if not task.rows:
             self.notes.append(f"thread {task.tid} has no recorded syscalls (recorded tid "
                               f"{rec_tid}); its calls are synthesized")
+
+    def _adopt_child(self, task: Task, parent: Task, rec_pid: int) -> None:
+        """A process of the tree (``--tree``) forked: served from its own recording, with
+        what a fork copies (descriptors, the patched vDSO), at its parent's time shift."""
+        parent_proc = parent.process
+        proc = Proc(task.tid, P.TraceeMemory(task.tid), rec_pid, ns_tid(task.tid))
+        proc.vdso_returns = dict(parent_proc.vdso_returns)
+        proc.fd_kind = dict(parent_proc.fd_kind)
+        proc.fd_path = dict(parent_proc.fd_path)
+        proc.live_fds = set(parent_proc.live_fds)
+        self.procs[task.tid] = proc
+        self._adopt(task, proc, rec_pid)
+        task.shift_ns = parent.shift_ns
+        task.now_ns += parent.shift_ns if task.rows else parent.now_ns - task.now_ns
+        self.stats["processes"] += 1
 
     def _patch_vdso(self, proc: Proc) -> None:
         patched = vdso.patch(proc.pid, proc.mem)
@@ -447,8 +527,14 @@ class Engine(IoServing):
                 task.shift_ns = parent.shift_ns
                 task.now_ns += parent.shift_ns if task.rows else parent.now_ns - task.now_ns
             else:
-                self.notes.append(f"child process {new_tid} (recorded pid {rec_tid}) runs "
-                                  f"for real, unserved")
+                child = self.rec.children.get(rec_tid) if rec_tid is not None else None
+                if rec_tid is not None:  # waits and kills name the recorded pid
+                    self.rec_to_ns[rec_tid] = ns_tid(new_tid)
+                if child is not None:
+                    self._adopt_child(task, parent, child.pid)
+                else:
+                    self.notes.append(f"child process {new_tid} (recorded pid {rec_tid}) "
+                                      f"runs for real, unserved")
         if task.parked:
             task.parked = False
             self._resume(task)
@@ -464,21 +550,54 @@ class Engine(IoServing):
                 self._set_argv0(task, regs)
             self._resume(task)
             return
+        if regs.orig_rax in WAIT_CHILD:
+            self._on_wait_child(task, regs)
+            return
         if regs.orig_rax in BLOCKING_CALLS:
             self._on_blocking_call(task)
             return
         self._serve(task, regs)
 
     def _set_argv0(self, task: Task, regs: P.UserRegs) -> None:
-        """bwrap cannot set argv[0]: point its final execve's argv[0] at the recorded one."""
+        """bwrap cannot set argv[0]: point its final execve's argv[0] at the recorded one.
+        And bwrap sets PWD to the directory it changed to: give the environment's PWD
+        back its recorded value (a program may have been started with a stale one, and a
+        shell checks it against its working directory)."""
         argv0 = self.exec_argv0 or b""
         mem = P.TraceeMemory(task.tid)
         try:
             where = (regs.rsp - 16384 - len(argv0)) & ~15
             mem.write(where, argv0 + b"\0")
             mem.write(regs.rsi, struct.pack("<Q", where))
+            self._restore_pwd(mem, regs.rdx, where)
         finally:
             mem.close()
+
+    def _restore_pwd(self, mem: P.TraceeMemory, envp: int, below: int) -> None:
+        recorded = self.exec_pwd
+        at = envp
+        for _ in range(65536):
+            pointer = struct.unpack("<Q", mem.read(at, 8))[0]
+            if not pointer:
+                return
+            if mem.read_cstring(pointer, 4) == b"PWD=":
+                if recorded is None:  # not in the recorded environment: drop it
+                    rest = []
+                    follow = at + 8
+                    while True:
+                        nxt = struct.unpack("<Q", mem.read(follow, 8))[0]
+                        rest.append(nxt)
+                        if not nxt:
+                            break
+                        follow += 8
+                    mem.write(at, struct.pack(f"<{len(rest)}Q", *rest))
+                    return
+                value = recorded.encode(errors="surrogateescape") + b"\0"
+                place = (below - 64 - len(value)) & ~15
+                mem.write(place, value)
+                mem.write(at, struct.pack("<Q", place))
+                return
+            at += 8
 
     def _serve(self, task: Task, regs: P.UserRegs) -> None:
         proc = task.proc
@@ -491,6 +610,9 @@ class Engine(IoServing):
         via_vdso = regs.rip in proc.vdso_returns
         if spec.policy is Policy.CLOCK or via_vdso:
             self._serve_clock(task, regs, spec, via_vdso)
+            return
+        if spec.policy is Policy.MAP:
+            self._on_map(task, regs, spec)
             return
         if spec.policy is Policy.SYNC:
             # a real synchronisation: holding it could only deadlock (the thread another
@@ -541,6 +663,8 @@ class Engine(IoServing):
             self._serve_new_fd(task, regs, spec, row, args)
         elif policy is Policy.SIGNAL:
             self._serve_signal(task, regs, spec, row, args)
+        elif policy is Policy.MAP:
+            self._serve_map(task, regs, spec, row, args)
         else:
             self._run_real(task, regs, spec, row, args)
 
@@ -557,15 +681,16 @@ class Engine(IoServing):
                     if row is None or self._my_turn(task, row):
                         task.held = False
                         self._serve(task, task.regs)
-            if self.token is None:
-                waiting = [t for t in self.tasks.values() if t.wants_token]
-                if waiting:
-                    chosen = next((c for c in waiting if not any(
-                        o is not c and runs_first(o, o.pos, c, c.pos) for o in waiting)),
-                        waiting[0])
-                    chosen.wants_token = False
-                    # the rule is pairwise, not an order: the choice made here is final
-                    self._resume(chosen, chosen.park_sig, chosen=True)
+            for proc in {t.proc for t in self.tasks.values() if t.wants_token}:
+                if proc is None or proc.pid in self.tokens:
+                    continue
+                waiting = [t for t in self.tasks.values() if t.wants_token and t.proc is proc]
+                chosen = next((c for c in waiting if not any(
+                    o is not c and runs_first(o, o.pos, c, c.pos) for o in waiting)),
+                    waiting[0])
+                chosen.wants_token = False
+                # the rule is pairwise, not an order: the choice made here is final
+                self._resume(chosen, chosen.park_sig, chosen=True)
 
     def _on_blocking_call(self, task: Task) -> None:
         """futex, sched_yield, the wait family: they run for real and may block on another
@@ -602,6 +727,12 @@ class Engine(IoServing):
             self._schedule()
             return
         order = min(t.rows[t.pos].order for t in held)
+        if _TRACE:
+            waiting = [(r.tid, r.seq, r.name) for rows in self.rec.threads.values() for r in rows
+                       if self.frontier <= r.order < order and not self.consumed[r.order]]
+            print(f"relax: giving up {waiting[:10]}; held "
+                  f"{[(t.rec_tid, t.rows[t.pos].seq, t.rows[t.pos].name) for t in held]}",
+                  file=sys.stderr)
         given_up = self._abandon(range(self.frontier, order))
         self.stats["relaxed"] += 1
         self.notes.append(f"cross-thread order relaxed: {given_up} recorded syscalls of other "
@@ -636,6 +767,9 @@ class Engine(IoServing):
         loose = not self.exact or spec.policy is Policy.OUTPUT
         for i in spec.compare:  # what-if compares only the descriptor
             if P.to_signed(args[i]) != row.args[i] and (not loose or spec.fd_arg == i):
+                if i == 0 and spec.nr in CLOCK_ID_CALLS and self.canonical_clock(
+                        args[0]) == self.canonical_clock(row.args[0] & MASK):
+                    continue
                 return False
         if spec.policy is Policy.OUTPUT:
             return True
@@ -656,6 +790,66 @@ class Engine(IoServing):
                 if actual != recorded:
                     return False
         return True
+
+    def _on_map(self, task: Task, regs: P.UserRegs, spec: SyscallSpec) -> None:
+        """mmap: placed where the recording's was, when there is one to follow; never a
+        point of order between threads, nor a divergence by itself (a mapping is neither
+        input nor output: a program whose later calls depend on an address shows it there).
+
+        The row followed is the thread's next one if it matches (only futex, clock and
+        other mmap rows before it), else the earliest unserved match of another thread of
+        the process: which thread maps memory can depend on a race in user space (glibc
+        gives a thread a new malloc arena or one another made, by who got there first),
+        but a mapping belongs to the process. Else the call runs as the program made it."""
+        args = regs.syscall_args()
+        row = self._own_map(task, regs, spec, args)
+        if row is None:
+            row = self._map_of_another_thread(task, regs, spec, args)
+        self.stats["maps"] += 1
+        if row is None:
+            self.stats["maps_unrecorded"] += 1
+            self._resume(task)
+            return
+        self._serve_map(task, regs, spec, row, args)
+
+    def _own_map(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                 args: tuple[int, ...]) -> Row | None:
+        rows = task.rows
+        for index in range(task.pos, min(len(rows), task.pos + LOOKAHEAD)):
+            row = rows[index]
+            if row.nr == spec.nr and not row.taken and self._matches(task, regs, spec, row,
+                                                                      args):
+                self._consume(task, index)
+                return row
+            if not (row.taken or row.vdso or SPECS[row.nr].policy in (Policy.SYNC,
+                                                                        Policy.MAP)):
+                return None
+        return None
+
+    def _map_of_another_thread(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
+                               args: tuple[int, ...]) -> Row | None:
+        """The earliest unserved matching mmap row of another thread of the process,
+        taken from it (its thread passes over it when it gets there)."""
+        proc = task.process
+        best: Row | None = None
+        for tid, rows in self.rec.threads.items():
+            if tid == task.rec_tid or self.rec_pid_of(tid) != proc.rec_pid:
+                continue
+            for row in rows:
+                if (row.nr == spec.nr and not self.consumed[row.order] and not row.taken
+                        and (best is None or row.order < best.order)
+                        and self._matches(task, regs, spec, row, args)):
+                    best = row
+                    break
+        if best is not None:
+            best.taken = True
+            self._mark(best)
+            self.stats["maps_of_other_threads"] += 1
+        return best
+
+    def rec_pid_of(self, tid: int) -> int:
+        """The recorded process of a recorded thread."""
+        return self.rec.pid_of(tid)
 
     def _look_ahead(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,
                     args: tuple[int, ...]) -> int | None:
@@ -679,6 +873,30 @@ class Engine(IoServing):
         if row is None and self.exact and self.rec.process.exit_code is None:
             self.status = "end_of_recording"  # the recording stops before the process did
             raise StopReplay
+        proc = task.process
+        info = self.rec.info(proc.rec_pid)
+        recorded_end = info.exit_code if info is not None else None
+        if (row is None and task.tid == proc.pid and recorded_end is not None
+                and recorded_end < 0 and self.exact):
+            # The recording ends here because a signal from outside killed the process (a
+            # service stopped with SIGTERM): it comes here again, where the recording ends.
+            self.stats["recorded_kills"] += 1
+            self.notes.append(f"process {proc.rec_pid} was killed by signal {-recorded_end} "
+                              f"where its recording ends: the replay sends it there")
+            task.finished = True
+            self._release_token(task)
+            os.kill(task.tid, -recorded_end)
+            self._resume(task)
+            return
+        if (row is None and task.tid != proc.pid and proc is self.target
+                and self.rec.process.exit_code is not None):
+            # The recording of this thread ends here because another thread ended the
+            # process (exit_group) while it ran: it stays at this stop until the process
+            # ends again, as it did then.
+            task.finished = True
+            self.stats["threads_parked"] += 1
+            self._release_token(task)
+            return
         if self.exact:
             self._diverge(task, regs, spec, row, args)
         self._synthesize(task, regs, spec, args)
@@ -686,6 +904,9 @@ class Engine(IoServing):
     def _diverge(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row | None,
                  args: tuple[int, ...]) -> None:
         reason = self._why(task, spec, row, args)
+        if self.first_cut is not None:  # the likely cause: the notes say which and how
+            reason += (f" (after a call served with a cut payload: thread {self.first_cut[0]}"
+                       f" seq {self.first_cut[1]})")
         self.status = "diverged"
         self.divergence = Divergence(
             reason=reason, tid=task.rec_tid, replay_tid=task.tid,
@@ -748,27 +969,30 @@ class Engine(IoServing):
     # -- the report ----------
     def _report(self, wall: float) -> ReplayReport:
         proc = self.rec.process
-        replayed = {fd: bytes(data) for fd, data in self.replayed.items()}
-        written = dict(self.output_bytes)
+        root = proc.pid
+        replayed = {fd: bytes(data) for (pid, fd), data in self.replayed.items() if pid == root}
+        written = {fd: n for (pid, fd), n in self.output_bytes.items() if pid == root}
         recorded = self.rec.outputs()
         if self.status != "completed":  # compare only what the replay got to
             recorded = {fd: data[:written.get(fd, 0)] for fd, data in recorded.items()}
-        cut = sorted(fd for fd, n in written.items() if n > len(replayed.get(fd, b"")))
+        cut = sorted(fd for (_pid, fd), n in self.output_bytes.items()
+                     if n > len(self.replayed.get((_pid, fd), b"")))
         if cut:
             limits = self.opts.limits
             self.notes.append(
                 f"output over the cap ({limits.output_per_fd >> 20} MiB per descriptor, "
                 f"{limits.output_total >> 20} MiB in all) on fd {', '.join(map(str, cut))}: "
                 f"the bytes past it were counted, not kept or compared")
-        if self.stats["truncated"]:
-            self.notes.append(f"{self.stats['truncated']} served calls had payloads cut at the "
-                              f"recorder's cap: bytes past it were not reproduced")
+        if self.stats["truncated"] > 3:
+            self.notes.append(f"{self.stats['truncated']} served calls in all had less than "
+                              f"they read (the first ones above)")
         if self.peer_bytes:
             self.notes.append(
                 f"{self.peer_bytes} bytes the program did not read in the recording were "
                 f"served from what its peers sent (their recorded sends), at the times they "
                 f"sent them")
-        if self.stats["outputs_differ"] and self.stats["clock_reads"]:
+        if self.stats["outputs_differ"] and self.stats["clock_reads"] and not self.stats[
+                "truncated"]:
             self.notes.append(
                 f"{self.stats['outputs_differ']} outputs had other bytes than recorded; clock "
                 f"reads through the vDSO are invisible to the recorder and are interpolated "
@@ -793,9 +1017,38 @@ class Engine(IoServing):
             exit_code=self.exit_code, exit_signal=self.exit_signal,
             recorded_exit_code=proc.exit_code, divergence=self.divergence,
             outputs=compare_outputs(recorded, replayed, written),
+            children=self._children_report(),
             injections={i.text: self.injected.get(i.text, 0) for i in self.opts.injections},
             stats=stats, notes=self.notes, replayed_outputs=replayed,
             sandbox=self.sandbox_info)
+
+
+    def _children_report(self) -> list[ChildReport]:
+        """Each process of the tree besides the root: how it ended, what it wrote."""
+        out = []
+        for pid, info in sorted(self.rec.children.items()):
+            written = {fd: n for (p, fd), n in self.output_bytes.items() if p == pid}
+            replayed = {fd: bytes(d) for (p, fd), d in self.replayed.items() if p == pid}
+            recorded = self.rec.outputs(pid)
+            code, sig = self.child_exits.get(pid, (None, None))
+            if self.status != "completed":
+                recorded = {fd: d[:written.get(fd, 0)] for fd, d in recorded.items()}
+            out.append(ChildReport(pid, info.exe, list(info.argv), code, sig, info.exit_code,
+                                   pid in self.child_exits,
+                                   compare_outputs(recorded, replayed, written), replayed))
+        return out
+
+
+def _recorded_rlimits(context: ProcessContext | None) -> dict[int, tuple[int, int]]:
+    """resource -> (soft, hard) as ``resource`` takes them (RLIM_INFINITY: -1)."""
+    if context is None:
+        return {}
+    out = {}
+    for number, name in enumerate(RLIMIT_NAMES):
+        soft, hard = context.rlimits.get(name, (RLIM_INFINITY, RLIM_INFINITY))
+        out[number] = (-1 if soft == RLIM_INFINITY else soft,
+                       -1 if hard == RLIM_INFINITY else hard)
+    return out
 
 
 def replay(recording: Recording, options: ReplayOptions | None = None) -> ReplayReport:

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lake import timespec
+from lake.errors import TimeSpecError
 from replay_sandbox.ddmin import ddmin
 from replay_sandbox.engine import ReplayOptions
 from replay_sandbox.errors import FuzzError, SpecError
@@ -59,7 +61,6 @@ from replay_sandbox.syscall_table import name_of
 __all__ = ["Delay", "Expectation", "FuzzConfig", "FuzzReport", "Input", "MinimalFlip", "Outcome",
            "Swap", "fuzz", "parse_duration"]
 
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": MS, "s": 1_000_000_000}
 Site = tuple[int, int] | Swap  # a delayed row (tid, seq), or a swap
 
 
@@ -298,20 +299,12 @@ def _input_dict(i: Input) -> dict[str, Any]:
 
 
 def parse_duration(text: str) -> int:
-    """``200ms``, ``0.5s``, ``750us``, ``1000ns`` -> ns (positive)."""
-    value = text.strip()
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if value.endswith(unit):
-            number = value[:-len(unit)].strip()
-            try:
-                ns = int(round(float(number) * _UNITS[unit]))
-            except ValueError:
-                break
-            if ns <= 0:
-                raise SpecError(f"duration {text!r} must be positive")
-            return ns
-    raise SpecError(f"duration {text!r}: expected a number and a unit (ns, us, ms, s), "
-                    f"e.g. 200ms")
+    """A positive duration of the one time grammar (lake/timespec.py: ``200ms``, ``0.5s``,
+    ``1h30m``) -> ns; bad input is a SpecError with the grammar's one-line reason."""
+    try:
+        return timespec.parse_duration(text)
+    except TimeSpecError as err:
+        raise SpecError(str(err)) from None
 
 
 # -- the campaign ----------

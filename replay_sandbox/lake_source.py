@@ -9,21 +9,27 @@ Delta partitions of other nodes and hours are never read.
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from lake import blobs as lake_blobs
+from lake import payload_keys
 from lake.batches import NS_PER_HOUR, hour_label
 from lake.reader import connect
-from lake.sealing import sealing_error
+from lake.sealing import open_blob, sealing_error
 from lake.storage import LakeLocation
+from replay_sandbox.context import CONTEXT, CWD, FD_PATH, FDS, ProcessContext, descriptors
 from replay_sandbox.errors import RecordingError
 from replay_sandbox.peers import load_peer_streams
 from replay_sandbox.recording import ProcessInfo, Recording
 
 _SYSCALL_COLUMNS = "ts_ns, dur_ns, pid, tid, cpu, comm, nr, name, ret, fd, args, seq"
-_DATA_COLUMNS = "ts_ns, pid, tid, seq, nr, arg_index, \"offset\", data, total_len, truncated"
+_DATA_COLUMNS = ("ts_ns, pid, tid, seq, nr, arg_index, \"offset\", data, total_len, truncated, "
+                 "blob, blob_offset")
 
 
 def parse_process(text: str) -> tuple[int, str]:
@@ -38,9 +44,11 @@ def parse_process(text: str) -> tuple[int, str]:
 
 
 def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None,
-         to_ns: int | None = None, with_peers: bool = True) -> Recording:
+         to_ns: int | None = None, with_peers: bool = True, tree: bool = False) -> Recording:
     """The recording of ``pid``'s exec (see the module doc); ``with_peers``: also what the
-    other ends of its connections sent (what-if replays serve it, see ``peers``)."""
+    other ends of its connections sent (what-if replays serve it, see ``peers``); ``tree``:
+    also every process it forked, and theirs, each from its fork to its exit (their later
+    execs too), and ``pid`` itself to its exit."""
     con = connect(location, ["processes", "syscalls", "syscall_data", "agent_meta", "net"])
     try:
         exec_row = _one(con, f"""
@@ -56,10 +64,11 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
                 + ": replay starts at an exec (processes seen already running cannot be "
                   "replayed)")
         start = int(exec_row["ts_ns"])
-        nxt = _one(con, """SELECT min(ts_ns) AS ts FROM processes
-                           WHERE node = ? AND pid = ? AND kind = 'exec' AND ts_ns > ?""",
+        nxt = _one(con, f"""SELECT min(ts_ns) AS ts FROM processes
+                           WHERE node = ? AND pid = ? AND kind = '{"exit" if tree else "exec"}'
+                             AND ts_ns > ?""",
                    [node, pid, start])
-        end = int(nxt["ts"]) if nxt and nxt["ts"] is not None else None
+        end = int(nxt["ts"]) + int(tree) if nxt and nxt["ts"] is not None else None
         if to_ns is not None:
             end = min(end, to_ns + 1) if end is not None else to_ns + 1
         exit_row = _one(con, f"""SELECT exit_code FROM processes
@@ -71,12 +80,18 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
                             WHERE node = ? AND ts_ns <= ? AND mono_to_epoch_ns IS NOT NULL
                             ORDER BY ts_ns DESC LIMIT 1""", [node, start])
         image = _exec_image(con, node, pid, start)
-        where, params = _window(node, pid, start, end)
+        children = _descendants(con, node, pid, start, end) if tree else {}
+        last = end
+        if children and end is not None:
+            ends = [c.end_ns for c in children.values()]
+            last = None if None in ends else max([end, *(e for e in ends if e is not None)])
+        where, params = _window(node, [pid, *children], start, last)
         syscalls = con.sql(f"SELECT {_SYSCALL_COLUMNS} FROM syscalls WHERE {where}",
                            params=params).to_arrow_table()
         data = con.sql(f"SELECT {_DATA_COLUMNS} FROM syscall_data WHERE {where}",
                        params=params).to_arrow_table()
         peers = load_peer_streams(con, node, pid, start, end) if with_peers else {}
+        contents = _blob_contents(location, _as_table(data), start)
     except duckdb.Error as err:  # sealed payloads this key file cannot open: one line
         sealing = sealing_error(err)
         if sealing is None:
@@ -91,9 +106,13 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
         pid=pid, node=node, exe=exe,
         argv=image[1] if 1 in image else list(exec_row["argv"] or []),
         env=image[2] if 2 in image else list(exec_row["env"] or []),
-        cwd=exec_row["cwd"] or "/", start_ns=start,
+        cwd=image.get(CWD) or exec_row["cwd"] or "/", start_ns=start,
         comm=exec_row["comm"] or "",
-        exit_code=None if exit_row is None else exit_row["exit_code"])
+        exit_code=None if exit_row is None else exit_row["exit_code"],
+        context=ProcessContext.parse(image[CONTEXT]) if CONTEXT in image else None,
+        descriptors=(descriptors(image[FDS], {a - FD_PATH: v for a, v in image.items()
+                                               if isinstance(a, int) and a >= FD_PATH})
+                     if FDS in image else None))
     if not process.exe:
         raise RecordingError(f"the exec of pid {pid} on {node} has no exe recorded")
     if syscalls.num_rows == 0:
@@ -101,7 +120,8 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
                              f"recorded with payload capture (kprobe run --payloads)?")
     recording = Recording.from_tables(process, _as_table(syscalls), _as_table(data),
                                       mono_to_epoch_ns=meta["mono_to_epoch_ns"] if meta
-                                      else None)
+                                      else None, blobs=contents,
+                                      children={p: c.info for p, c in children.items()})
     recording.peers = peers
     return recording
 
@@ -128,20 +148,97 @@ def _exec_image(con: Any, node: str, pid: int, exec_ns: int) -> dict[int, Any]:
     image: dict[int, Any] = {}
     for arg, parts in cursor.fetchall():
         raw = b"".join(bytes(p) for p in parts if p is not None)
-        if arg == 0:
-            image[0] = raw.decode(errors="surrogateescape")
+        if arg in (0, CWD):
+            image[arg] = raw.decode(errors="surrogateescape")
         elif arg in (1, 2):
             image[arg] = [p.decode(errors="surrogateescape") for p in raw.split(b"\0") if p]
+        else:  # the context, the descriptor table and its paths (replay_sandbox.context)
+            image[arg] = raw
     return image
 
 
-def _window(node: str, pid: int, start: int, end: int | None) -> tuple[str, list[Any]]:
-    where = "node = ? AND hour >= ? AND pid = ? AND ts_ns >= ?"
-    params: list[Any] = [node, hour_label(start), pid, start]
+def _blob_contents(location: LakeLocation, data: pa.Table, start_ns: int) -> dict[str, bytes]:
+    """The contents the reads by identity of ``data`` name, opened and checked against
+    their names (lake/sealing.py); a name the lake does not hold is left out (the replay
+    says which calls it leaves without their bytes)."""
+    if "blob" not in data.column_names:
+        return {}
+    names = {n for n in data.column("blob").to_pylist() if n}
+    if not names:
+        return {}
+    # a row's content is stored in its hour or a later one (lake/blobs.py): the next one
+    # at most, for the agent stores it within seconds
+    times = pc.min_max(data.column("ts_ns"))
+    first, last = times["min"].as_py() or start_ns, times["max"].as_py() or start_ns
+    hours = [hour_label(first + h * NS_PER_HOUR)
+             for h in range((last - first) // NS_PER_HOUR + 2)] + [hour_label(last + NS_PER_HOUR)]
+    stored = lake_blobs.fetch(location, names, hours)
+    keys = payload_keys.load(location.payload_key_file) if location.payload_key_file else None
+    return {name: open_blob(data_, seal, name, keys) for name, (data_, seal) in stored.items()}
+
+
+def _window(node: str, pids: list[int], start: int, end: int | None) -> tuple[str, list[Any]]:
+    where = (f"node = ? AND hour >= ? AND pid IN ({', '.join('?' * len(pids))}) "
+             f"AND ts_ns >= ?")
+    params: list[Any] = [node, hour_label(start), *pids, start]
     if end is not None:
         where += " AND hour <= ? AND ts_ns < ?"
         params += [hour_label(max(start, end - 1) // NS_PER_HOUR * NS_PER_HOUR), end]
     return where, params
+
+
+@dataclass(frozen=True)
+class _Child:
+    info: ProcessInfo
+    end_ns: int | None  # its exit, if recorded
+
+
+def _descendants(con: Any, node: str, pid: int, start: int, end: int | None
+                 ) -> dict[int, _Child]:
+    """Every process ``pid`` forked after ``start`` (before ``end``), and theirs: each
+    from its fork, with the image of its first exec (or its parent's) and its exit."""
+    hour = hour_label(start)
+    root = _exec_image(con, node, pid, start)
+    rows = con.execute(f"""
+        WITH RECURSIVE tree(pid, ppid, ts) AS (
+            SELECT pid, ppid, ts_ns FROM processes
+            WHERE node = ? AND hour >= ? AND kind = 'fork' AND ppid = ? AND ts_ns >= ?
+              {'AND ts_ns < ?' if end is not None else ''}
+            UNION
+            SELECT f.pid, f.ppid, f.ts_ns FROM processes f JOIN tree t ON f.ppid = t.pid
+            WHERE f.node = ? AND f.hour >= ? AND f.kind = 'fork' AND f.ts_ns >= t.ts
+        )
+        SELECT t.pid, t.ppid, min(t.ts) AS forked,
+               (SELECT min(x.ts_ns) FROM processes x WHERE x.node = ? AND x.hour >= ?
+                  AND x.pid = t.pid AND x.kind = 'exit' AND x.ts_ns >= min(t.ts)) AS ended
+        FROM tree t GROUP BY t.pid, t.ppid ORDER BY forked""",
+        [node, hour, pid, start] + ([end] if end is not None else [])
+        + [node, hour, node, hour]).fetchall()
+    children: dict[int, _Child] = {}
+    # pid -> exe, argv (a fork that does not exec runs its parent's image)
+    images: dict[int, tuple[str, list[str]]] = {pid: (root.get(0, ""), root.get(1, []))}
+    for child, parent, forked, ended in rows:
+        if child == pid or child in children:
+            continue
+        exit_row = _one(con, """SELECT exit_code FROM processes WHERE node = ? AND hour >= ?
+                                 AND pid = ? AND kind = 'exit' AND ts_ns >= ?
+                                 ORDER BY ts_ns LIMIT 1""", [node, hour, child, forked])
+        exec_row = _one(con, f"""SELECT ts_ns, comm, exe, argv FROM processes
+                                 WHERE node = ? AND hour >= ? AND pid = ? AND kind = 'exec'
+                                   AND ts_ns >= ? {'AND ts_ns <= ?' if ended else ''}
+                                 ORDER BY ts_ns LIMIT 1""",
+                        [node, hour, child, forked] + ([ended] if ended else []))
+        image = _exec_image(con, node, child, int(exec_row["ts_ns"])) if exec_row else {}
+        exe = image.get(0) or (exec_row["exe"] if exec_row else "") or ""
+        argv = image.get(1) or (list(exec_row["argv"] or []) if exec_row else [])
+        if not exe and parent in images:
+            exe, argv = images[parent]
+        images[child] = (exe, argv)
+        info = ProcessInfo(pid=child, node=node, exe=exe, argv=argv, env=[], cwd="",
+                           start_ns=int(forked), comm=exec_row["comm"] if exec_row else "",
+                           exit_code=None if exit_row is None else exit_row["exit_code"])
+        children[child] = _Child(info, int(ended) if ended is not None else None)
+    return children
 
 
 def _one(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:

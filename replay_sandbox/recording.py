@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from lake.schema import REDACTED, TABLES
+from replay_sandbox.context import FILE_ID, KERNEL_ARGS, OPENED, Descriptor, ProcessContext
 from replay_sandbox.errors import RecordingError
 from replay_sandbox.peers import PeerStream
 from replay_sandbox.syscall_table import (
@@ -34,7 +35,7 @@ _DUP2 = 33
 _DUP3 = 292
 _OPENS = frozenset({2, 257, 437})
 _AT_ENTRY = frozenset(nr for nr, s in SPECS.items()
-                      if s.policy in (Policy.REAL, Policy.SIGNAL, Policy.SYNC))
+                      if s.policy in (Policy.REAL, Policy.SIGNAL, Policy.SYNC, Policy.MAP))
 # A syscall interrupted by a signal and restarted by the kernel: the restart is its own row.
 _RESTARTED = frozenset({-512, -513, -514, -516})
 
@@ -52,6 +53,9 @@ class ProcessInfo:
     start_ns: int
     comm: str = ""
     exit_code: int | None = None
+    # what the kernel said it started with (None: recorded without, by an older agent)
+    context: ProcessContext | None = None
+    descriptors: tuple[Descriptor, ...] | None = None
 
 
 def redaction_notes(env: list[str], argv: list[str]) -> list[str]:
@@ -87,6 +91,11 @@ class Row:
     order: int = 0  # position in the cross-thread order of trapped rows
     open_for_real: bool = False  # an open whose fd the program maps into memory
     vdso: bool = False  # a clock read libc answered through the vDSO (no syscall)
+    path: str | None = None  # the file the kernel resolved: an open's, a read's by identity
+    # a region the recording holds only in part: (arg, bytes held, bytes it had, why)
+    cut: tuple[int, int, int, str] | None = None
+    taken: bool = False  # served to another thread (an mmap: the process's, not the thread's)
+    pid: int = 0  # the recorded process it belongs to (a tree holds several)
 
     @property
     def name(self) -> str:
@@ -107,6 +116,17 @@ class Recording:
     mono_to_epoch_ns: int | None = None  # CLOCK_MONOTONIC -> epoch offset, if known
     # what-if: what the other end of each connection sent, by the (tid, seq) of its connect
     peers: dict[tuple[int, int], PeerStream] = field(default_factory=dict)
+    # a process tree (``--tree``): the descendants replayed with it, by recorded pid (their
+    # start_ns: the fork), and each recorded thread's process
+    children: dict[int, ProcessInfo] = field(default_factory=dict)
+    tid_pid: dict[int, int] = field(default_factory=dict)
+
+    def pid_of(self, tid: int) -> int:
+        """The recorded process of a recorded thread."""
+        return self.tid_pid.get(tid) or self.process.pid
+
+    def info(self, pid: int) -> ProcessInfo | None:
+        return self.process if pid == self.process.pid else self.children.get(pid)
 
     @property
     def main_tid(self) -> int:
@@ -116,11 +136,15 @@ class Recording:
     def trapped_rows(self) -> int:
         return sum(len(rows) for rows in self.threads.values())
 
-    def outputs(self) -> dict[int, bytes]:
-        """What the recorded process wrote to each fd (write family), concatenated."""
+    def outputs(self, pid: int | None = None) -> dict[int, bytes]:
+        """What the recorded process (the root, or ``pid`` of the tree) wrote to each fd
+        (write family), concatenated."""
+        pid = self.process.pid if pid is None else pid
         out: dict[int, bytearray] = defaultdict(bytearray)
         for row in sorted((r for rows in self.threads.values() for r in rows),
                           key=lambda r: r.order):
+            if (row.pid or self.process.pid) != pid:
+                continue
             if SPECS[row.nr].policy is Policy.OUTPUT and row.ret > 0:
                 # at most ret bytes: a partial write's rest is offered again by the next
                 out[row.fd] += b"".join(row.ins[a] for a in sorted(row.ins) if a in (1,))[
@@ -131,8 +155,14 @@ class Recording:
     @classmethod
     def from_tables(cls, process: ProcessInfo, syscalls: pa.Table,
                     syscall_data: pa.Table | None = None,
-                    mono_to_epoch_ns: int | None = None) -> Recording:
-        """Rows of ``process.pid`` from tables in the lake schema (extra columns ignored)."""
+                    mono_to_epoch_ns: int | None = None,
+                    blobs: dict[str, bytes] | None = None,
+                    children: dict[int, ProcessInfo] | None = None) -> Recording:
+        """Rows of ``process.pid`` from tables in the lake schema (extra columns ignored);
+        ``blobs``: the contents the reads recorded by identity name (opened); ``children``:
+        the descendants replayed with it (``--tree``), each from its fork."""
+        starts = {process.pid: process.start_ns}
+        starts.update({pid: info.start_ns for pid, info in (children or {}).items()})
         _check_columns("syscalls", syscalls)
         if syscall_data is not None:
             _check_columns("syscall_data", syscall_data)
@@ -143,12 +173,14 @@ class Recording:
         for ts, dur, pid, tid, nr, ret, fd, args, seq, name in zip(
                 cols["ts_ns"], cols["dur_ns"], cols["pid"], cols["tid"], cols["nr"],
                 cols["ret"], cols["fd"], cols["args"], cols["seq"], names):
-            if pid != process.pid or ts < process.start_ns or ret in _RESTARTED:
+            start = starts.get(pid)
+            if start is None or ts < start or ret in _RESTARTED:
                 continue
             argv = tuple((args or []) + [0] * (6 - len(args or [])))[:6]
             fd_col = fd_of(nr, argv) if nr in SPECS else (fd if fd is not None else -1)
             all_rows.append(Row(tid, seq, ts, dur or 0, nr, ret if ret is not None else 0,
-                                argv, fd_col, vdso=bool(name) and name.startswith("vdso:")))
+                                argv, fd_col, vdso=bool(name) and name.startswith("vdso:"),
+                                pid=pid))
         if not all_rows:
             raise RecordingError(f"no syscalls recorded for pid {process.pid} on "
                                  f"{process.node} after its exec")
@@ -156,7 +188,7 @@ class Recording:
         _mark_real_opens(all_rows)
         trapped = [r for r in all_rows if r.nr in TRAPPED]
         if syscall_data is not None and syscall_data.num_rows:
-            _attach_data(process.pid, trapped, syscall_data)
+            _attach_data(set(starts), trapped, syscall_data, blobs or {})
         # Cross-thread order: served calls complete at once, so they follow the recorded
         # completion order, and so do new descriptors (an open takes its number somewhere
         # inside the call; when the replay meets the number taken or free against the
@@ -172,13 +204,22 @@ class Recording:
             threads[row.tid].append(row)
         for rows in threads.values():
             rows.sort(key=lambda r: r.seq)
-        real_paths = sorted({path for r in trapped if r.open_for_real
-                             for path in [_path_of(r)] if path and path.startswith("/")})
-        return cls(process, dict(threads), len(all_rows), _initial_fds(trapped),
-                   tuple(real_paths), mono_to_epoch_ns)
+        real_paths = {path for r in trapped if r.open_for_real
+                      for path in [_path_of(r)] if path and path.startswith("/")}
+        real_paths |= {c.exe for c in (children or {}).values() if c.exe.startswith("/")}
+        initial = (frozenset(d.fd for d in process.descriptors)
+                   if process.descriptors is not None
+                   else _initial_fds([r for r in trapped if r.pid == process.pid]))
+        tid_pid = {r.tid: r.pid for r in all_rows}
+        return cls(process, dict(threads), len(all_rows), initial,
+                   tuple(sorted(real_paths)), mono_to_epoch_ns, children=dict(children or {}),
+                   tid_pid=tid_pid)
 
 
 def _path_of(row: Row) -> str | None:
+    """The file an open opened: the kernel's path, else the one the program gave."""
+    if row.path is not None:
+        return row.path
     path = row.ins.get(1 if row.nr in (257, 437) else 0)
     return path.decode(errors="replace") if path is not None else None
 
@@ -215,49 +256,92 @@ def _initial_fds(rows: list[Row]) -> frozenset[int]:
     return frozenset(initial)
 
 
+_OPTIONAL = frozenset({"blob", "blob_offset"})  # absent: every payload is bytes
+
+
 def _check_columns(table: str, data: pa.Table) -> None:
-    missing = [f.name for f in TABLES[table].fields if f.name not in data.column_names]
+    missing = [f.name for f in TABLES[table].fields
+               if f.name not in data.column_names and f.name not in _OPTIONAL]
     if missing:
         raise RecordingError(f"{table} table lacks columns: {', '.join(missing)}")
 
 
 def _mark_real_opens(rows: list[Row]) -> None:
     """An open whose fd is later passed to mmap (before close) must open the real file."""
-    open_rows: dict[int, Row] = {}
+    open_rows: dict[tuple[int, int], Row] = {}  # (process, fd)
     for row in rows:
         if row.nr in _OPENS and row.ret >= 0:
-            open_rows[row.ret] = row
+            open_rows[(row.pid, row.ret)] = row
         elif row.nr == _MMAP:
             fd = row.args[4] & 0xFFFF_FFFF
-            if fd in open_rows:
-                open_rows[fd].open_for_real = True
+            if (row.pid, fd) in open_rows:
+                open_rows[(row.pid, fd)].open_for_real = True
         elif row.nr == _CLOSE:
-            open_rows.pop(row.args[0] & 0xFFFF_FFFF, None)
+            open_rows.pop((row.pid, row.args[0] & 0xFFFF_FFFF), None)
         elif row.nr in (_DUP2, _DUP3):
-            open_rows.pop(row.args[1] & 0xFFFF_FFFF, None)
+            open_rows.pop((row.pid, row.args[1] & 0xFFFF_FFFF), None)
 
 
-def _attach_data(pid: int, rows: list[Row], data: pa.Table) -> None:
+def _attach_data(pids: set[int], rows: list[Row], data: pa.Table,
+                 blobs: dict[str, bytes]) -> None:
     by_key = {(r.tid, r.seq): r for r in rows}
-    cols = {name: data.column(name).to_pylist()
-            for name in ("pid", "tid", "seq", "arg_index", "offset", "data", "truncated")}
+    names = ("pid", "tid", "seq", "arg_index", "offset", "data", "truncated", "total_len",
+             "blob", "blob_offset")
+    cols = {name: (data.column(name).to_pylist() if name in data.column_names
+                   else [None] * data.num_rows) for name in names}
     ins_parts: dict[tuple[int, int, int], list[tuple[int, bytes]]] = defaultdict(list)
-    for dpid, tid, seq, arg, offset, payload, truncated in zip(
-            cols["pid"], cols["tid"], cols["seq"], cols["arg_index"], cols["offset"],
-            cols["data"], cols["truncated"]):
-        if dpid != pid:
+    totals: dict[tuple[int, int, int], int] = {}
+    by_identity: dict[tuple[int, int, int], tuple[str, int, int]] = {}
+    for dpid, tid, seq, arg, offset, payload, truncated, total, blob, blob_offset in zip(
+            *(cols[n] for n in names), strict=True):
+        if dpid not in pids:
             continue
         row = by_key.get((tid, seq))
         if row is None:
             continue
         payload = payload or b""
+        if arg in KERNEL_ARGS:  # what the kernel resolved: not memory the call wrote
+            if arg == OPENED and len(payload) > FILE_ID.size:
+                row.path = payload[FILE_ID.size:].decode(errors="surrogateescape")
+            continue
+        if blob is not None:  # a read recorded by identity: its bytes are in a blob
+            by_identity[(tid, seq, arg)] = (blob, blob_offset or 0, total or 0)
+            continue
         row.truncated = row.truncated or bool(truncated)
+        if total is not None:
+            totals[(tid, seq, arg)] = max(total, totals.get((tid, seq, arg), 0))
         if _is_input_arg(row.nr, arg):
             ins_parts[(tid, seq, arg)].append((offset or 0, payload))
         else:
             row.outs.append((arg, offset or 0, payload))
     for (tid, seq, arg), parts in ins_parts.items():
         by_key[(tid, seq)].ins[arg] = b"".join(p for _, p in sorted(parts))
+    for (tid, seq, arg), (blob, start, total) in by_identity.items():
+        row = by_key[(tid, seq)]
+        content = blobs.get(blob) if blob else None
+        if content is not None and len(content) >= start + total:
+            # the whole content: bytes also captured (a file just written) are not needed
+            row.outs = [o for o in row.outs if o[0] != arg] + [(arg, 0,
+                                                                content[start:start + total])]
+            row.truncated = False
+            totals.pop((tid, seq, arg), None)
+            continue
+        held = sum(len(d) for a, _o, d in row.outs if a == arg)
+        why = ("the file changed or went away before the agent stored its content"
+               if not blob else "its content is not in the lake (retention?)")
+        if held < total:
+            row.truncated = True
+            row.cut = (arg, held, total, why)
+        else:
+            row.truncated = False  # the kernel's copy of a fresh file is whole
+    for (tid, seq, arg), total in totals.items():
+        row = by_key[(tid, seq)]
+        if row.cut is not None or not row.truncated:
+            continue
+        held = sum(len(d) for a, _o, d in row.outs if a == arg) if not _is_input_arg(
+            row.nr, arg) else len(row.ins.get(arg, b""))
+        if held < total:
+            row.cut = (arg, held, total, "cut at the recorder's --payload-cap")
 
 
 def _is_input_arg(nr: int, arg: int) -> bool:

@@ -107,6 +107,42 @@ TEXT_LIMIT = 64 << 10  # bytes of each output in the JSON report
 
 
 @dataclass
+class ChildReport:
+    """A descendant replayed with the root (``--tree``)."""
+
+    pid: int  # recorded
+    exe: str
+    argv: list[str]
+    exit_code: int | None
+    exit_signal: int | None
+    recorded_exit_code: int | None  # -N: killed by signal N
+    ended: bool  # the replay saw it end
+    outputs: list[OutputComparison] = field(default_factory=list)
+    replayed_outputs: dict[int, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def outputs_match(self) -> bool:
+        return all(o.match for o in self.outputs)
+
+    @property
+    def exit_matches(self) -> bool:
+        if self.recorded_exit_code is None:
+            return True
+        if self.recorded_exit_code < 0:
+            return self.exit_signal == -self.recorded_exit_code
+        return self.exit_signal is None and self.exit_code == self.recorded_exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("replayed_outputs")
+        data["outputs_match"] = self.outputs_match
+        data["exit_matches"] = self.exit_matches
+        data["replayed_text"] = {str(fd): out[:TEXT_LIMIT].decode(errors="replace")
+                                 for fd, out in sorted(self.replayed_outputs.items())}
+        return data
+
+
+@dataclass
 class ReplayReport:
     status: Status
     mode: str
@@ -122,14 +158,20 @@ class ReplayReport:
     replayed_outputs: dict[int, bytes] = field(default_factory=dict, repr=False)
     # how it was contained: the host uid it ran as, its cgroups (removed), its limits
     sandbox: dict[str, Any] = field(default_factory=dict)
+    # --tree: every descendant replayed with it (each one's end and outputs compared)
+    children: list[ChildReport] = field(default_factory=list)
 
     @property
     def outputs_match(self) -> bool:
-        return all(o.match for o in self.outputs)
+        """Every output of the process, and of each process of its tree, and each one's
+        end, as recorded."""
+        return all(o.match for o in self.outputs) and all(
+            c.outputs_match and c.exit_matches for c in self.children)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("replayed_outputs")
+        data["children"] = [c.to_dict() for c in self.children]
         data["outputs_match"] = self.outputs_match
         # what the replay wrote, for scripts and CI checks (text; bytes beyond are counted
         # in `outputs`)
@@ -161,6 +203,20 @@ class ReplayReport:
             if not out.match:
                 lines.append(f"    recorded: {out.recorded}")
                 lines.append(f"    replayed: {out.replayed}")
+        for child in self.children:
+            end = (f"killed by signal {child.exit_signal}" if child.exit_signal is not None
+                   else f"exit code {child.exit_code}" if child.ended else "did not end")
+            recorded = ("" if child.recorded_exit_code is None
+                        else f" (recorded {child.recorded_exit_code})")
+            lines.append(f"  process {child.pid} ({' '.join(child.argv)[:60]}): {end}"
+                         f"{recorded}")
+            for out in child.outputs:
+                verdict = "same" if out.match else f"differs at byte {out.first_difference}"
+                lines.append(f"    fd {out.fd}: recorded {out.recorded_bytes} bytes, replayed "
+                             f"{out.replayed_bytes} bytes: {verdict}")
+                if not out.match:
+                    lines.append(f"      recorded: {out.recorded}")
+                    lines.append(f"      replayed: {out.replayed}")
         for spec, count in self.injections.items():
             lines.append(f"  injected {spec!r}: applied {count} times")
         if self.stats:

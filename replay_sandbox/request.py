@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
+from lake.errors import TimeSpecError
+from lake.timespec import parse_instant
 from replay_sandbox.errors import RecordingError, SpecError
 from replay_sandbox.injection import parse_all
 from replay_sandbox.lake_source import parse_process
@@ -81,6 +82,7 @@ class ReplayRequest:
     timeout_s: float = 120.0
     fuzz: FuzzSpec | None = None
     limits: Limits = field(default_factory=Limits)
+    tree: bool = False  # the process and every descendant, from one recording
     sandbox: bool = True  # the CLI's --no-sandbox only; never from JSON
 
     def __post_init__(self) -> None:
@@ -136,6 +138,7 @@ class ReplayRequest:
             raise SpecError("fuzz: expected a FuzzSpec")
         if not isinstance(self.limits, Limits):
             raise SpecError("limits: expected Limits")
+        _bool(self.tree, "tree")
         _bool(self.sandbox, "sandbox")
 
     @property
@@ -155,7 +158,7 @@ class ReplayRequest:
             "env": dict(self.env), "cmd": list(self.cmd) if self.cmd is not None else None,
             "mode": self.mode, "expect_exit": self.expect_exit,
             "expect_output_match": self.expect_output_match, "timeout_s": self.timeout_s,
-            "fuzz": fuzz, "limits": self.limits.to_json(),
+            "fuzz": fuzz, "limits": self.limits.to_json(), "tree": self.tree,
         }
 
     @classmethod
@@ -164,7 +167,7 @@ class ReplayRequest:
         if not isinstance(data, dict):
             raise SpecError("request: expected a JSON object")
         known = {"process", "from_ns", "to_ns", "inject", "set_args", "env", "cmd", "mode",
-                 "expect_exit", "expect_output_match", "timeout_s", "fuzz", "limits"}
+                 "expect_exit", "expect_output_match", "timeout_s", "fuzz", "limits", "tree"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(f"request: unknown field {unknown[0]!r}")
@@ -196,29 +199,19 @@ class ReplayRequest:
             expect_output_match=_field(data, "expect_output_match", bool, False),
             timeout_s=_field(data, "timeout_s", (int, float), 120.0),
             fuzz=FuzzSpec(**fuzz) if fuzz is not None else None,
-            limits=Limits.from_json(limits) if limits is not None else Limits())
+            limits=Limits.from_json(limits) if limits is not None else Limits(),
+            tree=_field(data, "tree", bool, False))
 
 
 def parse_time(text: str | None, option: str) -> int | None:
-    """Epoch ns, epoch seconds (with a fraction) or ISO 8601 (UTC unless it says)."""
+    """An instant of the one time grammar (lake/timespec.py: now, -15m, RFC 3339 with a
+    zone, epoch with its unit or by its digits) as epoch ns; None stays None."""
     if text is None:
         return None
-    if text.isdigit():
-        value_int = int(text)
-        return value_int if value_int > 10**14 else value_int * 1_000_000_000
     try:
-        value = float(text)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise SpecError(f"{option} {text[:80]!r}: expected epoch ns/s or ISO 8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1_000_000_000)
-    if not math.isfinite(value) or value < 0:
-        raise SpecError(f"{option} {text[:80]!r}: expected epoch ns/s or ISO 8601")
-    return int(value) if value > 1e14 else int(value * 1_000_000_000)
+        return parse_instant(text)
+    except TimeSpecError as err:
+        raise SpecError(f"{option}: {err}") from None
 
 
 def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...],

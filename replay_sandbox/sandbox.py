@@ -48,6 +48,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import stat
 from dataclasses import dataclass, field
 
@@ -90,6 +91,13 @@ class LaunchSpec:
     hostname: str = "replay"
     limits: Limits = field(default_factory=Limits)
     notes: list[str] = field(default_factory=list)
+    # what the recorded process started with (None: not recorded): its umask, and its
+    # rlimits, resource -> (soft, hard), lowered where the sandbox's own are lower
+    umask: int | None = None
+    recorded_rlimits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # descriptors it started with besides 0-2, fd -> kind (pipe, socket: made as such;
+    # others: /dev/null), placed before the exec
+    placeholder_kinds: dict[int, str] = field(default_factory=dict)
 
     @property
     def exec_count(self) -> int:
@@ -314,7 +322,43 @@ def _bwrap_launch(spec: LaunchSpec, floor: int, filter_: CompiledFilter) -> _Lau
     return _Launch(bwrap.encode(), ptrace_ffi.c_string_array([a.encode() for a in command]),
                    ptrace_ffi.c_string_array([]),
                    [fd for fd, _ in layout.copies] + [trace, deny, args], own,
-                   rlimits(spec.limits, layout.biggest))
+                   merged_rlimits(spec, rlimits(spec.limits, layout.biggest)))
+
+
+def merged_rlimits(spec: LaunchSpec, sandbox: list[tuple[int, tuple[int, int]]]
+                   ) -> list[tuple[int, tuple[int, int]]]:
+    """The sandbox's rlimits, each lowered to the recorded one where that is lower (the
+    tracer sets the others to the recorded values: ``raise_recorded_rlimits``)."""
+    out = []
+    for which, (soft, hard) in sandbox:
+        recorded = spec.recorded_rlimits.get(which)
+        if recorded is not None:
+            soft, hard = _lower(soft, recorded[0]), _lower(hard, recorded[1])
+            soft = _lower(soft, hard)
+        out.append((which, (soft, hard)))
+    return out
+
+
+def _lower(a: int, b: int) -> int:
+    """min of two rlimit values, RLIM_INFINITY (-1) being the largest."""
+    if a == resource.RLIM_INFINITY:
+        return b
+    if b == resource.RLIM_INFINITY:
+        return a
+    return min(a, b)
+
+
+def raise_recorded_rlimits(pid: int, spec: LaunchSpec, sandboxed: set[int]) -> None:
+    """Give the stopped child the recorded rlimits the sandbox does not set (root may
+    raise a hard limit; the child lowers the sandbox's own after this)."""
+    for which, pair in spec.recorded_rlimits.items():
+        if which in sandboxed:
+            continue
+        try:
+            resource.prlimit(pid, which, pair)
+        except (OSError, ValueError) as err:
+            spec.notes.append(f"cannot give the replay the recorded rlimit {which} {pair}: "
+                              f"{err}")
 
 
 def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None = None) -> int:
@@ -326,9 +370,10 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
     placeholders = sorted(fd for fd in spec.initial_fds if fd > 2)
     floor = max([2, *placeholders]) + 1
     devnull = _high_fd(os.open("/dev/null", os.O_RDWR), floor)
+    kinds = _placeholder_sources(spec, placeholders, floor)
     stderr_fd = _high_fd(os.open(spec.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                                  0o600), floor)
-    own = [devnull, stderr_fd]
+    own = [devnull, stderr_fd, *kinds.values()]
     try:
         if spec.sandbox:
             launch = _bwrap_launch(spec, floor, filter_)
@@ -336,7 +381,7 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
             launch = _Launch(spec.exe.encode(),
                              ptrace_ffi.c_string_array([a.encode() for a in spec.argv]),
                              ptrace_ffi.c_string_array([e.encode() for e in spec.env]),
-                             [], [], rlimits(spec.limits))
+                             [], [], merged_rlimits(spec, rlimits(spec.limits)))
         own += launch.own_fds
         max_userns = _MAX_USERNS.encode()
         cwd_b = None if spec.sandbox else spec.cwd.encode()
@@ -344,7 +389,7 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
         if pid == 0:  # the child: syscalls only, then exec; never return
             try:
                 _child(launch, cwd_b, devnull, stderr_fd, placeholders, spec.cpu,
-                       spec.sandbox, max_userns, filter_)
+                       spec.sandbox, max_userns, filter_, kinds, spec.umask)
             finally:
                 os._exit(126)
     finally:
@@ -362,6 +407,7 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
                     f.write(U0_MAP)
         if cgroup is not None:
             cgroup.add(pid)
+        raise_recorded_rlimits(pid, spec, {which for which, _ in launch.limits})
     except OSError as err:
         ptrace_ffi.kill_quietly(pid)
         os.waitpid(pid, ptrace_ffi.WALL)
@@ -370,9 +416,29 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
     return pid
 
 
+def _placeholder_sources(spec: LaunchSpec, placeholders: list[int], floor: int
+                         ) -> dict[int, int]:
+    """fd -> a descriptor of the recorded kind to dup there (a pipe's end for a pipe, a
+    socket for a socket); the others are /dev/null. Their I/O is served from the
+    recording either way: the kind is what fstat-free calls that run for real meet."""
+    out: dict[int, int] = {}
+    for fd in placeholders:
+        kind = spec.placeholder_kinds.get(fd)
+        if kind == "pipe":
+            r, w = os.pipe()
+            os.close(w)
+            out[fd] = _high_fd(r, floor)
+        elif kind == "socket":
+            a, b = socket.socketpair()
+            b.close()
+            out[fd] = _high_fd(a.detach(), floor)
+    return out
+
+
 def _child(launch: _Launch, cwd: bytes | None, devnull: int, stderr_fd: int,
            placeholders: list[int], cpu: int | None, sandbox: bool, max_userns: bytes,
-           filter_: CompiledFilter) -> None:
+           filter_: CompiledFilter, kinds: dict[int, int] | None = None,
+           umask: int | None = None) -> None:
     def fail(what: str) -> None:
         os.write(2, f"kprobe replay: {what}: {os.strerror(ptrace_ffi.errno())}\n".encode())
         os._exit(126)
@@ -381,7 +447,7 @@ def _child(launch: _Launch, cwd: bytes | None, devnull: int, stderr_fd: int,
     os.dup2(devnull, 1)
     os.dup2(stderr_fd, 2)
     for fd in placeholders:  # descriptors the recorded process inherited
-        os.dup2(devnull, fd)
+        os.dup2((kinds or {}).get(fd, devnull), fd)
     wanted = {0, 1, 2, *placeholders, *launch.pass_fds}
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in wanted:
@@ -393,6 +459,8 @@ def _child(launch: _Launch, cwd: bytes | None, devnull: int, stderr_fd: int,
         os.set_inheritable(fd, True)
     if cwd is not None:
         os.chdir(cwd)
+    if umask is not None:
+        os.umask(umask)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     if ptrace_ffi.personality(ptrace_ffi.ADDR_NO_RANDOMIZE) == -1:

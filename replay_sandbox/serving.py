@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import struct
+import sys
 from collections.abc import Callable
 
 from replay_sandbox import clock as vclock
@@ -17,6 +19,7 @@ from replay_sandbox._state import (
     StopReplay,
     Task,
 )
+from replay_sandbox.errors import TracerError
 from replay_sandbox.injection import FdKind, delays_for
 from replay_sandbox.peers import PeerCursor
 from replay_sandbox.recording import Row
@@ -25,6 +28,8 @@ from replay_sandbox.syscall_table import (
     EVENTFD2,
     F_DUPFD,
     F_DUPFD_CLOEXEC,
+    MAP_FIXED,
+    MAP_FIXED_NOREPLACE,
     O_CLOEXEC,
     O_NONBLOCK,
     Policy,
@@ -35,8 +40,19 @@ from replay_sandbox.syscall_table import (
 )
 from replay_sandbox.timing import TimeServing
 
+PAYLOAD_CAP_MAX = 16 << 20  # the recorder's largest --payload-cap
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20}M" if n >= 1 << 20 and not n % (1 << 20) else f"{n >> 10}K"
+
+
 DUP3 = 292
 CLOSE = 3
+CLONE_THREAD = 0x10000
+AT_FDCWD = (1 << 64) - 100  # -100, as a register holds it
+RESTARTS = frozenset({-512, -513, -514, -516})  # ERESTART*: the kernel restarts the call
+_TRACE = bool(os.environ.get("KPROBE_REPLAY_TRACE"))
 CONNECT = 42
 RECEIVES = frozenset({0, 17, 45})  # read, pread64, recvfrom: flat buffers a peer fills
 _LOWEST_FREE = frozenset({32, FCNTL})  # dup, fcntl(F_DUPFD): the kernel picks the number
@@ -50,7 +66,7 @@ class IoServing(TimeServing):
         if row.outs:
             write_outputs(spec.nr, args, row.outs, proc.mem, proc.mem.write)
         if row.truncated:
-            self.stats["truncated"] += 1
+            self._served_cut(task, row)
         if spec.nr == FCNTL and (args[1] & 0xFFFF_FFFF) in (F_DUPFD, F_DUPFD_CLOEXEC):
             self._run_real(task, regs, spec, row, args)  # F_DUPFD changes the fd table
             return
@@ -67,15 +83,44 @@ class IoServing(TimeServing):
         self._track_fds(task, row, args)
         self._finish(task, regs, row.ret)
 
+    def _served_cut(self, task: Task, row: Row) -> None:
+        """A call served with less than it had: say exactly which, and how to record it
+        whole (the first few; the rest are counted)."""
+        self.stats["truncated"] += 1
+        if self.first_cut is None:
+            self.first_cut = (task.rec_tid, row.seq)
+        if self.stats["truncated"] > 3:
+            return
+        where = f"thread {task.rec_tid} seq {row.seq} {row.name}"
+        fd = row.fd if row.fd >= 0 else None
+        if fd is not None:
+            path = row.path or task.process.fd_path.get(fd)
+            where += f"(fd {fd}{', ' + path if path else ''})"
+        if row.cut is None:
+            self.notes.append(f"{where}: served with a payload the recorder cut")
+            return
+        arg, held, total, why = row.cut
+        if "payload-cap" in why:
+            need = 1 << max(16, (total - 1).bit_length())
+            how = (f"record with --payload-cap {_size(need)} or more" if need <= PAYLOAD_CAP_MAX
+                   else f"it is over the largest --payload-cap ({_size(PAYLOAD_CAP_MAX)})")
+        elif "changed" in why:
+            how = ("record with --file-reads bytes --payload-cap "
+                   f"{_size(1 << max(16, (total - 1).bit_length()))} to keep its bytes")
+        else:
+            how = "replay it while the lake still holds that hour"
+        self.notes.append(f"{where}: served {held} of the {total} bytes it read ({why}); "
+                          f"{how}")
+
     def _serve_output(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
                       args: tuple[int, ...]) -> None:
         fd = fd_of(spec.nr, args)
         if not self.exact:
             ret = self._take_output(task, spec, args)
-        elif row.ret > 0 and self._output_room(fd) < row.ret:
+        elif row.ret > 0 and self._output_room(task, fd) < row.ret:
             # past the output caps: only counted, neither kept whole nor compared
-            self._keep_output(fd, self._read_in(task, spec, 1, args, self._output_room(fd)),
-                              row.ret)
+            self._keep_output(task, fd, self._read_in(task, spec, 1, args,
+                                                      self._output_room(task, fd)), row.ret)
             ret = row.ret
         elif row.ret > 0:
             ret = row.ret
@@ -88,7 +133,7 @@ class IoServing(TimeServing):
                 ret = self._take_output(task, spec, args)
                 self.stats["outputs_differ"] += 1
             else:
-                self._keep_output(fd, data, ret)
+                self._keep_output(task, fd, data, ret)
         else:
             ret = row.ret
         delays = None
@@ -114,6 +159,11 @@ class IoServing(TimeServing):
             regs.rdi = 0
             regs.rsi = flags & (O_CLOEXEC | O_NONBLOCK)
             P.set_regs(task.tid, regs)
+        elif row.path is not None and spec.nr in (2, 257, 437):
+            # the file the kernel opened when recorded, by its absolute path: the program's
+            # own path may be relative to a directory it changed to (chdir is served, not
+            # performed) or to a descriptor that is a placeholder here
+            self._open_path(task, regs, spec.nr, args, row.path)
 
         cloexec = bool(args[spec.new_fd_flags_arg] & O_CLOEXEC) \
             if spec.new_fd_flags_arg is not None else False
@@ -142,6 +192,21 @@ class IoServing(TimeServing):
 
         task.at_exit = done
         self._resume(task)
+
+    def _open_path(self, task: Task, regs: P.UserRegs, nr: int, args: tuple[int, ...],
+                   path: str) -> None:
+        """Point the open at ``path`` (written below the stack's red zone, where nothing
+        the program keeps lives during the call); its registers are restored at its exit."""
+        raw = path.encode(errors="surrogateescape") + b"\0"
+        where = (regs.rsp - 16384 - len(raw)) & ~15
+        task.process.mem.write(where, raw)
+        new = list(args)
+        if nr == 2:  # open(path, flags, mode)
+            new[0] = where
+        else:  # openat / openat2 (dirfd, path, ...)
+            new[0], new[1] = AT_FDCWD, where
+        regs.set_syscall_args(new)
+        P.set_regs(task.tid, regs)
 
     # -- descriptor numbers ----------
     def _renumber(self, task: Task, got: int, row: Row, cloexec: bool,
@@ -205,6 +270,15 @@ class IoServing(TimeServing):
         self._advance(task, row)
         if spec.nr in CLONES:
             task.pending_child_rec = row.ret
+            if row.ret > 0 and self._makes_process(task, spec.nr, args):
+                # the program lives among recorded pids (getpid is served): its child is
+                # the recorded one (waits, kills translate; the sandbox's pid never shows)
+                def returned(task: Task, regs: P.UserRegs) -> None:
+                    if P.to_signed(regs.rax) > 0:
+                        regs.rax = row.ret
+                        P.set_regs(task.tid, regs)
+
+                task.at_exit = returned
             self._resume(task)
             return
         if spec.nr == 3:  # close: nothing to check that matters, save the exit stop
@@ -232,14 +306,113 @@ class IoServing(TimeServing):
         task.at_exit = done
         self._resume(task)
 
+    def _makes_process(self, task: Task, nr: int, args: tuple[int, ...]) -> bool:
+        """fork, vfork, or a clone without CLONE_THREAD."""
+        if nr in (57, 58):
+            return True
+        if nr == 56:
+            return not args[0] & CLONE_THREAD
+        try:  # clone3: flags are the first u64 of struct clone_args
+            flags = struct.unpack("<Q", task.process.mem.read(args[0], 8))[0]
+        except (TracerError, struct.error):
+            return False
+        return not flags & CLONE_THREAD
+
+    def _on_wait_child(self, task: Task, regs: P.UserRegs) -> None:
+        """wait4 / waitid, for real: the program waits for the child the recording
+        reaped (its recorded pid, or -1 made that pid: the same order of reaping), blocks
+        for real without the run token, and sees recorded pids and the recorded rusage."""
+        nr = regs.orig_rax
+        args = regs.syscall_args()
+        row, task.restart_row = task.restart_row, None  # restarted after a signal
+        head = self._skip_sync_rows(task) if row is None else None
+        if head is not None and head.nr == nr:
+            row = head
+            self._consume(task, task.pos)
+        if row is not None and row.ret < 0 or (row is not None and nr == 61 and row.ret == 0):
+            # nothing was reaped then (WNOHANG, ECHILD): nothing is reaped now
+            self._advance(task, row)
+            if row.outs:
+                write_outputs(nr, args, row.outs, task.process.mem, task.process.mem.write)
+            self._finish(task, regs, row.ret)
+            return
+        reaped = self._recorded_reaped(nr, row)
+        new = list(args)
+        if nr == 61:
+            low = args[0] & 0xFFFF_FFFF  # pid_t: the low 32 bits, signed
+            pid = low - (1 << 32) if low >= 1 << 31 else low
+            if pid > 0:
+                new[0] = self.rec_to_ns.get(pid, pid)
+            elif pid == -1 and reaped in self.rec_to_ns:
+                new[0] = self.rec_to_ns[reaped]
+        elif args[0] == 1:  # waitid(P_PID, id)
+            new[1] = self.rec_to_ns.get(args[1] & 0xFFFF_FFFF, args[1])
+        elif args[0] == 0 and reaped in self.rec_to_ns:  # waitid(P_ALL)
+            new[0], new[1] = 1, self.rec_to_ns[reaped]
+        if new != list(args):
+            regs.set_syscall_args(new)
+            P.set_regs(task.tid, regs)
+        if _TRACE:
+            print(f"wait tid={task.rec_tid} nr={nr} args={[hex(a) for a in args[:3]]} -> "
+                  f"{[hex(a) for a in new[:3]]} row={row and (row.seq, row.ret)} "
+                  f"reaped={reaped} map={self.rec_to_ns}", file=sys.stderr)
+        self.stats["child_waits"] += 1
+        task.in_wait = True
+        self._release_token(task)
+
+        def returned(task: Task, regs: P.UserRegs) -> None:
+            task.in_wait = False
+            got = P.to_signed(regs.rax)
+            if _TRACE:
+                print(f"wait returned {got}", file=sys.stderr)
+            if got in RESTARTS:  # a signal came first: the same wait, again, after it
+                task.restart_row = row
+                regs.set_syscall_args(args)
+                P.set_regs(task.tid, regs)
+                return
+            to_rec = {ns: rec for rec, ns in self.rec_to_ns.items()}
+            if nr == 61 and got > 0:
+                regs.rax = to_rec.get(got, got)
+                if row is not None and reaped is not None and regs.rax != reaped:
+                    self._inconsistent(task, row, f"wait4 reaped {regs.rax}, recorded {reaped}")
+            regs.set_syscall_args(args)
+            P.set_regs(task.tid, regs)
+            if row is not None and got >= 0:
+                # the recorded rusage (and status, as the child's exit is checked apart)
+                write_outputs(nr, args, [o for o in row.outs if o[0] in (3, 4)],
+                              task.process.mem, task.process.mem.write)
+                if nr == 247:
+                    write_outputs(nr, args, [o for o in row.outs if o[0] == 2],
+                                  task.process.mem, task.process.mem.write)
+            if row is not None:
+                self._advance(task, row)
+
+        task.at_exit = returned
+        self._resume(task)
+
+    def _recorded_reaped(self, nr: int, row: Row | None) -> int | None:
+        """The recorded pid a recorded wait4 / waitid reaped."""
+        if row is None:
+            return None
+        if nr == 61:
+            return row.ret if row.ret > 0 else None
+        for arg, offset, data in row.outs:  # waitid: siginfo's si_pid (offset 16)
+            if arg == 2 and offset == 0 and len(data) >= 20:
+                pid = int(struct.unpack_from("<i", data, 16)[0])
+                return pid or None
+        return None
+
     def _serve_signal(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
                       args: tuple[int, ...]) -> None:
         """kill/tkill/tgkill at recorded pids: send it for real to the sandbox's ids."""
         self._advance(task, row)
         pid_args = {62: (0,), 200: (0,), 234: (0, 1)}[spec.nr]
         new = list(args)
+        ours = set(self.rec_to_ns.values())
         for i in pid_args:
             rec_id = P.to_signed(args[i])
+            if rec_id in ours and rec_id not in self.rec_to_ns:
+                continue  # a sandbox id the program got from the kernel (a pthread's tid)
             if rec_id not in self.rec_to_ns:
                 self._finish(task, regs, row.ret)  # not ours: do not signal the host
                 return
@@ -253,6 +426,55 @@ class IoServing(TimeServing):
 
         task.at_exit = done
         self._resume(task)
+
+    def _serve_map(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row,
+                   args: tuple[int, ...]) -> None:
+        """mmap, for real, at the address the recording's got: the program finds the
+        address space it had (a runtime that reads /proc/self/maps, served from the
+        recording, or that chooses its next hint from the last result, takes the recorded
+        path). MAP_FIXED_NOREPLACE never takes over what the replay has there; if that
+        place is taken, the call runs as the program made it, and the report says so."""
+        if is_error(row.ret):
+            self._finish(task, regs, row.ret)  # recorded failure: nothing is mapped
+            return
+        flags = args[3] & 0xFFFF_FFFF
+        placed = not flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) and args[0] != row.ret
+        if placed:
+            new = list(args)
+            new[0] = row.ret
+            new[3] = flags | MAP_FIXED_NOREPLACE
+            regs.set_syscall_args(new)
+            P.set_regs(task.tid, regs)
+
+        def done(task: Task, regs: P.UserRegs) -> None:
+            got = P.to_signed(regs.rax)
+            if got == row.ret:
+                if placed:
+                    regs.set_syscall_args(args)
+                    P.set_regs(task.tid, regs)
+                return
+            self.stats["maps_elsewhere"] += 1
+            if placed and got == -errno_mod.EEXIST:  # taken: as the program asked
+                self._inject(task, [(spec.nr, args)], lambda t, r: self._mapped_elsewhere(
+                    t, row, P.to_signed(r.rax)))
+                return
+            self._mapped_elsewhere(task, row, got)
+
+        task.at_exit = done
+        self._resume(task)
+
+    def _mapped_elsewhere(self, task: Task, row: Row, got: int) -> None:
+        if self.stats["maps_elsewhere"] > 3:
+            return
+        if got == -errno_mod.ENOMEM:
+            why = (f"the sandbox's address-space limit (RLIMIT_AS "
+                   f"{self.opts.limits.address_space >> 30} GiB) refused it")
+        elif is_error(got):
+            why = f"it failed: {errno_mod.errorcode.get(-got, got)}"
+        else:
+            why = f"placed at {got:#x}: that place is taken in the replay"
+        self.notes.append(f"thread {task.rec_tid} seq {row.seq}: mmap of {row.args[1]} bytes, "
+                          f"recorded at {row.ret:#x}: {why}")
 
     # -- what-if: the peer's recorded bytes ----------
     def _serve_from_peer(self, task: Task, regs: P.UserRegs, spec: SyscallSpec,

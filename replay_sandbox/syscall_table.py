@@ -40,6 +40,8 @@ class Policy(enum.IntEnum):
     CLOCK = 6  # not executed: the value comes from the log or the virtual clock
     SIGNAL = 7  # run for real with the recorded pids translated to the sandbox's
     SYNC = 8  # futex: run for real; an ordering point between threads, matched loosely
+    MAP = 9  # mmap: run for real where the recording's mapping was (the address space
+    # the program sees is the recorded one: it may read /proc/self/maps, or choose hints)
 
 
 # How many bytes an argument received (or supplied). Evaluated by ``region_size``.
@@ -188,6 +190,17 @@ _SPECS: tuple[SyscallSpec, ...] = (
     SyscallSpec(121, "getpgid", S),
     SyscallSpec(124, "getsid", S),
     SyscallSpec(95, "umask", S, None, (0,)),
+    # credentials: the program sees the recorded ones (getuid is served), so changing them
+    # is served too; the sandbox's own (an unprivileged uid) never change
+    SyscallSpec(105, "setuid", S, None, (0,)),
+    SyscallSpec(106, "setgid", S, None, (0,)),
+    SyscallSpec(113, "setreuid", S, None, (0, 1)),
+    SyscallSpec(114, "setregid", S, None, (0, 1)),
+    SyscallSpec(116, "setgroups", S, None, (0,)),
+    SyscallSpec(117, "setresuid", S, None, (0, 1, 2)),
+    SyscallSpec(119, "setresgid", S, None, (0, 1, 2)),
+    SyscallSpec(122, "setfsuid", S, None, (0,)),
+    SyscallSpec(123, "setfsgid", S, None, (0,)),
     SyscallSpec(309, "getcpu", C, None, (), (_r(0, FIXED(4)), _r(1, FIXED(4)))),
     # -- clocks ----------
     SyscallSpec(228, "clock_gettime", C, None, (0,), (_r(1, FIXED(16)),)),
@@ -295,6 +308,12 @@ _SPECS: tuple[SyscallSpec, ...] = (
     SyscallSpec(435, "clone3", R, None, ()),
     SyscallSpec(57, "fork", R, None, ()),
     SyscallSpec(58, "vfork", R, None, ()),
+    # -- waits for children: run for real (they block), for the recorded child, with the
+    # recorded rusage (engine: _on_wait_child) ----------
+    SyscallSpec(61, "wait4", R, None, (), (_r(1, FIXED(4)), _r(3, FIXED(144)))),
+    SyscallSpec(247, "waitid", R, None, (), (_r(2, FIXED(128)), _r(4, FIXED(144)))),
+    # -- memory placed where it was: mmap at the recorded address ---------------------------
+    SyscallSpec(9, "mmap", Policy.MAP, 4, (1, 2, 3, 4)),
     # -- synchronisation between threads: contended locks show as futex calls ---------------
     SyscallSpec(202, "futex", Policy.SYNC, None, ()),
     SyscallSpec(449, "futex_waitv", Policy.SYNC, None, ()),
@@ -329,6 +348,8 @@ O_NONBLOCK = 0o4000
 O_ACCMODE = 0o3
 O_CREAT = 0o100
 O_TRUNC = 0o1000
+MAP_FIXED = 0x10
+MAP_FIXED_NOREPLACE = 0x100000
 F_DUPFD = 0
 F_DUPFD_CLOEXEC = 1030
 F_GETLK = 5

@@ -54,8 +54,8 @@ class TimeServing(EngineState):
             self._finish(task, regs, -errno_mod.ENOSYS)
             return
         row = self._skip_sync_rows(task, clock_read=True)
-        if row is not None and row.nr == nr and (nr != 228 or row.args[0] == P.to_signed(
-                args[0])):
+        if row is not None and row.nr == nr and (nr != 228 or self.canonical_clock(
+                row.args[0] & MASK) == self.canonical_clock(args[0])):
             if not self._my_turn(task, row):
                 self._hold(task)
                 return

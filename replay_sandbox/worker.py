@@ -85,7 +85,8 @@ def execute(request: ReplayRequest, location: LakeLocation, hidden: tuple[str, .
         raise SandboxError("replay needs root (ptrace, seccomp and namespaces)")
     if location.root.startswith("file://"):  # the lake holds every recorded payload
         hidden = (location.root.removeprefix("file://"), *hidden)
-    recording = load(location, request.pid, request.node, request.from_ns, request.to_ns)
+    recording = load(location, request.pid, request.node, request.from_ns, request.to_ns,
+                     tree=request.tree)
     options = options_for(request, recording, hidden, named_files)
     if request.fuzz is not None:
         spec = request.fuzz

@@ -49,6 +49,8 @@ LAYOUT_EXPORT(struct payload_spec, payload_spec);
 LAYOUT_EXPORT(enum syscalls_constants, syscalls_constants);
 LAYOUT_EXPORT(enum payload_size_kind, payload_size_kind);
 LAYOUT_EXPORT(enum payload_layout, payload_layout);
+LAYOUT_EXPORT(struct file_id, file_id);
+LAYOUT_EXPORT(struct proc_context, proc_context);
 
 #define NR_EXIT 60
 #define NR_EXIT_GROUP 231
@@ -60,6 +62,42 @@ LAYOUT_EXPORT(enum payload_layout, payload_layout);
 #define SOCKADDR_MAX 128    /* sizeof(struct sockaddr_storage) */
 #define MSGHDR_SIZE 56      /* sizeof(struct user_msghdr) on x86_64 */
 #define ERRNO_MAX 4095      /* returns in [-4095, -1] are errors */
+#define NR_READ 0
+#define NR_OPEN 2
+#define NR_PREAD64 17
+#define NR_READV 19
+#define NR_CREAT 85
+#define NR_CHDIR 80
+#define NR_FCHDIR 81
+#define NR_OPENAT 257
+#define NR_PREADV 295
+#define NR_PREADV2 327
+#define NR_OPENAT2 437
+#define S_IFMT 00170000
+#define S_IFREG 0100000
+#define S_IFDIR 0040000
+#define S_IFCHR 0020000
+#define S_IFBLK 0060000
+#define S_IFIFO 0010000
+#define FMODE_WRITE 0x2
+#define NSEC_PER_SEC 1000000000LL
+/* s_magic of file systems whose "regular files" are made up at each read (or served by a
+ * daemon): their reads keep their bytes, and their descriptors' paths are not resolved */
+#define PROC_SUPER_MAGIC 0x9fa0
+#define SYSFS_MAGIC 0x62656572
+#define CGROUP_SUPER_MAGIC 0x27e0eb
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#define DEBUGFS_MAGIC 0x64626720
+#define TRACEFS_MAGIC 0x74726163
+#define SECURITYFS_MAGIC 0x73636673
+#define BPF_FS_MAGIC 0xcafe4a11
+#define CONFIGFS_MAGIC 0x62656570
+#define PSTOREFS_MAGIC 0x6165676c
+#define EFIVARFS_MAGIC 0xde5e81e4
+#define FUSE_SUPER_MAGIC 0x65735546
+#define PIPEFS_MAGIC 0x50495045
+#define SOCKFS_MAGIC 0x534F434B
+#define ANON_INODE_FS_MAGIC 0x09041934
 
 /* Sizes are defaults; the loader resizes rings before load. */
 struct {
@@ -117,7 +155,7 @@ struct copy_job {
 	__u8 arg;
 	__u8 iovec;
 	__u8 cstring;
-	__u8 __pad;
+	__u8 data_flags; /* DATA_FLAG_* every chunk of the region carries */
 };
 
 /* The payload regions of the call being emitted: scratch, filled and used in one program
@@ -150,6 +188,16 @@ const volatile __u32 payload_cap = 64 << 10; /* bytes per payload region */
 /* Which arguments receive output and how long it is, per syscall number: the one table
  * of capture_agent/families/syscalls.py (PAYLOAD_TABLE), written here before load. */
 const volatile struct payload_spec payload_specs[SYSCALL_NR_MAX] = {};
+/* Reads of regular files by identity (struct file_id) instead of their bytes; the agent
+ * stores each file version's content once. A file changed less than fresh_file_ns before
+ * the read (a temporary file just written, which may be gone before the agent reads it)
+ * also keeps its bytes, up to fresh_file_cap. mono_to_real_ns turns bpf_ktime_get_ns() into
+ * the wall clock of inode times (sampled by the agent at load; a clock step since then
+ * only moves the freshness window). */
+const volatile __u8 files_by_identity = 1;
+const volatile __s64 mono_to_real_ns = 0;
+const volatile __u64 fresh_file_ns = 5ULL * NSEC_PER_SEC;
+const volatile __u32 fresh_file_cap = 1 << 20;
 
 /* ---- entry and exit ---------------------------------------------------------------- */
 
@@ -185,6 +233,24 @@ static __always_inline bool is_error(long ret)
 
 __u32 emit_payloads(struct syscall_state *st, struct syscall_call *call, long ret, __u64 now,
 		    __u64 ids);
+int emit_opened(struct copy_state *c, __s32 fd);
+int emit_cwd(struct copy_state *c);
+
+/* After an open or a change of directory: what the kernel resolved (the opened file's
+ * identity and path, the new working directory). Called beside emit_payloads, not from
+ * it, to keep the chain of frames short. */
+static __always_inline void emit_resolved(struct syscall_state *st, struct syscall_call *call,
+					  long ret)
+{
+	__s32 nr = call->nr;
+
+	if (is_error(ret))
+		return;
+	if (nr == 2 || nr == 257 || nr == 437 || nr == 85) /* open, openat, openat2, creat */
+		emit_opened(&st->scratch.shared, ret);
+	else if ((nr == 80 || nr == 81) && ret == 0) /* chdir, fchdir */
+		emit_cwd(&st->scratch.shared);
+}
 
 static __always_inline void syscall_emit(struct syscall_state *st, struct syscall_call *call,
 					 long ret, __u64 now, __u8 flags)
@@ -194,8 +260,10 @@ static __always_inline void syscall_emit(struct syscall_state *st, struct syscal
 
 	if (call->compat)
 		flags |= SYSCALL_FLAG_COMPAT;
-	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN))
+	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN)) {
 		flags |= emit_payloads(st, call, ret, now, ids);
+		emit_resolved(st, call, ret);
+	}
 	ev = EVENT_RESERVE_AT(&syscall_events, struct syscall_event, EVENT_SYSCALL,
 			      SYSCALLS_LAYOUT_VERSION, now);
 	if (!ev)
@@ -465,9 +533,9 @@ __noinline int copy_region(struct copy_state *shared, struct copy_job *job)
 	c.total_len = job->total;
 	c.want = want;
 	c.offset = 0;
-	c.data_flags = 0;
+	c.data_flags = job->data_flags;
 	if (want < job->total) {
-		c.data_flags = DATA_FLAG_TRUNCATED;
+		c.data_flags |= DATA_FLAG_TRUNCATED;
 		c.sys_flags |= SYSCALL_FLAG_TRUNCATED;
 	}
 	if (job->iovec) {
@@ -482,7 +550,9 @@ __noinline int copy_region(struct copy_state *shared, struct copy_job *job)
 		c.piece_left = want;
 	}
 	/* Steps: one per iovec read plus one per chunk (a chunk never spans two iovecs). */
-	bpf_loop(2 * MAX_IOVECS + payload_cap / SYSCALL_DATA_CHUNK + 2, copy_step, &c, 0);
+	bpf_loop(2 * MAX_IOVECS +
+		 (payload_cap > fresh_file_cap ? payload_cap : fresh_file_cap) / SYSCALL_DATA_CHUNK + 2,
+		 copy_step, &c, 0);
 	shared->sys_flags = c.sys_flags;
 	return 0;
 }
@@ -571,6 +641,559 @@ static __always_inline void msghdr_jobs(struct payload_scratch *scratch, __u8 ar
 	jobs[3].arg = PAYLOAD_ARG_MSGHDR;
 }
 
+/* ---- files: reads by identity, kernel paths, the context of an exec --------------------
+ *
+ * A read of a regular file opened read-only, that nobody has open for writing, on a file
+ * system whose contents are stored (not /proc, /sys, ...), is recorded as the file's
+ * identity and the offset read (one struct file_id, a small chunk flagged DATA_FLAG_FILE)
+ * instead of its bytes: the agent stores each version of the file once, whatever its
+ * size (capture_agent/file_store.py). Everything else keeps its bytes (pipes, sockets,
+ * ttys, a file written through another descriptor, sqlite's read-write database).
+ *
+ * Paths are resolved here from the dentry (the kernel's answer, not /proc read later):
+ * the working directory at exec, chdir and fchdir, the file an open returned, and the
+ * target of each descriptor an exec starts with. A path is built in the thread's
+ * `syscall_paths` storage in two bpf_loop passes (up the dentries and mounts to the task's
+ * root, then down, writing the names) and copied into the data ring as one chunk.
+ */
+
+/* A path being composed, and the record it goes out in (per thread, like syscall_state). */
+struct path_scratch {
+	struct syscall_data_event ev;
+	__u64 stack[PATH_DEPTH_MAX]; /* dentries from the leaf up */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct path_scratch);
+} syscall_paths SEC(".maps");
+
+/* Inode times before Linux 6.11 (i_mtime_sec/_nsec since): timespec64 fields, renamed
+ * __i_ctime in 6.6 and __i_mtime in 6.7 (accessors became the API). */
+struct inode___ts {
+	struct timespec64 i_mtime;
+	struct timespec64 i_ctime;
+} __attribute__((preserve_access_index));
+
+struct inode___ts66 {
+	struct timespec64 __i_mtime;
+	struct timespec64 __i_ctime;
+} __attribute__((preserve_access_index));
+
+static __always_inline void inode_times(struct inode *inode, __s64 *mtime, __s64 *ctime)
+{
+	struct inode___ts66 *mid = (void *)inode;
+	struct inode___ts *old = (void *)inode;
+
+	if (bpf_core_field_exists(inode->i_mtime_sec)) {
+		/* the top bits of i_ctime_nsec may flag a multigrain query (6.13+) */
+		*mtime = BPF_CORE_READ(inode, i_mtime_sec) * NSEC_PER_SEC +
+			 (BPF_CORE_READ(inode, i_mtime_nsec) & 0x3fffffff);
+		*ctime = BPF_CORE_READ(inode, i_ctime_sec) * NSEC_PER_SEC +
+			 (BPF_CORE_READ(inode, i_ctime_nsec) & 0x3fffffff);
+		return;
+	}
+	if (bpf_core_field_exists(mid->__i_mtime))
+		*mtime = BPF_CORE_READ(mid, __i_mtime.tv_sec) * NSEC_PER_SEC +
+			 BPF_CORE_READ(mid, __i_mtime.tv_nsec);
+	else
+		*mtime = BPF_CORE_READ(old, i_mtime.tv_sec) * NSEC_PER_SEC +
+			 BPF_CORE_READ(old, i_mtime.tv_nsec);
+	if (bpf_core_field_exists(mid->__i_ctime))
+		*ctime = BPF_CORE_READ(mid, __i_ctime.tv_sec) * NSEC_PER_SEC +
+			 BPF_CORE_READ(mid, __i_ctime.tv_nsec);
+	else
+		*ctime = BPF_CORE_READ(old, i_ctime.tv_sec) * NSEC_PER_SEC +
+			 BPF_CORE_READ(old, i_ctime.tv_nsec);
+}
+
+/* The open file behind descriptor fd of task, or NULL. */
+static __always_inline struct file *fd_file(struct task_struct *task, __u64 fd)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **files;
+	struct file *file = NULL;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	files = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &files[fd]);
+	return file;
+}
+
+static __always_inline void fill_file_id(struct file_id *id, struct file *file, __s32 fd)
+{
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+
+	id->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	id->ino = BPF_CORE_READ(inode, i_ino);
+	id->size = BPF_CORE_READ(inode, i_size);
+	inode_times(inode, &id->mtime_ns, &id->ctime_ns);
+	id->pos = BPF_CORE_READ(file, f_pos);
+	id->fd = fd;
+	id->mode = BPF_CORE_READ(inode, i_mode);
+	id->flags = BPF_CORE_READ(file, f_flags);
+	id->magic = BPF_CORE_READ(inode, i_sb, s_magic);
+}
+
+/* Contents that are made up at each read, or that someone else serves: keep the bytes. */
+static __always_inline bool volatile_fs(__u32 magic)
+{
+	switch (magic) {
+	case PROC_SUPER_MAGIC:
+	case SYSFS_MAGIC:
+	case CGROUP_SUPER_MAGIC:
+	case CGROUP2_SUPER_MAGIC:
+	case DEBUGFS_MAGIC:
+	case TRACEFS_MAGIC:
+	case SECURITYFS_MAGIC:
+	case BPF_FS_MAGIC:
+	case CONFIGFS_MAGIC:
+	case PSTOREFS_MAGIC:
+	case EFIVARFS_MAGIC:
+	case FUSE_SUPER_MAGIC:
+		return true;
+	}
+	return false;
+}
+
+/* Descriptors whose target is a path (not a pipe, socket or anonymous inode). */
+static __always_inline bool has_path(struct file_id *id)
+{
+	if (id->magic == PIPEFS_MAGIC || id->magic == SOCKFS_MAGIC ||
+	    id->magic == ANON_INODE_FS_MAGIC)
+		return false;
+	switch (id->mode & S_IFMT) {
+	case S_IFREG:
+	case S_IFDIR:
+	case S_IFCHR:
+	case S_IFBLK:
+	case S_IFIFO:
+		return true;
+	}
+	return false;
+}
+
+/* The bpf_loop context of a path walk (pointers as numbers: the callbacks read through
+ * them with probe reads). */
+struct path_walk {
+	__u64 dentry;
+	__u64 vfsmnt;
+	__u64 root_dentry;
+	__u64 root_vfsmnt;
+	__u64 mount_offset; /* of struct vfsmount in struct mount (CO-RE) */
+	__u32 depth;
+	__u32 off;
+	__u32 truncated;
+	__u32 __pad;
+};
+
+static __always_inline struct path_scratch *path_scratch(void)
+{
+	return bpf_task_storage_get(&syscall_paths, bpf_get_current_task_btf(), 0, 0);
+}
+
+/* Up one step: a dentry pushed, or a mount crossed; 1 when the root is reached. */
+static long path_up(__u64 index, void *ctx)
+{
+	struct path_walk *w = ctx;
+	struct path_scratch *s;
+	struct dentry *dentry = (void *)w->dentry;
+	struct vfsmount *vfsmnt = (void *)w->vfsmnt;
+	struct dentry *parent;
+	__u64 mnt_root;
+
+	if (w->dentry == w->root_dentry && w->vfsmnt == w->root_vfsmnt)
+		return 1;
+	mnt_root = (__u64)BPF_CORE_READ(vfsmnt, mnt_root);
+	if (mnt_root == w->dentry) {
+		struct mount *mnt = (void *)((__u64)vfsmnt - w->mount_offset);
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (!up || up == mnt)
+			return 1; /* the namespace's root */
+		w->dentry = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->vfsmnt = (__u64)up + w->mount_offset;
+		return 0;
+	}
+	parent = BPF_CORE_READ(dentry, d_parent);
+	if (!parent || (__u64)parent == w->dentry)
+		return 1; /* the root of a file system mounted nowhere the task sees */
+	if (w->depth >= PATH_DEPTH_MAX) {
+		w->truncated = 1;
+		return 1;
+	}
+	s = path_scratch();
+	if (!s)
+		return 1;
+	s->stack[w->depth & (PATH_DEPTH_MAX - 1)] = w->dentry;
+	w->depth += 1;
+	w->dentry = (__u64)parent;
+	return 0;
+}
+
+#define PATH_NAME_MAX 256 /* NAME_MAX and its NUL */
+
+/* Down one step: "/name" of the next dentry from the top. */
+static long path_down(__u64 index, void *ctx)
+{
+	struct path_walk *w = ctx;
+	struct path_scratch *s;
+	struct dentry *dentry;
+	const unsigned char *name;
+	__u64 off;
+	long n;
+
+	if (index >= w->depth)
+		return 1;
+	if (w->off > SYSCALL_DATA_CHUNK - PATH_NAME_MAX - 1) {
+		w->truncated = 1;
+		return 1;
+	}
+	s = path_scratch();
+	if (!s)
+		return 1;
+	dentry = (void *)s->stack[(w->depth - 1 - index) & (PATH_DEPTH_MAX - 1)];
+	name = BPF_CORE_READ(dentry, d_name.name);
+	off = bounded(w->off, SYSCALL_DATA_CHUNK - PATH_NAME_MAX - 1);
+	s->ev.data[off] = '/';
+	n = bpf_probe_read_kernel_str(&s->ev.data[off + 1], PATH_NAME_MAX, name);
+	if (n <= 0) {
+		w->truncated = 1;
+		return 1;
+	}
+	w->off = off + n; /* at the NUL: the next name's '/' replaces it */
+	return 0;
+}
+
+/* Copy a composed record to a ring, waking the consumer as event_submit would. */
+static __always_inline void ring_output(void *ring, void *record, __u64 size)
+{
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) + size + 8;
+	__u64 ring_size = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE);
+	__u64 threshold = ring_size * wakeup_fill_pct / 100;
+	bool crossing = avail >= threshold && avail < threshold + size + 8;
+
+	if (bpf_ringbuf_output(ring, record, size,
+			       crossing || avail >= ring_size - ring_size / 8 ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP))
+		count_drop(EVENT_SYSCALL_DATA);
+}
+
+/*
+ * One data chunk of the call in `c` (argument `arg`) holding the path of dentry/vfsmnt
+ * from the task's root, after `prefix` bytes already in the scratch record (a file_id).
+ */
+__noinline int emit_path(struct copy_state *c, __u64 dentry, __u64 vfsmnt, __u32 arg,
+			 __u32 prefix)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct path_scratch *s = path_scratch();
+	struct syscall_data_event *ev;
+	struct path_walk w = {};
+	struct dentry *leaf = (void *)dentry;
+	__u8 flags = 0;
+
+	if (!c || !s || !dentry || !vfsmnt)
+		return 0;
+	w.dentry = dentry;
+	w.vfsmnt = vfsmnt;
+	w.root_dentry = (__u64)BPF_CORE_READ(task, fs, root.dentry);
+	w.root_vfsmnt = (__u64)BPF_CORE_READ(task, fs, root.mnt);
+	w.mount_offset = bpf_core_field_offset(struct mount, mnt);
+	w.off = prefix < 64 ? prefix : 64;
+	bpf_loop(PATH_DEPTH_MAX + 16, path_up, &w, 0); /* + mounts crossed */
+	if (w.depth == 0) {
+		s->ev.data[w.off & 127] = '/';
+		w.off += 1;
+	} else {
+		bpf_loop(w.depth, path_down, &w, 0);
+	}
+	if (w.truncated)
+		flags |= DATA_FLAG_TRUNCATED;
+	if (!BPF_CORE_READ(leaf, d_hash.pprev) && BPF_CORE_READ(leaf, d_parent) != leaf)
+		flags |= DATA_FLAG_DELETED; /* unlinked: the path named it once */
+	ev = &s->ev;
+	ev->hdr.ktime_ns = c->now;
+	ev->hdr.kind = EVENT_SYSCALL_DATA;
+	ev->hdr.size = sizeof(*ev);
+	ev->hdr.cpu = bpf_get_smp_processor_id();
+	ev->hdr.version = SYSCALLS_LAYOUT_VERSION;
+	ev->hdr.flags = flags;
+	ev->start_ns = c->start_ns;
+	ev->seq = c->seq;
+	ev->total_len = w.off;
+	ev->pid = c->pid;
+	ev->tid = c->tid;
+	ev->offset = 0;
+	ev->len = w.off;
+	ev->nr = c->nr;
+	ev->arg_index = arg;
+	ev->__pad[0] = 0;
+	ev->__pad[1] = 0;
+	ev->__pad[2] = 0;
+	ring_output(&syscall_data, ev, sizeof(*ev));
+	return 0;
+}
+
+static __always_inline struct path_scratch *path_scratch_create(void)
+{
+	return bpf_task_storage_get(&syscall_paths, bpf_get_current_task_btf(), 0,
+				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+}
+
+/* Send the first `len` bytes of the scratch record's data as a chunk of argument `arg`. */
+static __always_inline void emit_scratch(struct path_scratch *s, struct copy_state *c,
+					 __u32 arg, __u32 len)
+{
+	struct syscall_data_event *ev = &s->ev;
+
+	ev->hdr.ktime_ns = c->now;
+	ev->hdr.kind = EVENT_SYSCALL_DATA;
+	ev->hdr.size = sizeof(*ev);
+	ev->hdr.cpu = bpf_get_smp_processor_id();
+	ev->hdr.version = SYSCALLS_LAYOUT_VERSION;
+	ev->hdr.flags = 0;
+	ev->start_ns = c->start_ns;
+	ev->seq = c->seq;
+	ev->total_len = len;
+	ev->pid = c->pid;
+	ev->tid = c->tid;
+	ev->offset = 0;
+	ev->len = len;
+	ev->nr = c->nr;
+	ev->arg_index = arg;
+	ev->__pad[0] = 0;
+	ev->__pad[1] = 0;
+	ev->__pad[2] = 0;
+	ring_output(&syscall_data, ev, sizeof(*ev));
+}
+
+/* An open's new descriptor, if it is a regular file: its file_id, then its path. */
+__noinline int emit_opened(struct copy_state *c, __s32 fd)
+{
+	struct path_scratch *s = path_scratch_create();
+	struct file *file;
+	struct file_id *id;
+
+	if (!c || !s || fd < 0)
+		return 0;
+	file = fd_file(bpf_get_current_task_btf(), fd);
+	if (!file)
+		return 0;
+	id = (void *)s->ev.data;
+	fill_file_id(id, file, fd);
+	if ((id->mode & S_IFMT) != S_IFREG)
+		return 0;
+	emit_path(c, (__u64)BPF_CORE_READ(file, f_path.dentry),
+		  (__u64)BPF_CORE_READ(file, f_path.mnt), PAYLOAD_ARG_OPENED, sizeof(*id));
+	return 0;
+}
+
+/* The working directory, after an exec, chdir or fchdir. */
+__noinline int emit_cwd(struct copy_state *c)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	if (!c || !path_scratch_create())
+		return 0;
+	emit_path(c, (__u64)BPF_CORE_READ(task, fs, pwd.dentry),
+		  (__u64)BPF_CORE_READ(task, fs, pwd.mnt), PAYLOAD_ARG_CWD, 0);
+	return 0;
+}
+
+/* An id as the user namespace of `map` sees kernel id `id` (map_id_range_down, for the
+ * five extents a map keeps inline); the overflow id when it has none. */
+static __noinline __u32 map_id(struct uid_gid_map *map, __u32 nr, __u32 id)
+{
+	int i;
+
+	for (i = 0; i < 5; i++) {
+		__u32 first, lower, count;
+
+		if (i >= nr)
+			break;
+		first = BPF_CORE_READ(map, extent[i].first);
+		lower = BPF_CORE_READ(map, extent[i].lower_first);
+		count = BPF_CORE_READ(map, extent[i].count);
+		if (id - lower < count)
+			return first + (id - lower);
+	}
+	return 65534;
+}
+
+/* The process context of the new image, as a chunk of the execve (PAYLOAD_ARG_CONTEXT). */
+__noinline int emit_context(struct copy_state *c)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct path_scratch *s = path_scratch_create();
+	const struct cred *cred = task->cred;
+	struct user_namespace *ns;
+	struct uid_gid_map *uids, *gids;
+	struct proc_context *pc;
+	__u32 nr_uids, nr_gids;
+
+	if (!c || !s)
+		return 0;
+	pc = (void *)s->ev.data;
+	__builtin_memset(pc, 0, sizeof(*pc));
+	pc->umask = BPF_CORE_READ(task, fs, umask);
+	ns = BPF_CORE_READ(cred, user_ns);
+	uids = (void *)ns + bpf_core_field_offset(struct user_namespace, uid_map);
+	gids = (void *)ns + bpf_core_field_offset(struct user_namespace, gid_map);
+	nr_uids = BPF_CORE_READ(uids, nr_extents);
+	nr_gids = BPF_CORE_READ(gids, nr_extents);
+	pc->uid = BPF_CORE_READ(cred, uid.val);
+	pc->euid = BPF_CORE_READ(cred, euid.val);
+	pc->suid = BPF_CORE_READ(cred, suid.val);
+	pc->fsuid = BPF_CORE_READ(cred, fsuid.val);
+	pc->gid = BPF_CORE_READ(cred, gid.val);
+	pc->egid = BPF_CORE_READ(cred, egid.val);
+	pc->sgid = BPF_CORE_READ(cred, sgid.val);
+	pc->fsgid = BPF_CORE_READ(cred, fsgid.val);
+	if (nr_uids <= 5 && nr_gids <= 5) {
+		pc->ids_mapped = 1;
+		pc->uid = map_id(uids, nr_uids, pc->uid);
+		pc->euid = map_id(uids, nr_uids, pc->euid);
+		pc->suid = map_id(uids, nr_uids, pc->suid);
+		pc->fsuid = map_id(uids, nr_uids, pc->fsuid);
+		pc->gid = map_id(gids, nr_gids, pc->gid);
+		pc->egid = map_id(gids, nr_gids, pc->egid);
+		pc->sgid = map_id(gids, nr_gids, pc->sgid);
+		pc->fsgid = map_id(gids, nr_gids, pc->fsgid);
+	}
+	bpf_core_read(pc->rlimits, sizeof(pc->rlimits), &task->signal->rlim);
+	bpf_core_read_str(pc->nodename, sizeof(pc->nodename),
+			  &task->nsproxy->uts_ns->name.nodename);
+	emit_scratch(s, c, PAYLOAD_ARG_CONTEXT, sizeof(*pc));
+	return 0;
+}
+
+/* The bpf_loop context of the descriptor table at exec. */
+struct fd_walk {
+	__u64 files;     /* struct file ** */
+	__u64 with_path; /* bit N: descriptor N's target is a path */
+	__u32 max_fds;
+	__u32 count;
+};
+
+static long fd_step(__u64 index, void *ctx)
+{
+	struct fd_walk *w = ctx;
+	struct path_scratch *s;
+	struct file *file = NULL;
+	struct file_id *id;
+
+	if (index >= w->max_fds || index >= FD_TABLE_MAX)
+		return 1;
+	bpf_probe_read_kernel(&file, sizeof(file), (void *)(w->files + index * sizeof(file)));
+	if (!file)
+		return 0;
+	s = path_scratch();
+	if (!s)
+		return 1;
+	id = (void *)&s->ev.data[(w->count & (FD_TABLE_MAX - 1)) * sizeof(*id)];
+	fill_file_id(id, file, index);
+	if (has_path(id))
+		w->with_path |= 1ULL << index;
+	w->count += 1;
+	return 0;
+}
+
+/* The descriptors the new image starts with (close-on-exec ones are closed by now):
+ * struct file_id[] as one chunk (PAYLOAD_ARG_FDS), then the path of each one that has
+ * one (PAYLOAD_ARG_FD_PATH + fd). */
+__noinline int emit_descriptors(struct copy_state *c)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct path_scratch *s = path_scratch_create();
+	struct fdtable *fdt;
+	struct fd_walk w = {};
+	int fd;
+
+	if (!c || !s)
+		return 0;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return 0;
+	w.files = (__u64)BPF_CORE_READ(fdt, fd);
+	w.max_fds = BPF_CORE_READ(fdt, max_fds);
+	bpf_loop(FD_TABLE_MAX, fd_step, &w, 0);
+	emit_scratch(s, c, PAYLOAD_ARG_FDS, (w.count & (FD_TABLE_MAX * 2 - 1)) *
+						   sizeof(struct file_id));
+	for (fd = 0; fd < FD_TABLE_MAX; fd++) {
+		struct file *file;
+
+		if (!(w.with_path & (1ULL << fd)))
+			continue;
+		file = fd_file(task, fd);
+		if (file)
+			emit_path(c, (__u64)BPF_CORE_READ(file, f_path.dentry),
+				  (__u64)BPF_CORE_READ(file, f_path.mnt), PAYLOAD_ARG_FD_PATH + fd,
+				  0);
+	}
+	return 0;
+}
+
+/*
+ * A read of a regular file, by identity: a small chunk holding its file_id (pos: the first
+ * byte's offset), for argument 1 (the buffer, or the iovec array). 1 if the bytes need not
+ * be copied, 2 if they must be too (a file changed moments ago), 0 if this read is not
+ * one (its bytes are copied as any payload).
+ */
+static __always_inline int emit_file_read(struct copy_state *c, struct syscall_call *call,
+					  long ret)
+{
+	struct syscall_data_small_event *ev;
+	struct file_id *id;
+	struct file *file;
+	struct inode *inode;
+	__s64 now_real;
+	bool fresh;
+	__u32 nr = call->nr;
+
+	if (!files_by_identity || ret <= 0)
+		return 0;
+	if (nr != NR_READ && nr != NR_PREAD64 && nr != NR_READV && nr != NR_PREADV &&
+	    nr != NR_PREADV2)
+		return 0;
+	file = fd_file(bpf_get_current_task_btf(), (__u32)call->args[0]);
+	if (!file)
+		return 0;
+	inode = BPF_CORE_READ(file, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFREG ||
+	    (BPF_CORE_READ(file, f_mode) & FMODE_WRITE) ||
+	    BPF_CORE_READ(inode, i_writecount.counter) > 0 || BPF_CORE_READ(inode, i_size) <= 0 ||
+	    volatile_fs(BPF_CORE_READ(inode, i_sb, s_magic)))
+		return 0;
+	ev = EVENT_RESERVE_AT(&syscall_data_small, struct syscall_data_small_event,
+			      EVENT_SYSCALL_DATA_SMALL, SYSCALLS_LAYOUT_VERSION, c->now);
+	if (!ev) {
+		c->sys_flags |= SYSCALL_FLAG_PAYLOAD_LOST;
+		return 0; /* the bytes, then, if they fit */
+	}
+	c->arg_index = 1;
+	c->offset = 0;
+	c->total_len = ret;
+	c->data_flags = DATA_FLAG_FILE;
+	FILL_CHUNK_HEAD(ev, c, sizeof(*id));
+	id = (void *)ev->data;
+	fill_file_id(id, file, (__s32)call->args[0]);
+	/* pread64 and preadv read at args[3]; the others (preadv2 with -1) at f_pos, which
+	 * the call has advanced past what it read */
+	if (nr == NR_PREAD64 || nr == NR_PREADV || (nr == NR_PREADV2 && (__s64)call->args[3] >= 0))
+		id->pos = call->args[3];
+	else
+		id->pos -= ret;
+	now_real = (__s64)bpf_ktime_get_ns() + mono_to_real_ns;
+	fresh = id->ctime_ns > now_real - (__s64)fresh_file_ns ||
+		id->mtime_ns > now_real - (__s64)fresh_file_ns;
+	event_submit(&syscall_data_small, ev);
+	return fresh ? 2 : 1;
+}
+
 /* Chunks of every payload region of a syscall (of a failed one: its FLAT inputs only);
  * SYSCALL_FLAG_* to report. */
 __noinline __u32 emit_payloads(struct syscall_state *st, struct syscall_call *call, long ret,
@@ -579,6 +1202,7 @@ __noinline __u32 emit_payloads(struct syscall_state *st, struct syscall_call *ca
 	struct copy_job *jobs;
 	struct copy_state *c;
 	bool failed;
+	int by_file;
 	__u32 nr;
 	int i;
 
@@ -590,7 +1214,16 @@ __noinline __u32 emit_payloads(struct syscall_state *st, struct syscall_call *ca
 	jobs = st->scratch.jobs;
 	c = &st->scratch.shared;
 	__builtin_memset(&st->scratch, 0, sizeof(st->scratch));
+	c->now = now;
+	c->start_ns = call->start_ns;
+	c->seq = call->seq;
+	c->pid = ids >> 32;
+	c->tid = (__u32)ids;
+	c->nr = nr;
 	failed = is_error(ret);
+	by_file = failed ? 0 : emit_file_read(c, call, ret);
+	if (by_file == 1)
+		return c->sys_flags; /* the agent stores the file's content */
 	for (i = 0; i < PAYLOAD_REGIONS; i++) {
 		const volatile struct payload_region *r = &payload_specs[nr].regions[i];
 		__u8 kind = r->size_kind;
@@ -630,15 +1263,13 @@ __noinline __u32 emit_payloads(struct syscall_state *st, struct syscall_call *ca
 		}
 	}
 
-	c->now = now;
-	c->start_ns = call->start_ns;
-	c->seq = call->seq;
-	c->pid = ids >> 32;
-	c->tid = (__u32)ids;
-	c->nr = nr;
 	for (i = 0; i < PAYLOAD_REGIONS; i++) {
-		if (!jobs[i].limit || jobs[i].limit > payload_cap)
+		if (by_file == 2) { /* also the bytes, in case the file is gone by then */
+			jobs[i].limit = fresh_file_cap;
+			jobs[i].data_flags = DATA_FLAG_ALSO_FILE;
+		} else if (!jobs[i].limit || jobs[i].limit > payload_cap) {
 			jobs[i].limit = payload_cap;
+		}
 		if (jobs[i].cstring)
 			copy_cstring(c, &jobs[i], 0);
 		else
@@ -696,6 +1327,11 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		jobs[i].limit = payload_cap;
 		copy_region(c, &jobs[i]);
 	}
+	/* what else the new image starts with: its working directory, umask, ids, limits and
+	 * hostname, and its descriptors */
+	emit_cwd(c);
+	emit_context(c);
+	emit_descriptors(c);
 	return 0;
 }
 #endif

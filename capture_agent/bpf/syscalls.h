@@ -20,7 +20,7 @@
 
 /* Constants mirrored in Python (an enum, so they reach the object's BTF). */
 enum syscalls_constants {
-	SYSCALLS_LAYOUT_VERSION = 2,     /* bumped on any change to the records below */
+	SYSCALLS_LAYOUT_VERSION = 3,     /* bumped on any change to the records below */
 	SYSCALL_ARGS = 6,
 	SYSCALL_NR_MAX = 512,            /* payload table size: x86_64 numbers are below it */
 	PAYLOAD_REGIONS = 4,             /* payload regions per syscall in the table */
@@ -37,10 +37,28 @@ enum syscalls_constants {
 	/* syscall_data_event hdr.flags */
 	DATA_FLAG_TRUNCATED = 0x1,       /* the region had more than payload_cap bytes */
 	DATA_FLAG_FAULT = 0x2,           /* user memory unreadable: len 0, the rest not copied */
+	DATA_FLAG_FILE = 0x4,            /* a read of a regular file, recorded by identity: data is
+					  * a struct file_id (pos: the offset of the first byte
+					  * read), total_len the bytes read; the agent stores each
+					  * file version's content once (capture_agent/file_store.py) */
+	DATA_FLAG_ALSO_FILE = 0x8,       /* bytes of a read also recorded by identity (the file
+					  * changed moments ago and may be gone before the agent
+					  * stores it): the copy a replay uses if it was not */
+	DATA_FLAG_DELETED = 0x10,        /* a kernel path of a file no longer linked there */
 	/* pseudo argument numbers of recvmsg's struct msghdr parts (arg_index of a chunk) */
 	PAYLOAD_ARG_MSG_NAME = 6,
 	PAYLOAD_ARG_MSG_CONTROL = 7,
 	PAYLOAD_ARG_MSGHDR = 8,
+	/* pseudo argument numbers of what the kernel resolved (chunks of the call in flight) */
+	PAYLOAD_ARG_CWD = 10,      /* execve, chdir, fchdir: the working directory after it */
+	PAYLOAD_ARG_CONTEXT = 11,  /* execve: struct proc_context of the new image */
+	PAYLOAD_ARG_FDS = 12,      /* execve: the descriptors it starts with, struct file_id[] */
+	PAYLOAD_ARG_OPENED = 13,   /* open family: struct file_id of the new descriptor, then
+				    * its path (of a regular file only) */
+	PAYLOAD_ARG_FD_PATH = 16,  /* execve: the path of descriptor N is argument 16 + N */
+	FD_TABLE_MAX = 64,         /* descriptors 0..63 are described at exec */
+	PATH_DEPTH_MAX = 64,       /* components of a kernel path; deeper: truncated */
+	RLIMITS = 16,              /* RLIM_NLIMITS */
 	/* at sched_process_exec, the new image's command line and environment (NUL-separated,
 	 * as in /proc/PID/cmdline and environ) and the file executed, as chunks of the execve
 	 * in flight: arg_index 1 = argv, 2 = envp, 0 = the filename */
@@ -133,6 +151,43 @@ struct syscall_data_event {
 struct syscall_data_small_event {
 	SYSCALL_DATA_HEAD
 	__u8 data[SYSCALL_DATA_SMALL_CHUNK];
+};
+
+/*
+ * An open file as the kernel knows it (64 bytes): a read's source when recorded by
+ * identity (DATA_FLAG_FILE), an exec's descriptor (PAYLOAD_ARG_FDS), an open's result
+ * (PAYLOAD_ARG_OPENED). Paths, when wanted, are separate: the kernel resolves them from
+ * the dentry (kernel paths: absolute from the task's root, symlinks resolved).
+ */
+struct file_id {
+	__u64 dev;       /* s_dev of its file system (kernel encoding: major << 20 | minor) */
+	__u64 ino;
+	__s64 size;      /* i_size */
+	__s64 mtime_ns;
+	__s64 ctime_ns;
+	__s64 pos;       /* a read: offset of the first byte read; a descriptor: f_pos */
+	__s32 fd;
+	__u32 mode;      /* i_mode: type and permissions */
+	__u32 flags;     /* f_flags: O_ACCMODE, O_APPEND, O_NONBLOCK, ... */
+	__u32 magic;     /* s_magic of its file system (pipefs, sockfs, ext4, ...) */
+};
+
+/* What a process starts with besides argv, environment and descriptors (368 bytes). */
+struct proc_context {
+	__u32 umask;
+	__u32 ids_mapped; /* 1: ids as the task's user namespace sees them; 0: kernel ids
+			   * (a namespace with more than 5 id ranges) */
+	__u32 uid;
+	__u32 euid;
+	__u32 suid;
+	__u32 fsuid;
+	__u32 gid;
+	__u32 egid;
+	__u32 sgid;
+	__u32 fsgid;
+	__u64 rlimits[RLIMITS * 2]; /* rlim_cur, rlim_max of each RLIMIT_* */
+	char nodename[65];          /* the hostname its uts namespace gives */
+	__u8 __pad[7];
 };
 
 #endif /* KPROBE_SYSCALLS_H */

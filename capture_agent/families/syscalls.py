@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capture_agent import syscall_names
-from capture_agent.clock import ClockSample
+from capture_agent.clock import ClockSample, sample_offset
 from capture_agent.elfsyms import emulated_probe_offset, function_offsets
 from capture_agent.errors import BpfAttachError, CaptureAgentError
 from capture_agent.families._arrow import Header, check_header, comm_array, int_array
@@ -62,7 +62,7 @@ from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
 from lake.schema import spec as table_spec
 
-SYSCALLS_LAYOUT_VERSION = 2
+SYSCALLS_LAYOUT_VERSION = 3
 TASK_COMM_LEN = 16
 SYSCALL_ARGS = 6
 SYSCALL_NR_MAX = syscall_names.NR_MAX
@@ -77,9 +77,20 @@ SYSCALL_FLAG_COMPAT = 0x8
 SYSCALL_FLAG_VDSO = 0x10
 DATA_FLAG_TRUNCATED = 0x1
 DATA_FLAG_FAULT = 0x2
+DATA_FLAG_FILE = 0x4  # a regular file's read by identity: data is a FILE_ID
+DATA_FLAG_ALSO_FILE = 0x8  # bytes of a read also given by identity (a fresh file)
+DATA_FLAG_DELETED = 0x10  # a kernel path of a file unlinked since
 PAYLOAD_ARG_MSG_NAME = 6
 PAYLOAD_ARG_MSG_CONTROL = 7
 PAYLOAD_ARG_MSGHDR = 8
+PAYLOAD_ARG_CWD = 10  # execve, chdir, fchdir: the working directory after the call
+PAYLOAD_ARG_CONTEXT = 11  # execve: PROC_CONTEXT
+PAYLOAD_ARG_FDS = 12  # execve: the descriptors the image starts with, FILE_ID[]
+PAYLOAD_ARG_OPENED = 13  # open family: FILE_ID of the new descriptor, then its path
+PAYLOAD_ARG_FD_PATH = 16  # execve: the path of descriptor N is argument 16 + N
+FD_TABLE_MAX = 64
+PATH_DEPTH_MAX = 64
+RLIMITS = 16
 NR_EXECVE = 59  # at exec: argv (arg 1), environment (2), file (0) as execve payloads
 
 PAYLOAD_CAP_DEFAULT = 64 << 10
@@ -146,6 +157,38 @@ def _data_dtype(chunk: int) -> np.dtype:
 
 SYSCALL_DATA_EVENT = _data_dtype(SYSCALL_DATA_CHUNK)
 SYSCALL_DATA_SMALL_EVENT = _data_dtype(SYSCALL_DATA_SMALL_CHUNK)
+
+# struct file_id: the data of a DATA_FLAG_FILE chunk, of PAYLOAD_ARG_FDS (an array) and
+# the head of PAYLOAD_ARG_OPENED
+FILE_ID = np.dtype([
+    ("dev", "<u8"),  # kernel encoding: major << 20 | minor
+    ("ino", "<u8"),
+    ("size", "<i8"),
+    ("mtime_ns", "<i8"),
+    ("ctime_ns", "<i8"),
+    ("pos", "<i8"),  # a read: offset of its first byte; a descriptor: f_pos
+    ("fd", "<i4"),
+    ("mode", "<u4"),
+    ("flags", "<u4"),
+    ("magic", "<u4"),
+])
+
+# struct proc_context: the data of PAYLOAD_ARG_CONTEXT
+PROC_CONTEXT = np.dtype([
+    ("umask", "<u4"),
+    ("ids_mapped", "<u4"),
+    ("uid", "<u4"),
+    ("euid", "<u4"),
+    ("suid", "<u4"),
+    ("fsuid", "<u4"),
+    ("gid", "<u4"),
+    ("egid", "<u4"),
+    ("sgid", "<u4"),
+    ("fsgid", "<u4"),
+    ("rlimits", "<u8", (RLIMITS * 2,)),
+    ("nodename", "S65"),
+    ("__pad", "u1", (7,)),
+])
 
 PAYLOAD_REGION = np.dtype(
     [("n", "<u4"), ("arg", "u1"), ("size_kind", "u1"), ("layout", "u1"), ("len_arg", "u1")]
@@ -373,6 +416,8 @@ FAMILY = Family(
         "syscall_data_small_event": SYSCALL_DATA_SMALL_EVENT,
         "payload_region": PAYLOAD_REGION,
         "payload_spec": PAYLOAD_SPEC,
+        "file_id": FILE_ID,
+        "proc_context": PROC_CONTEXT,
     }),
     enums=MappingProxyType({
         "syscalls_constants": {
@@ -393,6 +438,17 @@ FAMILY = Family(
             "PAYLOAD_ARG_MSGHDR": PAYLOAD_ARG_MSGHDR,
             "SYSCALL_FLAG_VDSO": SYSCALL_FLAG_VDSO,
             "NR_EXECVE": NR_EXECVE,
+            "DATA_FLAG_FILE": DATA_FLAG_FILE,
+            "DATA_FLAG_ALSO_FILE": DATA_FLAG_ALSO_FILE,
+            "DATA_FLAG_DELETED": DATA_FLAG_DELETED,
+            "PAYLOAD_ARG_CWD": PAYLOAD_ARG_CWD,
+            "PAYLOAD_ARG_CONTEXT": PAYLOAD_ARG_CONTEXT,
+            "PAYLOAD_ARG_FDS": PAYLOAD_ARG_FDS,
+            "PAYLOAD_ARG_OPENED": PAYLOAD_ARG_OPENED,
+            "PAYLOAD_ARG_FD_PATH": PAYLOAD_ARG_FD_PATH,
+            "FD_TABLE_MAX": FD_TABLE_MAX,
+            "PATH_DEPTH_MAX": PATH_DEPTH_MAX,
+            "RLIMITS": RLIMITS,
         },
         "payload_size_kind": {f"PAYLOAD_{k.name}": int(k) for k in PayloadSize},
         "payload_layout": {f"PAYLOAD_{k.name}": int(k) for k in PayloadLayout},
@@ -417,6 +473,13 @@ class SyscallsConfig:
     # function's first instruction), against 17 ns without; off, a replay synthesizes
     # those clocks from the surrounding syscalls.
     vdso_clocks: bool = True
+    # with payloads: reads of regular files by identity (the agent stores each version's
+    # content once, capture_agent/file_store.py) instead of their bytes; a file changed
+    # less than fresh_file_ns before the read also keeps its bytes, up to fresh_file_cap
+    # (a temporary file may be gone before the agent reads it)
+    files_by_identity: bool = True
+    fresh_file_ns: int = 5_000_000_000
+    fresh_file_cap: int = 1 << 20
     target_all: bool = False  # every process is a target (expensive: every syscall)
     wakeup_fill_pct: int = 50
     # Ring sizes: what arrives in one drain interval (0.1 s) at the rate to absorb, plus
@@ -500,6 +563,9 @@ def sensor_spec(config: SyscallsConfig | None = None, *,
     c = config or SyscallsConfig()
     if not 0 < c.payload_cap <= PAYLOAD_CAP_MAX:
         raise CaptureAgentError(f"payload cap {c.payload_cap}: must be 1..{PAYLOAD_CAP_MAX} bytes")
+    if not 0 < c.fresh_file_cap <= PAYLOAD_CAP_MAX:
+        raise CaptureAgentError(f"fresh file cap {c.fresh_file_cap}: must be "
+                                f"1..{PAYLOAD_CAP_MAX} bytes")
     libc = find_libc() if c.capture_payloads and c.vdso_clocks else None
     return SensorSpec(
         family=FAMILY,
@@ -512,6 +578,12 @@ def sensor_spec(config: SyscallsConfig | None = None, *,
             "capture_payloads": int(c.capture_payloads),
             "payload_cap": c.payload_cap,
             "payload_specs": _rodata_value(payload_specs()),
+            "files_by_identity": int(c.files_by_identity),
+            # inode times are wall-clock: the freshness test needs the offset from the
+            # kernel's monotonic clock (a clock step later only moves the window)
+            "mono_to_real_ns": sample_offset().mono_to_epoch_ns,
+            "fresh_file_ns": c.fresh_file_ns,
+            "fresh_file_cap": c.fresh_file_cap,
             "target_all": int(c.target_all),
             "wakeup_fill_pct": c.wakeup_fill_pct,
         },
@@ -636,6 +708,14 @@ def syscall_data_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     table ``syscall_data`` (vectorised). ``truncated``: the region was capped, or its
     memory could not be read (then ``data`` is empty)."""
     flags = check_batch(batch, _DATA_KINDS).flags
+    by_file = (flags & DATA_FLAG_FILE) != 0
+    blob: pa.Array = pa.nulls(len(batch), pa.string())
+    blob_offset: pa.Array = pa.nulls(len(batch), pa.int64())
+    if by_file.any():  # the agent's file store names the content (blob "" until then)
+        where = pa.array(by_file)
+        blob = pc.if_else(where, pa.scalar("", pa.string()), blob)
+        pos = np.ascontiguousarray(batch["data"][:, _FILE_POS:_FILE_POS + 8]).view("<i8")[:, 0]
+        blob_offset = pa.array(pos, pa.int64(), mask=~by_file)
     columns = {
         "ts_ns": pa.array(clock.to_epoch(batch["start_ns"])),
         "pid": int_array(batch["pid"]),
@@ -647,8 +727,13 @@ def syscall_data_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
         "data": _data_column(batch["data"], batch["len"]),
         "total_len": pa.array(batch["total_len"].astype(np.int64)),
         "truncated": pa.array((flags & (DATA_FLAG_TRUNCATED | DATA_FLAG_FAULT)) != 0),
+        "blob": blob,
+        "blob_offset": blob_offset,
     }
     return pa.table(columns, schema=table_spec("syscall_data").payload_schema)
+
+
+_FILE_POS = FILE_ID.fields["pos"][1]
 
 
 def region_bytes(rows: pa.Table) -> dict[tuple[int, int, int], bytes]:

@@ -22,6 +22,14 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
     parser.add_argument("--payload-cap", type=_size, default=64 << 10, metavar="SIZE",
                         help="bytes kept per payload region, e.g. 64K (default), 1M; a longer "
                         "one is cut and flagged truncated (a replay cannot serve what was cut)")
+    parser.add_argument("--file-reads", choices=("identity", "bytes"), default="identity",
+                        help="with --payloads, how reads of regular files are recorded: by "
+                        "the file's identity, each version's content stored once in the "
+                        "lake whatever its size (default), or by their bytes, cut at "
+                        "--payload-cap like any payload")
+    parser.add_argument("--file-max", type=_size, default=64 << 20, metavar="SIZE",
+                        help="largest file version stored for reads by identity (default "
+                        "64M); a read of a bigger one is recorded without its content")
     parser.add_argument("--no-vdso-clocks", action="store_true",
                         help="with --payloads, do not record clock_gettime calls libc answers "
                         "through the vDSO (uprobes: ~22 us per clock read here); a replay then "
@@ -85,8 +93,8 @@ def _port(text: str) -> int:
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20}
-    number, unit = text.rstrip("KkMmBb"), text[len(text.rstrip("KkMmBb")):].upper().rstrip("B")
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = text.rstrip("KkMmGgBb"), text[len(text.rstrip("KkMmGgBb")):].upper().rstrip("B")
     if not number.isdigit() or unit not in units:
         raise argparse.ArgumentTypeError(f"{text!r}: expected bytes, e.g. 65536, 64K or 1M")
     return int(number) * units[unit]
@@ -118,6 +126,8 @@ def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
         payloads=args.payloads,
         payload_cap=args.payload_cap,
         vdso_clocks=not args.no_vdso_clocks,
+        file_reads=args.file_reads,
+        file_max=args.file_max,
         flush_interval_s=args.flush_interval,
         min_offcpu_ns=int(args.min_offcpu_ms * 1_000_000),
         spool_dir=args.spool_dir or default_spool_dir(),

@@ -21,11 +21,10 @@ import sys
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.errors import CommandError
 from lake import resolve
-from replay_sandbox.errors import SpecError
-from replay_sandbox.fuzz import parse_duration
+from lake.errors import TimeSpecError
+from lake.timespec import parse_duration, parse_instant
 from replay_sandbox.lake_source import parse_process
 from replay_sandbox.request import FuzzSpec, ReplayRequest
-from replay_sandbox.request import parse_time as _parse_time
 from replay_sandbox.worker import execute
 
 
@@ -45,8 +44,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--process", required=True, metavar="PID@NODE",
                         help="the recorded process (its last exec, or the one running at --from)")
     parser.add_argument("--from", dest="from_", metavar="TIME",
-                        help="pick the exec of PID at or before TIME (epoch ns, s or ISO 8601)")
-    parser.add_argument("--to", metavar="TIME", help="stop where the recording reaches TIME")
+                        help="pick the exec of PID at or before TIME (now, -15m, RFC 3339 with "
+                        "a zone, or epoch with its unit: 1796550608s, ...ms, ...ns)")
+    parser.add_argument("--to", metavar="TIME",
+                        help="stop where the recording reaches TIME (as --from)")
+    parser.add_argument("--tree", action="store_true",
+                        help="replay the process and every process it started (and theirs), "
+                        "each served from its own recording: pipes between them carry the "
+                        "recorded bytes, exits and waits are checked, each one's outputs "
+                        "compared")
     parser.add_argument("--inject", action="append", default=[], metavar="SPEC",
                         help="delay, e.g. 'fsync:+50ms', 'recv fd=7:+800ms', 'net:+20ms' "
                         "(repeatable)")
@@ -130,7 +136,7 @@ def build_request(args: argparse.Namespace) -> ReplayRequest:
         if args.fuzz_workers is not None and args.fuzz_workers < 1:
             raise CommandError("--fuzz-workers: expected at least 1")
         fuzz = FuzzSpec(runs=args.fuzz, seed=args.seed or 0,
-                        max_delay_ns=parse_duration(args.fuzz_max_delay or "200ms"),
+                        max_delay_ns=duration(args.fuzz_max_delay or "200ms", "--fuzz-max-delay"),
                         swaps=not args.fuzz_no_swaps, workers=args.fuzz_workers,
                         executor="ray" if args.ray or args.ray_address else "auto",
                         ray_address=args.ray_address)
@@ -140,7 +146,7 @@ def build_request(args: argparse.Namespace) -> ReplayRequest:
         set_args=tuple(set_args), env=tuple(_env(args.env).items()), cmd=cmd,
         mode=args.mode, expect_exit=args.expect_exit,
         expect_output_match=args.expect_output_match, timeout_s=args.timeout, fuzz=fuzz,
-        sandbox=not args.no_sandbox)
+        tree=args.tree, sandbox=not args.no_sandbox)
 
 
 def _no_fuzz_options(args: argparse.Namespace) -> None:
@@ -154,11 +160,21 @@ def _no_fuzz_options(args: argparse.Namespace) -> None:
 
 
 def parse_time(text: str | None, option: str) -> int | None:
-    """Epoch ns, epoch seconds (with a fraction) or ISO 8601 (UTC unless it says)."""
+    """An instant of the one time grammar (lake/timespec.py) as epoch ns; None stays None."""
+    if text is None:
+        return None
     try:
-        return _parse_time(text, option)
-    except SpecError as err:
-        raise CommandError(str(err)) from None
+        return parse_instant(text)
+    except TimeSpecError as err:
+        raise CommandError(f"{option}: {err}") from None
+
+
+def duration(text: str, option: str) -> int:
+    """A positive duration of the one time grammar (lake/timespec.py) in ns."""
+    try:
+        return parse_duration(text)
+    except TimeSpecError as err:
+        raise CommandError(f"{option}: {err}") from None
 
 
 def _env(items: list[str]) -> dict[str, str]:

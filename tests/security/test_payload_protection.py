@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +35,8 @@ import pyarrow.parquet as pq
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from lake import LakeSettings, LakeWriter, resolve
+from lake import LakeSettings, LakeWriter, connect, payload_keys, resolve
+from lake.sealing import open_blob
 from tests.support import REPO, free_port, require, require_root
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
@@ -173,6 +175,35 @@ def test_sealed_payloads_need_the_right_key(setup: Setup) -> None:
                   "SELECT data FROM syscall_data LIMIT 1",
                   env={"KPROBE_PAYLOAD_KEY_FILE": str(setup.agents_key)})
     assert sql.returncode == 2 and "only the public half" in sql.stderr
+
+
+def test_file_contents_stored_once_get_the_payload_policy(setup: Setup) -> None:
+    """The card file the program read was recorded by identity and its content stored
+    once (table blobs): masked as payloads are, and sealed, under a keyed name, when the
+    agents have the key."""
+    card = (setup.tmp / "card.json").read_bytes()
+    masked = card.replace(PAN.encode(), MASKED_PAN.encode())
+
+    def blobs_read_by(recorded: Recorded) -> list[tuple[str, bytes, bytes | None]]:
+        con = connect(resolve(LakeSettings(lake=str(recorded.lake))))
+        try:
+            return [(n, bytes(d), None if s is None else bytes(s)) for n, d, s in con.execute(
+                """SELECT blob, data, seal FROM blobs WHERE blob IN (SELECT blob FROM
+                   syscall_data WHERE pid = ? AND blob <> '')""", [recorded.pid]).fetchall()]
+        finally:
+            con.close()
+
+    plain = [b for b in blobs_read_by(setup.plain) if b[1] == masked]
+    assert len(plain) == 1, "the card file is not stored by identity"
+    name, _data, seal = plain[0]
+    assert seal is None and name == hashlib.sha256(masked).hexdigest()
+    sealed = blobs_read_by(setup.sealed)
+    assert sealed and all(seal is not None for _n, _d, seal in sealed)
+    assert all(b"50000.00" not in data and b"4111" not in data for _n, data, _s in sealed)
+    assert hashlib.sha256(masked).hexdigest() not in {n for n, _d, _s in sealed}
+    readers = payload_keys.load(setup.readers_key)
+    opened = [open_blob(data, seal, n, readers) for n, data, seal in sealed]
+    assert masked in opened
 
 
 # -- through kprobe serve --------------------------------------------------------------------------

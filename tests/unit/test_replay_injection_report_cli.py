@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from kprobe.cli import build_parser
-from kprobe.commands.replay import parse_time
+from kprobe.commands.replay import duration, parse_time
 from kprobe.errors import CommandError
 from replay_sandbox import clock
 from replay_sandbox.errors import SpecError
@@ -140,13 +141,26 @@ def test_replay_command_options() -> None:
                                    "--expect-output-match"])
 
 
-def test_times_accept_ns_seconds_and_iso() -> None:
+def test_times_are_the_one_time_grammar() -> None:
     assert parse_time("1700000000123456789", "--from") == 1700000000123456789
+    assert parse_time("1700000000123ms", "--from") == 1700000000123000000
+    assert parse_time("1700000000123", "--from") == 1700000000123000000  # 13 digits: ms
     assert parse_time("1700000000.5", "--from") == 1700000000500000000
-    assert parse_time("2023-11-14T22:13:20", "--to") == 1700000000000000000
+    assert parse_time("2023-11-14T22:13:20Z", "--to") == 1700000000000000000
+    assert parse_time("2023-11-15T03:43:20+05:30", "--to") == 1700000000000000000
+    before = time.time_ns()
+    assert before - 15 * 60 * 10**9 - 10**9 < (parse_time("-15m", "--from") or 0) <= before
     assert parse_time(None, "--to") is None
-    with pytest.raises(CommandError):
-        parse_time("yesterday", "--from")
+    # naive times are ambiguous, 11 digits are no epoch unit: refused in one line
+    for bad in ("yesterday", "2023-11-14T22:13:20", "17000000001", "-5parsecs"):
+        with pytest.raises(CommandError, match="^--from: "):
+            parse_time(bad, "--from")
+
+
+def test_fuzz_max_delay_is_a_duration_of_the_one_grammar() -> None:
+    assert duration("1m30s", "--fuzz-max-delay") == 90 * 10**9
+    with pytest.raises(CommandError, match="^--fuzz-max-delay: not a duration"):
+        duration("200", "--fuzz-max-delay")
 
 
 def test_expectations() -> None:

@@ -38,10 +38,10 @@ def _data(rows: list[tuple[int, int, int, int, bytes]]) -> pa.Table:
 
 
 def test_rows_are_split_per_thread_and_ordered_across_threads() -> None:
-    # GIVEN two threads whose served calls interleave, and an mmap nobody serves
+    # GIVEN two threads whose served calls interleave, and a munmap nobody traps
     table = _syscalls([
         (PID, 1, 10, 0, 5, [0, 0, 5, 0, 0, 0]),  # read
-        (PID, 2, 20, 9, 0, [0, 4096, 3, 2, -1, 0]),  # mmap: runs for real
+        (PID, 2, 20, 11, 0, [4096, 4096, 0, 0, 0, 0]),  # munmap: runs for real, untrapped
         (PID + 1, 1, 15, 1, 5, [1, 0, 5, 0, 0, 0]),  # write in the other thread
         (PID, 3, 30, 3, 0, [3, 0, 0, 0, 0, 0]),  # close
     ])

@@ -1,0 +1,210 @@
+"""Programs nobody here wrote, from Debian packages, each recorded with the defaults
+(``kprobe run --payloads -- CMD``: the default --payload-cap of 64 KiB) and replayed exactly
+with ``kprobe replay``: same outputs, same exit, no call served with less than it read.
+Root only.
+
+The inputs are bigger than the payload cap (a 165 KB ledger, Python's .pyc files, node's
+own files): their reads are recorded by identity and each file version stored once
+(capture_agent/file_store.py), so nothing is cut. A shell pipeline is replayed as a tree
+(``--tree``: every process of it served from its own recording). The suite covers
+interpreters (python3, perl, node, lua, bc), compressors (gzip, bzip2, xz, zstd, pigz with
+two threads), a database CLI (sqlite3), an HTTP client against a local server (curl), text
+tools (jq, gawk, sort), openssl and git.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lake import LakeSettings, connect, resolve
+from tests.integration.agent_replay import (
+    pid_of,
+    quoted,
+    record,
+    replay,
+    stdout_of,
+    wait_listening,
+)
+from tests.support import free_port, require_binary, require_root
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    package: str  # the Debian package it comes from
+    command: tuple[str, ...]  # {in}: the inputs directory, {url}: the local HTTP server
+    item: str  # an argv item of the process to replay
+    tree: bool = False  # replay it with every process it starts
+
+
+PY = ("import json, hashlib, sys; d = open(sys.argv[1], 'rb').read(); "
+      "print(json.dumps({'bytes': len(d), 'sha256': hashlib.sha256(d).hexdigest()}))")
+NODE = ("const c = require('crypto'), fs = require('fs'); const d = fs.readFileSync("
+        "process.argv[1]); console.log(d.length, c.createHash('sha256').update(d)"
+        ".digest('hex'))")
+PERL = ('$n++; $s += (split /,/)[1]; END { printf "%d %d %s\\n", $n, $s, '
+        'Digest::MD5::md5_hex($s) }')
+
+PROGRAMS = (
+    Program("python3", "python3", ("/usr/bin/python3", "-c", PY, "{in}/ledger.csv"), PY),
+    Program("node", "nodejs", ("/usr/bin/node", "-e", NODE, "{in}/ledger.csv"), NODE),
+    Program("perl", "perl", ("perl", "-MDigest::MD5", "-ne", PERL, "{in}/ledger.csv"), PERL),
+    Program("lua", "lua5.4", ("lua5.4", "{in}/squares.lua"), "lua5.4"),
+    Program("bc", "bc", ("bc", "-l", "{in}/pi.bc"), "bc"),
+    Program("gzip", "gzip", ("gzip", "-c", "{in}/ledger.csv"), "gzip"),
+    Program("gunzip", "gzip", ("gzip", "-dc", "{in}/ledger.csv.gz"), "-dc"),
+    Program("bzip2", "bzip2", ("bzip2", "-c", "{in}/ledger.csv"), "bzip2"),
+    Program("xz", "xz-utils", ("xz", "-c", "{in}/ledger.csv"), "xz"),
+    Program("zstd", "zstd", ("zstd", "-q", "-c", "{in}/ledger.csv"), "zstd"),
+    Program("pigz two threads", "pigz", ("pigz", "-p", "2", "-c", "{in}/ledger.csv"), "pigz"),
+    Program("sqlite3", "sqlite3",
+            ("sqlite3", "{in}/ledger.db",
+             "SELECT status, count(*), sum(inr) FROM ledger GROUP BY status ORDER BY 1;"),
+            "{in}/ledger.db"),
+    Program("curl", "curl", ("curl", "-sS", "{url}/statement.txt"), "-sS"),
+    Program("jq", "jq", ("jq", "-c", ".payments[] | select(.inr > 1000)", "{in}/pay.json"),
+            "jq"),
+    Program("gawk", "gawk",
+            ("gawk", "-F,", "{s[$4] += $2} END {for (k in s) print k, s[k]}",
+             "{in}/ledger.csv"), "gawk"),
+    Program("sort", "coreutils", ("sort", "-t,", "-k2", "-n", "{in}/ledger.csv"), "sort"),
+    Program("openssl", "openssl", ("openssl", "dgst", "-sha256", "{in}/ledger.csv"),
+            "openssl"),
+    Program("git", "git", ("git", "-C", "{in}/repo", "--no-pager", "log", "--format=%s %an"),
+            "log"),
+    Program("shell pipeline", "dash",
+            ("sh", "-c", "echo hello | gzip -c | gzip -dc; sort -r {in}/pay.json | wc -c"),
+            "-c", tree=True),
+)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Input files bigger than the payload cap, a database and a git repository."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = random.Random(7)
+    rows = [(f"PAY-{i:05d}", rng.randint(100, 99_999),
+             rng.choice(["settled", "pending", "failed"])) for i in range(6000)]
+    ledger = "".join(f"{p},{inr},INR,{s}\n" for p, inr, s in rows).encode()
+    assert len(ledger) > 2 * 65536  # more than the default payload cap
+    (root / "ledger.csv").write_bytes(ledger)
+    (root / "ledger.csv.gz").write_bytes(gzip.compress(ledger, mtime=0))
+    (root / "statement.txt").write_text("PAY-0042 INR 50000 settled\n" * 400)
+    (root / "pay.json").write_text('{"payments":[{"id":"PAY-1","inr":50000},'
+                                   '{"id":"PAY-2","inr":1200}]}')
+    (root / "squares.lua").write_text("local t = {}\nfor i = 1, 12 do t[i] = i * i end\n"
+                                      "print(table.concat(t, ','))\n")
+    (root / "pi.bc").write_text("scale = 40\n4 * a(1)\nquit\n")
+    with sqlite3.connect(root / "ledger.db") as db:
+        db.execute("CREATE TABLE ledger(id TEXT, inr INT, status TEXT)")
+        db.executemany("INSERT INTO ledger VALUES (?, ?, ?)", rows)
+    repo = root / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=Ops", "-c", "user.email=ops@bank.example"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for n in range(3):
+        (repo / "settlement.txt").write_text(f"batch {n}\n")
+        subprocess.run([*git, "add", "settlement.txt"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", f"settle batch {n}"], check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(inputs: Path) -> Iterator[str]:
+    """A local HTTP server (a peer of curl, not recorded) serving the inputs."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1", "--directory", str(inputs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
+def test_a_program_recorded_with_the_defaults_replays_exactly(
+        program: Program, inputs: Path, server: str, tmp_path: Path) -> None:
+    require_root()
+    require_binary(program.command[0])
+    command = [a.replace("{in}", str(inputs)).replace("{url}", server) for a in program.command]
+    # GIVEN the program recorded as a user records it, with the defaults
+    recorded = record(tmp_path, *command, cwd=inputs)
+    assert recorded.run.returncode == 0, recorded.run.stderr[-2000:]
+    assert recorded.stdout, "the program printed nothing"
+    item = program.item.replace("{in}", str(inputs))
+    process = pid_of(recorded.lake, item, first=program.tree)
+    # WHEN it is replayed exactly from the lake
+    code, report = replay(recorded.lake, process, *(("--tree",) if program.tree else ()))
+    # THEN it follows its recording to the end, exits as it did, and prints what it printed
+    assert code == 0, report
+    assert report["status"] == "completed" and report["outputs_match"], report
+    assert report["exit_code"] == report["recorded_exit_code"] == 0, report
+    if program.tree:  # what reached the terminal was printed by processes of the tree
+        texts = [stdout_of(report), *(str(c["replayed_text"].get("1", ""))
+                                      for c in report["children"])]
+        for line in recorded.run.stdout.splitlines(keepends=True):
+            assert any(line in text for text in texts), (line, texts)
+    else:
+        assert stdout_of(report) == quoted(recorded.stdout), report
+        [out] = [o for o in report["outputs"] if o["fd"] == 1]
+        assert out["replayed_bytes"] == len(recorded.stdout), out
+    # AND no call was served with less than it read (the cap bounds no file read)
+    assert not [n for n in report["notes"] if "bytes it read" in n], report["notes"]
+    if program.tree:
+        assert report["children"] and all(c["exit_matches"] and c["outputs_match"]
+                                           for c in report["children"]), report
+
+
+def test_files_bigger_than_the_payload_cap_are_stored_once_by_identity(
+        inputs: Path, tmp_path: Path) -> None:
+    """Two processes read the 165 KB ledger: its content is one blob of the lake, the
+    reads name it, and no read of it was cut at the 64 KiB cap."""
+    require_root()
+    script = f"cat {inputs}/ledger.csv > /dev/null; sha256sum < {inputs}/ledger.csv"
+    recorded = record(tmp_path, "sh", "-c", script)
+    assert recorded.run.returncode == 0, recorded.run.stderr
+    con = connect(resolve(LakeSettings(lake=str(recorded.lake))))
+    size = (inputs / "ledger.csv").stat().st_size
+    [(blobs, stored)] = con.execute(
+        "SELECT count(*), sum(size) FROM blobs WHERE size = ?", [size]).fetchall()
+    assert (blobs, stored) == (1, size)
+    [(reads, processes, named, cut)] = con.execute("""
+        SELECT count(*), count(DISTINCT pid), count(DISTINCT blob), count(*) FILTER (truncated)
+        FROM syscall_data WHERE blob IN (SELECT blob FROM blobs WHERE size = ?)""",
+                                                   [size]).fetchall()
+    assert processes == 2 and named == 1 and cut == 0 and reads >= 2
+
+
+def test_a_cut_payload_is_named_with_how_to_record_it_whole(
+        inputs: Path, server: str, tmp_path: Path) -> None:
+    """Socket reads keep their bytes, cut at --payload-cap: curl receiving the 165 KB
+    ledger reads up to 96 KB at once. The replay names each such call and the cap that
+    records it whole; recorded with that cap, the replay is exact (the control)."""
+    require_root()
+    require_binary("curl")
+    url = f"{server}/ledger.csv"
+    cut = record(tmp_path / "cut", "curl", "-sS", url)
+    assert cut.run.returncode == 0, cut.run.stderr
+    code, report = replay(cut.lake, pid_of(cut.lake, url))
+    assert code == 1 and not report["outputs_match"], report
+    named = [n for n in report["notes"] if "bytes it read" in n]
+    assert named and all("recvfrom(fd " in n and "--payload-cap" in n for n in named), named
+    cap = named[0].split("record with --payload-cap ")[1].split()[0]
+    whole = record(tmp_path / "whole", "curl", "-sS", url, options=("--payload-cap", cap))
+    code, report = replay(whole.lake, pid_of(whole.lake, url))
+    assert code == 0 and report["outputs_match"], report
+    assert not [n for n in report["notes"] if "bytes it read" in n]
