@@ -55,7 +55,7 @@ from capture_agent.families.syscalls import (
     PAYLOAD_ARG_FDS,
     PAYLOAD_ARG_OPENED,
 )
-from lake.batches import hour_label
+from lake._batches import hour_label
 from lake.payload_keys import PayloadKeys
 from lake.schema import spec as table_spec
 from lake.sealing import blob_name, seal_blob

@@ -23,7 +23,6 @@ from compute.graph import store
 from compute.settings import ComputeSettings
 from compute.sql import scalar_row, sql_list
 from compute.window import Window, load
-from lake.deltaio import open_table, translate_errors
 
 
 @dataclass
@@ -97,10 +96,7 @@ def write_edges(location: lake.LakeLocation, outputs: list[WindowOutput]) -> int
     if not outputs:
         return 0
     ids = [o.window.id for o in outputs]
-    with translate_errors("replace causal_edges"):
-        table = open_table(location, "causal_edges")
-        if table is not None:
-            table.delete(f"window IN {sql_list(ids)}")
+    lake.delete_where(location, "causal_edges", f"window IN {sql_list(ids)}")
     written = 0
     by_label: dict[str, list[pa.Table]] = {}
     for output in outputs:

@@ -10,8 +10,8 @@ its edges written) by exactly one window. To analyse those spans the loader also
 - intervals (offcpu, reclaim, block I/O) that started up to ``long_interval_ns`` earlier and
   were still running.
 
-Everything lands in temporary DuckDB tables named ``w_<table>``; hour partitions and ``node``
-are pushed down into the Delta scan, so a window reads only its hours.
+Everything lands in temporary DuckDB tables named ``w_<table>``; rows are read through
+``lake.scan``, which prunes the Delta partitions (node, hour), so a window reads only its hours.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import lake
 from compute.errors import WindowError
 from compute.settings import ComputeSettings
 from compute.sql import scalar_row, sql_list
-from lake.batches import NS_PER_HOUR, hour_label
-from lake.reader import lock
 
 NS = 1_000_000_000
 _ID = re.compile(
@@ -168,31 +166,22 @@ class LoadedWindow:
     owned_spans: int
 
 
-def _hours(lo_ns: int, hi_ns: int) -> list[str]:
-    return [hour_label(h * NS_PER_HOUR) for h in range(lo_ns // NS_PER_HOUR,
-                                                        hi_ns // NS_PER_HOUR + 1)]
-
-
 def load(location: lake.LakeLocation, window: Window, settings: ComputeSettings) -> LoadedWindow:
     """Open the lake, copy the window's rows into ``w_*`` tables, return the connection."""
     tables = ["spans", "processes", *KERNEL_COLUMNS]
-    con = lake.connect(location, tables, threads=settings.duckdb_threads,
-                       memory_limit=settings.duckdb_memory_limit, lock_down=False)
     # The window lives in temporary tables of an in-memory database: checkpointing them
     # (DuckDB's default past 16 MB of changes) only compresses data about to be dropped,
     # and stalled a 6M-row window for seconds at a time.
-    con.execute("SET checkpoint_threshold = '1TB'")
-    lock(con)
-    node_filter = f"AND node IN {sql_list(window.nodes)}" if window.nodes else ""
+    con = lake.connect(location, tables, threads=settings.duckdb_threads,
+                       memory_limit=settings.duckdb_memory_limit, checkpoint_threshold="1TB")
+    nodes = window.nodes
     start, end = window.start_ns, window.end_ns
 
     # Owned spans, then the spans of the same traces around them.
     cols = ", ".join(SPAN_COLUMNS)
     con.execute(f"""
         CREATE TEMP TABLE w_owned AS
-        SELECT {cols}, true AS owned FROM spans
-        WHERE hour IN {sql_list(_hours(start, end - 1))} {node_filter}
-          AND start_ns >= {start} AND start_ns < {end}""")
+        SELECT {cols}, true AS owned FROM {lake.scan("spans", nodes, start, end)}""")
     owned, max_end = scalar_row(
         con, "SELECT count(*), max(greatest(coalesce(end_ns, start_ns + coalesce(dur_ns, 0)),"
         " start_ns)) FROM w_owned")
@@ -202,9 +191,8 @@ def load(location: lake.LakeLocation, window: Window, settings: ComputeSettings)
         CREATE TEMP TABLE w_spans AS
         SELECT * FROM w_owned
         UNION ALL
-        SELECT {cols}, false AS owned FROM spans
-        WHERE hour IN {sql_list(_hours(ctx_start, range_end))} {node_filter}
-          AND ((start_ns >= {ctx_start} AND start_ns < {start})
+        SELECT {cols}, false AS owned FROM {lake.scan("spans", nodes, ctx_start, range_end)}
+        WHERE ((start_ns >= {ctx_start} AND start_ns < {start})
                OR (start_ns >= {end} AND start_ns < {range_end}))
           AND trace_id IN (SELECT DISTINCT trace_id FROM w_owned)""")
 
@@ -217,9 +205,8 @@ def load(location: lake.LakeLocation, window: Window, settings: ComputeSettings)
         hi = range_end + (settings.alloc_flush_slack_ns if table == "mem" else 0)
         con.execute(f"""
             CREATE TEMP TABLE w_{table} AS
-            SELECT {", ".join(columns)} FROM {table}
-            WHERE hour IN {sql_list(_hours(lo, hi))} {node_filter}
-              AND ts_ns >= {lo} AND ts_ns <= {hi} {still_running}""")
+            SELECT {", ".join(columns)} FROM {lake.scan(table, nodes, lo, hi + 1)}
+            WHERE true {still_running}""")
     # Processes: the newest row per pid up to the range end. A long-running process was
     # `seen` or exec'd long ago, so there is no time bound below (the table is small).
     con.execute(f"""
@@ -228,6 +215,7 @@ def load(location: lake.LakeLocation, window: Window, settings: ComputeSettings)
                arg_max(exe, ts_ns) AS exe, arg_max(array_to_string(argv, ' '), ts_ns) AS argv,
                arg_max(cgroup, ts_ns) AS cgroup, arg_max(cgroup_id, ts_ns) AS cgroup_id
         FROM processes
-        WHERE ts_ns <= {range_end} {node_filter} AND pid IS NOT NULL
+        WHERE ts_ns <= {range_end} {f"AND node IN {sql_list(nodes)}" if nodes else ""}
+          AND pid IS NOT NULL
         GROUP BY node, pid""")
     return LoadedWindow(con, window, range_start, range_end, int(owned))

@@ -1,4 +1,19 @@
-"""The kprobe event lake: schema v1, storage, writers and readers (imports nothing of ours)."""
+"""The kprobe event lake: schema v1, storage, writers and readers (imports nothing of ours).
+
+The public surface, the only one other packages use (ARCHITECTURE.md, "Layers"):
+
+- where: ``LakeSettings`` -> ``resolve`` -> ``LakeLocation``; ``filesystem(location)`` is
+  the one factory of a storage client (local or S3, with the lake's credentials);
+- write: ``LakeWriter`` (append, one commit per batch), ``delete_where``, ``compact``,
+  ``retain``;
+- read: ``connect`` (a locked DuckDB connection over the tables), ``LakeDatabase`` (one
+  per long-lived reader, a cursor per statement), ``scan(table, nodes, t0_ns, t1_ns)`` (a
+  FROM item that prunes the node/hour partitions), ``run_query``, ``TableTail`` (the rows
+  of new commits);
+- time: ``parse_instant``, ``parse_duration``, ``format_instant`` (lake/timespec.py).
+
+Partitioning (``_batches``) and the Delta plumbing (``_deltaio``) are private.
+"""
 
 from typing import TYPE_CHECKING
 
@@ -10,18 +25,24 @@ from lake.errors import (
     SchemaVersionError,
     UnknownTable,
 )
+from lake.maintenance import TableReport, compact, delete_where, retain
+from lake.scan import partition_filter, scan
 from lake.schema import SCHEMA_VERSION, TABLE_NAMES, TABLES
-from lake.storage import LakeLocation, LakeSettings, resolve
+from lake.storage import LakeLocation, LakeSettings, filesystem, resolve
+from lake.tail import Appended, Rewritten, TableTail
+from lake.timespec import TimeSpecError, format_instant, parse_duration, parse_instant
 from lake.writer import CommitResult, LakeWriter, PreparedBatch
 
 if TYPE_CHECKING:
+    from lake.query import QueryResult, run_query
     from lake.reader import LakeDatabase, connect
     from lake.tables import TableCache, TableSnapshot
 
 # The read side (DuckDB, ~10 MB resident and 0.1 s to import) loads on first use: the
 # capture agent writes the lake and never queries it.
 _LAZY = {"LakeDatabase": "lake.reader", "connect": "lake.reader",
-         "TableCache": "lake.tables", "TableSnapshot": "lake.tables"}
+         "TableCache": "lake.tables", "TableSnapshot": "lake.tables",
+         "QueryResult": "lake.query", "run_query": "lake.query"}
 
 
 def __getattr__(name: str) -> object:
@@ -39,6 +60,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "TABLE_NAMES",
+    "Appended",
     "CommitResult",
     "LakeDatabase",
     "LakeError",
@@ -47,12 +69,27 @@ __all__ = [
     "LakeUnavailable",
     "LakeWriter",
     "PreparedBatch",
+    "QueryResult",
     "ReadOnlyViolation",
+    "Rewritten",
     "SchemaError",
     "SchemaVersionError",
     "TableCache",
+    "TableReport",
     "TableSnapshot",
+    "TableTail",
+    "TimeSpecError",
     "UnknownTable",
+    "compact",
     "connect",
+    "delete_where",
+    "filesystem",
+    "format_instant",
+    "parse_duration",
+    "parse_instant",
+    "partition_filter",
     "resolve",
+    "retain",
+    "run_query",
+    "scan",
 ]

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from lake.deltaio import open_table, translate_errors
+from lake._batches import NS_PER_HOUR, hour_label
+from lake._deltaio import open_table, translate_errors
 from lake.storage import LakeLocation
 
 TABLE = "blobs"
@@ -66,6 +67,14 @@ def fetch(location: LakeLocation, names: Iterable[str],
     return out
 
 
+def hours_between(first_ns: int, last_ns: int) -> list[str]:
+    """The hours that may hold the contents rows from ``first_ns`` to ``last_ns`` name:
+    theirs and the next (the agent stores a content within seconds of its reads)."""
+    return [hour_label(first_ns + h * NS_PER_HOUR)
+            for h in range((last_ns - first_ns) // NS_PER_HOUR + 2)] + [
+        hour_label(last_ns + NS_PER_HOUR)]
+
+
 def _first_of_each(rows: pa.Table) -> pa.Table:
     indices = pa.array(range(rows.num_rows), pa.int64())
     keyed = rows.select(["blob"]).append_column("i", indices)
@@ -73,4 +82,4 @@ def _first_of_each(rows: pa.Table) -> pa.Table:
     return rows.take(first.column("i_min"))
 
 
-__all__ = ["TABLE", "fetch", "present"]
+__all__ = ["TABLE", "fetch", "hours_between", "present"]

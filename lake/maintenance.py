@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from lake.batches import hour_label
-from lake.deltaio import open_table, translate_errors
+from lake._batches import hour_label
+from lake._deltaio import open_table, translate_errors
 from lake.schema import TABLE_NAMES, spec
 from lake.storage import LakeLocation
 
@@ -27,6 +27,16 @@ class TableReport:
     vacuumed_files: int = 0
     dropped_hours: list[str] = field(default_factory=list)
     scrubbed_hours: list[str] = field(default_factory=list)  # sensitive columns nulled
+
+
+def delete_where(location: LakeLocation, table: str, predicate: str) -> None:
+    """Delete the rows of ``table`` matching ``predicate`` (SQL over the table's columns,
+    built by the caller from trusted values) in one Delta commit; a table not created yet
+    has nothing to delete."""
+    with translate_errors(f"delete from {table}"):
+        dt = open_table(location, table)
+        if dt is not None:
+            dt.delete(predicate)
 
 
 def retain(

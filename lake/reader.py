@@ -36,9 +36,9 @@ def connect(
     location: LakeLocation,
     tables: Iterable[str] | None = None,
     *,
-    lock_down: bool = True,
     threads: int | None = None,
     memory_limit: str | None = None,
+    checkpoint_threshold: str | None = None,
     payloads: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per lake table (all when ``tables`` is
@@ -48,13 +48,17 @@ def connect(
     key file), else left out (lake/access.py). Local commands, the causal engine and
     replays read with payloads; the API decides per token (``LakeDatabase.session``).
 
-    With ``lock_down`` (the default), external access is disabled after registration and
-    the configuration is locked, so SQL run on this connection cannot read local files or
-    URLs, install or load extensions, or attach databases, even if a statement filter let
-    something through.
+    The lock policy, the only one: every connection the lake hands out is locked (``_lock``)
+    once its tables are registered, so SQL run on it cannot read local files or URLs,
+    install or load extensions, attach databases or change settings, even if a statement
+    filter let something through. Settings a caller needs are arguments, applied before:
+    ``checkpoint_threshold`` for a connection that fills large temporary tables (the causal
+    engine's window: checkpointing them only compresses data about to be dropped).
     """
     snapshots = TableCache(location).snapshots(TABLE_NAMES if tables is None else tables)
     con = _database(threads, memory_limit)
+    if checkpoint_threshold:
+        con.execute("SET checkpoint_threshold = ?", [checkpoint_threshold])
     opened = False
     if payloads and location.payload_key_file and "syscall_data" in snapshots:
         sealed = snapshots["syscall_data"].dataset
@@ -62,12 +66,11 @@ def connect(
         opened = True
     register_tables(con, {s.name: s.dataset for s in snapshots.values()},
                     payloads=payloads, opened=opened)
-    if lock_down:
-        lock(con)
+    _lock(con)
     return con
 
 
-def lock(con: duckdb.DuckDBPyConnection) -> None:
+def _lock(con: duckdb.DuckDBPyConnection) -> None:
     """No files, URLs, extensions or settings changes from here on (call after registering).
 
     These settings belong to the database, so they hold for every cursor of ``con`` too;
@@ -108,7 +111,7 @@ class LakeDatabase:
         self.location = location
         self.tables = TableCache(location, max_staleness_s)
         self._db = _database(threads, memory_limit, temp_directory, max_temp_size)
-        lock(self._db)
+        _lock(self._db)
         self._cursor_lock = threading.Lock()  # the parent connection is not thread-safe
         # Sessions that open sealed payloads get cursors of a second database, the only
         # one with the opening function (lake/access.py): made on first use.
@@ -139,7 +142,7 @@ class LakeDatabase:
             assert self.location.payload_key_file is not None
             install_opener(db, self.location.payload_key_file,
                            lambda: self.tables.snapshot("syscall_data").dataset)
-            lock(db)
+            _lock(db)
             self._opening_db = db
         return self._opening_db
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from lake.deltaio import log_missing, open_table, translate_errors
+from lake._deltaio import log_missing, open_table, translate_errors
 from lake.errors import LakeError, LakeUnavailable, SchemaError, UnknownTable
 from lake.schema import TABLE_NAMES, TABLES
 from lake.storage import LakeLocation
@@ -94,6 +94,19 @@ class TableCache:
                 for _ in pool.map(lambda e: self._refresh(e, asked_at), stale):
                     pass
         return {e.name: e.snapshot for e in entries}
+
+    def check_readable(self) -> None:
+        """Raise a LakeError unless the lake's storage answers and every table's log
+        reads (a torn commit, a lost ``_delta_log``: not ready). A table not created yet
+        is fine; storage that does not answer is not."""
+        if self.location.scheme == "file":
+            if not self.location.local_path.is_dir():
+                raise LakeUnavailable(f"lake unavailable: {self.location.local_path} "
+                                      "does not exist")
+        else:  # an absent table reads as empty: ask the store once for a real answer
+            with translate_errors("open agent_meta"):
+                open_table(self.location, "agent_meta")
+        self.snapshots(TABLE_NAMES)
 
     def versions(self, tables: Iterable[str] = TABLE_NAMES) -> dict[str, int | None]:
         return {name: snap.version for name, snap in self.snapshots(tables).items()}

@@ -33,8 +33,8 @@ from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 
 from lake import datafiles, payload_keys
-from lake.batches import conform, to_table
-from lake.deltaio import open_table, translate_errors
+from lake._batches import conform, to_table
+from lake._deltaio import open_table, translate_errors
 from lake.errors import LakeError, LakeUnavailable
 from lake.schema import PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_TAG, TableSpec, spec
 from lake.sealing import seal_table

@@ -1,13 +1,10 @@
 """The live stream: new lake rows and new failures, pushed to WebSocket clients.
 
-One ``LiveHub`` per replica polls the lake while anyone listens: for each table some client
-wants (a table nobody wants is not polled, and starts afresh when a client asks for it)
-it refreshes the Delta log incrementally (``update_incremental``), and when the version
-moved it diffs the table's add actions against the files it already knows and reads only
-the new data files (their ``node``/``hour`` come from the add action's partition values).
+One ``LiveHub`` per replica polls the lake while anyone listens: each table some client
+wants follows the table with a ``lake.TableTail`` (a table nobody wants is not polled, and
+starts afresh when a client asks for it), which reads only the data files of new commits.
 A commit that is not an append (compaction, retention, a re-analysis replacing edges)
-rewrites files whose rows were already sent: those files are marked known without being
-sent again, and clients get a ``notice``.
+rewrites rows already sent: they are not sent again, and clients get a ``notice``.
 
 Back-pressure: every client has a bounded queue of messages. When it is full, further
 messages for that client are dropped (and not even converted to JSON) and counted; the
@@ -31,24 +28,17 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from deltalake import DeltaTable
 
-from lake.deltaio import open_table, translate_errors
-from lake.errors import LakeError
-from lake.schema import TABLE_NAMES
-from lake.storage import LakeLocation
+from lake import TABLE_NAMES, Appended, LakeError, LakeLocation, TableTail
 from query_api.metrics import ApiMetrics
 from query_api.payload_scope import strip_rows
 from query_api.settings import ApiSettings
 from query_api.sql import json_column
-from query_api.storage import LakeFiles
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +49,6 @@ DEFAULT_KINDS = frozenset(k for k in KINDS if k != "syscall_data")
 _PID_COLUMNS = {"sched": ("prev_pid", "next_pid", "wakee_pid", "waker_pid")}
 _FAILURE_COLUMNS = ("trace_id", "span_id", "parent_span_id", "service", "name", "start_ns",
                     "end_ns", "dur_ns", "status", "status_message", "pid", "tid", "node")
-_APPEND_OPS = {"WRITE", "STREAMING UPDATE", "CREATE TABLE"}
 
 
 @dataclass(frozen=True)
@@ -101,12 +90,9 @@ class NewRows:
 
 @dataclass
 class _Tail:
-    """What one table looked like at the last poll."""
+    """One table followed for the subscribers."""
 
-    table: str
-    dt: DeltaTable | None = None
-    version: int = -1
-    known: set[str] = field(default_factory=set)
+    tail: TableTail
     idle: bool = False  # skipped by polls because no subscriber wanted it
 
 
@@ -116,7 +102,6 @@ class LiveHub:
         self.location = location
         self.settings = settings
         self.metrics = metrics
-        self.files = LakeFiles(location)
         self.subscribers: set[Subscriber] = set()
         self._tails: dict[str, _Tail] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -194,7 +179,7 @@ class LiveHub:
 
     def _baseline(self) -> dict[str, _Tail]:
         with self._poll_lock:
-            tails = {table: _Tail(table) for table in TABLE_NAMES}
+            tails = {table: _Tail(TableTail(self.location, table)) for table in TABLE_NAMES}
             for tail in tails.values():
                 self._take_baseline(tail)
             return tails
@@ -207,15 +192,11 @@ class LiveHub:
             with self._interest_lock:
                 self._interest.update(tables)
             for tail in (self._tails or {}).values():
-                if tail.idle and tail.table in tables:
+                if tail.idle and tail.tail.table in tables:
                     self._take_baseline(tail)
 
     def _take_baseline(self, tail: _Tail) -> None:
-        with translate_errors(f"open {tail.table}"):
-            tail.dt = open_table(self.location, tail.table)
-            if tail.dt is not None:
-                tail.version = tail.dt.version()
-                tail.known = set(_add_actions(tail.dt).column("path").to_pylist())
+        tail.tail.reset()
         tail.idle = False
 
     def _poll(self) -> list[NewRows]:
@@ -227,57 +208,16 @@ class LiveHub:
                 wanted = {table for table, count in self._interest.items() if count > 0}
             out: list[NewRows] = []
             for tail in (self._tails or {}).values():
-                if tail.table not in wanted:
+                if tail.tail.table not in wanted:
                     tail.idle = True
                     continue
                 if tail.idle:  # wanted again: what came meanwhile belongs to nobody
                     self._take_baseline(tail)
                     continue
-                with translate_errors(f"poll {tail.table}"):
-                    found = self._poll_table(tail)
+                found = _new_rows(tail.tail)
                 if found is not None:
                     out.append(found)
             return out
-
-    def _poll_table(self, tail: _Tail) -> NewRows | None:
-        if tail.dt is None:
-            tail.dt = open_table(self.location, tail.table)
-            if tail.dt is None:
-                return None
-        else:
-            tail.dt.update_incremental()
-        version = tail.dt.version()
-        if version == tail.version:
-            return None
-        actions = _add_actions(tail.dt)
-        paths = actions.column("path").to_pylist()
-        current = set(paths)
-        new_mask = [p not in tail.known for p in paths]  # one entry per file, not per row
-        appended = _only_appends(tail.dt, version - tail.version)
-        tail.known = current
-        tail.version = version
-        if not any(new_mask):
-            return None
-        if not appended:
-            return NewRows(tail.table, version, notice=f"{tail.table} was rewritten "
-                           "(compaction, retention or re-analysis); its rows are not resent")
-        new = actions.filter(pa.array(new_mask))
-        parts = [self._read(tail.table, p, node, hour) for p, node, hour in zip(
-            new.column("path").to_pylist(), new.column("partition.node").to_pylist(),
-            new.column("partition.hour").to_pylist())]
-        return NewRows(tail.table, version, pa.concat_tables(parts, promote_options="default"))
-
-    def _read(self, table: str, path: str, node: str | None, hour: str | None) -> pa.Table:
-        full = path if "://" in path else self.files.path("v1", table, unquote(path))
-        if "://" in full:  # an absolute URI in the log
-            full = full.split("://", 1)[1]
-        data = pq.read_table(full, filesystem=self.files.fs)
-        n = data.num_rows
-        if "node" not in data.column_names:
-            data = data.append_column("node", pa.repeat(pa.scalar(node, pa.string()), n))
-        if "hour" not in data.column_names:
-            data = data.append_column("hour", pa.repeat(pa.scalar(hour, pa.string()), n))
-        return data
 
     # -- fan-out ------------------------------------------------------------------------------
     def _prepare(self, batches: list[NewRows], subs: Iterable[Subscriber]
@@ -310,17 +250,14 @@ def _tables(kinds: Iterable[str]) -> set[str]:
     return {"spans" if kind == FAILURE else kind for kind in kinds}
 
 
-def _add_actions(dt: DeltaTable) -> pa.Table:
-    return pa.table(dt.get_add_actions(flatten=True))
-
-
-def _only_appends(dt: DeltaTable, versions: int) -> bool:
-    for commit in dt.history(max(1, versions)):
-        operation = commit.get("operation")
-        mode = (commit.get("operationParameters") or {}).get("mode", "Append")
-        if operation not in _APPEND_OPS or (operation == "WRITE" and mode != "Append"):
-            return False
-    return True
+def _new_rows(tail: TableTail) -> NewRows | None:
+    change = tail.poll()
+    if change is None:
+        return None
+    if isinstance(change, Appended):
+        return NewRows(tail.table, change.version, change.rows)
+    return NewRows(tail.table, change.version, notice=f"{tail.table} was rewritten "
+                   "(compaction, retention or re-analysis); its rows are not resent")
 
 
 def _selected(batch: NewRows, filters: Filters) -> list[tuple[str, pa.Table | None]]:

@@ -23,12 +23,12 @@ from compute import timeline as engine_timeline
 from compute.settings import ComputeSettings
 from compute.sql import sql_str
 from compute.window import KERNEL_COLUMNS
-from lake import LakeDatabase
-from lake.batches import NS_PER_HOUR, hour_label
+from lake import LakeDatabase, scan
 
 TOP_CATEGORIES = 15
 MIN_BUCKETS = 10
 MAX_BUCKETS = 500
+_SPAN_LOOKBACK_NS = 3600 * 10**9  # spans still running at ``from`` started up to this early
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class Who:
     node: str | None
     pid: int | None
     tid: int | None
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return (self.node,) if self.node is not None else ()
 
     def where(self, pid_col: str | None = "pid", tid_col: str | None = "tid") -> str:
         parts = []
@@ -96,11 +100,6 @@ _SECTIONS: tuple[EventSection, ...] = (
 )
 
 
-def _hours(lo_ns: int, hi_ns: int) -> str:
-    return (f"hour >= {sql_str(hour_label(max(lo_ns, 0)))} AND "
-            f"hour <= {sql_str(hour_label(max(hi_ns, 0)))}")
-
-
 def build_timeline(db: LakeDatabase, compute: ComputeSettings, who: Who, from_ns: int,
                    to_ns: int, max_points: int, max_threads: int) -> dict[str, Any]:
     tables = ["sched", "offcpu", *(s.table for s in _SECTIONS)]
@@ -126,17 +125,15 @@ def _threads(con: duckdb.DuckDBPyConnection, compute: ComputeSettings, who: Who,
         match = f"(prev_pid = {who.pid} OR next_pid = {who.pid} OR wakee_pid = {who.pid})"
     else:
         match = f"(prev_tid = {who.tid} OR next_tid = {who.tid} OR wakee_tid = {who.tid})"
-    node = f"AND node = {sql_str(who.node)}" if who.node is not None else ""
     con.execute(f"""
         CREATE TEMP TABLE w_sched AS
-        SELECT {", ".join(KERNEL_COLUMNS["sched"])} FROM sched
-        WHERE {_hours(look, hi)} {node} AND ts_ns >= {look} AND ts_ns < {hi} AND {match}""")
+        SELECT {", ".join(KERNEL_COLUMNS["sched"])} FROM {scan("sched", who.nodes, look, hi)}
+        WHERE {match}""")
     since = look - compute.long_interval_ns
     con.execute(f"""
         CREATE TEMP TABLE w_offcpu AS
-        SELECT {", ".join(KERNEL_COLUMNS["offcpu"])} FROM offcpu
-        WHERE {_hours(since, hi)} AND {who.where()} AND ts_ns >= {since} AND ts_ns < {hi}
-          AND ts_ns + coalesce(dur_ns, 0) >= {look}""")
+        SELECT {", ".join(KERNEL_COLUMNS["offcpu"])} FROM {scan("offcpu", who.nodes, since, hi)}
+        WHERE {who.where()} AND ts_ns + coalesce(dur_ns, 0) >= {look}""")
     engine_timeline.build(con, hi, compute.model_copy(update={"timeline_all_threads": True}))
     keep = who.where()
     con.execute(f"""
@@ -191,16 +188,15 @@ def _threads(con: duckdb.DuckDBPyConnection, compute: ComputeSettings, who: Who,
 
 def _events(con: duckdb.DuckDBPyConnection, section: EventSection, who: Who, lo: int,
             hi: int, max_points: int) -> dict[str, Any]:
-    lookback = NS_PER_HOUR if section.table == "spans" else 0
+    lookback = _SPAN_LOOKBACK_NS if section.table == "spans" else 0
     if section.end is not None:
         overlap = f"{section.start} < {hi} AND {section.end} >= {lo}"
         since = lo - lookback
     else:
         overlap = f"{section.start} >= {lo} AND {section.start} < {hi}"
         since = lo
-    source = (f"(SELECT * FROM {section.table} WHERE {_hours(since, hi)} AND "
-              f"{who.where(section.pid_col, section.tid_col)} AND {section.start} >= {since}"
-              f" AND {overlap})")
+    source = (f"(SELECT * FROM {scan(section.table, who.nodes, since, hi)} WHERE "
+              f"{who.where(section.pid_col, section.tid_col)} AND {overlap})")
     [(count,)] = con.execute(f"SELECT count(*) FROM {source}").fetchall()
     start = f"greatest({section.start}, {lo}) - {lo}"
     end = f"least({section.end}, {hi}) - {lo}" if section.end else None

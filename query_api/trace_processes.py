@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from lake import LakeDatabase
-from lake.batches import NS_PER_HOUR, hour_label
+from lake import LakeDatabase, partition_filter, scan
+
+_HOUR_NS = 3600 * 10**9
+_NO_END = 2**63 - 1
 
 _SPANS = """
     SELECT node, pid, list(DISTINCT service ORDER BY service) AS services,
            list(trace_id || ':' || span_id ORDER BY start_ns) AS spans,
            list(DISTINCT name ORDER BY name) AS span_names,
            min(start_ns) AS first_start_ns, max(end_ns) AS last_end_ns
-    FROM spans
-    WHERE trace_id = ? AND pid IS NOT NULL AND node IS NOT NULL {hours}
+    FROM {spans}
+    WHERE trace_id = ? AND pid IS NOT NULL AND node IS NOT NULL
     GROUP BY node, pid ORDER BY first_start_ns"""
 # the last exec of each (node, pid) before the trace's first span of it (pids are reused)
 _EXECS = """
@@ -32,22 +34,16 @@ _EXECS = """
 _PAYLOADS = """
     SELECT node, pid, count(*) AS payload_rows
     FROM syscall_data JOIN wanted USING (node, pid)
-    WHERE hour >= ? AND hour <= ? GROUP BY node, pid"""
+    WHERE {hours} GROUP BY node, pid"""
 
 
 def trace_processes(db: LakeDatabase, trace_id: str, start_ns: int | None,
                     end_ns: int | None) -> list[dict[str, Any]]:
     """One entry per (node, pid) with a span of ``trace_id`` (``schemas.TraceProcess``)."""
-    hours = ""
-    params: list[Any] = [trace_id]
-    if start_ns is not None:
-        hours += " AND hour >= ? AND start_ns >= ?"
-        params += [hour_label(max(start_ns, 0)), start_ns]
-    if end_ns is not None:
-        hours += " AND hour <= ? AND start_ns < ?"
-        params += [hour_label(max(end_ns, 0)), end_ns]
+    spans = scan("spans", (), 0 if start_ns is None else start_ns,
+                 _NO_END if end_ns is None else end_ns)
     with db.session(["spans", "processes", "syscall_data"]) as con:
-        found = con.execute(_SPANS.replace("{hours}", hours), params).fetchall()
+        found = con.execute(_SPANS.replace("{spans}", spans), [trace_id]).fetchall()
         names = ["node", "pid", "services", "spans", "span_names", "first_start_ns",
                  "last_end_ns"]
         rows = [dict(zip(names, row)) for row in found]
@@ -62,8 +58,9 @@ def trace_processes(db: LakeDatabase, trace_id: str, start_ns: int | None,
         last = max((r["last_end_ns"] or r["first_start_ns"]) for r in rows)
         # payloads in the trace's own hours only: a long-lived process's payloads since its
         # exec may be days of partitions, too much to count for a page
+        hours = partition_filter((), first, last + _HOUR_NS + 1)
         payloads = {(r[0], r[1]): int(r[2]) for r in con.execute(
-            _PAYLOADS, [hour_label(max(first, 0)), hour_label(last + NS_PER_HOUR)]).fetchall()}
+            _PAYLOADS.replace("{hours}", hours)).fetchall()}
     out = []
     for row in rows:
         key = (row["node"], row["pid"])

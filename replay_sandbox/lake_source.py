@@ -2,8 +2,8 @@
 
 The process is chosen by pid and node; among the execs of that pid (pids are reused), the
 last one at or before ``from_ns`` (default: the last one). Its syscalls run from that exec
-to the next exec of the pid, cut at ``to_ns``. Filters name ``node`` and ``hour`` so the
-Delta partitions of other nodes and hours are never read.
+to the next exec of the pid, cut at ``to_ns``. Rows are read through ``lake.scan``, so
+the Delta partitions of other nodes and hours are never read.
 """
 
 from __future__ import annotations
@@ -16,18 +16,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lake import LakeLocation, connect, partition_filter, payload_keys, scan
 from lake import blobs as lake_blobs
-from lake import payload_keys
-from lake.batches import NS_PER_HOUR, hour_label
-from lake.reader import connect
 from lake.sealing import open_blob, sealing_error
-from lake.storage import LakeLocation
 from replay_sandbox.context import CONTEXT, CWD, FD_PATH, FDS, ProcessContext, descriptors
 from replay_sandbox.errors import RecordingError
 from replay_sandbox.peers import load_peer_streams
 from replay_sandbox.recording import ProcessInfo, Recording
 
 _SYSCALL_COLUMNS = "ts_ns, dur_ns, pid, tid, cpu, comm, nr, name, ret, fd, args, seq"
+_NO_END = 2**63 - 1
 _DATA_COLUMNS = ("ts_ns, pid, tid, seq, nr, arg_index, \"offset\", data, total_len, truncated, "
                  "blob, blob_offset")
 
@@ -85,11 +83,14 @@ def load(location: LakeLocation, pid: int, node: str, from_ns: int | None = None
         if children and end is not None:
             ends = [c.end_ns for c in children.values()]
             last = None if None in ends else max([end, *(e for e in ends if e is not None)])
-        where, params = _window(node, [pid, *children], start, last)
-        syscalls = con.sql(f"SELECT {_SYSCALL_COLUMNS} FROM syscalls WHERE {where}",
-                           params=params).to_arrow_table()
-        data = con.sql(f"SELECT {_DATA_COLUMNS} FROM syscall_data WHERE {where}",
-                       params=params).to_arrow_table()
+        pids = [pid, *children]
+        where = f"pid IN ({', '.join('?' * len(pids))})"
+        syscalls = con.sql(f"SELECT {_SYSCALL_COLUMNS} FROM "
+                           f"{_window('syscalls', node, start, last)} WHERE {where}",
+                           params=pids).to_arrow_table()
+        data = con.sql(f"SELECT {_DATA_COLUMNS} FROM "
+                       f"{_window('syscall_data', node, start, last)} WHERE {where}",
+                       params=pids).to_arrow_table()
         peers = load_peer_streams(con, node, pid, start, end) if with_peers else {}
         contents = _blob_contents(location, _as_table(data), start)
     except duckdb.Error as err:  # sealed payloads this key file cannot open: one line
@@ -130,21 +131,16 @@ def _exec_image(con: Any, node: str, pid: int, exec_ns: int) -> dict[int, Any]:
     """The file, argv and environment of the exec at ``exec_ns`` as the kernel read them
     (execve payloads: 0 = file, 1 = argv, 2 = env), or {} when it was recorded without
     payloads; /proc, read by the agent after the event, may show a later image."""
-    call = _one(con, """SELECT tid, seq FROM syscalls
-                        WHERE node = ? AND hour >= ? AND hour <= ? AND pid = ? AND nr = 59
-                          AND ts_ns <= ? AND ts_ns >= ? - 60000000000
-                        ORDER BY ts_ns DESC LIMIT 1""",
-                [node, hour_label(exec_ns - 60 * 10**9), hour_label(exec_ns), pid, exec_ns,
-                 exec_ns])
+    since = exec_ns - 60 * 10**9
+    call = _one(con, f"""SELECT tid, seq FROM {scan("syscalls", [node], since, exec_ns + 1)}
+                         WHERE pid = ? AND nr = 59 ORDER BY ts_ns DESC LIMIT 1""", [pid])
     if call is None:
         return {}
-    cursor = con.execute("""SELECT arg_index, list(data ORDER BY "offset")
-                            FROM syscall_data
-                            WHERE node = ? AND hour >= ? AND hour <= ? AND pid = ? AND tid = ?
-                              AND seq = ? AND nr = 59
-                            GROUP BY arg_index""",
-                         [node, hour_label(exec_ns - 60 * 10**9), hour_label(exec_ns), pid,
-                          call["tid"], call["seq"]])
+    cursor = con.execute(f"""SELECT arg_index, list(data ORDER BY "offset")
+                             FROM syscall_data
+                             WHERE {partition_filter([node], since, exec_ns + 1)} AND pid = ?
+                               AND tid = ? AND seq = ? AND nr = 59
+                             GROUP BY arg_index""", [pid, call["tid"], call["seq"]])
     image: dict[int, Any] = {}
     for arg, parts in cursor.fetchall():
         raw = b"".join(bytes(p) for p in parts if p is not None)
@@ -170,21 +166,14 @@ def _blob_contents(location: LakeLocation, data: pa.Table, start_ns: int) -> dic
     # at most, for the agent stores it within seconds
     times = pc.min_max(data.column("ts_ns"))
     first, last = times["min"].as_py() or start_ns, times["max"].as_py() or start_ns
-    hours = [hour_label(first + h * NS_PER_HOUR)
-             for h in range((last - first) // NS_PER_HOUR + 2)] + [hour_label(last + NS_PER_HOUR)]
-    stored = lake_blobs.fetch(location, names, hours)
+    stored = lake_blobs.fetch(location, names, lake_blobs.hours_between(first, last))
     keys = payload_keys.load(location.payload_key_file) if location.payload_key_file else None
     return {name: open_blob(data_, seal, name, keys) for name, (data_, seal) in stored.items()}
 
 
-def _window(node: str, pids: list[int], start: int, end: int | None) -> tuple[str, list[Any]]:
-    where = (f"node = ? AND hour >= ? AND pid IN ({', '.join('?' * len(pids))}) "
-             f"AND ts_ns >= ?")
-    params: list[Any] = [node, hour_label(start), *pids, start]
-    if end is not None:
-        where += " AND hour <= ? AND ts_ns < ?"
-        params += [hour_label(max(start, end - 1) // NS_PER_HOUR * NS_PER_HOUR), end]
-    return where, params
+def _window(table: str, node: str, start: int, end: int | None) -> str:
+    """``table``'s rows on ``node`` from ``start`` to ``end`` (None: no end)."""
+    return scan(table, [node], start, end if end is not None else _NO_END)
 
 
 @dataclass(frozen=True)
@@ -197,37 +186,36 @@ def _descendants(con: Any, node: str, pid: int, start: int, end: int | None
                  ) -> dict[int, _Child]:
     """Every process ``pid`` forked after ``start`` (before ``end``), and theirs: each
     from its fork, with the image of its first exec (or its parent's) and its exit."""
-    hour = hour_label(start)
+    parts = partition_filter([node], start, _NO_END)
     root = _exec_image(con, node, pid, start)
     rows = con.execute(f"""
         WITH RECURSIVE tree(pid, ppid, ts) AS (
             SELECT pid, ppid, ts_ns FROM processes
-            WHERE node = ? AND hour >= ? AND kind = 'fork' AND ppid = ? AND ts_ns >= ?
+            WHERE {parts} AND kind = 'fork' AND ppid = ? AND ts_ns >= ?
               {'AND ts_ns < ?' if end is not None else ''}
             UNION
             SELECT f.pid, f.ppid, f.ts_ns FROM processes f JOIN tree t ON f.ppid = t.pid
-            WHERE f.node = ? AND f.hour >= ? AND f.kind = 'fork' AND f.ts_ns >= t.ts
+            WHERE {parts} AND f.kind = 'fork' AND f.ts_ns >= t.ts
         )
         SELECT t.pid, t.ppid, min(t.ts) AS forked,
-               (SELECT min(x.ts_ns) FROM processes x WHERE x.node = ? AND x.hour >= ?
+               (SELECT min(x.ts_ns) FROM processes x WHERE {parts}
                   AND x.pid = t.pid AND x.kind = 'exit' AND x.ts_ns >= min(t.ts)) AS ended
         FROM tree t GROUP BY t.pid, t.ppid ORDER BY forked""",
-        [node, hour, pid, start] + ([end] if end is not None else [])
-        + [node, hour, node, hour]).fetchall()
+        [pid, start] + ([end] if end is not None else [])).fetchall()
     children: dict[int, _Child] = {}
     # pid -> exe, argv (a fork that does not exec runs its parent's image)
     images: dict[int, tuple[str, list[str]]] = {pid: (root.get(0, ""), root.get(1, []))}
     for child, parent, forked, ended in rows:
         if child == pid or child in children:
             continue
-        exit_row = _one(con, """SELECT exit_code FROM processes WHERE node = ? AND hour >= ?
+        exit_row = _one(con, f"""SELECT exit_code FROM processes WHERE {parts}
                                  AND pid = ? AND kind = 'exit' AND ts_ns >= ?
-                                 ORDER BY ts_ns LIMIT 1""", [node, hour, child, forked])
+                                 ORDER BY ts_ns LIMIT 1""", [child, forked])
         exec_row = _one(con, f"""SELECT ts_ns, comm, exe, argv FROM processes
-                                 WHERE node = ? AND hour >= ? AND pid = ? AND kind = 'exec'
+                                 WHERE {parts} AND pid = ? AND kind = 'exec'
                                    AND ts_ns >= ? {'AND ts_ns <= ?' if ended else ''}
                                  ORDER BY ts_ns LIMIT 1""",
-                        [node, hour, child, forked] + ([ended] if ended else []))
+                        [child, forked] + ([ended] if ended else []))
         image = _exec_image(con, node, child, int(exec_row["ts_ns"])) if exec_row else {}
         exe = image.get(0) or (exec_row["exe"] if exec_row else "") or ""
         argv = image.get(1) or (list(exec_row["argv"] or []) if exec_row else [])

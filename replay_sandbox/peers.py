@@ -24,10 +24,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from lake.batches import NS_PER_HOUR, hour_label
+from lake import scan
 
 _CONNECT, _ACCEPT, _ACCEPT4, _CLOSE = 42, 43, 288, 3
 _SENDS = (1, 18, 20, 44, 46)  # write, pwrite64, writev, sendto, sendmsg
+_HOUR_NS = 3600 * 10**9
 _AFTER_NS = 600 * 10**9  # how long after our connect the peer may still answer
 _AF_INET, _AF_INET6 = 2, 10
 
@@ -99,26 +100,25 @@ def _rows(con: Any, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
 def load_peer_streams(con: Any, node: str, pid: int, start_ns: int,
                       end_ns: int | None) -> dict[tuple[int, int], PeerStream]:
     """Peer streams of ``pid``'s connections, keyed by the (tid, seq) of its connect."""
-    last = (end_ns or start_ns + 24 * NS_PER_HOUR) + _AFTER_NS
-    hours = [hour_label(start_ns), hour_label(last)]
+    last = (end_ns or start_ns + 24 * _HOUR_NS) + _AFTER_NS
+    own = scan("syscalls", [node], start_ns, end_ns if end_ns is not None else last)
+    calls = scan("syscalls", [node], start_ns, last)
     connects = _rows(con, f"""
-        SELECT s.tid, s.seq, s.ts_ns, d.data FROM syscalls s JOIN syscall_data d
+        SELECT s.tid, s.seq, s.ts_ns, d.data FROM {own} s JOIN syscall_data d
           ON d.node = s.node AND d.hour = s.hour AND d.pid = s.pid AND d.tid = s.tid
              AND d.seq = s.seq AND d.arg_index = 1
-        WHERE s.node = ? AND s.hour BETWEEN ? AND ? AND s.pid = ? AND s.nr = {_CONNECT}
-          AND s.ts_ns >= ? {'AND s.ts_ns < ?' if end_ns is not None else ''}
-        ORDER BY s.ts_ns""", [node, *hours, pid, start_ns] + ([end_ns] if end_ns else []))
+        WHERE s.pid = ? AND s.nr = {_CONNECT}
+        ORDER BY s.ts_ns""", [pid])
     targets = {(tid, seq): (ts, dest) for tid, seq, ts, data in connects
                if (dest := parse_sockaddr(bytes(data))) is not None}
     if not targets:
         return {}
     # our local port: the first send of that thread to that address after the connect
     sends = defaultdict(list)
-    for tid, ts, saddr, sport, daddr, dport in _rows(con, """
-            SELECT tid, ts_ns, saddr, sport, daddr, dport FROM net
-            WHERE node = ? AND hour BETWEEN ? AND ? AND pid = ? AND kind = 'send'
-              AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns""",
-                                                     [node, *hours, pid, start_ns, last]):
+    for tid, ts, saddr, sport, daddr, dport in _rows(con, f"""
+            SELECT tid, ts_ns, saddr, sport, daddr, dport
+            FROM {scan("net", [node], start_ns, last)}
+            WHERE pid = ? AND kind = 'send' ORDER BY ts_ns""", [pid]):
         sends[(tid, daddr, dport)].append((ts, saddr, sport))
     local: dict[tuple[int, int], tuple[str, int]] = {}
     for key, (ts, (addr, port)) in targets.items():
@@ -130,12 +130,11 @@ def load_peer_streams(con: Any, node: str, pid: int, start_ns: int,
     # the accepts of those ports, in any other process of the node
     accepts: dict[tuple[str, int], list[tuple[int, int, int, str]]] = defaultdict(list)
     for apid, ts, fd, comm, data in _rows(con, f"""
-            SELECT s.pid, s.ts_ns, s.ret, s.comm, d.data FROM syscalls s JOIN syscall_data d
+            SELECT s.pid, s.ts_ns, s.ret, s.comm, d.data FROM {calls} s JOIN syscall_data d
               ON d.node = s.node AND d.hour = s.hour AND d.pid = s.pid AND d.tid = s.tid
                  AND d.seq = s.seq AND d.arg_index = 1
-            WHERE s.node = ? AND s.hour BETWEEN ? AND ? AND s.nr IN ({_ACCEPT}, {_ACCEPT4})
-              AND s.ret >= 0 AND s.pid <> ? AND s.ts_ns >= ? AND s.ts_ns < ?""",
-                                             [node, *hours, pid, start_ns, last]):
+            WHERE s.nr IN ({_ACCEPT}, {_ACCEPT4}) AND s.ret >= 0 AND s.pid <> ?""",
+                                             [pid]):
         client = parse_sockaddr(bytes(data))
         if client is not None:
             accepts[client].append((ts, apid, fd, comm))
@@ -156,12 +155,10 @@ def load_peer_streams(con: Any, node: str, pid: int, start_ns: int,
                    (SELECT list(d.data ORDER BY d."offset") FROM syscall_data d
                     WHERE d.node = s.node AND d.hour = s.hour AND d.pid = s.pid
                       AND d.tid = s.tid AND d.seq = s.seq AND d.arg_index = 1)
-            FROM syscalls s
-            WHERE s.node = ? AND s.hour BETWEEN ? AND ?
-              AND s.pid IN ({', '.join('?' * len(peer_pids))})
+            FROM {calls} s
+            WHERE s.pid IN ({', '.join('?' * len(peer_pids))})
               AND s.nr IN ({', '.join(str(n) for n in (*_SENDS, _CLOSE))})
-              AND s.ts_ns >= ? AND s.ts_ns < ? ORDER BY s.ts_ns""",
-                                               [node, *hours, *peer_pids, start_ns, last]):
+            ORDER BY s.ts_ns""", peer_pids):
         blob = b"".join(bytes(p) for p in data if p is not None) if data else None
         by_fd[(apid, fd)].append((ts, nr, ret, blob))
     streams: dict[tuple[int, int], PeerStream] = {}

@@ -188,7 +188,7 @@ def publish(location: lake.LakeLocation, window: Window, tables: dict[str, pa.Ta
     with tempfile.TemporaryDirectory(prefix="kprobe-graph-") as tmp:
         manifest["counts"] = build(tables, Path(tmp), settings)
         _write_manifest(Path(tmp), manifest)
-        fs, base = _s3(location)
+        fs, base = lake.filesystem(location)
         prefix = f"{base}/{GRAPHS_DIR}/{window.id}"
         try:
             fs.create_dir(prefix, recursive=True)
@@ -222,7 +222,7 @@ def list_snapshots(location: lake.LakeLocation) -> list[SnapshotInfo]:
             if info:
                 found.append(info)
     else:
-        fs, base = _s3(location)
+        fs, base = lake.filesystem(location)
         try:
             entries = fs.get_file_info(pafs.FileSelector(f"{base}/{GRAPHS_DIR}",
                                                          allow_not_found=True))
@@ -358,7 +358,7 @@ def _cached(location: lake.LakeLocation, info: SnapshotInfo,
     if path.is_file():
         return path
     directory.mkdir(parents=True, exist_ok=True)
-    fs, base = _s3(location)
+    fs, base = lake.filesystem(location)
     remote = f"{base}/{GRAPHS_DIR}/{info.window_id}/{DB_FILE}"
     partial = directory / f".{DB_FILE}.{uuid.uuid4().hex[:8]}"
     try:
@@ -376,21 +376,6 @@ def _cached(location: lake.LakeLocation, info: SnapshotInfo,
 def _database(path: Path, settings: ComputeSettings, *, read_only: bool) -> ladybug.Database:
     return ladybug.Database(str(path), read_only=read_only,
                             buffer_pool_size=settings.graph_buffer_pool_mb << 20)
-
-
-def _s3(location: lake.LakeLocation) -> tuple[pafs.S3FileSystem, str]:
-    """A pyarrow S3 filesystem for the lake's bucket, and the root as bucket/prefix."""
-    opts = location.storage_options
-    endpoint = opts.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {"region": opts.get("AWS_REGION", "us-east-1")}
-    if opts.get("AWS_ACCESS_KEY_ID"):
-        kwargs["access_key"] = opts["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = opts.get("AWS_SECRET_ACCESS_KEY", "")
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**kwargs), location.root[len("s3://"):]
 
 
 def _one_line(err: BaseException) -> str:

@@ -9,11 +9,7 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from lake.deltaio import open_table, translate_errors
-from lake.errors import LakeError, LakeUnavailable
-from lake.reader import LakeDatabase
-from lake.schema import TABLE_NAMES
-from lake.storage import LakeLocation
+from lake import LakeError, LakeUnavailable
 from query_api.deps import LakeDbDep, LocationDep, MetricsDep, SettingsDep
 from query_api.problems import problem_responses
 from query_api.schemas import Health
@@ -31,22 +27,10 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-def lake_readable(location: LakeLocation, db: LakeDatabase) -> None:
-    """Raise a LakeError unless the lake's storage answers and every table's log reads
-    (a torn commit, a lost _delta_log: not ready)."""
-    if location.scheme == "file":
-        if not location.local_path.is_dir():
-            raise LakeUnavailable(f"lake unavailable: {location.local_path} does not exist")
-    else:
-        with translate_errors("open agent_meta"):
-            open_table(location, "agent_meta")  # a missing table is fine; no answer is not
-    db.tables.snapshots(TABLE_NAMES)
-
-
 @router.get("/readyz", response_model=Health, summary="The lake is reachable and readable",
             responses=problem_responses(503))
 async def readyz(location: LocationDep, settings: SettingsDep, db: LakeDbDep) -> Health:
-    future = asyncio.get_running_loop().run_in_executor(_probe, lake_readable, location, db)
+    future = asyncio.get_running_loop().run_in_executor(_probe, db.tables.check_readable)
     try:
         await asyncio.wait_for(asyncio.shield(future), settings.readiness_timeout_s)
     except TimeoutError:

@@ -34,7 +34,7 @@ from capture_agent.cards import PREFILTER, mask_pans
 from capture_agent.protection import PayloadProtection
 from capture_agent.redaction import RedactionRules
 from lake import payload_keys
-from lake.batches import conform
+from lake._batches import conform
 from lake.schema import spec
 from lake.sealing import SegmentOpener, seal_table
 

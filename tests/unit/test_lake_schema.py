@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from lake import LakeSettings, LakeWriter, SchemaError, connect, resolve
-from lake.batches import conform, hour_label, hour_labels
+from lake._batches import conform, hour_label, hour_labels
 from lake.schema import TABLE_NAMES, TABLES
 
 # The contract from DESIGN.md: these columns must exist in these tables.

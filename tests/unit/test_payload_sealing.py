@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lake import LakeSettings, LakeWriter, payload_keys, resolve
-from lake.batches import conform
+from lake._batches import conform
 from lake.errors import PayloadIntegrityError, PayloadKeyError
 from lake.maintenance import compact, retain
 from lake.query import run_query

@@ -41,7 +41,7 @@ def test_container_ids_from_common_runtimes() -> None:
 
 
 def test_processes_table_matches_lake_schema() -> None:
-    from lake.batches import conform
+    from lake._batches import conform
     from lake.schema import TABLES
 
     table = processes_table([read_process(os.getpid())], ts_ns=1)
