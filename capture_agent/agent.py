@@ -10,7 +10,6 @@ nothing is lost silently. A crash loses at most what was drained since the last 
 from __future__ import annotations
 
 import ctypes
-import importlib
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -30,9 +28,8 @@ from capture_agent import procinfo
 from capture_agent.clock import ClockSample, sample_offset
 from capture_agent.drainer import RingDrainer
 from capture_agent.errors import BpfLoadError, CaptureAgentError
-from capture_agent.families import FAMILIES
+from capture_agent.families import FAMILIES, PROBE_FAMILIES, AgentOptions, ProbeFamily
 from capture_agent.file_store import FileStore, FileStoreConfig
-from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.lake_sink import LakeSink
 from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
 from capture_agent.process_probes import ProcessProbes
@@ -111,9 +108,12 @@ class AgentConfig:
 
 @dataclass
 class LoadedFamily:
-    name: str
-    module: ModuleType
+    probes: ProbeFamily
     sensor: Sensor
+
+    @property
+    def name(self) -> str:
+        return self.probes.name
 
 
 class Agent:
@@ -140,7 +140,6 @@ class Agent:
         self._last_clock = time.monotonic()
         self._reported_drops: dict[str, int] = {}
         self._metrics: MetricsServer | None = None
-        self._stacks: KernelStacks | None = None
         self._drainer: RingDrainer | None = None
         self._probes: list[ProcessProbes] = []
         self._otlp: Any = None
@@ -230,17 +229,14 @@ class Agent:
         drained_at = time.time_ns()  # what the rings held up to here is in this flush
         drained = self._drainer.take() if self._drainer is not None else {}
         for fam in self.families:
-            ring_tables: dict[str, tuple[str, Callable[..., pa.Table]]] = fam.module.RING_TABLES
-            for ring_name, (table, convert) in ring_tables.items():
+            for ring_name in fam.probes.rings:
                 self.counters.ring_fill[ring_name] = fam.sensor.ring(ring_name).fill()
                 batch = drained.get(f"{fam.name}/{ring_name}")
                 if batch is not None and len(batch):
                     self.counters.add_events(ring_name, len(batch))
-                    self._submit_converted(table, convert, batch)
-            collect = getattr(fam.module, "collect_maps", None)
-            if collect is not None:
-                for table, rows in collect(fam.sensor, self.clock).items():
-                    self.sink.submit(table, rows)
+                    self._submit_converted(fam.probes, ring_name, batch)
+            for table, rows in fam.probes.collect(fam.sensor, self.clock).items():
+                self.sink.submit(table, rows)
         self.counters.clock_probe_processes = sum(p.attached for p in self._probes)
         self.counters.clock_probe_failures = sum(p.failed for p in self._probes)
         self._report_losses()
@@ -252,34 +248,28 @@ class Agent:
         self.counters.flushes += 1
         self.counters.flush_seconds_last = time.monotonic() - started
 
-    def _submit_converted(self, table: str,
-                          convert: Callable[[np.ndarray, ClockSample], pa.Table],
-                          batch: np.ndarray) -> None:
+    def _submit_converted(self, probes: ProbeFamily, ring: str, batch: np.ndarray) -> None:
         try:
-            converted = convert(batch, self.clock)
-            if table == "offcpu" and self._stacks is not None:
-                # Symbolise the new stacks once, then say why each interval waited.
-                stacks = self._stacks.resolve(converted.column("kstack_id"), time.time_ns())
-                self.sink.submit("kstacks", stacks)
-                converted = self._stacks.fill_wait_reason(converted)
-                self._stacks.clear()
+            converted = probes.convert(ring, batch, self.clock)
         except CaptureAgentError as err:  # e.g. records of another layout version
+            table = probes.rings[ring][0]
             log.error("cannot convert %d %s records: %s", len(batch), table, err)
             self.sink.count_loss(table, "convert_failed", len(batch))
             return
-        if table == "syscall_data" and self.files is not None:
-            # the contents of the files read by identity, stored once, before the rows
-            # that name them
-            try:
-                converted, blobs, missing = self.files.process(converted)
-            except (pa.ArrowException, ValueError, OSError) as err:  # rows keep blob ""
-                log.error("file store: %d rows: %s", converted.num_rows, err)
-                blobs, missing = None, {"file_store_failed": converted.num_rows}
-            if blobs is not None:
-                self._submit_protected("blobs", blobs)
-            for reason, count in missing.items():
-                self.sink.count_loss("blobs", reason, count)
-        self._submit_protected(table, converted)
+        for table, rows in converted.items():
+            if table == "syscall_data" and self.files is not None:
+                # the contents of the files read by identity, stored once, before the rows
+                # that name them
+                try:
+                    rows, blobs, missing = self.files.process(rows)
+                except (pa.ArrowException, ValueError, OSError) as err:  # rows keep blob ""
+                    log.error("file store: %d rows: %s", rows.num_rows, err)
+                    blobs, missing = None, {"file_store_failed": rows.num_rows}
+                if blobs is not None:
+                    self._submit_protected("blobs", blobs)
+                for reason, count in missing.items():
+                    self.sink.count_loss("blobs", reason, count)
+            self._submit_protected(table, rows)
 
     def _blobs_present(self, hour: str, names: list[str]) -> set[str]:
         """Which names the lake's hour holds (another node's); none if it cannot say."""
@@ -341,31 +331,26 @@ class Agent:
         names = self._family_names()
         if not names:
             raise CaptureAgentError("no BPF objects built: run `make bpf` (or `make setup`)")
+        options = self._family_options()
         shared: dict[str, int] = {}
         for name in names:
-            module = importlib.import_module(f"capture_agent.families.{name}")
-            spec_config = self._family_config(name, module)
-            spec = module.sensor_spec(spec_config, shared_maps=shared)
-            sensor = Sensor(spec)
+            probes = PROBE_FAMILIES[name](options)
+            sensor = Sensor(probes.sensor_spec(shared))
             try:
                 sensor.load()
             except BpfLoadError as e:
                 raise BpfLoadError(f"{e}; {self._meanwhile(name, names)}", e.errno,
                                    e.log) from None
-            self.families.append(LoadedFamily(name, module, sensor))
+            self.families.append(LoadedFamily(probes, sensor))
             if "targets" not in shared:
                 # One targets map for every sensor: a target is a target everywhere.
                 shared = {"targets": sensor.map_fd("targets")}
-            apply_targeting = getattr(module, "apply_targeting", None)
-            if apply_targeting is not None:  # exec-by-comm and cgroup rules, in the kernel
-                apply_targeting(sensor, spec_config)
-            if name == "sched":
-                self._stacks = KernelStacks(Kallsyms.load(), sensor.map_fd("offcpu_stacks"))
+            probes.loaded(sensor)
         for fam in self.families:
             fam.sensor.attach()
         self._drainer = RingDrainer(
             [(f"{fam.name}/{ring}", fam.sensor.ring(ring))
-             for fam in self.families for ring in fam.module.RING_TABLES],
+             for fam in self.families for ring in fam.probes.rings],
             self.config.drain_interval_s).start()
 
     def _meanwhile(self, failed: str, names: list[str]) -> str:
@@ -377,26 +362,17 @@ class Agent:
         return ("meanwhile record " + " or ".join(ways) + "; " if ways else "") + (
             "`kprobe doctor` checks every family on this kernel")
 
-    def _family_config(self, name: str, module: ModuleType) -> Any:
-        """Each family's config from the agent's, by the fields that family has."""
-        config_cls = next((getattr(module, a) for a in dir(module)
-                           if a.endswith("Config") and isinstance(getattr(module, a), type)),
-                          None)
-        if config_cls is None:
-            return None
-        wanted = {
-            "target_comms": tuple(self.config.targets.comms),
-            "target_cgroups": tuple(self.config.targets.cgroup_dirs()),
-            "min_offcpu_ns": self.config.min_offcpu_ns,
-            "target_all": self.config.targets.everything,
-            "capture_payloads": self.config.payloads,
-            "payloads": self.config.payloads,
-            "payload_cap": self.config.payload_cap,
-            "vdso_clocks": self.config.vdso_clocks,
-            "files_by_identity": self.config.file_reads == "identity",
-        }
-        fields = getattr(config_cls, "__dataclass_fields__", {})
-        return config_cls(**{k: v for k, v in wanted.items() if k in fields})
+    def _family_options(self) -> AgentOptions:
+        """What this agent's configuration says to every family."""
+        return AgentOptions(
+            target_comms=tuple(self.config.targets.comms),
+            target_cgroups=tuple(self.config.targets.cgroup_dirs()),
+            target_all=self.config.targets.everything,
+            min_offcpu_ns=self.config.min_offcpu_ns,
+            payloads=self.config.payloads,
+            payload_cap=self.config.payload_cap,
+            vdso_clocks=self.config.vdso_clocks,
+            files_by_identity=self.config.file_reads == "identity")
 
     def _add_initial_targets(self) -> None:
         """Processes already running that match the targets: add them and describe them."""
@@ -420,7 +396,7 @@ class Agent:
     def _start_process_probes(self) -> None:
         """Per-process uprobes (libc clock reads) for targets, as the targets change."""
         for fam in self.families:
-            places_for = getattr(fam.module, "uprobe_places_for", None)
+            places_for = fam.probes.uprobe_places()
             if fam.sensor.spec.uprobes and fam.sensor.spec.uprobes_per_process and places_for:
                 self._probes.append(ProcessProbes(fam.sensor, places_for).start())
 

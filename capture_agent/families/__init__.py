@@ -7,25 +7,32 @@ Adding a family ``foo``:
   2. ``bpf/foo.bpf.c``: tp_btf programs, one ring per record type, ``EVENT_RESERVE`` /
      ``event_submit``, ``LAYOUT_EXPORT`` of every record and mirrored enum.
   3. ``families/foo.py``: the dtypes (``layouts.record_dtype``), ``FAMILY``, a config
-     dataclass with ``sensor_spec()``, and batch -> Arrow conversion per lake table,
-     exported as ``RING_TABLES = {ring: (lake_table, fn(batch, clock) -> pa.Table)}``;
-     state aggregated in kernel maps (e.g. page faults per thread) is read once per flush
-     by an optional ``collect_maps(sensor, clock) -> dict[lake_table, pa.Table]``.
-  4. Register ``FAMILY`` below: the layout test and the doctor pick it up.
+     dataclass with ``sensor_spec()``, and batch -> Arrow conversion per lake table
+     (``RING_TABLES = {ring: (lake_table, fn(batch, clock) -> pa.Table)}``), each
+     converter starting with the shared header check (``_arrow.check_header``); then
+     ``FooFamily(ProbeFamily)`` (``families/base.py``): the family as the agent runs it,
+     with the hooks it needs (kernel set-up after load, state aggregated in kernel maps
+     read once per flush, per-process uprobes).
+  4. Register ``FooFamily`` below: the agent, the layout test and the doctor pick it up.
 """
 
 from __future__ import annotations
 
-from capture_agent.families import block, mem, net, process, sched, syscalls
+from capture_agent.families.base import AgentOptions, ProbeFamily
+from capture_agent.families.block import BlockFamily
+from capture_agent.families.mem import MemFamily
+from capture_agent.families.net import NetFamily
+from capture_agent.families.process import ProcessFamily
+from capture_agent.families.sched import SchedFamily
+from capture_agent.families.syscalls import SyscallsFamily
 from capture_agent.layouts import Family
 
-FAMILIES: dict[str, Family] = {
-    sched.FAMILY.name: sched.FAMILY,
-    net.FAMILY.name: net.FAMILY,
-    block.FAMILY.name: block.FAMILY,
-    mem.FAMILY.name: mem.FAMILY,
-    process.FAMILY.name: process.FAMILY,
-    syscalls.FAMILY.name: syscalls.FAMILY,
+# Every family, by name, in the order the agent loads them (the first loaded owns the
+# targets map the others share).
+PROBE_FAMILIES: dict[str, type[ProbeFamily]] = {
+    cls.family.name: cls
+    for cls in (SchedFamily, NetFamily, BlockFamily, MemFamily, ProcessFamily, SyscallsFamily)
 }
+FAMILIES: dict[str, Family] = {name: cls.family for name, cls in PROBE_FAMILIES.items()}
 
-__all__ = ["FAMILIES"]
+__all__ = ["FAMILIES", "PROBE_FAMILIES", "AgentOptions", "ProbeFamily"]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capture_agent.errors import RingBufferError
-from capture_agent.layouts import EVENT_HEADER
+from capture_agent.layouts import EVENT_HEADER, Family
 
 _INT32 = pa.int32()
 
@@ -59,21 +59,22 @@ def header(batch: np.ndarray) -> Header:
     return Header(words[:, 0], words[:, 2], octets[:, 6], octets[:, 7])
 
 
-def check_header(batch: np.ndarray, family: str, layout_version: int,
-                 kinds: tuple[int, ...]) -> Header:
-    """The batch's ``header``, after refusing records of another layout version or kind
-    (RingBufferError)."""
+def check_header(batch: np.ndarray, family: Family, kinds: tuple[int, ...]) -> Header:
+    """The batch's ``header``, after refusing records of another layout version than
+    ``family``'s or of a kind not in ``kinds`` (RingBufferError). Every family's
+    converters start here."""
     hdr = header(batch)
     if not len(batch):
         return hdr
+    layout_version = family.layout_version
     wrong_version = hdr.version != layout_version
     if wrong_version.any():
         raise RingBufferError(
-            f"{family} record layout version {int(hdr.version[wrong_version][0])}, this agent"
-            f" reads {layout_version}: rebuild the BPF objects (make bpf)")
+            f"{family.name} record layout version {int(hdr.version[wrong_version][0])}, this"
+            f" agent reads {layout_version}: rebuild the BPF objects (make bpf)")
     known = _allowed(kinds)[hdr.kind]
     if not known.all():
-        raise RingBufferError(f"unexpected record kinds in a {family} batch: "
+        raise RingBufferError(f"unexpected record kinds in a {family.name} batch: "
                               f"{sorted(set(hdr.kind[~known].tolist()))}")
     return hdr
 

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capture_agent.clock import ClockSample
-from capture_agent.errors import RingBufferError
-from capture_agent.families._arrow import comm_array, int_array
+from capture_agent.families._arrow import check_header, comm_array, int_array
+from capture_agent.families.base import ProbeFamily
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
 from lake.schema import spec as table_spec
@@ -120,22 +120,6 @@ def sensor_spec(config: BlockConfig | None = None, *,
     )
 
 
-def check_batch(batch: np.ndarray) -> None:
-    """Refuse records of another layout version or kind (RingBufferError)."""
-    if not len(batch):
-        return
-    hdr = batch["hdr"]
-    if np.any(hdr["version"] != BLOCK_LAYOUT_VERSION):
-        bad = int(hdr["version"][hdr["version"] != BLOCK_LAYOUT_VERSION][0])
-        raise RingBufferError(
-            f"block record layout version {bad}, this agent reads {BLOCK_LAYOUT_VERSION}:"
-            " rebuild the BPF objects (make bpf)"
-        )
-    if np.any(hdr["kind"] != EventKind.BLOCK_RQ):
-        raise RingBufferError(f"unexpected record kinds in a block batch: "
-                              f"{sorted(set(hdr['kind'].tolist()) - {int(EventKind.BLOCK_RQ)})}")
-
-
 def device_strings(devs: np.ndarray) -> pa.Array:
     """Kernel dev_t values -> 'major:minor', formatting each distinct device once."""
     distinct, inverse = np.unique(devs, return_inverse=True)
@@ -153,7 +137,7 @@ def status_errno(status: np.ndarray) -> np.ndarray:
 
 def block_io_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     """A batch of ``BLOCK_EVENT`` -> rows of lake table ``block_io`` (vectorised)."""
-    check_batch(batch)
+    check_header(batch, FAMILY, _KINDS)
     hdr = batch["hdr"]
     issue = batch["issue_ns"]
     no_task = (hdr["flags"] & BLOCK_FLAG_TASK) == 0
@@ -173,18 +157,31 @@ def block_io_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return pa.table(columns, schema=table_spec("block_io").payload_schema)
 
 
+_KINDS = (int(EventKind.BLOCK_RQ),)
+
+
 # ring -> (lake table, converter): what the agent's flush loop calls for this family.
 RING_TABLES = {
     "block_events": ("block_io", block_io_table),
 }
 
+
+class BlockFamily(ProbeFamily):
+    """This family as the agent runs it (capture_agent/families/base.py)."""
+
+    family = FAMILY
+    rings = RING_TABLES
+
+    def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
+        return sensor_spec(BlockConfig(), shared_maps=shared_maps)
+
 __all__ = [
+    "BlockFamily",
     "BLOCK_EVENT",
     "FAMILY",
     "RING_TABLES",
     "BlockConfig",
     "block_io_table",
-    "check_batch",
     "device_strings",
     "sensor_spec",
     "status_errno",

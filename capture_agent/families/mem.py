@@ -27,8 +27,9 @@ import pyarrow as pa
 
 from capture_agent import libbpf
 from capture_agent.clock import ClockSample
-from capture_agent.errors import BpfMapError, RingBufferError
-from capture_agent.families._arrow import comm_array, int_array, lookup_strings
+from capture_agent.errors import BpfMapError
+from capture_agent.families._arrow import check_header, comm_array, int_array, lookup_strings
+from capture_agent.families.base import ProbeFamily
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import Sensor, SensorSpec
 from lake.schema import spec as table_spec
@@ -146,21 +147,6 @@ def sensor_spec(config: MemConfig | None = None, *,
     )
 
 
-def check_batch(batch: np.ndarray) -> None:
-    """Refuse records of another layout version or kind (RingBufferError)."""
-    hdr = batch["hdr"]
-    if len(batch) and np.any(hdr["version"] != MEM_LAYOUT_VERSION):
-        bad = int(hdr["version"][hdr["version"] != MEM_LAYOUT_VERSION][0])
-        raise RingBufferError(
-            f"mem record layout version {bad}, this agent reads {MEM_LAYOUT_VERSION}:"
-            " rebuild the BPF objects (make bpf)"
-        )
-    kinds = [int(k) for k in RING_KINDS]
-    if len(batch) and not np.all(np.isin(hdr["kind"], kinds)):
-        raise RingBufferError(f"unexpected record kinds in a mem batch: "
-                              f"{sorted(set(hdr['kind'].tolist()) - set(kinds))}")
-
-
 def _memcg(values: np.ndarray) -> pa.Array:
     """Memory cgroup ids; 0 (no memcg support) is null."""
     return int_array(values, null=values == 0, arrow_type=pa.int64())
@@ -168,7 +154,7 @@ def _memcg(values: np.ndarray) -> pa.Array:
 
 def mem_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     """A batch of ``MEM_EVENT`` -> rows of lake table ``mem`` (vectorised)."""
-    check_batch(batch)
+    check_header(batch, FAMILY, _KINDS)
     hdr = batch["hdr"]
     kind = hdr["kind"]
     not_reclaim = (kind != EventKind.MEM_DIRECT_RECLAIM) & (kind != EventKind.MEM_MEMCG_RECLAIM)
@@ -257,12 +243,29 @@ def collect_maps(sensor: Sensor, clock: ClockSample,
                                      alloc_table(tgids, allocs, ts_ns)])}
 
 
+_KINDS = tuple(int(k) for k in RING_KINDS)
+
+
 # ring -> (lake table, converter): what the agent's flush loop calls for this family.
 RING_TABLES = {
     "mem_events": ("mem", mem_table),
 }
 
+
+class MemFamily(ProbeFamily):
+    """This family as the agent runs it (capture_agent/families/base.py)."""
+
+    family = FAMILY
+    rings = RING_TABLES
+
+    def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
+        return sensor_spec(MemConfig(), shared_maps=shared_maps)
+
+    def collect(self, sensor: Sensor, clock: ClockSample) -> dict[str, pa.Table]:
+        return collect_maps(sensor, clock)
+
 __all__ = [
+    "MemFamily",
     "ALLOC_STAT",
     "FAMILY",
     "FAULT_STAT",
@@ -270,7 +273,6 @@ __all__ = [
     "RING_TABLES",
     "MemConfig",
     "alloc_table",
-    "check_batch",
     "collect_maps",
     "drain_hash",
     "fault_table",

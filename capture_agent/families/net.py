@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capture_agent.clock import ClockSample
-from capture_agent.errors import RingBufferError
-from capture_agent.families._arrow import comm_array, int_array, lookup_strings
+from capture_agent.families._arrow import check_header, comm_array, int_array, lookup_strings
+from capture_agent.families.base import ProbeFamily
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
 from lake.schema import spec as table_spec
@@ -132,23 +132,6 @@ def sensor_spec(config: NetConfig | None = None, *,
     )
 
 
-def check_batch(batch: np.ndarray) -> None:
-    """Refuse records of another layout version or kind (RingBufferError)."""
-    if not len(batch):
-        return
-    hdr = batch["hdr"]
-    if np.any(hdr["version"] != NET_LAYOUT_VERSION):
-        bad = int(hdr["version"][hdr["version"] != NET_LAYOUT_VERSION][0])
-        raise RingBufferError(
-            f"net record layout version {bad}, this agent reads {NET_LAYOUT_VERSION}:"
-            " rebuild the BPF objects (make bpf)"
-        )
-    kinds = [int(k) for k in NET_KINDS]
-    if not np.all(np.isin(hdr["kind"], kinds)):
-        raise RingBufferError(f"unexpected record kinds in a net batch: "
-                              f"{sorted(set(hdr['kind'].tolist()) - set(kinds))}")
-
-
 def _format_address(key: bytes) -> str | None:
     """One distinct (family, 16 address bytes) key -> text; None for an unknown family."""
     family = int.from_bytes(key[:2], "little")
@@ -176,7 +159,7 @@ def address_strings(family: np.ndarray, addrs: np.ndarray) -> pa.Array:
 
 def net_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     """A batch of ``NET_EVENT`` -> rows of lake table ``net`` (vectorised)."""
-    check_batch(batch)
+    check_header(batch, FAMILY, _KINDS)
     hdr = batch["hdr"]
     kind = hdr["kind"].astype(np.int32)
     flags = hdr["flags"]
@@ -209,19 +192,33 @@ def net_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return pa.table(columns, schema=table_spec("net").payload_schema)
 
 
+_KINDS = tuple(int(k) for k in NET_KINDS)
+
+
 # ring -> (lake table, converter): what the agent's flush loop calls for this family.
 RING_TABLES = {
     "net_events": ("net", net_table),
 }
 
+
+class NetFamily(ProbeFamily):
+    """This family as the agent runs it (capture_agent/families/base.py)."""
+
+    family = FAMILY
+    rings = RING_TABLES
+
+    def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
+        return sensor_spec(NetConfig(target_all=self.options.target_all),
+                           shared_maps=shared_maps)
+
 __all__ = [
+    "NetFamily",
     "FAMILY",
     "NET_EVENT",
     "RING_TABLES",
     "TCP_STATES",
     "NetConfig",
     "address_strings",
-    "check_batch",
     "net_table",
     "sensor_spec",
 ]

@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 
 from capture_agent import libbpf
 from capture_agent.clock import ClockSample
-from capture_agent.errors import BpfMapError, RingBufferError
-from capture_agent.families._arrow import comm_array, int_array, lookup_strings
+from capture_agent.errors import BpfMapError
+from capture_agent.families._arrow import check_header, comm_array, int_array, lookup_strings
+from capture_agent.families.base import ProbeFamily
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.procinfo import ProcessInfo, read_process
 from capture_agent.sensor import Sensor, SensorSpec
@@ -201,21 +202,6 @@ def _map_update(fd: int, key: bytes, name: str) -> None:
 # ---- records -> rows -------------------------------------------------------------------
 
 
-def check_batch(batch: np.ndarray) -> None:
-    """Refuse records of another layout version or kind (RingBufferError)."""
-    hdr = batch["hdr"]
-    if len(batch) and np.any(hdr["version"] != PROC_LAYOUT_VERSION):
-        bad = int(hdr["version"][hdr["version"] != PROC_LAYOUT_VERSION][0])
-        raise RingBufferError(
-            f"process record layout version {bad}, this agent reads {PROC_LAYOUT_VERSION}:"
-            " rebuild the BPF objects (make bpf)"
-        )
-    kinds = [int(k) for k in PROC_KINDS]
-    if len(batch) and not np.all(np.isin(hdr["kind"], kinds)):
-        raise RingBufferError(f"unexpected record kinds in a process batch: "
-                              f"{sorted(set(hdr['kind'].tolist()) - set(kinds))}")
-
-
 def decode_exit_code(status: np.ndarray) -> np.ndarray:
     """Kernel wait status -> exit status, or -signal when killed (Popen.returncode's way)."""
     raw = status.astype(np.int64)
@@ -302,7 +288,7 @@ def processes_table(batch: np.ndarray, clock: ClockSample, *, with_env: bool = T
                     reader: Callable[..., ProcessInfo] = read_process) -> pa.Table:
     """A batch of ``PROCESS_EVENT`` -> rows of lake table ``processes``, enriched from
     /proc (see the module docstring for which rows take which /proc image)."""
-    check_batch(batch)
+    check_header(batch, FAMILY, _KINDS)
     hdr = batch["hdr"]
     kind, ktime = hdr["kind"], hdr["ktime_ns"]
     pid, ppid = batch["pid"].astype(np.int64), batch["ppid"].astype(np.int64)
@@ -360,12 +346,35 @@ def _table_with_defaults(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return processes_table(batch, clock)
 
 
+_KINDS = tuple(int(k) for k in PROC_KINDS)
+
+
 # ring -> (lake table, converter): what the agent's flush loop calls for this family.
 RING_TABLES = {
     "proc_events": ("processes", _table_with_defaults),
 }
 
+
+class ProcessFamily(ProbeFamily):
+    """This family as the agent runs it (capture_agent/families/base.py)."""
+
+    family = FAMILY
+    rings = RING_TABLES
+
+    def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
+        return sensor_spec(self._config, shared_maps=shared_maps)
+
+    def loaded(self, sensor: Sensor) -> None:  # exec-by-comm and cgroup rules, in the kernel
+        apply_targeting(sensor, self._config)
+
+    @property
+    def _config(self) -> ProcessConfig:
+        o = self.options
+        return ProcessConfig(target_comms=o.target_comms, target_cgroups=o.target_cgroups,
+                             target_all=o.target_all)
+
 __all__ = [
+    "ProcessFamily",
     "FAMILY",
     "PROCESS_EVENT",
     "RING_TABLES",
@@ -375,7 +384,6 @@ __all__ = [
     "apply_targeting",
     "cgroup_dir_id",
     "cgroup_mounts",
-    "check_batch",
     "decode_exit_code",
     "host_cgroup_hierarchy",
     "kernel_argv",

@@ -7,6 +7,7 @@ Rings (one record size each):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -15,14 +16,15 @@ import pyarrow as pa
 
 from capture_agent.clock import ClockSample
 from capture_agent.families._arrow import (
-    Header,
     check_header,
     comm_array,
     int_array,
     lookup_strings,
 )
+from capture_agent.families.base import AgentOptions, ProbeFamily
+from capture_agent.kallsyms import Kallsyms, KernelStacks
 from capture_agent.layouts import EventKind, Family, record_dtype
-from capture_agent.sensor import SensorSpec
+from capture_agent.sensor import Sensor, SensorSpec
 from lake.schema import spec as table_spec
 
 SCHED_LAYOUT_VERSION = 1
@@ -147,19 +149,13 @@ def sensor_spec(config: SchedConfig | None = None, *,
     )
 
 
-def check_batch(batch: np.ndarray, kinds: tuple[int, ...]) -> Header:
-    """Refuse records of another layout version or kind (RingBufferError); the batch's
-    header fields otherwise."""
-    return check_header(batch, "sched", SCHED_LAYOUT_VERSION, kinds)
-
-
 _SCHED_KINDS = tuple(int(k) for k in SCHED_KINDS)
 _STATE_LETTERS = list(TASK_STATE_LETTERS)
 
 
 def sched_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     """A batch of ``SCHED_EVENT`` -> rows of lake table ``sched`` (vectorised)."""
-    hdr = check_batch(batch, _SCHED_KINDS)
+    hdr = check_header(batch, FAMILY, _SCHED_KINDS)
     kind = hdr.kind
     not_switch = kind != EventKind.SCHED_SWITCH
     is_switch = ~not_switch
@@ -190,7 +186,7 @@ def offcpu_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
 
     ``wait_reason`` stays null here: it comes from the symbolised kernel stack.
     """
-    hdr = check_batch(batch, (int(EventKind.OFFCPU),))
+    hdr = check_header(batch, FAMILY, (int(EventKind.OFFCPU),))
     start = batch["start_ns"].astype(np.int64)
     no_waker = (hdr.flags & OFFCPU_FLAG_WAKER) == 0
     columns = {
@@ -218,13 +214,45 @@ RING_TABLES = {
     "offcpu_events": ("offcpu", offcpu_table),
 }
 
+
+class SchedFamily(ProbeFamily):
+    """This family as the agent runs it (capture_agent/families/base.py): off-CPU rows
+    leave with their kernel stacks symbolised and their wait reason filled."""
+
+    family = FAMILY
+    rings = RING_TABLES
+
+    def __init__(self, options: AgentOptions) -> None:
+        super().__init__(options)
+        self._stacks: KernelStacks | None = None
+
+    def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
+        config = SchedConfig(min_offcpu_ns=self.options.min_offcpu_ns,
+                             target_all=self.options.target_all)
+        return sensor_spec(config, shared_maps=shared_maps)
+
+    def loaded(self, sensor: Sensor) -> None:
+        self._stacks = KernelStacks(Kallsyms.load(), sensor.map_fd("offcpu_stacks"))
+
+    def convert(self, ring: str, batch: np.ndarray, clock: ClockSample
+                ) -> dict[str, pa.Table]:
+        out = super().convert(ring, batch, clock)
+        offcpu = out.get("offcpu")
+        if offcpu is None or self._stacks is None:
+            return out
+        # Symbolise the new stacks once, then say why each interval waited.
+        stacks = self._stacks.resolve(offcpu.column("kstack_id"), time.time_ns())
+        filled = self._stacks.fill_wait_reason(offcpu)
+        self._stacks.clear()
+        return {"kstacks": stacks, "offcpu": filled}
+
 __all__ = [
+    "SchedFamily",
     "FAMILY",
     "RING_TABLES",
     "OFFCPU_EVENT",
     "SCHED_EVENT",
     "SchedConfig",
-    "check_batch",
     "offcpu_table",
     "sched_table",
     "sensor_spec",

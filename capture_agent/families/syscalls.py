@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -57,7 +57,8 @@ from capture_agent import syscall_names
 from capture_agent.clock import ClockSample, sample_offset
 from capture_agent.elfsyms import emulated_probe_offset, function_offsets
 from capture_agent.errors import BpfAttachError, CaptureAgentError
-from capture_agent.families._arrow import Header, check_header, comm_array, int_array
+from capture_agent.families._arrow import check_header, comm_array, int_array
+from capture_agent.families.base import ProbeFamily, UprobePlaces
 from capture_agent.layouts import EventKind, Family, record_dtype
 from capture_agent.sensor import SensorSpec
 from lake.schema import spec as table_spec
@@ -513,7 +514,6 @@ def find_libc() -> str | None:
     return None
 
 
-UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
 _offsets_cache: dict[tuple[int, int], dict[str, int]] = {}
 
 
@@ -600,12 +600,6 @@ def sensor_spec(config: SyscallsConfig | None = None, *,
 # -- batches -> lake tables -------------------------------------------------------------------
 
 
-def check_batch(batch: np.ndarray, kinds: tuple[int, ...]) -> Header:
-    """Refuse records of another layout version or kind (RingBufferError); the batch's
-    header fields otherwise."""
-    return check_header(batch, "syscalls", SYSCALLS_LAYOUT_VERSION, kinds)
-
-
 def _args_column(nr: np.ndarray | syscall_names.SyscallIndex, args: np.ndarray) -> pa.Array:
     """list<int64> of each syscall's own arguments (the first nargs of six registers)."""
     counts = syscall_names.arg_counts(nr)
@@ -633,7 +627,7 @@ def syscalls_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
 
     Each field of the records is read once (a strided read costs ~4 ns per record).
     """
-    hdr = check_batch(batch, _SYSCALL_KINDS)
+    hdr = check_header(batch, FAMILY, _SYSCALL_KINDS)
     start = batch["start_ns"].astype(np.int64)
     nr = batch["nr"].astype(np.int32)
     args = np.ascontiguousarray(batch["args"])
@@ -707,7 +701,7 @@ def syscall_data_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     """A batch of ``SYSCALL_DATA_EVENT`` or ``SYSCALL_DATA_SMALL_EVENT`` -> rows of lake
     table ``syscall_data`` (vectorised). ``truncated``: the region was capped, or its
     memory could not be read (then ``data`` is empty)."""
-    flags = check_batch(batch, _DATA_KINDS).flags
+    flags = check_header(batch, FAMILY, _DATA_KINDS).flags
     by_file = (flags & DATA_FLAG_FILE) != 0
     blob: pa.Array = pa.nulls(len(batch), pa.string())
     blob_offset: pa.Array = pa.nulls(len(batch), pa.int64())
@@ -757,7 +751,25 @@ RING_TABLES = {
 
 __all__ = [
     "FAMILY",
+
+class SyscallsFamily(ProbeFamily):
+    """This family as the agent runs it (capture_agent/families/base.py)."""
+
+    family = FAMILY
+    rings = RING_TABLES
+
+    def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
+        o = self.options
+        return sensor_spec(SyscallsConfig(capture_payloads=o.payloads, payload_cap=o.payload_cap,
+                                          vdso_clocks=o.vdso_clocks, target_all=o.target_all,
+                                          files_by_identity=o.files_by_identity),
+                           shared_maps=shared_maps)
+
+    def uprobe_places(self) -> Callable[[int], UprobePlaces]:
+        return uprobe_places_for
+
     "PAYLOAD_TABLE",
+    "SyscallsFamily",
     "RING_TABLES",
     "SYSCALL_DATA_EVENT",
     "SYSCALL_DATA_SMALL_EVENT",
@@ -766,7 +778,6 @@ __all__ = [
     "PayloadSize",
     "Region",
     "SyscallsConfig",
-    "check_batch",
     "payload_specs",
     "region_bytes",
     "sensor_spec",
