@@ -43,6 +43,7 @@ execs the recorded program is the one replayed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import resource
@@ -397,8 +398,8 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
             os.close(fd)
     _, status = os.waitpid(pid, ptrace_ffi.WALL)
     if not os.WIFSTOPPED(status) or os.WSTOPSIG(status) != signal.SIGSTOP:
-        raise SandboxError(f"tracee {pid} did not stop before exec (status {status:#x}); "
-                           f"see {spec.stderr_path}")
+        raise SandboxError(f"tracee {pid} did not stop before exec (status {status:#x}): "
+                           f"{_last_line(spec.stderr_path)}")
     try:
         ptrace_ffi.set_options(pid, TRACE_OPTIONS)
         if spec.sandbox:  # root in its own user namespace only
@@ -414,6 +415,17 @@ def spawn(spec: LaunchSpec, filter_: CompiledFilter, cgroup: ReplayCgroup | None
         raise SandboxError(f"cannot set up the tracee's user namespace or cgroup: "
                            f"{err.strerror}") from None
     return pid
+
+
+def _last_line(path: str) -> str:
+    """The child's last message before it gave up (it writes one line before exiting)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 400))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1] if lines else f"no message (see {path})"
 
 
 def _placeholder_sources(spec: LaunchSpec, placeholders: list[int], floor: int
@@ -466,7 +478,10 @@ def _child(launch: _Launch, cwd: bytes | None, devnull: int, stderr_fd: int,
     if ptrace_ffi.personality(ptrace_ffi.ADDR_NO_RANDOMIZE) == -1:
         fail("personality(ADDR_NO_RANDOMIZE)")
     if sandbox and ptrace_ffi.raw_syscall(SYS_UNSHARE, CLONE_NEWUSER) != 0:
-        fail("unshare(CLONE_NEWUSER)")
+        fail("unshare(CLONE_NEWUSER)" + (
+            " (the forked replayer has threads: a library's fork handler started them, e.g."
+            " gRPC's fork support; replay from a process of its own, as kprobe replay does)"
+            if ptrace_ffi.errno() == errno.EINVAL else ""))
     if ptrace_ffi.traceme() == -1:
         fail("PTRACE_TRACEME")
     os.kill(os.getpid(), signal.SIGSTOP)  # the tracer sets options, uid maps, cgroup now
