@@ -727,9 +727,7 @@ def syscall_data_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return pa.table(columns, schema=table_spec("syscall_data").payload_schema)
 
 
-_FILE_FIELDS = FILE_ID.fields
-assert _FILE_FIELDS is not None
-_FILE_POS = int(_FILE_FIELDS["pos"][1])  # where a file_id holds the read's offset
+_FILE_POS = FILE_ID.fields["pos"][1]
 
 
 def region_bytes(rows: pa.Table) -> dict[tuple[int, int, int], bytes]:
@@ -751,8 +749,6 @@ RING_TABLES = {
     "syscall_data_small": ("syscall_data", syscall_data_table),
 }
 
-__all__ = [
-    "FAMILY",
 
 class SyscallsFamily(ProbeFamily):
     """This family as the agent runs it (capture_agent/families/base.py)."""
@@ -770,8 +766,10 @@ class SyscallsFamily(ProbeFamily):
     def uprobe_places(self) -> Callable[[int], UprobePlaces]:
         return uprobe_places_for
 
-    "PAYLOAD_TABLE",
+__all__ = [
     "SyscallsFamily",
+    "FAMILY",
+    "PAYLOAD_TABLE",
     "RING_TABLES",
     "SYSCALL_DATA_EVENT",
     "SYSCALL_DATA_SMALL_EVENT",
