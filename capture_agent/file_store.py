@@ -365,7 +365,7 @@ def _concat_values(values: pa.Array | pa.ChunkedArray, take: np.ndarray) -> byte
         return b""
     owner = np.repeat(np.arange(len(lengths)), lengths)
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return raw[offsets[:-1][owner] + within].tobytes()
+    return bytes(raw[offsets[:-1][owner] + within].tobytes())
 
 
 def _exec_paths(rows: pa.Table, fds: np.ndarray, fd_paths: np.ndarray) -> pa.Table:

@@ -44,8 +44,8 @@ from replay_sandbox import vdso
 from replay_sandbox._state import (
     EXECVE,
     FCNTL,
-    MASK,
     LOOKAHEAD,
+    MASK,
     RUN_FOR_REAL,
     Proc,
     ReplayOptions,
@@ -60,7 +60,6 @@ from replay_sandbox.context import RLIM_INFINITY, RLIMIT_NAMES, ProcessContext
 from replay_sandbox.errors import RecordingError, SandboxError, TracerError
 from replay_sandbox.limits import ReplayCgroup
 from replay_sandbox.recording import Recording, Row, redaction_notes
-from replay_sandbox.runtimes import runtime_notes
 from replay_sandbox.report import (
     CallInfo,
     ChildReport,
@@ -69,6 +68,7 @@ from replay_sandbox.report import (
     compare_outputs,
     preview,
 )
+from replay_sandbox.runtimes import runtime_notes
 from replay_sandbox.sandbox import HOST_UID, LaunchSpec, spawn
 from replay_sandbox.seccomp import compile_filter
 from replay_sandbox.serving import RECEIVES, IoServing
@@ -663,8 +663,6 @@ class Engine(IoServing):
             self._serve_new_fd(task, regs, spec, row, args)
         elif policy is Policy.SIGNAL:
             self._serve_signal(task, regs, spec, row, args)
-        elif policy is Policy.MAP:
-            self._serve_map(task, regs, spec, row, args)
         else:
             self._run_real(task, regs, spec, row, args)
 

@@ -249,8 +249,10 @@ class _Reordered(Recording):
 
     original_outputs: dict[int, bytes] = field(default_factory=dict)
 
-    def outputs(self) -> dict[int, bytes]:
-        return self.original_outputs
+    def outputs(self, pid: int | None = None) -> dict[int, bytes]:
+        if pid is None or pid == self.process.pid:
+            return self.original_outputs
+        return super().outputs(pid)
 
 
 def perturbed(recording: Recording, options: ReplayOptions,

@@ -727,7 +727,9 @@ def syscall_data_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return pa.table(columns, schema=table_spec("syscall_data").payload_schema)
 
 
-_FILE_POS = FILE_ID.fields["pos"][1]
+_FILE_FIELDS = FILE_ID.fields
+assert _FILE_FIELDS is not None
+_FILE_POS = int(_FILE_FIELDS["pos"][1])  # where a file_id holds the read's offset
 
 
 def region_bytes(rows: pa.Table) -> dict[tuple[int, int, int], bytes]:

@@ -16,8 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from capture_agent.families.syscalls import FILE_ID, NR_EXECVE, PAYLOAD_ARG_FD_PATH, \
-    PAYLOAD_ARG_FDS, PAYLOAD_ARG_OPENED
+from capture_agent.families.syscalls import (
+    FILE_ID,
+    NR_EXECVE,
+    PAYLOAD_ARG_FD_PATH,
+    PAYLOAD_ARG_FDS,
+    PAYLOAD_ARG_OPENED,
+)
 from capture_agent.file_store import CHANGED, GONE, TOO_BIG, FileStore, FileStoreConfig
 from lake import payload_keys
 from lake.errors import PayloadIntegrityError, PayloadKeyError
