@@ -110,7 +110,9 @@ def failed_transactions(location: lake.LakeLocation, window_id: str,
             MATCH (s:Span) WHERE s.failed AND s.origin = 'otel' AND s.owned
             RETURN DISTINCT s.trace_id AS trace_id""", {})
     found = []
-    for trace_id in sorted({r["trace_id"] for r in rows if r["trace_id"]}):
+    # only W3C trace ids can go back on their trace (32 hex digits, not all zero)
+    traces = {r["trace_id"] for r in rows if _is_hex(r["trace_id"], 32)}
+    for trace_id in sorted(traces):
         try:
             results = explain(location, trace_id, settings, window_ids=[window_id])
         except NotFound:
@@ -169,9 +171,14 @@ def finding_spans(result: dict[str, Any]) -> list[Span]:
         s_start = int(episode.get("start_ns") or step["ts_ns"])
         s_end = int(episode.get("end_ns") or s_start + int(step.get("delay_ns") or 0))
         identity = f"{trace_id}|{step['span']}|{step.get('cause')}|{step.get('target')}"
-        spans.append(_span(trace_id, identity, _span_id(step["span"]),
+        # under the operation that suffered it; a waited-for thread's (a holder span,
+        # no OTLP id) hangs under the explanation
+        suffered = step["span"].rsplit(":", 1)[-1].lower()
+        parent = bytes.fromhex(suffered) if _is_hex(suffered, 16) else explanation.span_id
+        spans.append(_span(trace_id, identity, parent,
                            f"kprobe.kernel {step.get('cause')}", s_start, max(s_end, s_start), {
                                "kprobe.cause": step.get("cause"),
+                               "kprobe.suffered_by": step["span"],
                                "kprobe.label": step.get("label") or step.get("line"),
                                "kprobe.detail": step.get("detail"),
                                "kprobe.delay_ns": step.get("delay_ns"),
@@ -194,10 +201,15 @@ def _text(step: dict[str, Any]) -> str:
     return str(step.get("line") or step.get("kind") or "")
 
 
+def _is_hex(text: str | None, digits: int) -> bool:
+    return (text is not None and len(text) == digits and set(text.lower()) <= _HEX
+            and set(text) != {"0"})
+
+
 def _span_id(span_key: str) -> bytes:
     """The 8-byte id of the engine's span key ``trace_id:span_id``."""
     hex_id = span_key.rsplit(":", 1)[-1].lower()
-    if len(hex_id) != 16 or not set(hex_id) <= _HEX:
+    if not _is_hex(hex_id, 16):
         raise ExportError(f"span {span_key[:60]!r} has no OTLP span id")
     return bytes.fromhex(hex_id)
 
