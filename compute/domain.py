@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from compute.errors import RulesError
 from compute.sql import execute, sql_list, sql_str
+from lake import one_line
 
 DEFAULT_RULES = Path(__file__).with_name("domain_rules.yaml")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -154,8 +155,7 @@ def _load(path: str) -> Rules:
     except OSError as err:
         raise RulesError(f"cannot read rules {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
-        raise RulesError(f"rules {path} are not valid YAML: {' '.join(str(err).split())}"
-                         ) from None
+        raise RulesError(f"rules {path} are not valid YAML: {one_line(err, 1000)}") from None
     try:
         return Rules.model_validate(data)
     except ValidationError as err:

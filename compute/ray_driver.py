@@ -1,18 +1,16 @@
 """Running windows: in-process for one, as Ray tasks for many (or when a cluster is named).
 
-One code path for laptop and cluster: ``ray.init(address=...)`` where None starts a local
-cluster (or joins ``RAY_ADDRESS``). Each window is ``compute.analysis.run_window`` (a plain
-function: reads the lake, publishes its graph snapshot, returns its causal edges); the
-driver collects the edges and writes them to the lake once, so tasks never race on the
-``causal_edges`` table. At most ``ray_max_in_flight`` tasks are submitted at a time (default
-twice the cluster's CPUs), so a month of windows does not flood the object store.
+One code path for laptop and cluster: ``lake.connect_ray(address)`` joins the cluster
+named (or ``RAY_ADDRESS``) or starts a local one. Each window is
+``compute.analysis.run_window`` (a plain function: reads the lake, publishes its graph
+snapshot, returns its causal edges); the driver collects the edges and writes them to the
+lake once, so tasks never race on the ``causal_edges`` table. At most
+``ray_max_in_flight`` tasks are submitted at a time (default twice the cluster's CPUs), so
+a month of windows does not flood the object store.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -22,6 +20,7 @@ from compute.domain import Rules, load_rules
 from compute.errors import ComputeError, DistributedError
 from compute.settings import ComputeSettings
 from compute.window import Window
+from lake import one_line
 
 Executor = Literal["auto", "local", "ray"]
 
@@ -47,51 +46,15 @@ def analyze_windows(location: lake.LakeLocation, windows: list[Window],
     return outputs, write_edges(location, outputs)
 
 
-def _init_kwargs(settings: ComputeSettings) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"address": settings.ray_address, "include_dashboard": False,
-                              "log_to_driver": False, "configure_logging": False}
-    joining = settings.ray_address not in (None, "local") or (
-        settings.ray_address is None and os.environ.get("RAY_ADDRESS"))
-    if not joining:  # these size a cluster we start; Ray refuses them when joining one
-        if settings.ray_num_cpus:
-            kwargs["num_cpus"] = settings.ray_num_cpus
-        if settings.ray_object_store_mb:
-            kwargs["object_store_memory"] = settings.ray_object_store_mb << 20
-        # A cluster we start for ourselves stays on loopback, not the host's address.
-        kwargs["_node_ip_address"] = "127.0.0.1"
-    return kwargs
-
-
-def _check_reachable(address: str | None, timeout_s: float = 3.0) -> None:
-    """Fail fast on a cluster address nobody answers on: Ray itself retries for minutes."""
-    if not address:
-        return
-    match = re.match(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$", address)
-    if not match:  # "auto", "local" and the like: Ray's own business
-        return
-    try:
-        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
-    except OSError as err:
-        raise DistributedError(f"cannot reach Ray at {address}: {err.strerror or err}"
-                               ) from None
-
-
 def start_ray(settings: ComputeSettings) -> bool:
     """Join (or start) the cluster unless this process already has; True when this call
     did, so the caller shuts it down (a long-lived driver, ``kprobe analyze --follow``,
     keeps one cluster for its life instead of one per batch of windows)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    _check_reachable(settings.ray_address or os.environ.get("RAY_ADDRESS"))
     try:
-        ray.init(**_init_kwargs(settings))
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        where = settings.ray_address or os.environ.get("RAY_ADDRESS") or "a local cluster"
-        raise DistributedError(f"cannot start or reach Ray at {where}: {_one_line(err)}"
-                               ) from err
-    return True
+        return lake.connect_ray(settings.ray_address, num_cpus=settings.ray_num_cpus,
+                                object_store_bytes=(settings.ray_object_store_mb or 0) << 20)
+    except lake.ClusterUnavailable as err:
+        raise DistributedError(str(err)) from None
 
 
 def _on_ray(location: lake.LakeLocation, windows: list[Window], settings: ComputeSettings,
@@ -124,18 +87,13 @@ def _on_ray(location: lake.LakeLocation, windows: list[Window], settings: Comput
                     if isinstance(cause, ComputeError | lake.LakeError):
                         raise type(cause)(f"window {windows[index].id}: {cause}") from err
                     raise DistributedError(f"window {windows[index].id} failed: "
-                                           f"{_one_line(err)}") from err
+                                           f"{one_line(err)}") from err
                 results[index] = output
                 if on_done:
                     on_done(output)
         return [results[i] for i in range(len(windows))]
     except RayError as err:
-        raise DistributedError(f"Ray failed: {_one_line(err)}") from err
+        raise DistributedError(f"Ray failed: {one_line(err)}") from err
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("…" if len(text) > 300 else "")

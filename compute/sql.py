@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from compute.errors import AnalysisError
+from lake import one_line
 
 
 def sql_str(value: str) -> str:
@@ -99,8 +100,7 @@ def translated(stage: str) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as err:
-        text = " ".join(str(err).split())
-        raise AnalysisError(f"{stage} failed: {text[:300]}") from err
+        raise AnalysisError(f"{stage} failed: {one_line(err)}") from err
 
 
 def scalar_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:

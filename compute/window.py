@@ -17,7 +17,6 @@ Everything lands in temporary DuckDB tables named ``w_<table>``; rows are read t
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -125,34 +124,6 @@ def split(start_ns: int, end_ns: int, window_ns: int, nodes: tuple[str, ...] = (
                           f"(limit {max_windows}): use a larger window or a shorter range")
     return [Window(first + i * window_ns, first + (i + 1) * window_ns, nodes)
             for i in range(count)]
-
-
-_RELATIVE = re.compile(r"^(?:now)?\s*-\s*(\d+)\s*(ms|s|m|h|d)$")
-_REL_UNITS = {"ms": 1_000_000, "s": NS, "m": 60 * NS, "h": 3600 * NS, "d": 86400 * NS}
-
-
-def parse_instant(text: str, now_ns: int | None = None) -> int:
-    """An instant as epoch ns: ISO 8601 (naive = UTC), epoch seconds or ns, now, -15m."""
-    value = text.strip()
-    now = time.time_ns() if now_ns is None else now_ns
-    if value.lower() == "now":
-        return now
-    relative = _RELATIVE.match(value.lower())
-    if relative:
-        return now - int(relative[1]) * _REL_UNITS[relative[2]]
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        number = float(value) if "." in value else int(value)
-        # below 1e12 it cannot be nanoseconds of this century: seconds
-        return int(number * NS) if number < 1e12 else int(number)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise WindowError(f"not a time: {text!r} (ISO 8601 like 2026-01-01T14:00:00Z, "
-                          "epoch seconds or ns, now, or -15m)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    whole = int(parsed.replace(microsecond=0).timestamp())
-    return whole * NS + parsed.microsecond * 1000
 
 
 @dataclass(frozen=True)

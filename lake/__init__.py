@@ -10,6 +10,8 @@ The public surface, the only one other packages use (ARCHITECTURE.md, "Layers"):
   per long-lived reader, a cursor per statement), ``scan(table, nodes, t0_ns, t1_ns)`` (a
   FROM item that prunes the node/hour partitions), ``run_query``, ``TableTail`` (the rows
   of new commits);
+- Ray: ``connect_ray`` (lake/cluster.py: the one way to join or start the cluster);
+- errors: ``LakeError`` and its family; ``one_line`` (any error's text as a reason);
 - time: ``parse_instant``, ``parse_duration``, ``format_instant`` (lake/timespec.py).
 
 Partitioning (``_batches``) and the Delta plumbing (``_deltaio``) are private.
@@ -17,13 +19,16 @@ Partitioning (``_batches``) and the Delta plumbing (``_deltaio``) are private.
 
 from typing import TYPE_CHECKING
 
+from lake.cluster import connect_ray
 from lake.errors import (
+    ClusterUnavailable,
     LakeError,
     LakeUnavailable,
     ReadOnlyViolation,
     SchemaError,
     SchemaVersionError,
     UnknownTable,
+    one_line,
 )
 from lake.maintenance import TableReport, compact, delete_where, retain
 from lake.scan import partition_filter, scan
@@ -61,6 +66,7 @@ __all__ = [
     "TABLES",
     "TABLE_NAMES",
     "Appended",
+    "ClusterUnavailable",
     "CommitResult",
     "LakeDatabase",
     "LakeError",
@@ -82,8 +88,10 @@ __all__ = [
     "UnknownTable",
     "compact",
     "connect",
+    "connect_ray",
     "delete_where",
     "filesystem",
+    "one_line",
     "format_instant",
     "parse_duration",
     "parse_instant",

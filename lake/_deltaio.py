@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
-from lake.errors import LakeError, LakeUnavailable, SchemaVersionError
+from lake.errors import LakeError, LakeUnavailable, SchemaVersionError, one_line
 from lake.schema import SCHEMA_VERSION, SCHEMA_VERSION_TAG
 from lake.storage import LakeLocation, filesystem
 
@@ -27,24 +27,6 @@ _UNAVAILABLE = re.compile(
 _VERSION_TAG = re.compile(re.escape(SCHEMA_VERSION_TAG) + r"(\d+)")
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-# A native (Rust) backtrace appended to an error: "… 0: <unknown> 1: … start_thread at …"
-_BACKTRACE = re.compile(r"(\bstack backtrace:|\bBacktrace:?|\s0: (<unknown>|0x[0-9a-f]+|\S+::))")
-
-
-def _one_line(err: BaseException) -> str:
-    text = _ANSI.sub("", str(err)).replace("↳", ":")
-    cut = _BACKTRACE.search(text)
-    if cut:  # frames of the native library say nothing to a user
-        text = text[:cut.start()]
-    text = " ".join(text.split())
-    # Object-store errors put the useful part (SignatureDoesNotMatch, Connection refused)
-    # at the end of a long chain: keep both ends.
-    return text if len(text) <= 300 else f"{text[:120]} … {text[-170:]}"
-
-
 @contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Turn storage and Delta failures during ``action`` into one-line LakeErrors."""
@@ -53,7 +35,7 @@ def translate_errors(action: str) -> Iterator[None]:
     except LakeError:
         raise
     except (OSError, DeltaError, DeltaProtocolError) as err:
-        reason = _one_line(err)
+        reason = one_line(err)
         if isinstance(err, OSError) or _UNAVAILABLE.search(reason):
             raise LakeUnavailable(f"lake unavailable ({action}): {reason}") from err
         raise LakeError(f"{action} failed: {reason}") from err

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +21,7 @@ from starlette.responses import Response
 
 from compute import errors as compute_errors
 from lake import errors as lake_errors
+from lake import one_line
 from query_api.errors import QueryApiError
 
 log = logging.getLogger(__name__)
@@ -107,23 +107,8 @@ def classify(err: Exception) -> tuple[int, str, str, dict[str, str]]:
 
 
 def detail_of(err: Exception) -> str:
-    return one_line(str(err)) or type(err).__name__
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# a native backtrace appended to an engine's error: "… 0: <unknown> 1: … at file.c:442"
-_BACKTRACE = re.compile(r"(\bstack backtrace:|\bBacktrace:?|\s0: (<unknown>|0x[0-9a-f]+|\S+::))")
-
-
-def one_line(text: str, limit: int = 600) -> str:
-    """An error text fit for a problem's detail: one line, no colour codes, no native
-    backtrace, at most ``limit`` characters."""
-    text = _ANSI.sub("", text).replace("↳", ":")
-    cut = _BACKTRACE.search(text)
-    if cut:
-        text = text[:cut.start()]
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """An error text fit for a problem's detail (``lake.one_line``), or the error's type."""
+    return one_line(err, 600) if str(err).strip() else type(err).__name__
 
 
 def install(app: FastAPI) -> None:

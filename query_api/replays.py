@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from lake import LakeSettings
+from lake import LakeSettings, connect_ray
 from lake.storage import LakeLocation
 from query_api.errors import BadRequest, TooManyRequests
 from query_api.metrics import ApiMetrics
@@ -291,8 +291,7 @@ class ReplayRunner:
         import ray  # only when a cluster is configured
 
         if not self._ray_ready:
-            ray.init(address=self.settings.ray_address, ignore_reinit_error=True,
-                     log_to_driver=False)
+            connect_ray(self.settings.ray_address)
             self._ray_ready = True
         task = ray.remote(num_cpus=1, max_retries=0)(run_worker)
         ref = task.remote(document, env, deadline_s)

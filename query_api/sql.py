@@ -27,7 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake.errors import LakeError, LakeUnavailable, QueryError
+from lake.errors import LakeError, LakeUnavailable, QueryError, one_line
 from lake.query import referenced_tables
 from lake.reader import LakeDatabase
 from lake.schema import PARTITION_COLUMNS, TABLES
@@ -35,7 +35,6 @@ from lake.sealing import sealing_error
 from lake.sql_guard import check_read_only
 from query_api.errors import NotAcceptable, QueryTimeLimit, ResultTooLarge
 from query_api.payload_scope import refused
-from query_api.problems import one_line
 
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
@@ -154,7 +153,7 @@ _STORAGE_FAULTS = re.compile(
 def statement_error(err: Exception) -> LakeError:
     """A DuckDB failure as ours: storage faults (a torn or missing data file) are the
     lake's (503), the rest the statement's (400)."""
-    text = one_line(str(err))
+    text = one_line(err, 600)
     if _STORAGE_FAULTS.search(text) and "Permission Error" not in text:
         return LakeUnavailable(f"lake data unreadable: {text}")
     return QueryError(text)

@@ -10,7 +10,7 @@ At most ``workers`` replays run at a time, each with a slot number of its own, s
 each pins its tracer and tracee to a different CPU (``replay_outcome``).
 
 Ray: one code path for a laptop and a cluster, as in ``compute.ray_driver``:
-``ray.init(address)`` joins the named cluster (or ``RAY_ADDRESS``); with no address a
+``lake.connect_ray(address)`` joins the named cluster (or ``RAY_ADDRESS``); with no address a
 local cluster is started for this campaign on 127.0.0.1 only, and shut down after it.
 Each slot is an actor holding the recording, so it crosses the object store once per
 worker, not once per replay.
@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from lake import ClusterUnavailable, connect_ray, one_line
 from replay_sandbox.engine import ReplayOptions
 from replay_sandbox.errors import FuzzError
 from replay_sandbox.perturb import Expectation, Outcome, Perturbation, replay_outcome
@@ -178,20 +179,12 @@ class RayPool:
         except ImportError:
             raise FuzzError("--ray: the ray package is not installed") from None
         self._ray: Any = ray
-        self._started_here = not ray.is_initialized()
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if self._started_here:
-            kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
-                                      "log_to_driver": False, "configure_logging": False}
-            if address is None:  # a cluster of our own: loopback only, sized for the job
-                kwargs.update(num_cpus=workers or len(os.sched_getaffinity(0)),
-                              object_store_memory=100 << 20, _node_ip_address="127.0.0.1")
-            try:
-                ray.init(**kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                where = address or "a local cluster"
-                raise FuzzError(f"cannot start or reach Ray at {where}: "
-                                f"{' '.join(str(err).split())[:300]}") from err
+        try:  # a cluster of our own is sized for the job
+            self._started_here = connect_ray(
+                address, num_cpus=workers or len(os.sched_getaffinity(0)),
+                object_store_bytes=100 << 20)
+        except ClusterUnavailable as err:
+            raise FuzzError(str(err)) from None
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
             self.workers = max(1, min(cpus, workers) if workers else cpus)
@@ -202,7 +195,7 @@ class RayPool:
                             for slot in range(self.workers)]
         except ray.exceptions.RayError as err:
             self.close()
-            raise FuzzError(f"Ray failed: {' '.join(str(err).split())[:300]}") from err
+            raise FuzzError(f"Ray failed: {one_line(err)}") from err
 
     def run(self, jobs: Sequence[Job]) -> list[Outcome]:
         ray = self._ray
@@ -223,7 +216,7 @@ class RayPool:
                     free.append(slot)
                     results[index] = ray.get(ref)
         except ray.exceptions.RayError as err:
-            raise FuzzError(f"Ray failed: {' '.join(str(err).split())[:300]}") from err
+            raise FuzzError(f"Ray failed: {one_line(err)}") from err
         return [results[i] for i in range(len(jobs))]
 
     def close(self) -> None:

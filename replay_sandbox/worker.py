@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from lake.errors import LakeError
+from lake.errors import LakeError, one_line
 from lake.storage import LakeLocation, LakeSettings, resolve
 from replay_sandbox.engine import ReplayOptions, replay
 from replay_sandbox.errors import ReplaySandboxError, SandboxError, SpecError
@@ -123,7 +123,7 @@ def run(data: Any) -> tuple[int, dict[str, Any]]:
         location = resolve(LakeSettings(lake=lake))
         outcome = execute(request, location, tuple(hide), named)
     except (ReplaySandboxError, LakeError) as err:
-        return 2, {"kind": "error", "error": _one_line(str(err))}
+        return 2, {"kind": "error", "error": one_line(err, 1000)}
     return (0 if outcome.passed else 1), outcome.to_json()
 
 
@@ -143,8 +143,8 @@ def main(stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
                 code, doc = run(parsed)
             except Exception as err:  # noqa: BLE001 - one line out, never a traceback
                 code, doc = 2, {"kind": "error",
-                                "error": _one_line(f"internal error: {type(err).__name__}: "
-                                                   f"{err}")}
+                                "error": one_line(f"internal error: {type(err).__name__}: "
+                                                  f"{err}", 1000)}
     sink.write(json.dumps(doc) + "\n")
     sink.flush()
     return code
@@ -178,10 +178,6 @@ def _which(program: str, env: list[str]) -> str:
     if found is None:
         raise SpecError(f"cmd: {program} not found on the recorded PATH")
     return found
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:1000] or "no reason given"
 
 
 __all__ = ["Outcome", "execute", "main", "options_for", "run", "run_worker"]

@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from capture_agent.errors import OtlpBodyTooLarge, OtlpDecodeError, OtlpUnsupportedMedia
+from lake import one_line
 from lake.schema import TABLES
 
 Encoding = Literal["protobuf", "json"]
@@ -138,7 +139,7 @@ def decode_protobuf(body: bytes) -> pa.Table:
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except DecodeError as err:
-        raise OtlpDecodeError(f"invalid OTLP protobuf: {_one_line(err)}") from None
+        raise OtlpDecodeError(f"invalid OTLP protobuf: {one_line(err)}") from None
     return spans_table(request)
 
 
@@ -146,7 +147,7 @@ def decode_json(body: bytes) -> pa.Table:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError
-        raise OtlpDecodeError(f"invalid JSON: {_one_line(err)}") from None
+        raise OtlpDecodeError(f"invalid JSON: {one_line(err)}") from None
     if not isinstance(document, dict):
         raise OtlpDecodeError("invalid OTLP JSON: the body must be a JSON object")
     _hex_ids_to_base64(document)
@@ -154,7 +155,7 @@ def decode_json(body: bytes) -> pa.Table:
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except (json_format.ParseError, RecursionError) as err:
-        raise OtlpDecodeError(f"invalid OTLP JSON: {_one_line(err)}") from None
+        raise OtlpDecodeError(f"invalid OTLP JSON: {one_line(err)}") from None
     return spans_table(request)
 
 
@@ -413,8 +414,3 @@ def _bad_id(r: int, s: int, p: int, field: str, value: bytes, size: int) -> NoRe
     else:
         reason = f"must be {size} bytes ({2 * size} hex digits), got {len(value)}"
     raise OtlpDecodeError(f"{_where(r, s, p)}.{field} {reason}")
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("…" if len(text) > 300 else "")

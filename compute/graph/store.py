@@ -50,6 +50,7 @@ from compute.graph.schema import (
 )
 from compute.settings import ComputeSettings
 from compute.window import Window
+from lake import one_line
 
 DB_FILE = "graph.lbug"
 MANIFEST = "manifest.json"
@@ -91,7 +92,7 @@ def build(tables: dict[str, pa.Table], directory: Path, settings: ComputeSetting
         finally:
             con.close()
     except RuntimeError as err:
-        raise GraphError(f"building the graph failed: {_one_line(err)}") from err
+        raise GraphError(f"building the graph failed: {one_line(err)}") from err
     finally:
         db.close()
     return counts
@@ -198,7 +199,7 @@ def publish(location: lake.LakeLocation, window: Window, tables: dict[str, pa.Ta
                     shutil.copyfileobj(src, dst, 4 << 20)
         except OSError as err:
             raise GraphError(f"cannot upload the graph snapshot to {location.root}: "
-                             f"{_one_line(err)}") from err
+                             f"{one_line(err)}") from err
     return location.path_uri(GRAPHS_DIR, window.id)
 
 
@@ -239,7 +240,7 @@ def list_snapshots(location: lake.LakeLocation) -> list[SnapshotInfo]:
                 if info:
                     found.append(info)
         except OSError as err:
-            raise GraphError(f"cannot list graph snapshots: {_one_line(err)}") from err
+            raise GraphError(f"cannot list graph snapshots: {one_line(err)}") from err
     return sorted(found, key=lambda i: (i.window.start_ns, i.window.id))
 
 
@@ -293,7 +294,7 @@ class GraphReader:
                 result = result[-1]
             table = result.get_as_arrow()
         except RuntimeError as err:
-            raise QueryNotFound(f"graph query failed: {_one_line(err)}") from err
+            raise QueryNotFound(f"graph query failed: {one_line(err)}") from err
         return table
 
     def rows(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -341,7 +342,7 @@ def open_snapshot_file(info: SnapshotInfo, path: Path,
     try:
         db = _database(path, settings, read_only=True)
     except RuntimeError as err:
-        raise GraphError(f"cannot open graph snapshot {info.window_id}: {_one_line(err)}"
+        raise GraphError(f"cannot open graph snapshot {info.window_id}: {one_line(err)}"
                          ) from err
     reader = GraphReader(info, db)
     try:
@@ -367,7 +368,7 @@ def _cached(location: lake.LakeLocation, info: SnapshotInfo,
         os.replace(partial, path)
     except OSError as err:
         partial.unlink(missing_ok=True)
-        raise GraphError(f"cannot download graph snapshot {info.window_id}: {_one_line(err)}"
+        raise GraphError(f"cannot download graph snapshot {info.window_id}: {one_line(err)}"
                          ) from err
     return path
 
@@ -376,8 +377,3 @@ def _cached(location: lake.LakeLocation, info: SnapshotInfo,
 def _database(path: Path, settings: ComputeSettings, *, read_only: bool) -> ladybug.Database:
     return ladybug.Database(str(path), read_only=read_only,
                             buffer_pool_size=settings.graph_buffer_pool_mb << 20)
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("…" if len(text) > 300 else "")

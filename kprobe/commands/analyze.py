@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from compute.analysis import WindowOutput
 from compute.ray_driver import analyze_windows
 from compute.settings import ComputeSettings
-from compute.window import parse_instant, split
+from compute.window import split
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.commands.sql import render_table
 from kprobe.errors import CommandError
-from lake import resolve
+from lake import parse_duration, parse_instant, resolve
 
 if TYPE_CHECKING:
     from compute.export_otlp import FindingsExporter
@@ -35,13 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "tasks (a local cluster unless --ray-address). Re-analysing a window replaces it.",
     )
     parser.add_argument("--from", dest="start", default=None, metavar="TIME",
-                        help="start: ISO 8601 (2026-01-01T14:00:00Z), epoch s/ns, now, or "
-                        "relative (--from=-15m); required unless --follow (default then: "
-                        "now)")
+                        help="start: RFC 3339 with a zone (2026-01-01T14:00:00Z), epoch with "
+                        "a unit (1767276000s), now, or relative (--from=-15m); required "
+                        "unless --follow (default then: now)")
     parser.add_argument("--to", dest="end", default=None, metavar="TIME",
                         help="end (excl.); required unless --follow")
     parser.add_argument("--window", default=None, metavar="DURATION",
-                        help="window length, e.g. 60s, 5m (default: 60s or "
+                        help="window length, e.g. 60s, 5m, 1m30s (default: 60s or "
                         "$KPROBE_COMPUTE_WINDOW_NS)")
     parser.add_argument("--node", action="append", default=None, metavar="NODE",
                         help="only this node (repeatable; default: all nodes together)")
@@ -95,19 +95,9 @@ def compute_settings(**overrides: Any) -> ComputeSettings:
         raise CommandError(f"invalid setting {where}: {first['msg']}") from None
 
 
-def parse_duration_ns(text: str) -> int:
-    units = {"ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-    value = text.strip().lower()
-    for unit in ("ms", "s", "m", "h"):
-        number = value.removesuffix(unit)
-        if value.endswith(unit) and number.isdigit() and int(number) > 0:
-            return int(number) * units[unit]
-    raise CommandError(f"bad duration {text!r}: use a positive number and ms, s, m or h (60s)")
-
-
 def run(args: argparse.Namespace) -> int:
     settings = compute_settings(
-        window_ns=parse_duration_ns(args.window) if args.window else None,
+        window_ns=parse_duration(args.window) if args.window else None,
         ray_address=args.ray_address, ray_num_cpus=args.num_cpus, rules_path=args.rules)
     exporter = _exporter(args.export_otlp)
     if args.follow:

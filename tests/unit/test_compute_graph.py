@@ -141,4 +141,7 @@ def test_cli_analyze_and_graph(location: LakeLocation,
     assert "not a time" in capsys.readouterr().err
     assert main(["analyze", "--lake", lake, "--from=-1m", "--to", "now",
                  "--window", "0s"]) == 2
-    assert "bad duration" in capsys.readouterr().err
+    assert "duration '0s' must be positive" in capsys.readouterr().err
+    assert main(["analyze", "--lake", lake, "--from=-1m", "--to", "now",
+                 "--window", "60"]) == 2  # the one grammar: a duration has a unit
+    assert "not a duration: '60'" in capsys.readouterr().err

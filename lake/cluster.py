@@ -1,0 +1,77 @@
+"""Joining or starting the Ray cluster: one way, for every package that runs work on Ray
+(the causal engine's windows, replay fuzzing, the API's replay jobs).
+
+It lives in ``lake`` because ``lake`` is the one package every layer may import
+(ARCHITECTURE.md, "Layers"); Ray itself is imported only when a caller connects.
+
+``connect_ray(address)``: an address (``host:port``, ``ray://…``, ``auto``) or
+``RAY_ADDRESS`` joins that cluster; neither (or ``local``) starts one of our own, on
+loopback only, sized by ``num_cpus`` and ``object_store_bytes`` (Ray refuses sizes when
+joining). A process already connected stays as it is. An address nobody answers on fails
+within seconds (Ray itself retries for minutes); every failure is one ``ClusterUnavailable``
+line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+from lake.errors import ClusterUnavailable, one_line
+
+_HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$")
+
+
+def ray_address(address: str | None) -> str | None:
+    """The cluster ``address`` names, else ``RAY_ADDRESS``, else None (a cluster of our
+    own)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_reachable(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers on; other forms are Ray's business."""
+    match = _HOST_PORT.match(address or "")
+    if not match:
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
+    except OSError as err:
+        raise ClusterUnavailable(f"cannot reach Ray at {address}: {err.strerror or err}"
+                                 ) from None
+
+
+def init_kwargs(address: str | None, *, num_cpus: int | None = None,
+                object_store_bytes: int | None = None) -> dict[str, Any]:
+    """``ray.init``'s arguments for ``address`` (already resolved by ``ray_address``)."""
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
+                              "log_to_driver": False, "configure_logging": False}
+    if address in (None, "local"):  # a cluster of our own: loopback only, sized for the job
+        if num_cpus:
+            kwargs["num_cpus"] = num_cpus
+        if object_store_bytes:
+            kwargs["object_store_memory"] = object_store_bytes
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    return kwargs
+
+
+def connect_ray(address: str | None, *, num_cpus: int | None = None,
+                object_store_bytes: int | None = None) -> bool:
+    """Join or start the cluster (module doc); True when this call connected, so the
+    caller shuts Ray down when done, False when the process already was connected."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    where = ray_address(address)
+    check_reachable(where)
+    try:
+        ray.init(**init_kwargs(where, num_cpus=num_cpus, object_store_bytes=object_store_bytes))
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ClusterUnavailable(f"cannot start or reach Ray at {where or 'a local cluster'}:"
+                                 f" {one_line(err)}") from err
+    return True
+
+
+__all__ = ["check_reachable", "connect_ray", "init_kwargs", "ray_address"]
