@@ -55,7 +55,7 @@ from capture_agent.families.syscalls import (
     PAYLOAD_ARG_FDS,
     PAYLOAD_ARG_OPENED,
 )
-from lake._batches import hour_label
+from lake import hour_partition
 from lake.payload_keys import PayloadKeys
 from lake.schema import spec as table_spec
 from lake.sealing import blob_name, seal_blob
@@ -139,7 +139,7 @@ class FileStore:
         ``blobs`` rows to write before them (None: none), and the reads left without
         content by reason."""
         now = time.time_ns() if now_ns is None else now_ns
-        hour = hour_label(now)
+        hour = hour_partition(now)
         if hour != self._hour:  # a row may only name content of its hour or a later one
             self._hour, self._stored_this_hour = hour, set()
         self._learn_paths(rows)

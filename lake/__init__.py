@@ -31,7 +31,7 @@ from lake.errors import (
     one_line,
 )
 from lake.maintenance import TableReport, compact, delete_where, retain
-from lake.scan import partition_filter, scan
+from lake.scan import hour_partition, partition_filter, scan
 from lake.schema import SCHEMA_VERSION, TABLE_NAMES, TABLES
 from lake.storage import LakeLocation, LakeSettings, filesystem, resolve
 from lake.tail import Appended, Rewritten, TableTail
@@ -93,6 +93,7 @@ __all__ = [
     "filesystem",
     "one_line",
     "format_instant",
+    "hour_partition",
     "parse_duration",
     "parse_instant",
     "partition_filter",

@@ -27,6 +27,11 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def hour_partition(ts_ns: int) -> str:
+    """The ``hour`` partition value a row of time ``ts_ns`` is stored under."""
+    return hour_label(ts_ns)
+
+
 def partition_filter(nodes: Iterable[str], t0_ns: int, t1_ns: int) -> str:
     """The predicate on ``node`` and ``hour`` alone that keeps every row whose time is in
     ``[t0_ns, t1_ns)`` on ``nodes`` (all nodes when empty). Rows of other times in the same
