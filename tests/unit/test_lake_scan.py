@@ -52,6 +52,7 @@ def test_scan_reads_only_its_nodes_and_hours(lake_dir: Path) -> None:
     con = lake.connect(location, ["lost"])
     # THEN a scan of n1's hour 00 still answers: it never opened them (pruned) ...
     assert _count(con, scan("lost", ["n1"], T0, T0 + HOUR)) == 2
+    assert _count(con, scan("lost", ["n1", "n3"], T0, T0 + HOUR)) == 2  # IN is pushed too
     # ... and the control: a scan that needs them fails
     with pytest.raises(duckdb.Error):
         _count(con, scan("lost", ["n1"], T0, T0 + 2 * HOUR))
