@@ -1,15 +1,38 @@
-"""``kprobe`` entry point: parse, dispatch, and turn errors into exit codes (only here)."""
+"""``kprobe`` entry point: parse, dispatch, and turn errors into exit codes (only here).
+
+Exit codes (README, "Exit codes"):
+
+    0    success
+    1    the command ran and its check failed: ``doctor`` found a missing capability,
+         ``replay`` an expectation not met, ``demo`` a payment that did not fail,
+         ``otlp`` dropped spans, ``run`` the child's own status
+    2    bad input or environment, one line on stderr: a bad option or time, a location
+         with no kprobe tables, an unreachable lake, an unknown transaction
+    70   an unexpected error (a bug): one line; ``KPROBE_TRACEBACK=1`` shows the traceback
+    130  interrupted (Ctrl-C); a running SQL statement is cancelled first
+
+Every error is one line on stderr, ``kprobe COMMAND: reason``, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from kprobe import __version__
 from kprobe.commands import COMMAND_MODULES
 from kprobe.errors import CommandError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -19,7 +42,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     building every subparser costs ~30 MB of resident memory and ~0.5 s. A long-running
     ``kprobe record`` should pay for its own imports only.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kprobe",
         description="Flight recorder and debugger for financial systems, "
         "from the Linux kernel up.",
@@ -60,7 +83,10 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error (already printed)
+        return done.code if isinstance(done.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -73,9 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kprobe {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"kprobe {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `kprobe sql ... | head`
         return 0
+    except Exception as err:  # a bug, not the user's input: still one line
+        if os.environ.get("KPROBE_TRACEBACK"):
+            raise
+        reason = " ".join(str(err).split())[:300]
+        print(f"kprobe {args.command}: unexpected {type(err).__name__}: {reason} "
+              "(a bug; KPROBE_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -132,15 +132,30 @@ _FAILED = """
            t.root_cause_label AS root_cause_label, t.root_cause_target AS root_cause_target,
            t.root_cause_delay_ns AS root_cause_delay_ns, t.start_ns AS start_ns
     ORDER BY t.start_ns"""
+# who a page's root causes point at: an episode's top-ranked driver, or a thread's process
+_CULPRITS = """
+    MATCH (e:KernelEpisode)-[c:CAUSED_BY]->(p:Process) WHERE e.id IN $targets
+    RETURN e.id AS target, 'process' AS via, p.pid AS pid, CAST(NULL AS INT64) AS tid,
+           p.comm AS comm, p.role AS role, c.rank AS rank
+    UNION ALL
+    MATCH (t:Thread) WHERE t.id IN $targets
+    OPTIONAL MATCH (t)-[:PART_OF]->(p:Process)
+    RETURN t.id AS target, 'thread' AS via, t.pid AS pid, t.tid AS tid,
+           coalesce(p.comm, t.comm) AS comm, p.role AS role, 0 AS rank"""
 
 
 def list_transactions(location: LakeLocation, settings: ComputeSettings, *, status: Status,
                       start_ns: int | None, end_ns: int | None, limit: int,
                       cursor: Cursor | None, window_ids: list[str] | None = None,
                       service: str | None = None, order: Order = "asc",
+                      kind: str | None = None,
                       ) -> tuple[list[dict[str, Any]], Cursor | None]:
     """Root operations, oldest first (``order="desc"``: newest first); ``service`` keeps
-    the transactions with a span of that service."""
+    the transactions with a span of that service; ``kind`` (with ``status="failed"``) those
+    whose failure's root cause is of that kind (memory_pressure...) or whose failure is
+    (timeout, error). Also what ``kprobe failures`` lists."""
+    if kind is not None and status != "failed":
+        raise BadRequest("kind filters failed transactions: use it with status=failed")
     descending = order == "desc"
     if cursor is not None and cursor.descending != descending:
         raise BadRequest(f"cursor belongs to a page of the other order than {order!r}")
@@ -170,6 +185,9 @@ def list_transactions(location: LakeLocation, settings: ComputeSettings, *, stat
             failures: dict[str, dict[str, Any]] = {}
             for row in reader.rows(_FAILED):
                 failures.setdefault(row["trace_id"], row)  # the first failed span
+            if kind is not None:
+                failures = {trace: row for trace, row in failures.items()
+                            if kind in (row["root_cause_kind"], row["failure_kind"])}
             params: dict[str, Any] = {"lo": lo, "hi": hi, "cs": cs, "ct": ct, "n": want}
             trace_filter = ""
             if status != "all" and failures:
@@ -186,9 +204,16 @@ def list_transactions(location: LakeLocation, settings: ComputeSettings, *, stat
                     continue
                 trace_filter += " AND s.trace_id IN $service_traces"
             rows = reader.rows(roots.replace("{trace_filter}", trace_filter), params)
+            targets = sorted({f["root_cause_target"] for r in rows
+                              if (f := failures.get(r["trace_id"])) and f["root_cause_target"]})
+            culprits: dict[str, dict[str, Any]] = {}
+            for found in sorted(reader.rows(_CULPRITS, {"targets": targets}) if targets else [],
+                                key=lambda c: c["rank"] or 0):
+                culprits.setdefault(found["target"], found)
         for row in rows:
             failure = failures.get(row["trace_id"])
-            items.append(_transaction(row, failure, info.window_id))
+            culprit = culprits.get(failure["root_cause_target"]) if failure else None
+            items.append(_transaction(row, failure, info.window_id, culprit))
     next_cursor = None
     if len(items) > limit:
         items = items[:limit]
@@ -198,7 +223,7 @@ def list_transactions(location: LakeLocation, settings: ComputeSettings, *, stat
 
 
 def _transaction(row: dict[str, Any], failure: dict[str, Any] | None,
-                 window: str) -> dict[str, Any]:
+                 window: str, culprit: dict[str, Any] | None = None) -> dict[str, Any]:
     failed = bool(row["root_failed"]) or failure is not None
     out = {k: row[k] for k in ("trace_id", "txn_id", "business_id", "concept", "service",
                                "name", "start_ns", "end_ns", "dur_ns", "status")}
@@ -209,6 +234,8 @@ def _transaction(row: dict[str, Any], failure: dict[str, Any] | None,
             "span", "service", "name", "failure_kind", "status_message", "over_ns",
             "deadline_ns", "root_cause_kind", "root_cause_label", "root_cause_target",
             "root_cause_delay_ns")}
+        out["failure"]["culprit"] = culprit and {
+            k: culprit[k] for k in ("via", "pid", "tid", "comm", "role")}
     return out
 
 

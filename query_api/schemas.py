@@ -76,6 +76,14 @@ class TablesResponse(BaseModel):
 
 
 # -- causal ---------------------------------------------------------------------------------
+class Culprit(BaseModel):
+    via: Literal["process", "thread"]
+    pid: int | None
+    tid: int | None
+    comm: str | None
+    role: str | None
+
+
 class FailureInfo(BaseModel):
     span: str
     service: str | None
@@ -88,6 +96,8 @@ class FailureInfo(BaseModel):
     root_cause_label: str | None
     root_cause_target: str | None
     root_cause_delay_ns: int | None
+    culprit: Culprit | None = Field(default=None, description=(
+        "who the root cause points at: the top driver of a kernel episode, or the thread"))
 
 
 class Transaction(BaseModel):

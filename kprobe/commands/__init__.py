@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lake",
     "analyze",
     "explain",
+    "failures",
     "graph",
     "replay",
     "serve",

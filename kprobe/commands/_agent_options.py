@@ -53,7 +53,8 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                          "(`kprobe lake new-key --public-out`; $KPROBE_PAYLOAD_KEY_FILE)")
     parser.add_argument("--families", default="", metavar="LIST",
                         help="comma-separated probe families (default: all built)")
-    parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS")
+    parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="write a batch to the lake this often (default 1 s)")
     parser.add_argument("--min-offcpu-ms", type=float, default=1.0,
                         help="record blocked intervals of targets at least this long")
     parser.add_argument("--spool-dir", type=Path, default=None,
@@ -72,7 +73,8 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         help="address of the Prometheus metrics endpoint (default 127.0.0.1)")
     parser.add_argument("--metrics-port", type=_port, default=metrics_default,
                         help="Prometheus metrics port (0: any free port)")
-    parser.add_argument("--no-metrics", action="store_true")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="serve no Prometheus metrics")
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:

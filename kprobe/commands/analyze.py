@@ -13,10 +13,15 @@ from compute.analysis import WindowOutput
 from compute.ray_driver import analyze_windows
 from compute.settings import ComputeSettings
 from compute.window import split
-from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
+from kprobe.commands._common import (
+    add_format_option,
+    add_lake_option,
+    open_lake,
+    recorded_in,
+)
 from kprobe.commands.sql import render_table
 from kprobe.errors import CommandError
-from lake import parse_duration, parse_instant, resolve
+from lake import format_instant, parse_duration, parse_instant
 
 if TYPE_CHECKING:
     from compute.export_otlp import FindingsExporter
@@ -109,7 +114,16 @@ def run(args: argparse.Namespace) -> int:
     start, end = parse_instant(args.start), parse_instant(args.end)
     windows = split(start, end, settings.window_ns, tuple(sorted(set(args.node or ()))),
                     settings.max_windows)
-    location = resolve(lake_settings(args))
+    location = open_lake(args)  # never creates a lake: it must hold kprobe tables
+    found = recorded_in(location, start, end, tuple(sorted(set(args.node or ()))))
+    if not any(found.values()):
+        raise CommandError(f"nothing recorded from {format_instant(start)} to "
+                           f"{format_instant(end)} in {location.root}: no spans and no "
+                           "scheduler rows, so nothing was analysed (check --from/--to, "
+                           "--node)")
+    if not found["spans"]:
+        print("kprobe analyze: no spans in the range: kernel episodes only, no transaction "
+              "to explain", file=sys.stderr)
 
     def progress(output: WindowOutput) -> None:
         if args.format == "text" and len(windows) > 1:

@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Stage a real incident on this machine (as root): a payment gateway, a "
         "risk service and a settlement service writing a SQLite ledger run under the kprobe "
         "agent; a batch job in the settlement service's memory cgroup makes a ₹50,000 "
-        "payment time out. Then analyse, explain and replay it. Takes about a minute.")
+        "payment time out. Then analyse, explain and replay it. Takes about 15-20 s on a "
+        "2-vCPU VM (about 40 s with --s3, more with --ray: a cluster starts).")
     parser.add_argument("--lake", default=None, metavar="URI",
                         help="lake to write (default: ./kprobe-demo-lake, or s3://kprobe/demo "
                         "with --s3)")

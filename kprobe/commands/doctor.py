@@ -10,7 +10,12 @@ from kprobe.commands._common import add_format_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("doctor", help="check this host can run the capture agent")
+    parser = sub.add_parser(
+        "doctor", help="check this host can run the capture agent",
+        description="Check, one line each, what capture needs on this host: root, BTF "
+        "(/sys/kernel/btf/vmlinux), the BPF objects, each probe family's tracepoints, ring "
+        "buffers, ptrace and namespaces for replay; what does not work and why. Exit 0 when "
+        "everything needed works, 1 otherwise.")
     add_format_option(parser)
     parser.set_defaults(func=run)
 

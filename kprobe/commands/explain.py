@@ -6,10 +6,9 @@ import argparse
 
 from compute.explain import explain
 from compute.explain_model import Explanation
-from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
+from kprobe.commands._common import add_format_option, add_lake_option, open_lake
 from kprobe.commands._explain_text import render
 from kprobe.commands.analyze import compute_settings
-from lake import resolve
 from lake.timespec import parse_instant
 
 
@@ -28,9 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--window", action="append", default=None, metavar="WINDOW_ID",
                         help="only this analysed window (repeatable)")
     parser.add_argument("--from", dest="start", default=None, metavar="TIME",
-                        help="only windows after this time")
+                        help="only windows ending after this time (now, -15m, RFC 3339, "
+                        "epoch with a unit)")
     parser.add_argument("--to", dest="end", default=None, metavar="TIME",
-                        help="only windows before this time")
+                        help="only windows starting before this time")
     add_lake_option(parser)
     add_format_option(parser)
     parser.set_defaults(func=run)
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     settings = compute_settings()
     results = explain(
-        resolve(lake_settings(args)), args.txn, settings, window_ids=args.window,
+        open_lake(args), args.txn, settings, window_ids=args.window,
         start_ns=parse_instant(args.start) if args.start else None,
         end_ns=parse_instant(args.end) if args.end else None)
     if args.format == "json":

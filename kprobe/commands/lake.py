@@ -7,7 +7,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
+from kprobe.commands._common import (
+    add_format_option,
+    add_lake_option,
+    lake_settings,
+    lake_source,
+    positive_int,
+    require_kprobe_tables,
+)
 from kprobe.errors import CommandError
 from lake import TABLE_NAMES, payload_keys, resolve
 from lake.maintenance import TableReport, compact, retain
@@ -15,11 +22,15 @@ from lake.timespec import parse_duration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("lake", help="lake housekeeping: retention and compaction")
+    parser = sub.add_parser(
+        "lake", help="lake housekeeping: retention, compaction, payload keys",
+        description="retain: drop hours past --keep; compact: merge small files (run it "
+        "every few minutes where agents write); new-key: a payload encryption key.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     ret = actions.add_parser("retain", help="drop hour partitions older than --keep, vacuum")
-    ret.add_argument("--keep", required=True, metavar="DURATION", help="e.g. 24h, 7d")
+    ret.add_argument("--keep", required=True, metavar="DURATION",
+                     help="drop hours older than this, e.g. 24h, 7d")
     ret.add_argument("--keep-payloads", metavar="DURATION",
                      help="keep what programs exchanged (syscall_data, the environments in "
                      "processes.env) only this long, e.g. 24h (default: as --keep)")
@@ -31,13 +42,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "kprobe sql; created mode 0600) as the active key, and writes --public-out (the "
         "agents' file: public halves only, to seal with). Point KPROBE_PAYLOAD_KEY_FILE at "
         "the agents' file on capture nodes and at the readers' file where payloads are read.")
-    key.add_argument("--key-file", required=True, type=Path, metavar="PATH")
+    key.add_argument("--key-file", required=True, type=Path, metavar="PATH",
+                     help="the readers' key file (created mode 0600, or a key added to it)")
     key.add_argument("--public-out", type=Path, metavar="PATH",
                      help="also write the agents' file (the active public key only)")
     key.set_defaults(func=_new_key)
 
     com = actions.add_parser("compact", help="merge small files into large ones, vacuum")
-    com.add_argument("--target-size-mb", type=int, default=128)
+    com.add_argument("--target-size-mb", type=positive_int, default=128, metavar="MB",
+                     help="size to merge files up to, in MiB (default 128)")
     _common(com)
     parser.set_defaults(func=run)
 
@@ -53,7 +66,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    location = resolve(lake_settings(args))
     try:
         vacuum_h = parse_duration(args.vacuum_after, allow_zero=True) // 3_600_000_000_000
         if args.action == "retain":
@@ -62,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
                              if args.keep_payloads is not None else None)
     except ValueError as err:
         raise CommandError(str(err)) from None
+    location = resolve(lake_settings(args))
+    require_kprobe_tables(location, lake_source(args))
     if args.action == "retain":
         reports = retain(location, keep, keep_payloads_ns=keep_payloads, tables=args.table,
                          vacuum_after_hours=vacuum_h)

@@ -20,7 +20,12 @@ from kprobe.commands._common import add_format_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("record", help="record kernel events (and spans) into the lake")
+    parser = sub.add_parser(
+        "record", help="record kernel events (and spans) into the lake",
+        description="Run the capture agent (as root): eBPF probes on the targets (--pid, "
+        "--comm, --cgroup or --all), an OTLP receiver for the services' spans, a batch "
+        "written to the lake every --flush-interval, until SIGINT/SIGTERM or --duration. "
+        "Everything is flushed on stop.")
     parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                         help="stop after this long (default: until SIGINT/SIGTERM)")
     add_target_options(parser)

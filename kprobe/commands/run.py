@@ -24,10 +24,15 @@ from kprobe.errors import CommandError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("run", help="run a command and record it (and its children)")
+    parser = sub.add_parser(
+        "run", help="run a command and record it (and its children)",
+        description="Start CMD held until its pid is a capture target, record it and its "
+        "children (as root) with the agent's options below, point its OpenTelemetry SDK at "
+        "the agent's receiver (OTEL_EXPORTER_OTLP_ENDPOINT), and exit with CMD's status.")
     add_agent_options(parser, otlp_default=0, metrics_default=None)
     add_format_option(parser)
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                        help="the command to run and record, after --")
     parser.set_defaults(func=run)
 
 

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="worker processes (default 1)")
     parser.add_argument("--log-level", default="warning",
-                        choices=("critical", "error", "warning", "info", "debug"))
+                        choices=("critical", "error", "warning", "info", "debug"),
+                        help="server log level (default warning)")
     parser.add_argument("--new-token", metavar="NAME",
                         help="create a token NAME in --tokens-file, print it once, and exit")
     parser.add_argument("--scopes", default="read", metavar="LIST",

@@ -1,21 +1,32 @@
-"""``kprobe sql "SELECT …"``: one read-only statement over the lake."""
+"""``kprobe sql "SELECT …"``: one read-only statement over the lake.
+
+Text output shows instants (``ts_ns``, ``start_ns``, ``end_ns`` ...) as UTC times; JSON,
+CSV and Parquet keep nanoseconds. Ctrl-C cancels the running statement (exit 130).
+"""
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from kprobe.commands._common import add_lake_option, lake_settings
+from kprobe.commands._common import add_lake_option, finite, open_lake
 from kprobe.errors import CommandError
-from lake import resolve
-from lake.query import run_query
+from lake import LakeLocation, connect
+from lake.errors import QueryError
+from lake.query import QueryResult, fetch, referenced_tables
+from lake.sql_guard import check_read_only
+from lake.timespec import format_instant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description="Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, "
         "EXPLAIN) over the lake tables with DuckDB. Tables: sched, offcpu, syscalls, "
         "syscall_data, net, mem, block_io, processes, kstacks, spans, lost, agent_meta, "
-        "causal_edges.",
+        "causal_edges. Text output shows instants (*_ns times) in UTC; json, csv and "
+        "parquet keep epoch nanoseconds. Ctrl-C cancels the statement (exit 130).",
     )
     parser.add_argument("statement", help="the SQL statement")
     add_lake_option(parser)
@@ -33,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--format", choices=("text", "json", "csv", "parquet"), default="text",
         help="output format (parquet needs --output or a pipe)",
     )
-    parser.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="write to FILE instead of stdout (its directory must exist)")
     parser.add_argument(
         "--max-rows", type=int, default=None, metavar="N",
         help="stop after N rows (default: 1000 for text, unlimited otherwise)",
@@ -47,18 +60,72 @@ def run(args: argparse.Namespace) -> int:
         max_rows = 1000
     if max_rows is not None and max_rows < 0:
         raise CommandError("--max-rows must be >= 0")
-    result = run_query(resolve(lake_settings(args)), args.statement, max_rows=max_rows)
-    if args.format == "parquet":
-        if not args.output and sys.stdout.isatty():
-            raise CommandError("refusing to write Parquet to a terminal: use --output FILE")
-        pq.write_table(result.table, args.output or sys.stdout.buffer)
-        return 0
     if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as out:
-            _write_text(result.table, args.format, out, result.truncated)
-    else:
-        _write_text(result.table, args.format, sys.stdout, result.truncated)
+        _check_writable(Path(args.output))
+    result = run_cancellable(open_lake(args), args.statement, max_rows)
+    try:
+        if args.format == "parquet":
+            if not args.output and sys.stdout.isatty():
+                raise CommandError("refusing to write Parquet to a terminal: use --output FILE")
+            pq.write_table(result.table, args.output or sys.stdout.buffer)
+            return 0
+        if args.output:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                _write_text(result.table, args.format, out, result.truncated)
+        else:
+            _write_text(result.table, args.format, sys.stdout, result.truncated)
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):
+            raise
+        raise CommandError(f"cannot write {args.output or 'the output'}: "
+                           f"{err.strerror or err}") from None
+    except pa.ArrowException as err:
+        raise CommandError(f"cannot write {args.format}: {' '.join(str(err).split())}") from None
     return 0
+
+
+def run_cancellable(location: LakeLocation, sql: str, max_rows: int | None) -> QueryResult:
+    """``lake.query.run_query``, in a worker thread so that Ctrl-C interrupts the statement
+    in DuckDB (which does not look at signals while it streams) and exits 130."""
+    statement = check_read_only(sql)
+    con = connect(location, referenced_tables(statement))
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = fetch(con, statement, max_rows)
+        except BaseException as err:  # re-raised in the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name="kprobe-sql", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        con.interrupt()
+        worker.join(10)
+        raise CommandError("interrupted: the statement was cancelled", 130) from None
+    finally:
+        if not worker.is_alive():
+            with contextlib.suppress(duckdb.Error):  # an interrupted reader may hold it
+                con.close()
+    error = outcome.get("error")
+    if isinstance(error, duckdb.Error):
+        raise QueryError(" ".join(str(error).split())) from None
+    if error is not None:
+        raise error
+    result: QueryResult = outcome["result"]
+    return result
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse before running the statement: an output whose directory does not exist."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"cannot write {path}: directory {parent} does not exist")
+    if path.is_dir():
+        raise CommandError(f"cannot write {path}: it is a directory")
 
 
 def _write_text(table: pa.Table, fmt: str, out: Any, truncated: bool) -> None:
@@ -66,8 +133,8 @@ def _write_text(table: pa.Table, fmt: str, out: Any, truncated: bool) -> None:
         buffer = pa.BufferOutputStream()
         pacsv.write_csv(_printable(table), buffer)
         out.write(buffer.getvalue().to_pybytes().decode())
-    elif fmt == "json":
-        json.dump(table.to_pylist(), out, default=_json_default)
+    elif fmt == "json":  # NaN and infinities as null: valid JSON
+        json.dump(finite(table).to_pylist(), out, default=_json_default, allow_nan=False)
         out.write("\n")
     elif table.column_names == ["explain_key", "explain_value"]:  # plans are multi-line art
         for key, value in zip(*(c.to_pylist() for c in table.columns)):
@@ -85,24 +152,55 @@ def _json_default(value: object) -> object:
 
 
 def _printable(table: pa.Table) -> pa.Table:
-    """CSV cannot hold lists or binary: render those columns as JSON / base64 text."""
+    """CSV holds numbers, booleans, text, dates and times: lists and structs become JSON
+    text, binary base64, anything else (INTERVAL, durations, maps...) its text."""
     columns = []
     for column in table.columns:
-        if pa.types.is_list(column.type) or pa.types.is_struct(column.type):
+        kind = column.type
+        if pa.types.is_list(kind) or pa.types.is_struct(kind) or pa.types.is_map(kind):
             column = pa.array([None if v is None else json.dumps(v, default=_json_default)
                                for v in column.to_pylist()], pa.string())
-        elif pa.types.is_binary(column.type):
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
             column = pa.array([None if v is None else base64.b64encode(v).decode()
-                               for v in column.to_pylist()])
+                               for v in column.to_pylist()], pa.string())
+        elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                  or pa.types.is_boolean(kind) or pa.types.is_string(kind)
+                  or pa.types.is_large_string(kind) or pa.types.is_decimal(kind)
+                  or pa.types.is_date(kind) or pa.types.is_timestamp(kind)
+                  or pa.types.is_null(kind)):
+            column = pa.array([None if v is None else _text(v) for v in column.to_pylist()],
+                              pa.string())
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _text(value: object) -> str:
+    """A value CSV cannot hold as text: an INTERVAL as months, days and nanoseconds."""
+    if isinstance(value, pa.MonthDayNano):
+        return f"{value.months} months {value.days} days {value.nanoseconds} ns"
+    return str(value)
+
+
+# Columns that hold instants (epoch ns), shown as UTC times in text tables. Durations
+# (dur_ns, delay_ns...) stay numbers.
+_INSTANT_NAMES = ("ts_ns", "start_ns", "end_ns", "cutoff_ns", "time_ns", "created_ns")
+_EPOCH_FLOOR_NS = 10**17  # after 1973: smaller integers are not instants
+
+
+def _is_instant(name: str, kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) and (name in _INSTANT_NAMES
+                                          or name.endswith(tuple(f"_{n}" for n in
+                                                                 _INSTANT_NAMES)))
 
 
 def render_table(table: pa.Table, max_width: int = 60) -> str:
     """A plain text table for people (right-aligned numbers, truncated wide cells)."""
     names = table.column_names
-    rows = [[_cell(v, max_width) for v in row.values()] for row in table.to_pylist()]
-    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in table.schema.types]
+    instants = [_is_instant(n, t) for n, t in zip(names, table.schema.types)]
+    rows = [[_instant(v) if instant else _cell(v, max_width)
+             for v, instant in zip(row.values(), instants)] for row in table.to_pylist()]
+    numeric = [(pa.types.is_integer(t) or pa.types.is_floating(t)) and not instant
+               for t, instant in zip(table.schema.types, instants)]
     widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
 
     def line(cells: list[str]) -> str:
@@ -113,6 +211,12 @@ def render_table(table: pa.Table, max_width: int = 60) -> str:
     out.extend(line(r) for r in rows)
     out.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})\n")
     return "".join(out)
+
+
+def _instant(value: object) -> str:
+    if isinstance(value, int) and value >= _EPOCH_FLOOR_NS:
+        return format_instant(value)
+    return "NULL" if value is None else str(value)
 
 
 def _cell(value: object, max_width: int) -> str:

@@ -53,6 +53,10 @@ def transactions(request: Request, location: LocationDep, compute: ComputeSettin
                      "only transactions with a span of this service"))] = None,
                  order: Annotated[Order, Query(description=(
                      "by start time: asc (oldest first) or desc (newest first)"))] = "asc",
+                 kind: Annotated[str | None, Query(min_length=1, max_length=64, description=(
+                     "with status=failed: only failures whose root cause is of this kind "
+                     "(memory_pressure, cpu_contention...) or of this failure kind "
+                     "(timeout, error)"))] = None,
                  ) -> dict[str, Any]:
     """Ordered by start time (``order``). ``status=failed`` keeps transactions where any
     operation failed (an error or a missed deadline); ``service`` those with a span of that
@@ -65,7 +69,7 @@ def transactions(request: Request, location: LocationDep, compute: ComputeSettin
             location, compute, status=status, start_ns=start, end_ns=end,
             limit=min(limit, settings.transactions_max_page),
             cursor=Cursor.decode(cursor) if cursor else None, window_ids=window,
-            service=service, order=order)
+            service=service, order=order, kind=kind)
     for item in items:
         item["links"] = links(item["trace_id"])
     token = next_cursor.encode() if next_cursor else None
