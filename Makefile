@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean checkov
+.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean checkov docs
 
 ## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects, the console
 setup: host-packages venv bpf console checkov
@@ -71,6 +71,12 @@ bench: setup
 	@failed=""; for b in tests/bench/bench_*.py; do m=tests.bench.$$(basename $$b .py); \
 	echo "== $$m"; $(PY) -m $$m || failed="$$failed $$m"; done; \
 	if [ -n "$$failed" ]; then echo "bench failed:$$failed" >&2; exit 1; fi
+
+## docs: the documentation site (mkdocs-material, a dev extra) into build/site, --strict: the
+## CLI, API and settings references are generated from the code first (docs/_gen/generate.py)
+docs: venv
+	$(PY) docs/_gen/generate.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: venv
 	$(VENV)/bin/ruff check .
