@@ -45,6 +45,15 @@ class LakeSettings(BaseSettings):
     # key; readers holding its private keys open them. None: payloads stored in the clear.
     payload_key_file: str | None = None
 
+    def s3_env(self) -> dict[str, str]:
+        """The ``KPROBE_S3_*`` variables that give a child process these S3 settings (the
+        lake itself is the child's ``--lake``); unset settings are left out."""
+        pairs = {"KPROBE_S3_ENDPOINT": self.s3_endpoint,
+                 "KPROBE_S3_ACCESS_KEY": self.s3_access_key,
+                 "KPROBE_S3_SECRET_KEY": self.s3_secret_key, "KPROBE_S3_REGION": self.s3_region,
+                 "KPROBE_S3_ALLOW_HTTP": "true" if self.s3_allow_http else None}
+        return {k: v for k, v in pairs.items() if v}
+
 
 @dataclass(frozen=True)
 class LakeLocation:

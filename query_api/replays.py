@@ -131,10 +131,7 @@ def worker_input(request: replay_request.ReplayRequest, lake_root: str,
 def lake_env(lake: LakeSettings) -> dict[str, str]:
     """The environment a replay subprocess needs to reach the same lake."""
     env = dict(os.environ)
-    pairs = {"KPROBE_S3_ENDPOINT": lake.s3_endpoint, "KPROBE_S3_ACCESS_KEY": lake.s3_access_key,
-             "KPROBE_S3_SECRET_KEY": lake.s3_secret_key, "KPROBE_S3_REGION": lake.s3_region,
-             "KPROBE_S3_ALLOW_HTTP": "1" if lake.s3_allow_http else None}
-    env.update({k: v for k, v in pairs.items() if v})
+    env.update(lake.s3_env())
     env.pop("KPROBE_LAKE", None)  # --lake says it
     return env
 

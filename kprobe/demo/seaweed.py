@@ -33,12 +33,6 @@ from kprobe.demo.host import free_ports
 
 START_TIMEOUT_S = 60.0
 REGION = "us-east-1"
-_ALIASES = {
-    "s3_endpoint": "KPROBE_S3_ENDPOINT",
-    "s3_access_key": "KPROBE_S3_ACCESS_KEY",
-    "s3_secret_key": "KPROBE_S3_SECRET_KEY",
-    "s3_region": "KPROBE_S3_REGION",
-}
 
 
 class S3ServerError(RuntimeError):
@@ -204,21 +198,11 @@ class S3Server:
             "node": "test-node",
         }
         values.update(overrides)
-        # The s3_* fields declare validation aliases and LakeSettings does not populate by
-        # field name, so LakeSettings(s3_endpoint=...) is silently ignored: pass the aliases.
-        by_alias = {_ALIASES.get(name, name): value for name, value in values.items()}
-        return lake.LakeSettings(**by_alias)  # type: ignore[arg-type]
+        return lake.LakeSettings(**values)  # type: ignore[arg-type]
 
     def env(self, prefix: str = "lake") -> dict[str, str]:
         """``KPROBE_*`` variables pointing a child process (``kprobe --lake``) here."""
-        return {
-            "KPROBE_LAKE": self.lake_uri(prefix),
-            "KPROBE_S3_ENDPOINT": self.endpoint,
-            "KPROBE_S3_ACCESS_KEY": self.access_key,
-            "KPROBE_S3_SECRET_KEY": self.secret_key,
-            "KPROBE_S3_REGION": self.region,
-            "KPROBE_S3_ALLOW_HTTP": "true",
-        }
+        return {"KPROBE_LAKE": self.lake_uri(prefix), **self.lake_settings(prefix).s3_env()}
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the server's output and of its glog files."""
