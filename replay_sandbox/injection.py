@@ -17,18 +17,16 @@ accept, connect); the replay then decides waits with timeouts against the shifte
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 from typing import Literal
 
+from lake.timespec import TimeSpecError, parse_duration
 from replay_sandbox.errors import SpecError
 from replay_sandbox.syscall_table import NUMBERS, READ_FAMILY, RECV_FAMILY, WRITE_FAMILY
 
 Kind = Literal["arrival", "duration"]
 FdKind = Literal["file", "socket", "pipe", "other", "unknown"]
 
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
-_DELAY = re.compile(r"^([+-])(\d+(?:\.\d+)?)(ns|us|µs|ms|s)$")
 _FAMILIES: dict[str, tuple[Kind, frozenset[int]]] = {
     "recv": ("arrival", RECV_FAMILY | READ_FAMILY),
     "net": ("arrival", RECV_FAMILY | READ_FAMILY | {43, 288, 42}),
@@ -72,11 +70,15 @@ def parse(text: str) -> Injection:
     head, sep, delay_text = text.strip().rpartition(":")
     if not sep or not head.strip():
         raise SpecError(f"--inject {text!r}: expected TARGET[ fd=N][ path=GLOB]:+DELAY")
-    match = _DELAY.match(delay_text.strip())
-    if not match:
-        raise SpecError(f"--inject {text!r}: delay must look like +50ms (units ns, us, ms, s)")
-    sign, number, unit = match.groups()
-    delay = int(round(float(number) * _UNITS[unit])) * (-1 if sign == "-" else 1)
+    delay_text = delay_text.strip()
+    try:  # a sign, then a duration of the one grammar (lake/timespec.py)
+        if delay_text[:1] not in ("+", "-"):
+            raise TimeSpecError("the delay needs its sign")
+        delay = parse_duration(delay_text[1:], allow_zero=True) * (
+            -1 if delay_text[0] == "-" else 1)
+    except TimeSpecError as err:
+        raise SpecError(f"--inject {text!r}: delay must look like +50ms or -1.5s ({err})"
+                        ) from None
     words = head.split()
     target = words[0]
     fd: int | None = None

@@ -33,10 +33,12 @@ def test_injection_specs_from_the_issue() -> None:
     assert net.kind == "arrival" and NUMBERS["accept4"] in net.syscalls
     assert parse("disk path=/var/lib/*:+1.5s").delay_ns == 1_500_000_000
     assert parse("read:-10us").delay_ns == -10_000
+    assert parse("fsync:+1m30s").delay_ns == 90 * 10**9  # the one duration grammar
 
 
 @pytest.mark.parametrize("bad", ["fsync", "fsync:50ms", "nosuch:+1ms", "recv fd=x:+1ms",
-                                 "recv bogus=1:+1ms", "recv fd:+1ms", ":+1ms", "fsync:+1h"])
+                                 "recv bogus=1:+1ms", "recv fd:+1ms", ":+1ms", "fsync:+1x",
+                                 "fsync:+", "fsync:1ms"])
 def test_malformed_injections_are_one_line_errors(bad: str) -> None:
     with pytest.raises(SpecError) as err:
         parse(bad)
