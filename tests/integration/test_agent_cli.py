@@ -73,6 +73,12 @@ def test_run_records_the_command_and_exits_with_its_status(tmp_path: Path) -> No
     con = _con(lake)
     (slept,) = con.execute("SELECT max(dur_ns) FROM offcpu WHERE comm = 'sleep'").fetchone()
     assert slept is not None and 190e6 <= slept <= 2e9
+    # the sched family's own convert step symbolised the stack and named the wait
+    (reason, stack) = con.execute(
+        "SELECT o.wait_reason, k.frames FROM offcpu o LEFT JOIN kstacks k "
+        "ON k.node = o.node AND k.stack_id = o.kstack_id WHERE o.comm = 'sleep' "
+        "ORDER BY o.dur_ns DESC LIMIT 1").fetchone()
+    assert reason == "sleep" and stack, (reason, stack)
     kinds = {k for (k,) in con.execute("SELECT kind FROM agent_meta").fetchall()}
     assert kinds >= {"start", "stop"}
 
