@@ -176,9 +176,20 @@ class Follower:
         return outputs
 
     def _analyse(self, windows: list[Window]) -> list[WindowOutput]:
-        """Each window on its own, so one that fails does not hold back the others."""
+        """On Ray, all at once; else (or when a window of the batch failed) each window on
+        its own, so one that fails does not hold back the others."""
         started = time.perf_counter()
-        outputs: list[WindowOutput] = []
+        if self.options.executor == "ray" and len(windows) > 1:
+            try:
+                outputs, _ = analyze_windows(
+                    self.location, windows, self.settings, rules=self.rules, executor="ray",
+                    on_done=lambda o: self.on_done(o, o.window.id in self.done)
+                    if self.on_done else None)
+                self.stats.last_seconds = time.perf_counter() - started
+                return outputs
+            except (ComputeError, lake.LakeError) as err:
+                log.warning("a window of %d failed on Ray (%s): one by one", len(windows), err)
+        outputs = []
         for window in windows:
             try:
                 [output], _ = analyze_windows(self.location, [window], self.settings,
