@@ -11,7 +11,7 @@ from compute.ray_driver import start_ray
 from compute.settings import ComputeSettings
 from lake import LakeSettings, resolve
 from tests.support import require
-from tests.unit.test_compute_follow import W0, S, T0, marker
+from tests.unit.test_compute_follow import T0, W0, S, marker
 from tests.unit.test_compute_scenario import payment_scenario
 
 
