@@ -11,17 +11,15 @@ from compute.ray_driver import start_ray
 from compute.settings import ComputeSettings
 from lake import LakeSettings, resolve
 from tests.support import require
-from tests.unit.test_compute_follow import T0, W0, S, marker
-from tests.unit.test_compute_scenario import payment_scenario
+from tests.unit.test_compute_follow import W0, S, marker
+from tests.unit.test_compute_scenario import T0, payment_scenario
 
 
 def test_windows_closing_together_run_on_one_ray_cluster(lake_dir: Path) -> None:
-    try:
-        import ray
-    except ImportError:
-        ray = None
-    require(ray is not None, "ray (pip install kprobe[ray])")
-    assert ray is not None
+    import importlib.util
+
+    require(importlib.util.find_spec("ray") is not None, "ray (pip install kprobe[ray])")
+    import ray
     payment_scenario().write(lake_dir)
     marker(lake_dir, "n1", T0 + 65 * S)  # two windows closed at once
     settings = ComputeSettings(ray_num_cpus=2)
