@@ -86,8 +86,9 @@ def _run(args: argparse.Namespace, workdir: Path, started: float, text: bool,
             report["leftovers"] = incident.leftovers(record, workdir)
             _finish(report, text, started, None, s3_note, lake_uri)
             raise CommandError(
-                f"the incident did not happen: the ₹{config.tuning.incident_amount_inr:,} "
-                f"payment answered {record.incident_payment.get('status')} in "
+                f"the incident did not happen: {len(record.incident_attempts)} "
+                f"₹{config.tuning.incident_amount_inr:,} payments settled in time, the last "
+                f"answered {record.incident_payment.get('status')} in "
                 f"{record.incident_payment.get('ms', 0):.0f} ms", exit_code=1)
         payment_id = record.failed_payment["payment_id"]
         _investigate(config, record, report, args.ray, text, say)
@@ -221,6 +222,7 @@ def _report_base(record: IncidentRecord, lake_uri: str) -> dict[str, Any]:
         "zram_device": record.zram_device, "gateway_argv": record.gateway_argv,
         "timeout_arg_index": record.timeout_arg_index, "pressure": record.pressure,
         "payments": record.payments, "incident_payment": record.incident_payment,
+        "incident_attempts": record.incident_attempts,
         "healthy_ms": {"count": len(healthy), "median": healthy[len(healthy) // 2]
                        if healthy else None, "max": healthy[-1] if healthy else None},
         "agent": record.agent_summary, "kept": record.kept,

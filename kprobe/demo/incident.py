@@ -98,6 +98,7 @@ class Tuning:
     settlement_timeout_ms: int = 750
     incident_amount_inr: int = 50_000
     pressure_timeout_s: float = 60.0  # for the cgroup to fill and swap
+    incident_attempts: int = 3  # ₹50,000 payments sent until one times out
 
 
 @dataclass(frozen=True)
@@ -153,13 +154,16 @@ class IncidentRecord:
     payments: list[dict[str, Any]] = field(default_factory=list)
     incident_payment: dict[str, Any] = field(default_factory=dict)  # the ₹50,000 one
     failed_payment: dict[str, Any] | None = None  # the same, when it failed (504)
+    incident_attempts: list[str] = field(default_factory=list)  # ids of each ₹50,000 sent
     pressure: dict[str, Any] = field(default_factory=dict)
     agent_summary: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)  # what --keep left running
 
     def healthy_ms(self) -> list[float]:
-        return [p["ms"] for p in self.payments if p["status"] == 200]
+        """The everyday payments that settled (not a ₹50,000 one that did in time)."""
+        return [p["ms"] for p in self.payments
+                if p["status"] == 200 and p["payment_id"] not in self.incident_attempts]
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -369,6 +373,11 @@ def payments(load: Child) -> list[dict[str, Any]]:
     return [json.loads(line) for line in list(load.lines) if line.startswith("{")]
 
 
+def _answered(load: Child, sent: int) -> bool:
+    """The load driver has an answer for a payment sent after the first ``sent``."""
+    return len(payments(load)) > sent
+
+
 def start_batch_job(config: IncidentConfig, memory: MemoryCgroup, cpu: CpuCgroup) -> Child:
     """The nightly reconciliation, in the settlement service's cgroups, on the other CPU."""
     argv = [*PYTHON, "-m", "kprobe.demo.batch_job", "--mb", str(config.tuning.batch_mb)]
@@ -517,21 +526,31 @@ class Stage:
         self.lap("batch_ramp")
 
     def incident(self) -> None:
-        """The ₹50,000 payment, and what the client saw."""
+        """The ₹50,000 payment, and what the client saw. A payment that still settled in
+        time (the write took 0.7-0.75 s: the margin over the timeout is thin on a busy
+        machine) is reported as such and the payment is sent again, at most
+        ``incident_attempts`` times, each a real payment under the same pressure."""
         load, record = self.load, self.record
-        sent = len(payments(load))
-        command(load, f"send {self.tuning.incident_amount_inr}", "pause")
-        wait_until("the incident payment's answer", lambda: len(payments(load)) > sent, 60,
-                   [load, *self.system.services, self.agent])
-        record.payments = payments(load)
-        incident = record.incident_payment = record.payments[sent]
+        for attempt in range(1, self.tuning.incident_attempts + 1):
+            sent = len(payments(load))
+            command(load, f"send {self.tuning.incident_amount_inr}", "pause")
+            wait_until("the incident payment's answer", partial(_answered, load, sent),
+                       60, [load, *self.system.services, self.agent])
+            record.payments = payments(load)
+            incident = record.incident_payment = record.payments[sent]
+            record.incident_attempts.append(incident["payment_id"])
+            answer = incident["answer"]
+            self.say(f"payment {incident['payment_id']} of ₹{incident['amount']:,}: HTTP "
+                     f"{incident['status']} after {incident['ms']:.0f} ms "
+                     f"{json.dumps(answer.get('error') or answer.get('status'))}")
+            if incident["status"] == 504:
+                record.failed_payment = incident
+                break
+            if attempt < self.tuning.incident_attempts:
+                self.say("it settled within the timeout: the batch job had not slowed this "
+                         "write enough; sending another ₹"
+                         f"{self.tuning.incident_amount_inr:,} payment")
         record.ended_ns = time.time_ns()
-        answer = incident["answer"]
-        self.say(f"payment {incident['payment_id']} of ₹{incident['amount']:,}: HTTP "
-                 f"{incident['status']} after {incident['ms']:.0f} ms "
-                 f"{json.dumps(answer.get('error') or answer.get('status'))}")
-        if incident["status"] == 504:
-            record.failed_payment = incident
         self.lap("incident")
 
     def wind_down(self) -> bool:

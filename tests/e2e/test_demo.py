@@ -51,7 +51,8 @@ def test_the_50000_payment_times_out_at_the_gateway(demo: tuple[dict[str, Any], 
     # neighbour on this shared machine may still slow the odd one)
     writes = report["settlement_writes"]
     assert writes[-1]["payment_id"] == incident["payment_id"]
-    healthy = sorted(w["ms"] for w in writes[:-1])
+    healthy = sorted(w["ms"] for w in writes[:-1]
+                     if w["payment_id"] not in report["incident_attempts"])
     assert len(healthy) >= 10 and healthy[len(healthy) * 9 // 10 - 1] < 100, healthy
     # the gateway's span says so in the lake, in words the domain rules call a timeout
     con = connect(resolve(LakeSettings(lake=str(lake))), ["spans"])
