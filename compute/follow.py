@@ -57,6 +57,7 @@ class FollowOptions:
     node_timeout_ns: int = 120 * S
     late_horizon_ns: int = 15 * 60 * S
     poll_s: float = 2.0
+    late_check_s: float = 10.0  # how often analysed windows are checked for late rows
     nodes: tuple[str, ...] = ()
     executor: Executor = "local"
     max_attempts: int = 3  # a window whose analysis keeps failing is given up after this
@@ -67,7 +68,7 @@ class Watermark:
     """Where the lake is complete up to, and the newest flush of every node seen."""
 
     ts_ns: int
-    flushes: dict[str, int]  # node -> its newest flush marker
+    flushes: dict[str, int]  # node -> its newest flush marker seen by this follower
     live: tuple[str, ...]  # nodes that hold the watermark
 
 
@@ -115,13 +116,19 @@ class Follower:
         self.next_start = options.start_ns // options.window_ns * options.window_ns
         self.done: dict[str, _Done] = {}
         self.attempts: dict[str, int] = {}
+        self.known: dict[str, int] = {}  # node -> newest flush marker seen, over the run
+        self._late_checked = float("-inf")
         self._retry: list[Window] = []
         self.stats = FollowStats(closed_until_ns=self.next_start)
 
     # -- the watermark ------------------------------------------------------------------
     def watermark(self, now_ns: int | None = None) -> Watermark:
         now = time.time_ns() if now_ns is None else now_ns
-        since = now - max(self.options.node_timeout_ns, self.options.late_horizon_ns)
+        # the first poll learns every node of the late horizon; later ones read only the
+        # markers that can make a node live (a few hundred tiny files, not the horizon's
+        # thousands), older ones are remembered in ``known``
+        since = now - (self.options.node_timeout_ns if self.stats.polls > 1 else
+                       max(self.options.node_timeout_ns, self.options.late_horizon_ns))
         node_filter = (f"AND node IN {sql_list(self.options.nodes)}"
                        if self.options.nodes else "")
         with self.db.session(["agent_meta"]) as con:
@@ -131,7 +138,10 @@ class Follower:
                 FROM agent_meta
                 WHERE ts_ns >= {since} AND kind IN ('flush', 'start', 'stop') {node_filter}
                 GROUP BY node""").fetchall()
-        flushes = {str(node): int(flush) for node, flush, _, _ in rows if flush is not None}
+        for node, flush, _, _ in rows:
+            if flush is not None:
+                self.known[str(node)] = max(int(flush), self.known.get(str(node), 0))
+        flushes = dict(self.known)
         live = []
         marks = []
         for node, flush, last_kind, last_ts in rows:
@@ -153,7 +163,10 @@ class Follower:
         while self.next_start + width + self.options.grace_ns <= mark.ts_ns:
             closed.append(Window(self.next_start, self.next_start + width, self.options.nodes))
             self.next_start += width
-        late = self._late(mark)
+        late: list[Window] = []
+        if self._retry or time.monotonic() - self._late_checked >= self.options.late_check_s:
+            self._late_checked = time.monotonic()
+            late = self._late(mark)
         todo = closed + [w for w in late if w.id not in {c.id for c in closed}]
         self.stats.pending = len(todo)
         if not todo:

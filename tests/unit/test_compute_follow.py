@@ -27,7 +27,8 @@ def marker(lake_dir: Path, node: str, ts_ns: int, kind: str = "flush") -> None:
 
 def follower(lake_dir: Path, **options: object) -> Follower:
     location = resolve(LakeSettings(lake=str(lake_dir)))
-    opts = {"start_ns": W0, "window_ns": 60 * S, "grace_ns": 10 * S, **options}
+    opts = {"start_ns": W0, "window_ns": 60 * S, "grace_ns": 10 * S, "late_check_s": 0.0,
+            **options}
     return Follower(location, ComputeSettings(), FollowOptions(**opts))  # type: ignore[arg-type]
 
 
@@ -48,7 +49,7 @@ def test_watermark_is_the_oldest_live_agent(lake_dir: Path) -> None:
     mark = follower(lake_dir).watermark(now)
     assert mark.ts_ns == now - 8 * S
     assert mark.live == ("a", "b")
-    assert mark.flushes["c"] == now - 500 * S
+    assert mark.flushes["c"] == now - 500 * S  # known (the first look spans the horizon)
     # control: with no live agent the watermark is the clock
     assert follower(lake_dir, node_timeout_ns=1 * S).watermark(now).ts_ns == now
 
@@ -93,6 +94,14 @@ def test_late_spans_make_the_window_analysed_again(lake_dir: Path) -> None:
     assert f.stats.reanalysed == 1
     assert explained(f.location, "55555") and explained(f.location, "98721")
     assert f.step(now) == []  # once
+    # late rows are looked for every late_check_s, not every poll
+    slow = follower(lake_dir, late_check_s=3600.0)
+    assert len(slow.step(now)) == 1
+    late.rows["spans"][0]["span_id"] = "y".ljust(16, "0")
+    late.write(lake_dir)
+    assert slow.step(now) == []
+    slow._late_checked = float("-inf")  # the interval has passed
+    assert len(slow.step(now)) == 1
 
 
 def test_a_node_back_from_a_timeout_gets_its_windows_analysed_again(lake_dir: Path) -> None:
