@@ -136,3 +136,21 @@ def test_a_failing_window_is_retried_then_given_up(lake_dir: Path,
     now = T0 + 60 * S
     assert f.step(now) == [] and f.step(now) == [] and f.step(now) == []
     assert len(calls) == 2 and f.stats.failed == 2
+
+
+def test_follow_options_are_checked_in_one_line(lake_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from kprobe.cli import main
+
+    lake = ["--lake", str(lake_dir)]
+    for argv, words in (
+            (["analyze", *lake], "--from and --to are required (or --follow)"),
+            (["analyze", "--follow", "--to", "now", *lake], "--to cannot be used with"),
+            (["analyze", "--follow", "--grace", "soon", *lake], "--grace: not a duration"),
+            (["analyze", "--follow", "--poll", "0s", *lake], "--poll: duration"),
+            (["analyze", "--follow", "--metrics-port", "70000", *lake], "not a port"),
+            (["analyze", "--follow", "--export-otlp", "udp://x:1", *lake],
+             "not an OTLP/HTTP endpoint")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (argv, err)
