@@ -119,6 +119,7 @@ class Follower:
         self.known: dict[str, int] = {}  # node -> newest flush marker seen, over the run
         self._late_checked = float("-inf")
         self._retry: list[Window] = []
+        self._stop = threading.Event()
         self.stats = FollowStats(closed_until_ns=self.next_start)
 
     # -- the watermark ------------------------------------------------------------------
@@ -204,6 +205,8 @@ class Follower:
                 log.warning("a window of %d failed on Ray (%s): one by one", len(windows), err)
         outputs = []
         for window in windows:
+            if self._stop.is_set():  # stopping: the rest would only delay the exit
+                break
             try:
                 [output], _ = analyze_windows(self.location, [window], self.settings,
                                               rules=self.rules, executor=self.options.executor)
@@ -271,6 +274,7 @@ class Follower:
     # -- the loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; a lake that cannot be read is retried, not fatal."""
+        self._stop = stop
         ray_started = False
         if self.options.executor == "ray":
             ray_started = start_ray(self.settings)

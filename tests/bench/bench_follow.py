@@ -227,7 +227,11 @@ def main() -> None:
     check_stop.set()
     check.join(60)
     follower.send_signal(signal.SIGTERM)
-    follower.wait(120)
+    try:
+        follower.wait(300)  # it finishes the window it is analysing
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        follower.wait()
     log.close()
 
     lags = sorted((f.explained_ns - f.end_ns) / NS for f in failures if f.explained_ns)
