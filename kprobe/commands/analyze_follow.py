@@ -44,7 +44,9 @@ def follow(args: argparse.Namespace, settings: ComputeSettings,
         late_horizon_ns=_duration("--late-horizon", args.late_horizon),
         poll_s=_duration("--poll", args.poll) / 1e9,
         nodes=tuple(sorted(set(args.node or ()))),
-        executor="ray" if args.executor == "ray" else "local")
+        # auto: Ray when a cluster is named, else this process (one window at a time)
+        executor="ray" if args.executor == "ray" or (
+            args.executor == "auto" and settings.ray_address is not None) else "local")
     location = resolve(lake_settings(args))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
