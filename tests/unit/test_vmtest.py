@@ -230,5 +230,5 @@ def test_an_emulated_guest_is_told_the_hosts_tsc_rate_instead_of_measuring_it() 
     # without tsc_known_freq "cpu MHz" may be the core's current clock, not the TSC's
     assert tsc_khz_from_cpuinfo(cpuinfo.replace(" tsc_known_freq", "")) is None
     spec = VmSpec(accel="tcg", cpus=2, memory_mib=2048, tsc_khz=2793436)
-    assert clock_args(spec) == "tsc=reliable tsc_early_khz=2793436"
+    assert clock_args(spec) == "no_timer_check tsc=reliable tsc_early_khz=2793436"
     assert clock_args(VmSpec(accel="kvm", cpus=2, memory_mib=2048, tsc_khz=2793436)) == ""
