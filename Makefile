@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean checkov docs
+.PHONY: setup host-packages venv bpf console test unit vmtest demo bench lint clean checkov chart image docs
 
 ## setup: idempotent; apt packages (as root), the virtualenv, the BPF objects, the console
 setup: host-packages venv bpf console checkov
@@ -58,6 +58,21 @@ test: setup
 ## machine's root read-only, and the host's own kernel natively (root; tests/vmtest/)
 vmtest: setup
 	$(PY) -m tests.vmtest
+
+## chart: the committed rendering of the chart's default values (no helm binary here:
+## infra/helm/render.py renders the chart; tests/infra/test_chart.py fails when it is stale)
+chart: venv
+	$(PY) infra/helm/render.py infra/helm/kprobe > infra/helm/rendered/kprobe-default.yaml
+
+## image: the OCI image of every workload (infra/image/build.sh: mmdebstrap + podman, root),
+## rebuilt only when what goes into it changes; build/image/kprobe-VERSION.oci.tar
+IMAGE_INPUTS := pyproject.toml setup.py infra/image/build.sh console/dist/index.html \
+	$(shell git ls-files capture_agent compute kprobe lake query_api replay_sandbox 2>/dev/null)
+image: build/image/.built
+
+build/image/.built: $(IMAGE_INPUTS) | setup
+	bash infra/image/build.sh
+	@touch $@
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -1,12 +1,13 @@
 locals {
   lake   = "${aws_s3_bucket.lake.arn}/${var.prefix}"
   tables = "${local.lake}/v1"
-  # One service account per workload of the Helm chart (infra/helm/kprobe).
+  # The Helm chart's service accounts (infra/helm/kprobe) each role trusts: the replay runner
+  # reads the lake and writes job reports as the API does.
   service_accounts = {
-    agent     = "${var.helm_release}-agent"
-    compactor = "${var.helm_release}-compactor"
-    analyzer  = "${var.helm_release}-analyzer"
-    reader    = "${var.helm_release}-api"
+    agent     = ["${var.helm_release}-agent"]
+    compactor = ["${var.helm_release}-compactor"]
+    analyzer  = ["${var.helm_release}-analyzer"]
+    reader    = ["${var.helm_release}-api", "${var.helm_release}-replay"]
   }
   # Data files an agent writes: its node's partitions, or every node's (see agent_node_scoped).
   agent_data = var.agent_node_scoped ? "${local.tables}/*/node=$${aws:PrincipalTag/kprobe-node}/*" : "${local.tables}/*/node=*"
@@ -31,7 +32,7 @@ data "aws_iam_policy_document" "trust" {
       condition {
         test     = "StringEquals"
         variable = "${var.oidc_issuer}:sub"
-        values   = ["system:serviceaccount:${var.namespace}:${statement.value}"]
+        values   = [for sa in statement.value : "system:serviceaccount:${var.namespace}:${sa}"]
       }
       condition {
         test     = "StringEquals"

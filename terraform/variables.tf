@@ -48,7 +48,7 @@ variable "namespace" {
 variable "helm_release" {
   type        = string
   default     = "kprobe"
-  description = "IRSA: Helm release name; service accounts are RELEASE-agent, -compactor, -analyzer, -api"
+  description = "IRSA: Helm release name; service accounts are RELEASE-agent, -compactor, -analyzer, -api, -replay"
 }
 
 variable "trusted_principal_arns" {

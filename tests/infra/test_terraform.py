@@ -77,8 +77,8 @@ def test_roles_trust_irsa_service_accounts_and_plain_principals() -> None:
     irsa = kinds["IRSA"]["content"][0]
     assert irsa["actions"] == ["sts:AssumeRoleWithWebIdentity"]
     conditions = {c["variable"]: c["values"] for c in irsa["condition"]}
-    assert conditions["${var.oidc_issuer}:sub"] == [
-        "system:serviceaccount:${var.namespace}:${statement.value}"]
+    assert conditions["${var.oidc_issuer}:sub"] == (
+        '${[for sa in statement.value : "system:serviceaccount:${var.namespace}:${sa}"]}')
     assert conditions["${var.oidc_issuer}:aud"] == ["sts.amazonaws.com"]
     assert "Principals" in kinds
     roles = blocks(tf, "resource", "aws_iam_role")["lake"]
@@ -86,7 +86,7 @@ def test_roles_trust_irsa_service_accounts_and_plain_principals() -> None:
     # the service account names the roles trust (tests/infra/test_chart.py checks the chart
     # renders these names)
     iam = (REPO / "terraform/iam.tf").read_text().replace(" ", "")
-    for component in ("agent", "compactor", "analyzer", "api"):
+    for component in ("agent", "compactor", "analyzer", "api", "replay"):
         assert f'"${{var.helm_release}}-{component}"' in iam, component
 
 
