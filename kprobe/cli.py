@@ -82,11 +82,15 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
-    try:
+    command = _command_of(sys.argv[1:] if argv is None else argv)
+    try:  # a command's imports take a while: Ctrl-C meanwhile is one line too
+        parser = build_parser(command)
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage error (already printed)
         return done.code if isinstance(done.code, int) else 2
+    except KeyboardInterrupt:
+        print(f"kprobe{f' {command}' if command else ''}: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -104,7 +104,10 @@ def run_cancellable(location: LakeLocation, sql: str, max_rows: int | None) -> Q
             worker.join(0.2)
     except KeyboardInterrupt:
         con.interrupt()
-        worker.join(10)
+        # wait for DuckDB to give the thread back: leaving while it is inside DuckDB
+        # aborts the interpreter's shutdown (SIGABRT, "exception not rethrown")
+        while worker.is_alive():
+            worker.join(0.2)
         raise CommandError("interrupted: the statement was cancelled", 130) from None
     finally:
         if not worker.is_alive():
