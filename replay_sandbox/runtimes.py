@@ -10,13 +10,15 @@ depend on what that cannot give them:
   its clock reads are not recorded; its scheduler starts threads (``clone``) and parks them
   (``futex``) by those times and by races between its threads in user space. An exact
   replay diverges at the first clone or futex the recording ordered otherwise.
-- **HotSpot** (``libjvm.so`` among the files the program maps): its threads hand work to
-  each other with timed waits and busy loops on clock reads HotSpot makes through the vDSO
-  from its own code, so, replayed one thread at a time in virtual time, a waiting thread
-  never sees the time pass it saw recorded: the replay does not finish (it stops at its
-  timeout). It also maps a file it writes at start (``/tmp/hsperfdata_<user>/<pid>``,
-  ``-XX:-UsePerfData`` turns it off), and reserves more address space than the sandbox's
-  default RLIMIT_AS (8 GiB) on a machine with much memory.
+- **HotSpot** (``libjvm.so`` among the files the program maps): it reserves more address
+  space than the sandbox's default RLIMIT_AS (8 GiB), so glibc gives its threads other
+  malloc arenas than recorded (measured, OpenJDK 17: a JVM thread diverges at its 4th call,
+  sched_getaffinity where /sys/devices/system/cpu/online was opened); with a larger limit
+  (``Limits.address_space`` 64 GiB) its threads still act on clock reads HotSpot makes
+  through the vDSO from its own code, which are not recorded (measured: a thread re-reads
+  its cgroup's memory.limit_in_bytes where the recording's did not, as its cached value
+  expires by that clock). It also maps a file it writes at start
+  (``/tmp/hsperfdata_<user>/<pid>``, ``-XX:-UsePerfData`` turns it off).
 
 Node (V8, libuv's threads, epoll, its own timers) replays: V8's reservations are placed
 at their recorded addresses, and an mmap of a thread is followed wherever the race of its
@@ -61,13 +63,12 @@ def runtime_notes(exe: str, mapped: tuple[str, ...]) -> list[str]:
             "clone or futex the recording ordered otherwise")
     if any(path.endswith("/libjvm.so") for path in mapped):
         notes.append(
-            "a HotSpot JVM: its threads wait for each other with timed waits and busy loops "
-            "on clock reads HotSpot makes through the vDSO from its own code (not "
-            "recorded); replayed one thread at a time in virtual time they do not see the "
-            "time pass they saw recorded, and the replay is not expected to finish (it stops "
-            "at --timeout). It also maps a file it writes at start (/tmp/hsperfdata_*: "
-            "-XX:-UsePerfData) and may reserve more address space than the sandbox's "
-            "RLIMIT_AS")
+            "a HotSpot JVM: it reserves more address space than the sandbox's RLIMIT_AS "
+            "(8 GiB), so glibc gives its threads other malloc arenas than recorded, and it "
+            "acts on clock reads HotSpot makes through the vDSO from its own code (not "
+            "recorded; e.g. it re-reads its cgroup memory limit when a cached value "
+            "expires): an exact replay diverges in one of its threads where those differ. "
+            "It also maps a file it writes at start (/tmp/hsperfdata_*: -XX:-UsePerfData)")
     return notes
 
 

@@ -73,7 +73,7 @@ def test_a_go_binary_is_named_as_such_before_any_divergence(tmp_path: Path) -> N
         assert code == 1 and report["status"] in ("diverged", "timeout"), report
 
 
-def test_a_hotspot_jvm_is_named_as_such_and_the_replay_stops_at_its_timeout(
+def test_a_hotspot_jvm_is_named_as_such_before_any_divergence(
         tmp_path: Path) -> None:
     require_root()
     require_binary("java")
