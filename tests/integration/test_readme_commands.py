@@ -434,8 +434,8 @@ def test_bad_inputs_are_one_line(world: World) -> None:
     assert "'UNKNOWN-ID'" in _bad("graph", "--lake", lake, "root-cause", "UNKNOWN-ID")
     assert "unbound parameter $svc" in _bad(
         "graph", "--lake", lake, "--cypher", "MATCH (s:Span) WHERE s.service = $svc RETURN s")
-    assert "no graph snapshots" in _bad("graph", "--lake", lake, "windows",
-                                        "--from", f"{WINDOW_END}ns")
+    assert "no graph snapshots" in _bad("graph", "--lake", lake, "windows",  # an hour later
+                                        "--from", f"{WINDOW_END + 3_600_000_000_000}ns")
     assert "nothing recorded" in _bad("analyze", "--lake", lake, "--from",
                                       "2020-01-01T00:00:00Z", "--to", "2020-01-01T00:01:00Z",
                                       "--executor", "local")
