@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from compute.window import split
 from kprobe.commands._common import (
     add_format_option,
     add_lake_option,
+    dumps,
     open_lake,
     recorded_in,
 )
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     exported = sum(exporter.export_window(location, o.window.id, settings)
                    for o in outputs) if exporter is not None else None
     if args.format == "json":
-        print(json.dumps({"windows": rows, "edges_written": written,
+        print(dumps({"windows": rows, "edges_written": written,
                           **({"exported": exported} if exported is not None else {})}))
         return 0
     import pyarrow as pa

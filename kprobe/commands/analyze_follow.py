@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 from compute.analysis import WindowOutput
 from compute.follow import Follower, FollowOptions
 from compute.settings import ComputeSettings
-from kprobe.commands._common import lake_settings
+from kprobe.commands._common import dumps, lake_settings
 from kprobe.errors import CommandError
 from lake import resolve
 from lake.errors import TimeSpecError
@@ -64,7 +63,7 @@ def follow(args: argparse.Namespace, settings: ComputeSettings,
                                                     output.window.id, err)
         s = output.summary
         if args.format == "json":
-            print(json.dumps({**s, "graph": output.graph_uri, "reanalysed": again,
+            print(dumps({**s, "graph": output.graph_uri, "reanalysed": again,
                               "exported": exported}), flush=True)
         else:
             print(f"{output.window.id}: {s.get('spans', 0)} spans, {s.get('failures', 0)} "

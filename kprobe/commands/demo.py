@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kprobe.commands._agent_options import require_root
-from kprobe.commands._common import add_format_option
+from kprobe.commands._common import add_format_option, dumps
 from kprobe.errors import CommandError
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def _finish(report: dict[str, Any], text: bool, started: float, payment_id: str 
     if payment_id:
         report["console_url"] = console_url(payment_id)
     if not text:
-        print(json.dumps(report, default=str))
+        print(dumps(report))
         return
     timings = report["timings"]
     left = {k: v for k, v in report.get("leftovers", {}).items() if v}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -16,7 +15,7 @@ from kprobe.commands._agent_options import (
     agent_config,
     require_root,
 )
-from kprobe.commands._common import add_format_option
+from kprobe.commands._common import add_format_option, dumps
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -67,7 +66,7 @@ def print_summary(agent: Agent, fmt: str) -> None:
         "lake": agent.writer.location.root,
     }
     if fmt == "json":
-        print(json.dumps(summary))
+        print(dumps(summary))
         return
     rows = ", ".join(f"{t} {n}" for t, n in sorted(stats.committed_rows.items())) or "none"
     print(f"rows written: {rows}", file=sys.stderr)
