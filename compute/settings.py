@@ -32,6 +32,9 @@ class ComputeSettings(BaseSettings):
     # Attribution ---------------------------------------------------------------------------
     # A cause edge below this delay is noise (a healthy span has short waits everywhere).
     min_delay_ns: int = Field(default=1 * MS, ge=0)
+    # A failed operation's causes: the first few by rank, and every one at least this large
+    # (concurrent faults are all reported, however many neighbours delayed it a little).
+    material_delay_ns: int = Field(default=10 * MS, ge=0)
     # Reclaim rows (any thread, same memcg) closer than this form one pressure episode.
     episode_gap_ns: int = Field(default=1 * S, ge=0)
     # Retransmits on one connection closer than this form one network episode.

@@ -28,7 +28,10 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e",
         where="r.tid <> l.tid")
     limit = settings.max_evidence_rows
+    # evidence only for the holders that count (most hold a CPU for less than min_delay)
     execute(con, "cpu contention", f"""
+        CREATE TEMP TABLE c_holders AS {holders}
+    """, f"""
         INSERT INTO rels
         SELECT 'DELAYED_BY', 'Span', span_key, 'Thread', node || ':' || holder_tid,
                'cpu_contention', delay_ns,
@@ -39,6 +42,9 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                      sum(e - s) AS delay_ns, count(*) AS n,
                      {evidence_list("{'cpu': cpu, 'ts_ns': s, 'dur_ns': e - s}", "s",
                                     limit)}::JSON AS evidence
-              FROM ({holders}) GROUP BY span_key, node, holder_tid)
-        WHERE delay_ns >= {settings.min_delay_ns}
-    """)
+              FROM c_holders h
+              SEMI JOIN (SELECT span_key, node, holder_tid FROM c_holders
+                         GROUP BY ALL HAVING sum(e - s) >= {settings.min_delay_ns}) k
+                USING (span_key, node, holder_tid)
+              GROUP BY span_key, node, holder_tid)
+    """, "DROP TABLE c_holders")
