@@ -26,7 +26,8 @@ delays, reported as its largest kind. A fault is *sufficient* when its delay is 
 how late the operation was (``over_ns``). The ranking: a TCP reset for an error; the
 failure chain's verdict (below); sufficient before not; a cause (kernel, or another
 thread's work) before the operation's own CPU or timers; the larger fault; the larger
-delay. Several concurrent faults are all reported (``TOP``), ranked so.
+delay. Several concurrent faults are all reported, ranked so: the first ``TOP`` and
+every other one of at least ``material_delay_ns``.
 
 One verdict per failure chain: an operation that failed while (or because) an operation it
 contains failed reports the verdict of the innermost failed one, when that cause is among
@@ -212,7 +213,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                                 coalesce(c.sufficient, false) DESC, c.is_cause DESC,
                                 c.fault_ns DESC, c.delay_ns DESC, c.dst) AS rank
             FROM rc_candidates c LEFT JOIN rc_inherit i USING (failed_key))
-        WHERE rank <= {TOP}
+        WHERE rank <= {TOP} OR delay_ns >= {settings.material_delay_ns}
     """, """
         INSERT INTO rels
         SELECT 'CAUSED_BY', 'Span', failed_key, dst_label, dst, kind, delay_ns, rank, NULL,

@@ -47,8 +47,10 @@ def test_memory_pressure_from_a_colocated_allocator(tmp_path: Path) -> None:
     require_root()
     with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB) as cg, \
             TestCgroup(memory_limit=256 * MB) as other, cpu_cgroup() as cpu, \
-            culprit("allocator", "--mb", "256", "--cgroup", str(cg.path)) as batch, \
-            culprit("allocator", "--mb", "384", "--cgroup", str(other.path)):
+            culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
+                    "--cgroup", str(cpu)) as batch, \
+            culprit("allocator", "--mb", "384", "--cgroup", str(other.path),
+                    "--cgroup", str(cpu)):
         run = record(tmp_path, "memory", "--cgroup", str(cg.path), "--cgroup", str(cpu),
                      "--ops", "10", "--deadline-ms", "100", "--interval-ms", "300",
                      "--batch-mb", "32")

@@ -29,10 +29,12 @@ def _ready(tids: list[int]) -> None:
     print("ready", os.getpid(), *tids, flush=True)
 
 
-def allocator(mb: int, cgroup: str | None) -> None:
+def allocator(mb: int, cgroups: list[str]) -> None:
     """A batch job in the service's memory cgroup cycling ``mb`` MiB of anonymous memory:
-    more than the limit, so each pass pushes pages out (to zram swap) and faults them back."""
-    if cgroup:
+    more than the limit, so each pass pushes pages out (to zram swap) and faults them back.
+    In the services' CPU cgroup too when given one: on a shared machine a starved batch job
+    allocates less than the service it is meant to squeeze."""
+    for cgroup in cgroups:
         Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     pages = np.zeros((mb << 20) // 8, dtype=np.int64)
     stride = PAGE // 8
@@ -153,7 +155,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="kind", required=True)
     a = sub.add_parser("allocator")
     a.add_argument("--mb", type=int, required=True)
-    a.add_argument("--cgroup", default=None)
+    a.add_argument("--cgroup", action="append", default=[])
     h = sub.add_parser("hog")
     h.add_argument("--threads", type=int, default=3)
     h.add_argument("--cpu", type=int, default=None)

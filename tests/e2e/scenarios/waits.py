@@ -98,9 +98,11 @@ class Channel:
             self.sem.remove()
 
 
-def worker(requests: int, channel: Channel, cgroups: list[str], batch_mb: int,
-           cpu: int | None) -> None:
-    """The settlement worker: one batch per request byte, then 'done'."""
+def worker(requests: int, results: int, channel: Channel, cgroups: list[str],
+           batch_mb: int, cpu: int | None) -> None:
+    """The settlement worker: one batch per request, then 'done'; before posting it
+    reports (on ``results``) how long it waited for a CPU while building the batch, by its
+    schedstat: time the payment waited for the worker that no memory pressure explains."""
     join_cgroups(cgroups)
     pin_to_cpu(cpu)
     size = batch_mb << 20
@@ -111,7 +113,10 @@ def worker(requests: int, channel: Channel, cgroups: list[str], batch_mb: int,
         if not data or data.startswith(b"q"):
             return
         number = struct.unpack("<q", data)[0]
+        _, wait0 = schedstat()
         build_batch(size, number)
+        _, wait1 = schedstat()
+        os.write(results, struct.pack("<q", wait1 - wait0))
         channel.post()
 
 
@@ -129,15 +134,18 @@ def main() -> None:
     join_cgroups(args.cgroup)
     channel = Channel(args.ipc)
     req_r, req_w = os.pipe()
+    res_r, res_w = os.pipe()
     pid = os.fork()  # before the tracer's threads exist
     if pid == 0:
         os.close(req_w)
+        os.close(res_r)
         try:
-            worker(req_r, channel, args.worker_cgroup + args.cgroup, args.batch_mb,
+            worker(req_r, res_w, channel, args.worker_cgroup + args.cgroup, args.batch_mb,
                    args.worker_cpu)
         finally:
             os._exit(0)
     os.close(req_r)
+    os.close(res_w)
     service = Service(f"waits-{args.ipc}", args.truth, "payment-handoff")
     service.truth.facts.update({"worker_pid": pid, "ipc": args.ipc})
     channel.wait()  # the worker is in its cgroups and warmed up
@@ -152,13 +160,15 @@ def main() -> None:
                     os.write(req_w, struct.pack("<q", i))
                     channel.wait()
                 handoff = time.monotonic_ns() - handoff
+                (worker_runqueue,) = struct.unpack("<q", os.read(res_r, 8))
                 _, wait0 = schedstat()
                 if args.price_paths:
                     with service.child("risk.price"):
                         price(args.price_paths, i)
                 _, wait1 = schedstat()
             steps[service.truth.operations[-1].payment_id] = {
-                "handoff_ns": handoff, "price_runqueue_ns": wait1 - wait0}
+                "handoff_ns": handoff, "worker_runqueue_ns": worker_runqueue,
+                "price_runqueue_ns": wait1 - wait0}
             pace(args.interval_ms, started)
     finally:
         os.write(req_w, b"q" * 8)
