@@ -318,7 +318,7 @@ _SPECS: tuple[TableSpec, ...] = (
         "agent_meta",
         (
             _f("ts_ns", _I64, False),
-            _f("kind", _STR),  # start | clock | stop
+            _f("kind", _STR),  # start | clock | flush (the follower's watermark) | stop
             _f("kernel", _STR),
             _f("agent_version", _STR),
             _f("boot_id", _STR),
