@@ -50,8 +50,9 @@ console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
 	@touch $@
 
 ## test: the whole suite (root needed for the kernel tests); any pytest failure, including
-## exit 5 (no tests collected), fails the target.
-test: setup
+## exit 5 (no tests collected), fails the target. In CI (CI=true) the image is built first for
+## tests/infra/test_image.py; elsewhere `make image` builds it when wanted (it takes minutes).
+test: setup $(if $(CI),image)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## vmtest: the kernel matrix: Debian's 6.1 and 6.12 cloud kernels in QEMU guests that see this
@@ -66,7 +67,7 @@ chart: venv
 
 ## image: the OCI image of every workload (infra/image/build.sh: mmdebstrap + podman, root),
 ## rebuilt only when what goes into it changes; build/image/kprobe-VERSION.oci.tar
-IMAGE_INPUTS := pyproject.toml setup.py infra/image/build.sh console/dist/index.html \
+IMAGE_INPUTS := pyproject.toml setup.py infra/image/build.sh infra/image/oci.py console/dist/index.html \
 	$(shell git ls-files capture_agent compute kprobe lake query_api replay_sandbox 2>/dev/null)
 image: build/image/.built
 

@@ -15,7 +15,7 @@ PACKAGES=(
   qemu-system-x86 busybox-static kmod e2fsprogs         # make vmtest: guests, initramfs
   chromium                                              # the console's browser tests
   postgresql redis-server nginx-light                   # e2e: third-party servers, uninstrumented
-  mmdebstrap podman                                     # make image: root filesystem, OCI image
+  mmdebstrap                                            # make image: the image's root filesystem
   prometheus                                            # promtool (alert rules), a real scraper in tests
 )
 
