@@ -265,3 +265,27 @@ def test_renderer_refuses_what_it_does_not_know() -> None:
         with pytest.raises(render.TemplateError, match=message):
             nodes, defines = render.parse(template)
             render.Renderer(defines).render(nodes, {"x": 1, "l": [1]}, {"$": {}})
+
+
+def test_every_container_command_line_is_one_kprobe_accepts() -> None:
+    """The chart's args parsed by kprobe's own parser (a renamed or removed option fails here,
+    not in a crash-looping pod)."""
+    from kprobe.cli import build_parser
+
+    docs = manifests(overrides={"api": {"corsOrigins": ["https://console.example"]}})
+    checked = []
+    for doc in docs:
+        if doc["kind"] not in ("DaemonSet", "Deployment", "CronJob"):
+            continue
+        for container in pod_spec(doc)["containers"]:
+            if "command" in container:  # the replay runner's Ray head
+                assert container["command"] == ["/opt/kprobe/bin/ray"]
+                continue
+            args = container["args"]
+            parsed = build_parser(args[0]).parse_args(args)
+            assert parsed.command == args[0]
+            checked.append(args[0])
+    assert sorted(checked) == ["analyze", "lake", "lake", "record", "serve"]
+    # control: the parser does refuse an option kprobe does not have
+    with pytest.raises(SystemExit):
+        build_parser("record").parse_args(["record", "--otlp-bind", "0.0.0.0"])
