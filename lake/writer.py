@@ -143,42 +143,50 @@ class LakeWriter:
         for attempt in range(_TRANSIENT_RETRIES):
             known = self._landed.pop(batch.table, None) if self._own_id else None
             with translate_errors(f"append to {batch.table}"):
-                dt = self._table(batch.table, refresh=attempt > 0)
-                if batch.writer_id != self.writer_id or known is None or attempt > 0:
-                    landed = dt.transaction_version(batch.writer_id) or 0
-                else:
-                    landed = known  # exact: every commit under this id went through here
-                if landed >= batch.seq or rows == 0:
-                    if batch.writer_id == self.writer_id:
-                        self._landed[batch.table] = landed
-                    if landed >= batch.seq:
-                        return CommitResult(batch.table, batch.batch_id, rows, None,
-                                            duplicate=True)
-                    return CommitResult(batch.table, batch.batch_id, 0, None)
-                commit_properties = CommitProperties(
-                    app_transactions=[Transaction(batch.writer_id, batch.seq)],
-                    max_commit_retries=50,
-                )
                 try:
-                    if not self._append_files(dt, batch, commit_properties):
-                        write_deltalake(
-                            dt,
-                            batch.data,
-                            mode="append",
-                            writer_properties=datafiles.writer_properties(batch.table),
-                            commit_properties=commit_properties,
-                        )
-                except CommitFailedError as err:  # lost every race: re-read, check, retry
+                    dt = self._table(batch.table, refresh=attempt > 0)
+                    if batch.writer_id != self.writer_id or known is None or attempt > 0:
+                        landed = dt.transaction_version(batch.writer_id) or 0
+                    else:
+                        landed = known  # exact: every commit under this id went through here
+                    if landed >= batch.seq or rows == 0:
+                        if batch.writer_id == self.writer_id:
+                            self._landed[batch.table] = landed
+                        if landed >= batch.seq:
+                            return CommitResult(batch.table, batch.batch_id, rows, None,
+                                                duplicate=True)
+                        return CommitResult(batch.table, batch.batch_id, 0, None)
+                    commit_properties = CommitProperties(
+                        app_transactions=[Transaction(batch.writer_id, batch.seq)],
+                        max_commit_retries=50,
+                    )
+                    try:
+                        if not self._append_files(dt, batch, commit_properties):
+                            write_deltalake(
+                                dt,
+                                batch.data,
+                                mode="append",
+                                writer_properties=datafiles.writer_properties(batch.table),
+                                commit_properties=commit_properties,
+                            )
+                    except CommitFailedError as err:  # lost every race: re-read, check, retry
+                        last_error = err
+                        time.sleep(0.05 * (attempt + 1))
+                        continue
+                    # ``dt`` is left at the version committed (by write_deltalake) or at the
+                    # newest (after a direct append): no re-read of the log before the next.
+                    if batch.writer_id == self.writer_id:
+                        self._landed[batch.table] = max(landed, batch.seq)
+                    version = dt.version()
+                    self._rebase(batch.table, dt, version)
+                    return CommitResult(batch.table, batch.batch_id, rows, version)
+                except DeltaError as err:
+                    if not _log_cleaned_up(err):
+                        raise
+                    # this object's snapshot predates commits another writer's clean-up
+                    # removed (a table this writer appends to rarely): reload, retry
+                    self._tables.pop(batch.table, None)
                     last_error = err
-                    time.sleep(0.05 * (attempt + 1))
-                    continue
-                # ``dt`` is left at the version committed (by write_deltalake) or at the
-                # newest (after a direct append): no re-read of the log before the next.
-                if batch.writer_id == self.writer_id:
-                    self._landed[batch.table] = max(landed, batch.seq)
-                version = dt.version()
-                self._rebase(batch.table, dt, version)
-                return CommitResult(batch.table, batch.batch_id, rows, version)
         raise LakeUnavailable(f"append to {batch.table} failed after retries: {last_error}")
 
     def append(self, table: str, data: BatchData) -> CommitResult:
@@ -201,9 +209,14 @@ class LakeWriter:
     def _table(self, table: str, refresh: bool = False) -> DeltaTable:
         dt = self._tables.get(table)
         if dt is not None:
-            if refresh:
+            if not refresh:
+                return dt
+            try:
                 dt.update_incremental()
-            return dt
+                return dt
+            except DeltaError as err:  # the commits it would replay were cleaned up
+                if not _log_cleaned_up(err):
+                    raise
         dt = open_table(self.location, table)
         if dt is None:
             dt = _create(self.location, spec(table))
@@ -273,6 +286,14 @@ class LakeWriter:
         if reloaded is not None:
             self._tables[table] = reloaded
             self._loaded_at[table] = reloaded.version()
+
+
+def _log_cleaned_up(err: Exception) -> bool:
+    """A commit file this table object still needed is gone: another writer's expired-log
+    clean-up (``LOG_RETENTION``) removed it after a newer checkpoint."""
+    text = str(err)
+    return "_delta_log" in text and ("not found" in text.lower()
+                                     or "no such file" in text.lower())
 
 
 def _set_properties(dt: DeltaTable, table: str) -> None:

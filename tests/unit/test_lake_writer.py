@@ -209,3 +209,31 @@ def test_the_writer_checkpoints_often_and_keeps_committing(lake_dir: Path) -> No
     dt = DeltaTable(str(lake_dir / "v1" / "net"))
     assert dt.version() == 8 and dt.transaction_version("agentA") == 8
     assert dt.to_pyarrow_table().num_rows == 8
+
+
+def test_a_writer_whose_commits_were_cleaned_up_by_another_reloads_and_lands(
+        lake_dir: Path) -> None:
+    """GIVEN writer A that last saw a table at version 1, and writer B that has since
+    committed, checkpointed and had the commit files before its checkpoint cleaned up
+    (another agent's log clean-up, past the 2-minute retention: A writes this table only
+    rarely) WHEN A appends THEN it reloads from the checkpoint and its batch lands once
+    (three agents on one lake failed 2-7 commits in 5 minutes with "_delta_log/... not
+    found" before)."""
+    a, b = _writer(lake_dir, writer_id="a"), _writer(lake_dir, writer_id="b")
+    b.checkpoint_every = 3
+    a.append("mem", pa.table({"ts_ns": [T0]}))
+    for i in range(8):
+        b.append("mem", pa.table({"ts_ns": [T0 + 1 + i]}))
+    log_dir = lake_dir / "v1" / "mem" / "_delta_log"
+    newest = max(int(p.name.split(".")[0]) for p in log_dir.glob("*.checkpoint.parquet"))
+    cleaned = [p for p in log_dir.glob("*.json") if int(p.name.split(".")[0]) <= newest]
+    for p in cleaned:  # what expired-log clean-up removes
+        p.unlink()
+    assert cleaned
+    result = a.append("mem", pa.table({"ts_ns": [T0 + 100]}))
+    assert not result.duplicate and result.rows == 1
+    again = a.append("mem", pa.table({"ts_ns": [T0 + 101]}))
+    assert again.rows == 1
+    dt = DeltaTable(str(lake_dir / "v1" / "mem"))
+    assert dt.to_pyarrow_table().num_rows == 11
+    assert dt.transaction_version("a") == 3
