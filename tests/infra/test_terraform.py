@@ -92,7 +92,10 @@ def test_roles_trust_irsa_service_accounts_and_plain_principals() -> None:
 
 def test_bucket_is_versioned_kms_encrypted_tls_only_and_never_expires_a_delta_log() -> None:
     tf = parse()
-    res = lambda t: blocks(tf, "resource", t)  # noqa: E731
+
+    def res(type_: str) -> dict[str, Any]:
+        return blocks(tf, "resource", type_)
+
     assert res("aws_s3_bucket_versioning")["lake"]["versioning_configuration"][0][
         "status"] == "Enabled"
     sse = res("aws_s3_bucket_server_side_encryption_configuration")["lake"]["rule"][0]
