@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gc
 import json
 import sys
 import threading
@@ -108,10 +109,14 @@ def run_cancellable(location: LakeLocation, sql: str, max_rows: int | None) -> Q
         # aborts the interpreter's shutdown (SIGABRT, "exception not rethrown")
         while worker.is_alive():
             worker.join(0.2)
+        # the interrupted statement's reader lives on in the error's traceback: drop it
+        # before closing, or DuckDB tears it down at exit and aborts the same way
+        outcome.clear()
+        gc.collect()
         raise CommandError("interrupted: the statement was cancelled", 130) from None
     finally:
         if not worker.is_alive():
-            with contextlib.suppress(duckdb.Error):  # an interrupted reader may hold it
+            with contextlib.suppress(duckdb.Error):  # a reader still open may hold it
                 con.close()
     error = outcome.get("error")
     if isinstance(error, duckdb.Error):
