@@ -340,7 +340,8 @@ def main() -> None:
         con = lake.connect(location, ["spans"])
         late = con.execute(
             "SELECT json_extract_string(attributes, '$.\"payment.id\"'), start_ns FROM spans "
-            "WHERE name = 'POST /payments' AND dur_ns > 100000000 ORDER BY hash(span_id) "
+            "WHERE name = 'POST /payments' AND dur_ns > 100000000 "
+            f"AND start_ns < {T0 + args.windows * 60 * NS} ORDER BY hash(span_id) "
             "LIMIT 20").fetchall()
         everywhere, named = [], []
         lines = 0
