@@ -4,7 +4,8 @@
 #   1. the kprobe wheel (setup.py compiles the BPF objects into it) and its dependencies as
 #      wheels (build/image/wheelhouse, kept between builds: pip only fetches what is new);
 #   2. the root filesystem by mmdebstrap from Debian bookworm: python3, libbpf1, bubblewrap,
-#      ca-certificates; a virtualenv /opt/kprobe with kprobe[$EXTRAS] from those wheels only;
+#      ca-certificates; a virtualenv /opt/kprobe with kprobe[$EXTRAS] from those wheels only
+#      (default api,ray: the API hands replays to the chart's replay runner, a Ray head);
 #      the built console at /opt/kprobe/console; no apt, no docs, no package lists;
 #   3. infra/image/oci.py writes the tree as an OCI archive, build/image/kprobe-VERSION.oci.tar
 #      (one layer; entrypoint kprobe; user kprobe 10001 for the API and jobs, the agent's pod
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=build/image
-EXTRAS=${EXTRAS:-api}
+EXTRAS=${EXTRAS:-api,ray}
 SUITE=bookworm
 PY=${PY:-.venv/bin/python}
 VERSION=$($PY -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')

@@ -116,12 +116,14 @@ def test_doctor_loads_the_bpf_objects_built_into_the_image(
     assert len(sources) >= 6  # the sources travel with the objects
 
 
-def test_agent_and_api_import_and_the_console_is_in_the_image(
+def test_agent_api_and_ray_import_and_the_console_is_in_the_image(
         image: tuple[dict[str, Any], Path]) -> None:
     config, root = image
-    probe = "import capture_agent.agent, kprobe.commands.record, query_api.app"
+    probe = "import capture_agent.agent, kprobe.commands.record, query_api.app, ray"
     result = in_image(root, config, "/opt/kprobe/bin/python", "-c", probe)
     assert result.returncode == 0, result.stderr
+    # the chart's replay runner runs this (a Ray head the API hands replays to)
+    assert (root / "opt/kprobe/bin/ray").is_file()
     env = dict(item.split("=", 1) for item in config["config"]["Env"])
     assert (root / env["KPROBE_API_CONSOLE_DIR"].lstrip("/") / "index.html").is_file()
     # nothing the image does not need: no apt, no compiler
