@@ -50,9 +50,10 @@ console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
 	@touch $@
 
 ## test: the whole suite (root needed for the kernel tests); any pytest failure, including
-## exit 5 (no tests collected), fails the target. In CI (CI=true) the image is built first for
-## tests/infra/test_image.py; elsewhere `make image` builds it when wanted (it takes minutes).
-test: setup $(if $(CI),image)
+## exit 5 (no tests collected), fails the target. In CI (CI=true, or KPROBE_CI=1 as .ci/run
+## sets) the image is built first for tests/infra/test_image.py; elsewhere `make image` builds
+## it when wanted (it takes minutes).
+test: setup $(if $(or $(CI),$(KPROBE_CI)),image)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## vmtest: the kernel matrix: Debian's 6.1 and 6.12 cloud kernels in QEMU guests that see this

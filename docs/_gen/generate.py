@@ -72,7 +72,7 @@ def cli_reference() -> str:
 
 def _schema_name(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
     if "anyOf" in schema:
         return " or ".join(_schema_name(s) for s in schema["anyOf"])
     if schema.get("type") == "array":

@@ -38,7 +38,7 @@ README = REPO / "README.md"
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 PAYMENT = "98721"  # the synthetic scenario's payment
 PLACEHOLDER_IDS = {"PAY-0001-00042", "PAY-848477-00013", "PAY-846582-00013", "PAY-1", "ID",
-                   "R-17"}
+                   "R-17", "PAY-waits-sem-30051-0007"}
 
 
 # -- the README's commands --------------------------------------------------------------------
@@ -152,9 +152,9 @@ def _substitute(argv: list[str], w: World) -> list[str]:
             arg = PAYMENT
         elif arg in ("L",) and previous == "--lake":
             arg = str(w.recorded)
-        elif arg in ("T", "t.json") and previous == "--tokens-file":
+        elif arg in ("T", "t.json", "tokens.json") and previous == "--tokens-file":
             arg = str(w.tokens)
-        elif arg == "4721@node-a":
+        elif arg == "4721@node-a" or previous == "--process":
             arg = w.process
         elif previous == "--duration" or previous == "--fuzz":
             arg = "2"
@@ -215,6 +215,9 @@ def _read(lake: str) -> Runner:
                 argv += [f"--from={WINDOW_START}ns", f"--to={WINDOW_END}ns"]
             elif "--window" not in argv:
                 argv += ["--window", "5m"]
+        if "--follow" in argv:  # runs until stopped: a few polls, then SIGTERM
+            _follow(argv, path)
+            return
         proc = kprobe(*argv, env={"KPROBE_LAKE": str(path)})
         if argv[0] == "explain":
             assert "root cause: memory pressure" in proc.stdout, proc.stdout
@@ -225,6 +228,22 @@ def _read(lake: str) -> Runner:
         if "-o" in argv:
             assert Path(argv[argv.index("-o") + 1]).stat().st_size > 0
     return runner
+
+
+def _follow(argv: list[str], lake: Path) -> None:
+    """``kprobe analyze --follow``: it starts, serves its metrics and stops cleanly on
+    SIGTERM (its own tests are tests/integration/test_analyze_follow.py)."""
+    if "--metrics-port" in argv:
+        argv[argv.index("--metrics-port") + 1] = str(free_port())
+    follower = subprocess.Popen([*KPROBE, *argv], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "KPROBE_LAKE": str(lake)})
+    try:
+        follower.wait(timeout=deadline_s(5))
+    except subprocess.TimeoutExpired:  # still following, as it should
+        follower.send_signal(signal.SIGTERM)
+    _, err = follower.communicate(timeout=deadline_s(60))
+    assert follower.returncode == 0 and "Traceback" not in err, err[-2000:]
 
 
 def _replay(argv: list[str], w: World) -> None:
@@ -311,7 +330,7 @@ def _otlp(argv: list[str], w: World) -> None:
 
 
 def _lake(argv: list[str], w: World) -> None:
-    copy = w.tmp / f"lake-copy-{len(w.ran)}"  # retain and compact change the lake
+    copy = w.tmp / f"lake-copy-{time.monotonic_ns()}"  # retain and compact change the lake
     shutil.copytree(w.recorded, copy)
     proc = kprobe(*_substitute(argv, w), env={"KPROBE_LAKE": str(copy)})
     assert proc.stdout.strip()
