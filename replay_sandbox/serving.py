@@ -454,9 +454,20 @@ class IoServing(TimeServing):
                     P.set_regs(task.tid, regs)
                 return
             self.stats["maps_elsewhere"] += 1
-            if placed and got == -errno_mod.EEXIST:  # taken: as the program asked
-                self._inject(task, [(spec.nr, args)], lambda t, r: self._mapped_elsewhere(
-                    t, row, P.to_signed(r.rax)))
+            if placed and got == -errno_mod.EEXIST:  # taken: again, as the program asked,
+                # and the program gets that call's result (and its own arguments back)
+                call = P.UserRegs.from_buffer_copy(regs)
+                call.rip = regs.rip - 2  # the 2-byte syscall instruction just executed
+                call.rax = call.orig_rax = spec.nr
+                call.set_syscall_args(args)
+                P.set_regs(task.tid, call)
+                task.injecting = True
+
+                def again(task: Task, regs: P.UserRegs) -> None:
+                    task.injecting = False
+                    self._mapped_elsewhere(task, row, P.to_signed(regs.rax))
+
+                task.at_exit = again
                 return
             self._mapped_elsewhere(task, row, got)
 

@@ -110,7 +110,9 @@ def test_the_issues_cmd_attack_through_the_api_writes_nothing(server: Server,
     # WHEN a replay token posts it THEN the replay ran and the host file was not written
     _, report = launch(server, {"cmd": cmd, "timeout_s": 20})
     assert report["mode"] == "whatif" and report["process"]["argv"][0] == "/bin/sh", report
-    assert report["exit_code"] != 0, report  # mount failed, so cp never ran
+    # mount failed, so cp never ran (126/127: the shell itself did not run, a test that
+    # proved nothing: an mmap placement bug once made every what-if cmd exit 127)
+    assert report["exit_code"] not in (0, 126, 127), report  # util-linux mount: 32
     assert_cleaned_up(report)
 
 
