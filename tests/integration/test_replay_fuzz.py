@@ -88,7 +88,9 @@ def _fuzz(lake_dir: Path, process: str, capsys: pytest.CaptureFixture[str], *ext
           ) -> tuple[int, dict[str, Any]]:
     code = main(["replay", "--lake", str(lake_dir), "--process", process, "--format", "json",
                  *extra])
-    return code, json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.out.strip(), f"kprobe replay exit {code}, no report: {captured.err[-2000:]}"
+    return code, json.loads(captured.out)
 
 
 def test_fuzz_finds_the_reply_that_arrived_close_to_its_timeout(
