@@ -119,121 +119,6 @@ static __always_inline __u8 task_state_code(bool preempt, __u32 state, __u32 exi
 	return TASK_STATE_R;
 }
 
-/*
- * Wakeups done by a timer callback or a device's interrupt handler: the current task is
- * whoever the interrupt happened to land on, not the waker. A poll or sleep timeout (an
- * hrtimer) fires while a CPU hog runs there; naming the hog would send the causal engine
- * down a false chain. Such wakeups are recorded as the kernel's (tid 0, comm "[irq]"), as
- * a wakeup from the idle task already is. Softirq work (network receive) stays on the
- * current task: on loopback it runs in the sender's own context.
- *
- * The kernel's preempt_count would say "hard IRQ" directly, but reading it needs the
- * per-CPU symbol's address from kallsyms, which kernels without CONFIG_KALLSYMS_ALL do not
- * give (seen on this project's 6.18 VM). Instead, a per-CPU depth counts the timer and IRQ
- * handlers running on this CPU, from their own tracepoints (a few thousand a second).
- */
-struct handler_depth {
-	__u64 entered_ns; /* the outermost handler's entry */
-	__u32 depth;
-	__u32 __pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct handler_depth);
-} handler_depth SEC(".maps");
-
-/* A handler runs for microseconds; a depth older than this missed its exit (an entry
- * traced just before its exit program was attached) and is forgotten. */
-#define HANDLER_STALE_NS 10000000ULL
-
-static __always_inline void handler_enter(void)
-{
-	__u32 zero = 0;
-	struct handler_depth *h = bpf_map_lookup_elem(&handler_depth, &zero);
-	__u64 now = bpf_ktime_get_ns();
-
-	if (!h)
-		return;
-	if (!h->depth || now - h->entered_ns > HANDLER_STALE_NS) {
-		h->entered_ns = now;
-		h->depth = 0;
-	}
-	h->depth += 1;
-}
-
-static __always_inline void handler_exit(void)
-{
-	__u32 zero = 0;
-	struct handler_depth *h = bpf_map_lookup_elem(&handler_depth, &zero);
-
-	if (h && h->depth) /* attached mid-handler: its exit is not counted */
-		h->depth -= 1;
-}
-
-static __always_inline bool in_handler(void)
-{
-	__u32 zero = 0;
-	struct handler_depth *h = bpf_map_lookup_elem(&handler_depth, &zero);
-
-	return h && h->depth && bpf_ktime_get_ns() - h->entered_ns <= HANDLER_STALE_NS;
-}
-
-SEC("tp_btf/hrtimer_expire_entry")
-int BPF_PROG(on_hrtimer_expire_entry)
-{
-	handler_enter();
-	return 0;
-}
-
-SEC("tp_btf/hrtimer_expire_exit")
-int BPF_PROG(on_hrtimer_expire_exit)
-{
-	handler_exit();
-	return 0;
-}
-
-SEC("tp_btf/timer_expire_entry")
-int BPF_PROG(on_timer_expire_entry)
-{
-	handler_enter();
-	return 0;
-}
-
-SEC("tp_btf/timer_expire_exit")
-int BPF_PROG(on_timer_expire_exit)
-{
-	handler_exit();
-	return 0;
-}
-
-SEC("tp_btf/irq_handler_entry")
-int BPF_PROG(on_irq_handler_entry)
-{
-	handler_enter();
-	return 0;
-}
-
-SEC("tp_btf/irq_handler_exit")
-int BPF_PROG(on_irq_handler_exit)
-{
-	handler_exit();
-	return 0;
-}
-
-/* The waker of a wakeup happening now: the current task, or the kernel's in hard IRQ. */
-static __always_inline __u64 waker_ids(char comm[TASK_COMM_LEN])
-{
-	if (in_handler()) {
-		__builtin_memcpy(comm, "[irq]\0\0\0\0\0\0\0\0\0\0", TASK_COMM_LEN);
-		return 0;
-	}
-	bpf_get_current_comm(comm, TASK_COMM_LEN);
-	return bpf_get_current_pid_tgid();
-}
-
 static __always_inline bool sched_in_scope(__u32 tgid_a, __u32 tgid_b)
 {
 	if (!sched_targets_only)
@@ -244,20 +129,20 @@ static __always_inline bool sched_in_scope(__u32 tgid_a, __u32 tgid_b)
 /* One sched_event for a wakeup-type tracepoint: waker = current, wakee = task. */
 static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __u64 now)
 {
+	__u64 current_ids = bpf_get_current_pid_tgid();
 	__u32 wakee_tgid = BPF_CORE_READ(task, tgid);
 	struct sched_event *ev;
-	__u64 current_ids;
 
-	if (!sched_in_scope(bpf_get_current_pid_tgid() >> 32, wakee_tgid))
+	if (!sched_in_scope(current_ids >> 32, wakee_tgid))
 		return;
 	ev = EVENT_RESERVE_AT(&sched_events, struct sched_event, kind, SCHED_LAYOUT_VERSION, now);
 	if (!ev)
 		return;
-	current_ids = waker_ids(ev->prev_comm);
 	ev->prev_pid = current_ids >> 32;
 	ev->prev_tid = (__u32)current_ids;
 	ev->next_pid = wakee_tgid;
 	ev->next_tid = BPF_CORE_READ(task, pid);
+	bpf_get_current_comm(ev->prev_comm, sizeof(ev->prev_comm));
 	BPF_CORE_READ_INTO(&ev->next_comm, task, comm);
 	ev->target_cpu = BPF_CORE_READ(task, thread_info.cpu);
 	ev->prev_state = 0;
@@ -382,11 +267,12 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 
 	/* First waker wins (a second waking of a runnable task does not fire anyway). */
 	if (start && !(start->flags & OFFCPU_FLAG_WAKER)) {
-		__u64 current_ids = waker_ids(start->waker_comm);
+		__u64 current_ids = bpf_get_current_pid_tgid();
 
 		start->waking_ns = now;
 		start->waker_pid = current_ids >> 32;
 		start->waker_tid = (__u32)current_ids;
+		bpf_get_current_comm(start->waker_comm, sizeof(start->waker_comm));
 		start->flags |= OFFCPU_FLAG_WAKER;
 	}
 	if (record_waking)
