@@ -44,7 +44,6 @@ TESTS: tuple[str, ...] = (
     f"{_I}test_bpf_sched.py::test_drain_across_wrap_around_yields_whole_records",
     f"{_I}test_bpf_sched.py::test_the_reader_sleeps_while_quiet_and_wakes_when_the_ring_fills",
     f"{_I}test_bpf_sched.py::test_sensors_can_share_one_targets_map",
-    f"{_I}test_bpf_sched.py::test_a_timer_wakeup_is_the_kernels_not_the_task_it_interrupted",
     f"{_I}test_bpf_kstacks.py",
     f"{_I}test_bpf_syscalls.py",
     f"{_I}test_bpf_net.py",
