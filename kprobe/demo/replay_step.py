@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lake.storage import LakeLocation
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.lake_source import load
 from replay_sandbox.report import ReplayReport
+from replay_sandbox.request import ReplayRequest
+from replay_sandbox.worker import execute
 
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
 WHATIF_TIMEOUT_MS = 1500
@@ -60,21 +60,20 @@ def answer_for(report: ReplayReport, payment_id: str) -> tuple[int | None, str |
 def run_replays(location: LakeLocation, node: str, gateway_pid: int, payment_id: str,
                 span_end_ns: int, timeout_arg_index: int,
                 whatif_timeout_ms: int = WHATIF_TIMEOUT_MS) -> list[ReplayOutcome]:
-    """Exact replay, then the what-if with argv[timeout_arg_index] = whatif_timeout_ms."""
-    recording = load(location, gateway_pid, node, to_ns=span_end_ns + AFTER_SPAN_NS)
-    argv = list(recording.process.argv)
-    if not 0 < timeout_arg_index < len(argv):
-        raise ValueError(f"argv has {len(argv)} arguments; no index {timeout_arg_index}")
-    changed = list(argv)
-    changed[timeout_arg_index] = str(whatif_timeout_ms)
+    """Exact replay, then the what-if with argv[timeout_arg_index] = whatif_timeout_ms:
+    typed replay requests run by the replay worker's own code, as the CLI and the API do."""
     outcomes = []
-    for mode, options in (("exact", ReplayOptions(mode="exact")),
-                          ("whatif", ReplayOptions(mode="whatif", argv=changed))):
+    for mode, set_args in (("exact", ()),
+                           ("whatif", ((timeout_arg_index, str(whatif_timeout_ms)),))):
+        request = ReplayRequest(pid=gateway_pid, node=node, to_ns=span_end_ns + AFTER_SPAN_NS,
+                                mode="exact" if mode == "exact" else "whatif",
+                                set_args=set_args)
         started = time.monotonic()
-        report = replay(recording, options)
+        report = execute(request, location).report
+        assert isinstance(report, ReplayReport)  # a replay, not a fuzz campaign
         http_status, answer = answer_for(report, payment_id)
         outcomes.append(ReplayOutcome(
-            mode=mode, argv=options.argv if options.argv is not None else argv,
+            mode=mode, argv=[str(a) for a in report.process.get("argv") or []],
             status=report.status, http_status=http_status, answer=answer,
             outputs_match=report.outputs_match,
             wall_s=round(time.monotonic() - started, 3),
