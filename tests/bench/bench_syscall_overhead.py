@@ -13,7 +13,8 @@ every other process on the node pays) and once targeted (fully captured):
 
 and a read(/dev/zero, 64) loop targeted with payloads on (the cost of copying one small
 payload). Each figure is the median over ``repeat`` runs of the best of 5 rounds; runs
-of all configurations are interleaved because CPU speed drifts here (ARCHITECTURE.md, Measured facts).
+of all configurations are interleaved because CPU speed drifts here (ARCHITECTURE.md,
+Measured facts).
 """
 
 from __future__ import annotations

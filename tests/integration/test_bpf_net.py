@@ -3,7 +3,8 @@
 Root only. tests/programs/tcp_peer.c: a server and a client process exchange REQ bytes
 one way and RESP bytes back over one connection. Retransmits are provoked with an
 iptables rule that drops a share of the packets *arriving* on lo for the test's port
-(ARCHITECTURE.md, Measured facts: DROP on INPUT gives real losses; on OUTPUT the send just fails locally).
+(ARCHITECTURE.md, Measured facts: DROP on INPUT gives real losses; on OUTPUT the send just
+fails locally).
 """
 
 from __future__ import annotations
