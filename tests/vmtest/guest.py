@@ -34,9 +34,10 @@ KPROBE = (PYTHON, "-P", "-m", "kprobe")
 # Each probe family, payloads on, in what fits the matrix's time under software emulation
 # (~20x slower than this host): the verifier budget of every family, sched with off-CPU
 # stacks and the ring's drain, syscalls with payloads, net (incl. retransmits), block, mem
-# (memcg reclaim, faults, OOM), process, the clock uprobes, and the agent recording payloads into a lake. Left out: tests of
-# user-space logic no kernel changes (layouts vs the object's BTF, the CLI's error paths,
-# the OTLP receiver), and the full-ring test (a minute under emulation).
+# (memcg reclaim, faults, OOM), process, the clock uprobes, and the agent recording payloads
+# into a lake. Left out: tests of user-space logic no kernel changes (layouts vs the
+# object's BTF, the CLI's error paths, the OTLP receiver), and the full-ring test (a minute
+# under emulation).
 _I = "tests/integration/"
 TESTS: tuple[str, ...] = (
     f"{_I}test_bpf_sched.py::test_offcpu_interval_of_the_blocked_thread_names_its_waker",
