@@ -15,7 +15,8 @@ How a version is read: by the path the kernel resolved when the file was opened 
 rows), through the process's root while it lives (``/proc/PID/root``: a container's files),
 or else through the reader's descriptor (``/proc/PID/fd/N``) while it is open. The file
 must still be that version: its identity is checked on the opened descriptor before and
-after reading it (``fstat``: device, inode, size, mtime and ctime), so a file changed,
+after reading it (``fstat``: device, inode, size, mtime and ctime; all but the device on an
+overlay, whose ``stat`` names the device of the layer holding the file), so a file changed,
 replaced or deleted meanwhile is never stored under the old identity; those reads are
 counted (table ``lost``, source ``blobs``, by reason) and their rows keep ``blob`` "" with
 ``truncated`` set, so a replay names the call. A file changed moments before the read (a
@@ -107,9 +108,13 @@ class Version:
     def st_dev(self) -> int:
         return os.makedev(self.dev >> 20, self.dev & 0xFFFFF)
 
-    def matches(self, st: os.stat_result) -> bool:
-        return (st.st_dev == self.st_dev and st.st_ino == self.ino and st.st_size == self.size
-                and st.st_mtime_ns == self.mtime_ns and st.st_ctime_ns == self.ctime_ns)
+    def matches(self, st: os.stat_result, stacked: bool = False) -> bool:
+        """``st`` is this version. ``stacked``: the kernel's device is an overlay's, whose
+        ``stat`` reports the device of the layer that holds the file instead (the inode
+        number, size and times are the file's in both): the device is not compared."""
+        return ((stacked or st.st_dev == self.st_dev) and st.st_ino == self.ino
+                and st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+                and st.st_ctime_ns == self.ctime_ns)
 
 
 class FileStore:
@@ -214,7 +219,7 @@ class FileStore:
             return (known, None) if known is not None else ("", why)
         try:
             content = _read_range(opened, 0, version.size)
-            if content is None or not _still(opened, version):
+            if content is None or not _still(opened, version, where[1]):
                 return (known, None) if known is not None else ("", CHANGED)
         finally:
             os.close(opened)
@@ -235,7 +240,7 @@ class FileStore:
         try:
             contents = [_read_range(opened, int(p), int(n)) for p, n in zip(starts, lengths,
                                                                               strict=True)]
-            if not _still(opened, version):
+            if not _still(opened, version, where[1]):
                 return CHANGED
         finally:
             os.close(opened)
@@ -409,6 +414,7 @@ def _open_version(version: Version, path: bytes | None, pid: int, fd: int
         candidates.append(path)
     candidates.append(f"/proc/{pid}/fd/{fd}".encode())
     why = GONE
+    stacked = _stacked(version.dev, pid)
     for candidate in candidates:
         try:
             opened = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | _O_NOATIME)
@@ -426,9 +432,9 @@ def _open_version(version: Version, path: bytes | None, pid: int, fd: int
         except OSError:
             os.close(opened)
             continue
-        if stat.S_ISREG(st.st_mode) and version.matches(st):
+        if stat.S_ISREG(st.st_mode) and version.matches(st, stacked):
             return opened, None
-        if st.st_dev == version.st_dev and st.st_ino == version.ino:
+        if (stacked or st.st_dev == version.st_dev) and st.st_ino == version.ino:
             why = CHANGED  # the same file, another version by now
         os.close(opened)
     return None, why
@@ -451,12 +457,42 @@ def _read_range(fd: int, start: int, length: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _still(fd: int, version: Version) -> bool:
+def _still(fd: int, version: Version, pid: int) -> bool:
     """The file did not change while it was read."""
     try:
-        return version.matches(os.fstat(fd))
+        return version.matches(os.fstat(fd), _stacked(version.dev, pid))
     except OSError:
         return False
+
+
+# File systems whose files ``stat`` with another device than their superblock's (the one the
+# kernel records): overlayfs reports the device of the layer holding the file. Every
+# container's root is one, as is the kprobe vmtest guests' root.
+_STACKED_TYPES = frozenset({"overlay"})
+
+
+def _stacked(dev: int, pid: int) -> bool:
+    """The kernel device ``dev`` (major << 20 | minor) is a stacked file system's superblock,
+    as the reader's mount namespace shows it (``/proc/PID/mountinfo``; the agent's own when
+    the reader is gone). Read once per file version and flush, not per read."""
+    wanted = f"{dev >> 20}:{dev & 0xFFFFF}".encode()
+    for source in (f"/proc/{pid}/mountinfo", "/proc/self/mountinfo"):
+        try:
+            with open(source, "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            fields = line.split(b" ")
+            if len(fields) < 3 or fields[2] != wanted:
+                continue
+            try:  # "... - FSTYPE SOURCE OPTIONS" after the optional fields
+                fstype = fields[fields.index(b"-") + 1].decode(errors="replace")
+            except (ValueError, IndexError):
+                return False
+            return fstype in _STACKED_TYPES
+        return False
+    return False
 
 
 __all__ = ["CHANGED", "GONE", "TOO_BIG", "FileStore", "FileStoreConfig", "FileStoreStats",

@@ -15,6 +15,7 @@ tools (jq, gawk, sort), openssl and git.
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import sqlite3
 import subprocess
@@ -208,3 +209,64 @@ def test_a_cut_payload_is_named_with_how_to_record_it_whole(
     code, report = replay(whole.lake, pid_of(whole.lake, url))
     assert code == 0 and report["outputs_match"], report
     assert not [n for n in report["notes"] if "bytes it read" in n]
+
+
+@pytest.fixture
+def overlay(inputs: Path, tmp_path: Path) -> Iterator[Path]:
+    """An overlay mount as a container's root is one: a layer on this file system with the
+    ledger and a copy of a shared library, under an empty layer on a tmpfs (layers on two
+    file systems: ``stat`` then names the device of the layer holding a file, the kernel the
+    overlay's own)."""
+    require_root()
+    require_binary("mount")
+    lower, top, merged = tmp_path / "lower", tmp_path / "top", tmp_path / "merged"
+    for d in (lower, top, merged):
+        d.mkdir()
+    (lower / "ledger.csv").write_bytes((inputs / "ledger.csv").read_bytes())
+    library = Path("/lib/x86_64-linux-gnu/libz.so.1").resolve()
+    (lower / "libz.so.1").write_bytes(library.read_bytes())
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(top)], check=True)
+    try:
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={top}:{lower}", str(merged)], check=True)
+        try:
+            yield merged
+        finally:
+            subprocess.run(["umount", str(merged)], check=False)
+    finally:
+        subprocess.run(["umount", str(top)], check=False)
+
+
+def _superblock_device(path: Path) -> str:
+    """major:minor of the mount at ``path``, from mountinfo (its superblock's device)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(path):
+            return fields[2]
+    raise AssertionError(f"{path} is not a mount point")
+
+
+def test_reads_through_an_overlay_are_stored_and_replayed(overlay: Path, tmp_path: Path
+                                                          ) -> None:
+    """The dynamic loader reads a library's ELF header and Python reads the 165 KB ledger,
+    both through an overlay (as in every container, and the matrix guests' root): each
+    version is stored (nothing lost) and the exact replay follows the recording to the end.
+    (Before the agent knew overlays, both reads were lost as 'file_gone' and the replay
+    diverged at the library's close.)"""
+    st = (overlay / "ledger.csv").stat()
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    assert device != _superblock_device(overlay), "the premise: stat names another device"
+    code = ("import ctypes, hashlib, sys; ctypes.CDLL(sys.argv[2]); "
+            "print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())")
+    recorded = record(tmp_path, "/usr/bin/python3", "-c", code, str(overlay / "ledger.csv"),
+                      str(overlay / "libz.so.1"))
+    assert recorded.run.returncode == 0, recorded.run.stderr
+    con = connect(resolve(LakeSettings(lake=str(recorded.lake))))
+    assert con.execute("SELECT coalesce(sum(count), 0) FROM lost WHERE source = 'blobs'"
+                       ).fetchone() == (0,)
+    size = (overlay / "ledger.csv").stat().st_size
+    assert con.execute("SELECT count(*) FROM blobs WHERE size = ?", [size]).fetchone() == (1,)
+    code_, report = replay(recorded.lake, pid_of(recorded.lake, code))
+    assert code_ == 0 and report["status"] == "completed" and report["outputs_match"], report
+    assert stdout_of(report) == quoted(recorded.stdout), report
+    assert not [n for n in report["notes"] if "bytes it read" in n], report["notes"]
