@@ -45,8 +45,8 @@ def test_memory_pressure_from_a_colocated_allocator(tmp_path: Path) -> None:
     without the batch job)
     THEN the slow ones are explained by memory pressure driven by the batch job's pid."""
     require_root()
-    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB) as cg, \
-            TestCgroup(memory_limit=256 * MB) as other, cpu_cgroup() as cpu, \
+    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB, swap=True) as cg, \
+            TestCgroup(memory_limit=256 * MB, swap=True) as other, cpu_cgroup() as cpu, \
             culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
                     "--cgroup", str(cpu)) as batch, \
             culprit("allocator", "--mb", "384", "--cgroup", str(other.path),

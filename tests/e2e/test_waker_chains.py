@@ -61,8 +61,8 @@ def test_unnamed_wait_followed_into_the_workers_memory_pressure(tmp_path: Path,
     THEN each late one is explained by memory pressure driven by the batch job's pid, found
     through the wait for the worker (the payment's own thread only waited)."""
     require_root()
-    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB) as cg, \
-            TestCgroup(memory_limit=256 * MB) as other, cpu_cgroup() as cpu, \
+    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB, swap=True) as cg, \
+            TestCgroup(memory_limit=256 * MB, swap=True) as other, cpu_cgroup() as cpu, \
             culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
                     "--cgroup", str(cpu)) as batch, \
             culprit("allocator", "--mb", "384", "--cgroup", str(other.path),
@@ -90,8 +90,8 @@ def test_redis_memory_pressure_inside_the_server(tmp_path: Path) -> None:
     the payment spans were mapped as the process's only thread, the redis calls by
     socket."""
     require_root()
-    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB) as cg, \
-            TestCgroup(memory_limit=256 * MB) as other, cpu_cgroup() as cpu, \
+    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB, swap=True) as cg, \
+            TestCgroup(memory_limit=256 * MB, swap=True) as other, cpu_cgroup() as cpu, \
             redis_server([cg.path, cpu]) as redis, \
             culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
                     "--cgroup", str(cpu)) as batch, \
@@ -190,7 +190,8 @@ def test_two_concurrent_faults_are_both_reported_ranked_by_delay(tmp_path: Path)
     measured wait for a CPU was that large; and it also reports the other culprit when
     its fault was material (>= 10 ms)."""
     require_root()
-    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB) as cg, cpu_cgroup() as cpu, \
+    with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB, swap=True) as cg, \
+            cpu_cgroup() as cpu, \
             culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
                     "--cgroup", str(cpu)) as batch, \
             culprit("hog", "--threads", "3", "--cpu", "1", "--cgroup", str(cpu)) as hog:
