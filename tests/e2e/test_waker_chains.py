@@ -85,6 +85,8 @@ def test_redis_memory_pressure_inside_the_server(tmp_path: Path) -> None:
     cycles more than the limit; a bigger allocator in another cgroup (decoy); a payment
     client that stores a 16 MiB settlement batch per payment, single-threaded, whose spans
     carry no thread.id
+    (redis and the client on CPU 0, the allocators on CPU 1: a memory fault without a CPU
+    one; sharing CPUs, the batch job's run-queue waits on redis outgrew its reclaim)
     WHEN payments run (deadline 80 ms)
     THEN the late ones are explained by memory pressure in redis, driven by the batch job;
     the payment spans were mapped as the process's only thread, the redis calls by
@@ -92,13 +94,13 @@ def test_redis_memory_pressure_inside_the_server(tmp_path: Path) -> None:
     require_root()
     with zram_swap(1 << 30), TestCgroup(memory_limit=192 * MB, swap=True) as cg, \
             TestCgroup(memory_limit=256 * MB, swap=True) as other, cpu_cgroup() as cpu, \
-            redis_server([cg.path, cpu]) as redis, \
+            redis_server([cg.path, cpu], cpu=0) as redis, \
             culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
-                    "--cgroup", str(cpu)) as batch, \
+                    "--cgroup", str(cpu), "--cpu", "1") as batch, \
             culprit("allocator", "--mb", "384", "--cgroup", str(other.path),
-                    "--cgroup", str(cpu)) as decoy:
+                    "--cgroup", str(cpu), "--cpu", "1") as decoy:
         run = record(tmp_path, "thirdparty", "--server", "redis", "--port", str(redis.port),
-                     "--cgroup", str(cpu), "--ops", "12", "--deadline-ms", "80",
+                     "--cgroup", str(cpu), "--cpu", "0", "--ops", "12", "--deadline-ms", "80",
                      "--interval-ms", "300", "--value-mb", "16")
         verdicts: list[Verdict] = []
         with run.kept_on_failure(verdicts):

@@ -29,13 +29,16 @@ def _ready(tids: list[int]) -> None:
     print("ready", os.getpid(), *tids, flush=True)
 
 
-def allocator(mb: int, cgroups: list[str]) -> None:
+def allocator(mb: int, cgroups: list[str], cpu: int | None = None) -> None:
     """A batch job in the service's memory cgroup cycling ``mb`` MiB of anonymous memory:
     more than the limit, so each pass pushes pages out (to zram swap) and faults them back.
     In the services' CPU cgroup too when given one: on a shared machine a starved batch job
-    allocates less than the service it is meant to squeeze."""
+    allocates less than the service it is meant to squeeze. Pinned to ``cpu`` when given (a
+    memory fault without a CPU one: the service elsewhere)."""
     for cgroup in cgroups:
         Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     pages = np.zeros((mb << 20) // 8, dtype=np.int64)
     stride = PAGE // 8
     pages[::stride] += 1
@@ -156,6 +159,7 @@ def main() -> None:
     a = sub.add_parser("allocator")
     a.add_argument("--mb", type=int, required=True)
     a.add_argument("--cgroup", action="append", default=[])
+    a.add_argument("--cpu", type=int, default=None)
     h = sub.add_parser("hog")
     h.add_argument("--threads", type=int, default=3)
     h.add_argument("--cpu", type=int, default=None)
@@ -180,7 +184,7 @@ def main() -> None:
     elif args.kind == "upstream":
         upstream(args.port, args.cpu, args.work_ms)
     elif args.kind == "allocator":
-        allocator(args.mb, args.cgroup)
+        allocator(args.mb, args.cgroup, args.cpu)
     elif args.kind == "hog":
         hog(args.threads, args.cpu, args.cgroup)
     else:

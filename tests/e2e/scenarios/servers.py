@@ -73,7 +73,9 @@ def join(pid: int, cgroups: list[Path]) -> None:
 
 
 @contextmanager
-def redis_server(cgroups: list[Path] = ()) -> Iterator[Server]:  # type: ignore[assignment]
+def redis_server(cgroups: list[Path] = (),  # type: ignore[assignment]
+                 cpu: int | None = None) -> Iterator[Server]:
+    """redis-server without persistence; every thread of it on ``cpu`` when given."""
     binary = require_binary("redis-server")
     work = Path(tempfile.mkdtemp(prefix="kprobe-e2e-redis-"))
     port = free_port()
@@ -81,7 +83,8 @@ def redis_server(cgroups: list[Path] = ()) -> Iterator[Server]:  # type: ignore[
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
          "no", "--dir", str(work), "--daemonize", "no", "--io-threads", "1",
          "--logfile", str(work / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}))
     try:
         join(proc.pid, list(cgroups))
         _wait_port(proc, port, "redis-server")
