@@ -30,10 +30,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from kprobe.demo import host
 from lake import LakeSettings, LakeWriter, resolve
 from tests import browser
-from tests.support import REPO, free_port, require, require_root
+from tests.support import REPO, free_port, require
 
 SHOTS = REPO / "build" / "console-screenshots"
 REPLAY_TIMEOUT_MS = 600_000  # two replays on a loaded 2-CPU machine: ~15 s each seen
@@ -49,24 +48,17 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """One real run of ``kprobe demo --lake DIR --format json`` for the whole session."""
-    require_root()
-    require(host.zram_support() is None, host.zram_support() or "zram")
-    require(host.memory_cgroup_support() is None, host.memory_cgroup_support() or "memcg")
-    require(host.cpu_controller(8) is not None, "a cgroup cpu controller")
+def demo(demo_run: tuple[dict[str, Any], Path], tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[dict[str, Any], Path]:
+    """The session's one real demo run (conftest), on a copy of its lake: the live-stream
+    test writes spans into it."""
     why = browser.missing()
     require(why is None, why or "")
-    tmp = tmp_path_factory.mktemp("console-demo")
-    lake = tmp / "lake"
-    proc = subprocess.run(
-        [sys.executable, "-m", "kprobe", "demo", "--lake", str(lake), "--format", "json"],
-        cwd=tmp, capture_output=True, text=True, timeout=400, check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
-    assert proc.returncode == 0, f"kprobe demo failed ({proc.returncode}): {proc.stderr[-3000:]}"
-    report: dict[str, Any] = json.loads(proc.stdout)
+    report, lake = demo_run
     assert report["replay"]["exact_fails_as_in_production"], report["replay"]
-    return report, lake
+    copy = tmp_path_factory.mktemp("console-demo") / "lake"
+    shutil.copytree(lake, copy)
+    return report, copy
 
 
 def _serve(lake: Path, tmp: Path, *args: str, env: dict[str, str] | None = None

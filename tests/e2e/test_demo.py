@@ -9,36 +9,20 @@ cgroup was at its limit, and the kernel's own reclaim rows on the settlement thr
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from compute.domain import load_rules
-from kprobe.demo import host
 from lake import LakeSettings, connect, resolve
-from tests.support import require, require_root
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    """One real run of ``python -m kprobe demo --format json`` into a fresh lake."""
-    require_root()
-    require(host.zram_support() is None, host.zram_support() or "zram")
-    require(host.memory_cgroup_support() is None, host.memory_cgroup_support() or "memcg")
-    require(host.cpu_controller(8) is not None, "a cgroup cpu controller")
-    tmp = tmp_path_factory.mktemp("demo")
-    lake = tmp / "lake"
-    proc = subprocess.run(
-        [sys.executable, "-m", "kprobe", "demo", "--lake", str(lake), "--format", "json"],
-        cwd=tmp, capture_output=True, text=True, timeout=300, check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
-    assert proc.returncode == 0, f"kprobe demo failed ({proc.returncode}): {proc.stderr[-3000:]}"
-    return json.loads(proc.stdout), lake
+def demo(demo_run: tuple[dict[str, Any], Path]) -> tuple[dict[str, Any], Path]:
+    """The session's one real run of ``python -m kprobe demo --format json`` (conftest)."""
+    return demo_run
 
 
 def test_the_50000_payment_times_out_at_the_gateway(demo: tuple[dict[str, Any], Path]) -> None:
