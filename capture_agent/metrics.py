@@ -95,9 +95,10 @@ class AgentCollector(Collector):
 
 
 class MetricsServer:
-    """``collector`` on http://host:port/metrics, served by a daemon thread until stop()."""
+    """``collector`` on http://host:port/metrics, served by a daemon thread until stop()
+    (the agent's, and ``kprobe analyze --follow``'s)."""
 
-    def __init__(self, collector: AgentCollector, host: str, port: int) -> None:
+    def __init__(self, collector: Collector, host: str, port: int) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(collector)
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)

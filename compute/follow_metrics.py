@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -52,18 +51,3 @@ class FollowCollector(Collector):
         yield CounterMetricFamily("kprobe_analysis_export_errors",
                                   "Exports to the OTLP endpoint that failed",
                                   value=s.export_errors)
-
-
-class FollowMetricsServer:
-    """The collector on http://host:port/metrics until ``stop()``."""
-
-    def __init__(self, stats: FollowStats, host: str, port: int) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(FollowCollector(stats))
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        self.port = int(self._server.server_address[1])
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)

@@ -80,10 +80,12 @@ def follow(args: argparse.Namespace, settings: ComputeSettings,
         signal.signal(sig, on_signal)
     server = None
     if args.metrics_port is not None:
-        from compute.follow_metrics import FollowMetricsServer
+        from capture_agent.metrics import MetricsServer
+        from compute.follow_metrics import FollowCollector
 
         try:
-            server = FollowMetricsServer(follower.stats, args.metrics_host, args.metrics_port)
+            server = MetricsServer(FollowCollector(follower.stats), args.metrics_host,
+                                   args.metrics_port)
         except OSError as err:
             raise CommandError(f"metrics on {args.metrics_host}:{args.metrics_port}: "
                                f"{err.strerror or err}") from None
