@@ -232,3 +232,14 @@ def test_an_emulated_guest_is_told_the_hosts_tsc_rate_instead_of_measuring_it() 
     spec = VmSpec(accel="tcg", cpus=2, memory_mib=2048, tsc_khz=2793436)
     assert clock_args(spec) == "no_timer_check tsc=reliable tsc_early_khz=2793436"
     assert clock_args(VmSpec(accel="kvm", cpus=2, memory_mib=2048, tsc_khz=2793436)) == ""
+
+
+def test_a_clone_or_cache_under_tmp_is_refused_in_one_line() -> None:
+    """The guests mount their own /tmp: a virtualenv there would vanish in them."""
+    from tests.vmtest.__main__ import _check_visible_in_guests
+    _check_visible_in_guests(Path("/srv/kprobe/.venv/bin/python"), Path("/var/cache/k"))
+    for python, cache in ((Path("/tmp/clone/.venv/bin/python"), Path("/var/cache/k")),
+                          (Path("/srv/kprobe/.venv/bin/python"), Path("/tmp/cache"))):
+        with pytest.raises(VmtestError, match="under /tmp") as err:
+            _check_visible_in_guests(python, cache)
+        assert "\n" not in str(err.value)

@@ -183,6 +183,17 @@ def hold_matrix_lock(cache: Path) -> IO[str]:
     return lock
 
 
+def _check_visible_in_guests(python: Path, cache: Path) -> None:
+    """The guests see this machine's root but mount their own /tmp: an interpreter or a
+    cache under /tmp would be missing in them (they would fail to start, unexplained)."""
+    for what, path in (("the virtualenv's python", python.parent), ("--cache", cache)):
+        resolved = path.resolve()
+        if resolved == Path("/tmp") or Path("/tmp") in resolved.parents:
+            raise VmtestError(f"{what} is under /tmp ({path}), which the guests replace "
+                              "with their own: use a clone (and cache) elsewhere, e.g. "
+                              "under /var/tmp or /srv")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.vmtest",
                                      description="boot each supported kernel and run the "
@@ -208,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if os.geteuid() != 0:
             raise NoQemuError("not root: the guests' root share and the checks need root")
+        _check_visible_in_guests(Path(sys.executable), args.cache)
         lock = hold_matrix_lock(args.cache)
         qemu_bin = qemu.find_qemu()
         qemu.find_virtiofsd()
