@@ -238,9 +238,55 @@ def _list_programs(sensor: Sensor) -> list[tuple[str, str]]:
         obj.close()
 
 
+# What kprobe's demo, tests and replays make and always remove; one still here was left by a
+# killed run (kill -9, a crash, a power cut)
+LEFTOVER_PREFIXES = ("kprobe-demo-", "kprobe-test-", "kprobe-replay-")
+
+
+def check_leftovers(mounts: Path = Path("/proc/self/mounts")) -> Check:
+    """Cgroups a killed kprobe run left behind (named by their prefixes), and zram swap
+    devices in use (kprobe's demo makes one; a killed demo can leave it swapped on: it may
+    also be the distribution's own, so this is only shown)."""
+    found: list[str] = []
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[2] not in ("cgroup", "cgroup2"):
+            continue
+        root = Path(fields[1])
+        for pattern in ("*", "*/*"):
+            try:
+                found += [str(d) for d in root.glob(pattern)
+                          if d.is_dir() and d.name.startswith(LEFTOVER_PREFIXES)]
+            except OSError:
+                continue
+    try:
+        swaps = [line.split()[0] for line in
+                 Path("/proc/swaps").read_text().splitlines()[1:] if line.strip()]
+    except OSError:
+        swaps = []
+    zram = [s for s in swaps if Path(s).name.startswith("zram")]
+    if not found and not zram:
+        return Check("leftovers", True, "no kprobe cgroup, no zram swap",
+                     required=False)
+    parts = []
+    if found:
+        parts.append(f"{len(found)} kprobe cgroup(s): {', '.join(found[:4])}"
+                     f"{' ...' if len(found) > 4 else ''} (none remain once no kprobe demo, "
+                     "test or replay runs; a killed one's: kill what is in cgroup.procs, "
+                     "then rmdir)")
+    if zram:
+        parts.append(f"zram swap in use: {', '.join(zram)} (if a killed `kprobe demo` made "
+                     "it: swapoff, then echo N > /sys/class/zram-control/hot_remove)")
+    return Check("leftovers", False, "; ".join(parts), required=False)
+
+
 def run_checks() -> list[Check]:
     """Every check, in dependency order; BPF checks are skipped without BPF permission."""
     checks = [check_btf(), check_objects(), check_tracefs(), check_bpf_permission()]
+    try:
+        checks.insert(3, check_leftovers())
+    except OSError as e:  # a doctor reports, it does not crash
+        checks.insert(3, Check("leftovers", False, f"cannot look: {e}", required=False))
     if not checks[-1].ok:
         return [*checks, Check("BPF checks", False, "skipped: no BPF permission")]
     steps: list[Callable[[], list[Check]]] = [lambda: [check_ringbuf()], check_attach_kinds]
