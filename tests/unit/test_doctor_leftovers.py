@@ -18,7 +18,7 @@ def test_cgroups_named_by_a_kprobe_prefix_are_reported_and_others_are_not(tmp_pa
                       f"tmpfs {tmp_path} tmpfs rw 0 0\n")
     check = check_leftovers(mounts)
     assert not check.ok and not check.required
-    assert "2 cgroup(s)" in check.detail, check.detail
+    assert "2 kprobe cgroup(s)" in check.detail, check.detail
     assert "kprobe-test-1a2b3c4d" in check.detail and "kprobe-replay-" in check.detail
     assert "kprobe-agent" not in check.detail and "ssh.service" not in check.detail
 
