@@ -23,6 +23,7 @@ from compute.graph import store
 from compute.settings import ComputeSettings
 from compute.sql import scalar_row, sql_list
 from compute.window import Window, load
+from compute.window_lock import window_lock
 
 
 @dataclass
@@ -81,9 +82,16 @@ def analyze_window(location: lake.LakeLocation, window: Window, settings: Comput
 
 def run_window(location: lake.LakeLocation, window: Window, settings: ComputeSettings,
                rules: Rules | None = None, publish_graph: bool = True) -> WindowOutput:
-    """Analyse one window and publish its graph snapshot (the unit of work of a Ray task)."""
-    analysis = analyze_window(location, window, settings, rules)
-    uri = store.publish(location, window, analysis.tables, settings) if publish_graph else None
+    """Analyse one window and publish its graph snapshot (the unit of work of a Ray task).
+
+    Holds the window's lock (compute/window_lock.py) throughout: two analyses of one window
+    never run at once, whoever started them. The snapshot's manifest records how many spans
+    the window owned (``inputs``), so a reader can tell when rows arrived after it."""
+    with window_lock(location, window, settings):
+        analysis = analyze_window(location, window, settings, rules)
+        inputs = {"owned_spans": int(analysis.summary.get("owned_spans", 0))}
+        uri = (store.publish(location, window, analysis.tables, settings, inputs=inputs)
+               if publish_graph else None)
     return WindowOutput(window, analysis.edges, analysis.summary, uri)
 
 

@@ -84,6 +84,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = getattr(app.state, "cypher_pool", None)
     if pool is not None:
         pool[1].close()
+    ondemand = getattr(app.state, "ondemand", None)
+    if ondemand is not None:  # a running analysis finishes; queued ones are dropped
+        ondemand[1].close()
     spill = getattr(app.state, "spill_dir", None)
     if spill is not None:
         shutil.rmtree(spill, ignore_errors=True)

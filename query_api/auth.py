@@ -11,6 +11,12 @@ Scopes: ``read`` (SQL, causal queries, timelines, the live stream, replay status
 ``replay`` (launching replays) and ``payloads`` (with ``read``: the bytes programs exchanged
 and their environments, ``syscall_data.data`` and ``processes.env``, in SQL, the live
 stream and replay reports; query_api/payload_scope.py).
+
+A token may also name ``nodes`` (``"nodes": ["node-a"]``, ``--nodes`` of ``--new-token``):
+it then sees only what those nodes recorded. Only the routes that confine their answer to
+nodes accept such a token (the transaction explanation, which reads and analyses only
+windows of those nodes: query_api/ondemand.py); every other route refuses it with 403, so
+a node-scoped token can never read another node's rows through a route that cannot filter.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -29,12 +36,19 @@ from query_api.errors import Forbidden, ServiceUnavailable, Unauthorized
 from query_api.settings import SCOPES, Scope
 
 _REALM = 'Bearer realm="kprobe"'
+_NODE_OK = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     scopes: frozenset[str]
+    nodes: frozenset[str] | None = None  # None: every node
+
+
+def node_scope(principal: Principal) -> tuple[str, ...] | None:
+    """The nodes a principal may see, sorted (None: all)."""
+    return tuple(sorted(principal.nodes)) if principal.nodes is not None else None
 
 
 # --no-auth: loopback only (kprobe serve refuses another bind) and read-only: launching a
@@ -91,24 +105,36 @@ def parse_tokens(text: str, where: str = "tokens file") -> dict[str, Principal]:
             if unknown:
                 raise ValueError(f"token {entry.get('name')!r}: unknown scope "
                                  f"{sorted(unknown)[0]!r} (known: {', '.join(SCOPES)})")
-            out[digest] = Principal(str(entry.get("name") or digest[:8]), scopes)
+            nodes = entry.get("nodes")
+            if nodes is not None:
+                if not isinstance(nodes, list) or not nodes or not all(
+                        isinstance(n, str) and _NODE_OK.match(n) for n in nodes):
+                    raise ValueError(f"token {entry.get('name')!r}: nodes must be a non-empty "
+                                     "list of node names ([A-Za-z0-9._-])")
+                nodes = frozenset(nodes)
+            out[digest] = Principal(str(entry.get("name") or digest[:8]), scopes, nodes)
         return out
     except (ValueError, KeyError, TypeError) as err:
         raise ServiceUnavailable(f"{where} is invalid: {err}") from None
 
 
-def add_token(path: Path, name: str, scopes: list[str]) -> str:
-    """Create a token with ``scopes``, append its hash to ``path``; returns the token."""
+def add_token(path: Path, name: str, scopes: list[str],
+              nodes: list[str] | None = None) -> str:
+    """Create a token with ``scopes`` (limited to ``nodes`` if given), append its hash to
+    ``path``; returns the token."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ValueError(f"scopes must be among {', '.join(SCOPES)}")
+    if nodes is not None and (not nodes or not all(_NODE_OK.match(n) for n in nodes)):
+        raise ValueError("nodes must be node names ([A-Za-z0-9._-])")
     token = "kp_" + secrets.token_urlsafe(32)
     data: dict[str, Any] = {"tokens": []}
     if path.exists():
         text = path.read_text("utf-8")
         parse_tokens(text, str(path))  # refuse to extend a broken file
         data = json.loads(text) if text.strip() else data
-    data["tokens"].append({"name": name, "sha256": hash_token(token), "scopes": scopes})
+    data["tokens"].append({"name": name, "sha256": hash_token(token), "scopes": scopes,
+                           **({"nodes": sorted(set(nodes))} if nodes is not None else {})})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -128,10 +154,12 @@ def bearer_token(authorization: str | None) -> str | None:
     return value.strip()
 
 
-def authenticate(store: TokenStore | None, token: str | None, scope: Scope) -> Principal:
+def authenticate(store: TokenStore | None, token: str | None, scope: Scope,
+                 node_confined: bool = False) -> Principal:
     """The principal behind ``token`` if it has ``scope``; Unauthorized / Forbidden if not.
 
-    ``store`` None means authentication is disabled (``--no-auth``).
+    ``store`` None means authentication is disabled (``--no-auth``). A node-scoped token is
+    Forbidden unless the route confines its answer to nodes (``node_confined``).
     """
     if store is None:
         if scope not in ANONYMOUS.scopes:
@@ -151,4 +179,8 @@ def authenticate(store: TokenStore | None, token: str | None, scope: Scope) -> P
         raise Forbidden(f"token {principal.name!r} lacks the {scope!r} scope",
                         {"WWW-Authenticate":
                          f'{_REALM}, error="insufficient_scope", scope="{scope}"'})
+    if principal.nodes is not None and not node_confined:
+        raise Forbidden(f"token {principal.name!r} is limited to nodes "
+                        f"{', '.join(sorted(principal.nodes))} and this route cannot confine "
+                        "its answer to nodes")
     return principal

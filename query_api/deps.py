@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from compute.settings import ComputeSettings
+from compute.window import Window
 from lake import LakeDatabase, LakeLocation, LakeSettings, resolve
 from lake.timespec import TimeSpecError, parse_instant
 from query_api.admission import Admission, lower_priority
@@ -30,6 +31,7 @@ from query_api.cypher_worker import CypherPool
 from query_api.errors import BadRequest, Forbidden, ServiceUnavailable
 from query_api.live import LiveHub
 from query_api.metrics import ApiMetrics
+from query_api.ondemand import OnDemand
 from query_api.replays import ReplayRunner
 from query_api.settings import (
     ApiSettings,
@@ -97,9 +99,10 @@ def token_store(request: HTTPConnection, settings: ApiSettings) -> TokenStore | 
     return store
 
 
-def _require(scope: Scope) -> Any:
+def _require(scope: Scope, node_confined: bool = False) -> Any:
     # on the event loop: a stat of the tokens file and a hash (it re-reads the file only
-    # when the file changed)
+    # when the file changed). node_confined: the route confines its answer to the token's
+    # nodes; any other route refuses a node-scoped token (query_api/auth.py).
     async def check(request: Request, settings: SettingsDep,
                     credentials: Annotated[HTTPAuthorizationCredentials | None,
                                            Depends(_bearer)],
@@ -107,7 +110,7 @@ def _require(scope: Scope) -> Any:
         token = credentials.credentials if credentials else None
         store = token_store(request, settings)
         try:
-            principal = authenticate(store, token, scope)
+            principal = authenticate(store, token, scope, node_confined=node_confined)
         except Forbidden:
             known = store.lookup(token) if store is not None and token else None
             request.state.principal = known.name if known else "anonymous"
@@ -119,6 +122,8 @@ def _require(scope: Scope) -> Any:
 
 
 ReadAccess = Annotated[Principal, Depends(_require("read"))]
+# read, for routes that confine what they read and return to the token's nodes
+NodeReadAccess = Annotated[Principal, Depends(_require("read", node_confined=True))]
 ReplayAccess = Annotated[Principal, Depends(_require("replay"))]
 
 
@@ -215,7 +220,32 @@ async def get_causal_cache(request: HTTPConnection, settings: SettingsDep) -> An
     return cache
 
 
+async def get_ondemand(request: HTTPConnection, location: LocationDep,
+                       settings: SettingsDep, compute: ComputeSettingsDep,
+                       metrics: MetricsDep) -> OnDemand:
+    """This process's on-demand analyses (query_api/ondemand.py)."""
+    def build() -> OnDemand:
+        from compute.ray_driver import analyze_windows
+        from compute.window_lock import is_busy
+
+        def analyse(window: Window) -> None:
+            # the path of `kprobe analyze` for one window: run_window, then write_edges
+            analyze_windows(location, [window], compute, executor="local")
+
+        return OnDemand(analyse, lambda window: is_busy(location, window, compute),
+                        max_concurrent=settings.analyze_max_concurrent,
+                        timeout_s=settings.analyze_timeout_s,
+                        count=lambda outcome: metrics.analyses.labels(outcome).inc())
+
+    ondemand: OnDemand = _state(
+        request, "ondemand", (location, compute.model_dump_json(),
+                              settings.analyze_max_concurrent, settings.analyze_timeout_s),
+        build)
+    return ondemand
+
+
 GraphSlotsDep = Annotated[Slots, Depends(get_graph_slots)]
+OnDemandDep = Annotated[OnDemand, Depends(get_ondemand)]
 LakeDbDep = Annotated[LakeDatabase, Depends(get_lake_db)]
 SqlAdmissionDep = Annotated[Admission, Depends(get_sql_admission)]
 CausalCacheDep = Annotated[AnswerCache, Depends(get_causal_cache)]

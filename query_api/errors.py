@@ -14,8 +14,10 @@
     ├── ResultTooLarge         422  one row of the answer is over the answer's byte limit
     ├── TooManyRequests        429  replica busy (replays already running)
     └── ServiceUnavailable     503  the lake (or a dependency) cannot be reached
-        └── Overloaded         503  every slot and queue place of this replica is taken
-                                    (Retry-After says when to try again)
+        ├── Overloaded         503  every slot and queue place of this replica is taken
+        │                           (Retry-After says when to try again)
+        └── AnalysisRunning    503  the window of the transaction asked for is being
+                                    analysed and was not done within the time bound
 
 Errors of ``lake`` and ``compute`` are mapped to statuses in ``problems.py`` (the one
 place that turns errors into HTTP answers).
@@ -88,3 +90,7 @@ class ServiceUnavailable(QueryApiError):
 
 class Overloaded(ServiceUnavailable):
     problem, title = "overloaded", "Replica overloaded"
+
+
+class AnalysisRunning(ServiceUnavailable):
+    problem, title = "analysis-running", "Analysis running"

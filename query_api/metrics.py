@@ -32,6 +32,11 @@ class ApiMetrics:
                                   registry=r)
         self.replays = Counter("kprobe_api_replays_total", "Replays by final state",
                                ["state"], registry=r)
+        self.analyses = Counter("kprobe_api_ondemand_analyses_total",
+                                "On-demand window analyses by outcome (started, joined: "
+                                "waited for one already running here, busy: running in "
+                                "another process, refused: at capacity, timed_out, failed)",
+                                ["outcome"], registry=r)
         self.admitted = Gauge("kprobe_api_admitted_requests",
                               "Heavy requests admitted (running or queued), by kind",
                               ["kind"], registry=r)

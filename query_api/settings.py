@@ -117,6 +117,25 @@ class ApiSettings(BaseSettings):
     graph_max_open: int = Field(default=8, gt=0, le=14)
     graph_wait_s: float = Field(default=30.0, gt=0)
 
+    # On-demand analysis (query_api/ondemand.py) --------------------------------------------
+    # An explanation asked for a transaction whose window has no graph snapshot, or whose
+    # snapshot is older than spans that arrived since, analyses that window in this process
+    # (as `kprobe analyze` would, publishing its snapshot). Needs write access to the lake's
+    # graphs/ and causal_edges; false: answer only from existing snapshots.
+    analyze_on_demand: bool = True
+    # How long a request waits for its analysis; past it, 503 "analysis of window W is
+    # running; retry after N s" and the analysis finishes in the background.
+    analyze_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    # Analyses running at once in this process; one more is refused (503 + Retry-After).
+    analyze_max_concurrent: int = Field(default=1, gt=0, le=8)
+    # Without from/to, how far back (seconds) the spans table is searched for the transaction.
+    analyze_search_s: float = Field(default=86_400.0, gt=0)
+    # Windows a request may analyse (a business id that names several traces).
+    analyze_max_windows: int = Field(default=4, gt=0, le=64)
+    # Snapshots made within this many seconds after their window's end are checked for
+    # spans that arrived since (one count per answer); older ones are final.
+    analyze_recheck_s: float = Field(default=900.0, ge=0)
+
     # Timeline ------------------------------------------------------------------------------
     timeline_max_points: int = Field(default=2_000, ge=100)  # per section of a response
     timeline_max_threads: int = Field(default=64, gt=0)

@@ -158,12 +158,15 @@ def _unique_ids(table: pa.Table) -> pa.Table:
 
 
 def publish(location: lake.LakeLocation, window: Window, tables: dict[str, pa.Table],
-            settings: ComputeSettings) -> str:
-    """Build the window's snapshot and put it where readers find it; returns its URI."""
+            settings: ComputeSettings, inputs: dict[str, int] | None = None) -> str:
+    """Build the window's snapshot and put it where readers find it; returns its URI.
+
+    ``inputs``: what the analysis read (``owned_spans``), kept in the manifest."""
     manifest: dict[str, Any] = {
         "format": GRAPH_FORMAT, "version": GRAPH_VERSION, "window": window.id,
         "start_ns": window.start_ns, "end_ns": window.end_ns, "nodes": list(window.nodes),
         "created_ns": time.time_ns(), "engine": f"ladybug {ladybug.__version__}",
+        **({"inputs": dict(inputs)} if inputs is not None else {}),
     }
     if location.scheme == "file":
         graphs = location.local_path / GRAPHS_DIR
