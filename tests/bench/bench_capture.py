@@ -4,11 +4,14 @@
 
 Everything goes through the real agent (`kprobe record`, a separate process, writing a
 real lake in a temp dir), as a user would run it. Prints figures; asserts nothing.
+Every configuration prints what it lost (the agent's kernel drops and sink losses from its
+summary; bpftrace's "Lost N events"): a tracer that drops events looks cheaper than it is.
 
 1. Added cost per syscall of a getppid() loop (tests/programs/null_syscalls.c): targeted,
    untargeted (agent running, targeting another process), and the same capture by peers:
    bpftrace (enter+exit merged per thread, one line out per syscall) and strace -f.
-   Configurations alternate round by round (CPU speed drifts up to 2x here); medians.
+   Configurations alternate round by round, the baseline between them (A/B/A/B: CPU speed
+   drifts up to 2x here), each agent started and stopped around its own run; medians.
    Then clock_gettime() through libc (the vDSO, no syscall) with a payload recording
    running: untargeted (its clock uprobes must not trap other processes) and targeted.
 2. A realistic request/response service at full rate: payment authorisation over HTTP/1.1
@@ -25,13 +28,19 @@ real lake in a temp dir), as a user would run it. Prints figures; asserts nothin
    must not creep up as the tables age; every commit costs more the more files a table
    has, so `kprobe lake compact` runs every --compact-every seconds, as the chart's CronJob
    does, and its own cost is printed).
+5. BPF run time per event of each program (the kernel's own accounting: the
+   kernel.bpf_stats_enabled sysctl on for this part only, then restored; read from the
+   agent's program descriptors' fdinfo): the getppid loop and the payment service,
+   untargeted and targeted, per program runs/s and ns/run, and all programs' share of a core.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import statistics
@@ -40,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,11 +89,58 @@ class Recorder:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def prog_stats(self) -> dict[str, tuple[int, int]]:
+        """name -> (run_time_ns, run_cnt) of the agent's BPF programs, from its descriptors'
+        fdinfo (counted only while kernel.bpf_stats_enabled is 1)."""
+        by_id: dict[int, tuple[int, int]] = {}
+        fds = Path(f"/proc/{self.proc.pid}/fdinfo")
+        for info in fds.iterdir():
+            try:
+                fields = dict(line.split(":\t", 1) for line in info.read_text().splitlines()
+                              if ":\t" in line)
+            except OSError:  # closed meanwhile
+                continue
+            if "prog_id" in fields and "run_cnt" in fields:
+                by_id[int(fields["prog_id"])] = (int(fields["run_time_ns"]),
+                                                 int(fields["run_cnt"]))
+        names = {p["id"]: p.get("name", str(p["id"])) for p in json.loads(subprocess.run(
+            ["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+            check=True).stdout)}
+        return {names.get(i, str(i)): v for i, v in sorted(by_id.items())}
+
     def stop(self) -> dict[str, object]:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=300)
         self._err.close()
         return json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+
+
+def lost(summary: dict[str, object]) -> int:
+    """Events the agent lost: kernel drops (ring or map full) plus rows its sink lost."""
+    total = 0
+    for key in ("lost", "kernel_drops"):
+        counts = summary.get(key)
+        if isinstance(counts, dict):
+            total += sum(int(v) for v in counts.values())
+    return total
+
+
+def event_counts(summary: dict[str, object]) -> dict[str, int]:
+    """Events the agent read, per ring."""
+    counts = summary.get("events")
+    return {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {}
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    """kernel.bpf_stats_enabled=1 for the block (BPF run time per program), then restored."""
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = knob.read_text().strip()
+    knob.write_text("1")
+    try:
+        yield
+    finally:
+        knob.write_text(old)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -96,8 +153,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def null_loop(binary: Path, iterations: int, wrap: list[str] | None = None,
-              before_go: object = None, mode: str = "getppid") -> float:
-    """ns per call of one run; ``before_go(pid)`` runs once the loop waits to start."""
+              before_go: object = None, mode: str = "getppid") -> tuple[float, object]:
+    """ns per call of one run, and what ``before_go(pid)``'s handle returned: before_go
+    runs once the loop waits to start and returns a callable run after the loop."""
     proc = subprocess.Popen([*(wrap or []), str(binary), mode, str(iterations), "3"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin and proc.stdout
@@ -108,90 +166,130 @@ def null_loop(binary: Path, iterations: int, wrap: list[str] | None = None,
     proc.stdin.flush()
     out = proc.stdout.read()
     proc.wait()
-    if handle is not None:
-        handle()
-    return float(out.split()[-1])
+    result = handle() if callable(handle) else None
+    return float(out.split()[-1]), result
+
+
+def recorded_loop(binary: Path, iterations: int, work: Path, agent_args: list[str],
+                  target: bool, mode: str = "getppid") -> tuple[float, int]:
+    """ns per call with an agent running (``--pid`` the loop if ``target``), and its loss."""
+    if target:
+        def targeted(pid: int) -> object:
+            rec = Recorder(work, *agent_args, "--pid", str(pid))
+            return lambda: lost(rec.stop())
+
+        ns, loss = null_loop(binary, iterations, before_go=targeted, mode=mode)
+        return ns, int(loss)  # type: ignore[call-overload]
+    rec = Recorder(work, *agent_args)
+    ns, _ = null_loop(binary, iterations, mode=mode)
+    return ns, lost(rec.stop())
+
+
+BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
+
+
+def bpftrace_loop(binary: Path, iterations: int, work: Path, script: str) -> tuple[float, int]:
+    """ns per call under bpftrace running ``script`` on the loop, and the events it lost
+    (its perf buffer overflowed: "Lost N events" on stderr)."""
+    err_path = work / f"bpftrace-{time.monotonic_ns()}.err"
+
+    def attach(pid: int) -> object:
+        err = open(err_path, "w")  # noqa: SIM115 (closed below)
+        bt = subprocess.Popen(["bpftrace", "-e", script, str(pid)],
+                              stdout=subprocess.PIPE, stderr=err)
+        assert bt.stdout
+        bt.stdout.readline()  # "Attaching 2 probes...": attached
+        # bpftrace's output is read (and dropped) as fast as it comes, as our agent
+        # reads its rings: a full pipe would make bpftrace lose events, not pay
+        threading.Thread(target=lambda: bt.stdout and bt.stdout.read(), daemon=True).start()
+
+        def done() -> None:
+            _stop(bt)
+            err.close()
+        return done
+
+    ns, _ = null_loop(binary, iterations, before_go=attach)
+    return ns, sum(int(n) for n in BPFTRACE_LOST.findall(err_path.read_text()))
 
 
 def bench_syscall_cost(progs: Path, work: Path, rounds: int, iterations: int) -> None:
     binary = progs / "null_syscalls"
     sleeper = subprocess.Popen(["sleep", "3600"])
-    results: dict[str, list[float]] = {k: [] for k in
-                                       ("baseline", "untargeted", "targeted", "bpftrace",
-                                        "strace")}
+    names = ("baseline", "untargeted", "targeted", "bpftrace", "strace")
+    results: dict[str, list[float]] = {k: [] for k in names}
+    losses: dict[str, list[int]] = {k: [] for k in names}
     bt_script = ("tracepoint:raw_syscalls:sys_enter /pid == $1/ { @s[tid] = nsecs; }"
                  " tracepoint:raw_syscalls:sys_exit /@s[tid]/ {"
                  " printf(\"%d %d %d %d\\n\", tid, args->id, args->ret, nsecs - @s[tid]);"
                  " delete(@s[tid]); }")
+    agent = ["--families", "syscalls"]
     try:
-        untargeted = Recorder(work, "--families", "syscalls", "--pid", str(sleeper.pid))
+        # round by round, every configuration once: the baseline sits between the others
+        # (A/B/A/B), so a drift of the CPU's speed shows in both
         for _ in range(rounds):
-            results["untargeted"].append(null_loop(binary, iterations))
-        untargeted.stop()
-        for _ in range(rounds):
-            results["baseline"].append(null_loop(binary, iterations))
-
-            def targeted(pid: int) -> object:
-                rec = Recorder(work, "--families", "syscalls", "--pid", str(pid))
-                return lambda: rec.stop()
-
-            results["targeted"].append(null_loop(binary, iterations, before_go=targeted))
-
-            def bpftrace(pid: int) -> object:
-                bt = subprocess.Popen(["bpftrace", "-e", bt_script, str(pid)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                assert bt.stdout
-                bt.stdout.readline()  # "Attaching 2 probes...": attached
-                # bpftrace's output is read (and dropped) as fast as it comes, as our agent
-                # reads its rings: a full pipe would make bpftrace lose events, not pay
-                threading.Thread(target=lambda: bt.stdout and bt.stdout.read(),
-                                 daemon=True).start()
-                return lambda: _stop(bt)
-
-            results["bpftrace"].append(null_loop(binary, iterations, before_go=bpftrace))
+            results["baseline"].append(null_loop(binary, iterations)[0])
+            ns, loss = recorded_loop(binary, iterations, work,
+                                     [*agent, "--pid", str(sleeper.pid)], target=False)
+            results["untargeted"].append(ns)
+            losses["untargeted"].append(loss)
+            ns, loss = recorded_loop(binary, iterations, work, agent, target=True)
+            results["targeted"].append(ns)
+            losses["targeted"].append(loss)
+            ns, loss = bpftrace_loop(binary, iterations, work, bt_script)
+            results["bpftrace"].append(ns)
+            losses["bpftrace"].append(loss)
             results["strace"].append(null_loop(binary, max(iterations // 50, 1000),
                                                wrap=["strace", "-f", "-qq", "-o",
-                                                     "/dev/null"]))
+                                                     "/dev/null"])[0])
     finally:
         sleeper.kill()
         sleeper.wait()
     base = statistics.median(results["baseline"])
-    print(f"1. getppid loop, median of {rounds} runs: kernel alone {base:.0f} ns/call")
-    for name in ("untargeted", "targeted", "bpftrace", "strace"):
+    print(f"1. getppid loop, median of {rounds} runs (interleaved): kernel alone {base:.0f} "
+          f"ns/call")
+    print(f"   {'configuration':<11} {'added ns/syscall':>16}  events lost (per run)")
+    for name in names[1:]:
         added = statistics.median(results[name]) - base
-        print(f"   {name:<11} +{added:,.0f} ns per syscall")
+        loss_text = ("n/a (strace stops the process: it cannot lose)" if name == "strace"
+                     else " ".join(f"{n:,}" for n in losses[name]))
+        print(f"   {name:<11} {'+' if added >= 0 else ''}{added:>15,.0f}  {loss_text}")
     ours = statistics.median(results["targeted"]) - base
     strace = statistics.median(results["strace"]) - base
     print(f"   strace / kprobe targeted: {strace / ours:,.0f}x;"
           f" bpftrace / kprobe targeted: "
-          f"{(statistics.median(results['bpftrace']) - base) / ours:.1f}x")
+          f"{(statistics.median(results['bpftrace']) - base) / ours:.1f}x"
+          + ("  (bpftrace LOST events: it did less work than it was asked)"
+             if any(losses["bpftrace"]) else ""))
+    if any(losses["targeted"]) or any(losses["untargeted"]):
+        print("   kprobe LOST events: its figures above are for less than a full capture")
 
 
 def bench_clock_cost(progs: Path, work: Path, rounds: int, iterations: int) -> None:
     binary = progs / "null_syscalls"
     sleeper = subprocess.Popen(["sleep", "3600"])
     results: dict[str, list[float]] = {"baseline": [], "untargeted": [], "targeted": []}
+    losses: dict[str, list[int]] = {"untargeted": [], "targeted": []}
+    agent = ["--payloads", "--families", "syscalls"]
     try:
-        for _ in range(rounds):
-            results["baseline"].append(null_loop(binary, iterations, mode="clock"))
-        rec = Recorder(work, "--payloads", "--families", "syscalls", "--pid", str(sleeper.pid))
-        for _ in range(rounds):
-            results["untargeted"].append(null_loop(binary, iterations, mode="clock"))
-        rec.stop()
-        for _ in range(rounds):
-            def targeted(pid: int) -> object:
-                rec = Recorder(work, "--payloads", "--families", "syscalls", "--pid", str(pid))
-                return lambda: rec.stop()
-
-            results["targeted"].append(null_loop(binary, max(iterations // 100, 1000),
-                                                 before_go=targeted, mode="clock"))
+        for _ in range(rounds):  # interleaved, as in part 1
+            results["baseline"].append(null_loop(binary, iterations, mode="clock")[0])
+            ns, loss = recorded_loop(binary, iterations, work,
+                                     [*agent, "--pid", str(sleeper.pid)], target=False,
+                                     mode="clock")
+            results["untargeted"].append(ns)
+            losses["untargeted"].append(loss)
+            ns, loss = recorded_loop(binary, max(iterations // 100, 1000), work, agent,
+                                     target=True, mode="clock")
+            results["targeted"].append(ns)
+            losses["targeted"].append(loss)
     finally:
         sleeper.kill()
         sleeper.wait()
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"   clock_gettime via libc+vDSO, payload recording running: alone "
           f"{med['baseline']:.0f} ns, untargeted {med['untargeted']:.0f} ns, targeted "
-          f"(recorded) {med['targeted']:,.0f} ns per call")
+          f"(recorded) {med['targeted']:,.0f} ns per call; lost untargeted "
+          f"{sum(losses['untargeted'])}, targeted {sum(losses['targeted'])}")
 
 
 class AuthorizeService:
@@ -228,6 +326,7 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0) 
     base: list[float] = []
     traced: dict[str, list[float]] = {name: [] for name in configs}
     cpu: dict[str, list[float]] = {name: [] for name in configs}
+    losses: dict[str, list[int]] = {name: [] for name in configs}
     try:
         service.load(progs, 1.0)  # warm-up
         for _ in range(rounds):
@@ -237,7 +336,7 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0) 
                 cpu0, t0 = rec.cpu_seconds(), time.monotonic()
                 traced[name].append(service.load(progs, seconds))
                 cpu[name].append((rec.cpu_seconds() - cpu0) / (time.monotonic() - t0))
-                rec.stop()
+                losses[name].append(lost(rec.stop()))
     finally:
         service.stop()
         sleeper.kill()
@@ -248,7 +347,8 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0) 
     for name in configs:
         t = statistics.median(traced[name])
         print(f"   {name:<38} {t:>9,.0f} req/s = {t / b:.3f} of baseline; agent "
-              f"{statistics.median(cpu[name]) * 100:.0f} % of a core")
+              f"{statistics.median(cpu[name]) * 100:.0f} % of a core; lost "
+              f"{sum(losses[name]):,}")
 
 
 def bench_sustained(work: Path, seconds: int, rate: int = 1_000_000) -> None:
@@ -259,11 +359,9 @@ def bench_sustained(work: Path, seconds: int, rate: int = 1_000_000) -> None:
     gen.stdin.flush()
     gen.wait()
     summary = rec.stop()
-    events = summary.get("events", {}).get("syscall_events", 0)  # type: ignore[union-attr]
-    lost = sum(summary.get("lost", {}).values()) + sum(  # type: ignore[union-attr]
-        summary.get("kernel_drops", {}).values())  # type: ignore[union-attr]
+    events = event_counts(summary).get("syscall_events", 0)
     print(f"3. paced {rate / 1e6:.1f} M syscalls/s for {seconds} s, targeted: "
-          f"{events / seconds / 1e6:.2f} M events/s recorded, {lost} lost")
+          f"{events / seconds / 1e6:.2f} M events/s recorded, {lost(summary)} lost")
 
 
 def _paced_generator(seconds: int, rate: int) -> subprocess.Popen[str]:
@@ -308,15 +406,85 @@ def bench_agent_cost(work: Path, seconds: int, rate: int = 100_000,
     cpu = (rec.cpu_seconds() - cpu0) / (time.monotonic() - t0)
     rss = rec.peak_rss_mb()
     summary = rec.stop()
-    events = sum(summary.get("events", {}).values())  # type: ignore[union-attr]
+    events = sum(event_counts(summary).values())
     rate_k = events / (seconds + 2) / 1e3  # the generator ran 2 s before the measurement
     print(f"4. agent at ~{rate // 1000}k syscall events/s ({rate_k:.0f}k events/s "
-          f"incl. sched) for {seconds} s: {cpu * 100:.1f} % of a core, peak RSS {rss:.0f} MB")
+          f"incl. sched) for {seconds} s: {cpu * 100:.1f} % of a core, peak RSS {rss:.0f} MB,"
+          f" {lost(summary)} lost")
     if minutes:
         print("   % of a core per minute: " + " ".join(f"{m * 100:.1f}" for m in minutes))
     for wall, cpu_s, removed in compactions:
         print(f"   lake compaction: {removed} files merged in {wall:.1f} s, {cpu_s:.1f} s of CPU"
               f" (= {cpu_s / compact_every * 100:.1f} % of a core over {compact_every} s)")
+
+
+def bench_prog_cost(progs: Path, work: Path, seconds: float = 4.0,
+                    iterations: int = 1_000_000) -> None:
+    """BPF run time per event of each program, from the kernel's own accounting
+    (kernel.bpf_stats_enabled, on for this part only: it adds two clock reads per run, so
+    parts 1-4 run without it). Untargeted runs count every process's events."""
+    binary = progs / "null_syscalls"
+    service = AuthorizeService(work)
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    loop_agent = ["--families", "syscalls"]
+    cases: list[tuple[str, list[str], str]] = [
+        ("getppid loop, untargeted", [*loop_agent, "--pid", str(sleeper.pid)], "loop"),
+        ("getppid loop, targeted", loop_agent, "loop-target"),
+        ("payment service, untargeted", ["--pid", str(sleeper.pid)], "service"),
+        ("payment service, targeted", ["--pid", str(service.proc.pid)], "service"),
+        ("payment service, targeted with payloads",
+         ["--payloads", "--pid", str(service.proc.pid)], "service"),
+    ]
+    print("5. BPF run time per program (kernel.bpf_stats_enabled=1 during this part only)")
+    try:
+        with bpf_stats():
+            for title, agent_args, load in cases:
+                t0 = time.monotonic()
+                if load == "loop-target":
+                    def targeted(pid: int, args: list[str] = agent_args) -> object:
+                        rec = Recorder(work, *args, "--pid", str(pid))
+                        before = rec.prog_stats()
+
+                        def done() -> tuple[dict[str, tuple[int, int]], int]:
+                            stats = _diff(before, rec.prog_stats())
+                            return stats, lost(rec.stop())
+                        return done
+
+                    t0 = time.monotonic()
+                    res = null_loop(binary, iterations, before_go=targeted)[1]
+                    stats, loss = res  # type: ignore[misc]
+                else:
+                    rec = Recorder(work, *agent_args)
+                    before, t0 = rec.prog_stats(), time.monotonic()
+                    if load == "loop":
+                        null_loop(binary, iterations)
+                    else:
+                        service.load(progs, seconds)
+                    stats = _diff(before, rec.prog_stats())
+                    loss = lost(rec.stop())
+                _print_prog_stats(title, stats, time.monotonic() - t0, loss)
+    finally:
+        service.stop()
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _diff(before: dict[str, tuple[int, int]],
+          after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    return {name: (ns - before.get(name, (0, 0))[0], cnt - before.get(name, (0, 0))[1])
+            for name, (ns, cnt) in after.items()}
+
+
+def _print_prog_stats(title: str, stats: dict[str, tuple[int, int]], wall: float,
+                      loss: int) -> None:
+    """One table: runs per second and ns per run of each program that ran."""
+    total_ns = sum(ns for ns, _ in stats.values())
+    print(f"   {title}: {wall:.1f} s, BPF {total_ns / wall / 1e7:.1f} % of a core, "
+          f"{loss} lost")
+    print(f"     {'program':<30} {'runs/s':>10} {'ns/run':>8}")
+    for name, (ns, cnt) in sorted(stats.items(), key=lambda kv: -kv[1][0]):
+        if cnt:
+            print(f"     {name:<30} {cnt / wall:>10,.0f} {ns / cnt:>8,.0f}")
 
 
 def _compact(lake_dir: Path) -> tuple[float, float, int]:
@@ -335,7 +503,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=1_000_000)
     parser.add_argument("--sustain", type=int, default=30)
-    parser.add_argument("--only", default="1234")
+    parser.add_argument("--only", default="12345")
     parser.add_argument("--agent-seconds", type=int, default=20,
                         help="length of part 4 (600 shows the cost of a table 10 minutes old)")
     parser.add_argument("--compact-every", type=int, default=240, metavar="SECONDS",
@@ -369,6 +537,8 @@ def run_all(args: argparse.Namespace) -> None:
             bench_sustained(work, args.sustain)
         if "4" in args.only:
             bench_agent_cost(work, args.agent_seconds, compact_every=args.compact_every)
+        if "5" in args.only:
+            bench_prog_cost(progs, work, iterations=args.iterations)
 
 
 if __name__ == "__main__":
