@@ -51,6 +51,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         help="scopes of --new-token, comma-separated: read, replay, "
                         "payloads (with read: payload bytes and environments), e.g. "
                         "read,payloads")
+    parser.add_argument("--nodes", default=None, metavar="LIST",
+                        help="limit --new-token to these nodes, comma-separated: it reads "
+                        "and analyses only windows of them, and routes that cannot confine "
+                        "their answer to nodes refuse it")
+    parser.add_argument("--analyze-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long an explanation waits for the on-demand analysis of "
+                        "its window before answering 503 analysis-running (default: "
+                        "$KPROBE_API_ANALYZE_TIMEOUT_S or 20)")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="answer explanations only from windows already analysed "
+                        "(no on-demand analysis: the API then never writes to the lake)")
     parser.set_defaults(func=run)
 
 
@@ -62,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.tokens_file:
             raise CommandError("--new-token needs --tokens-file")
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        nodes = ([n.strip() for n in args.nodes.split(",") if n.strip()]
+                 if args.nodes is not None else None)
         try:
-            token = add_token(Path(args.tokens_file), args.new_token, scopes)
+            token = add_token(Path(args.tokens_file), args.new_token, scopes, nodes)
         except ValueError as err:
             raise CommandError(str(err)) from None
         print(token)
@@ -73,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {name: value for name, value in (
         ("host", args.host), ("port", args.port), ("tokens_file", tokens_file),
         ("auth_disabled", True if args.no_auth else None),
-        ("cors_origins", args.cors_origin)) if value is not None}
+        ("cors_origins", args.cors_origin), ("analyze_timeout_s", args.analyze_timeout),
+        ("analyze_on_demand", False if args.no_analyze else None)) if value is not None}
     try:
         settings = ApiSettings(**overrides)
     except ValidationError as err:
