@@ -147,13 +147,18 @@ def build(data: dict[str, Any], window: str) -> ExplainedTransaction | None:
         if parent in spans:
             below.setdefault(parent, set()).update(mine | below[s["id"]])
 
+    shown = {s["id"]: [e for e in edges_by_src.get(s["id"], [])
+                       if e["rel"] == "DELAYED_BY" and _shown(e)
+                       and (e["kind"], e["dst"]) not in below.get(s["id"], set())]
+             for s in otel}
+    # ... and not again in what a waited-for thread did meanwhile, when a span of this
+    # trace on that thread shows it (the settlement write's reclaim, seen from the gateway)
+    ctx.on_spans = {(e["kind"], e["dst"]) for edges in shown.values() for e in edges}
     steps: list[_Step] = []
     for s in otel:
         dom = domain.get(s["id"])
         is_root = s["id"] == root["id"]
-        kernel = [e for e in edges_by_src.get(s["id"], [])
-                  if e["rel"] == "DELAYED_BY" and _shown(e)
-                  and (e["kind"], e["dst"]) not in below.get(s["id"], set())]
+        kernel = shown[s["id"]]
         # an uninstrumented server's side of a call, unless a wait line already follows
         # that server thread (with what it did meanwhile)
         waited = {e["dst"] for e in edges_by_src.get(s["id"], [])
@@ -260,6 +265,7 @@ class _Context:
                  threads: dict[str, dict[str, Any]]) -> None:
         self.spans, self.edges, self.episodes = spans, edges, episodes
         self.drivers, self.threads = drivers, threads
+        self.on_spans: set[tuple[str, str]] = set()  # (kind, target) shown under a span
 
     # -- kernel lines -------------------------------------------------------------------
     def kernel_steps(self, s: dict[str, Any], edges: list[dict[str, Any]],
@@ -286,6 +292,8 @@ class _Context:
                     for e in self.edges.get(holder["id"], []):
                         if e["rel"] == "DELAYED_BY" and _shown(e):
                             key = (e["kind"], e["dst"])
+                            if key in self.on_spans and e["kind"] not in WAIT_KINDS:
+                                continue
                             if key in merged:
                                 merged[key] = {**merged[key], "delay_ns": (
                                     merged[key]["delay_ns"] or 0) + (e["delay_ns"] or 0)}

@@ -64,6 +64,10 @@ def test_root_cause_is_memcg_reclaim_in_the_settlement_write(
     assert settlement in [s["span"] for s in kernel], report["explanation_text"]
     assert all(s["span"] == settlement or s["span"].startswith("holder:") and
                s["span"].split(":")[2] == str(tid) for s in kernel), report["explanation_text"]
+    # each reclaim episode is told once (under the settlement write, not again in what the
+    # gateway's waited-for thread did meanwhile)
+    targets = [s["target"] for s in kernel]
+    assert len(targets) == len(set(targets)), report["explanation_text"]
     (step,) = [s for s in kernel if s["span"] == settlement]
     assert step["episode"]["subkind"] == "memcg_reclaim", step["episode"]
     assert step["episode"]["memcg"] == report["cgroup_id"]  # the demo's cgroup
