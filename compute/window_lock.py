@@ -47,22 +47,39 @@ def lock_path(location: lake.LakeLocation, window: Window, settings: ComputeSett
 @contextmanager
 def window_lock(location: lake.LakeLocation, window: Window, settings: ComputeSettings, *,
                 blocking: bool = True) -> Iterator[None]:
-    """Hold ``window``'s analysis lock; ``blocking=False`` raises WindowBusy if it is held."""
+    """Hold ``window``'s analysis lock; ``blocking=False`` raises WindowBusy if it is held.
+
+    The holder removes the lock file before it lets go (no file per window piles up), so a
+    waiter that then gets the lock on the removed file tries again on a new one: the lock is
+    held only on the file that is at the path."""
     path = lock_path(location, window, settings)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as err:
-        raise ComputeError(f"cannot open the analysis lock {path}: "
-                           f"{err.strerror or err}") from None
-    try:
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise ComputeError(f"cannot open the analysis lock {path}: "
+                               f"{err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
+            os.close(fd)
             raise WindowBusy(f"window {window.id} is being analysed by another process"
                              ) from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the previous holder removed it: lock the one at the path now
+    try:
         yield
     finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
         os.close(fd)  # releases the lock
 
 

@@ -280,3 +280,27 @@ def test_unknown_and_disabled(unanalysed: dict[str, Any], tmp_path: Path) -> Non
         assert_problem(client.get("/v1/transactions/98721/explain", params=RANGE), 404,
                        "graph-not-found")
         assert _started(client) == 0
+
+
+def test_the_lock_stays_exclusive_when_its_file_is_removed_on_release(tmp_path: Path) -> None:
+    location = resolve(LakeSettings(lake=str(tmp_path / "lake")))
+    settings = ComputeSettings(graph_cache_dir=tmp_path / "cache")
+    acquired, done = threading.Event(), threading.Event()
+
+    def second() -> None:
+        with window_lock(location, W, settings):  # waits for the first holder
+            acquired.set()
+            assert done.wait(30)
+
+    with window_lock(location, W, settings):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        _until(lambda: waiter.is_alive(), "the second holder waits")
+        assert not acquired.is_set()
+    assert acquired.wait(deadline_s(10))
+    # the second holder holds the lock at the path, not the removed file it first opened
+    assert is_busy(location, W, settings)
+    done.set()
+    waiter.join(deadline_s(10))
+    assert not is_busy(location, W, settings)
+    assert not list((tmp_path / "lake" / "graphs" / ".locks").iterdir())
