@@ -34,8 +34,9 @@ class ApiMetrics:
                                ["state"], registry=r)
         self.analyses = Counter("kprobe_api_ondemand_analyses_total",
                                 "On-demand window analyses by outcome (started, joined: "
-                                "waited for one already running here, busy: running in "
-                                "another process, refused: at capacity, timed_out, failed)",
+                                "waited for one already running here, waited: for one "
+                                "another process ran, busy: another process still ran it "
+                                "at the bound, refused: at capacity, timed_out, failed)",
                                 ["outcome"], registry=r)
         self.admitted = Gauge("kprobe_api_admitted_requests",
                               "Heavy requests admitted (running or queued), by kind",

@@ -15,8 +15,9 @@ counted again (later ones are final: the follower's late horizon is over).
 Bounds (``OnDemand``):
 
 - single flight: one analysis per window in this process (a second request waits for the
-  first's), and across processes the window's lock file (compute/window_lock.py): a window
-  another process is analysing is answered ``analysis-running`` at once;
+  first's), and across processes the window's lock file (compute/window_lock.py): a
+  request for a window another process is analysing waits for that analysis (within the
+  bound) and is answered from its snapshot;
 - admission: at most ``analyze_max_concurrent`` analyses at once in this process; one more
   is refused with 503 and Retry-After;
 - time: a request waits ``analyze_timeout_s`` at most, then gets 503 "analysis of window W
@@ -46,6 +47,7 @@ from compute.window import Window
 from query_api.errors import AnalysisRunning, Overloaded
 
 S = 1_000_000_000
+BUSY_POLL_S = 0.2  # how often a window another process analyses is looked at again
 Freshness = Literal["fresh", "unanalysed", "stale"]
 
 
@@ -173,31 +175,44 @@ class OnDemand:
             return sorted(self._jobs)
 
     def ensure(self, window: Window, wait_s: float | None = None) -> None:
-        """Return once ``window`` is analysed (by this call or one already running here);
-        Overloaded at capacity, AnalysisRunning when another process analyses it or it took
-        longer than the wait (it goes on); the analysis's own error if it failed."""
+        """Return once ``window`` is analysed: by this call, by one already running here, or
+        by another process (waited for; its snapshot then answers). Overloaded at capacity;
+        AnalysisRunning when the analysis took longer than the wait (it goes on); the
+        analysis's own error if it failed here."""
         wait = self.timeout_s if wait_s is None else max(0.0, wait_s)
-        with self._lock:
-            job = self._jobs.get(window.id)
-            if job is not None:
-                self._count("joined")
-            else:
-                if len(self._jobs) >= self.max_concurrent:
-                    self._count("refused")
-                    retry = self._retry_after(min(j.started for j in self._jobs.values()))
-                    raise Overloaded(
-                        f"{len(self._jobs)} on-demand analyses already running on this replica "
-                        f"(limit {self.max_concurrent}); retry after {retry} s",
-                        {"Retry-After": str(retry)})
-                if self._busy(window):
-                    self._count("busy")
-                    retry = self._retry_after(time.monotonic())
-                    raise AnalysisRunning(
-                        f"analysis of window {window.id} is running in another process; "
-                        f"retry after {retry} s", {"Retry-After": str(retry)})
-                job = _Job(window, self._pool.submit(self._run, window), time.monotonic())
-                self._jobs[window.id] = job
-                self._count("started")
+        began = time.monotonic()
+        waited = False
+        while True:
+            with self._lock:
+                job = self._jobs.get(window.id)
+                if job is not None:
+                    self._count("joined")
+                    break
+                if not self._busy(window):
+                    if waited:  # the other process finished: its snapshot answers
+                        self._count("waited")
+                        return
+                    if len(self._jobs) >= self.max_concurrent:
+                        self._count("refused")
+                        retry = self._retry_after(min(j.started for j in self._jobs.values()))
+                        raise Overloaded(
+                            f"{len(self._jobs)} on-demand analyses already running on this "
+                            f"replica (limit {self.max_concurrent}); retry after {retry} s",
+                            {"Retry-After": str(retry)})
+                    job = _Job(window, self._pool.submit(self._run, window), time.monotonic())
+                    self._jobs[window.id] = job
+                    self._count("started")
+                    break
+            # another process analyses it: wait for it within the bound, never run it twice
+            left = wait - (time.monotonic() - began)
+            if left <= 0:
+                self._count("busy")
+                retry = self._retry_after(began)
+                raise AnalysisRunning(
+                    f"analysis of window {window.id} is running in another process; "
+                    f"retry after {retry} s", {"Retry-After": str(retry)})
+            waited = True
+            time.sleep(min(BUSY_POLL_S, left))
         try:
             job.future.result(timeout=wait)
         except FutureTimeout:

@@ -1,12 +1,11 @@
 """On-demand analysis through a real ``kprobe serve`` over a lake the real agent recorded.
 
 Module fixture (root): ``kprobe run`` records the lock scenario (a thread holding the ledger
-lock makes payments miss their 50 ms deadline) into a fresh lake that nobody analyses;
-``kprobe serve`` answers with a reader token, a token limited to the recording's node and
-one limited to another node.
-The first explanation asked analyses the payment's window (two requests at once start one
-analysis), ``kprobe explain`` then reuses the snapshot, and the other node's token gets
-nothing of it.
+lock makes payments miss their 50 ms deadline) into a fresh lake that nobody analyses; two
+``kprobe serve`` replicas answer over it, with a reader token, a token limited to the
+recording's node and one limited to another node. The first explanation asked analyses the
+payment's window (three requests at once, on both replicas, start one analysis),
+``kprobe explain`` then reuses the snapshot, and the other node's token gets nothing of it.
 """
 
 from __future__ import annotations
@@ -37,14 +36,14 @@ pytestmark = pytest.mark.timeout(600)
 
 @dataclass
 class Served:
-    base: str
+    bases: list[str]  # two replicas
     lake: Path
     tokens: dict[str, str]
     node: str
     missed: list[Operation]  # payments that missed their deadline, in one window
 
-    def client(self, token: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base, timeout=deadline_s(300),
+    def client(self, token: str, replica: int = 0) -> httpx.Client:
+        return httpx.Client(base_url=self.bases[replica], timeout=deadline_s(300),
                             headers={"Authorization": f"Bearer {self.tokens[token]}"})
 
 
@@ -77,46 +76,57 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tokens = {"reader": add_token(tokens_file, "reader", ["read"]),
               "mine": add_token(tokens_file, "mine", ["read"], nodes=[node]),
               "other": add_token(tokens_file, "other", ["read"], nodes=["elsewhere"])}
-    port = free_port()
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed at teardown
-    # a bound far above one window's analysis here, so a busy machine does not turn the
-    # first answer into a 503 (the bound itself: tests/unit/test_query_api_ondemand.py)
-    proc = subprocess.Popen([*KPROBE, "serve", "--lake", str(lake), "--tokens-file",
-                             str(tokens_file), "--port", str(port), "--analyze-timeout",
-                             str(deadline_s(240))],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, "KPROBE_COMPUTE_GRAPH_CACHE_DIR":
-                                 str(tmp / "graph-cache")})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + deadline_s(30)
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, (tmp / "serve.log").read_text()
-        assert time.monotonic() < deadline, "kprobe serve did not answer in time"
-        time.sleep(0.1)
+    # two replicas over the same lake (two processes: `kprobe serve` on two ports)
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    bases = []
     try:
-        yield Served(base, lake, tokens, node, missed)
+        for replica in ("a", "b"):
+            port = free_port()
+            log = open(tmp / f"serve-{replica}.log", "wb")  # noqa: SIM115 - closed below
+            logs.append(log)
+            # a bound far above one window's analysis here, so a busy machine does not turn
+            # the first answer into a 503 (the bound itself: tests/unit/)
+            procs.append(subprocess.Popen(
+                [*KPROBE, "serve", "--lake", str(lake), "--tokens-file", str(tokens_file),
+                 "--port", str(port), "--analyze-timeout", str(deadline_s(240))],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env={**os.environ, "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(tmp / "cache")}))
+            bases.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + deadline_s(30)
+        for proc, base, log in zip(procs, bases, logs, strict=True):
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, Path(log.name).read_text()
+                assert time.monotonic() < deadline, "kprobe serve did not answer in time"
+                time.sleep(0.1)
+        yield Served(bases, lake, tokens, node, missed)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for log in logs:
+            log.close()
 
 
 def _analyses(served: Served, outcome: str) -> float:
-    text = httpx.get(f"{served.base}/metrics", timeout=10).text
+    """The outcome's count, over both replicas."""
     series = f'kprobe_api_ondemand_analyses_total{{outcome="{outcome}"}}'
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
+    total = 0.0
+    for base in served.bases:
+        for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+            if line.startswith(series + " "):
+                total += float(line.split()[-1])
+    return total
 
 
 def test_the_first_request_analyses_the_window_once_and_answers_the_root_cause(
@@ -125,22 +135,27 @@ def test_the_first_request_analyses_the_window_once_and_answers_the_root_cause(
     answers: list[httpx.Response] = []
     lock = threading.Lock()
 
-    def ask() -> None:
-        with served.client("reader") as client:
+    def ask(replica: int) -> None:
+        with served.client("reader", replica) as client:
             response = client.get(f"/v1/transactions/{payment}/explain")
         with lock:
             answers.append(response)
 
-    # WHEN two engineers ask for the same late payment at once
-    threads = [threading.Thread(target=ask) for _ in range(2)]
+    # WHEN three engineers ask for the same late payment at once: two of them on one
+    # replica, the third on the other
+    threads = [threading.Thread(target=ask, args=(replica,)) for replica in (0, 0, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(deadline_s(300))
-    # THEN both get its explanation, from one analysis of its window
-    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
-    assert answers[0].json() == answers[1].json()
+    # THEN all get its explanation, from one analysis of its window
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert answers[0].json() == answers[1].json() == answers[2].json()
+    print("on-demand outcomes:", {o: _analyses(served, o) for o in (
+        "started", "joined", "waited", "busy", "refused", "timed_out", "failed")})
     assert _analyses(served, "started") == 1
+    # the others shared it: in the same process, or waiting for the other process's
+    assert _analyses(served, "joined") + _analyses(served, "waited") == 2
     [txn] = answers[0].json()["transactions"]
     assert txn["failed"] and txn["root_cause"] is not None, txn
     window = txn["window"]

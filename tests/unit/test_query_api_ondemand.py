@@ -166,17 +166,43 @@ def test_a_window_another_process_analyses_is_not_analysed_again(tmp_path: Path)
     settings = ComputeSettings(graph_cache_dir=tmp_path / "cache")
     analyses = _Analyses()
     analyses.release.set()
-    od = OnDemand(analyses, lambda w: is_busy(location, w, settings), max_concurrent=1,
-                  timeout_s=5)
+    outcomes: list[str] = []
+    probes: list[bool] = []
+
+    def busy(window: Window) -> bool:
+        probes.append(is_busy(location, window, settings))
+        return probes[-1]
+
+    od = OnDemand(analyses, busy, max_concurrent=1, timeout_s=5, count=outcomes.append)
     # GIVEN another holder of the window's lock (an flock on its own open file: the same
     # as another process)
     with window_lock(location, W, settings):
         assert is_busy(location, W, settings)
         with pytest.raises(AnalysisRunning, match="running in another process"):
-            od.ensure(W)
+            od.ensure(W, 0.5)  # it is still running at the bound
     assert analyses.started == []
     assert not is_busy(location, W, settings)  # released with its holder
-    od.ensure(W)
+    # a request that arrives while the other process analyses waits for it, and does not
+    # analyse the window again once it is done
+    release = threading.Event()
+
+    def other_process() -> None:
+        with window_lock(location, W, settings):
+            holding.set()
+            release.wait(30)
+
+    holding = threading.Event()
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    assert holding.wait(deadline_s(10))
+    probes.clear()
+    waiter, result = _ensure_in_thread(od, W, 30)
+    _until(lambda: True in probes, "the request found it busy")
+    release.set()
+    waiter.join(deadline_s(10))
+    holder.join(deadline_s(10))
+    assert result == [None] and analyses.started == [] and outcomes[-1] == "waited"
+    od.ensure(W)  # nobody holds it now: analysed here
     assert analyses.started == [W.id]
     od.close()
 
