@@ -48,6 +48,7 @@ from query_api.errors import AnalysisRunning, Overloaded
 
 S = 1_000_000_000
 BUSY_POLL_S = 0.2  # how often a window another process analyses is looked at again
+COUNT_TTL_S = 2.0  # how long a window's span count is reused
 Freshness = Literal["fresh", "unanalysed", "stale"]
 
 
@@ -168,6 +169,23 @@ class OnDemand:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent,
                                         thread_name_prefix="kprobe-analyze")
         self.last_seconds: float | None = None
+        self._counts: dict[str, tuple[float, int]] = {}  # window id -> (when, owned spans)
+
+    def owned_spans(self, db: lake.LakeDatabase, window: Window, ttl_s: float = COUNT_TTL_S
+                    ) -> int:
+        """``owned_spans`` of the lake, remembered ``ttl_s`` (a burst of explanations of one
+        recent window counts its spans once, not once per request)."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._counts.get(window.id)
+        if seen is not None and now - seen[0] < ttl_s:
+            return seen[1]
+        count = owned_spans(db, window)
+        with self._lock:
+            if len(self._counts) > 1024:
+                self._counts.clear()
+            self._counts[window.id] = (now, count)
+        return count
 
     @property
     def running(self) -> list[str]:
@@ -227,6 +245,8 @@ class OnDemand:
         try:
             self._analyse(window)
             self.last_seconds = time.monotonic() - started
+            with self._lock:
+                self._counts.pop(window.id, None)
         except BaseException:
             self._count("failed")
             raise

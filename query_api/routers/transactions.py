@@ -33,6 +33,7 @@ from query_api.deps import (
     parse_time,
 )
 from query_api.errors import BadRequest
+from query_api.ondemand import OnDemand
 from query_api.problems import problem_responses
 from query_api.schemas import Explanation, TransactionPage
 from query_api.settings import ApiSettings
@@ -134,12 +135,14 @@ def explain_transaction(txn: Annotated[str, Path(min_length=1, max_length=256)],
         answered = {t["window"] for t in json.loads(body)["transactions"]}
         todo = [s.window for s in snapshots if s.window_id in answered
                 and ondemand_mod.needs_recheck(s, settings.analyze_recheck_s)
-                and ondemand_mod.freshness(s, ondemand_mod.owned_spans(db, s.window))
+                and ondemand_mod.freshness(s, ondemand.owned_spans(db, s.window))
                 == "stale"]
         if not todo:
             return Response(body, media_type="application/json")
     except (NotFound, GraphNotFound) as err:
-        todo = _unanalysed(txn, location, compute, settings, db, nodes, start, end)
+        with slots.hold():  # a scan of the spans: bounded like a graph read
+            todo = _unanalysed(txn, location, compute, settings, db, ondemand, nodes, start,
+                               end)
         if not todo:
             raise err from None
     for target in todo:
@@ -148,8 +151,9 @@ def explain_transaction(txn: Annotated[str, Path(min_length=1, max_length=256)],
 
 
 def _unanalysed(txn: str, location: LakeLocation, compute: ComputeSettings,
-                settings: ApiSettings, db: LakeDatabase, nodes: tuple[str, ...] | None,
-                start: int | None, end: int | None) -> list[Window]:
+                settings: ApiSettings, db: LakeDatabase, ondemand: OnDemand,
+                nodes: tuple[str, ...] | None, start: int | None, end: int | None
+                ) -> list[Window]:
     """Windows that own a trace ``txn`` names in the lake (of the caller's nodes) and whose
     snapshot is missing or does not hold it."""
     hi = end if end is not None else time.time_ns() + 1
@@ -166,7 +170,7 @@ def _unanalysed(txn: str, location: LakeLocation, compute: ComputeSettings,
         # a snapshot that read every span the window owns now and still does not name the
         # transaction would not name it after another analysis either
         if have is not None and "inputs" in have.manifest and ondemand_mod.freshness(
-                have, ondemand_mod.owned_spans(db, target)) == "fresh":
+                have, ondemand.owned_spans(db, target)) == "fresh":
             continue
         windows.setdefault(target.id, target)
     return list(windows.values())
