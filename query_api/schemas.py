@@ -264,6 +264,9 @@ class WhoAmI(BaseModel):
     scopes: list[Literal["read", "replay", "payloads"]]
     auth: Literal["token", "none"] = Field(description="none: the server runs --no-auth "
                                                        "(loopback only, read-only)")
+    nodes: list[str] | None = Field(default=None, description=(
+        "the nodes the token is limited to (null: every node); such a token may only ask "
+        "for explanations"))
 
 
 class TraceProcess(BaseModel):

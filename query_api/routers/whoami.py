@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from query_api.deps import ReadAccess, SettingsDep
+from query_api.deps import NodeReadAccess, SettingsDep
 from query_api.problems import problem_responses
 from query_api.schemas import WhoAmI
 from query_api.settings import SCOPES
@@ -15,7 +15,9 @@ router = APIRouter(prefix="/v1", tags=["auth"])
 
 @router.get("/whoami", response_model=WhoAmI, responses=problem_responses(401, 403, 503),
             summary="The caller's token and scopes")
-async def whoami(principal: ReadAccess, settings: SettingsDep) -> WhoAmI:
+async def whoami(principal: NodeReadAccess, settings: SettingsDep) -> WhoAmI:
+    # node-confined: it tells only the token's own name, scopes and nodes
     return WhoAmI(principal=principal.name,
                   scopes=[s for s in SCOPES if s in principal.scopes],
-                  auth="none" if settings.auth_disabled else "token")
+                  auth="none" if settings.auth_disabled else "token",
+                  nodes=sorted(principal.nodes) if principal.nodes is not None else None)

@@ -76,13 +76,14 @@ def test_a_missing_build_says_how_to_make_it(tmp_path: Path, monkeypatch: pytest
 
 def test_whoami(make_client: ClientFactory) -> None:
     assert make_client().get("/v1/whoami").json() == {"principal": "reader", "scopes": ["read"],
-                                                      "auth": "token"}
+                                                      "auth": "token", "nodes": None}
     assert make_client(token="full").get("/v1/whoami").json()["scopes"] == ["read", "replay"]
     assert_problem(make_client(token=None).get("/v1/whoami"), 401, "unauthorized")
     assert_problem(make_client(token="replayer").get("/v1/whoami"), 403, "insufficient-scope",
                    "read")
     open_ = make_client(token=None, auth_disabled=True).get("/v1/whoami").json()
-    assert open_ == {"principal": "anonymous", "scopes": ["read"], "auth": "none"}
+    assert open_ == {"principal": "anonymous", "scopes": ["read"], "auth": "none",
+                     "nodes": None}
 
 
 def test_trace_processes_name_the_recorded_exec_and_payloads(analysed_lake: Path,

@@ -282,6 +282,7 @@ def test_node_scope_applies_to_what_is_analysed_and_returned(
         assert_problem(client.post("/v1/sql", json={"sql": "SELECT 1"}), 403,
                        "insufficient-scope", "limited to nodes")
         assert_problem(client.get("/v1/transactions"), 403, "insufficient-scope")
+        assert client.get("/v1/whoami").json()["nodes"] == ["elsewhere"]
     with _client(unanalysed, tmp_path, "mine") as client:
         answer = client.get("/v1/transactions/98721/explain", params=RANGE)
         assert answer.status_code == 200, answer.text
