@@ -23,7 +23,7 @@ from compute.graph import store
 from compute.settings import ComputeSettings
 from compute.sql import scalar_row, sql_list
 from compute.window import Window, load
-from compute.window_lock import window_lock
+from compute.window_lock import edges_lock, window_lock
 
 
 @dataclass
@@ -95,14 +95,22 @@ def run_window(location: lake.LakeLocation, window: Window, settings: ComputeSet
     return WindowOutput(window, analysis.edges, analysis.summary, uri)
 
 
-def write_edges(location: lake.LakeLocation, outputs: list[WindowOutput]) -> int:
+def write_edges(location: lake.LakeLocation, outputs: list[WindowOutput],
+                settings: ComputeSettings | None = None) -> int:
     """Replace the causal_edges rows of these windows with the new ones; returns rows written.
 
     Re-analysing a window (new rules, late data) must not duplicate its edges: its old rows
-    are deleted first (Delta delete), then the new rows appended, one commit per node label.
+    are deleted first (Delta delete), then the new rows appended, one commit per node label,
+    under the lake's edges lock (two processes replacing one window's rows at once would
+    leave both sets).
     """
     if not outputs:
         return 0
+    with edges_lock(location, settings):
+        return _replace_edges(location, outputs)
+
+
+def _replace_edges(location: lake.LakeLocation, outputs: list[WindowOutput]) -> int:
     ids = [o.window.id for o in outputs]
     lake.delete_where(location, "causal_edges", f"window IN {sql_list(ids)}")
     written = 0

@@ -43,7 +43,7 @@ def analyze_windows(location: lake.LakeLocation, windows: list[Window],
             outputs.append(output)
             if on_done:
                 on_done(output)
-    return outputs, write_edges(location, outputs)
+    return outputs, write_edges(location, outputs, settings)
 
 
 def start_ray(settings: ComputeSettings) -> bool:

@@ -4,6 +4,8 @@
 ``kprobe analyze``, ``kprobe analyze --follow``, Ray tasks and the API's on-demand analysis
 (query_api/ondemand.py) never analyse one window twice at once; a second caller waits for
 the first (``blocking``) or, the API, learns at once that it is running (``WindowBusy``).
+``compute.analysis.write_edges`` holds the lake's ``causal_edges`` lock while it replaces
+windows' edges (never while holding a window's lock: no lock order to get wrong).
 
 Where the lock lives: a ``file://`` lake keeps it beside the snapshots
 (``{lake}/graphs/.locks/{window id}.lock``), so every process on every host that mounts the
@@ -35,24 +37,41 @@ class WindowBusy(ComputeError):
     """Another process (or thread) is analysing this window now."""
 
 
-def lock_path(location: lake.LakeLocation, window: Window, settings: ComputeSettings) -> Path:
+def lock_path(location: lake.LakeLocation, name: str, settings: ComputeSettings | None = None
+              ) -> Path:
+    """The lock file ``name`` (a window id, or ``causal_edges``) of the lake."""
     if location.scheme == "file":
         base = location.local_path / "graphs" / LOCKS_DIR
     else:
         key = hashlib.sha256(location.root.encode("utf-8")).hexdigest()[:16]
-        base = settings.graph_cache_dir / LOCKS_DIR / key
-    return base / f"{window.id}.lock"
+        base = (settings or ComputeSettings()).graph_cache_dir / LOCKS_DIR / key
+    return base / f"{name}.lock"
 
 
 @contextmanager
 def window_lock(location: lake.LakeLocation, window: Window, settings: ComputeSettings, *,
                 blocking: bool = True) -> Iterator[None]:
-    """Hold ``window``'s analysis lock; ``blocking=False`` raises WindowBusy if it is held.
+    """Hold ``window``'s analysis lock; ``blocking=False`` raises WindowBusy if it is held."""
+    with _held(lock_path(location, window.id, settings), blocking,
+               f"window {window.id} is being analysed by another process"):
+        yield
 
-    The holder removes the lock file before it lets go (no file per window piles up), so a
-    waiter that then gets the lock on the removed file tries again on a new one: the lock is
-    held only on the file that is at the path."""
-    path = lock_path(location, window, settings)
+
+@contextmanager
+def edges_lock(location: lake.LakeLocation, settings: ComputeSettings | None = None
+               ) -> Iterator[None]:
+    """Held while a process replaces windows' rows of ``causal_edges`` (delete, then
+    append): two processes' replacements of one window never interleave into duplicates,
+    and their Delta commits to the table never race."""
+    with _held(lock_path(location, "causal_edges", settings), True, ""):
+        yield
+
+
+@contextmanager
+def _held(path: Path, blocking: bool, busy: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``. The holder removes the file before it lets go (no
+    file per window piles up), so a waiter that then gets the lock on the removed file tries
+    again on a new one: the lock is held only on the file that is at the path."""
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,8 +83,7 @@ def window_lock(location: lake.LakeLocation, window: Window, settings: ComputeSe
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
-            raise WindowBusy(f"window {window.id} is being analysed by another process"
-                             ) from None
+            raise WindowBusy(busy) from None
         try:
             current = os.stat(path).st_ino
         except FileNotFoundError:
