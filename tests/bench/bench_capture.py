@@ -117,12 +117,22 @@ class Recorder:
 
 def lost(summary: dict[str, object]) -> int:
     """Events the agent lost: kernel drops (ring or map full) plus rows its sink lost."""
-    total = 0
-    for key in ("lost", "kernel_drops"):
+    return sum(losses_by_source(summary).values())
+
+
+LOSS_SOURCES: dict[str, int] = {}  # every loss of this run by source, printed at the end
+
+
+def losses_by_source(summary: dict[str, object]) -> dict[str, int]:
+    """Nonzero losses of one agent run: "kernel <source>" (drops) and "sink <table>"."""
+    out: dict[str, int] = {}
+    for key, what in (("kernel_drops", "kernel"), ("lost", "sink")):
         counts = summary.get(key)
         if isinstance(counts, dict):
-            total += sum(int(v) for v in counts.values())
-    return total
+            out |= {f"{what} {k}": int(v) for k, v in counts.items() if int(v)}
+    for source, n in out.items():
+        LOSS_SOURCES[source] = LOSS_SOURCES.get(source, 0) + n
+    return out
 
 
 def event_counts(summary: dict[str, object]) -> dict[str, int]:
@@ -539,6 +549,8 @@ def run_all(args: argparse.Namespace) -> None:
             bench_agent_cost(work, args.agent_seconds, compact_every=args.compact_every)
         if "5" in args.only:
             bench_prog_cost(progs, work, iterations=args.iterations)
+        print("losses of all parts by source: " + (", ".join(
+            f"{k} {v:,}" for k, v in sorted(LOSS_SOURCES.items())) or "none"))
 
 
 if __name__ == "__main__":
