@@ -98,6 +98,12 @@ locals {
       { sid = "ReplayJobs", actions = ["s3:PutObject", "s3:DeleteObject"], resources = ["${local.lake}/jobs/*"] },
     ]
   }
+  # The API analyses a window nobody analysed yet when asked for one of its payments (kprobe
+  # serve, without --no-analyze): then it writes what the analyzer writes, and nothing else.
+  on_demand_analysis = [
+    { sid = "OnDemandGraphs", actions = ["s3:PutObject", "s3:DeleteObject"], resources = ["${local.lake}/graphs/*"] },
+    { sid = "OnDemandCausalEdges", actions = ["s3:PutObject", "s3:DeleteObject"], resources = ["${local.tables}/causal_edges/*"] },
+  ]
   # Encrypt (writers) or decrypt only, and only through S3 in this bucket's region.
   kms_actions = {
     agent     = ["kms:Decrypt", "kms:GenerateDataKey"]
@@ -123,6 +129,15 @@ data "aws_iam_policy_document" "role" {
 
   dynamic "statement" {
     for_each = local.statements[each.key]
+    content {
+      sid       = statement.value.sid
+      actions   = statement.value.actions
+      resources = statement.value.resources
+    }
+  }
+
+  dynamic "statement" {
+    for_each = each.key == "reader" && var.api_analyzes_on_demand ? local.on_demand_analysis : []
     content {
       sid       = statement.value.sid
       actions   = statement.value.actions

@@ -66,3 +66,13 @@ variable "agent_node_scoped" {
     false: any node's partitions (IRSA carries no node name).
   EOT
 }
+
+variable "api_analyzes_on_demand" {
+  type        = bool
+  default     = true
+  description = <<-EOT
+    true: the API (reader role) may also write graphs/ and causal_edges, as the analyzer does,
+    to analyse on demand a window nobody analysed yet (the chart's api.analyzeOnDemand).
+    false: the API writes only replay jobs; run it with --no-analyze (api.analyzeOnDemand=false).
+  EOT
+}

@@ -64,8 +64,10 @@ def substitute(text: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Za-z0-9_.]+)\}", one, text)
 
 
-def role_statements(agent_node_scoped: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """role -> [{"actions": [...], "resources": [concrete ARN patterns]}], the allow-list."""
+def role_statements(agent_node_scoped: bool = False, api_analyzes_on_demand: bool = False
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """role -> [{"actions": [...], "resources": [concrete ARN patterns]}], the allow-list
+    (the reader's on-demand analysis statements when ``api_analyzes_on_demand``)."""
     tf = parse()
     loc = locals_(tf)
     values = {"aws_s3_bucket.lake.arn": BUCKET_ARN, "var.prefix": PREFIX}
@@ -81,6 +83,8 @@ def role_statements(agent_node_scoped: bool = False) -> dict[str, list[dict[str,
     out: dict[str, list[dict[str, Any]]] = {}
     for role, statements in loc["statements"].items():
         out[role] = []
+        if role == "reader" and api_analyzes_on_demand:
+            statements = [*statements, *loc["on_demand_analysis"]]
         for st in statements:
             resources = st["resources"]
             if resources == "${local.log_files}":

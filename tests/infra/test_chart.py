@@ -140,6 +140,11 @@ def test_api_takes_its_tokens_from_a_secret_and_hands_replays_to_the_runner() ->
     assert secret["data"] == {"tokens.json": "eyJ0b2tlbnMiOiBbXX0="}
     with pytest.raises(render.TemplateError, match="api.auth"):
         manifests(overrides={"api": {"auth": {"existingSecret": "", "tokensJson": ""}}})
+    # on-demand analysis (terraform's api_analyzes_on_demand grants its writes): on by
+    # default, --no-analyze when turned off
+    assert "--no-analyze" not in args
+    off = by_kind(manifests(overrides={"api": {"analyzeOnDemand": False}}), "Deployment")
+    assert "--no-analyze" in pod_spec(off["kprobe-api"])["containers"][0]["args"]
 
 
 def test_agent_receivers_listen_for_the_cluster_with_services() -> None:

@@ -56,6 +56,13 @@ def test_every_role_may_do_exactly_its_job() -> None:
     for key in (DATA, LOG, EDGES, GRAPH):
         assert not allowed(reader, "s3:PutObject", key), key
         assert not allowed(reader, "s3:DeleteObject", key), key
+    # with on-demand analysis (api_analyzes_on_demand, the default) the API also writes what
+    # the analyzer writes, and still never a data file or a commit of another table
+    reader = role_statements(api_analyzes_on_demand=True)["reader"]
+    assert allowed(reader, "s3:PutObject", GRAPH) and allowed(reader, "s3:DeleteObject", EDGES)
+    for key in (DATA, LOG, CHECKPOINT, "kprobe/v1/sched/_delta_log/1.json"):
+        assert not allowed(reader, "s3:PutObject", key), key
+        assert not allowed(reader, "s3:DeleteObject", key), key
     # control: the checker does see a grant (the old reader policy: Put/Delete on prefix/*)
     old_reader = [{"actions": ["s3:PutObject", "s3:DeleteObject"],
                    "resources": ["arn:aws:s3:::lake-bucket/kprobe/*"]}]
