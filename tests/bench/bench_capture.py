@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[2]
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
@@ -195,31 +196,45 @@ def recorded_loop(binary: Path, iterations: int, work: Path, agent_args: list[st
     return ns, lost(rec.stop())
 
 
-BPFTRACE_LOST = re.compile(r"Lost (\d+) events")
+BPFTRACE_LOST = re.compile(rb"Lost (\d+) events")
+
+
+def _count_lost(stream: IO[bytes], found: list[int]) -> None:
+    """Read bpftrace's output as fast as it comes (as our agent reads its rings: a full
+    pipe would make bpftrace lose events, not pay) and add up its "Lost N events" lines
+    (bpftrace 0.17 writes them among the output, on stdout)."""
+    tail = b""
+    while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
+        buf = tail + chunk
+        cut = buf.rfind(b"\n") + 1
+        found.extend(int(n) for n in BPFTRACE_LOST.findall(buf[:cut]))
+        tail = buf[cut:]
+    found.extend(int(n) for n in BPFTRACE_LOST.findall(tail))
 
 
 def bpftrace_loop(binary: Path, iterations: int, work: Path, script: str) -> tuple[float, int]:
     """ns per call under bpftrace running ``script`` on the loop, and the events it lost
-    (its perf buffer overflowed: "Lost N events" on stderr)."""
+    (its perf buffer overflowed: "Lost N events" on stdout, or stderr in other versions)."""
     err_path = work / f"bpftrace-{time.monotonic_ns()}.err"
+    found: list[int] = []
 
     def attach(pid: int) -> object:
-        err = open(err_path, "w")  # noqa: SIM115 (closed below)
+        err = open(err_path, "wb")  # noqa: SIM115 (closed below)
         bt = subprocess.Popen(["bpftrace", "-e", script, str(pid)],
                               stdout=subprocess.PIPE, stderr=err)
         assert bt.stdout
         bt.stdout.readline()  # "Attaching 2 probes...": attached
-        # bpftrace's output is read (and dropped) as fast as it comes, as our agent
-        # reads its rings: a full pipe would make bpftrace lose events, not pay
-        threading.Thread(target=lambda: bt.stdout and bt.stdout.read(), daemon=True).start()
+        reader = threading.Thread(target=_count_lost, args=(bt.stdout, found), daemon=True)
+        reader.start()
 
         def done() -> None:
             _stop(bt)
+            reader.join(30)
             err.close()
         return done
 
     ns, _ = null_loop(binary, iterations, before_go=attach)
-    return ns, sum(int(n) for n in BPFTRACE_LOST.findall(err_path.read_text()))
+    return ns, sum(found) + sum(int(n) for n in BPFTRACE_LOST.findall(err_path.read_bytes()))
 
 
 def bench_syscall_cost(progs: Path, work: Path, rounds: int, iterations: int) -> None:
