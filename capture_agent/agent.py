@@ -344,7 +344,7 @@ class Agent:
             self.families.append(LoadedFamily(probes, sensor))
             if "targets" not in shared:
                 # One targets map for every sensor: a target is a target everywhere.
-                shared = {"targets": sensor.map_fd("targets")}
+                shared = sensor.target_maps()
             probes.loaded(sensor)
         for fam in self.families:
             fam.sensor.attach()

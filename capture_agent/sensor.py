@@ -294,11 +294,19 @@ class Sensor:
                                   e.errno or 0) from None
         return self._rings[name]
 
+    def target_maps(self) -> dict[str, int]:
+        """The maps that say who is a target, for another sensor's ``shared_maps``: the
+        ``targets`` set and the ``target_hint`` filter the kernel checks first."""
+        return {name: self.map_fd(name) for name in TARGET_MAPS}
+
     def add_targets(self, tgids: Iterable[int]) -> None:
         """Capture these processes in detail (their future children follow)."""
         fd = self.map_fd("targets")
+        hint = self.map_fd("target_hint")
         with self._map_errors("targets"):
             for tgid in tgids:
+                # the hint first: the kernel skips `targets` for a slot still 0
+                libbpf.map_update(hint, _u32(tgid % TARGET_HINT_SLOTS), b"\x01")
                 libbpf.map_update(fd, _u32(tgid), b"\x01")
 
     def remove_targets(self, tgids: Iterable[int]) -> None:
@@ -367,6 +375,11 @@ def _choose_fallbacks(obj: libbpf.BpfObject, fallbacks: Mapping[str, str],
         else:
             fb.autoload = False
     return used
+
+
+# common.h: the targets map and its filter (slot tgid % TARGET_HINT_SLOTS, never cleared)
+TARGET_MAPS = ("targets", "target_hint")
+TARGET_HINT_SLOTS = 32768
 
 
 def _u32(value: int) -> bytes:

@@ -88,6 +88,23 @@ struct {
 	__type(value, __u8);
 } targets SEC(".maps");
 
+/*
+ * A filter in front of `targets` for the hot paths: slot tgid % TARGET_HINT_SLOTS is 1 once
+ * any process of that slot was a target (set wherever `targets` gains a key, never cleared).
+ * 0 means "not a target" for certain; 1 means "ask `targets`". An array lookup is inlined by
+ * the verifier (no helper call, no hash): the whole cost of the check for most processes.
+ * One byte per slot would do, but an array's values are 8-byte aligned; a slot is written
+ * whole (no read-modify-write), so user space and the kernel never undo each other's bits.
+ */
+#define TARGET_HINT_SLOTS 32768
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TARGET_HINT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u8);
+} target_hint SEC(".maps");
+
 /* Records lost in the kernel, per enum event_kind: ring full or a bookkeeping map full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -102,11 +119,37 @@ const volatile __u8 target_all = 0;
  * a wakeup per record cut the workload's throughput to a third (ARCHITECTURE.md, Decisions). */
 const volatile __u32 wakeup_fill_pct = 50;
 
+/* 0: tgid is certainly not a target (see target_hint). */
+static __always_inline bool maybe_target(__u32 tgid)
+{
+	__u32 slot = tgid % TARGET_HINT_SLOTS;
+	__u8 *hint = bpf_map_lookup_elem(&target_hint, &slot);
+
+	return hint && *hint;
+}
+
 static __always_inline bool is_target(__u32 tgid)
 {
 	if (target_all)
 		return true;
-	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+	return maybe_target(tgid) && bpf_map_lookup_elem(&targets, &tgid) != NULL;
+}
+
+/* false: tgid is not a target and was none since the agent started (so no state the
+ * kernel keeps for targets, e.g. task storage or an off-CPU interval, can be its). */
+static __always_inline bool ever_target(__u32 tgid)
+{
+	return target_all || maybe_target(tgid);
+}
+
+/* Before a key is added to `targets`: the hint must never say no to a target. */
+static __always_inline void hint_target(__u32 tgid)
+{
+	__u32 slot = tgid % TARGET_HINT_SLOTS;
+	__u8 *hint = bpf_map_lookup_elem(&target_hint, &slot);
+
+	if (hint)
+		*hint = 1;
 }
 
 /*
@@ -190,8 +233,10 @@ int BPF_PROG(follow_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	parent_tgid = BPF_CORE_READ(parent, tgid);
 	child_tgid = BPF_CORE_READ(child, tgid);
-	if (child_tgid != parent_tgid && bpf_map_lookup_elem(&targets, &parent_tgid))
+	if (child_tgid != parent_tgid && is_target(parent_tgid)) {
+		hint_target(child_tgid);
 		bpf_map_update_elem(&targets, &child_tgid, &one, BPF_ANY);
+	}
 	return 0;
 }
 

@@ -99,19 +99,24 @@ const volatile __u8 record_recv = 1;
  * retransmits, resets and state changes stay system-wide: they are rare) */
 const volatile __u8 net_targets_only = 0;
 
+/*
+ * Every `sk` here is a BTF pointer (a tp_btf or fexit argument): its fields are plain
+ * loads (the JIT's fault-handled loads), not probe-read helper calls; send and receive
+ * run for every TCP socket on the node.
+ */
 static __always_inline bool is_tcp(const struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	if (family != AF_INET && family != AF_INET6)
 		return false;
-	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+	return sk->sk_protocol == IPPROTO_TCP;
 }
 
 /* Timewait and request sockets share only struct sock_common with a full socket. */
 static __always_inline bool is_full_sock(const struct sock *sk)
 {
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 state = sk->__sk_common.skc_state;
 
 	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
 }
@@ -119,22 +124,23 @@ static __always_inline bool is_full_sock(const struct sock *sk)
 /* The current task is the one acting on the socket (see the top of this file). */
 static __always_inline bool owned_by_user(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, sk_lock.owned) != 0;
+	return sk->sk_lock.owned != 0;
 }
 
 static __always_inline void remember_owner(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
-	__u64 ids = bpf_get_current_pid_tgid();
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tid = task->pid;
 	struct sock_owner *known = bpf_map_lookup_elem(&sock_owners, &key);
 	struct sock_owner owner = {};
 
 	/* the common case, a thread sending or receiving again: one lookup */
-	if (known && known->tid == (__u32)ids && !(known->flags & NET_FLAG_LISTENER))
+	if (known && known->tid == tid && !(known->flags & NET_FLAG_LISTENER))
 		return;
-	owner.pid = ids >> 32;
-	owner.tid = (__u32)ids;
-	bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+	owner.pid = task->tgid;
+	owner.tid = tid;
+	__builtin_memcpy(owner.comm, task->comm, TASK_COMM_LEN);
 	bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 }
 
@@ -143,7 +149,7 @@ static __always_inline struct listener_key listener_key_of(const struct sock *sk
 	struct listener_key key = {};
 
 	key.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	key.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	key.port = sk->__sk_common.skc_num;
 	return key;
 }
 
@@ -156,18 +162,18 @@ static __always_inline void zero_addrs(struct net_event *ev)
 /* The 4-tuple from struct sock_common (valid for full, request and timewait sockets). */
 static __always_inline void fill_tuple(struct net_event *ev, const struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	zero_addrs(ev);
 	ev->family = family;
-	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	ev->sport = sk->__sk_common.skc_num;
+	ev->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		__builtin_memcpy(ev->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(ev->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
 	} else {
-		__u32 saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__u32 daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__u32 saddr = sk->__sk_common.skc_rcv_saddr;
+		__u32 daddr = sk->__sk_common.skc_daddr;
 
 		__builtin_memcpy(ev->saddr, &saddr, 4);
 		__builtin_memcpy(ev->daddr, &daddr, 4);
@@ -191,11 +197,11 @@ static __always_inline void fill_owner(struct net_event *ev, const struct sock *
 	struct sock_owner *owner;
 
 	if (actor) {
-		__u64 ids = bpf_get_current_pid_tgid();
+		struct task_struct *task = bpf_get_current_task_btf();
 
-		ev->pid = ids >> 32;
-		ev->tid = (__u32)ids;
-		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+		ev->pid = task->tgid;
+		ev->tid = task->pid;
+		__builtin_memcpy(ev->comm, task->comm, TASK_COMM_LEN);
 		ev->hdr.flags |= NET_FLAG_OWNER;
 		return;
 	}
@@ -244,9 +250,9 @@ static __always_inline void on_length(struct sock *sk, int ret, __u16 kind, bool
 	if (ret <= 0 || !sk || !is_tcp(sk))
 		return;
 	remember_owner(sk);
-	if (!wanted || (net_targets_only && !is_target(bpf_get_current_pid_tgid() >> 32)))
+	if (!wanted || (net_targets_only && !is_target(bpf_get_current_task_btf()->tgid)))
 		return;
-	emit(sk, kind, ret, BPF_CORE_READ(sk, __sk_common.skc_state), 0, true, true);
+	emit(sk, kind, ret, sk->__sk_common.skc_state, 0, true, true);
 }
 
 SEC("tp_btf/sock_send_length")

@@ -95,6 +95,7 @@ static __always_inline __u8 add_target(__u32 tgid)
 
 	if (bpf_map_lookup_elem(&targets, &tgid))
 		return 0;
+	hint_target(tgid);
 	if (bpf_map_update_elem(&targets, &tgid, &one, BPF_NOEXIST)) {
 		count_drop(EVENT_PROC_TARGET);
 		return 0;

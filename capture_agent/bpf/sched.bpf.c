@@ -126,25 +126,30 @@ static __always_inline bool sched_in_scope(__u32 tgid_a, __u32 tgid_b)
 	return is_target(tgid_a) || is_target(tgid_b);
 }
 
-/* One sched_event for a wakeup-type tracepoint: waker = current, wakee = task. */
+/*
+ * One sched_event for a wakeup-type tracepoint: waker = current, wakee = task. Both are
+ * BTF pointers: plain loads, no probe-read or comm helper calls (this runs at every
+ * waking on the node).
+ */
 static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __u64 now)
 {
-	__u64 current_ids = bpf_get_current_pid_tgid();
-	__u32 wakee_tgid = BPF_CORE_READ(task, tgid);
+	struct task_struct *waker = bpf_get_current_task_btf();
+	__u32 waker_tgid = waker->tgid;
+	__u32 wakee_tgid = task->tgid;
 	struct sched_event *ev;
 
-	if (!sched_in_scope(current_ids >> 32, wakee_tgid))
+	if (!sched_in_scope(waker_tgid, wakee_tgid))
 		return;
 	ev = EVENT_RESERVE_AT(&sched_events, struct sched_event, kind, SCHED_LAYOUT_VERSION, now);
 	if (!ev)
 		return;
-	ev->prev_pid = current_ids >> 32;
-	ev->prev_tid = (__u32)current_ids;
+	ev->prev_pid = waker_tgid;
+	ev->prev_tid = waker->pid;
 	ev->next_pid = wakee_tgid;
-	ev->next_tid = BPF_CORE_READ(task, pid);
-	bpf_get_current_comm(ev->prev_comm, sizeof(ev->prev_comm));
-	BPF_CORE_READ_INTO(&ev->next_comm, task, comm);
-	ev->target_cpu = BPF_CORE_READ(task, thread_info.cpu);
+	ev->next_tid = task->pid;
+	__builtin_memcpy(ev->prev_comm, waker->comm, TASK_COMM_LEN);
+	__builtin_memcpy(ev->next_comm, task->comm, TASK_COMM_LEN);
+	ev->target_cpu = task->thread_info.cpu;
 	ev->prev_state = 0;
 	ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
 	event_submit(&sched_events, ev);
@@ -162,7 +167,7 @@ static __always_inline void offcpu_emit(struct offcpu_start *start, struct task_
 		return;
 	ev->hdr.flags = start->flags | flags;
 	ev->start_ns = start->start_ns;
-	ev->pid = BPF_CORE_READ(task, tgid);
+	ev->pid = task->tgid;
 	ev->tid = tid;
 	ev->waker_pid = start->waker_pid;
 	ev->waker_tid = start->waker_tid;
@@ -170,7 +175,7 @@ static __always_inline void offcpu_emit(struct offcpu_start *start, struct task_
 	ev->cpu_out = start->cpu;
 	ev->state = start->state;
 	ev->__pad = 0;
-	BPF_CORE_READ_INTO(&ev->comm, task, comm);
+	__builtin_memcpy(ev->comm, task->comm, TASK_COMM_LEN);
 	__builtin_memcpy(ev->waker_comm, start->waker_comm, TASK_COMM_LEN);
 	event_submit(&offcpu_events, ev);
 }
@@ -253,7 +258,8 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	if (prev_tid != 0 && state != TASK_STATE_X && state != TASK_STATE_Z &&
 	    is_target(prev_tgid))
 		offcpu_begin(prev, prev_tid, state, now, ctx);
-	if (next_tid != 0)
+	/* intervals are only started for targets: others skip the lookup */
+	if (next_tid != 0 && ever_target(next_tgid))
 		offcpu_end(next, next_tid, now);
 	return 0;
 }
@@ -262,17 +268,20 @@ SEC("tp_btf/sched_waking")
 int BPF_PROG(on_sched_waking, struct task_struct *task)
 {
 	__u64 now = bpf_ktime_get_ns();
-	__u32 tid = BPF_CORE_READ(task, pid);
-	struct offcpu_start *start = bpf_map_lookup_elem(&offcpu_start, &tid);
+	__u32 tid = task->pid;
+	struct offcpu_start *start = NULL;
 
+	/* intervals are only started for targets: others skip the lookup */
+	if (ever_target(task->tgid))
+		start = bpf_map_lookup_elem(&offcpu_start, &tid);
 	/* First waker wins (a second waking of a runnable task does not fire anyway). */
 	if (start && !(start->flags & OFFCPU_FLAG_WAKER)) {
-		__u64 current_ids = bpf_get_current_pid_tgid();
+		struct task_struct *waker = bpf_get_current_task_btf();
 
 		start->waking_ns = now;
-		start->waker_pid = current_ids >> 32;
-		start->waker_tid = (__u32)current_ids;
-		bpf_get_current_comm(start->waker_comm, sizeof(start->waker_comm));
+		start->waker_pid = waker->tgid;
+		start->waker_tid = waker->pid;
+		__builtin_memcpy(start->waker_comm, waker->comm, TASK_COMM_LEN);
 		start->flags |= OFFCPU_FLAG_WAKER;
 	}
 	if (record_waking)

@@ -73,6 +73,7 @@ LAYOUT_EXPORT(struct proc_context, proc_context);
 #define NR_PREADV 295
 #define NR_PREADV2 327
 #define NR_OPENAT2 437
+#define NR_CLOCK_GETTIME 228
 #define S_IFMT 00170000
 #define S_IFREG 0100000
 #define S_IFDIR 0040000
@@ -202,17 +203,17 @@ const volatile __u32 fresh_file_cap = 1 << 20;
 /* ---- entry and exit ---------------------------------------------------------------- */
 
 /* The state of a syscall entering now, or NULL if the thread is not captured. */
-static __always_inline struct syscall_state *syscall_begin(long nr)
+static __always_inline struct syscall_state *syscall_begin(struct task_struct *task, long nr)
 {
 	struct syscall_state *st;
 
-	if (!is_target(bpf_get_current_pid_tgid() >> 32))
+	/* for a process not captured, this check is all: one helper call (the task), one
+	 * inlined array lookup (target_hint); the `targets` hash only for likely targets */
+	if (!is_target(task->tgid))
 		return NULL;
-	if (nr == NR_URETPROBE &&
-	    !(bpf_get_current_task_btf()->thread_info.status & TS_COMPAT))
+	if (nr == NR_URETPROBE && !(task->thread_info.status & TS_COMPAT))
 		return NULL; /* the kernel's uretprobe trampoline, not the program's call */
-	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0,
-				  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	st = bpf_task_storage_get(&syscall_state, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st) {
 		count_drop(EVENT_SYSCALL);
 		return NULL;
@@ -252,18 +253,12 @@ static __always_inline void emit_resolved(struct syscall_state *st, struct sysca
 		emit_cwd(&st->scratch.shared);
 }
 
-static __always_inline void syscall_emit(struct syscall_state *st, struct syscall_call *call,
-					 long ret, __u64 now, __u8 flags)
+/* The syscall_event of `call`, its payloads (flags says how they went) already emitted. */
+static __always_inline void syscall_record(struct syscall_call *call, long ret, __u64 now,
+					   __u8 flags, __u64 ids)
 {
-	__u64 ids = bpf_get_current_pid_tgid();
 	struct syscall_event *ev;
 
-	if (call->compat)
-		flags |= SYSCALL_FLAG_COMPAT;
-	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN)) {
-		flags |= emit_payloads(st, call, ret, now, ids);
-		emit_resolved(st, call, ret);
-	}
 	ev = EVENT_RESERVE_AT(&syscall_events, struct syscall_event, EVENT_SYSCALL,
 			      SYSCALLS_LAYOUT_VERSION, now);
 	if (!ev)
@@ -281,6 +276,20 @@ static __always_inline void syscall_emit(struct syscall_state *st, struct syscal
 	event_submit(&syscall_events, ev);
 }
 
+static __always_inline void syscall_emit(struct syscall_state *st, struct syscall_call *call,
+					 long ret, __u64 now, __u8 flags)
+{
+	__u64 ids = bpf_get_current_pid_tgid();
+
+	if (call->compat)
+		flags |= SYSCALL_FLAG_COMPAT;
+	else if (capture_payloads && !(flags & SYSCALL_FLAG_NO_RETURN)) {
+		flags |= emit_payloads(st, call, ret, now, ids);
+		emit_resolved(st, call, ret);
+	}
+	syscall_record(call, ret, now, flags, ids);
+}
+
 /* exit and exit_group never reach sys_exit: record them at entry. */
 static __always_inline void syscall_entered(struct syscall_state *st)
 {
@@ -296,10 +305,14 @@ static __always_inline void syscall_entered(struct syscall_state *st)
 
 static __always_inline void syscall_end(long ret)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct syscall_state *st;
 
-	/* A thread never captured has no storage: this is the whole cost for it. */
-	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
+	/* A thread never captured has no storage: a thread without any task storage, or of
+	 * a process never targeted, is done here, before the storage lookup (a helper call). */
+	if (!task->bpf_storage || !ever_target(task->tgid))
+		return;
+	st = bpf_task_storage_get(&syscall_state, task, 0, 0);
 	if (!st || !st->sys.active)
 		return;
 	st->sys.active = 0;
@@ -311,11 +324,12 @@ static __always_inline void syscall_end(long ret)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 {
-	struct syscall_state *st = syscall_begin(id);
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct syscall_state *st = syscall_begin(task, id);
 
 	if (!st)
 		return 0;
-	if (bpf_get_current_task_btf()->thread_info.status & TS_COMPAT) {
+	if (task->thread_info.status & TS_COMPAT) {
 		st->sys.compat = 1;
 		st->sys.args[0] = (__u32)regs->bx;
 		st->sys.args[1] = (__u32)regs->cx;
@@ -1366,9 +1380,53 @@ static __always_inline int clock_enter(__s32 nr, __u64 a0, __u64 a1)
 	return 0;
 }
 
+/* The payload table gives clock_gettime one FLAT region of n bytes at argument 1 (the
+ * timespec), and the cap does not cut it: its chunk is emitted directly (clock_chunk). */
+#define CLOCK_REGION payload_specs[NR_CLOCK_GETTIME].regions[0]
+#define CLOCK_FAST_PATH                                                                 \
+	(CLOCK_REGION.size_kind == PAYLOAD_FIXED && CLOCK_REGION.arg == 1 &&              \
+	 (CLOCK_REGION.layout & PAYLOAD_LAYOUT_MASK) == PAYLOAD_FLAT &&                   \
+	 CLOCK_REGION.n > 0 && CLOCK_REGION.n <= SYSCALL_DATA_SMALL_CHUNK &&              \
+	 CLOCK_REGION.n <= payload_cap &&                                                 \
+	 payload_specs[NR_CLOCK_GETTIME].regions[1].size_kind == PAYLOAD_NONE)
+
+/*
+ * What emit_payloads emits for a clock_gettime answered by the vDSO, without its general
+ * machinery (~0.6 us of a ~0.85 us return here: clearing the scratch, the table walk, a
+ * bpf_loop): the one small chunk of its timespec, the same record. SYSCALL_FLAG_* to report.
+ */
+static __always_inline __u8 clock_chunk(struct syscall_state *st, long ret, __u64 now,
+					__u64 ids)
+{
+	struct copy_state *c = &st->scratch.shared;
+	__u32 n = CLOCK_REGION.n;
+
+	if (is_error(ret) || !st->clock.args[1])
+		return 0; /* a failed call wrote nothing; no buffer, no region */
+	c->now = now;
+	c->start_ns = st->clock.start_ns;
+	c->seq = st->clock.seq;
+	c->total_len = n;
+	c->base = st->clock.args[1];
+	c->iov = 0;
+	c->iov_left = 0;
+	c->piece_left = n;
+	c->want = n;
+	c->offset = 0;
+	c->pid = ids >> 32;
+	c->tid = (__u32)ids;
+	c->nr = NR_CLOCK_GETTIME;
+	c->arg_index = 1;
+	c->data_flags = 0;
+	c->sys_flags = 0;
+	emit_chunk(c, n);
+	return c->sys_flags;
+}
+
 static __always_inline int clock_return(long ret)
 {
 	struct syscall_state *st;
+	__u64 now, ids;
 
 	st = bpf_task_storage_get(&syscall_state, bpf_get_current_task_btf(), 0, 0);
 	if (!st || !st->clock.active)
@@ -1378,14 +1436,21 @@ static __always_inline int clock_return(long ret)
 		return 0; /* the vDSO fell back to the real syscall: that row is the record */
 	st->seq += 1;
 	st->clock.seq = st->seq;
-	syscall_emit(st, &st->clock, ret, bpf_ktime_get_ns(), SYSCALL_FLAG_VDSO);
+	now = bpf_ktime_get_ns();
+	if (st->clock.nr == NR_CLOCK_GETTIME && CLOCK_FAST_PATH) {
+		ids = bpf_get_current_pid_tgid();
+		syscall_record(&st->clock, ret, now, SYSCALL_FLAG_VDSO | clock_chunk(st, ret, now, ids),
+			       ids);
+		return 0;
+	}
+	syscall_emit(st, &st->clock, ret, now, SYSCALL_FLAG_VDSO);
 	return 0;
 }
 
 SEC("uprobe")
 int BPF_KPROBE(on_clock_gettime, __u64 clk, __u64 tp)
 {
-	return clock_enter(228, clk, tp);
+	return clock_enter(NR_CLOCK_GETTIME, clk, tp);
 }
 
 SEC("uretprobe")

@@ -33,7 +33,7 @@ struct per_tp_exit_ctx {
 SEC("tracepoint")
 int per_tp_enter(struct per_tp_enter_ctx *ctx)
 {
-	struct syscall_state *st = syscall_begin(ctx->nr);
+	struct syscall_state *st = syscall_begin(bpf_get_current_task_btf(), ctx->nr);
 
 	if (!st)
 		return 0;

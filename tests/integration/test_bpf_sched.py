@@ -215,7 +215,7 @@ def test_sensors_can_share_one_targets_map() -> None:
     require_root_and_objects()
     # GIVEN a sensor, and a second one loaded onto the first one's `targets` map
     with Sensor(sched.sensor_spec()) as first:
-        shared = {"targets": first.map_fd("targets")}
+        shared = first.target_maps()
         with Sensor(sched.sensor_spec(shared_maps=shared)) as second:
             # WHEN a target is added through one THEN the other sees it
             first.add_targets([os.getpid()])

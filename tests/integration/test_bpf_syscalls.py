@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from capture_agent import libbpf
 from capture_agent.clock import sample_offset
 from capture_agent.families import syscalls
 from capture_agent.layouts import EventKind
-from capture_agent.sensor import Sensor, object_path
+from capture_agent.sensor import TARGET_HINT_SLOTS, Sensor, object_path
 from tests.support import require, require_root
 
 N, M, BIG = 1000, 5, 100_000  # bytes per write, writes, bytes of the big pread
@@ -64,7 +66,8 @@ class IoRun:
 
 
 def run_io(binary: Path, path: Path, config: syscalls.SyscallsConfig,
-           targeted: bool = True) -> IoRun:
+           targeted: bool = True,
+           before_go: Callable[[Sensor, int], None] | None = None) -> IoRun:
     with Sensor(syscalls.sensor_spec(config)) as sensor:
         with subprocess.Popen([str(binary), str(path), str(N), str(M), str(BIG)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
@@ -74,6 +77,8 @@ def run_io(binary: Path, path: Path, config: syscalls.SyscallsConfig,
                 assert word == "ready"
                 if targeted:
                     sensor.add_targets([int(pid)])
+                if before_go:
+                    before_go(sensor, int(pid))
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
                 done = proc.stdout.readline().split()
@@ -227,3 +232,31 @@ def test_an_untargeted_process_produces_no_rows(syscall_io: Path, tmp_path: Path
     # THEN nothing at all is recorded (no process is a target)
     assert run.rows.num_rows == 0 and run.data.num_rows == 0
     assert run.drops == {}
+
+
+def _set(sensor: Sensor, name: str, key: int) -> None:
+    libbpf.map_update(sensor.map_fd(name), struct.pack("<I", key), b"\x01")
+
+
+def test_the_target_hint_only_filters(syscall_io: Path, tmp_path: Path) -> None:
+    """The kernel checks a process's slot of `target_hint` (tgid % TARGET_HINT_SLOTS, set
+    for every target, never cleared) before the `targets` hash: 0 ends the check."""
+    require_root_and_objects()
+    config = syscalls.SyscallsConfig()
+    # GIVEN an untargeted process whose slot is set (as a target of the same slot, or one
+    # gone, leaves it) WHEN it runs THEN it is still not captured: `targets` decides
+    shared_slot = run_io(syscall_io, tmp_path / "a.dat", config, targeted=False,
+                         before_go=lambda s, pid: _set(s, "target_hint", pid % TARGET_HINT_SLOTS))
+    assert shared_slot.rows.num_rows == 0 and shared_slot.drops == {}
+    # control: a key in `targets` alone, its slot 0 (never so: add_targets and the kernel
+    # set the slot first), is not captured: the hint really is consulted first
+    no_hint = run_io(syscall_io, tmp_path / "b.dat", config, targeted=False,
+                     before_go=lambda s, pid: _set(s, "targets", pid))
+    assert no_hint.rows.num_rows == 0
+    # and both set, as add_targets does: captured
+    def both_set(sensor: Sensor, pid: int) -> None:
+        _set(sensor, "target_hint", pid % TARGET_HINT_SLOTS)
+        _set(sensor, "targets", pid)
+
+    both = run_io(syscall_io, tmp_path / "c.dat", config, targeted=False, before_go=both_set)
+    assert len(both.calls("write")) >= M
