@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path,
+                 seconds: float = 30) -> None:
+    """Poll ``{base}/healthz`` until it answers 200; fail with the server's log if the
+    process exits or ``deadline_s(seconds)`` passes first."""
+    import httpx
+
+    deadline = time.monotonic() + deadline_s(seconds)
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, (
+            f"{base} did not answer within {seconds:g} s: "
+            f"{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)

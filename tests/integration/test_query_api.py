@@ -31,7 +31,7 @@ from websockets.sync.client import connect as ws_connect
 from lake import LakeSettings, LakeWriter, resolve
 from query_api.auth import add_token
 from tests.integration.timeout_story import SETTLED, TIMED_OUT, TIMEOUT_ARG, record_timeout_story
-from tests.support import REPO, free_port, require, require_root
+from tests.support import REPO, free_port, require, require_root, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 pytestmark = pytest.mark.timeout(300)
@@ -90,16 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                              str(tokens_file), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, (tmp / "serve.log").read_text()
-        assert time.monotonic() < deadline, "kprobe serve did not answer within 30 s"
-        time.sleep(0.1)
+    wait_healthy(proc, base, tmp / "serve.log")
     try:
         yield Served(base, lake, tokens, int(spans["pid"]), spans["node"], proc)
     finally:

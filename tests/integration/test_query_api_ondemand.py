@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from compute.window import Window
 from query_api.auth import add_token
 from tests.e2e.scenarios.harness import record
 from tests.e2e.scenarios.telemetry import Operation
-from tests.support import REPO, deadline_s, free_port, require_root
+from tests.support import REPO, deadline_s, free_port, require_root, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 pytestmark = pytest.mark.timeout(600)
@@ -93,17 +92,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                 env={**os.environ, "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(tmp / "cache")}))
             bases.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + deadline_s(30)
         for proc, base, log in zip(procs, bases, logs, strict=True):
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.poll() is None, Path(log.name).read_text()
-                assert time.monotonic() < deadline, "kprobe serve did not answer in time"
-                time.sleep(0.1)
+            wait_healthy(proc, base, Path(log.name))
         yield Served(bases, lake, tokens, node, missed)
     finally:
         for proc in procs:

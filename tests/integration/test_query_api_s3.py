@@ -26,7 +26,7 @@ from lake import LakeWriter, resolve
 from query_api.auth import add_token
 from tests.integration.timeout_story import SETTLED, TIMED_OUT, TIMEOUT_ARG, record_timeout_story
 from tests.s3server import S3Server
-from tests.support import REPO, free_port, require_root
+from tests.support import REPO, free_port, require_root, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 pytestmark = pytest.mark.timeout(300)
@@ -40,16 +40,8 @@ def _serve(env: dict[str, str], tokens_file: Path, log: Path) -> tuple[subproces
                                  str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    wait_healthy(proc, base, log)
+    return proc, base
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

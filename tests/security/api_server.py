@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 
 from query_api.auth import add_token
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 TOKENS = {"reader": ["read"], "reader2": ["read"], "operator": ["read", "replay"]}
@@ -113,16 +112,7 @@ def serve(lake: Path | str, tmp: Path, *, args: tuple[str, ...] = (),
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                                 cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, "kprobe serve did not answer within 60 s"
-        time.sleep(0.1)
+    wait_healthy(proc, base, log_path, 60)
     try:
         yield Served(base, port, Path(lake), tokens, proc, log_path, tmp, env or {})
     finally:

@@ -37,7 +37,7 @@ from websockets.sync.client import connect as ws_connect
 
 from lake import LakeSettings, LakeWriter, connect, payload_keys, resolve
 from lake.sealing import open_blob
-from tests.support import REPO, free_port, require, require_root
+from tests.support import REPO, free_port, require, require_root, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 pytestmark = pytest.mark.timeout(600)
@@ -228,16 +228,8 @@ def _serve(lake: Path, tokens_file: Path, log: Path,
                             stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, "KPROBE_API_LIVE_POLL_INTERVAL_S": "0.1", **env})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "kprobe serve did not answer within 60 s"
-        time.sleep(0.1)
+    wait_healthy(proc, base, log, 60)
+    return proc, base
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from tests.security.test_replay_sandbox import (  # noqa: F401 - fixtures
     no_probe_file_fixture,
     recorded_fixture,
 )
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -58,16 +58,7 @@ def server(recorded: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Iter
                              str(tokens_file), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, (tmp / "serve.log").read_text()
-        assert time.monotonic() < deadline, "kprobe serve did not answer within 30 s"
-        time.sleep(0.1)
+    wait_healthy(proc, base, tmp / "serve.log")
     try:
         yield Server(base, token, recorded)
     finally:
