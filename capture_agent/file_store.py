@@ -213,13 +213,14 @@ class FileStore:
                 return known, None
         if version.size > self.config.max_file_bytes:
             return "", TOO_BIG
-        opened, why = _open_version(version, *where)
+        stacked = _stacked(version.dev, where[1])
+        opened, why = _open_version(version, *where, stacked)
         if opened is None:
             # stored in an earlier hour (the lake keeps it at least as long as that hour)
             return (known, None) if known is not None else ("", why)
         try:
             content = _read_range(opened, 0, version.size)
-            if content is None or not _still(opened, version, where[1]):
+            if content is None or not _still(opened, version, stacked):
                 return (known, None) if known is not None else ("", CHANGED)
         finally:
             os.close(opened)
@@ -234,13 +235,14 @@ class FileStore:
                 reads: np.ndarray, new: dict[str, bytes]) -> str | None:
         """Each read's bytes as a blob of its own (``names[reads]``, offset 0 in it); why
         some are missing, or None."""
-        opened, why = _open_version(version, *where)
+        stacked = _stacked(version.dev, where[1])
+        opened, why = _open_version(version, *where, stacked)
         if opened is None:
             return why
         try:
             contents = [_read_range(opened, int(p), int(n)) for p, n in zip(starts, lengths,
                                                                               strict=True)]
-            if not _still(opened, version, where[1]):
+            if not _still(opened, version, stacked):
                 return CHANGED
         finally:
             os.close(opened)
@@ -403,7 +405,7 @@ def _entries(column: pa.ChunkedArray, counts: np.ndarray) -> np.ndarray:
     return np.frombuffer(_concat_values(column, counts * _ID_BYTES), FILE_ID)
 
 
-def _open_version(version: Version, path: bytes | None, pid: int, fd: int
+def _open_version(version: Version, path: bytes | None, pid: int, fd: int, stacked: bool
                   ) -> tuple[int | None, str | None]:
     """A descriptor on ``version``, opened where the kernel said it was (through the
     process's root, the path, or the reader's own descriptor) and checked to be that very
@@ -414,7 +416,6 @@ def _open_version(version: Version, path: bytes | None, pid: int, fd: int
         candidates.append(path)
     candidates.append(f"/proc/{pid}/fd/{fd}".encode())
     why = GONE
-    stacked = _stacked(version.dev, pid)
     for candidate in candidates:
         try:
             opened = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | _O_NOATIME)
@@ -457,10 +458,10 @@ def _read_range(fd: int, start: int, length: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _still(fd: int, version: Version, pid: int) -> bool:
+def _still(fd: int, version: Version, stacked: bool) -> bool:
     """The file did not change while it was read."""
     try:
-        return version.matches(os.fstat(fd), _stacked(version.dev, pid))
+        return version.matches(os.fstat(fd), stacked)
     except OSError:
         return False
 
@@ -474,7 +475,7 @@ _STACKED_TYPES = frozenset({"overlay"})
 def _stacked(dev: int, pid: int) -> bool:
     """The kernel device ``dev`` (major << 20 | minor) is a stacked file system's superblock,
     as the reader's mount namespace shows it (``/proc/PID/mountinfo``; the agent's own when
-    the reader is gone). Read once per file version and flush, not per read."""
+    the reader is gone). Read once per file version stored, not per read."""
     wanted = f"{dev >> 20}:{dev & 0xFFFFF}".encode()
     for source in (f"/proc/{pid}/mountinfo", "/proc/self/mountinfo"):
         try:
