@@ -17,6 +17,7 @@ Every error is one line on stderr, ``kprobe COMMAND: reason``, never a traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -98,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CommandError as err:
         print(f"kprobe {args.command}: {err}", file=sys.stderr)
+        if err.leave_now:
+            _leave(err.exit_code)
         return err.exit_code
     except _package_errors() as err:
         print(f"kprobe {args.command}: {err}", file=sys.stderr)
@@ -114,6 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kprobe {args.command}: unexpected {type(err).__name__}: {reason} "
               "(a bug; KPROBE_TRACEBACK=1 shows where)", file=sys.stderr)
         return 70
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit at once with ``code``, output flushed, without the interpreter's shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ class KprobeError(Exception):
 class CommandError(KprobeError):
     """A one-line reason and the exit code to leave with (2 = bad input or environment)."""
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = 2, *, leave_now: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        # the process must not run the interpreter's shutdown (e.g. a cancelled DuckDB
+        # statement: its threads can abort the exit with SIGABRT, "exception not rethrown")
+        self.leave_now = leave_now
