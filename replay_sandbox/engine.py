@@ -95,6 +95,10 @@ CLOCK_ID_CALLS = frozenset({228, 229, 230})  # clock_gettime, clock_getres, cloc
 # KPROBE_REPLAY_TRACE=1: one stderr line per served stop (row matched or not), to find
 # where a replay leaves its recording before the divergence report does
 _TRACE = bool(os.environ.get("KPROBE_REPLAY_TRACE"))
+_OPEN, _OPENAT = 2, 257
+_OPENS_AT = frozenset({_OPEN, _OPENAT})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_SETTINGS = (b"/proc/sys/", b"/sys/")  # kernel settings: read-only in the sandbox
 
 
 class Engine(IoServing):
@@ -886,8 +890,11 @@ class Engine(IoServing):
             os.kill(task.tid, -recorded_end)
             self._resume(task)
             return
+        if self._runtime_probe(task, spec, args):
+            return
         if (row is None and task.tid != proc.pid and proc is self.target
-                and self.rec.process.exit_code is not None):
+                and self.rec.process.exit_code is not None
+                and task.rec_tid not in self.rec.exited):
             # The recording of this thread ends here because another thread ended the
             # process (exit_group) while it ran: it stays at this stop until the process
             # ends again, as it did then.
@@ -898,6 +905,28 @@ class Engine(IoServing):
         if self.exact:
             self._diverge(task, regs, spec, row, args)
         self._synthesize(task, regs, spec, args)
+
+    def _runtime_probe(self, task: Task, spec: SyscallSpec, args: tuple[int, ...]) -> bool:
+        """A read-only open of a kernel setting (/proc/sys, /sys) the recording does not
+        have is a runtime's probe whose moment depends on a race between threads, not an
+        input of the program: glibc's malloc reads /proc/sys/vm/overcommit_memory once,
+        in whichever thread first trims its heap, and which arena a thread gets is decided
+        by who got to a lock first. It runs for real in the sandbox (read-only /proc and
+        /sys), as do the calls on its descriptor, and the report says so."""
+        if spec.nr not in _OPENS_AT or task.proc is None:
+            return False
+        path_arg, flags_arg = (0, 1) if spec.nr == _OPEN else (1, 2)
+        if args[flags_arg] & _WRITE_FLAGS:
+            return False
+        path = task.process.mem.read_cstring(args[path_arg])
+        if not path.startswith(_SETTINGS) or b"/.." in path:
+            return False
+        self.stats["runtime_probes"] += 1
+        self.notes.append(f"thread {task.rec_tid} read {path.decode(errors='replace')}, "
+                          "which its recording does not have (a runtime's probe of a kernel "
+                          "setting): the sandbox answered it")
+        self._run_live(task, spec, "file")
+        return True
 
     def _diverge(self, task: Task, regs: P.UserRegs, spec: SyscallSpec, row: Row | None,
                  args: tuple[int, ...]) -> None:

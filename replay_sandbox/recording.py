@@ -30,6 +30,7 @@ from replay_sandbox.syscall_table import (
 )
 
 _MMAP = 9
+_EXIT = 60
 _CLOSE = 3
 _DUP2 = 33
 _DUP3 = 292
@@ -120,6 +121,9 @@ class Recording:
     # start_ns: the fork), and each recorded thread's process
     children: dict[int, ProcessInfo] = field(default_factory=dict)
     tid_pid: dict[int, int] = field(default_factory=dict)
+    # threads whose recording holds their own exit: past their last row, nothing is left
+    # to come (a thread without one was ended by another's exit_group while it ran)
+    exited: frozenset[int] = frozenset()
 
     def pid_of(self, tid: int) -> int:
         """The recorded process of a recorded thread."""
@@ -213,7 +217,7 @@ class Recording:
         tid_pid = {r.tid: r.pid for r in all_rows}
         return cls(process, dict(threads), len(all_rows), initial,
                    tuple(sorted(real_paths)), mono_to_epoch_ns, children=dict(children or {}),
-                   tid_pid=tid_pid)
+                   tid_pid=tid_pid, exited=frozenset(r.tid for r in all_rows if r.nr == _EXIT))
 
 
 def _path_of(row: Row) -> str | None:

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from replay_sandbox.engine import ReplayOptions, replay
 from replay_sandbox.injection import parse_all
+from replay_sandbox.recording import Recording
 from tests.integration.test_replay_recorder import RecordedRun, record
 from tests.support import REPO, require, require_binary, require_root
 
@@ -30,7 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gcc = require_binary("gcc")
     out = tmp_path_factory.mktemp("programs")
     for source, flags in (("replay_loop.c", []), ("replay_threads.c", ["-pthread"]),
-                          ("replay_rdtsc.c", [])):
+                          ("replay_rdtsc.c", []), ("replay_thread_probe.c", ["-pthread"])):
         subprocess.run([gcc, "-O2", *flags, "-o", str(out / source[:-2]),
                         str(PROGRAMS / source)], check=True)
     return out
@@ -183,6 +186,71 @@ def test_end_of_recording_stops_the_replay(built: Path, tmp_path: Path) -> None:
     # WHEN replayed THEN it stops where the recording stops
     report = replay(rec)
     assert report.status == "end_of_recording", report.render_text()
+
+
+def _without(run: RecordedRun, tid: int, seqs: set[int]) -> Recording:
+    """The recording as if thread ``tid`` had not made the calls ``seqs``."""
+    def keep(table: pa.Table) -> pa.Array:
+        return pc.invert(pc.and_(pc.equal(table.column("tid"), tid),
+                                 pc.is_in(table.column("seq"), pa.array(sorted(seqs)))))
+    return Recording.from_tables(run.process, run.syscalls.filter(keep(run.syscalls)),
+                                 run.syscall_data.filter(keep(run.syscall_data)))
+
+
+def _worker_opens(run: RecordedRun) -> tuple[int, dict[bytes, list[int]]]:
+    """The worker thread, and the seqs of its open, read and close of each file."""
+    rec = run.recording()
+    (worker,) = [tid for tid in rec.threads if tid != rec.main_tid]
+    rows = rec.threads[worker]
+    opens = {}
+    for i, row in enumerate(rows):
+        if row.name == "openat":
+            opens[row.ins[1].rstrip(b"\0")] = [r.seq for r in rows[i:i + 3]]
+            assert [r.name for r in rows[i:i + 3]] == ["openat", "read", "close"]
+    return worker, opens
+
+
+def test_a_threads_probe_of_a_kernel_setting_missing_from_its_recording_runs_for_real(
+        built: Path, tmp_path: Path) -> None:
+    # GIVEN a thread that reads /proc/sys/vm/overcommit_memory (as glibc's malloc does in
+    # whichever thread first trims its heap: pigz -p 2 replays met it in 5 of 14 runs) and
+    # then a file of its own, recorded; and the recording without that setting's reads
+    run = record([str(built / "replay_thread_probe")], cwd=str(tmp_path), env=ENV)
+    assert run.stdout.endswith(b"joined\n") and run.exit_code == 0
+    worker, opens = _worker_opens(run)
+    assert worker in run.recording().exited  # its recording holds its own exit
+    setting = b"/proc/sys/vm/overcommit_memory"
+    # WHEN replayed exactly
+    report = replay(_without(run, worker, set(opens[setting])), ReplayOptions(timeout_s=60))
+    # THEN the probe runs in the sandbox, the report says so, and the replay is exact
+    # (before: the thread was parked as if ended by exit_group, and the replay timed out)
+    assert report.status == "completed", report.render_text()
+    assert report.outputs_match and report.replayed_outputs[1] == run.stdout
+    assert report.stats["runtime_probes"] == 1
+    assert any(setting.decode() in note for note in report.notes), report.notes
+    # AND (control) an input of the program's own missing from the recording is a
+    # divergence at once, not a probe
+    report = replay(_without(run, worker, set(opens[b"/proc/self/comm"])),
+                    ReplayOptions(timeout_s=60))
+    assert report.status == "diverged", report.render_text()
+    assert report.divergence is not None and report.divergence.tid == worker
+    assert "/proc/self/comm" in str(report.divergence.actual), report.render_text()
+
+
+def test_a_call_past_a_threads_own_exit_diverges_at_once(built: Path, tmp_path: Path) -> None:
+    # GIVEN the thread recorded, and its recording without its last call (its write)
+    run = record([str(built / "replay_thread_probe")], cwd=str(tmp_path), env=ENV)
+    rec = run.recording()
+    worker, _opens = _worker_opens(run)
+    last = rec.threads[worker][-1]
+    assert last.name == "write" and worker in rec.exited
+    # WHEN replayed exactly THEN the write past the thread's recorded end is a divergence
+    # that names it (before: the thread was parked as if killed by exit_group, and the
+    # replay waited for the process to end until its timeout)
+    report = replay(_without(run, worker, {last.seq}), ReplayOptions(timeout_s=60))
+    assert report.status == "diverged", report.render_text()
+    assert report.divergence is not None
+    assert report.divergence.reason == f"write after the end of thread {worker}'s recording"
 
 
 def _serve_once(delay_s: float) -> tuple[int, threading.Thread]:

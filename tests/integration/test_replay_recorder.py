@@ -50,6 +50,9 @@ class RecordedRun:
         return Recording.from_tables(self.process, self.syscalls, self.syscall_data)
 
 
+_ENDS = frozenset({60, 231})  # exit, exit_group
+
+
 @dataclass
 class _Entry:
     ts_ns: int
@@ -149,7 +152,12 @@ def _trace(pid: int, argv: list[str], cwd: str, env: list[str], patch_vdso: bool
         if sig == P.SYSCALL_STOP_SIG:
             P.get_regs(tid, regs)
             entry = entries.get(tid)
-            if entry is None:
+            if entry is None and regs.orig_rax in _ENDS and started and mem is not None:
+                # exit and exit_group never return: recorded at entry, as the agent does
+                _row(rows, data_rows, pid, tid, seqs,
+                     _Entry(time.time_ns(), regs.orig_rax, regs.syscall_args()), None, mem,
+                     comm)
+            elif entry is None:
                 entries[tid] = _Entry(time.time_ns(), regs.orig_rax, regs.syscall_args())
             else:
                 entries[tid] = None
@@ -197,7 +205,7 @@ def _trace(pid: int, argv: list[str], cwd: str, env: list[str], patch_vdso: bool
 
 
 def _row(rows: list[dict[str, object]], data_rows: list[dict[str, object]], pid: int,
-         tid: int, seqs: dict[int, int], entry: _Entry, ret: int, mem: P.TraceeMemory,
+         tid: int, seqs: dict[int, int], entry: _Entry, ret: int | None, mem: P.TraceeMemory,
          comm: str) -> None:
     if entry.ts_ns <= 0:  # the execve that started the program
         return
@@ -209,7 +217,7 @@ def _row(rows: list[dict[str, object]], data_rows: list[dict[str, object]], pid:
                  "name": name_of(entry.nr), "ret": ret, "fd": fd_of(entry.nr, args),
                  "args": list(args), "seq": seq})
     spec = SPECS.get(entry.nr)
-    if spec is None:
+    if spec is None or ret is None:
         return
     raw = tuple(a & 0xFFFF_FFFF_FFFF_FFFF for a in entry.args)
     captured = []
