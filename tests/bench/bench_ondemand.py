@@ -29,7 +29,7 @@ import httpx
 
 from query_api.auth import add_token
 from tests.e2e.scenarios.harness import record
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 
@@ -40,16 +40,12 @@ def _serve(lake: Path, tokens: Path, log: Path) -> tuple[subprocess.Popen[bytes]
                              str(tokens), "--port", str(port), "--analyze-timeout", "600"],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"kprobe serve did not start: {log.read_text()[-2000:]}")
+    try:
+        wait_healthy(proc, base, log, seconds=60)
+    except AssertionError as err:
+        proc.kill()
+        raise SystemExit(f"kprobe serve did not start: {err}") from None
+    return proc, base
 
 
 def main() -> int:

@@ -40,7 +40,7 @@ from compute.analysis import run_window
 from compute.settings import ComputeSettings
 from compute.window import Window
 from query_api.auth import add_token
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, wait_healthy
 from tests.unit.test_compute_scenario import (
     WINDOW_END,
     WINDOW_START,
@@ -173,17 +173,14 @@ def main() -> int:
     env = {**os.environ, "KPROBE_API_LIVE_POLL_INTERVAL_S": str(args.poll),
            "KPROBE_COMPUTE_GRAPH_CACHE_DIR": str(root.parent / "graph-cache"),
            "KPROBE_API_CYPHER_ISOLATION": args.cypher_isolation}
+    log = root.parent / "serve.log"
     server = subprocess.Popen([sys.executable, "-P", "-m", "kprobe", "serve", "--lake",
                                str(root), "--tokens-file", str(tokens_file), "--port",
-                               str(port), "--workers", str(args.workers)], env=env, cwd=REPO)
+                               str(port), "--workers", str(args.workers)], env=env, cwd=REPO,
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(server, base, log, seconds=30)
         cpus = os.cpu_count()
         print(f"kprobe serve ({args.workers} worker(s)) on {cpus} CPUs, lake {root}: "
               f"{args.rows:,} syscall rows in 2 nodes x 2 hours + 1 analysed window")
