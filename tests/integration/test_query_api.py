@@ -31,7 +31,7 @@ from websockets.sync.client import connect as ws_connect
 from lake import LakeSettings, LakeWriter, resolve
 from query_api.auth import add_token
 from tests.integration.timeout_story import SETTLED, TIMED_OUT, TIMEOUT_ARG, record_timeout_story
-from tests.support import REPO, free_port, require, require_root, wait_healthy
+from tests.support import REPO, deadline_s, free_port, require, require_root, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 pytestmark = pytest.mark.timeout(300)
@@ -330,8 +330,8 @@ def test_timeline_of_the_workload(served: Served) -> None:
         rng = client.post("/v1/sql", json={
             "sql": f"SELECT min(ts_ns), max(ts_ns) FROM processes WHERE pid = {served.pid}"}
                           ).json()["rows"][0]
-        params = {"pid": served.pid, "node": served.node, "from": str(rng[0]),
-                  "to": str(rng[1] + 1)}
+        params: dict[str, str | int] = {"pid": served.pid, "node": served.node,
+                                        "from": str(rng[0]), "to": str(rng[1] + 1)}
         body = client.get("/v1/timeline", params=params).json()
         narrow = client.get("/v1/timeline", params={**params, "max_points": 100}).json()
     sections = body["sections"]
@@ -359,15 +359,13 @@ def test_live_stream_gets_an_event_committed_after_connecting(served: Served) ->
             "spans", {"trace_id": ["a" * 32], "span_id": ["b" * 16], "service": ["api-test"],
                       "name": ["live"], "start_ns": [now], "end_ns": [now + 1000],
                       "status": ["ERROR"], "status_message": ["late"], "pid": [1]})
-        committed = time.monotonic()
-        got = {}
+        # THEN both streams deliver it (each wait bounded; how fast is bench_query_api's)
+        got: dict[str, Any] = {}
         while len(got) < 2:
-            message = json.loads(ws.recv(timeout=10))
+            message = json.loads(ws.recv(timeout=deadline_s(10)))
             got[message["type"]] = message
-        delay = time.monotonic() - committed
     assert got["events"]["rows"][0]["name"] == "live"
     assert got["failures"]["rows"][0]["status_message"] == "late"
-    assert delay < 5, delay
     with pytest.raises(InvalidStatus) as refused:
         ws_connect(url, additional_headers={"Authorization": "Bearer nope"}, open_timeout=10)
     assert refused.value.response.status_code == 401
