@@ -24,23 +24,23 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from capture_agent import procinfo
-from capture_agent.clock import ClockSample, sample_offset
-from capture_agent.drainer import RingDrainer
-from capture_agent.errors import BpfLoadError, CaptureAgentError
-from capture_agent.families import FAMILIES, PROBE_FAMILIES, AgentOptions, ProbeFamily
-from capture_agent.file_store import FileStore, FileStoreConfig
-from capture_agent.lake_sink import LakeSink
-from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
-from capture_agent.process_probes import ProcessProbes
-from capture_agent.protection import PayloadProtection, ProtectionConfig
-from capture_agent.redaction import RedactionRules
-from capture_agent.sensor import Sensor, object_path
-from capture_agent.spool import Spool
-from capture_agent.targets import Targets
-from lake import LakeSettings, LakeWriter, payload_keys
-from lake import blobs as lake_blobs
-from lake.errors import LakeError
+from kprobe.capture_agent import procinfo
+from kprobe.capture_agent.clock import ClockSample, sample_offset
+from kprobe.capture_agent.drainer import RingDrainer
+from kprobe.capture_agent.errors import BpfLoadError, CaptureAgentError
+from kprobe.capture_agent.families import FAMILIES, PROBE_FAMILIES, AgentOptions, ProbeFamily
+from kprobe.capture_agent.file_store import FileStore, FileStoreConfig
+from kprobe.capture_agent.lake_sink import LakeSink
+from kprobe.capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
+from kprobe.capture_agent.process_probes import ProcessProbes
+from kprobe.capture_agent.protection import PayloadProtection, ProtectionConfig
+from kprobe.capture_agent.redaction import RedactionRules
+from kprobe.capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent.spool import Spool
+from kprobe.capture_agent.targets import Targets
+from kprobe.lake import LakeSettings, LakeWriter, payload_keys
+from kprobe.lake import blobs as lake_blobs
+from kprobe.lake.errors import LakeError
 
 log = logging.getLogger(__name__)
 
@@ -409,8 +409,8 @@ class Agent:
         }))
 
     def _start_otlp(self) -> None:
-        from capture_agent.otlp.grpc_server import OtlpGrpcServer
-        from capture_agent.otlp.server import (
+        from kprobe.capture_agent.otlp.grpc_server import OtlpGrpcServer
+        from kprobe.capture_agent.otlp.server import (
             OtlpSettings,
             build_server,
             create_sink,

@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capture_agent.errors import BpfObjectError
+from kprobe.capture_agent.errors import BpfObjectError
 
 # The verifier's limits (include/linux/bpf.h, kernel/bpf/verifier.c); the same in every
 # kernel since 5.2.

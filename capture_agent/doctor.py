@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from capture_agent import bpf_elf, libbpf
-from capture_agent.errors import BpfError
-from capture_agent.families import FAMILIES
-from capture_agent.layouts import EVENT_HEADER, Family, layout_differences
-from capture_agent.ringbuf import RingReader
-from capture_agent.sensor import Sensor, SensorSpec, object_path
-from capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_chain
+from kprobe.capture_agent import bpf_elf, libbpf
+from kprobe.capture_agent.errors import BpfError
+from kprobe.capture_agent.families import FAMILIES
+from kprobe.capture_agent.layouts import EVENT_HEADER, Family, layout_differences
+from kprobe.capture_agent.ringbuf import RingReader
+from kprobe.capture_agent.sensor import Sensor, SensorSpec, object_path
+from kprobe.capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_chain
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 TRACEFS_PATHS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -306,7 +306,7 @@ def _full_spec(family: Family) -> SensorSpec | None:
     machine's libc (without a place to attach, a uprobe program cannot be tried)."""
     if family.name != "syscalls":
         return None
-    from capture_agent.families import syscalls
+    from kprobe.capture_agent.families import syscalls
 
     return syscalls.sensor_spec(syscalls.SyscallsConfig(capture_payloads=True))
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from capture_agent.ringbuf import RingReader
+from kprobe.capture_agent.ringbuf import RingReader
 
 
 class RingDrainer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from capture_agent.errors import BpfAttachError
+from kprobe.capture_agent.errors import BpfAttachError
 
 _SHT_DYNSYM = 11
 _PT_LOAD = 1

@@ -47,8 +47,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture_agent.cards import mask_pans
-from capture_agent.families.syscalls import (
+from kprobe.capture_agent.cards import mask_pans
+from kprobe.capture_agent.families.syscalls import (
     FD_TABLE_MAX,
     FILE_ID,
     NR_EXECVE,
@@ -56,10 +56,10 @@ from capture_agent.families.syscalls import (
     PAYLOAD_ARG_FDS,
     PAYLOAD_ARG_OPENED,
 )
-from lake import hour_partition
-from lake.payload_keys import PayloadKeys
-from lake.schema import spec as table_spec
-from lake.sealing import blob_name, seal_blob
+from kprobe.lake import hour_partition
+from kprobe.lake.payload_keys import PayloadKeys
+from kprobe.lake.schema import spec as table_spec
+from kprobe.lake.sealing import blob_name, seal_blob
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from capture_agent import libbpf
-from capture_agent.errors import BpfMapError, CaptureAgentError
-from lake.schema import spec as table_spec
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.errors import BpfMapError, CaptureAgentError
+from kprobe.lake.schema import spec as table_spec
 
 KALLSYMS = Path("/proc/kallsyms")
 # No kernel function is this long: an address farther from the symbol before it lies in

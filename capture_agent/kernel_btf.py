@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from capture_agent import libbpf
+from kprobe.capture_agent import libbpf
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 

@@ -20,8 +20,8 @@ from typing import cast
 
 import pyarrow as pa
 
-from capture_agent.spool import Spool
-from lake import LakeError, LakeUnavailable, LakeWriter, PreparedBatch
+from kprobe.capture_agent.spool import Spool
+from kprobe.lake import LakeError, LakeUnavailable, LakeWriter, PreparedBatch
 
 log = logging.getLogger(__name__)
 

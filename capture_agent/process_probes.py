@@ -19,8 +19,8 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from capture_agent.errors import BpfError
-from capture_agent.sensor import Sensor
+from kprobe.capture_agent.errors import BpfError
+from kprobe.capture_agent.sensor import Sensor
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture_agent.cards import mask_bytes, mask_pans
-from capture_agent.redaction import RedactionRules, flatten_lists, rebuild_lists
-from lake.schema import spec as table_spec
+from kprobe.capture_agent.cards import mask_bytes, mask_pans
+from kprobe.capture_agent.redaction import RedactionRules, flatten_lists, rebuild_lists
+from kprobe.lake.schema import spec as table_spec
 
 NR_EXECVE = 59  # capture_agent.families.syscalls.NR_EXECVE
 EXEC_ARGV, EXEC_ENV = 1, 2

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake.schema import REDACTED
+from kprobe.lake.schema import REDACTED
 
 # Names whose values are secrets, as globs over the upper-cased name.
 SECRET_NAMES: tuple[str, ...] = ("*KEY*", "*SECRET*", "*TOKEN*", "*PASSWORD*", "*PASSWD*",

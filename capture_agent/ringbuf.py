@@ -28,7 +28,7 @@ import select
 
 import numpy as np
 
-from capture_agent.errors import RingBufferError
+from kprobe.capture_agent.errors import RingBufferError
 
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30

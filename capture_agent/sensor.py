@@ -24,18 +24,18 @@ from types import TracebackType
 
 import numpy as np
 
-from capture_agent import bpf_elf, libbpf
-from capture_agent.errors import (
+from kprobe.capture_agent import bpf_elf, libbpf
+from kprobe.capture_agent.errors import (
     BpfAttachError,
     BpfError,
     BpfLoadError,
     BpfMapError,
     BpfObjectError,
 )
-from capture_agent.kernel_btf import attach_point_exists
-from capture_agent.layouts import EVENT_KIND_MAX, EventKind, Family
-from capture_agent.ringbuf import RingReader
-from capture_agent.verifier import VerifierStats, failure_reason, limit_of, parse_stats
+from kprobe.capture_agent.kernel_btf import attach_point_exists
+from kprobe.capture_agent.layouts import EVENT_KIND_MAX, EventKind, Family
+from kprobe.capture_agent.ringbuf import RingReader
+from kprobe.capture_agent.verifier import VerifierStats, failure_reason, limit_of, parse_stats
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake import PreparedBatch
+from kprobe.lake import PreparedBatch
 
 _NAME = re.compile(r"^(?P<table>[a-z_]+)__(?P<writer>[0-9A-Za-z_-]+)__(?P<seq>\d{12})\.parquet$")
 

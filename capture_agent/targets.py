@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capture_agent import procinfo
-from capture_agent.errors import CaptureAgentError
+from kprobe.capture_agent import procinfo
+from kprobe.capture_agent.errors import CaptureAgentError
 
 TASK_COMM_LEN = 16
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from capture_agent.bpf_elf import MAX_PROCESSED_INSNS, MAX_STACK, BpfElf, frame_size
+from kprobe.capture_agent.bpf_elf import MAX_PROCESSED_INSNS, MAX_STACK, BpfElf, frame_size
 
 STACK_BUDGET = 384                       # of the 512 bytes a chain may use
 INSN_BUDGET = MAX_PROCESSED_INSNS * 3 // 4  # 25 % short of the verifier's limit

@@ -6,11 +6,11 @@
     graph                                  LadybugDB snapshots and named Cypher queries
 """
 
-from compute.analysis import WindowAnalysis, WindowOutput, analyze_window, run_window
-from compute.domain import Rules, load_rules
-from compute.errors import ComputeError
-from compute.settings import ComputeSettings
-from compute.window import Window
+from kprobe.compute.analysis import WindowAnalysis, WindowOutput, analyze_window, run_window
+from kprobe.compute.domain import Rules, load_rules
+from kprobe.compute.errors import ComputeError
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
 
 __all__ = ["ComputeError", "ComputeSettings", "Rules", "Window", "WindowAnalysis",
            "WindowOutput", "analyze_window", "load_rules", "run_window"]

@@ -16,14 +16,14 @@ from typing import Any
 
 import pyarrow as pa
 
-import lake
-from compute import assemble, causes, decompose, domain, rootcause, spanmap, timeline
-from compute.domain import Rules
-from compute.graph import store
-from compute.settings import ComputeSettings
-from compute.sql import scalar_row, sql_list
-from compute.window import Window, load
-from compute.window_lock import edges_lock, window_lock
+from kprobe import lake
+from kprobe.compute import assemble, causes, decompose, domain, rootcause, spanmap, timeline
+from kprobe.compute.domain import Rules
+from kprobe.compute.graph import store
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import scalar_row, sql_list
+from kprobe.compute.window import Window, load
+from kprobe.compute.window_lock import edges_lock, window_lock
 
 
 @dataclass

@@ -12,10 +12,10 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from compute.decompose import REASONS
-from compute.domain import Rules, process_role_sql
-from compute.sql import execute, translated
-from compute.window import Window
+from kprobe.compute.decompose import REASONS
+from kprobe.compute.domain import Rules, process_role_sql
+from kprobe.compute.sql import execute, translated
+from kprobe.compute.window import Window
 
 
 def structural_rels(con: duckdb.DuckDBPyConnection) -> None:

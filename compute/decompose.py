@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.causes.wait import KERNEL_THREAD_RE
-from compute.settings import ComputeSettings
-from compute.sql import execute, overlap_join, sql_list, sql_str
+from kprobe.compute.causes.wait import KERNEL_THREAD_RE
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import execute, overlap_join, sql_list, sql_str
 
 # offcpu wait_reason values (the capture agent's classification by kernel stack)
 # A block request completing this close to a wakeup from kernel context woke the thread.

@@ -27,9 +27,9 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from compute.errors import RulesError
-from compute.sql import execute, sql_list, sql_str
-from lake import one_line
+from kprobe.compute.errors import RulesError
+from kprobe.compute.sql import execute, sql_list, sql_str
+from kprobe.lake import one_line
 
 DEFAULT_RULES = Path(__file__).with_name("domain_rules.yaml")
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}

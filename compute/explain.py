@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import lake
-from compute.causes import KERNEL_KINDS, LEAF_KINDS, WAIT_KINDS
-from compute.errors import NotFound
-from compute.explain_model import (
+from kprobe import lake
+from kprobe.compute.causes import KERNEL_KINDS, LEAF_KINDS, WAIT_KINDS
+from kprobe.compute.errors import NotFound
+from kprobe.compute.explain_model import (
     Cause,
     CpuHolder,
     Driver,
@@ -36,8 +36,8 @@ from compute.explain_model import (
     MissedStep,
     RemoteStep,
 )
-from compute.graph import queries, store
-from compute.settings import ComputeSettings
+from kprobe.compute.graph import queries, store
+from kprobe.compute.settings import ComputeSettings
 
 CAUSE_NAMES = {
     "memory_pressure": "memory pressure", "cpu_contention": "CPU contention",

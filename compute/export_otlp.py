@@ -32,11 +32,11 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-import lake
-from compute.errors import ExportError, NotFound
-from compute.explain import explain
-from compute.graph import store
-from compute.settings import ComputeSettings
+from kprobe import lake
+from kprobe.compute.errors import ExportError, NotFound
+from kprobe.compute.explain import explain
+from kprobe.compute.graph import store
+from kprobe.compute.settings import ComputeSettings
 
 SCOPE = "kprobe.explain"
 _HEX = set("0123456789abcdef")

@@ -35,14 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import lake
-from compute.analysis import WindowOutput
-from compute.domain import Rules, load_rules
-from compute.errors import ComputeError
-from compute.ray_driver import Executor, analyze_windows, start_ray
-from compute.settings import ComputeSettings
-from compute.sql import sql_list
-from compute.window import Window
+from kprobe import lake
+from kprobe.compute.analysis import WindowOutput
+from kprobe.compute.domain import Rules, load_rules
+from kprobe.compute.errors import ComputeError
+from kprobe.compute.ray_driver import Executor, analyze_windows, start_ray
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import sql_list
+from kprobe.compute.window import Window
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from compute.follow import FollowStats
+from kprobe.compute.follow import FollowStats
 
 NS = 1e9
 

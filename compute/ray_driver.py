@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-import lake
-from compute.analysis import WindowOutput, run_window, write_edges
-from compute.domain import Rules, load_rules
-from compute.errors import ComputeError, DistributedError
-from compute.settings import ComputeSettings
-from compute.window import Window
-from lake import one_line
+from kprobe import lake
+from kprobe.compute.analysis import WindowOutput, run_window, write_edges
+from kprobe.compute.domain import Rules, load_rules
+from kprobe.compute.errors import ComputeError, DistributedError
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import one_line
 
 Executor = Literal["auto", "local", "ray"]
 

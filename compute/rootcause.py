@@ -46,9 +46,9 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.causes import WAIT_KINDS
-from compute.settings import ComputeSettings
-from compute.sql import execute, sql_list
+from kprobe.compute.causes import WAIT_KINDS
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import execute, sql_list
 
 MAX_DEPTH = 12
 TOP = 5

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import execute, overlap_join
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import execute, overlap_join
 
 SPANS_ALL_COLUMNS = """
     span_key VARCHAR, trace_id VARCHAR, span_id VARCHAR, parent_key VARCHAR, node VARCHAR,

@@ -17,8 +17,8 @@ from typing import Any
 
 import duckdb
 
-from compute.errors import AnalysisError
-from lake import one_line
+from kprobe.compute.errors import AnalysisError
+from kprobe.lake import one_line
 
 
 def sql_str(value: str) -> str:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import execute
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import execute
 
 
 def names(con: duckdb.DuckDBPyConnection) -> None:

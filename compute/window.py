@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 
 import duckdb
 
-import lake
-from compute.errors import WindowError
-from compute.settings import ComputeSettings
-from compute.sql import scalar_row, sql_list
+from kprobe import lake
+from kprobe.compute.errors import WindowError
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import scalar_row, sql_list
 
 NS = 1_000_000_000
 _ID = re.compile(

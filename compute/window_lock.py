@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import lake
-from compute.errors import ComputeError
-from compute.settings import ComputeSettings
-from compute.window import Window
+from kprobe import lake
+from kprobe.compute.errors import ComputeError
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
 
 LOCKS_DIR = ".locks"  # under graphs/: list_snapshots skips names starting with "."
 

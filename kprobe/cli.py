@@ -67,11 +67,11 @@ def _package_errors() -> tuple[type[BaseException], ...]:
     """Every package's base error: each carries a one-line reason for the user."""
     found: list[type[BaseException]] = []
     for module, name in (
-        ("lake.errors", "LakeError"),
-        ("capture_agent.errors", "CaptureAgentError"),
-        ("compute.errors", "ComputeError"),
-        ("replay_sandbox.errors", "ReplaySandboxError"),
-        ("query_api.errors", "QueryApiError"),
+        ("kprobe.lake.errors", "LakeError"),
+        ("kprobe.capture_agent.errors", "CaptureAgentError"),
+        ("kprobe.compute.errors", "ComputeError"),
+        ("kprobe.replay_sandbox.errors", "ReplaySandboxError"),
+        ("kprobe.query_api.errors", "QueryApiError"),
     ):
         found.append(getattr(importlib.import_module(module), name))
     return tuple(found)

@@ -19,8 +19,8 @@ Partitioning (``_batches``) and the Delta plumbing (``_deltaio``) are private.
 
 from typing import TYPE_CHECKING
 
-from lake.cluster import connect_ray
-from lake.errors import (
+from kprobe.lake.cluster import connect_ray
+from kprobe.lake.errors import (
     ClusterUnavailable,
     LakeError,
     LakeUnavailable,
@@ -30,24 +30,24 @@ from lake.errors import (
     UnknownTable,
     one_line,
 )
-from lake.maintenance import TableReport, compact, delete_where, retain
-from lake.scan import hour_partition, partition_filter, scan
-from lake.schema import SCHEMA_VERSION, TABLE_NAMES, TABLES
-from lake.storage import LakeLocation, LakeSettings, filesystem, resolve
-from lake.tail import Appended, Rewritten, TableTail
-from lake.timespec import TimeSpecError, format_instant, parse_duration, parse_instant
-from lake.writer import CommitResult, LakeWriter, PreparedBatch
+from kprobe.lake.maintenance import TableReport, compact, delete_where, retain
+from kprobe.lake.scan import hour_partition, partition_filter, scan
+from kprobe.lake.schema import SCHEMA_VERSION, TABLE_NAMES, TABLES
+from kprobe.lake.storage import LakeLocation, LakeSettings, filesystem, resolve
+from kprobe.lake.tail import Appended, Rewritten, TableTail
+from kprobe.lake.timespec import TimeSpecError, format_instant, parse_duration, parse_instant
+from kprobe.lake.writer import CommitResult, LakeWriter, PreparedBatch
 
 if TYPE_CHECKING:
-    from lake.query import QueryResult, run_query
-    from lake.reader import LakeDatabase, connect
-    from lake.tables import TableCache, TableSnapshot
+    from kprobe.lake.query import QueryResult, run_query
+    from kprobe.lake.reader import LakeDatabase, connect
+    from kprobe.lake.tables import TableCache, TableSnapshot
 
 # The read side (DuckDB, ~10 MB resident and 0.1 s to import) loads on first use: the
 # capture agent writes the lake and never queries it.
-_LAZY = {"LakeDatabase": "lake.reader", "connect": "lake.reader",
-         "TableCache": "lake.tables", "TableSnapshot": "lake.tables",
-         "QueryResult": "lake.query", "run_query": "lake.query"}
+_LAZY = {"LakeDatabase": "kprobe.lake.reader", "connect": "kprobe.lake.reader",
+         "TableCache": "kprobe.lake.tables", "TableSnapshot": "kprobe.lake.tables",
+         "QueryResult": "kprobe.lake.query", "run_query": "kprobe.lake.query"}
 
 
 def __getattr__(name: str) -> object:

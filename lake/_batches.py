@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from lake.errors import SchemaError
-from lake.schema import SEAL_FIELDS, TableSpec
+from kprobe.lake.errors import SchemaError
+from kprobe.lake.schema import SEAL_FIELDS, TableSpec
 
 NS_PER_HOUR = 3_600_000_000_000
 

@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
 
-from lake.errors import LakeError, LakeUnavailable, SchemaVersionError, one_line
-from lake.schema import SCHEMA_VERSION, SCHEMA_VERSION_TAG
-from lake.storage import LakeLocation, filesystem
+from kprobe.lake.errors import LakeError, LakeUnavailable, SchemaVersionError, one_line
+from kprobe.lake.schema import SCHEMA_VERSION, SCHEMA_VERSION_TAG
+from kprobe.lake.storage import LakeLocation, filesystem
 
 # Substrings of object-store errors that mean "cannot reach or not allowed", as opposed to
 # a bug in the request.

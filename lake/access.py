@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from lake import payload_keys
-from lake.schema import SENSITIVE_COLUMNS, TABLES
-from lake.sealing import SEGMENT_COLUMNS, SegmentOpener
+from kprobe.lake import payload_keys
+from kprobe.lake.schema import SENSITIVE_COLUMNS, TABLES
+from kprobe.lake.sealing import SEGMENT_COLUMNS, SegmentOpener
 
 OPEN_FUNCTION = "kprobe_open_payload"
 SEALED_SUFFIX = "__sealed"

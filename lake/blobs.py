@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from lake._batches import NS_PER_HOUR, hour_label
-from lake._deltaio import open_table, translate_errors
-from lake.storage import LakeLocation
+from kprobe.lake._batches import NS_PER_HOUR, hour_label
+from kprobe.lake._deltaio import open_table, translate_errors
+from kprobe.lake.storage import LakeLocation
 
 TABLE = "blobs"
 

@@ -19,7 +19,7 @@ import re
 import socket
 from typing import Any
 
-from lake.errors import ClusterUnavailable, one_line
+from kprobe.lake.errors import ClusterUnavailable, one_line
 
 _HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$")
 

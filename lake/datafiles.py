@@ -32,7 +32,7 @@ from deltalake import ColumnProperties, WriterProperties
 from deltalake._internal import DeltaFileSystemHandler
 from deltalake.transaction import AddAction
 
-from lake.schema import PARTITION_COLUMNS, spec
+from kprobe.lake.schema import PARTITION_COLUMNS, spec
 
 # Partition values written into paths as they are: anything else would need the Hive
 # escaping Delta expects, which is left to write_deltalake.

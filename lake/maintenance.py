@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from lake._batches import hour_label
-from lake._deltaio import open_table, translate_errors
-from lake.schema import TABLE_NAMES, spec
-from lake.storage import LakeLocation
+from kprobe.lake._batches import hour_label
+from kprobe.lake._deltaio import open_table, translate_errors
+from kprobe.lake.schema import TABLE_NAMES, spec
+from kprobe.lake.storage import LakeLocation
 
 
 @dataclass

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from lake.errors import PayloadKeyError
+from kprobe.lake.errors import PayloadKeyError
 
 FORMAT_VERSION = 1
 _RAW = (Encoding.Raw, PublicFormat.Raw)

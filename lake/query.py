@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from lake.errors import QueryError
-from lake.reader import connect
-from lake.schema import TABLE_NAMES
-from lake.sealing import sealing_error
-from lake.sql_guard import check_read_only
-from lake.storage import LakeLocation
+from kprobe.lake.errors import QueryError
+from kprobe.lake.reader import connect
+from kprobe.lake.schema import TABLE_NAMES
+from kprobe.lake.sealing import sealing_error
+from kprobe.lake.sql_guard import check_read_only
+from kprobe.lake.storage import LakeLocation
 
 
 @dataclass(frozen=True)

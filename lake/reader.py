@@ -26,10 +26,10 @@ from contextlib import contextmanager
 
 import duckdb
 
-from lake.access import install_opener, register_tables
-from lake.schema import TABLE_NAMES
-from lake.storage import LakeLocation
-from lake.tables import TableCache
+from kprobe.lake.access import install_opener, register_tables
+from kprobe.lake.schema import TABLE_NAMES
+from kprobe.lake.storage import LakeLocation
+from kprobe.lake.tables import TableCache
 
 
 def connect(

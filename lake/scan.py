@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lake._batches import hour_label
-from lake.errors import UnknownTable
-from lake.schema import TABLE_NAMES, TABLES
+from kprobe.lake._batches import hour_label
+from kprobe.lake.errors import UnknownTable
+from kprobe.lake.schema import TABLE_NAMES, TABLES
 
 
 def _literal(text: str) -> str:

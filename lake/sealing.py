@@ -58,8 +58,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from lake.errors import LakeError, PayloadIntegrityError, PayloadKeyError, PayloadSealError
-from lake.payload_keys import PayloadKeys
+from kprobe.lake.errors import LakeError, PayloadIntegrityError, PayloadKeyError, PayloadSealError
+from kprobe.lake.payload_keys import PayloadKeys
 
 MAGIC = b"KPS1"
 _TAG = 16

@@ -12,7 +12,7 @@ import re
 
 import duckdb
 
-from lake.errors import ReadOnlyViolation
+from kprobe.lake.errors import ReadOnlyViolation
 
 _EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(analy[sz]e\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
 

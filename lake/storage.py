@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lake.errors import LakeError
+from kprobe.lake.errors import LakeError
 
 DEFAULT_LAKE_URI = "file:///var/lib/kprobe/lake"
 

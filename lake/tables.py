@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
-from lake._deltaio import log_missing, open_table, translate_errors
-from lake.errors import LakeError, LakeUnavailable, SchemaError, UnknownTable
-from lake.schema import TABLE_NAMES, TABLES
-from lake.storage import LakeLocation
+from kprobe.lake._deltaio import log_missing, open_table, translate_errors
+from kprobe.lake.errors import LakeError, LakeUnavailable, SchemaError, UnknownTable
+from kprobe.lake.schema import TABLE_NAMES, TABLES
+from kprobe.lake.storage import LakeLocation
 
 Dataset: TypeAlias = pads.Dataset | pa.Table
 

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from lake._deltaio import open_table, translate_errors
-from lake.storage import LakeLocation, filesystem
+from kprobe.lake._deltaio import open_table, translate_errors
+from kprobe.lake.storage import LakeLocation, filesystem
 
 _APPEND_OPS = {"WRITE", "STREAMING UPDATE", "CREATE TABLE"}
 

@@ -26,7 +26,7 @@ from datetime import datetime
 
 __all__ = ["TimeSpecError", "format_instant", "parse_duration", "parse_instant"]
 
-from lake.errors import TimeSpecError
+from kprobe.lake.errors import TimeSpecError
 
 NS = 1_000_000_000
 DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": NS,

@@ -32,13 +32,19 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.schema import Field as DeltaField
 from deltalake.transaction import AddAction, RemoveAction
 
-from lake import datafiles, payload_keys
-from lake._batches import conform, to_table
-from lake._deltaio import open_table, translate_errors
-from lake.errors import LakeError, LakeUnavailable
-from lake.schema import PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_TAG, TableSpec, spec
-from lake.sealing import seal_table
-from lake.storage import LakeLocation, LakeSettings, resolve
+from kprobe.lake import datafiles, payload_keys
+from kprobe.lake._batches import conform, to_table
+from kprobe.lake._deltaio import open_table, translate_errors
+from kprobe.lake.errors import LakeError, LakeUnavailable
+from kprobe.lake.schema import (
+    PARTITION_COLUMNS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_TAG,
+    TableSpec,
+    spec,
+)
+from kprobe.lake.sealing import seal_table
+from kprobe.lake.storage import LakeLocation, LakeSettings, resolve
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +202,7 @@ class LakeWriter:
     def ensure_tables(self, tables: list[str] | None = None) -> None:
         """Create the named (default: all) tables if they do not exist yet; check the
         payload key file, if any (a writer that could not seal must fail at its start)."""
-        from lake.schema import TABLE_NAMES
+        from kprobe.lake.schema import TABLE_NAMES
 
         if self.location.payload_key_file:
             payload_keys.load(self.location.payload_key_file)

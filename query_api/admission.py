@@ -30,7 +30,7 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from query_api.errors import Overloaded, TooManyRequests
+from kprobe.query_api.errors import Overloaded, TooManyRequests
 
 T = TypeVar("T")
 

@@ -19,14 +19,14 @@ from typing import TypeVar
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from compute.settings import ComputeSettings
-from lake import LakeSettings
-from query_api import audit, console, docs, problems
-from query_api.audit import AuditMiddleware
-from query_api.http_guard import FrontDoor
-from query_api.limits import BodyLimitMiddleware
-from query_api.metrics import ApiMetrics, MetricsMiddleware
-from query_api.routers import (
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings
+from kprobe.query_api import audit, console, docs, problems
+from kprobe.query_api.audit import AuditMiddleware
+from kprobe.query_api.http_guard import FrontDoor
+from kprobe.query_api.limits import BodyLimitMiddleware
+from kprobe.query_api.metrics import ApiMetrics, MetricsMiddleware
+from kprobe.query_api.routers import (
     graph,
     health,
     live,
@@ -38,7 +38,12 @@ from query_api.routers import (
     transactions,
     whoami,
 )
-from query_api.settings import ApiSettings, get_compute_settings, get_lake_settings, get_settings
+from kprobe.query_api.settings import (
+    ApiSettings,
+    get_compute_settings,
+    get_lake_settings,
+    get_settings,
+)
 
 T = TypeVar("T")
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from query_api.errors import Forbidden, ServiceUnavailable, Unauthorized
-from query_api.settings import SCOPES, Scope
+from kprobe.query_api.errors import Forbidden, ServiceUnavailable, Unauthorized
+from kprobe.query_api.settings import SCOPES, Scope
 
 _REALM = 'Bearer realm="kprobe"'
 _NODE_OK = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from compute.graph.store import SnapshotInfo
+from kprobe.compute.graph.store import SnapshotInfo
 
 
 def snapshots_key(snapshots: Sequence[SnapshotInfo]) -> tuple[tuple[str, str, int], ...]:

@@ -20,13 +20,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compute.errors import GraphNotFound
-from compute.graph import queries, store
-from compute.graph.store import SnapshotInfo
-from compute.settings import ComputeSettings
-from lake.storage import LakeLocation
-from query_api.cypher_worker import CypherJob, CypherPool, CypherResult, run_job, snapshot_files
-from query_api.errors import BadRequest, ServiceUnavailable
+from kprobe.compute.errors import GraphNotFound
+from kprobe.compute.graph import queries, store
+from kprobe.compute.graph.store import SnapshotInfo
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake.storage import LakeLocation
+from kprobe.query_api.cypher_worker import (
+    CypherJob,
+    CypherPool,
+    CypherResult,
+    run_job,
+    snapshot_files,
+)
+from kprobe.query_api.errors import BadRequest, ServiceUnavailable
 
 MS = 1_000_000
 # Delay colour scale (upper bound exclusive, colour, label): also returned as the legend.
@@ -269,7 +275,7 @@ def trace_graph(location: LakeLocation, settings: ComputeSettings, trace_id: str
 
 
 def _not_found(trace_id: str) -> Exception:
-    from compute.errors import NotFound
+    from kprobe.compute.errors import NotFound
 
     return NotFound(f"no trace {trace_id!r} in the analysed windows")
 

@@ -26,7 +26,7 @@ import resource
 from collections.abc import Iterable
 from pathlib import Path
 
-from query_api.errors import ServiceUnavailable
+from kprobe.query_api.errors import ServiceUnavailable
 
 _SYS_LANDLOCK_CREATE_RULESET = 444
 _SYS_LANDLOCK_ADD_RULE = 445

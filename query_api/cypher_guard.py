@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from query_api.errors import CypherRefused
+from kprobe.query_api.errors import CypherRefused
 
 # Functions CALL may name: the catalogue, read-only, no file or network access.
 CALLABLE = frozenset({"show_tables", "table_info", "show_connection", "db_version",

@@ -39,12 +39,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from compute.errors import GraphError, GraphNotFound, QueryNotFound
-from compute.graph import store
-from compute.graph.store import SnapshotInfo
-from compute.settings import ComputeSettings
-from compute.window import Window
-from query_api.errors import QueryTimeLimit, ServiceUnavailable
+from kprobe.compute.errors import GraphError, GraphNotFound, QueryNotFound
+from kprobe.compute.graph import store
+from kprobe.compute.graph.store import SnapshotInfo
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.query_api.errors import QueryTimeLimit, ServiceUnavailable
 
 _READY_TIMEOUT_S = 60.0
 _GRACE_S = 5.0  # beyond the statement's time limit before its worker is killed
@@ -220,7 +220,7 @@ def _warm_up() -> None:
 
 
 def worker_main(readable: list[Path]) -> int:
-    from query_api.confine import confine
+    from kprobe.query_api.confine import confine
 
     out = sys.stdout.fileno()
     inp = sys.stdin.fileno()

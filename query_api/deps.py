@@ -18,22 +18,22 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from compute.settings import ComputeSettings
-from compute.window import Window
-from lake import LakeDatabase, LakeLocation, LakeSettings, resolve
-from lake.timespec import TimeSpecError, parse_instant
-from query_api.admission import Admission, lower_priority
-from query_api.auth import Principal, TokenStore, authenticate
-from query_api.cache import AnswerCache
-from query_api.causal import Slots
-from query_api.confine import unavailable_reason
-from query_api.cypher_worker import CypherPool
-from query_api.errors import BadRequest, Forbidden, ServiceUnavailable
-from query_api.live import LiveHub
-from query_api.metrics import ApiMetrics
-from query_api.ondemand import OnDemand
-from query_api.replays import ReplayRunner
-from query_api.settings import (
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import LakeDatabase, LakeLocation, LakeSettings, resolve
+from kprobe.lake.timespec import TimeSpecError, parse_instant
+from kprobe.query_api.admission import Admission, lower_priority
+from kprobe.query_api.auth import Principal, TokenStore, authenticate
+from kprobe.query_api.cache import AnswerCache
+from kprobe.query_api.causal import Slots
+from kprobe.query_api.confine import unavailable_reason
+from kprobe.query_api.cypher_worker import CypherPool
+from kprobe.query_api.errors import BadRequest, Forbidden, ServiceUnavailable
+from kprobe.query_api.live import LiveHub
+from kprobe.query_api.metrics import ApiMetrics
+from kprobe.query_api.ondemand import OnDemand
+from kprobe.query_api.replays import ReplayRunner
+from kprobe.query_api.settings import (
     ApiSettings,
     Scope,
     get_compute_settings,
@@ -204,7 +204,7 @@ async def get_cypher_pool(request: HTTPConnection, location: LocationDep,
         raise ServiceUnavailable(f"Cypher is refused on this host: its worker cannot be "
                                  f"confined: {reason} (KPROBE_API_CYPHER_ISOLATION=none "
                                  "runs it behind the parser alone)")
-    from compute.graph.store import readable_roots
+    from kprobe.compute.graph.store import readable_roots
 
     roots = readable_roots(location, compute)
     pool: CypherPool = _state(
@@ -225,8 +225,8 @@ async def get_ondemand(request: HTTPConnection, location: LocationDep,
                        metrics: MetricsDep) -> OnDemand:
     """This process's on-demand analyses (query_api/ondemand.py)."""
     def build() -> OnDemand:
-        from compute.ray_driver import analyze_windows
-        from compute.window_lock import is_busy
+        from kprobe.compute.ray_driver import analyze_windows
+        from kprobe.compute.window_lock import is_busy
 
         def analyse(window: Window) -> None:
             # the path of `kprobe analyze` for one window: run_window, then write_edges

@@ -30,14 +30,14 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from query_api.auth import authenticate, bearer_token
-from query_api.errors import QueryApiError
-from query_api.problems import classify, detail_of, problem_response
-from query_api.settings import ApiSettings, get_settings
+from kprobe.query_api.auth import authenticate, bearer_token
+from kprobe.query_api.errors import QueryApiError
+from kprobe.query_api.problems import classify, detail_of, problem_response
+from kprobe.query_api.settings import ApiSettings, get_settings
 
 
 def _token_store(connection: HTTPConnection, settings: ApiSettings) -> Any:
-    from query_api.deps import token_store  # deps imports the routers' objects
+    from kprobe.query_api.deps import token_store  # deps imports the routers' objects
 
     return token_store(connection, settings)
 

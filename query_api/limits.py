@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from query_api.problems import problem_response
+from kprobe.query_api.problems import problem_response
 
 
 class BodyLimitMiddleware:

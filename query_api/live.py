@@ -34,11 +34,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake import TABLE_NAMES, Appended, LakeError, LakeLocation, TableTail
-from query_api.metrics import ApiMetrics
-from query_api.payload_scope import strip_rows
-from query_api.settings import ApiSettings
-from query_api.sql import json_column
+from kprobe.lake import TABLE_NAMES, Appended, LakeError, LakeLocation, TableTail
+from kprobe.query_api.metrics import ApiMetrics
+from kprobe.query_api.payload_scope import strip_rows
+from kprobe.query_api.settings import ApiSettings
+from kprobe.query_api.sql import json_column
 
 log = logging.getLogger(__name__)
 

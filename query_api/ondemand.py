@@ -39,12 +39,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Literal
 
-import lake
-from compute.graph.store import SnapshotInfo
-from compute.settings import ComputeSettings
-from compute.sql import sql_str
-from compute.window import Window
-from query_api.errors import AnalysisRunning, Overloaded
+from kprobe import lake
+from kprobe.compute.graph.store import SnapshotInfo
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import sql_str
+from kprobe.compute.window import Window
+from kprobe.query_api.errors import AnalysisRunning, Overloaded
 
 S = 1_000_000_000
 BUSY_POLL_S = 0.2  # how often a window another process analyses is looked at again
@@ -135,7 +135,7 @@ def _quoted(key: str) -> str:
 
 def id_attributes(settings: ComputeSettings) -> list[str]:
     """The attributes the domain rules take business ids from."""
-    from compute.domain import load_rules
+    from kprobe.compute.domain import load_rules
 
     rules = load_rules(settings.rules_path)
     return sorted({k for c in rules.concepts for k in c.id_attributes})

@@ -23,9 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from lake.schema import SENSITIVE_COLUMNS
-from query_api.auth import Principal
-from query_api.errors import Forbidden
+from kprobe.lake.schema import SENSITIVE_COLUMNS
+from kprobe.query_api.auth import Principal
+from kprobe.query_api.errors import Forbidden
 
 PAYLOADS = "payloads"
 _MISSING_COLUMN = re.compile(r'column (?:named )?"([^"]+)"')

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from compute import errors as compute_errors
-from lake import errors as lake_errors
-from lake import one_line
-from query_api.errors import QueryApiError
+from kprobe.compute import errors as compute_errors
+from kprobe.lake import errors as lake_errors
+from kprobe.lake import one_line
+from kprobe.query_api.errors import QueryApiError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A request (``schemas.ReplayRequest``) becomes the typed ``replay_sandbox.request.
 ReplayRequest`` (checked here: a request it refuses is a 400), which the replay worker
-(``python -P -m replay_sandbox.worker``) reads as JSON on stdin; it writes the report as
+(``python -P -m kprobe.replay_sandbox.worker``) reads as JSON on stdin; it writes the report as
 JSON on stdout. ``kprobe replay`` runs the same worker code in-process, so the service
 depends on one typed contract, not on a command line or on stderr text. With
 ``KPROBE_API_RAY_ADDRESS`` set, the worker runs as a Ray task on the cluster instead.
@@ -43,18 +43,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from lake import LakeSettings, connect_ray
-from lake.storage import LakeLocation
-from query_api.errors import BadRequest, TooManyRequests
-from query_api.metrics import ApiMetrics
-from query_api.schemas import ReplayRequest
-from query_api.settings import ApiSettings
-from query_api.storage import LakeFiles
-from replay_sandbox import request as replay_request
-from replay_sandbox.errors import ReplaySandboxError, SpecError
-from replay_sandbox.lake_source import parse_process
-from replay_sandbox.request import parse_time
-from replay_sandbox.worker import run_worker
+from kprobe.lake import LakeSettings, connect_ray
+from kprobe.lake.storage import LakeLocation
+from kprobe.query_api.errors import BadRequest, TooManyRequests
+from kprobe.query_api.metrics import ApiMetrics
+from kprobe.query_api.schemas import ReplayRequest
+from kprobe.query_api.settings import ApiSettings
+from kprobe.query_api.storage import LakeFiles
+from kprobe.replay_sandbox import request as replay_request
+from kprobe.replay_sandbox.errors import ReplaySandboxError, SpecError
+from kprobe.replay_sandbox.lake_source import parse_process
+from kprobe.replay_sandbox.request import parse_time
+from kprobe.replay_sandbox.worker import run_worker
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class ReplayRunner:
         env = lake_env(self.lake)
         if self.settings.ray_address:
             return self._execute_ray(running, document, env, deadline_s)
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "replay_sandbox.worker"],
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "kprobe.replay_sandbox.worker"],
                                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         result: dict[str, Any] = {}

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from compute import explain_model
+from kprobe.compute import explain_model
 
 ParamValue = str | int | float | bool | None | list[str | int | float | bool | None]
 

@@ -16,8 +16,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from compute.settings import ComputeSettings
-from lake import LakeSettings
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings
 
 # payloads: on top of read, what programs exchanged (query_api/payload_scope.py)
 Scope = Literal["read", "replay", "payloads"]

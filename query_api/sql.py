@@ -27,14 +27,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake.errors import LakeError, LakeUnavailable, QueryError, one_line
-from lake.query import referenced_tables
-from lake.reader import LakeDatabase
-from lake.schema import PARTITION_COLUMNS, TABLES
-from lake.sealing import sealing_error
-from lake.sql_guard import check_read_only
-from query_api.errors import NotAcceptable, QueryTimeLimit, ResultTooLarge
-from query_api.payload_scope import refused
+from kprobe.lake.errors import LakeError, LakeUnavailable, QueryError, one_line
+from kprobe.lake.query import referenced_tables
+from kprobe.lake.reader import LakeDatabase
+from kprobe.lake.schema import PARTITION_COLUMNS, TABLES
+from kprobe.lake.sealing import sealing_error
+from kprobe.lake.sql_guard import check_read_only
+from kprobe.query_api.errors import NotAcceptable, QueryTimeLimit, ResultTooLarge
+from kprobe.query_api.payload_scope import refused
 
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from lake import LakeLocation, LakeUnavailable, filesystem
+from kprobe.lake import LakeLocation, LakeUnavailable, filesystem
 
 
 class LakeFiles:

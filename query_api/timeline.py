@@ -19,11 +19,11 @@ from typing import Any
 
 import duckdb
 
-from compute import timeline as engine_timeline
-from compute.settings import ComputeSettings
-from compute.sql import sql_str
-from compute.window import KERNEL_COLUMNS
-from lake import LakeDatabase, scan
+from kprobe.compute import timeline as engine_timeline
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import sql_str
+from kprobe.compute.window import KERNEL_COLUMNS
+from kprobe.lake import LakeDatabase, scan
 
 TOP_CATEGORIES = 15
 MIN_BUCKETS = 10

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lake import LakeDatabase, partition_filter, scan
+from kprobe.lake import LakeDatabase, partition_filter, scan
 
 _HOUR_NS = 3600 * 10**9
 _NO_END = 2**63 - 1

@@ -5,8 +5,8 @@
     fuzzed = fuzz.fuzz(recording, ReplayOptions(), FuzzConfig(runs=20, seed=7))  # timing
 """
 
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.errors import (
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
+from kprobe.replay_sandbox.errors import (
     FuzzError,
     RecordingError,
     ReplaySandboxError,
@@ -14,10 +14,10 @@ from replay_sandbox.errors import (
     SpecError,
     TracerError,
 )
-from replay_sandbox.fuzz import FuzzConfig, FuzzReport
-from replay_sandbox.injection import Injection, parse_all
-from replay_sandbox.recording import ProcessInfo, Recording
-from replay_sandbox.report import Divergence, ReplayReport
+from kprobe.replay_sandbox.fuzz import FuzzConfig, FuzzReport
+from kprobe.replay_sandbox.injection import Injection, parse_all
+from kprobe.replay_sandbox.recording import ProcessInfo, Recording
+from kprobe.replay_sandbox.report import Divergence, ReplayReport
 
 __all__ = [
     "Divergence",

@@ -16,20 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from replay_sandbox import clock as vclock
-from replay_sandbox import ptrace_ffi as P
-from replay_sandbox.errors import TracerError
-from replay_sandbox.injection import Delays, FdKind, Injection
-from replay_sandbox.limits import Limits
-from replay_sandbox.peers import PeerCursor
-from replay_sandbox.recording import Recording, Row
-from replay_sandbox.report import (
+from kprobe.replay_sandbox import clock as vclock
+from kprobe.replay_sandbox import ptrace_ffi as P
+from kprobe.replay_sandbox.errors import TracerError
+from kprobe.replay_sandbox.injection import Delays, FdKind, Injection
+from kprobe.replay_sandbox.limits import Limits
+from kprobe.replay_sandbox.peers import PeerCursor
+from kprobe.replay_sandbox.recording import Recording, Row
+from kprobe.replay_sandbox.report import (
     CallInfo,
     Divergence,
     Status,
     preview,
 )
-from replay_sandbox.syscall_table import (
+from kprobe.replay_sandbox.syscall_table import (
     SOCKET_CREATORS,
     SPECS,
     Layout,

@@ -39,9 +39,9 @@ import tempfile
 import threading
 import time
 
-from replay_sandbox import ptrace_ffi as P
-from replay_sandbox import vdso
-from replay_sandbox._state import (
+from kprobe.replay_sandbox import ptrace_ffi as P
+from kprobe.replay_sandbox import vdso
+from kprobe.replay_sandbox._state import (
     EXECVE,
     FCNTL,
     LOOKAHEAD,
@@ -56,11 +56,11 @@ from replay_sandbox._state import (
     runs_first,
     tgid,
 )
-from replay_sandbox.context import RLIM_INFINITY, RLIMIT_NAMES, ProcessContext
-from replay_sandbox.errors import RecordingError, SandboxError, TracerError
-from replay_sandbox.limits import ReplayCgroup
-from replay_sandbox.recording import Recording, Row, redaction_notes
-from replay_sandbox.report import (
+from kprobe.replay_sandbox.context import RLIM_INFINITY, RLIMIT_NAMES, ProcessContext
+from kprobe.replay_sandbox.errors import RecordingError, SandboxError, TracerError
+from kprobe.replay_sandbox.limits import ReplayCgroup
+from kprobe.replay_sandbox.recording import Recording, Row, redaction_notes
+from kprobe.replay_sandbox.report import (
     CallInfo,
     ChildReport,
     Divergence,
@@ -68,11 +68,11 @@ from replay_sandbox.report import (
     compare_outputs,
     preview,
 )
-from replay_sandbox.runtimes import runtime_notes
-from replay_sandbox.sandbox import HOST_UID, LaunchSpec, spawn
-from replay_sandbox.seccomp import compile_filter
-from replay_sandbox.serving import RECEIVES, IoServing
-from replay_sandbox.syscall_table import (
+from kprobe.replay_sandbox.runtimes import runtime_notes
+from kprobe.replay_sandbox.sandbox import HOST_UID, LaunchSpec, spawn
+from kprobe.replay_sandbox.seccomp import compile_filter
+from kprobe.replay_sandbox.serving import RECEIVES, IoServing
+from kprobe.replay_sandbox.syscall_table import (
     CSTRING,
     F_DUPFD,
     F_DUPFD_CLOEXEC,

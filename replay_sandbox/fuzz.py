@@ -36,13 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lake import timespec
-from lake.errors import TimeSpecError
-from replay_sandbox.ddmin import ddmin
-from replay_sandbox.engine import ReplayOptions
-from replay_sandbox.errors import FuzzError, SpecError
-from replay_sandbox.fuzz_pool import Executor, Job, Kind, Pool, choose, open_pool
-from replay_sandbox.perturb import (
+from kprobe.lake import timespec
+from kprobe.lake.errors import TimeSpecError
+from kprobe.replay_sandbox.ddmin import ddmin
+from kprobe.replay_sandbox.engine import ReplayOptions
+from kprobe.replay_sandbox.errors import FuzzError, SpecError
+from kprobe.replay_sandbox.fuzz_pool import Executor, Job, Kind, Pool, choose, open_pool
+from kprobe.replay_sandbox.perturb import (
     MS,
     Delay,
     Expectation,
@@ -54,9 +54,9 @@ from replay_sandbox.perturb import (
     find_swaps,
     sample,
 )
-from replay_sandbox.recording import Recording
-from replay_sandbox.report import compare_outputs
-from replay_sandbox.syscall_table import name_of
+from kprobe.replay_sandbox.recording import Recording
+from kprobe.replay_sandbox.report import compare_outputs
+from kprobe.replay_sandbox.syscall_table import name_of
 
 __all__ = ["Delay", "Expectation", "FuzzConfig", "FuzzReport", "Input", "MinimalFlip", "Outcome",
            "Swap", "fuzz", "parse_duration"]

@@ -27,11 +27,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from lake import ClusterUnavailable, connect_ray, one_line
-from replay_sandbox.engine import ReplayOptions
-from replay_sandbox.errors import FuzzError
-from replay_sandbox.perturb import Expectation, Outcome, Perturbation, replay_outcome
-from replay_sandbox.recording import Recording
+from kprobe.lake import ClusterUnavailable, connect_ray, one_line
+from kprobe.replay_sandbox.engine import ReplayOptions
+from kprobe.replay_sandbox.errors import FuzzError
+from kprobe.replay_sandbox.perturb import Expectation, Outcome, Perturbation, replay_outcome
+from kprobe.replay_sandbox.recording import Recording
 
 Executor = Literal["auto", "inline", "processes", "ray"]
 Kind = Literal["inline", "processes", "ray"]

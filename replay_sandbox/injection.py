@@ -20,9 +20,9 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Literal
 
-from lake.timespec import TimeSpecError, parse_duration
-from replay_sandbox.errors import SpecError
-from replay_sandbox.syscall_table import NUMBERS, READ_FAMILY, RECV_FAMILY, WRITE_FAMILY
+from kprobe.lake.timespec import TimeSpecError, parse_duration
+from kprobe.replay_sandbox.errors import SpecError
+from kprobe.replay_sandbox.syscall_table import NUMBERS, READ_FAMILY, RECV_FAMILY, WRITE_FAMILY
 
 Kind = Literal["arrival", "duration"]
 FdKind = Literal["file", "socket", "pipe", "other", "unknown"]

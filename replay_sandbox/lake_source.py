@@ -16,13 +16,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lake import LakeLocation, connect, partition_filter, payload_keys, scan
-from lake import blobs as lake_blobs
-from lake.sealing import open_blob, sealing_error
-from replay_sandbox.context import CONTEXT, CWD, FD_PATH, FDS, ProcessContext, descriptors
-from replay_sandbox.errors import RecordingError
-from replay_sandbox.peers import load_peer_streams
-from replay_sandbox.recording import ProcessInfo, Recording
+from kprobe.lake import LakeLocation, connect, partition_filter, payload_keys, scan
+from kprobe.lake import blobs as lake_blobs
+from kprobe.lake.sealing import open_blob, sealing_error
+from kprobe.replay_sandbox.context import CONTEXT, CWD, FD_PATH, FDS, ProcessContext, descriptors
+from kprobe.replay_sandbox.errors import RecordingError
+from kprobe.replay_sandbox.peers import load_peer_streams
+from kprobe.replay_sandbox.recording import ProcessInfo, Recording
 
 _SYSCALL_COLUMNS = "ts_ns, dur_ns, pid, tid, cpu, comm, nr, name, ret, fd, args, seq"
 _NO_END = 2**63 - 1

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from replay_sandbox.errors import SpecError
+from kprobe.replay_sandbox.errors import SpecError
 
 MiB = 1 << 20
 GiB = 1 << 30

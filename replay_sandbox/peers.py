@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from lake import scan
+from kprobe.lake import scan
 
 _CONNECT, _ACCEPT, _ACCEPT4, _CLOSE = 42, 43, 288, 3
 _SENDS = (1, 18, 20, 44, 46)  # write, pwrite64, writev, sendto, sendmsg

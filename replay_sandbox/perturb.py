@@ -26,12 +26,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from replay_sandbox import clock as vclock
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.errors import ReplaySandboxError
-from replay_sandbox.recording import Recording, Row
-from replay_sandbox.report import expectation_held
-from replay_sandbox.syscall_table import (
+from kprobe.replay_sandbox import clock as vclock
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
+from kprobe.replay_sandbox.errors import ReplaySandboxError
+from kprobe.replay_sandbox.recording import Recording, Row
+from kprobe.replay_sandbox.report import expectation_held
+from kprobe.replay_sandbox.syscall_table import (
     READ_FAMILY,
     SOCKET_CREATORS,
     SPECS,

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from replay_sandbox.errors import TracerError
+from kprobe.replay_sandbox.errors import TracerError
 
 CStrings = ctypes.Array[ctypes.c_char_p]  # a NULL-terminated char *[]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from lake.schema import REDACTED, TABLES
-from replay_sandbox.context import FILE_ID, KERNEL_ARGS, OPENED, Descriptor, ProcessContext
-from replay_sandbox.errors import RecordingError
-from replay_sandbox.peers import PeerStream
-from replay_sandbox.syscall_table import (
+from kprobe.lake.schema import REDACTED, TABLES
+from kprobe.replay_sandbox.context import FILE_ID, KERNEL_ARGS, OPENED, Descriptor, ProcessContext
+from kprobe.replay_sandbox.errors import RecordingError
+from kprobe.replay_sandbox.peers import PeerStream
+from kprobe.replay_sandbox.syscall_table import (
     FD_CREATORS,
     SPECS,
     TRAPPED,

@@ -2,7 +2,7 @@
 
 ``kprobe replay`` builds one from its flags and runs it in-process; ``kprobe serve`` builds
 one from ``POST /v1/replays`` and hands it as JSON to the worker process
-(``python -P -m replay_sandbox.worker``, see ``worker``). Either way the same code
+(``python -P -m kprobe.replay_sandbox.worker``, see ``worker``). Either way the same code
 (``worker.execute``) turns it into a replay, so nothing travels as a command line or as
 text on stderr.
 
@@ -22,12 +22,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lake.errors import TimeSpecError
-from lake.timespec import parse_instant
-from replay_sandbox.errors import RecordingError, SpecError
-from replay_sandbox.injection import parse_all
-from replay_sandbox.lake_source import parse_process
-from replay_sandbox.limits import Limits
+from kprobe.lake.errors import TimeSpecError
+from kprobe.lake.timespec import parse_instant
+from kprobe.replay_sandbox.errors import RecordingError, SpecError
+from kprobe.replay_sandbox.injection import parse_all
+from kprobe.replay_sandbox.lake_source import parse_process
+from kprobe.replay_sandbox.limits import Limits
 
 Mode = Literal["exact", "whatif"]
 Executor = Literal["auto", "inline", "processes", "ray"]

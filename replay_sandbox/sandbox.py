@@ -53,10 +53,10 @@ import socket
 import stat
 from dataclasses import dataclass, field
 
-from replay_sandbox import ptrace_ffi
-from replay_sandbox.errors import SandboxError
-from replay_sandbox.limits import Limits, ReplayCgroup, rlimits
-from replay_sandbox.seccomp import CompiledFilter, build_deny_program, program_bytes
+from kprobe.replay_sandbox import ptrace_ffi
+from kprobe.replay_sandbox.errors import SandboxError
+from kprobe.replay_sandbox.limits import Limits, ReplayCgroup, rlimits
+from kprobe.replay_sandbox.seccomp import CompiledFilter, build_deny_program, program_bytes
 
 TRACE_OPTIONS = (ptrace_ffi.PTRACE_O_TRACESYSGOOD | ptrace_ffi.PTRACE_O_TRACEFORK
                  | ptrace_ffi.PTRACE_O_TRACEVFORK | ptrace_ffi.PTRACE_O_TRACECLONE

@@ -29,7 +29,7 @@ import ctypes
 import struct
 from collections.abc import Iterable
 
-from replay_sandbox import ptrace_ffi
+from kprobe.replay_sandbox import ptrace_ffi
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000

@@ -10,20 +10,20 @@ import struct
 import sys
 from collections.abc import Callable
 
-from replay_sandbox import clock as vclock
-from replay_sandbox import ptrace_ffi as P
-from replay_sandbox._state import (
+from kprobe.replay_sandbox import clock as vclock
+from kprobe.replay_sandbox import ptrace_ffi as P
+from kprobe.replay_sandbox._state import (
     FCNTL,
     LIVE_OPENS,
     MASK,
     StopReplay,
     Task,
 )
-from replay_sandbox.errors import TracerError
-from replay_sandbox.injection import FdKind, delays_for
-from replay_sandbox.peers import PeerCursor
-from replay_sandbox.recording import Row
-from replay_sandbox.syscall_table import (
+from kprobe.replay_sandbox.errors import TracerError
+from kprobe.replay_sandbox.injection import FdKind, delays_for
+from kprobe.replay_sandbox.peers import PeerCursor
+from kprobe.replay_sandbox.recording import Row
+from kprobe.replay_sandbox.syscall_table import (
     CLONES,
     EVENTFD2,
     F_DUPFD,
@@ -38,7 +38,7 @@ from replay_sandbox.syscall_table import (
     is_error,
     write_outputs,
 )
-from replay_sandbox.timing import TimeServing
+from kprobe.replay_sandbox.timing import TimeServing
 
 PAYLOAD_CAP_MAX = 16 << 20  # the recorder's largest --payload-cap
 

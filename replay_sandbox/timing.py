@@ -10,9 +10,9 @@ import errno as errno_mod
 import struct
 import time
 
-from replay_sandbox import clock as vclock
-from replay_sandbox import ptrace_ffi as P
-from replay_sandbox._state import (
+from kprobe.replay_sandbox import clock as vclock
+from kprobe.replay_sandbox import ptrace_ffi as P
+from kprobe.replay_sandbox._state import (
     GETRANDOM,
     MASK,
     TSC_PER_NS,
@@ -20,10 +20,10 @@ from replay_sandbox._state import (
     EngineState,
     Task,
 )
-from replay_sandbox.errors import TracerError
-from replay_sandbox.injection import delays_for
-from replay_sandbox.recording import Row
-from replay_sandbox.syscall_table import (
+from kprobe.replay_sandbox.errors import TracerError
+from kprobe.replay_sandbox.injection import delays_for
+from kprobe.replay_sandbox.recording import Row
+from kprobe.replay_sandbox.syscall_table import (
     SyscallSpec,
     is_error,
     write_outputs,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from replay_sandbox.errors import TracerError
-from replay_sandbox.ptrace_ffi import TraceeMemory
-from replay_sandbox.syscall_table import VDSO_SYSCALLS
+from kprobe.replay_sandbox.errors import TracerError
+from kprobe.replay_sandbox.ptrace_ffi import TraceeMemory
+from kprobe.replay_sandbox.syscall_table import VDSO_SYSCALLS
 
 _SHT_DYNSYM = 11
 _PT_LOAD = 1

@@ -1,7 +1,7 @@
 """The replay worker: one typed request in, one report out, both JSON.
 
     echo '{"lake": "s3://bucket/lake", "request": {"process": "4721@node-a"}}' \\
-        | python -P -m replay_sandbox.worker
+        | python -P -m kprobe.replay_sandbox.worker
 
 Input (stdin, one JSON object of at most 16 MiB):
 ``{"lake": URI, "request": ReplayRequest.to_json(), "hide": [PATH, ...],
@@ -32,16 +32,16 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from lake.errors import LakeError, one_line
-from lake.storage import LakeLocation, LakeSettings, resolve
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.errors import ReplaySandboxError, SandboxError, SpecError
-from replay_sandbox.fuzz import Expectation, FuzzConfig, FuzzReport, fuzz
-from replay_sandbox.injection import parse_all
-from replay_sandbox.lake_source import load
-from replay_sandbox.recording import Recording
-from replay_sandbox.report import ReplayReport, expectation_held
-from replay_sandbox.request import ReplayRequest
+from kprobe.lake.errors import LakeError, one_line
+from kprobe.lake.storage import LakeLocation, LakeSettings, resolve
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
+from kprobe.replay_sandbox.errors import ReplaySandboxError, SandboxError, SpecError
+from kprobe.replay_sandbox.fuzz import Expectation, FuzzConfig, FuzzReport, fuzz
+from kprobe.replay_sandbox.injection import parse_all
+from kprobe.replay_sandbox.lake_source import load
+from kprobe.replay_sandbox.recording import Recording
+from kprobe.replay_sandbox.report import ReplayReport, expectation_held
+from kprobe.replay_sandbox.request import ReplayRequest
 
 MAX_INPUT = 16 << 20
 NamedFiles = Literal["any", "public"]
@@ -152,13 +152,13 @@ def main(stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
 
 def run_worker(document: dict[str, Any], env: dict[str, str],
                timeout_s: float) -> tuple[int, str, str]:
-    """Start ``python -P -m replay_sandbox.worker`` with ``document`` on stdin; (exit code,
+    """Start ``python -P -m kprobe.replay_sandbox.worker`` with ``document`` on stdin; (exit code,
     stdout, stderr). Kills the whole process group at the deadline (exit code -9). Used by
     the API as is, or as a Ray task."""
     import signal
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "replay_sandbox.worker"], env=env,
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "kprobe.replay_sandbox.worker"], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -15,7 +15,7 @@ without it a v1 host's groups only dropped page cache and the scenarios saw no p
 
 from __future__ import annotations
 
-from capture_agent.families.process import cgroup_mounts
+from kprobe.capture_agent.families.process import cgroup_mounts
 from kprobe.demo.host import MemoryCgroup, memory_cgroup_support
 from tests.support import require
 

@@ -18,14 +18,14 @@ Adding a family ``foo``:
 
 from __future__ import annotations
 
-from capture_agent.families.base import AgentOptions, ProbeFamily
-from capture_agent.families.block import BlockFamily
-from capture_agent.families.mem import MemFamily
-from capture_agent.families.net import NetFamily
-from capture_agent.families.process import ProcessFamily
-from capture_agent.families.sched import SchedFamily
-from capture_agent.families.syscalls import SyscallsFamily
-from capture_agent.layouts import Family
+from kprobe.capture_agent.families.base import AgentOptions, ProbeFamily
+from kprobe.capture_agent.families.block import BlockFamily
+from kprobe.capture_agent.families.mem import MemFamily
+from kprobe.capture_agent.families.net import NetFamily
+from kprobe.capture_agent.families.process import ProcessFamily
+from kprobe.capture_agent.families.sched import SchedFamily
+from kprobe.capture_agent.families.syscalls import SyscallsFamily
+from kprobe.capture_agent.layouts import Family
 
 # Every family, by name, in the order the agent loads them (the first loaded owns the
 # targets map the others share).

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture_agent.errors import RingBufferError
-from capture_agent.layouts import EVENT_HEADER, Family
+from kprobe.capture_agent.errors import RingBufferError
+from kprobe.capture_agent.layouts import EVENT_HEADER, Family
 
 _INT32 = pa.int32()
 

@@ -22,9 +22,9 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from capture_agent.clock import ClockSample
-from capture_agent.layouts import Family
-from capture_agent.sensor import Sensor, SensorSpec
+from kprobe.capture_agent.clock import ClockSample
+from kprobe.capture_agent.layouts import Family
+from kprobe.capture_agent.sensor import Sensor, SensorSpec
 
 # A drained batch of one ring's records -> rows of one lake table (vectorised).
 Converter = Callable[[np.ndarray, ClockSample], pa.Table]

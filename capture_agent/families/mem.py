@@ -25,14 +25,14 @@ from types import MappingProxyType
 import numpy as np
 import pyarrow as pa
 
-from capture_agent import libbpf
-from capture_agent.clock import ClockSample
-from capture_agent.errors import BpfMapError
-from capture_agent.families._arrow import check_header, comm_array, int_array, lookup_strings
-from capture_agent.families.base import ProbeFamily
-from capture_agent.layouts import EventKind, Family, record_dtype
-from capture_agent.sensor import Sensor, SensorSpec
-from lake.schema import spec as table_spec
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.clock import ClockSample
+from kprobe.capture_agent.errors import BpfMapError
+from kprobe.capture_agent.families._arrow import check_header, comm_array, int_array, lookup_strings
+from kprobe.capture_agent.families.base import ProbeFamily
+from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
+from kprobe.capture_agent.sensor import Sensor, SensorSpec
+from kprobe.lake.schema import spec as table_spec
 
 MEM_LAYOUT_VERSION = 1
 TASK_COMM_LEN = 16

@@ -53,15 +53,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture_agent import syscall_names
-from capture_agent.clock import ClockSample, sample_offset
-from capture_agent.elfsyms import emulated_probe_offset, function_offsets
-from capture_agent.errors import BpfAttachError, CaptureAgentError
-from capture_agent.families._arrow import check_header, comm_array, int_array
-from capture_agent.families.base import ProbeFamily, UprobePlaces
-from capture_agent.layouts import EventKind, Family, record_dtype
-from capture_agent.sensor import SensorSpec
-from lake.schema import spec as table_spec
+from kprobe.capture_agent import syscall_names
+from kprobe.capture_agent.clock import ClockSample, sample_offset
+from kprobe.capture_agent.elfsyms import emulated_probe_offset, function_offsets
+from kprobe.capture_agent.errors import BpfAttachError, CaptureAgentError
+from kprobe.capture_agent.families._arrow import check_header, comm_array, int_array
+from kprobe.capture_agent.families.base import ProbeFamily, UprobePlaces
+from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
+from kprobe.capture_agent.sensor import SensorSpec
+from kprobe.lake.schema import spec as table_spec
 
 SYSCALLS_LAYOUT_VERSION = 3
 TASK_COMM_LEN = 16

@@ -4,9 +4,14 @@ and gRPC (``TraceService/Export``), sharing one sink.
 Runs alone as ``kprobe otlp``; the capture agent can host the same app with its own sink.
 """
 
-from capture_agent.otlp.decode import decode_json, decode_protobuf, decode_request, decompress
-from capture_agent.otlp.grpc_server import OtlpGrpcServer
-from capture_agent.otlp.server import (
+from kprobe.capture_agent.otlp.decode import (
+    decode_json,
+    decode_protobuf,
+    decode_request,
+    decompress,
+)
+from kprobe.capture_agent.otlp.grpc_server import OtlpGrpcServer
+from kprobe.capture_agent.otlp.server import (
     OtlpSettings,
     build_server,
     create_app,
@@ -14,7 +19,7 @@ from capture_agent.otlp.server import (
     listen_socket,
     run_receiver,
 )
-from capture_agent.otlp.sink import SpanSink, SpanSinkStats
+from kprobe.capture_agent.otlp.sink import SpanSink, SpanSinkStats
 
 __all__ = [
     "OtlpGrpcServer",

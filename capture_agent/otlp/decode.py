@@ -28,9 +28,9 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from capture_agent.errors import OtlpBodyTooLarge, OtlpDecodeError, OtlpUnsupportedMedia
-from lake import one_line
-from lake.schema import TABLES
+from kprobe.capture_agent.errors import OtlpBodyTooLarge, OtlpDecodeError, OtlpUnsupportedMedia
+from kprobe.lake import one_line
+from kprobe.lake.schema import TABLES
 
 Encoding = Literal["protobuf", "json"]
 

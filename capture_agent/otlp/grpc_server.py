@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from capture_agent.errors import CaptureAgentError, OtlpDecodeError
-from capture_agent.otlp.decode import decode_protobuf
-from capture_agent.otlp.sink import SpanSink
+from kprobe.capture_agent.errors import CaptureAgentError, OtlpDecodeError
+from kprobe.capture_agent.otlp.decode import decode_protobuf
+from kprobe.capture_agent.otlp.sink import SpanSink
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class OtlpGrpcServer:
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if port:  # a taken port in one line of ours, before gRPC's own log lines about it
-            from capture_agent.otlp.server import listen_socket
+            from kprobe.capture_agent.otlp.server import listen_socket
 
             listen_socket(host, port).close()
         try:

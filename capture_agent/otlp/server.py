@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capture_agent.errors import (
+from kprobe.capture_agent.errors import (
     CaptureAgentError,
     OtlpBodyTooLarge,
     OtlpDecodeError,
@@ -38,10 +38,10 @@ from capture_agent.errors import (
     OtlpOverloaded,
     OtlpUnsupportedMedia,
 )
-from capture_agent.otlp.decode import Encoding, decode_request, decompress, media_type
-from capture_agent.otlp.grpc_server import OtlpGrpcServer
-from capture_agent.otlp.sink import SpanSink, SpanSinkStats
-from lake import LakeWriter
+from kprobe.capture_agent.otlp.decode import Encoding, decode_request, decompress, media_type
+from kprobe.capture_agent.otlp.grpc_server import OtlpGrpcServer
+from kprobe.capture_agent.otlp.sink import SpanSink, SpanSinkStats
+from kprobe.lake import LakeWriter
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lake import LakeError, LakeUnavailable, LakeWriter, PreparedBatch
+from kprobe.lake import LakeError, LakeUnavailable, LakeWriter, PreparedBatch
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.causes import cpu, disk, memory, network, remote, wait
-from compute.settings import ComputeSettings
-from compute.sql import execute
+from kprobe.compute.causes import cpu, disk, memory, network, remote, wait
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import execute
 
 # Kinds that count as causes of a delay: kernel episodes and contention, and waits for
 # another thread (named by what that thread was doing, followed through holder links).

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import evidence_list, execute, overlap_join
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import evidence_list, execute, overlap_join
 
 # A CPU switches threads every few ms: finer buckets than the default keep the candidate
 # holders of each runnable piece few.

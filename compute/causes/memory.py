@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import evidence_list, execute, merged, overlap_join
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import evidence_list, execute, merged, overlap_join
 
 
 def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:

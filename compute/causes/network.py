@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import evidence_list, execute, merged, overlap_join
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import evidence_list, execute, merged, overlap_join
 
 MIN_RTO_NS = 200_000_000
 # A span without a connection of its own (a server's thread, a thread it waited for) owns

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import execute, overlap_join
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import execute, overlap_join
 
 _LOOPBACK = "(({a}) LIKE '127.%' OR ({a}) = '::1' OR ({a}) LIKE '::ffff:127.%')"
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import duckdb
 
-from compute.settings import ComputeSettings
-from compute.sql import evidence_list, execute, overlap_join
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.sql import evidence_list, execute, overlap_join
 
 # Kernel threads (and the idle task, tid 0): a wakeup from them is interrupt or kernel
 # work on the sleeper's behalf (block completion, timers, network softirq), not a user

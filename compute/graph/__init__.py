@@ -5,7 +5,7 @@ window from Arrow tables, publishes it beside the lake and opens snapshots read-
 ``queries`` holds the named Cypher queries and the reads behind ``kprobe explain``.
 """
 
-from compute.graph.store import (
+from kprobe.compute.graph.store import (
     GraphReader,
     SnapshotInfo,
     list_snapshots,

@@ -14,10 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
-import lake
-from compute.errors import QueryNotFound
-from compute.graph.store import GraphReader, SnapshotInfo, open_snapshot
-from compute.settings import ComputeSettings
+from kprobe import lake
+from kprobe.compute.errors import QueryNotFound
+from kprobe.compute.graph.store import GraphReader, SnapshotInfo, open_snapshot
+from kprobe.compute.settings import ComputeSettings
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-import lake
-from compute.errors import GraphError, GraphNotFound, QueryNotFound
-from compute.graph.schema import (
+from kprobe import lake
+from kprobe.compute.errors import GraphError, GraphNotFound, QueryNotFound
+from kprobe.compute.graph.schema import (
     GRAPH_FORMAT,
     GRAPH_VERSION,
     NODE_TABLES,
@@ -48,9 +48,9 @@ from compute.graph.schema import (
     ddl,
     node_schema,
 )
-from compute.settings import ComputeSettings
-from compute.window import Window
-from lake import one_line
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import one_line
 
 DB_FILE = "graph.lbug"
 MANIFEST = "manifest.json"

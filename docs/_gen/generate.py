@@ -81,7 +81,7 @@ def _schema_name(schema: dict[str, Any]) -> str:
 
 
 def api_reference() -> str:
-    from query_api.app import create_app
+    from kprobe.query_api.app import create_app
 
     spec = create_app().openapi()
     lines = ["# HTTP API reference", "",
@@ -131,9 +131,9 @@ def api_reference() -> str:
 
 
 def settings_reference() -> str:
-    from compute.settings import ComputeSettings
-    from lake.storage import LakeSettings
-    from query_api.settings import ApiSettings
+    from kprobe.compute.settings import ComputeSettings
+    from kprobe.lake.storage import LakeSettings
+    from kprobe.query_api.settings import ApiSettings
 
     lines = ["# Settings reference", "",
              "Generated from the settings classes. Every setting is an environment variable "

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from capture_agent.agent import AgentConfig, default_spool_dir
-from capture_agent.redaction import RedactionRules
-from capture_agent.targets import Targets
+from kprobe.capture_agent.agent import AgentConfig, default_spool_dir
+from kprobe.capture_agent.redaction import RedactionRules
+from kprobe.capture_agent.targets import Targets
 from kprobe.commands._common import add_lake_option, lake_settings
 from kprobe.errors import CommandError
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from kprobe.errors import CommandError
-from lake import TABLE_NAMES, LakeLocation, LakeSettings, filesystem, resolve
+from kprobe.lake import TABLE_NAMES, LakeLocation, LakeSettings, filesystem, resolve
 
 FORMATS = ("text", "json")
 
@@ -113,7 +113,7 @@ def recorded_in(location: LakeLocation, start_ns: int, end_ns: int,
                 nodes: tuple[str, ...] = ()) -> dict[str, bool]:
     """Whether ``spans`` and ``sched`` hold any row in ``[start_ns, end_ns)`` (partitions
     pruned, the first row found ends each look)."""
-    from lake import connect, scan
+    from kprobe.lake import connect, scan
 
     con = connect(location, ["spans", "sched"])
     try:

@@ -13,15 +13,15 @@ followed); failures and missed cutoffs are flush with the bar.
 
 from __future__ import annotations
 
-from compute.explain import fmt_ns
-from compute.explain_model import (
+from kprobe.compute.explain import fmt_ns
+from kprobe.compute.explain_model import (
     EventStep,
     ExplainedTransaction,
     FailureStep,
     KernelStep,
     RemoteStep,
 )
-from lake.timespec import format_instant
+from kprobe.lake.timespec import format_instant
 
 LEGEND = ("# left column: time since the event line above; '|   [KERNEL ...]': what delayed "
           "the operation above it, '<-' who or why")

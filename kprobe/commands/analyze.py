@@ -8,10 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from compute.analysis import WindowOutput
-from compute.ray_driver import analyze_windows
-from compute.settings import ComputeSettings
-from compute.window import split
 from kprobe.commands._common import (
     add_format_option,
     add_lake_option,
@@ -20,11 +16,15 @@ from kprobe.commands._common import (
     recorded_in,
 )
 from kprobe.commands.sql import render_table
+from kprobe.compute.analysis import WindowOutput
+from kprobe.compute.ray_driver import analyze_windows
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import split
 from kprobe.errors import CommandError
-from lake import format_instant, parse_duration, parse_instant
+from kprobe.lake import format_instant, parse_duration, parse_instant
 
 if TYPE_CHECKING:
-    from compute.export_otlp import FindingsExporter
+    from kprobe.compute.export_otlp import FindingsExporter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -156,6 +156,6 @@ def _exporter(endpoint: str | None) -> FindingsExporter | None:
     """The OTLP exporter of ``--export-otlp``; a bad endpoint is one line (exit 2)."""
     if endpoint is None:
         return None
-    from compute.export_otlp import FindingsExporter
+    from kprobe.compute.export_otlp import FindingsExporter
 
     return FindingsExporter(endpoint)

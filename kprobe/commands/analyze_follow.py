@@ -10,17 +10,17 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from compute.analysis import WindowOutput
-from compute.follow import Follower, FollowOptions
-from compute.settings import ComputeSettings
 from kprobe.commands._common import dumps, lake_settings
+from kprobe.compute.analysis import WindowOutput
+from kprobe.compute.follow import Follower, FollowOptions
+from kprobe.compute.settings import ComputeSettings
 from kprobe.errors import CommandError
-from lake import resolve
-from lake.errors import TimeSpecError
-from lake.timespec import format_instant, parse_duration, parse_instant
+from kprobe.lake import resolve
+from kprobe.lake.errors import TimeSpecError
+from kprobe.lake.timespec import format_instant, parse_duration, parse_instant
 
 if TYPE_CHECKING:
-    from compute.export_otlp import FindingsExporter
+    from kprobe.compute.export_otlp import FindingsExporter
 
 
 def _duration(option: str, text: str) -> int:
@@ -80,8 +80,8 @@ def follow(args: argparse.Namespace, settings: ComputeSettings,
         signal.signal(sig, on_signal)
     server = None
     if args.metrics_port is not None:
-        from capture_agent.metrics import MetricsServer
-        from compute.follow_metrics import FollowCollector
+        from kprobe.capture_agent.metrics import MetricsServer
+        from kprobe.compute.follow_metrics import FollowCollector
 
         try:
             server = MetricsServer(FollowCollector(follower.stats), args.metrics_host,

@@ -206,7 +206,7 @@ def _lake(args: argparse.Namespace, workdir: Path, stack: ExitStack,
 
 def _cutoffs() -> str:
     """The clearing cutoffs the domain rules use, for the services' clearing attributes."""
-    from compute.domain import load_rules
+    from kprobe.compute.domain import load_rules
 
     clearing = load_rules().clearing
     return ",".join(clearing.cutoffs) if clearing and clearing.cutoffs else ""
@@ -297,7 +297,7 @@ def console_url(payment_id: str) -> str:
     """Where ``kprobe serve`` (its host and port settings) shows the payment in the console."""
     from urllib.parse import quote
 
-    from query_api.settings import ApiSettings
+    from kprobe.query_api.settings import ApiSettings
 
     settings = ApiSettings()
     host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "127.0.0.1"

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from capture_agent.doctor import run_checks
+    from kprobe.capture_agent.doctor import run_checks
 
     checks = run_checks()
     if args.format == "json":

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from compute.explain import explain
-from compute.explain_model import Explanation
 from kprobe.commands._common import add_format_option, add_lake_option, open_lake
 from kprobe.commands._explain_text import render
 from kprobe.commands.analyze import compute_settings
-from lake.timespec import parse_instant
+from kprobe.compute.explain import explain
+from kprobe.compute.explain_model import Explanation
+from kprobe.lake.timespec import parse_instant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from compute.explain import fmt_ns
 from kprobe.commands._common import (
     add_format_option,
     add_lake_option,
@@ -24,9 +23,10 @@ from kprobe.commands._common import (
 )
 from kprobe.commands.analyze import compute_settings
 from kprobe.commands.sql import render_table
+from kprobe.compute.explain import fmt_ns
 from kprobe.errors import CommandError
-from lake.timespec import parse_instant
-from query_api.causal import Cursor, list_transactions
+from kprobe.lake.timespec import parse_instant
+from kprobe.query_api.causal import Cursor, list_transactions
 
 MAX_LIMIT = 10_000
 

@@ -9,8 +9,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from compute.graph import select_snapshots
-from compute.graph.queries import NAMED_QUERIES, run_cypher, run_named
 from kprobe.commands._common import (
     add_format_option,
     add_lake_option,
@@ -20,8 +18,10 @@ from kprobe.commands._common import (
 )
 from kprobe.commands.analyze import compute_settings
 from kprobe.commands.sql import render_table
+from kprobe.compute.graph import select_snapshots
+from kprobe.compute.graph.queries import NAMED_QUERIES, run_cypher, run_named
 from kprobe.errors import CommandError
-from lake.timespec import parse_instant
+from kprobe.lake.timespec import parse_instant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

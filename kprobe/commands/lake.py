@@ -16,9 +16,9 @@ from kprobe.commands._common import (
     require_kprobe_tables,
 )
 from kprobe.errors import CommandError
-from lake import TABLE_NAMES, payload_keys, resolve
-from lake.maintenance import TableReport, compact, retain
-from lake.timespec import parse_duration
+from kprobe.lake import TABLE_NAMES, payload_keys, resolve
+from kprobe.lake.maintenance import TableReport, compact, retain
+from kprobe.lake.timespec import parse_duration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -9,10 +9,10 @@ import sys
 
 from pydantic import ValidationError
 
-from capture_agent.otlp import OtlpSettings, run_receiver
+from kprobe.capture_agent.otlp import OtlpSettings, run_receiver
 from kprobe.commands._common import add_lake_option, lake_settings
 from kprobe.errors import CommandError
-from lake import LakeWriter, resolve
+from kprobe.lake import LakeWriter, resolve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,8 +7,8 @@ import signal
 import sys
 import threading
 
-from capture_agent.agent import Agent
-from capture_agent.targets import Targets
+from kprobe.capture_agent.agent import Agent
+from kprobe.capture_agent.targets import Targets
 from kprobe.commands._agent_options import (
     add_agent_options,
     add_target_options,

@@ -20,12 +20,12 @@ import sys
 
 from kprobe.commands._common import add_format_option, add_lake_option, lake_settings
 from kprobe.errors import CommandError
-from lake import resolve
-from lake.errors import TimeSpecError
-from lake.timespec import parse_duration, parse_instant
-from replay_sandbox.lake_source import parse_process
-from replay_sandbox.request import FuzzSpec, ReplayRequest
-from replay_sandbox.worker import execute
+from kprobe.lake import resolve
+from kprobe.lake.errors import TimeSpecError
+from kprobe.lake.timespec import parse_duration, parse_instant
+from kprobe.replay_sandbox.lake_source import parse_process
+from kprobe.replay_sandbox.request import FuzzSpec, ReplayRequest
+from kprobe.replay_sandbox.worker import execute
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -15,8 +15,8 @@ import signal
 import sys
 import threading
 
-from capture_agent.agent import Agent
-from capture_agent.targets import Targets
+from kprobe.capture_agent.agent import Agent
+from kprobe.capture_agent.targets import Targets
 from kprobe.commands._agent_options import add_agent_options, agent_config, require_root
 from kprobe.commands._common import add_format_option
 from kprobe.commands.record import print_summary

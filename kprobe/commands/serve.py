@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from kprobe.commands._common import add_lake_option, lake_settings
 from kprobe.errors import CommandError
-from lake import resolve
+from kprobe.lake import resolve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,8 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from query_api.auth import add_token
-    from query_api.settings import ApiSettings
+    from kprobe.query_api.auth import add_token
+    from kprobe.query_api.settings import ApiSettings
 
     if args.new_token:
         if not args.tokens_file:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         if settings.tokens_file is None:
             raise CommandError("no tokens: give --tokens-file (create one with --new-token "
                                "NAME --tokens-file PATH) or --no-auth")
-        from query_api.auth import parse_tokens
+        from kprobe.query_api.auth import parse_tokens
 
         try:
             parse_tokens(settings.tokens_file.read_text("utf-8"), str(settings.tokens_file))
@@ -128,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         # h11 with our guard (query_api/http_guard.py): header size and time limits and a
         # connection cap; httptools has neither
-        uvicorn.run("query_api.app:create_app", factory=True, host=settings.host,
+        uvicorn.run("kprobe.query_api.app:create_app", factory=True, host=settings.host,
                     port=settings.port, workers=args.workers, log_level=args.log_level,
                     access_log=args.log_level in ("info", "debug"), server_header=False,
-                    http="query_api.http_guard:GuardedH11Protocol",
+                    http="kprobe.query_api.http_guard:GuardedH11Protocol",
                     h11_max_incomplete_event_size=settings.max_header_bytes,
                     timeout_keep_alive=int(max(1, settings.keep_alive_s)),
                     ws="websockets-sansio", ws_max_size=1 << 16, lifespan="on",
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def is_loopback(host: str) -> bool:
-    from query_api.http_guard import is_loopback as loopback
+    from kprobe.query_api.http_guard import is_loopback as loopback
 
     return loopback(host)
 

@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 
 from kprobe.commands._common import add_lake_option, finite, open_lake
 from kprobe.errors import CommandError
-from lake import LakeLocation, connect
-from lake.errors import QueryError
-from lake.query import QueryResult, fetch, referenced_tables
-from lake.sql_guard import check_read_only
-from lake.timespec import format_instant
+from kprobe.lake import LakeLocation, connect
+from kprobe.lake.errors import QueryError
+from kprobe.lake.query import QueryResult, fetch, referenced_tables
+from kprobe.lake.sql_guard import check_read_only
+from kprobe.lake.timespec import format_instant
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from capture_agent.families.process import CgroupHierarchy, cgroup_mounts
+from kprobe.capture_agent.families.process import CgroupHierarchy, cgroup_mounts
 from kprobe.errors import CommandError
 
 ZRAM_CONTROL = Path("/sys/class/zram-control")

@@ -674,7 +674,7 @@ def _running(pid: int) -> bool:
 def lake_location(lake: str, lake_env: dict[str, str]) -> Any:
     """The lake the demo records into; ``lake_env`` holds an S3 lake's KPROBE_S3_*
     variables (LakeSettings takes them by those names)."""
-    from lake import LakeSettings, resolve
+    from kprobe.lake import LakeSettings, resolve
 
     settings: dict[str, Any] = {k: v for k, v in lake_env.items() if k != "KPROBE_LAKE"}
     return resolve(LakeSettings(lake=lake, **settings))
@@ -692,7 +692,7 @@ def spans_landed(location: Any, payment_id: str) -> bool:
 def payment_spans(location: Any, payment_id: str) -> dict[str, Any]:
     """Every span of the payment's trace(s) in the lake; ``gateway`` is its POST /payments
     span and ``settlement`` its settlement write (None when missing)."""
-    from lake import connect
+    from kprobe.lake import connect
 
     con = connect(location, ["spans"])
     try:
@@ -751,7 +751,7 @@ def verdict(explanation: dict[str, Any], spans: dict[str, Any]) -> dict[str, Any
 
 def settlement_writes(location: Any) -> list[dict[str, Any]]:
     """Every settlement write in the lake, in order: payment id and duration (ms)."""
-    from lake import connect
+    from kprobe.lake import connect
 
     con = connect(location, ["spans"])
     try:

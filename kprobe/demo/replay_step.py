@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from lake.storage import LakeLocation
-from replay_sandbox.report import ReplayReport
-from replay_sandbox.request import ReplayRequest
-from replay_sandbox.worker import execute
+from kprobe.lake.storage import LakeLocation
+from kprobe.replay_sandbox.report import ReplayReport
+from kprobe.replay_sandbox.request import ReplayRequest
+from kprobe.replay_sandbox.worker import execute
 
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
 WHATIF_TIMEOUT_MS = 1500

@@ -28,7 +28,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-import lake
+from kprobe import lake
 from kprobe.demo.host import free_ports
 
 START_TIMEOUT_S = 60.0

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from compute.graph import list_snapshots
-from query_api.audit import note
-from query_api.causal import run_cypher, select
-from query_api.cypher_guard import check_read_only
-from query_api.deps import (
+from kprobe.compute.graph import list_snapshots
+from kprobe.query_api.audit import note
+from kprobe.query_api.causal import run_cypher, select
+from kprobe.query_api.cypher_guard import check_read_only
+from kprobe.query_api.deps import (
     ComputeSettingsDep,
     CypherPoolDep,
     GraphSlotsDep,
@@ -21,9 +21,9 @@ from query_api.deps import (
     SettingsDep,
     parse_time,
 )
-from query_api.problems import problem_responses
-from query_api.schemas import CypherRequest, CypherResponse
-from query_api.sql import table_rows
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import CypherRequest, CypherResponse
+from kprobe.query_api.sql import table_rows
 
 router = APIRouter(prefix="/v1/graph", tags=["causal"])
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from lake import LakeError, LakeUnavailable
-from query_api.deps import LakeDbDep, LocationDep, MetricsDep, SettingsDep
-from query_api.problems import problem_responses
-from query_api.schemas import Health
+from kprobe.lake import LakeError, LakeUnavailable
+from kprobe.query_api.deps import LakeDbDep, LocationDep, MetricsDep, SettingsDep
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import Health
 
 router = APIRouter(tags=["health"])
 # Readiness probes run here, never on the request threads: a hung lake must not pile up

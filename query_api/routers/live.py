@@ -18,14 +18,14 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from lake.errors import LakeError
-from query_api.auth import authenticate, bearer_token
-from query_api.deps import get_hub, location_of, token_store
-from query_api.errors import BadRequest, QueryApiError, ServiceUnavailable
-from query_api.live import KINDS, Filters, Subscriber
-from query_api.payload_scope import may_read_payloads
-from query_api.problems import classify, detail_of, problem_response
-from query_api.settings import get_lake_settings, get_settings
+from kprobe.lake.errors import LakeError
+from kprobe.query_api.auth import authenticate, bearer_token
+from kprobe.query_api.deps import get_hub, location_of, token_store
+from kprobe.query_api.errors import BadRequest, QueryApiError, ServiceUnavailable
+from kprobe.query_api.live import KINDS, Filters, Subscriber
+from kprobe.query_api.payload_scope import may_read_payloads
+from kprobe.query_api.problems import classify, detail_of, problem_response
+from kprobe.query_api.settings import get_lake_settings, get_settings
 
 router = APIRouter(prefix="/v1", tags=["live"])
 SUBPROTOCOL = "kprobe.live.v1"

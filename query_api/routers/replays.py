@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from starlette.responses import JSONResponse
 
-from query_api.deps import ReadAccess, ReplayAccess, RunnerDep
-from query_api.errors import Conflict, NotFound
-from query_api.payload_scope import may_read_payloads, strip_report
-from query_api.problems import problem_responses
-from query_api.replays import ReplayRunner
-from query_api.schemas import ReplayJob, ReplayRequest
+from kprobe.query_api.deps import ReadAccess, ReplayAccess, RunnerDep
+from kprobe.query_api.errors import Conflict, NotFound
+from kprobe.query_api.payload_scope import may_read_payloads, strip_report
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.replays import ReplayRunner
+from kprobe.query_api.schemas import ReplayJob, ReplayRequest
 
 router = APIRouter(prefix="/v1/replays", tags=["replays"])
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id")]

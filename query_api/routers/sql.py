@@ -8,15 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from starlette.responses import Response
 
-from lake.errors import LakeError
-from lake.sql_guard import check_read_only
-from query_api.audit import note
-from query_api.deps import LakeDbDep, MetricsDep, ReadAccess, SettingsDep, SqlAdmissionDep
-from query_api.errors import BadRequest, QueryApiError, QueryTimeLimit
-from query_api.payload_scope import may_read_payloads
-from query_api.problems import problem_responses
-from query_api.schemas import SqlRequest, SqlResponse, TablesResponse
-from query_api.sql import (
+from kprobe.lake.errors import LakeError
+from kprobe.lake.sql_guard import check_read_only
+from kprobe.query_api.audit import note
+from kprobe.query_api.deps import LakeDbDep, MetricsDep, ReadAccess, SettingsDep, SqlAdmissionDep
+from kprobe.query_api.errors import BadRequest, QueryApiError, QueryTimeLimit
+from kprobe.query_api.payload_scope import may_read_payloads
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import SqlRequest, SqlResponse, TablesResponse
+from kprobe.query_api.sql import (
     ARROW,
     JSON,
     MEDIA,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from query_api.deps import (
+from kprobe.query_api.deps import (
     ComputeSettingsDep,
     LakeDbDep,
     ReadAccess,
@@ -14,10 +14,10 @@ from query_api.deps import (
     SqlAdmissionDep,
     parse_time,
 )
-from query_api.errors import BadRequest
-from query_api.problems import problem_responses
-from query_api.schemas import Timeline
-from query_api.timeline import Who, build_timeline
+from kprobe.query_api.errors import BadRequest
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import Timeline
+from kprobe.query_api.timeline import Who, build_timeline
 
 router = APIRouter(prefix="/v1/timeline", tags=["timeline"])
 _TIME = "ISO 8601 (2026-01-01T14:00:00Z), epoch s or ns, now, or -15m"

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from query_api.deps import LakeDbDep, ReadAccess, SqlAdmissionDep, parse_time
-from query_api.errors import BadRequest
-from query_api.problems import problem_responses
-from query_api.schemas import TraceProcesses
-from query_api.trace_processes import trace_processes
+from kprobe.query_api.deps import LakeDbDep, ReadAccess, SqlAdmissionDep, parse_time
+from kprobe.query_api.errors import BadRequest
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import TraceProcesses
+from kprobe.query_api.trace_processes import trace_processes
 
 router = APIRouter(prefix="/v1/traces", tags=["causal"])
 _TIME = "ISO 8601, epoch s or ns, now, or -15m: only spans starting in [from, to)"

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from query_api.cache import encode_answer, snapshots_key
-from query_api.causal import select, trace_graph
-from query_api.deps import (
+from kprobe.query_api.cache import encode_answer, snapshots_key
+from kprobe.query_api.causal import select, trace_graph
+from kprobe.query_api.deps import (
     CausalCacheDep,
     ComputeSettingsDep,
     GraphSlotsDep,
@@ -17,9 +17,9 @@ from query_api.deps import (
     ReadAccess,
     parse_time,
 )
-from query_api.problems import problem_responses
-from query_api.routers.transactions import TimeParam, WindowParam
-from query_api.schemas import TraceGraph
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.routers.transactions import TimeParam, WindowParam
+from kprobe.query_api.schemas import TraceGraph
 
 router = APIRouter(prefix="/v1/traces", tags=["causal"])
 

@@ -10,17 +10,17 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from compute.errors import GraphNotFound, NotFound
-from compute.explain import explain
-from compute.graph.store import SnapshotInfo, list_snapshots, select_snapshots
-from compute.settings import ComputeSettings
-from compute.window import Window
-from lake import LakeDatabase, LakeLocation
-from query_api import ondemand as ondemand_mod
-from query_api.auth import node_scope
-from query_api.cache import encode_answer, snapshots_key
-from query_api.causal import Cursor, Order, Status, list_transactions
-from query_api.deps import (
+from kprobe.compute.errors import GraphNotFound, NotFound
+from kprobe.compute.explain import explain
+from kprobe.compute.graph.store import SnapshotInfo, list_snapshots, select_snapshots
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import LakeDatabase, LakeLocation
+from kprobe.query_api import ondemand as ondemand_mod
+from kprobe.query_api.auth import node_scope
+from kprobe.query_api.cache import encode_answer, snapshots_key
+from kprobe.query_api.causal import Cursor, Order, Status, list_transactions
+from kprobe.query_api.deps import (
     CausalCacheDep,
     ComputeSettingsDep,
     GraphSlotsDep,
@@ -32,11 +32,11 @@ from query_api.deps import (
     SettingsDep,
     parse_time,
 )
-from query_api.errors import BadRequest
-from query_api.ondemand import OnDemand
-from query_api.problems import problem_responses
-from query_api.schemas import Explanation, TransactionPage
-from query_api.settings import ApiSettings
+from kprobe.query_api.errors import BadRequest
+from kprobe.query_api.ondemand import OnDemand
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import Explanation, TransactionPage
+from kprobe.query_api.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/transactions", tags=["causal"])
 _ERRORS = problem_responses(400, 401, 403, 404, 503)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from query_api.deps import NodeReadAccess, SettingsDep
-from query_api.problems import problem_responses
-from query_api.schemas import WhoAmI
-from query_api.settings import SCOPES
+from kprobe.query_api.deps import NodeReadAccess, SettingsDep
+from kprobe.query_api.problems import problem_responses
+from kprobe.query_api.schemas import WhoAmI
+from kprobe.query_api.settings import SCOPES
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 

@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-import lake
-from compute.analysis import analyze_window, write_edges
-from compute.domain import load_rules
-from compute.explain import explain
-from compute.graph import store
-from compute.ray_driver import analyze_windows
-from compute.settings import ComputeSettings
-from compute.window import split
+from kprobe import lake
+from kprobe.compute.analysis import analyze_window, write_edges
+from kprobe.compute.domain import load_rules
+from kprobe.compute.explain import explain
+from kprobe.compute.graph import store
+from kprobe.compute.ray_driver import analyze_windows
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import split
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -296,7 +296,7 @@ def main() -> None:
         # -- in-process analysis and graph publication, window by window ----------------
         analysis_s, analysis_cpu_s, publish_s, outputs = [], [], [], []
         failures = 0
-        from compute.analysis import WindowOutput
+        from kprobe.compute.analysis import WindowOutput
 
         for window in windows:
             t, cpu = time.perf_counter(), time.process_time()

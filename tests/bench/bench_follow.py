@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from compute.errors import ComputeError
-from compute.explain import explain
-from compute.settings import ComputeSettings
-from lake import LakeSettings, LakeUnavailable, LakeWriter, resolve
-from lake.schema import spec
+from kprobe.compute.errors import ComputeError
+from kprobe.compute.explain import explain
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, LakeUnavailable, LakeWriter, resolve
+from kprobe.lake.schema import spec
 
 NS = 1_000_000_000
 MS = 1_000_000

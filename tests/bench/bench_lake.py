@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-import lake
+from kprobe import lake
 from tests.s3server import S3Server
 
 HOUR_NS = 3_600_000_000_000

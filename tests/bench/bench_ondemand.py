@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from query_api.auth import add_token
+from kprobe.query_api.auth import add_token
 from tests.e2e.scenarios.harness import record
 from tests.support import REPO, free_port, wait_healthy
 

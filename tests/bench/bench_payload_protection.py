@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from capture_agent.cards import PREFILTER, mask_pans
-from capture_agent.protection import PayloadProtection
-from capture_agent.redaction import RedactionRules
-from lake import payload_keys
-from lake._batches import conform
-from lake.schema import spec
-from lake.sealing import SegmentOpener, seal_table
+from kprobe.capture_agent.cards import PREFILTER, mask_pans
+from kprobe.capture_agent.protection import PayloadProtection
+from kprobe.capture_agent.redaction import RedactionRules
+from kprobe.lake import payload_keys
+from kprobe.lake._batches import conform
+from kprobe.lake.schema import spec
+from kprobe.lake.sealing import SegmentOpener, seal_table
 
 PAN = b"4111111111111111"
 DECOY = b"4111111111111112"
@@ -129,7 +129,7 @@ def main() -> None:
     execs = 1000
     envs = pa.array([env] * execs, pa.list_(pa.string()))
     rules = RedactionRules()
-    from capture_agent.redaction import flatten_lists
+    from kprobe.capture_agent.redaction import flatten_lists
 
     values, _, _ = flatten_lists(envs)
     seconds = _median(lambda: rules.environment(values), args.repeat)

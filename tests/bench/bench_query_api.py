@@ -35,11 +35,11 @@ import httpx
 import numpy as np
 import pyarrow as pa
 
-import lake
-from compute.analysis import run_window
-from compute.settings import ComputeSettings
-from compute.window import Window
-from query_api.auth import add_token
+from kprobe import lake
+from kprobe.compute.analysis import run_window
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.query_api.auth import add_token
 from tests.support import REPO, free_port, wait_healthy
 from tests.unit.test_compute_scenario import (
     WINDOW_END,

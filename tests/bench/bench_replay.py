@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lake import LakeSettings, connect, resolve
-from replay_sandbox.engine import replay
-from replay_sandbox.lake_source import load
+from kprobe.lake import LakeSettings, connect, resolve
+from kprobe.replay_sandbox.engine import replay
+from kprobe.replay_sandbox.lake_source import load
 
 REPO = Path(__file__).resolve().parents[2]
 

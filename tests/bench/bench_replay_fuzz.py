@@ -29,13 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from lake import LakeSettings, connect, resolve
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.fuzz import FuzzConfig, FuzzReport, fuzz
-from replay_sandbox.fuzz_pool import Job, Kind, Pool, open_pool
-from replay_sandbox.lake_source import load
-from replay_sandbox.perturb import Expectation
-from replay_sandbox.recording import Recording
+from kprobe.lake import LakeSettings, connect, resolve
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
+from kprobe.replay_sandbox.fuzz import FuzzConfig, FuzzReport, fuzz
+from kprobe.replay_sandbox.fuzz_pool import Job, Kind, Pool, open_pool
+from kprobe.replay_sandbox.lake_source import load
+from kprobe.replay_sandbox.perturb import Expectation
+from kprobe.replay_sandbox.recording import Recording
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lake import LakeSettings, resolve
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.lake_source import load
-from replay_sandbox.sandbox import public
+from kprobe.lake import LakeSettings, resolve
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
+from kprobe.replay_sandbox.lake_source import load
+from kprobe.replay_sandbox.sandbox import public
 from tests.bench.bench_replay import _node, record
 
 

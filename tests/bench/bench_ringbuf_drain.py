@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from capture_agent.families import sched
-from capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent.families import sched
+from kprobe.capture_agent.sensor import Sensor, object_path
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from capture_agent import libbpf
-from capture_agent.families import syscalls
-from capture_agent.sensor import BPF_DIR, Sensor
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.families import syscalls
+from kprobe.capture_agent.sensor import BPF_DIR, Sensor
 
 REPO = Path(__file__).resolve().parents[2]
 TRACEFS_SYSCALLS = Path("/sys/kernel/tracing/events/syscalls")

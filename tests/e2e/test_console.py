@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from lake import LakeSettings, LakeWriter, resolve
+from kprobe.lake import LakeSettings, LakeWriter, resolve
 from tests import browser
 from tests.support import REPO, free_port, require
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from compute.domain import load_rules
-from lake import LakeSettings, connect, resolve
+from kprobe.compute.domain import load_rules
+from kprobe.lake import LakeSettings, connect, resolve
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from compute.graph.queries import run_cypher
-from compute.graph.store import list_snapshots
-from compute.settings import ComputeSettings
+from kprobe.compute.graph.queries import run_cypher
+from kprobe.compute.graph.store import list_snapshots
+from kprobe.compute.settings import ComputeSettings
 from tests.cgroups import TestCgroup
 from tests.e2e.scenarios.faults import cpu_cgroup, culprit, zram_swap
 from tests.e2e.scenarios.harness import ScenarioRun, Verdict, explain_missed, record

@@ -41,7 +41,7 @@ def test_extras_split_ray_and_the_api_from_the_agent() -> None:
 
 def test_agent_and_cli_import_without_ray_or_the_api() -> None:
     code = """
-import capture_agent.agent, capture_agent.otlp.server, kprobe.commands.record
+import kprobe.capture_agent.agent, kprobe.capture_agent.otlp.server, kprobe.commands.record
 import kprobe.commands.otlp, kprobe.commands.lake, kprobe.commands.analyze
 from kprobe.cli import build_parser
 parser = build_parser()
@@ -64,6 +64,12 @@ def test_wheel_carries_the_bpf_objects_and_their_sources(tmp_path: Path) -> None
     sources = sorted(p.name for p in (REPO / "capture_agent/bpf").glob("*.bpf.c"))
     assert len(sources) >= 6
     for source in sources:
-        assert f"capture_agent/bpf/{source}" in names, source
-        assert f"capture_agent/bpf/{source[:-2]}.o" in names, source
-    assert "capture_agent/bpf/common.h" in names
+        assert f"kprobe/capture_agent/bpf/{source}" in names, source
+        assert f"kprobe/capture_agent/bpf/{source[:-2]}.o" in names, source
+    assert "kprobe/capture_agent/bpf/common.h" in names
+    # one top-level package: no generic names (lake, compute, ...) in site-packages
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(
+        ".dist-info")}
+    assert tops == {"kprobe"}, tops
+    for package in ("capture_agent", "lake", "compute", "query_api", "replay_sandbox"):
+        assert f"kprobe/{package}/__init__.py" in names, package

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lake import LakeSettings, connect, resolve
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.support import REPO
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from lake import LakeSettings, connect, resolve
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.support import REPO, deadline_s, require_root
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]

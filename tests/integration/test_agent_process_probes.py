@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import pyarrow.compute as pc
 
-from capture_agent.clock import sample_offset
-from capture_agent.families import syscalls
-from capture_agent.process_probes import ProcessProbes
-from capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import syscalls
+from kprobe.capture_agent.process_probes import ProcessProbes
+from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.support import require, require_root
 
 # parent: prints its pid, forks on "fork\n"; the child prints its pid, reads the realtime

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from lake import LakeSettings, connect, resolve
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.support import REPO, deadline_s, free_port, require_root
 
 

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from capture_agent import kernel_btf
-from capture_agent.clock import sample_offset
-from capture_agent.families import block
-from capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent import kernel_btf
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import block
+from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.support import REPO, require, require_root
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture_agent import libbpf
-from capture_agent.clock import sample_offset
-from capture_agent.families import sched
-from capture_agent.kallsyms import Kallsyms, KernelStacks, function_name
-from capture_agent.sensor import Sensor, object_path
-from lake.schema import spec
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import sched
+from kprobe.capture_agent.kallsyms import Kallsyms, KernelStacks, function_name
+from kprobe.capture_agent.sensor import Sensor, object_path
+from kprobe.lake.schema import spec
 from tests.support import require, require_root
 
 HANDOFF_MS = 50

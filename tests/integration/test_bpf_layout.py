@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capture_agent import libbpf
-from capture_agent.families import FAMILIES
-from capture_agent.layouts import COMMON_ENUMS, EVENT_HEADER, Family, layout_differences
-from capture_agent.sensor import object_path
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.families import FAMILIES
+from kprobe.capture_agent.layouts import COMMON_ENUMS, EVENT_HEADER, Family, layout_differences
+from kprobe.capture_agent.sensor import object_path
 from tests.support import require
 
 FAMILY_LIST = list(FAMILIES.values())

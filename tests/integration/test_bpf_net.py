@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from capture_agent import kernel_btf
-from capture_agent.clock import sample_offset
-from capture_agent.families import net
-from capture_agent.layouts import EventKind
-from capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent import kernel_btf
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import net
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.support import free_port, require, require_binary, require_root
 
 RING_BYTES = 32 << 20  # system-wide: room for whatever else the host does meanwhile

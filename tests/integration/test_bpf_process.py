@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from capture_agent.clock import sample_offset
-from capture_agent.families import process
-from capture_agent.layouts import EventKind
-from capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import process
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.cgroups import TestCgroup
 from tests.support import require, require_binary, require_root
 

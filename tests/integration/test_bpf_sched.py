@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from capture_agent import libbpf
-from capture_agent.clock import sample_offset
-from capture_agent.families import sched
-from capture_agent.layouts import EventKind
-from capture_agent.sensor import Sensor, object_path
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import sched
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.support import deadline_s, require, require_root
 
 HANDOFF_MS = 50

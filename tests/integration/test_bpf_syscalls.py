@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from capture_agent import libbpf
-from capture_agent.clock import sample_offset
-from capture_agent.families import syscalls
-from capture_agent.layouts import EventKind
-from capture_agent.sensor import TARGET_HINT_SLOTS, Sensor, object_path
+from kprobe.capture_agent import libbpf
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import syscalls
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.capture_agent.sensor import TARGET_HINT_SLOTS, Sensor, object_path
 from tests.support import require, require_root
 
 N, M, BIG = 1000, 5, 100_000  # bytes per write, writes, bytes of the big pread

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from capture_agent import bpf_elf
-from capture_agent.errors import BpfLoadError
-from capture_agent.families import FAMILIES
-from capture_agent.sensor import Sensor, SensorSpec, object_path
-from capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_chain
+from kprobe.capture_agent import bpf_elf
+from kprobe.capture_agent.errors import BpfLoadError
+from kprobe.capture_agent.families import FAMILIES
+from kprobe.capture_agent.sensor import Sensor, SensorSpec, object_path
+from kprobe.capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_chain
 from tests.support import REPO, deadline_s, require, require_root
 from tests.unit.test_bpf_budget import build_object
 

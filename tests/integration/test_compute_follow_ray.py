@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compute.explain import explain
-from compute.follow import Follower, FollowOptions
-from compute.ray_driver import start_ray
-from compute.settings import ComputeSettings
-from lake import LakeSettings, resolve
+from kprobe.compute.explain import explain
+from kprobe.compute.follow import Follower, FollowOptions
+from kprobe.compute.ray_driver import start_ray
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, resolve
 from tests.support import require
 from tests.unit.test_compute_follow import W0, S, marker
 from tests.unit.test_compute_scenario import T0, payment_scenario

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from compute.explain import explain
-from compute.settings import ComputeSettings
-from lake import LakeSettings, connect, resolve
+from kprobe.compute.explain import explain
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.e2e.scenarios.harness import ScenarioRun, kprobe, record
 from tests.support import require, require_root
 

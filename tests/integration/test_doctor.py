@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from capture_agent.doctor import run_checks
-from capture_agent.families import FAMILIES
-from capture_agent.sensor import object_path
+from kprobe.capture_agent.doctor import run_checks
+from kprobe.capture_agent.families import FAMILIES
+from kprobe.capture_agent.sensor import object_path
 from tests.support import require, require_root
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-import lake
+from kprobe import lake
 from tests.s3server import S3Server, _free_ports
 
 pytestmark = pytest.mark.s3

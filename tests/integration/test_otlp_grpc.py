@@ -23,9 +23,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from capture_agent.errors import CaptureAgentError
-from capture_agent.otlp import OtlpGrpcServer, SpanSink
-from lake import LakeSettings, LakeWriter, connect, resolve
+from kprobe.capture_agent.errors import CaptureAgentError
+from kprobe.capture_agent.otlp import OtlpGrpcServer, SpanSink
+from kprobe.lake import LakeSettings, LakeWriter, connect, resolve
 from tests.support import REPO, deadline_s, free_port, require_root
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

@@ -29,14 +29,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from capture_agent.otlp import (
+from kprobe.capture_agent.otlp import (
     OtlpSettings,
     SpanSink,
     build_server,
     decode_protobuf,
     listen_socket,
 )
-from lake import LakeLocation, LakeSettings, LakeWriter, connect, resolve
+from kprobe.lake import LakeLocation, LakeSettings, LakeWriter, connect, resolve
 from tests.support import REPO, free_port
 
 T0 = 1_767_225_600_000_000_000

@@ -28,8 +28,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from lake import LakeSettings, LakeWriter, resolve
-from query_api.auth import add_token
+from kprobe.lake import LakeSettings, LakeWriter, resolve
+from kprobe.query_api.auth import add_token
 from tests.integration.timeout_story import SETTLED, TIMED_OUT, TIMEOUT_ARG, record_timeout_story
 from tests.support import REPO, deadline_s, free_port, require, require_root, wait_healthy
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from compute.window import Window
-from query_api.auth import add_token
+from kprobe.compute.window import Window
+from kprobe.query_api.auth import add_token
 from tests.e2e.scenarios.harness import record
 from tests.e2e.scenarios.telemetry import Operation
 from tests.support import REPO, deadline_s, free_port, require_root, wait_healthy

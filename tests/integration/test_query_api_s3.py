@@ -22,8 +22,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from lake import LakeWriter, resolve
-from query_api.auth import add_token
+from kprobe.lake import LakeWriter, resolve
+from kprobe.query_api.auth import add_token
 from tests.integration.timeout_story import SETTLED, TIMED_OUT, TIMEOUT_ARG, record_timeout_story
 from tests.s3server import S3Server
 from tests.support import REPO, free_port, require_root, wait_healthy

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.window import Window
-from lake import LakeSettings, connect, resolve
+from kprobe.compute.window import Window
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.support import REPO, deadline_s, free_port, require_binary, require_root
 from tests.unit.test_compute_scenario import WINDOW_END, WINDOW_START, payment_scenario
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lake import LakeSettings, connect, resolve
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.support import REPO, free_port, require_binary, require_root
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]

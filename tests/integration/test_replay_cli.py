@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from kprobe.cli import main
-from lake import LakeWriter
-from lake.storage import LakeSettings, resolve
-from replay_sandbox.engine import ReplayOptions, replay
+from kprobe.lake import LakeWriter
+from kprobe.lake.storage import LakeSettings, resolve
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
 from tests.integration.test_replay_recorder import RecordedRun, record
 from tests.support import require, require_binary, require_root
 

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from replay_sandbox.engine import ReplayOptions, replay
-from replay_sandbox.injection import parse_all
-from replay_sandbox.recording import Recording
+from kprobe.replay_sandbox.engine import ReplayOptions, replay
+from kprobe.replay_sandbox.injection import parse_all
+from kprobe.replay_sandbox.recording import Recording
 from tests.integration.test_replay_recorder import RecordedRun, record
 from tests.support import REPO, require, require_binary, require_root
 
@@ -323,7 +323,7 @@ def test_no_sandbox_mode_replays_too(built: Path, tmp_path: Path) -> None:
 def test_missing_executable_is_a_clear_error(tmp_path: Path) -> None:
     require_root()
     require_binary("bwrap")
-    from replay_sandbox.errors import SandboxError
+    from kprobe.replay_sandbox.errors import SandboxError
 
     program = tmp_path / "true"
     shutil.copy("/bin/true", program)
@@ -399,8 +399,8 @@ def test_a_replay_killed_at_its_deadline_mid_stop_is_a_timeout(
     run = record(["/bin/cat", str(tmp_path / "ledger.txt")], cwd=str(tmp_path), env=ENV)
     # AND the deadline made to fire while the engine handles the program's third stop,
     # between its reading the stop and its first ptrace call on the tracee
-    import replay_sandbox.engine as engine
-    from replay_sandbox import ptrace_ffi
+    import kprobe.replay_sandbox.engine as engine
+    from kprobe.replay_sandbox import ptrace_ffi
 
     _ManualWatchdog.fire = []
     monkeypatch.setattr(engine.threading, "Timer", _ManualWatchdog)

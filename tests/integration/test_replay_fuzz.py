@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from kprobe.cli import main
-from replay_sandbox.ddmin import ddmin
-from replay_sandbox.engine import ReplayOptions
-from replay_sandbox.fuzz import FuzzConfig, fuzz
-from replay_sandbox.perturb import (
+from kprobe.replay_sandbox.ddmin import ddmin
+from kprobe.replay_sandbox.engine import ReplayOptions
+from kprobe.replay_sandbox.fuzz import FuzzConfig, fuzz
+from kprobe.replay_sandbox.perturb import (
     MS,
     Delay,
     Expectation,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from lake import LakeSettings, connect, resolve
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.integration.agent_replay import (
     pid_of,
     quoted,

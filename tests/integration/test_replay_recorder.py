@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lake.schema import TABLES
-from replay_sandbox import ptrace_ffi as P
-from replay_sandbox import vdso
-from replay_sandbox.recording import ProcessInfo, Recording
-from replay_sandbox.syscall_table import SPECS, capture, fd_of, name_of
+from kprobe.lake.schema import TABLES
+from kprobe.replay_sandbox import ptrace_ffi as P
+from kprobe.replay_sandbox import vdso
+from kprobe.replay_sandbox.recording import ProcessInfo, Recording
+from kprobe.replay_sandbox.syscall_table import SPECS, capture, fd_of, name_of
 from tests.support import require_root
 
 _CAP = 1 << 24  # bytes kept per argument (the agent caps lower; see truncated)

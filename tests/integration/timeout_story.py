@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lake import LakeSettings, connect, resolve
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.support import REPO, free_port
 
 PROGRAMS = REPO / "tests" / "programs"

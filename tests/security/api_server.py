@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from query_api.auth import add_token
+from kprobe.query_api.auth import add_token
 from tests.support import REPO, free_port, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]

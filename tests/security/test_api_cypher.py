@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from compute.graph import store
-from compute.settings import ComputeSettings
-from lake import LakeSettings, resolve
-from query_api.confine import unavailable_reason
-from query_api.cypher_worker import CypherJob, CypherPool, snapshot_files
+from kprobe.compute.graph import store
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, resolve
+from kprobe.query_api.confine import unavailable_reason
+from kprobe.query_api.cypher_worker import CypherJob, CypherPool, snapshot_files
 from tests.security.api_server import RecordedLake, Served, serve
 from tests.support import require
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lake import LakeWriter, resolve
+from kprobe.lake import LakeWriter, resolve
 from tests.s3server import S3Server
 from tests.security.api_server import RecordedLake, Served, copy_lake, serve
 

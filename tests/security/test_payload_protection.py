@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from lake import LakeSettings, LakeWriter, connect, payload_keys, resolve
-from lake.sealing import open_blob
+from kprobe.lake import LakeSettings, LakeWriter, connect, payload_keys, resolve
+from kprobe.lake.sealing import open_blob
 from tests.support import REPO, free_port, require, require_root, wait_healthy
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]

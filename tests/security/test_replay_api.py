@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from query_api.auth import add_token
+from kprobe.query_api.auth import add_token
 from tests.security.test_replay_sandbox import (  # noqa: F401 - fixtures
     KPROBE,
     PROBE_FILE,

@@ -2,7 +2,7 @@
 
 Module fixture (root): the agent records ``python3 -c …`` (``kprobe run --payloads``); each
 test then replays it as a what-if whose changed command line is the attack, through
-``kprobe replay --set-arg`` or the replay worker (``python -P -m replay_sandbox.worker``,
+``kprobe replay --set-arg`` or the replay worker (``python -P -m kprobe.replay_sandbox.worker``,
 what ``kprobe serve`` runs), and checks on the host that the attack was contained: the
 file it tried to write does not exist, the syscall it needed failed with EPERM, the
 process or memory limit stopped it, the tracer's memory stayed flat. Each attack also
@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from lake import LakeSettings, connect, resolve
-from replay_sandbox.sandbox import HOST_UID
-from replay_sandbox.seccomp import DENIED
+from kprobe.lake import LakeSettings, connect, resolve
+from kprobe.replay_sandbox.sandbox import HOST_UID
+from kprobe.replay_sandbox.seccomp import DENIED
 from tests.support import REPO, require_binary, require_root
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
-WORKER = [sys.executable, "-P", "-m", "replay_sandbox.worker"]
+WORKER = [sys.executable, "-P", "-m", "kprobe.replay_sandbox.worker"]
 PYTHON = "/usr/bin/python3"
 RECORDED = "print('recorded by the agent')"
 PROBE_FILE = Path("/var/tmp/probe")  # the reproduction wrote exactly this file

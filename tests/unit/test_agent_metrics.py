@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 
-from capture_agent.lake_sink import SinkStats
-from capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
+from kprobe.capture_agent.lake_sink import SinkStats
+from kprobe.capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
 
 
 def test_scrape_shows_events_drops_fill_and_lake_state() -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from capture_agent import bpf_elf
-from capture_agent.families import FAMILIES
-from capture_agent.sensor import object_path
-from capture_agent.verifier import (
+from kprobe.capture_agent import bpf_elf
+from kprobe.capture_agent.families import FAMILIES
+from kprobe.capture_agent.sensor import object_path
+from kprobe.capture_agent.verifier import (
     INSN_BUDGET,
     STACK_BUDGET,
     VerifierStats,
@@ -110,7 +110,7 @@ def test_verified_chain_uses_the_verifiers_depths(control: bpf_elf.BpfElf) -> No
 
 
 def test_reader_refuses_what_is_not_a_bpf_object(tmp_path: Path) -> None:
-    from capture_agent.errors import BpfObjectError
+    from kprobe.capture_agent.errors import BpfObjectError
 
     bogus = tmp_path / "x.bpf.o"
     bogus.write_bytes(b"\x7fELF" + b"\x02\x01" + bytes(58))

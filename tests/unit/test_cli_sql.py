@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kprobe.cli import main
-from lake import LakeSettings, LakeWriter
+from kprobe.lake import LakeSettings, LakeWriter
 
 T0 = 1_767_225_600_000_000_000
 

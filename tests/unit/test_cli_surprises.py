@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from compute.analysis import run_window
-from compute.settings import ComputeSettings
-from compute.window import Window
 from kprobe.cli import build_parser, main
-from lake import LakeSettings, resolve
+from kprobe.compute.analysis import run_window
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import LakeSettings, resolve
 from tests.unit.test_compute_scenario import WINDOW_END, WINDOW_START, payment_scenario
 
 UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")

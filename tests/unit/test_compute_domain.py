@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compute.domain import DEFAULT_RULES, cutoffs_table, load_rules
-from compute.errors import RulesError
+from kprobe.compute.domain import DEFAULT_RULES, cutoffs_table, load_rules
+from kprobe.compute.errors import RulesError
 from tests.unit.test_compute_scenario import (
     MS,
     T0,

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from compute.analysis import run_window
-from compute.errors import GraphNotFound, NotFound
-from compute.explain import explain, fmt_bytes, fmt_ns
-from compute.explain_model import Explanation, FailureStep, KernelStep
-from compute.settings import ComputeSettings
-from compute.window import Window
 from kprobe.cli import main
 from kprobe.commands._explain_text import LEGEND, chain_lines
-from lake import LakeLocation, LakeSettings, resolve
+from kprobe.compute.analysis import run_window
+from kprobe.compute.errors import GraphNotFound, NotFound
+from kprobe.compute.explain import explain, fmt_bytes, fmt_ns
+from kprobe.compute.explain_model import Explanation, FailureStep, KernelStep
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import LakeLocation, LakeSettings, resolve
 from tests.unit.test_compute_scenario import (
     WINDOW_END,
     WINDOW_START,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from compute.errors import GraphNotFound, NotFound
-from compute.explain import explain
-from compute.follow import Follower, FollowOptions
-from compute.settings import ComputeSettings
-from lake import LakeLocation, LakeSettings, LakeWriter, resolve
+from kprobe.compute.errors import GraphNotFound, NotFound
+from kprobe.compute.explain import explain
+from kprobe.compute.follow import Follower, FollowOptions
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeLocation, LakeSettings, LakeWriter, resolve
 from tests.unit.test_compute_scenario import T0, Scenario, payment_scenario
 
 S = 1_000_000_000
@@ -120,8 +120,8 @@ def test_a_node_back_from_a_timeout_gets_its_windows_analysed_again(lake_dir: Pa
 
 def test_a_failing_window_is_retried_then_given_up(lake_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from compute import follow as follow_module
-    from compute.errors import AnalysisError
+    from kprobe.compute import follow as follow_module
+    from kprobe.compute.errors import AnalysisError
 
     payment_scenario().write(lake_dir)
     marker(lake_dir, "n1", T0 + 11 * S)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from compute.analysis import run_window, write_edges
-from compute.errors import GraphNotFound, QueryNotFound
-from compute.graph import list_snapshots, open_snapshot, select_snapshots
-from compute.graph.queries import run_cypher, run_named
-from compute.ray_driver import analyze_windows
-from compute.settings import ComputeSettings
-from compute.window import Window
 from kprobe.cli import main
-from lake import LakeLocation, LakeSettings, resolve
-from lake.query import run_query
+from kprobe.compute.analysis import run_window, write_edges
+from kprobe.compute.errors import GraphNotFound, QueryNotFound
+from kprobe.compute.graph import list_snapshots, open_snapshot, select_snapshots
+from kprobe.compute.graph.queries import run_cypher, run_named
+from kprobe.compute.ray_driver import analyze_windows
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import LakeLocation, LakeSettings, resolve
+from kprobe.lake.query import run_query
 from tests.unit.test_compute_causes import _lock_scenario
 from tests.unit.test_compute_scenario import (
     WINDOW_END,

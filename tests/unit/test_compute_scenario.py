@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from lake import LakeSettings, LakeWriter
-from lake.schema import spec
+from kprobe.lake import LakeSettings, LakeWriter
+from kprobe.lake.schema import spec
 
 T0 = 1_767_276_000_000_000_000  # 2026-01-01T14:00:00Z: the 14:00 clearing cutoff
 MS = 1_000_000
@@ -205,10 +205,10 @@ def payment_scenario(sc: Scenario | None = None, base: float = -750) -> Scenario
 
 def analyze(sc: Scenario, lake_dir: Path, **overrides: Any) -> Any:
     """Write the scenario and analyse the test window in-process (no graph published)."""
-    from compute.analysis import analyze_window
-    from compute.settings import ComputeSettings
-    from compute.window import Window
-    from lake import resolve
+    from kprobe.compute.analysis import analyze_window
+    from kprobe.compute.settings import ComputeSettings
+    from kprobe.compute.window import Window
+    from kprobe.lake import resolve
 
     sc.write(lake_dir)
     location = resolve(LakeSettings(lake=str(lake_dir)))

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from compute import timeline
-from compute.settings import ComputeSettings
-from compute.window import Window, load, split
-from lake import LakeSettings, resolve
-from lake.timespec import TimeSpecError, parse_instant
+from kprobe.compute import timeline
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window, load, split
+from kprobe.lake import LakeSettings, resolve
+from kprobe.lake.timespec import TimeSpecError, parse_instant
 from tests.unit.test_compute_scenario import (
     MS,
     T0,
@@ -160,7 +160,7 @@ def test_windows_align_and_parse() -> None:
 
 
 def test_bad_window_inputs() -> None:
-    from compute.errors import WindowError
+    from kprobe.compute.errors import WindowError
 
     with pytest.raises(WindowError, match="not after its start"):
         Window(T0, T0)

@@ -31,7 +31,7 @@ def test_strict_build_with_generated_references(tmp_path: Path) -> None:
         assert f"## kprobe {command}" in cli, command
     assert "`--follow`" in cli and "`--export-otlp` `ENDPOINT`" in cli
     api = (REPO / "docs" / "reference" / "api.md").read_text()
-    from query_api.app import create_app
+    from kprobe.query_api.app import create_app
 
     for path in create_app().openapi()["paths"]:
         assert f" {path}`" in api, path

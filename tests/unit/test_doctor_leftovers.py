@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capture_agent.doctor import check_leftovers
+from kprobe.capture_agent.doctor import check_leftovers
 
 
 def test_cgroups_named_by_a_kprobe_prefix_are_reported_and_others_are_not(tmp_path: Path

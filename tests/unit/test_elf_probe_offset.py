@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capture_agent.elfsyms import emulated_probe_offset
+from kprobe.capture_agent.elfsyms import emulated_probe_offset
 
 GLIBC_CLOCK_GETTIME = bytes.fromhex(
     "488b05713a1000"  # mov 0x103a71(%rip), %rax

@@ -16,18 +16,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from capture_agent.families.syscalls import (
+from kprobe.capture_agent.families.syscalls import (
     FILE_ID,
     NR_EXECVE,
     PAYLOAD_ARG_FD_PATH,
     PAYLOAD_ARG_FDS,
     PAYLOAD_ARG_OPENED,
 )
-from capture_agent.file_store import CHANGED, GONE, TOO_BIG, FileStore, FileStoreConfig
-from lake import payload_keys
-from lake.errors import PayloadIntegrityError, PayloadKeyError
-from lake.schema import spec
-from lake.sealing import blob_name, open_blob, seal_blob
+from kprobe.capture_agent.file_store import CHANGED, GONE, TOO_BIG, FileStore, FileStoreConfig
+from kprobe.lake import payload_keys
+from kprobe.lake.errors import PayloadIntegrityError, PayloadKeyError
+from kprobe.lake.schema import spec
+from kprobe.lake.sealing import blob_name, open_blob, seal_blob
 
 T0 = 1_767_225_600_000_000_000
 PAN = b"4111111111111111"

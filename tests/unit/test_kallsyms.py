@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from capture_agent.kallsyms import (
+from kprobe.capture_agent.kallsyms import (
     MAX_SYMBOL_OFFSET,
     Kallsyms,
     KallsymsError,
@@ -14,7 +14,7 @@ from capture_agent.kallsyms import (
     fill_wait_reason,
     function_name,
 )
-from lake.schema import spec
+from kprobe.lake.schema import spec
 
 KALLSYMS_TEXT = b"""\
 ffffffff81000000 T _stext

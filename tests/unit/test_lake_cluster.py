@@ -9,11 +9,11 @@ import inspect
 
 import pytest
 
-from compute import ray_driver
-from lake import ClusterUnavailable
-from lake.cluster import check_reachable, init_kwargs, ray_address
-from query_api import replays
-from replay_sandbox import fuzz_pool
+from kprobe.compute import ray_driver
+from kprobe.lake import ClusterUnavailable
+from kprobe.lake.cluster import check_reachable, init_kwargs, ray_address
+from kprobe.query_api import replays
+from kprobe.replay_sandbox import fuzz_pool
 from tests.support import free_port
 
 

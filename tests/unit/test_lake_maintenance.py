@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from lake import LakeSettings, LakeWriter, connect, resolve
-from lake.maintenance import compact, retain
-from lake.timespec import parse_duration
+from kprobe.lake import LakeSettings, LakeWriter, connect, resolve
+from kprobe.lake.maintenance import compact, retain
+from kprobe.lake.timespec import parse_duration
 
 HOUR = 3_600_000_000_000
 NOW = 1_767_225_600_000_000_000 + 48 * HOUR + 30 * 60 * 10**9  # 2026-01-03T00:30Z

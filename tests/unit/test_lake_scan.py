@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import lake
-from lake import LakeSettings, LakeWriter, TableTail, UnknownTable, resolve, scan
+from kprobe import lake
+from kprobe.lake import LakeSettings, LakeWriter, TableTail, UnknownTable, resolve, scan
 
 HOUR = 3600 * 10**9
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z

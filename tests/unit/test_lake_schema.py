@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lake import LakeSettings, LakeWriter, SchemaError, connect, resolve
-from lake._batches import conform, hour_label, hour_labels
-from lake.schema import TABLE_NAMES, TABLES
+from kprobe.lake import LakeSettings, LakeWriter, SchemaError, connect, resolve
+from kprobe.lake._batches import conform, hour_label, hour_labels
+from kprobe.lake.schema import TABLE_NAMES, TABLES
 
 # The contract from DESIGN.md: these columns must exist in these tables.
 KEY_COLUMNS = {

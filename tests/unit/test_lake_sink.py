@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from capture_agent.lake_sink import LakeSink
-from capture_agent.spool import Spool
-from lake import LakeSettings, LakeWriter, connect, resolve
+from kprobe.capture_agent.lake_sink import LakeSink
+from kprobe.capture_agent.spool import Spool
+from kprobe.lake import LakeSettings, LakeWriter, connect, resolve
 
 T0 = 1_767_225_600_000_000_000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from lake import LakeSettings, filesystem, resolve
+from kprobe.lake import LakeSettings, filesystem, resolve
 
 
 def test_a_child_gets_the_same_s3_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lake import LakeDatabase, LakeSettings, LakeWriter, TableCache, resolve
-from lake.storage import LakeLocation
+from kprobe.lake import LakeDatabase, LakeSettings, LakeWriter, TableCache, resolve
+from kprobe.lake.storage import LakeLocation
 
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 
@@ -123,7 +123,7 @@ def test_a_session_keeps_its_version_while_a_commit_lands(lake_dir: Path) -> Non
 def test_old_log_files_are_cleaned_up_and_a_reader_behind_them_still_reads(lake_dir: Path) -> None:
     from deltalake import DeltaTable
 
-    from lake.writer import LOG_RETENTION
+    from kprobe.lake.writer import LOG_RETENTION
 
     # GIVEN a table made by the writer: its log keeps LOG_RETENTION of commits
     writer = LakeWriter.from_settings(LakeSettings(lake=str(lake_dir), node="n1"))

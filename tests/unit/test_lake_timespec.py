@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lake.timespec import TimeSpecError, format_instant, parse_duration, parse_instant
+from kprobe.lake.timespec import TimeSpecError, format_instant, parse_duration, parse_instant
 
 NOW = 1_796_550_608_123_456_789  # 2026-12-06T...Z, ns
 SEC = 1_796_550_608

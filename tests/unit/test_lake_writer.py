@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from lake import LakeSettings, LakeWriter, connect, resolve
+from kprobe.lake import LakeSettings, LakeWriter, connect, resolve
 
 HOUR_NS = 3_600_000_000_000
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z

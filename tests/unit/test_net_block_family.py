@@ -8,11 +8,11 @@ import socket
 import numpy as np
 import pytest
 
-from capture_agent.clock import ClockSample
-from capture_agent.errors import RingBufferError
-from capture_agent.families import FAMILIES, block, net
-from capture_agent.layouts import EventKind
-from lake.schema import spec
+from kprobe.capture_agent.clock import ClockSample
+from kprobe.capture_agent.errors import RingBufferError
+from kprobe.capture_agent.families import FAMILIES, block, net
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.lake.schema import spec
 
 CLOCK = ClockSample(mono_to_epoch_ns=1_700_000_000_000_000_000, bracket_ns=100, taken_at_ns=0)
 

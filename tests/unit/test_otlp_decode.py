@@ -23,8 +23,8 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from capture_agent.errors import OtlpBodyTooLarge, OtlpDecodeError, OtlpUnsupportedMedia
-from capture_agent.otlp.decode import (
+from kprobe.capture_agent.errors import OtlpBodyTooLarge, OtlpDecodeError, OtlpUnsupportedMedia
+from kprobe.capture_agent.otlp.decode import (
     SPANS_SCHEMA,
     decode_json,
     decode_protobuf,
@@ -32,7 +32,7 @@ from capture_agent.otlp.decode import (
     decompress,
     media_type,
 )
-from lake import TABLES, LakeSettings, LakeWriter
+from kprobe.lake import TABLES, LakeSettings, LakeWriter
 
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from capture_agent.cards import luhn, mask_bytes, mask_pans
-from capture_agent.protection import CHUNK, PayloadProtection, ProtectionConfig
-from capture_agent.redaction import SECRET_NAMES, RedactionRules
-from lake.schema import REDACTED, spec
+from kprobe.capture_agent.cards import luhn, mask_bytes, mask_pans
+from kprobe.capture_agent.protection import CHUNK, PayloadProtection, ProtectionConfig
+from kprobe.capture_agent.redaction import SECRET_NAMES, RedactionRules
+from kprobe.lake.schema import REDACTED, spec
 
 R = REDACTED
 
@@ -248,7 +248,7 @@ def test_masking_can_be_turned_off() -> None:
 
 
 def test_a_replay_names_what_the_recording_holds_redacted() -> None:
-    from replay_sandbox.recording import redaction_notes
+    from kprobe.replay_sandbox.recording import redaction_notes
 
     notes = redaction_notes([f"API_KEY={R}", "HOME=/", f"DSN=pg://u:{R}@h"],
                             ["prog", "--password", R])

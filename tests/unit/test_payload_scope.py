@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from query_api.auth import Principal, parse_tokens
-from query_api.payload_scope import REMOVED, may_read_payloads, refused, strip_report, strip_rows
+from kprobe.query_api.auth import Principal, parse_tokens
+from kprobe.query_api.payload_scope import (
+    REMOVED,
+    may_read_payloads,
+    refused,
+    strip_report,
+    strip_rows,
+)
 
 
 def test_the_scope_is_known_to_token_files() -> None:

@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lake import LakeSettings, LakeWriter, payload_keys, resolve
-from lake._batches import conform
-from lake.errors import PayloadIntegrityError, PayloadKeyError
-from lake.maintenance import compact, retain
-from lake.query import run_query
-from lake.reader import LakeDatabase, connect
-from lake.schema import spec
-from lake.sealing import SegmentOpener, open_segment, seal_table
+from kprobe.lake import LakeSettings, LakeWriter, payload_keys, resolve
+from kprobe.lake._batches import conform
+from kprobe.lake.errors import PayloadIntegrityError, PayloadKeyError
+from kprobe.lake.maintenance import compact, retain
+from kprobe.lake.query import run_query
+from kprobe.lake.reader import LakeDatabase, connect
+from kprobe.lake.schema import spec
+from kprobe.lake.sealing import SegmentOpener, open_segment, seal_table
 
 HOUR_NS = 3_600_000_000_000
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
@@ -242,8 +242,8 @@ def test_read_sessions_have_no_sensitive_columns_and_no_way_to_them(
 def test_an_older_table_gains_the_seal_columns(lake_dir: Path, keys: tuple[Path, Path]) -> None:
     from deltalake import DeltaTable
 
-    from lake.schema import PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_TAG
-    from lake.writer import TABLE_PROPERTIES
+    from kprobe.lake.schema import PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_TAG
+    from kprobe.lake.writer import TABLE_PROPERTIES
 
     readers, agents = keys
     old = pa.schema([f for f in spec("syscall_data").schema if not f.name.startswith("seal")])

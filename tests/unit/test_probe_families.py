@@ -10,11 +10,11 @@ import inspect
 import numpy as np
 import pytest
 
-from capture_agent import agent
-from capture_agent.clock import ClockSample
-from capture_agent.errors import RingBufferError
-from capture_agent.families import FAMILIES, PROBE_FAMILIES, AgentOptions, ProbeFamily
-from capture_agent.layouts import EVENT_HEADER
+from kprobe.capture_agent import agent
+from kprobe.capture_agent.clock import ClockSample
+from kprobe.capture_agent.errors import RingBufferError
+from kprobe.capture_agent.families import FAMILIES, PROBE_FAMILIES, AgentOptions, ProbeFamily
+from kprobe.capture_agent.layouts import EVENT_HEADER
 
 CLOCK = ClockSample(mono_to_epoch_ns=1_700_000_000_000_000_000, bracket_ns=0, taken_at_ns=0)
 RINGS = [(name, ring) for name, cls in PROBE_FAMILIES.items() for ring in cls.rings]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from capture_agent.procinfo import container_id, processes_table, read_process
+from kprobe.capture_agent.procinfo import container_id, processes_table, read_process
 
 
 def test_reads_exe_argv_env_cwd_and_parent_of_a_live_process(tmp_path: Path) -> None:
@@ -41,8 +41,8 @@ def test_container_ids_from_common_runtimes() -> None:
 
 
 def test_processes_table_matches_lake_schema() -> None:
-    from lake._batches import conform
-    from lake.schema import TABLES
+    from kprobe.lake._batches import conform
+    from kprobe.lake.schema import TABLES
 
     table = processes_table([read_process(os.getpid())], ts_ns=1)
     out = conform(TABLES["processes"], table, node="n", batch_id="b")

@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import pytest
 
-from query_api.admission import Admission
-from query_api.errors import Overloaded, TooManyRequests
-from query_api.http_guard import allowed_hosts, host_name, is_loopback, origin_allowed
-from query_api.settings import ApiSettings
+from kprobe.query_api.admission import Admission
+from kprobe.query_api.errors import Overloaded, TooManyRequests
+from kprobe.query_api.http_guard import allowed_hosts, host_name, is_loopback, origin_allowed
+from kprobe.query_api.settings import ApiSettings
 
 
 def test_one_principal_cannot_take_every_slot() -> None:

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from compute.explain import explain
-from compute.explain_model import Explanation
-from compute.settings import ComputeSettings
-from lake import LakeSettings, LakeWriter, resolve
-from query_api.cypher_guard import check_read_only
-from query_api.errors import CypherRefused
+from kprobe.compute.explain import explain
+from kprobe.compute.explain_model import Explanation
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, LakeWriter, resolve
+from kprobe.query_api.cypher_guard import check_read_only
+from kprobe.query_api.errors import CypherRefused
 from tests.unit.test_compute_scenario import T0, WINDOW_END, WINDOW_START
 from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
     ClientFactory,
@@ -54,8 +54,8 @@ def test_failed_transactions_with_their_root_cause(make_client: ClientFactory) -
 def test_transactions_page_by_cursor(analysed_lake: Path, make_client: ClientFactory,
                                      tmp_path: Path) -> None:
     # GIVEN four more (healthy) payments, analysed
-    from compute.analysis import run_window
-    from compute.window import Window
+    from kprobe.compute.analysis import run_window
+    from kprobe.compute.window import Window
     from tests.unit.test_compute_scenario import Scenario
 
     sc = Scenario()
@@ -238,8 +238,8 @@ def test_timeline_needs_a_process_and_a_range(make_client: ClientFactory) -> Non
 def test_explain_is_cached_per_snapshot_and_never_stale(analysed_lake: Path,
                                                         make_client: ClientFactory,
                                                         tmp_path: Path) -> None:
-    from compute.analysis import run_window
-    from compute.window import Window
+    from kprobe.compute.analysis import run_window
+    from kprobe.compute.window import Window
     from tests.unit.test_compute_scenario import Scenario
 
     client = make_client()
@@ -273,7 +273,7 @@ def test_concurrent_misses_of_one_answer_compute_it_once() -> None:
     import threading
     import time
 
-    from query_api.cache import AnswerCache
+    from kprobe.query_api.cache import AnswerCache
 
     cache = AnswerCache(entries=2)
     calls: list[int] = []

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.settings import ComputeSettings
-from lake import LakeSettings, LakeWriter, resolve
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, LakeWriter, resolve
 from tests.unit.test_compute_scenario import NODE, T0, WINDOW_END, WINDOW_START
 from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
     ClientFactory,
@@ -137,8 +137,8 @@ def test_without_payloads_recorded_a_process_is_not_replayable(make_client: Clie
 def test_transactions_by_service_and_newest_first(analysed_lake: Path,
                                                   make_client: ClientFactory,
                                                   tmp_path: Path) -> None:
-    from compute.analysis import run_window
-    from compute.window import Window
+    from kprobe.compute.analysis import run_window
+    from kprobe.compute.window import Window
     from tests.unit.test_compute_scenario import Scenario
 
     # GIVEN four more payments, two of them through a fraud service

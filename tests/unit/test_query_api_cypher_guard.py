@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from query_api.cypher_guard import check, check_read_only, tokenize
-from query_api.errors import CypherRefused
+from kprobe.query_api.cypher_guard import check, check_read_only, tokenize
+from kprobe.query_api.errors import CypherRefused
 
 LOAD = "LOAD FROM '/etc/passwd' (file_format='csv') RETURN *"
 

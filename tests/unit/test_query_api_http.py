@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from compute.analysis import run_window
-from compute.settings import ComputeSettings
-from compute.window import Window
-from lake import LakeSettings, resolve
-from query_api import create_app
-from query_api.auth import TokenStore, add_token, hash_token, parse_tokens
-from query_api.errors import ServiceUnavailable
-from query_api.settings import ApiSettings
+from kprobe.compute.analysis import run_window
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.lake import LakeSettings, resolve
+from kprobe.query_api import create_app
+from kprobe.query_api.auth import TokenStore, add_token, hash_token, parse_tokens
+from kprobe.query_api.errors import ServiceUnavailable
+from kprobe.query_api.settings import ApiSettings
 from tests.unit.test_compute_scenario import WINDOW_END, WINDOW_START, payment_scenario
 
 PROBLEM = "application/problem+json"

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from starlette.testclient import WebSocketDenialResponse
 
-from lake import LakeSettings, LakeWriter, resolve
-from lake.maintenance import compact
-from query_api.live import Filters, LiveHub
-from query_api.metrics import ApiMetrics
-from query_api.settings import ApiSettings
+from kprobe.lake import LakeSettings, LakeWriter, resolve
+from kprobe.lake.maintenance import compact
+from kprobe.query_api.live import Filters, LiveHub
+from kprobe.query_api.metrics import ApiMetrics
+from kprobe.query_api.settings import ApiSettings
 from tests.unit.test_compute_scenario import T0
 from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
     ClientFactory,

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from compute.graph.store import SnapshotInfo
-from compute.settings import ComputeSettings
-from compute.window import Window
-from compute.window_lock import is_busy, window_lock
-from lake import LakeSettings, resolve
-from query_api import create_app
-from query_api.auth import add_token
-from query_api.errors import AnalysisRunning, Overloaded
-from query_api.ondemand import OnDemand, freshness, needs_recheck, visible, window_for
-from query_api.settings import ApiSettings
+from kprobe.compute.graph.store import SnapshotInfo
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window
+from kprobe.compute.window_lock import is_busy, window_lock
+from kprobe.lake import LakeSettings, resolve
+from kprobe.query_api import create_app
+from kprobe.query_api.auth import add_token
+from kprobe.query_api.errors import AnalysisRunning, Overloaded
+from kprobe.query_api.ondemand import OnDemand, freshness, needs_recheck, visible, window_for
+from kprobe.query_api.settings import ApiSettings
 from tests.support import deadline_s
 from tests.unit.test_compute_scenario import NODE, T0, Scenario, payment_scenario
 from tests.unit.test_query_api_http import assert_problem

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from lake import LakeSettings, resolve
-from query_api.errors import BadRequest
-from query_api.metrics import ApiMetrics
-from query_api.replays import JobStore, ReplayRunner, outcome, typed_request, worker_input
-from query_api.schemas import ReplayRequest
-from query_api.settings import ApiSettings
-from query_api.storage import LakeFiles
+from kprobe.lake import LakeSettings, resolve
+from kprobe.query_api.errors import BadRequest
+from kprobe.query_api.metrics import ApiMetrics
+from kprobe.query_api.replays import JobStore, ReplayRunner, outcome, typed_request, worker_input
+from kprobe.query_api.schemas import ReplayRequest
+from kprobe.query_api.settings import ApiSettings
+from kprobe.query_api.storage import LakeFiles
 from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
     ClientFactory,
     analysed_lake_fixture,

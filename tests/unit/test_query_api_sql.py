@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from lake import LakeSettings, LakeWriter
-from query_api.errors import NotAcceptable
-from query_api.sql import negotiate
+from kprobe.lake import LakeSettings, LakeWriter
+from kprobe.query_api.errors import NotAcceptable
+from kprobe.query_api.sql import negotiate
 from tests.unit.test_compute_scenario import T0
 from tests.unit.test_query_api_http import (  # noqa: F401 - fixtures
     ClientFactory,

@@ -8,15 +8,15 @@ import struct
 
 import pyarrow as pa
 
-from lake.schema import TABLES
-from replay_sandbox._state import EngineState
-from replay_sandbox.context import (
+from kprobe.lake.schema import TABLES
+from kprobe.replay_sandbox._state import EngineState
+from kprobe.replay_sandbox.context import (
     FILE_ID,
     OPENED,
     ProcessContext,
     descriptors,
 )
-from replay_sandbox.recording import ProcessInfo, Recording
+from kprobe.replay_sandbox.recording import ProcessInfo, Recording
 
 PID = 500
 START = 1_700_000_000_000_000_000

@@ -9,8 +9,8 @@ import struct
 import pytest
 from ptrace.syscall.linux.x86_64 import SYSCALL_NAMES
 
-from replay_sandbox import ptrace_ffi, vdso
-from replay_sandbox.seccomp import (
+from kprobe.replay_sandbox import ptrace_ffi, vdso
+from kprobe.replay_sandbox.seccomp import (
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_KILL_PROCESS,
     SECCOMP_RET_TRACE,
@@ -18,7 +18,7 @@ from replay_sandbox.seccomp import (
     compile_filter,
     run_program,
 )
-from replay_sandbox.syscall_table import (
+from kprobe.replay_sandbox.syscall_table import (
     BY_NAME,
     SPECS,
     TRAPPED,

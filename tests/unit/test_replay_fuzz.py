@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from kprobe.cli import main
-from replay_sandbox.ddmin import ddmin
-from replay_sandbox.engine import ReplayOptions
-from replay_sandbox.errors import SpecError
-from replay_sandbox.fuzz import FuzzConfig, fuzz, parse_duration
-from replay_sandbox.fuzz_pool import Job, Kind
-from replay_sandbox.perturb import (
+from kprobe.replay_sandbox.ddmin import ddmin
+from kprobe.replay_sandbox.engine import ReplayOptions
+from kprobe.replay_sandbox.errors import SpecError
+from kprobe.replay_sandbox.fuzz import FuzzConfig, fuzz, parse_duration
+from kprobe.replay_sandbox.fuzz_pool import Job, Kind
+from kprobe.replay_sandbox.perturb import (
     MS,
     Delay,
     Expectation,
@@ -30,8 +30,8 @@ from replay_sandbox.perturb import (
     perturbed,
     sample,
 )
-from replay_sandbox.recording import ProcessInfo, Recording, Row
-from replay_sandbox.syscall_table import NUMBERS
+from kprobe.replay_sandbox.recording import ProcessInfo, Recording, Row
+from kprobe.replay_sandbox.syscall_table import NUMBERS
 
 # -- ddmin ----------
 

@@ -10,18 +10,18 @@ import pytest
 from kprobe.cli import build_parser
 from kprobe.commands.replay import duration, parse_time
 from kprobe.errors import CommandError
-from replay_sandbox import clock
-from replay_sandbox.errors import SpecError
-from replay_sandbox.injection import delays_for, parse
-from replay_sandbox.report import (
+from kprobe.replay_sandbox import clock
+from kprobe.replay_sandbox.errors import SpecError
+from kprobe.replay_sandbox.injection import delays_for, parse
+from kprobe.replay_sandbox.report import (
     CallInfo,
     Divergence,
     ReplayReport,
     compare_outputs,
     expectation_held,
 )
-from replay_sandbox.sandbox import LaunchSpec, Plan, bwrap_options
-from replay_sandbox.syscall_table import NUMBERS
+from kprobe.replay_sandbox.sandbox import LaunchSpec, Plan, bwrap_options
+from kprobe.replay_sandbox.syscall_table import NUMBERS
 
 
 def test_injection_specs_from_the_issue() -> None:

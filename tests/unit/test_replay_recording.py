@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from lake import LakeWriter
-from lake.schema import TABLES
-from lake.storage import LakeSettings, resolve
-from replay_sandbox.errors import RecordingError
-from replay_sandbox.lake_source import load, parse_process
-from replay_sandbox.recording import ProcessInfo, Recording
+from kprobe.lake import LakeWriter
+from kprobe.lake.schema import TABLES
+from kprobe.lake.storage import LakeSettings, resolve
+from kprobe.replay_sandbox.errors import RecordingError
+from kprobe.replay_sandbox.lake_source import load, parse_process
+from kprobe.replay_sandbox.recording import ProcessInfo, Recording
 
 PID = 4242
 START = 1_700_000_000_000_000_000

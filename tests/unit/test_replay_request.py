@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from replay_sandbox.errors import SpecError
-from replay_sandbox.limits import Limits
-from replay_sandbox.report import compare_outputs
-from replay_sandbox.request import FuzzSpec, ReplayRequest, parse_time
-from replay_sandbox.seccomp import (
+from kprobe.replay_sandbox.errors import SpecError
+from kprobe.replay_sandbox.limits import Limits
+from kprobe.replay_sandbox.report import compare_outputs
+from kprobe.replay_sandbox.request import FuzzSpec, ReplayRequest, parse_time
+from kprobe.replay_sandbox.seccomp import (
     AUDIT_ARCH_X86_64,
     DENIED,
     SECCOMP_RET_ALLOW,
@@ -23,8 +23,8 @@ from replay_sandbox.seccomp import (
     program_bytes,
     run_program,
 )
-from replay_sandbox.worker import main as worker_main
-from replay_sandbox.worker import run as worker_run
+from kprobe.replay_sandbox.worker import main as worker_main
+from kprobe.replay_sandbox.worker import run as worker_run
 
 EPERM = SECCOMP_RET_ERRNO | 1
 
@@ -132,7 +132,7 @@ def test_outputs_past_the_cap_are_counted_and_compared_on_the_kept_prefix() -> N
 
 
 def test_hidden_paths_are_covered_where_the_sandbox_could_reach_them() -> None:
-    from replay_sandbox.sandbox import LaunchSpec, Plan, bwrap_options
+    from kprobe.replay_sandbox.sandbox import LaunchSpec, Plan, bwrap_options
 
     spec = LaunchSpec(exe="/bin/cat", argv=["cat"], env=[], cwd="/",
                       hidden=("/root", "/root/.profile", "/etc/hostname", "/tmp/lake",

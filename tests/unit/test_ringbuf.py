@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from capture_agent.errors import RingBufferError
-from capture_agent.layouts import record_dtype
-from capture_agent.ringbuf import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, RingReader
+from kprobe.capture_agent.errors import RingBufferError
+from kprobe.capture_agent.layouts import record_dtype
+from kprobe.capture_agent.ringbuf import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, RingReader
 
 PAGE = mmap.PAGESIZE
 SIZE = 4096  # 48-byte slots do not divide it: records straddle the end

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from capture_agent.clock import ClockSample, sample_offset
-from capture_agent.errors import RingBufferError
-from capture_agent.families import sched
-from capture_agent.layouts import EventKind
-from lake.schema import spec
+from kprobe.capture_agent.clock import ClockSample, sample_offset
+from kprobe.capture_agent.errors import RingBufferError
+from kprobe.capture_agent.families import sched
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.lake.schema import spec
 
 CLOCK = ClockSample(mono_to_epoch_ns=1_700_000_000_000_000_000, bracket_ns=100, taken_at_ns=0)
 

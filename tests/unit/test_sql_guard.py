@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lake.errors import ReadOnlyViolation
-from lake.sql_guard import check_read_only
+from kprobe.lake.errors import ReadOnlyViolation
+from kprobe.lake.sql_guard import check_read_only
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from capture_agent import syscall_names
-from capture_agent.clock import ClockSample
-from capture_agent.errors import CaptureAgentError, RingBufferError
-from capture_agent.families import syscalls
-from capture_agent.families.syscalls import PayloadLayout, PayloadSize
-from capture_agent.layouts import EventKind
-from lake.schema import spec
-from replay_sandbox import syscall_table as replay
+from kprobe.capture_agent import syscall_names
+from kprobe.capture_agent.clock import ClockSample
+from kprobe.capture_agent.errors import CaptureAgentError, RingBufferError
+from kprobe.capture_agent.families import syscalls
+from kprobe.capture_agent.families.syscalls import PayloadLayout, PayloadSize
+from kprobe.capture_agent.layouts import EventKind
+from kprobe.lake.schema import spec
+from kprobe.replay_sandbox import syscall_table as replay
 
 CLOCK = ClockSample(mono_to_epoch_ns=1_700_000_000_000_000_000, bracket_ns=100, taken_at_ns=0)
 AT_FDCWD = (1 << 64) - 100  # -100 as the register holds it

@@ -169,7 +169,7 @@ def step_tests(work: Path, tests: Sequence[str]) -> StepResult:
 
 def _pid_of(lake: Path, argv_item: str) -> str:
     """PID@NODE of the last exec whose argv (an execve payload) holds ``argv_item``."""
-    from lake import LakeSettings, connect, resolve
+    from kprobe.lake import LakeSettings, connect, resolve
 
     con = connect(resolve(LakeSettings(lake=str(lake))))
     rows = con.execute("""SELECT pid, node, data FROM syscall_data

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.explain import explain
-from compute.explain_model import ExplainedTransaction
-from compute.settings import ComputeSettings
 from kprobe.commands._explain_text import chain_lines
-from lake import LakeSettings, connect, resolve
+from kprobe.compute.explain import explain
+from kprobe.compute.explain_model import ExplainedTransaction
+from kprobe.compute.settings import ComputeSettings
+from kprobe.lake import LakeSettings, connect, resolve
 from tests.e2e.scenarios.telemetry import GroundTruth, Operation
 from tests.support import REPO
 
