@@ -558,15 +558,16 @@ class Engine(IoServing):
             self._resume(task)
             return
         regs = P.get_regs(task.tid, task.regs)
+        nr = regs.orig_rax
         if task.proc is None:
-            if regs.orig_rax == EXECVE and self.execs_seen == 1 and self.opts.sandbox:
+            if nr == EXECVE and self.execs_seen == 1 and self.opts.sandbox:
                 self._set_argv0(task, regs)
             self._resume(task)
             return
-        if regs.orig_rax in WAIT_CHILD:
+        if nr in WAIT_CHILD:
             self._on_wait_child(task, regs)
             return
-        if regs.orig_rax in BLOCKING_CALLS:
+        if nr in BLOCKING_CALLS:
             self._on_blocking_call(task)
             return
         self._serve(task, regs)

@@ -523,10 +523,10 @@ def write_outputs(nr: int, args: tuple[int, ...], chunks: list[tuple[int, int, b
     plan = _OUT_PLANS.get(nr)
     if plan is None:
         plan = _OUT_PLANS[nr] = _out_plan(nr)
-    layouts, msghdr = plan
+    iovecs_at, msghdr = plan
     for arg_index, offset, data in chunks:
-        region = layouts.get(arg_index)
-        if region is not None and region.layout is Layout.IOVEC:
+        region = iovecs_at.get(arg_index)
+        if region is not None:
             iovecs = _read_iovecs(mem, args[arg_index], args[region.count_arg])
             _scatter(mem, iovecs, offset, data, write)
         elif msghdr:
@@ -535,8 +535,8 @@ def write_outputs(nr: int, args: tuple[int, ...], chunks: list[tuple[int, int, b
             write(args[arg_index] + offset, data)
 
 
-# nr -> (its output regions by argument, whether one is a msghdr): built once per call
-# number, not at every served call
+# nr -> (its iovec output regions by argument, whether an output is a msghdr): built once
+# per call number, not at every served call
 _OUT_PLANS: dict[int, tuple[dict[int, Region], bool]] = {}
 
 
@@ -544,7 +544,7 @@ def _out_plan(nr: int) -> tuple[dict[int, Region], bool]:
     spec = SPECS.get(nr)
     if spec is None:
         return {}, False
-    return ({r.arg: r for r in spec.outs},
+    return ({r.arg: r for r in spec.outs if r.layout is Layout.IOVEC},
             any(r.layout is Layout.MSGHDR for r in spec.outs))
 
 
