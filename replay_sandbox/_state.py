@@ -47,6 +47,7 @@ SYNC_OR_MAP = frozenset(nr for nr, s in SPECS.items() if s.policy in (Policy.SYN
 _FD_TRACKED = SOCKET_CREATORS | frozenset({2, 257, 85, 22, 293, 32, 33, 292, 233}) | frozenset(
     nr for nr, s in SPECS.items() if s.policy is Policy.NEW_FD)
 MASK = 0xFFFF_FFFF_FFFF_FFFF
+_PTRACE_CONT, _PTRACE_SYSCALL = P.PTRACE_CONT, P.PTRACE_SYSCALL
 SKIP = MASK  # orig_rax = -1: the kernel skips the syscall and returns rax
 EXECVE = 59
 FCNTL = 72
@@ -294,8 +295,8 @@ class EngineState:
                 task.wants_token = True
                 task.park_sig = sig
                 return
-        request = (P.PTRACE_SYSCALL if task.at_exit is not None or task.mark_at_exit is not None
-                   else P.PTRACE_CONT)
+        request = (_PTRACE_SYSCALL if task.at_exit is not None or task.mark_at_exit is not None
+                   else _PTRACE_CONT)
         try:
             P.resume(task.tid, sig, request)
         except TracerError as err:
@@ -316,7 +317,8 @@ class EngineState:
         at a syscall, a recorded vDSO clock read the replay did not make: the runtime's
         own timed waits (CPython's GIL handoff) read the clock as often as the scheduler
         made them wait, which a replay run one thread at a time does not repeat."""
-        row = task.head()
+        rows = task.rows
+        row = rows[task.pos] if task.pos < len(rows) else None  # task.head()
         while row is not None and (row.nr in SYNC_OR_MAP
                                    or row.taken or (row.vdso and not clock_read)):
             self._consume(task, task.pos)
