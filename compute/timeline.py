@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import duckdb
 
+from compute import thread_scan
 from compute.settings import ComputeSettings
 from compute.sql import execute
 
@@ -120,35 +121,31 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
                waker_tid::BIGINT AS waker_tid, kind = 'waking' AS is_waking
         FROM w_sched WHERE kind IN ('waking', 'wakeup', 'wakeup_new') AND wakee_tid > 0) x
         {only}
-    """, f"""
-        -- Each switch row learns where its segment ends (the thread's next switch), whether
-        -- that next switch brings the thread in (ord 2) or takes it out (ord 0: the switch in
-        -- between was not traced), and the first wakeup at or after it (ASOF), preferring a
-        -- 'waking' row (other wakeup rows only when no 'waking' row exists).
+    """)
+    # Each switch row learns where its segment ends (the thread's next switch), whether that
+    # next switch brings the thread in (ord 2) or takes it out (ord 0: the switch in between
+    # was not traced), and the first wakeup at or after it, preferring a 'waking' row (other
+    # wakeup rows only when no 'waking' row exists): numpy, compute/thread_scan.py.
+    successors = thread_scan.switch_successors(con, range_end_ns)
+    con.register("t_sw_next", successors)
+    try:
+        _segments(con, range_end_ns, settings, tol, only)
+    finally:
+        con.unregister("t_sw_next")
+
+
+def _segments(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSettings,
+              tol: int, only: str) -> None:
+    execute(con, "thread timeline", """
         CREATE TEMP TABLE t_open AS
-        WITH sw AS (
-            SELECT node, tid, pid, ts AS s, cpu, opens, prev_state, ord,
-                   coalesce(lead(ts) OVER w, {range_end_ns}) AS e,
-                   lead(ord) OVER w AS next_ord, lead(cpu) OVER w AS next_cpu
-            FROM t_sw WINDOW w AS (PARTITION BY node, tid ORDER BY ts, ord)),
-        a AS (
-            SELECT sw.*, k.ts AS any_ts, k.waker_pid AS any_pid, k.waker_tid AS any_tid
-            FROM sw ASOF LEFT JOIN (SELECT * FROM t_wk WHERE waker_tid IS NOT NULL) k
-              ON k.node = sw.node AND k.tid = sw.tid AND k.ts >= sw.s),
-        b AS (
-            SELECT a.*, k.ts AS waking_ts, k.waker_pid AS waking_pid,
-                   k.waker_tid AS waking_tid
-            FROM a ASOF LEFT JOIN (SELECT * FROM t_wk WHERE is_waking
-                                   AND waker_tid IS NOT NULL) k
-              ON k.node = a.node AND k.tid = a.tid AND k.ts >= a.s)
         SELECT node, tid, pid, s, cpu, opens, prev_state, e, next_ord, next_cpu,
                any_ts AS wake_ts,
-               CASE WHEN waking_ts < e THEN {{'ts': waking_ts, 'pid': waking_pid,
-                                               'tid': waking_tid}} END AS waking,
-               CASE WHEN any_ts < e THEN {{'ts': any_ts, 'pid': any_pid,
-                                           'tid': any_tid}} END AS any_wake,
+               CASE WHEN waking_ts < e THEN {'ts': waking_ts, 'pid': waking_pid,
+                                               'tid': waking_tid} END AS waking,
+               CASE WHEN any_ts < e THEN {'ts': any_ts, 'pid': any_pid,
+                                           'tid': any_tid} END AS any_wake,
                ord, NULL::BIGINT AS own_waker_pid, NULL::BIGINT AS own_waker_tid
-        FROM b
+        FROM t_sw_next
         UNION ALL
         -- a wakeup before the thread's first switch opens a runnable segment
         SELECT k.node, k.tid, k.pid, k.ts, k.cpu, 'runnable', NULL, f.first_ts, f.first_ord,
