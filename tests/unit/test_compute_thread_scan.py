@@ -58,7 +58,9 @@ def _tables(rng: np.random.Generator, rows: int, wakes: int, span: int
     wk = pa.table({
         "node": pa.array(nodes[rng.integers(0, 3, wakes)], pa.string()),
         "tid": pa.array(rng.integers(1, 6, wakes), pa.int64()),
+        "pid": pa.array(rng.integers(1, 4, wakes), pa.int64(), mask=rng.random(wakes) < 0.1),
         "ts": pa.array(wts, pa.int64()),
+        "cpu": pa.array(rng.integers(0, 2, wakes), pa.int32(), mask=rng.random(wakes) < 0.1),
         "waker_pid": pa.array(rng.integers(1, 9, wakes), pa.int64(),
                               mask=rng.random(wakes) < 0.1),
         "waker_tid": pa.array(rng.integers(1, 9, wakes), pa.int64(),
@@ -114,11 +116,118 @@ def test_a_wakeup_on_the_switch_instant_counts_and_a_null_node_matches_none() ->
         (NULL, 1, 1, 100, 0, 'blocked', 'S', 0))
         t(node, tid, pid, ts, cpu, opens, prev_state, ord)""")
     con.execute("""CREATE TABLE t_wk AS SELECT * FROM (VALUES
-        ('a', 1, 100, 7, 70, true), (NULL, 1, 100, 8, 80, true))
-        t(node, tid, ts, waker_pid, waker_tid, is_waking)""")
+        ('a', 1, 1, 100, 0, 7, 70, true), (NULL, 1, 1, 100, 0, 8, 80, true))
+        t(node, tid, pid, ts, cpu, waker_pid, waker_tid, is_waking)""")
     got = thread_scan.switch_successors(con, END).to_pylist()
     by_node = {(r["node"], r["s"]): r for r in got}
     assert by_node[("a", 100)]["any_tid"] == 70 and by_node[("a", 100)]["e"] == 200
     assert by_node[("a", 200)]["any_tid"] is None and by_node[("a", 200)]["e"] == END
     assert by_node[(None, 100)]["any_tid"] is None and by_node[(None, 100)]["e"] == END
     assert _compare(con) == 3
+
+
+TOL = 50
+
+# The statements that turned t_sw/t_wk (and w_offcpu) into thread_intervals before
+# compute/thread_scan.py, from the switch successors on (ORACLE above).
+ORACLE_INTERVALS = f"""
+    WITH t_open AS (
+        SELECT node, tid, pid, s, cpu, opens, prev_state, e, next_ord, next_cpu,
+               any_ts AS wake_ts,
+               CASE WHEN waking_ts < e THEN {{'ts': waking_ts, 'pid': waking_pid,
+                                               'tid': waking_tid}} END AS waking,
+               CASE WHEN any_ts < e THEN {{'ts': any_ts, 'pid': any_pid,
+                                           'tid': any_tid}} END AS any_wake,
+               ord, NULL::BIGINT AS own_waker_pid, NULL::BIGINT AS own_waker_tid
+        FROM ({ORACLE})
+        UNION ALL
+        SELECT k.node, k.tid, k.pid, k.ts, k.cpu, 'runnable', NULL, f.first_ts, f.first_ord,
+               f.first_cpu, NULL, NULL, NULL, 1, k.waker_pid, k.waker_tid
+        FROM (SELECT node, tid, min(ts) AS first_ts, arg_min(ord, (ts, ord)) AS first_ord,
+                     arg_min(cpu, (ts, ord)) AS first_cpu
+              FROM t_sw GROUP BY node, tid) f
+        JOIN (SELECT node, tid, arg_min(pid, ts) AS pid, min(ts) AS ts,
+                     arg_min(cpu, ts) AS cpu, arg_min(waker_pid, ts) AS waker_pid,
+                     arg_min(waker_tid, ts) AS waker_tid
+              FROM t_wk GROUP BY node, tid) k USING (node, tid)
+        WHERE k.ts < f.first_ts),
+    o AS (
+        SELECT *, (wake_ts >= s AND wake_ts < e) AS woken,
+               coalesce(next_ord = 0, false) AS lost_in,
+               CASE WHEN waking.ts < e THEN waking
+                    WHEN any_wake.ts < e THEN any_wake END AS waker
+        FROM t_open),
+    t_intervals AS (
+        SELECT node, tid, pid, s, e,
+               CASE WHEN next_ord = 2 THEN 'unknown' ELSE 'running' END AS state, cpu,
+               NULL::BIGINT AS waker_pid, NULL::BIGINT AS waker_tid, prev_state
+        FROM o WHERE opens = 'running'
+        UNION ALL
+        SELECT node, tid, pid, s, e, CASE WHEN lost_in THEN 'unknown' ELSE 'runnable' END,
+               coalesce(next_cpu, cpu), CASE WHEN ord = 1 THEN own_waker_pid END,
+               CASE WHEN ord = 1 THEN own_waker_tid END, prev_state
+        FROM o WHERE opens = 'runnable'
+        UNION ALL
+        SELECT node, tid, pid, s, CASE WHEN woken THEN wake_ts ELSE e END,
+               CASE WHEN lost_in AND NOT woken THEN 'unknown' ELSE opens END, cpu,
+               waker.pid, waker.tid, prev_state
+        FROM o WHERE opens IN ('blocked', 'unknown')
+        UNION ALL
+        SELECT node, tid, pid, wake_ts, e, CASE WHEN lost_in THEN 'unknown' ELSE 'runnable' END,
+               coalesce(next_cpu, cpu), waker.pid, waker.tid, prev_state
+        FROM o WHERE opens IN ('blocked', 'unknown') AND woken)
+    SELECT node, tid, pid, s, e, state, NULL::VARCHAR AS reason, cpu, waker_pid,
+           waker_tid, prev_state
+    FROM t_intervals WHERE state <> 'blocked' AND e > s
+    UNION ALL
+    SELECT i.node, i.tid, i.pid, i.s, i.e, i.state,
+           CASE WHEN matched THEN coalesce(o.wait_reason, 'other') ELSE 'other' END, i.cpu,
+           coalesce(i.waker_pid, CASE WHEN matched THEN o.waker_pid END)::BIGINT,
+           coalesce(i.waker_tid, CASE WHEN matched THEN o.waker_tid END)::BIGINT,
+           i.prev_state
+    FROM (SELECT * FROM t_intervals WHERE state = 'blocked' AND e > s) i
+    ASOF LEFT JOIN w_offcpu o
+      ON i.node = o.node AND i.tid = o.tid AND o.ts_ns <= i.s + {TOL},
+    LATERAL (SELECT coalesce(o.ts_ns >= i.s - {TOL} AND o.ts_ns + o.dur_ns > i.s,
+                             false) AS matched)"""
+
+
+def _with_offcpu(con: duckdb.DuckDBPyConnection, rng: np.random.Generator, rows: int
+                 ) -> None:
+    """offcpu rows: most within the tolerance of a switch-out of the same thread (some just
+    outside it, some ended before it), with nulls in reason, waker and duration."""
+    outs = con.sql("SELECT node, tid, ts FROM t_sw WHERE ord = 0").to_arrow_table()
+    pick = rng.integers(0, outs.num_rows, rows)
+    ts = np.asarray(outs["ts"].to_numpy(), np.int64)[pick] + rng.integers(-80, 80, rows)
+    off = pa.table({
+        "node": outs["node"].take(pa.array(pick)),
+        "tid": pa.array(np.asarray(outs["tid"].to_numpy())[pick], pa.int32()),
+        "ts_ns": pa.array(ts, pa.int64()),
+        "dur_ns": pa.array(rng.integers(1, 400, rows), pa.int64(),
+                           mask=rng.random(rows) < 0.1),
+        "wait_reason": pa.array(rng.choice(["futex", "disk", "reclaim"], rows),
+                                mask=rng.random(rows) < 0.1),
+        "waker_pid": pa.array(rng.integers(1, 9, rows), pa.int32(),
+                              mask=rng.random(rows) < 0.3),
+        "waker_tid": pa.array(rng.integers(1, 9, rows), pa.int32(),
+                              mask=rng.random(rows) < 0.3)})
+    con.register("off_src", off)
+    con.execute("CREATE TABLE w_offcpu AS SELECT * FROM off_src QUALIFY row_number() OVER "
+                "(PARTITION BY node, tid, ts_ns) = 1")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_intervals_same_as_the_sql_they_replaced(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    con = _tables(rng, 3_000, 1_500, 40_000)
+    _with_offcpu(con, rng, 1_000)
+    con.register("got", thread_scan.thread_intervals(con, END, TOL))
+    for a, b in (("got", f"({ORACLE_INTERVALS})"), (f"({ORACLE_INTERVALS})", "got")):
+        extra = con.execute(f"SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL "
+                            f"SELECT * FROM {b})").fetchall()[0][0]
+        assert extra == 0
+    # the control: every kind of row is there (a test of nothing would pass too)
+    kinds = dict(con.execute("SELECT state || ':' || coalesce(reason, '-'), count(*) "
+                             "FROM got GROUP BY 1").fetchall())
+    for kind in ("running:-", "runnable:-", "unknown:-", "blocked:other", "blocked:futex"):
+        assert kinds.get(kind, 0) > 0, kinds
