@@ -31,15 +31,21 @@ def structural_rels(con: duckdb.DuckDBPyConnection) -> None:
                e - s, NULL, NULL, NULL, NULL
         FROM spans_all WHERE tid IS NOT NULL
     """, """
-        -- the wait-for graph of watched threads: who woke them, how often, for how long
+        -- the wait-for graph of watched threads: who woke them, how often, for how long;
+        -- its kind is the most frequent reason, ties to the longer, then the name (mode()
+        -- broke ties by the order rows happened to arrive in)
         INSERT INTO rels
-        SELECT 'WOKE', 'Thread', i.node || ':' || i.waker_tid, 'Thread', i.node || ':' || i.tid,
-               mode(i.reason), sum(i.e - i.s), NULL, count(*), NULL,
-               json_object('first_ts_ns', min(i.s), 'reasons', list(DISTINCT i.reason))
-        FROM thread_intervals i
-        WHERE i.state = 'blocked' AND i.waker_tid > 0 AND i.waker_tid <> i.tid
-          AND EXISTS (SELECT 1 FROM spans_all sp WHERE sp.node = i.node AND sp.tid = i.tid)
-        GROUP BY i.node, i.waker_tid, i.tid
+        SELECT 'WOKE', 'Thread', node || ':' || waker_tid, 'Thread', node || ':' || tid,
+               arg_max(reason, (n, ns, reason)), sum(ns), NULL, sum(n), NULL,
+               json_object('first_ts_ns', min(first_s), 'reasons', list(reason))
+        FROM (SELECT i.node, i.waker_tid, i.tid, i.reason, count(*) AS n,
+                     sum(i.e - i.s) AS ns, min(i.s) AS first_s
+              FROM thread_intervals i
+              WHERE i.state = 'blocked' AND i.waker_tid > 0 AND i.waker_tid <> i.tid
+                AND EXISTS (SELECT 1 FROM spans_all sp WHERE sp.node = i.node
+                            AND sp.tid = i.tid)
+              GROUP BY ALL)
+        GROUP BY node, waker_tid, tid
     """, """
         INSERT INTO rels
         SELECT 'DESCRIBES', 'DomainEvent', concept || ':' || span_key, 'Span', span_key,

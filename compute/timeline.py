@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import duckdb
 
+from kprobe.compute import thread_scan
 from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import execute
 
@@ -120,98 +121,24 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
                waker_tid::BIGINT AS waker_tid, kind = 'waking' AS is_waking
         FROM w_sched WHERE kind IN ('waking', 'wakeup', 'wakeup_new') AND wakee_tid > 0) x
         {only}
-    """, f"""
-        -- Each switch row learns where its segment ends (the thread's next switch), whether
-        -- that next switch brings the thread in (ord 2) or takes it out (ord 0: the switch in
-        -- between was not traced), and the first wakeup at or after it (ASOF), preferring a
-        -- 'waking' row (other wakeup rows only when no 'waking' row exists).
-        CREATE TEMP TABLE t_open AS
-        WITH sw AS (
-            SELECT node, tid, pid, ts AS s, cpu, opens, prev_state, ord,
-                   coalesce(lead(ts) OVER w, {range_end_ns}) AS e,
-                   lead(ord) OVER w AS next_ord, lead(cpu) OVER w AS next_cpu
-            FROM t_sw WINDOW w AS (PARTITION BY node, tid ORDER BY ts, ord)),
-        a AS (
-            SELECT sw.*, k.ts AS any_ts, k.waker_pid AS any_pid, k.waker_tid AS any_tid
-            FROM sw ASOF LEFT JOIN (SELECT * FROM t_wk WHERE waker_tid IS NOT NULL) k
-              ON k.node = sw.node AND k.tid = sw.tid AND k.ts >= sw.s),
-        b AS (
-            SELECT a.*, k.ts AS waking_ts, k.waker_pid AS waking_pid,
-                   k.waker_tid AS waking_tid
-            FROM a ASOF LEFT JOIN (SELECT * FROM t_wk WHERE is_waking
-                                   AND waker_tid IS NOT NULL) k
-              ON k.node = a.node AND k.tid = a.tid AND k.ts >= a.s)
-        SELECT node, tid, pid, s, cpu, opens, prev_state, e, next_ord, next_cpu,
-               any_ts AS wake_ts,
-               CASE WHEN waking_ts < e THEN {{'ts': waking_ts, 'pid': waking_pid,
-                                               'tid': waking_tid}} END AS waking,
-               CASE WHEN any_ts < e THEN {{'ts': any_ts, 'pid': any_pid,
-                                           'tid': any_tid}} END AS any_wake,
-               ord, NULL::BIGINT AS own_waker_pid, NULL::BIGINT AS own_waker_tid
-        FROM b
-        UNION ALL
-        -- a wakeup before the thread's first switch opens a runnable segment
-        SELECT k.node, k.tid, k.pid, k.ts, k.cpu, 'runnable', NULL, f.first_ts, f.first_ord,
-               f.first_cpu, NULL, NULL, NULL, 1, k.waker_pid, k.waker_tid
-        FROM (SELECT node, tid, min(ts) AS first_ts, arg_min(ord, (ts, ord)) AS first_ord,
-                     arg_min(cpu, (ts, ord)) AS first_cpu
-              FROM t_sw GROUP BY node, tid) f
-        JOIN (SELECT node, tid, arg_min(pid, ts) AS pid, min(ts) AS ts,
-                     arg_min(cpu, ts) AS cpu, arg_min(waker_pid, ts) AS waker_pid,
-                     arg_min(waker_tid, ts) AS waker_tid
-              FROM t_wk GROUP BY node, tid) k USING (node, tid)
-        WHERE k.ts < f.first_ts
-    """, """
-        -- A segment whose next switch takes the thread out again lost its switch in: the
-        -- thread ran from an unknown instant, so that part is 'unknown' (neither run-queue
-        -- wait nor on-CPU). Likewise a running segment followed by another switch in: it
-        -- left the CPU untraced, at an unknown instant.
-        CREATE TEMP TABLE t_intervals AS
-        WITH o AS (
-            SELECT *, (wake_ts >= s AND wake_ts < e) AS woken,
-                   coalesce(next_ord = 0, false) AS lost_in,
-                   CASE WHEN waking.ts < e THEN waking
-                        WHEN any_wake.ts < e THEN any_wake END AS waker
-            FROM t_open)
-        SELECT node, tid, pid, s, e,
-               CASE WHEN next_ord = 2 THEN 'unknown' ELSE 'running' END AS state, cpu,
-               NULL::BIGINT AS waker_pid, NULL::BIGINT AS waker_tid, prev_state
-        FROM o WHERE opens = 'running'
-        UNION ALL
-        SELECT node, tid, pid, s, e, CASE WHEN lost_in THEN 'unknown' ELSE 'runnable' END,
-               coalesce(next_cpu, cpu),
-               CASE WHEN ord = 1 THEN own_waker_pid END,
-               CASE WHEN ord = 1 THEN own_waker_tid END,
-               prev_state
-        FROM o WHERE opens = 'runnable'
-        UNION ALL
-        SELECT node, tid, pid, s, CASE WHEN woken THEN wake_ts ELSE e END,
-               CASE WHEN lost_in AND NOT woken THEN 'unknown' ELSE opens END, cpu,
-               waker.pid, waker.tid, prev_state
-        FROM o WHERE opens IN ('blocked', 'unknown')
-        UNION ALL
-        SELECT node, tid, pid, wake_ts, e, CASE WHEN lost_in THEN 'unknown' ELSE 'runnable' END,
-               coalesce(next_cpu, cpu), waker.pid, waker.tid, prev_state
-        FROM o WHERE opens IN ('blocked', 'unknown') AND woken
-    """, f"""
-        -- the reason of a blocked interval: the offcpu row of the same switch-out
-        CREATE TEMP TABLE thread_intervals AS
-        SELECT node, tid, pid, s, e, state, NULL::VARCHAR AS reason, cpu, waker_pid,
-               waker_tid, prev_state
-        FROM t_intervals WHERE state <> 'blocked' AND e > s
-        UNION ALL
-        SELECT i.node, i.tid, i.pid, i.s, i.e, i.state,
-               CASE WHEN matched THEN coalesce(o.wait_reason, 'other') ELSE 'other' END,
-               i.cpu,
-               coalesce(i.waker_pid, CASE WHEN matched THEN o.waker_pid END)::BIGINT,
-               coalesce(i.waker_tid, CASE WHEN matched THEN o.waker_tid END)::BIGINT,
-               i.prev_state
-        FROM (SELECT * FROM t_intervals WHERE state = 'blocked' AND e > s) i
-        ASOF LEFT JOIN w_offcpu o
-          ON i.node = o.node AND i.tid = o.tid AND o.ts_ns <= i.s + {tol},
-        LATERAL (SELECT coalesce(o.ts_ns >= i.s - {tol} AND o.ts_ns + o.dur_ns > i.s,
-                                 false) AS matched)
-    """, f"""
+    """)
+    # Each switch row learns where its segment ends (the thread's next switch), whether that
+    # next switch brings the thread in (ord 2) or takes it out (ord 0: the switch in between
+    # was not traced), and the first wakeup at or after it, preferring a 'waking' row (other
+    # wakeup rows only when no 'waking' row exists). A segment whose next switch takes the
+    # thread out again lost its switch in: the thread ran from an unknown instant, so that
+    # part is 'unknown' (neither run-queue wait nor on-CPU); likewise a running segment
+    # followed by another switch in left the CPU untraced, at an unknown instant. The
+    # reason of a blocked interval is the offcpu row of the same switch-out. All of it per
+    # thread in time order, vectorised in numpy: compute/thread_scan.py.
+    rows = thread_scan.thread_intervals(con, range_end_ns, tol)
+    con.register("t_intervals_rows", rows)
+    try:
+        execute(con, "thread timeline",
+                "CREATE TEMP TABLE thread_intervals AS SELECT * FROM t_intervals_rows")
+    finally:
+        con.unregister("t_intervals_rows")
+    execute(con, "thread timeline", f"""
         -- threads seen only by the offcpu probe: their blocked intervals, nothing invented
         INSERT INTO thread_intervals
         SELECT o.node, o.tid, o.pid, o.ts_ns, o.ts_ns + o.dur_ns, 'blocked',
@@ -234,4 +161,4 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
             FROM w_sched WHERE kind = 'switch'
             WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
         WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
-    """, "DROP TABLE t_sw", "DROP TABLE t_wk", "DROP TABLE t_open", "DROP TABLE t_intervals")
+    """, "DROP TABLE t_sw", "DROP TABLE t_wk")

@@ -41,7 +41,13 @@ from kprobe.replay_sandbox.syscall_table import (
 
 Mode = Literal["exact", "whatif"]
 SYNC_CALLS = frozenset(nr for nr, s in SPECS.items() if s.policy is Policy.SYNC)
+# rows a thread passes over at a syscall (``_skip_sync_rows``): futex and mmap hints
+SYNC_OR_MAP = frozenset(nr for nr, s in SPECS.items() if s.policy in (Policy.SYNC, Policy.MAP))
+# calls whose recorded result changes the descriptor table ``_track_fds`` keeps
+_FD_TRACKED = SOCKET_CREATORS | frozenset({2, 257, 85, 22, 293, 32, 33, 292, 233}) | frozenset(
+    nr for nr, s in SPECS.items() if s.policy is Policy.NEW_FD)
 MASK = 0xFFFF_FFFF_FFFF_FFFF
+_PTRACE_CONT, _PTRACE_SYSCALL = P.PTRACE_CONT, P.PTRACE_SYSCALL
 SKIP = MASK  # orig_rax = -1: the kernel skips the syscall and returns rax
 EXECVE = 59
 FCNTL = 72
@@ -259,6 +265,9 @@ class EngineState:
     def canonical_clock(self, clk: int) -> int:
         """A clock id with the pid or tid of a CPU-time clock (negative ids:
         ``~pid << 3 | type``) in the recording's numbering."""
+        low = clk & 0xFFFF_FFFF
+        if low < 0x8000_0000:  # a clock id is an int: not negative, so no pid in it
+            return low
         clk = P.to_signed(clk & 0xFFFF_FFFF | (-(1 << 32) if clk & 1 << 31 else 0))
         if clk >= 0:
             return clk
@@ -286,8 +295,8 @@ class EngineState:
                 task.wants_token = True
                 task.park_sig = sig
                 return
-        request = (P.PTRACE_SYSCALL if task.at_exit is not None or task.mark_at_exit is not None
-                   else P.PTRACE_CONT)
+        request = (_PTRACE_SYSCALL if task.at_exit is not None or task.mark_at_exit is not None
+                   else _PTRACE_CONT)
         try:
             P.resume(task.tid, sig, request)
         except TracerError as err:
@@ -297,8 +306,10 @@ class EngineState:
     def _my_turn(self, task: Task, row: Row) -> bool:
         """Its row is the earliest unserved one, and no other thread of its process is
         running."""
-        holder = self.tokens.get(task.process.pid)
-        return row.order <= self.frontier and (holder is None or holder is task)
+        if row.order > self.frontier:
+            return False
+        holder = self.tokens.get(task.process.pid) if self.tokens else None
+        return holder is None or holder is task
 
     def _skip_sync_rows(self, task: Task, clock_read: bool = False) -> Row | None:
         """A recorded futex the replay does not make (the lock was free this time) is
@@ -306,8 +317,9 @@ class EngineState:
         at a syscall, a recorded vDSO clock read the replay did not make: the runtime's
         own timed waits (CPython's GIL handoff) read the clock as often as the scheduler
         made them wait, which a replay run one thread at a time does not repeat."""
-        row = task.head()
-        while row is not None and (SPECS[row.nr].policy in (Policy.SYNC, Policy.MAP)
+        rows = task.rows
+        row = rows[task.pos] if task.pos < len(rows) else None  # task.head()
+        while row is not None and (row.nr in SYNC_OR_MAP
                                    or row.taken or (row.vdso and not clock_read)):
             self._consume(task, task.pos)
             if not row.taken:
@@ -343,9 +355,10 @@ class EngineState:
 
     def _consume(self, task: Task, index: int, defer: bool = False) -> None:
         """Rows up to ``index`` of the thread are done (those before it were skipped)."""
-        for skipped in task.rows[task.pos:index]:
-            self._mark(skipped)
-            self.stats["skipped"] += 1
+        if index > task.pos:
+            for skipped in task.rows[task.pos:index]:
+                self._mark(skipped)
+                self.stats["skipped"] += 1
         task.pos = index + 1
         if defer:
             task.mark_at_exit = task.rows[index]
@@ -360,7 +373,7 @@ class EngineState:
             frontier += 1
         if frontier != self.frontier:
             self.frontier = frontier
-            if self.several_threads:  # only other threads can be waiting for it
+            if self.served_tasks > 1:  # several_threads: only they can be waiting for it
                 self.release_pending = True
 
     def _read_in(self, task: Task, spec: SyscallSpec, arg: int, args: tuple[int, ...],
@@ -460,7 +473,7 @@ class EngineState:
         proc = task.proc
         assert proc is not None
         nr = row.nr
-        if row.ret < 0:
+        if row.ret < 0 or nr not in _FD_TRACKED:
             return
         if nr in SOCKET_CREATORS:
             proc.fd_kind[row.ret] = "socket"

@@ -520,17 +520,32 @@ def _capture_msghdr(arg: int, addr: int, ret: int, mem: Memory,
 def write_outputs(nr: int, args: tuple[int, ...], chunks: list[tuple[int, int, bytes]],
                   mem: Memory, write: Callable[[int, bytes], None]) -> None:
     """Put recorded output bytes where the syscall would have written them."""
-    spec = SPECS.get(nr)
-    layouts = {r.arg: r for r in spec.outs} if spec else {}
+    plan = _OUT_PLANS.get(nr)
+    if plan is None:
+        plan = _OUT_PLANS[nr] = _out_plan(nr)
+    iovecs_at, msghdr = plan
     for arg_index, offset, data in chunks:
-        region = layouts.get(arg_index)
-        if region is not None and region.layout is Layout.IOVEC:
+        region = iovecs_at.get(arg_index)
+        if region is not None:
             iovecs = _read_iovecs(mem, args[arg_index], args[region.count_arg])
             _scatter(mem, iovecs, offset, data, write)
-        elif spec is not None and any(r.layout is Layout.MSGHDR for r in spec.outs):
+        elif msghdr:
             _write_msghdr(args[1], arg_index, offset, data, mem, write)
         elif arg_index < 6 and args[arg_index]:
             write(args[arg_index] + offset, data)
+
+
+# nr -> (its iovec output regions by argument, whether an output is a msghdr): built once
+# per call number, not at every served call
+_OUT_PLANS: dict[int, tuple[dict[int, Region], bool]] = {}
+
+
+def _out_plan(nr: int) -> tuple[dict[int, Region], bool]:
+    spec = SPECS.get(nr)
+    if spec is None:
+        return {}, False
+    return ({r.arg: r for r in spec.outs if r.layout is Layout.IOVEC},
+            any(r.layout is Layout.MSGHDR for r in spec.outs))
 
 
 def _write_msghdr(addr: int, arg_index: int, offset: int, data: bytes, mem: Memory,

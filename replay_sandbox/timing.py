@@ -89,20 +89,26 @@ class TimeServing(EngineState):
         """Write a clock value: the recorded one plus the thread's shift, or ``now``."""
         mem = task.process.mem
         shift = task.shift_ns
-        recorded = {a: d for a, _o, d in row.outs} if row else {}
         if nr == 228:  # clock_gettime(clk, ts)
             clk = P.to_signed(args[0])
             if row is not None:
-                if 1 not in recorded:
+                timespec = None
+                for arg, _offset, data in row.outs:  # the last one, as a dict of them would
+                    if arg == 1:
+                        timespec = data
+                if timespec is None:
                     return row.ret
-                value = vclock.unpack_timespec(recorded[1])
-                self.domains.learn(clk, value, row.ts_ns)
-                value += shift if vclock.is_shifted(clk) else 0
+                value = vclock.unpack_timespec(timespec)
+                if not self.domains.learned:
+                    self.domains.learn(clk, value, row.ts_ns)
+                if shift and vclock.is_shifted(clk):
+                    value += shift
             else:
                 value = self.domains.value(clk, now or 0, task.synth_clock * 1000)
             if args[1]:
                 mem.write(args[1], vclock.pack_timespec(value))
             return row.ret if row else 0
+        recorded = {a: d for a, _o, d in row.outs} if row else {}
         if nr == 96:  # gettimeofday(tv, tz)
             if row is not None:
                 if 0 in recorded and args[0]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import gc
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,33 +92,36 @@ def run_cancellable(location: LakeLocation, sql: str, max_rows: int | None) -> Q
     con = connect(location, referenced_tables(statement))
     outcome: dict[str, Any] = {}
 
+    done = threading.Event()  # not Thread.is_alive(): after Ctrl-C interrupted a join()
+    # it can say False while the thread still runs (CPython), and closing the connection
+    # under a running statement then waits for it (a CI run hung 90 s after Ctrl-C)
+
     def work() -> None:
         try:
             outcome["result"] = fetch(con, statement, max_rows)
         except BaseException as err:  # re-raised in the caller's thread
             outcome["error"] = err
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name="kprobe-sql", daemon=True)
-    worker.start()
+    threading.Thread(target=work, name="kprobe-sql", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
-        con.interrupt()
-        # wait for DuckDB to give the thread back: leaving while it is inside DuckDB
-        # aborts the interpreter's shutdown (SIGABRT, "exception not rethrown")
-        while worker.is_alive():
-            worker.join(0.2)
-        # the interrupted statement's reader lives on in the error's traceback: drop it
-        # before closing, or DuckDB tears it down at exit and aborts the same way
+        # Interrupt until DuckDB gives the thread back (an interrupt does not stick: a
+        # statement that had not begun would begin after it), within a bound. The CLI then
+        # leaves without the interpreter's shutdown, so a thread still inside DuckDB cannot
+        # abort it (SIGABRT, "exception not rethrown").
+        give_up = time.monotonic() + 10
+        while not done.is_set() and time.monotonic() < give_up:
+            con.interrupt()
+            done.wait(0.2)
         outcome.clear()
-        gc.collect()
-        # DuckDB's own threads can still abort the interpreter's shutdown (1 run in ~20 of
-        # the CI suite: SIGABRT, "exception not rethrown"): the CLI leaves without it
         raise CommandError("interrupted: the statement was cancelled", 130,
                            leave_now=True) from None
     finally:
-        if not worker.is_alive():
+        if done.is_set():
             with contextlib.suppress(duckdb.Error):  # a reader still open may hold it
                 con.close()
     error = outcome.get("error")

@@ -91,7 +91,7 @@ def main() -> int:
                 pid, _ = record(lake, program, str(count), what)
                 costs.append(best_wall(lake, pid))
             print(f"   {label:40s} {(costs[1] - costs[0]) / n * 1e6:6.2f} us "
-                  f"(start-up {costs[0] * 1e3:.1f} ms)")
+                  f"(start-up {costs[0] * 1e3:.1f} ms; load {load_average()})")
         lake = tmp / "waits" / "lake"
         code = ("import time, os\n"
                 "for i in range(10):\n"
@@ -102,7 +102,7 @@ def main() -> int:
         wall = best_wall(lake, pid, repeats=3)
         print(f"2. mostly waiting: recorded {recorded_s:.2f} s, replayed in {wall:.3f} s "
               f"(engine) / {time.monotonic() - started:.2f} s for 3 runs: fraction "
-              f"{wall / recorded_s:.3f} (goal <= 0.2)")
+              f"{wall / recorded_s:.3f} (goal <= 0.2; load {load_average()})")
         print("3. recording size of a Python service (20 requests, started 3 times), complete:")
         for label, options in (("files by identity, stored once (default)", ()),
                                ("files by their bytes, --payload-cap 1M",
@@ -145,6 +145,11 @@ def service(lake: Path, options: tuple[str, ...]) -> int:
     con = connect(resolve(LakeSettings(lake=str(lake))))
     return int(con.execute("""SELECT pid FROM syscall_data WHERE nr = 59 AND arg_index = 1
                               ORDER BY ts_ns DESC LIMIT 1""").fetchone()[0])
+
+
+def load_average() -> str:
+    """The 1-minute load average: printed next to each timing (the machine is shared)."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def table_bytes(lake: Path, table: str) -> int:

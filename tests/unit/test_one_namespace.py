@@ -52,9 +52,9 @@ def test_every_import_names_the_kprobe_namespace() -> None:
 
 def test_the_check_finds_an_old_import() -> None:  # control
     tree = ast.parse("import lake\nfrom compute.window import x\nfrom kprobe.lake import y\n"
-                     "uvicorn.run('query_api.app:create_app')\nkey = 'lake.uri'\n")
+                     "uvicorn.run('kprobe.query_api.app:create_app')\nkey = 'lake.uri'\n")
     assert [what for _line, what in _old_imports(tree)] == [
-        "lake", "compute.window", "query_api.app:create_app"]
+        "lake", "compute.window", "kprobe.query_api.app:create_app"]
 
 
 def test_each_package_is_a_subpackage_of_kprobe() -> None:
