@@ -18,7 +18,8 @@ _MODULE_STRING = re.compile(rf"^(-m )?({'|'.join(PACKAGES)})(\.\w+)+(:\w+)?$")
 def _sources() -> list[str]:
     listed = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
-    return [name for name in listed if (REPO / name).is_file()]
+    this = "tests/unit/test_one_namespace.py"  # its controls name the old modules
+    return [name for name in listed if (REPO / name).is_file() and name != this]
 
 
 def _old_imports(tree: ast.AST) -> list[tuple[int, str]]:
@@ -52,9 +53,9 @@ def test_every_import_names_the_kprobe_namespace() -> None:
 
 def test_the_check_finds_an_old_import() -> None:  # control
     tree = ast.parse("import lake\nfrom compute.window import x\nfrom kprobe.lake import y\n"
-                     "uvicorn.run('kprobe.query_api.app:create_app')\nkey = 'lake.uri'\n")
+                     "uvicorn.run('query_api.app:create_app')\nkey = 'lake.uri'\n")
     assert [what for _line, what in _old_imports(tree)] == [
-        "lake", "compute.window", "kprobe.query_api.app:create_app"]
+        "lake", "compute.window", "query_api.app:create_app"]
 
 
 def test_each_package_is_a_subpackage_of_kprobe() -> None:
