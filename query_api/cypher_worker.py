@@ -407,5 +407,5 @@ def snapshot_files(location: Any, snapshots: list[SnapshotInfo],
                          str(store.snapshot_file(location, s, settings))) for s in snapshots]
 
 
-_WORKER_MAIN = ("import sys, pathlib; from query_api.cypher_worker import worker_main; "
+_WORKER_MAIN = ("import sys, pathlib; from kprobe.query_api.cypher_worker import worker_main; "
                 "sys.exit(worker_main([pathlib.Path(p) for p in sys.argv[1:]]))")

@@ -119,7 +119,7 @@ def test_doctor_loads_the_bpf_objects_built_into_the_image(
 def test_agent_api_and_ray_import_and_the_console_is_in_the_image(
         image: tuple[dict[str, Any], Path]) -> None:
     config, root = image
-    probe = "import capture_agent.agent, kprobe.commands.record, query_api.app, ray"
+    probe = "import kprobe.capture_agent.agent, kprobe.commands.record, kprobe.query_api.app, ray"
     result = in_image(root, config, "/opt/kprobe/bin/python", "-c", probe)
     assert result.returncode == 0, result.stderr
     # the chart's replay runner runs this (a Ray head the API hands replays to)

@@ -13,6 +13,8 @@ from tests.support import REPO
 PACKAGES = ("capture_agent", "lake", "compute", "query_api", "replay_sandbox")
 # a module path written as a string: importlib, uvicorn's "module:app", python -m
 _MODULE_STRING = re.compile(rf"^(-m )?({'|'.join(PACKAGES)})(\.\w+)+(:\w+)?$")
+# an import in code run from a string (python -c, a worker's bootstrap)
+_CODE_IMPORT = re.compile(rf"(?:^|;|\n)\s*(?:from|import) ((?:{'|'.join(PACKAGES)})\b[\w.]*)")
 
 
 def _sources() -> list[str]:
@@ -34,6 +36,8 @@ def _old_imports(tree: ast.AST) -> list[tuple[int, str]]:
         elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
               and _MODULE_STRING.match(node.value) and _is_module(node.value)):
             found.append((node.lineno, node.value))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found += [(node.lineno, m) for m in _CODE_IMPORT.findall(node.value)]
     return found
 
 
@@ -53,9 +57,11 @@ def test_every_import_names_the_kprobe_namespace() -> None:
 
 def test_the_check_finds_an_old_import() -> None:  # control
     tree = ast.parse("import lake\nfrom compute.window import x\nfrom kprobe.lake import y\n"
-                     "uvicorn.run('query_api.app:create_app')\nkey = 'lake.uri'\n")
-    assert [what for _line, what in _old_imports(tree)] == [
-        "lake", "compute.window", "query_api.app:create_app"]
+                     "uvicorn.run('query_api.app:create_app')\nkey = 'lake.uri'\n"
+                     "boot = 'import sys; from query_api.cypher_worker import main'\n"
+                     "prose = 'the lake from compute nodes'\n")
+    assert sorted(what for _line, what in _old_imports(tree)) == [
+        "compute.window", "lake", "query_api.app:create_app", "query_api.cypher_worker"]
 
 
 def test_each_package_is_a_subpackage_of_kprobe() -> None:
