@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import count
 
 import duckdb
@@ -52,8 +53,8 @@ def _bisect(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, target: np.ndarr
 
 
 class IntervalIndex:
-    """``table`` (columns ``node``, the integer ``key``, ``s``, ``e`` and any others) sorted
-    by (node, key, s), for overlap joins on (node, key)."""
+    """``table`` (columns ``node``, the integer ``key``, ``s``, ``e`` and any others) in the
+    order of (node, key, s), for overlap joins on (node, key)."""
 
     def __init__(self, table: pa.Table, key: str) -> None:
         self.key = key
@@ -63,9 +64,9 @@ class IntervalIndex:
         s = np.asarray(table.column("s").to_numpy(), np.int64)
         e = np.asarray(table.column("e").to_numpy(), np.int64)
         order = np.lexsort((s, group))
-        order = order[ok[order]]  # rows with a null key match nothing
-        self.table = table.take(pa.array(order))
-        self.group, self.s, self.e = group[order], s[order], e[order]
+        self.order = order[ok[order]]  # sorted position -> row; a null key matches nothing
+        self.table = table
+        self.group, self.s, self.e = group[self.order], s[self.order], e[self.order]
         # the running maximum of the ends within each group: ascending, so a binary search
         # finds the first interval that may reach past a given instant
         starts = np.r_[0, np.flatnonzero(np.diff(self.group)) + 1]
@@ -91,8 +92,8 @@ class IntervalIndex:
         return (code << 32) | key, node_ok & key_ok
 
     def pairs(self, left: pa.Table, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """Row numbers (left, self.table) of the overlapping pairs; ``left`` has ``node``,
-        ``key``, ``s`` and ``e``."""
+        """Row numbers (in ``left``, in ``self.table``) of the overlapping pairs; ``left``
+        has ``node``, ``key``, ``s`` and ``e``."""
         group, ok = self._groups(left.column("node").combine_chunks(),
                                  left.column(key).combine_chunks())
         s_col, e_col = left.column("s").combine_chunks(), left.column("e").combine_chunks()
@@ -110,7 +111,15 @@ class IntervalIndex:
         offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         right_rows = np.repeat(lo, counts) + offsets
         keep = self.e[right_rows] > s[left_rows]
-        return left_rows[keep], right_rows[keep]
+        return left_rows[keep], self.order[right_rows[keep]]
+
+
+@dataclass(frozen=True)
+class TimelineIndex:
+    """The window's timelines sorted in memory (built by ``timeline.build``)."""
+
+    threads: IntervalIndex  # thread_intervals, on (node, tid)
+    cpus: IntervalIndex  # cpu_intervals, on (node, cpu)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ import duckdb
 import pyarrow as pa
 
 from compute import thread_scan
-from compute.interval_index import IntervalIndex
+from compute.interval_index import IntervalIndex, TimelineIndex
 from compute.settings import ComputeSettings
 from compute.sql import execute, translated
 
@@ -98,10 +98,10 @@ def relevant(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
 
 
 def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSettings
-          ) -> IntervalIndex:
+          ) -> TimelineIndex:
     """``thread_intervals`` for the relevant threads (all threads if so configured), and
-    ``cpu_intervals`` for every CPU. Returns ``thread_intervals`` sorted in memory, for the
-    overlap joins of every chain level (compute/interval_index.py)."""
+    ``cpu_intervals`` for every CPU. Returns both sorted in memory, for the overlap joins
+    of every chain level (compute/interval_index.py)."""
     tol = settings.offcpu_match_tolerance_ns
     only = ("" if settings.timeline_all_threads else
             "WHERE EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = x.node AND r.tid = x.tid)")
@@ -157,7 +157,7 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
                 "CREATE TEMP TABLE thread_intervals AS SELECT * FROM t_intervals_rows")
     finally:
         con.unregister("t_intervals_rows")
-    index = IntervalIndex(every, "tid")
+    threads = IntervalIndex(every, "tid")
     execute(con, "thread timeline", f"""
         -- who held each CPU: the thread the switch put there, until the CPU's next switch
         -- (unless that switch takes another thread out: the holder then left untraced, at
@@ -172,4 +172,6 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
             WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
         WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
     """, "DROP TABLE t_sw", "DROP TABLE t_wk")
-    return index
+    with translated("thread timeline"):
+        cpus = IntervalIndex(con.sql("SELECT * FROM cpu_intervals").to_arrow_table(), "cpu")
+    return TimelineIndex(threads, cpus)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import duckdb
 
 from compute.causes import cpu, disk, memory, network, remote, wait
-from compute.interval_index import IntervalIndex
+from compute.interval_index import TimelineIndex
 from compute.settings import ComputeSettings
 from compute.sql import execute
 
@@ -64,15 +64,15 @@ def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings,
 
 
 def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
-              intervals: IntervalIndex) -> None:
-    """Causes of the spans of chain ``level`` (already decomposed); ``intervals`` is
-    ``thread_intervals`` sorted in memory (``timeline.build``)."""
+              timelines: TimelineIndex) -> None:
+    """Causes of the spans of chain ``level`` (already decomposed); ``timelines`` are the
+    window's timelines sorted in memory (``timeline.build``)."""
     memory.attribute(con, settings, level)
-    cpu.attribute(con, settings, level)
+    cpu.attribute(con, settings, level, timelines.cpus)
     disk.attribute(con, settings, level)
     network.attribute(con, settings, level)
     remote.attribute_children(con, settings, level)
-    wait.attribute(con, settings, level, intervals)
+    wait.attribute(con, settings, level, timelines.threads)
 
 
 __all__ = ["KERNEL_KINDS", "LEAF_KINDS", "LINK_KINDS", "WAIT_KINDS", "attribute",
