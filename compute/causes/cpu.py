@@ -30,10 +30,12 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         execute(con, "cpu contention", f"CREATE TEMP TABLE c_holders AS {holders}")
     # evidence only for the holders that count (most hold a CPU for less than min_delay)
     execute(con, "cpu contention", f"""
+        -- ranked by delay, ties by tid: a rank never depends on the order rows arrive in
         INSERT INTO rels
         SELECT 'DELAYED_BY', 'Span', span_key, 'Thread', node || ':' || holder_tid,
                'cpu_contention', delay_ns,
-               row_number() OVER (PARTITION BY span_key ORDER BY delay_ns DESC), n, NULL,
+               row_number() OVER (PARTITION BY span_key ORDER BY delay_ns DESC, holder_tid), n,
+               NULL,
                json_object('holder_pid', holder_pid, 'holder_tid', holder_tid,
                            'sched', evidence)
         FROM (SELECT span_key, node, holder_tid, any_value(holder_pid) AS holder_pid,

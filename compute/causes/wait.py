@@ -256,10 +256,12 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     followed = (f"material AND how IN ('waker', 'call', 'peer') AND e - s >= {min_delay}"
                 f" AND NOT ({cycle})" if follow else "false")
     execute(con, "wait attribution", f"""
+        -- ranked by delay, ties by thread: a rank never depends on the order rows arrive in
         INSERT INTO rels
         SELECT 'DELAYED_BY', 'Span', w.span_key, 'Thread', w.t_node || ':' || w.t_tid,
                w.kind, w.delay_ns,
-               row_number() OVER (PARTITION BY w.span_key, w.kind ORDER BY w.delay_ns DESC),
+               row_number() OVER (PARTITION BY w.span_key, w.kind
+                                  ORDER BY w.delay_ns DESC, w.t_node, w.t_tid),
                w.n, NULL,
                json_object('waker_pid', w.t_pid, 'waker_tid', w.t_tid,
                            'waker_comm', w.waker_comm, 'how', w.how,
