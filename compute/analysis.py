@@ -58,7 +58,7 @@ def analyze_window(location: lake.LakeLocation, window: Window, settings: Comput
         decompose.create_tables(con)
         causes.remote.implicit_servers(con, settings)
         timeline.relevant(con, settings)
-        timeline.build(con, loaded.range_end_ns, settings)
+        timelines = timeline.build(con, loaded.range_end_ns, settings)
         causes.prepare(con, settings, loaded.range_end_ns)
         # failures are known before the causes: waits are followed only where one happened
         domain.build(con, rules, loaded.range_start_ns, loaded.range_end_ns)
@@ -66,8 +66,8 @@ def analyze_window(location: lake.LakeLocation, window: Window, settings: Comput
             pending = scalar_row(con, f"SELECT count(*) FROM spans_all WHERE level = {level}")
             if not pending[0]:
                 break
-            decompose.build(con, settings, level)
-            causes.attribute(con, settings, level)
+            decompose.build(con, settings, level, timelines.threads)
+            causes.attribute(con, settings, level, timelines)
         rootcause.build(con, settings)
         causes.remote.sent_to(con)
         assemble.structural_rels(con)

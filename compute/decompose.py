@@ -1,9 +1,9 @@
 """Each span's duration split into on-CPU, run-queue wait and blocked time by reason.
 
-The span is overlapped with its thread's state intervals (a bucketed interval join, see
-``compute.sql``). Time the timeline does not cover (before the first switch seen, a thread
-known only by offcpu rows, a span mapped to no thread) is ``unknown``; the parts always sum
-to the span's duration.
+The span is overlapped with its thread's state intervals (sorted in memory, see
+``compute.interval_index``). Time the timeline does not cover (before the first switch
+seen, a thread known only by offcpu rows, a span mapped to no thread) is ``unknown``; the
+parts always sum to the span's duration.
 
 Outputs (appended per chain level):
     span_pieces(span_key, node, tid, s, e, state, reason, cpu, waker_pid, waker_tid)
@@ -17,8 +17,9 @@ from __future__ import annotations
 import duckdb
 
 from kprobe.compute.causes.wait import KERNEL_THREAD_RE
+from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import execute, overlap_join, sql_list, sql_str
+from kprobe.compute.sql import execute, sql_list, sql_str, translated
 
 # offcpu wait_reason values (the capture agent's classification by kernel stack)
 # A block request completing this close to a wakeup from kernel context woke the thread.
@@ -46,20 +47,21 @@ def _reason_is(reason: str) -> str:
     return f"reason = {sql_str(reason)}"
 
 
-def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
-    """Decompose the spans of chain ``level`` (0: the services' own spans)."""
-    overlap = overlap_join(
-        f"(SELECT span_key, node, tid, s, e FROM spans_all"
-        f" WHERE level = {level} AND tid IS NOT NULL AND e > s)",
-        "thread_intervals", ("node", "tid"), settings.join_bucket_ns,
-        select="l.span_key, l.node, l.tid, greatest(l.s, r.s) AS s, least(l.e, r.e) AS e,"
-               " r.state, r.reason, r.cpu, r.waker_pid, r.waker_tid, r.e AS ie")
+def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
+          intervals: IntervalIndex) -> None:
+    """Decompose the spans of chain ``level`` (0: the services' own spans); ``intervals``
+    is ``thread_intervals`` sorted in memory (``timeline.build``)."""
     sums = ",\n".join(
         f"coalesce(sum(e - s) FILTER (WHERE state = 'blocked' AND {_reason_is(r)}), 0)"
         f" AS blocked_{r}_ns" for r in REASONS)
+    with translated("decomposition"), overlap(
+            con, f"SELECT span_key, node, tid, s, e FROM spans_all"
+                 f" WHERE level = {level} AND tid IS NOT NULL AND e > s",
+            intervals, "tid",
+            select="l.span_key, l.node, l.tid, greatest(l.s, r.s) AS s, least(l.e, r.e) AS e,"
+                   " r.state, r.reason, r.cpu, r.waker_pid, r.waker_tid, r.e AS ie") as pairs:
+        execute(con, "decomposition", f"CREATE TEMP TABLE d_overlap AS {pairs}")
     execute(con, "decomposition", f"""
-        CREATE TEMP TABLE d_overlap AS {overlap}
-    """, f"""
         -- A wait without a named stack (no offcpu row: a thread nobody targeted), ended
         -- from kernel context (an interrupt: tid 0, or a kernel thread) just as a block
         -- request of the thread's own completed: the device woke it.

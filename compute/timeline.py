@@ -27,10 +27,12 @@ Outputs (temporary tables):
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 
 from kprobe.compute import thread_scan
+from kprobe.compute.interval_index import IntervalIndex, TimelineIndex
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import execute
+from kprobe.compute.sql import execute, translated
 
 
 def names(con: duckdb.DuckDBPyConnection) -> None:
@@ -95,9 +97,11 @@ def relevant(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
     """ for _ in range(settings.max_chain_depth)], "DROP TABLE t_wake_pairs")
 
 
-def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSettings) -> None:
+def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSettings
+          ) -> TimelineIndex:
     """``thread_intervals`` for the relevant threads (all threads if so configured), and
-    ``cpu_intervals`` for every CPU."""
+    ``cpu_intervals`` for every CPU. Returns both sorted in memory, for the overlap joins
+    of every chain level (compute/interval_index.py)."""
     tol = settings.offcpu_match_tolerance_ns
     only = ("" if settings.timeline_all_threads else
             "WHERE EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = x.node AND r.tid = x.tid)")
@@ -131,24 +135,30 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # followed by another switch in left the CPU untraced, at an unknown instant. The
     # reason of a blocked interval is the offcpu row of the same switch-out. All of it per
     # thread in time order, vectorised in numpy: compute/thread_scan.py.
-    rows = thread_scan.thread_intervals(con, range_end_ns, tol)
-    con.register("t_intervals_rows", rows)
+    with translated("thread timeline"):
+        rows = thread_scan.thread_intervals(con, range_end_ns, tol)
+        only_offcpu = con.sql(f"""
+            -- threads seen only by the offcpu probe: their blocked intervals, nothing invented
+            SELECT o.node, o.tid::BIGINT AS tid, o.pid::BIGINT AS pid, o.ts_ns AS s,
+                   o.ts_ns + o.dur_ns AS e, 'blocked' AS state,
+                   coalesce(o.wait_reason, 'other') AS reason, o.cpu,
+                   o.waker_pid::BIGINT AS waker_pid, o.waker_tid::BIGINT AS waker_tid,
+                   o.state AS prev_state
+            FROM w_offcpu o
+            WHERE o.dur_ns > 0 AND o.tid > 0
+              AND NOT EXISTS (SELECT 1 FROM t_sw t WHERE t.node = o.node AND t.tid = o.tid)
+              {"" if settings.timeline_all_threads else
+               "AND EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = o.node AND r.tid = o.tid)"}
+        """).to_arrow_table().cast(thread_scan.INTERVAL_SCHEMA)
+    every = pa.concat_tables([rows, only_offcpu])
+    con.register("t_intervals_rows", every)
     try:
         execute(con, "thread timeline",
                 "CREATE TEMP TABLE thread_intervals AS SELECT * FROM t_intervals_rows")
     finally:
         con.unregister("t_intervals_rows")
+    threads = IntervalIndex(every, "tid")
     execute(con, "thread timeline", f"""
-        -- threads seen only by the offcpu probe: their blocked intervals, nothing invented
-        INSERT INTO thread_intervals
-        SELECT o.node, o.tid, o.pid, o.ts_ns, o.ts_ns + o.dur_ns, 'blocked',
-               coalesce(o.wait_reason, 'other'), o.cpu, o.waker_pid, o.waker_tid, o.state
-        FROM w_offcpu o
-        WHERE o.dur_ns > 0 AND o.tid > 0
-          AND NOT EXISTS (SELECT 1 FROM t_sw t WHERE t.node = o.node AND t.tid = o.tid)
-          {"" if settings.timeline_all_threads else
-           "AND EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = o.node AND r.tid = o.tid)"}
-    """, f"""
         -- who held each CPU: the thread the switch put there, until the CPU's next switch
         -- (unless that switch takes another thread out: the holder then left untraced, at
         -- an unknown instant, and is not blamed for the time)
@@ -162,3 +172,6 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
             WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
         WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
     """, "DROP TABLE t_sw", "DROP TABLE t_wk")
+    with translated("thread timeline"):
+        cpus = IntervalIndex(con.sql("SELECT * FROM cpu_intervals").to_arrow_table(), "cpu")
+    return TimelineIndex(threads, cpus)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import duckdb
 
 from kprobe.compute.causes import cpu, disk, memory, network, remote, wait
+from kprobe.compute.interval_index import TimelineIndex
 from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import execute
 
@@ -62,14 +63,16 @@ def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings,
     wait.prepare(con, range_end_ns)
 
 
-def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
-    """Causes of the spans of chain ``level`` (already decomposed)."""
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
+              timelines: TimelineIndex) -> None:
+    """Causes of the spans of chain ``level`` (already decomposed); ``timelines`` are the
+    window's timelines sorted in memory (``timeline.build``)."""
     memory.attribute(con, settings, level)
-    cpu.attribute(con, settings, level)
+    cpu.attribute(con, settings, level, timelines.cpus)
     disk.attribute(con, settings, level)
     network.attribute(con, settings, level)
     remote.attribute_children(con, settings, level)
-    wait.attribute(con, settings, level)
+    wait.attribute(con, settings, level, timelines.threads)
 
 
 __all__ = ["KERNEL_KINDS", "LEAF_KINDS", "LINK_KINDS", "WAIT_KINDS", "attribute",

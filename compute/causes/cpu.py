@@ -10,32 +10,32 @@ from __future__ import annotations
 
 import duckdb
 
+from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import evidence_list, execute, overlap_join
-
-# A CPU switches threads every few ms: finer buckets than the default keep the candidate
-# holders of each runnable piece few.
-CPU_BUCKET_NS = 2_000_000
+from kprobe.compute.sql import evidence_list, execute, translated
 
 
-def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
-    holders = overlap_join(
-        f"(SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e FROM span_pieces p"
-        f" JOIN spans_all sp USING (span_key)"
-        f" WHERE sp.level = {level} AND p.state = 'runnable' AND p.cpu IS NOT NULL)",
-        "cpu_intervals", ("node", "cpu"), min(settings.join_bucket_ns, CPU_BUCKET_NS),
-        select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
-               " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e",
-        where="r.tid <> l.tid")
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
+              cpus: IntervalIndex) -> None:
+    """``cpus``: ``cpu_intervals`` sorted in memory (``timeline.build``)."""
     limit = settings.max_evidence_rows
+    with translated("cpu contention"), overlap(
+            con, f"SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e FROM span_pieces p"
+                 f" JOIN spans_all sp USING (span_key)"
+                 f" WHERE sp.level = {level} AND p.state = 'runnable' AND p.cpu IS NOT NULL",
+            cpus, "cpu",
+            select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
+                   " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e",
+            where="r.tid <> l.tid") as holders:
+        execute(con, "cpu contention", f"CREATE TEMP TABLE c_holders AS {holders}")
     # evidence only for the holders that count (most hold a CPU for less than min_delay)
     execute(con, "cpu contention", f"""
-        CREATE TEMP TABLE c_holders AS {holders}
-    """, f"""
+        -- ranked by delay, ties by tid: a rank never depends on the order rows arrive in
         INSERT INTO rels
         SELECT 'DELAYED_BY', 'Span', span_key, 'Thread', node || ':' || holder_tid,
                'cpu_contention', delay_ns,
-               row_number() OVER (PARTITION BY span_key ORDER BY delay_ns DESC), n, NULL,
+               row_number() OVER (PARTITION BY span_key ORDER BY delay_ns DESC, holder_tid), n,
+               NULL,
                json_object('holder_pid', holder_pid, 'holder_tid', holder_tid,
                            'sched', evidence)
         FROM (SELECT span_key, node, holder_tid, any_value(holder_pid) AS holder_pid,

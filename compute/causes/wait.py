@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import duckdb
 
+from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import evidence_list, execute, overlap_join
+from kprobe.compute.sql import evidence_list, execute, overlap_join, translated
 
 # Kernel threads (and the idle task, tid 0): a wakeup from them is interrupt or kernel
 # work on the sleeper's behalf (block completion, timers, network softirq), not a user
@@ -117,7 +118,8 @@ def prepare(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> None:
     """)
 
 
-def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int) -> None:
+def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
+              intervals: IntervalIndex) -> None:
     """Wait edges of the spans of chain ``level``, and holder spans for the next level."""
     bucket = settings.join_bucket_ns
     limit = settings.max_evidence_rows
@@ -211,26 +213,28 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                          THEN 'timer'
                     WHEN how = 'kernel' THEN 'kernel_wakeup' END AS kind
         FROM h
-    """, f"""
-        -- what each target thread did while the operation waited for it (for explain)
-        CREATE TEMP TABLE w_activity AS
-        SELECT span_key, t_tid,
-               coalesce(sum(ns) FILTER (WHERE state = 'running'), 0) AS on_cpu_ns,
-               coalesce(sum(ns) FILTER (WHERE state = 'runnable'), 0) AS runqueue_ns,
-               coalesce(sum(ns) FILTER (WHERE state = 'blocked'), 0) AS blocked_ns,
-               coalesce(to_json(map_from_entries(list({{'k': reason, 'v': ns}}) FILTER (
-                   WHERE state = 'blocked'))), '{{}}'::JSON) AS blocked_by_reason
-        FROM (SELECT span_key, t_tid, state, coalesce(reason, 'other') AS reason,
-                     sum(ns) AS ns
-              FROM ({overlap_join(
-                  "(SELECT span_key, t_node AS node, t_tid AS tid, s, e FROM w_waits"
-                  " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call') AND material)",
-                  "thread_intervals", ("node", "tid"), bucket,
-                  select="l.span_key, l.tid AS t_tid, r.state, r.reason,"
-                         " least(l.e, r.e) - greatest(l.s, r.s) AS ns")})
-              GROUP BY ALL)
-        GROUP BY span_key, t_tid
-    """, f"""
+    """)
+    # what each target thread did while the operation waited for it (for explain)
+    with translated("wait attribution"), overlap(
+            con, "SELECT span_key, t_node AS node, t_tid AS tid, s, e FROM w_waits"
+                 " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call') AND material",
+            intervals, "tid", select="l.span_key, l.tid AS t_tid, r.state, r.reason,"
+                                     " least(l.e, r.e) - greatest(l.s, r.s) AS ns") as pairs:
+        execute(con, "wait attribution", f"""
+            CREATE TEMP TABLE w_activity AS
+            SELECT span_key, t_tid,
+                   coalesce(sum(ns) FILTER (WHERE state = 'running'), 0) AS on_cpu_ns,
+                   coalesce(sum(ns) FILTER (WHERE state = 'runnable'), 0) AS runqueue_ns,
+                   coalesce(sum(ns) FILTER (WHERE state = 'blocked'), 0) AS blocked_ns,
+                   coalesce(to_json(map_from_entries(list({{'k': reason, 'v': ns}}) FILTER (
+                       WHERE state = 'blocked'))), '{{}}'::JSON) AS blocked_by_reason
+            FROM (SELECT span_key, t_tid, state, coalesce(reason, 'other') AS reason,
+                         sum(ns) AS ns
+                  FROM ({pairs})
+                  GROUP BY ALL)
+            GROUP BY span_key, t_tid
+        """)
+    execute(con, "wait attribution", f"""
         CREATE TEMP TABLE w_target_spans AS
         SELECT span_key, t_tid,
                list({{'span': w_key, 'service': service, 'name': name}})[1:{limit}] AS spans
@@ -252,10 +256,12 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     followed = (f"material AND how IN ('waker', 'call', 'peer') AND e - s >= {min_delay}"
                 f" AND NOT ({cycle})" if follow else "false")
     execute(con, "wait attribution", f"""
+        -- ranked by delay, ties by thread: a rank never depends on the order rows arrive in
         INSERT INTO rels
         SELECT 'DELAYED_BY', 'Span', w.span_key, 'Thread', w.t_node || ':' || w.t_tid,
                w.kind, w.delay_ns,
-               row_number() OVER (PARTITION BY w.span_key, w.kind ORDER BY w.delay_ns DESC),
+               row_number() OVER (PARTITION BY w.span_key, w.kind
+                                  ORDER BY w.delay_ns DESC, w.t_node, w.t_tid),
                w.n, NULL,
                json_object('waker_pid', w.t_pid, 'waker_tid', w.t_tid,
                            'waker_comm', w.waker_comm, 'how', w.how,

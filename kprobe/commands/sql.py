@@ -86,19 +86,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_cancellable(location: LakeLocation, sql: str, max_rows: int | None) -> QueryResult:
-    """``lake.query.run_query``, in a worker thread so that Ctrl-C interrupts the statement
-    in DuckDB (which does not look at signals while it streams) and exits 130."""
+    """``lake.query.run_query``, opening the tables and running the statement in a worker
+    thread, so that Ctrl-C at any moment of either interrupts DuckDB (which does not look
+    at signals while it works) and exits 130 at once."""
     statement = check_read_only(sql)
-    con = connect(location, referenced_tables(statement))
+    tables = referenced_tables(statement)
     outcome: dict[str, Any] = {}
-
-    done = threading.Event()  # not Thread.is_alive(): after Ctrl-C interrupted a join()
-    # it can say False while the thread still runs (CPython), and closing the connection
-    # under a running statement then waits for it (a CI run hung 90 s after Ctrl-C)
+    opened: list[duckdb.DuckDBPyConnection] = []
+    # an Event, not Thread.is_alive(): after Ctrl-C interrupted a join() it can say False
+    # while the thread still runs (CPython 3.11), and the connection was then closed under
+    # the running statement, which waited for it (CI: no answer 90 s after Ctrl-C)
+    done = threading.Event()
 
     def work() -> None:
         try:
-            outcome["result"] = fetch(con, statement, max_rows)
+            con = connect(location, tables)
+            opened.append(con)
+            try:
+                outcome["result"] = fetch(con, statement, max_rows)
+            finally:
+                with contextlib.suppress(duckdb.Error):  # a reader still open may hold it
+                    con.close()
         except BaseException as err:  # re-raised in the caller's thread
             outcome["error"] = err
         finally:
@@ -110,20 +118,17 @@ def run_cancellable(location: LakeLocation, sql: str, max_rows: int | None) -> Q
             pass
     except KeyboardInterrupt:
         # Interrupt until DuckDB gives the thread back (an interrupt does not stick: a
-        # statement that had not begun would begin after it), within a bound. The CLI then
-        # leaves without the interpreter's shutdown, so a thread still inside DuckDB cannot
-        # abort it (SIGABRT, "exception not rethrown").
+        # statement that had not begun, its tables still opening, would begin after it),
+        # within a bound. The CLI then leaves without the interpreter's shutdown, so a
+        # thread still inside DuckDB cannot abort or hold it.
         give_up = time.monotonic() + 10
         while not done.is_set() and time.monotonic() < give_up:
-            con.interrupt()
-            done.wait(0.2)
+            if opened:
+                opened[0].interrupt()
+            done.wait(0.05)
         outcome.clear()
         raise CommandError("interrupted: the statement was cancelled", 130,
                            leave_now=True) from None
-    finally:
-        if done.is_set():
-            with contextlib.suppress(duckdb.Error):  # a reader still open may hold it
-                con.close()
     error = outcome.get("error")
     if isinstance(error, duckdb.Error):
         raise QueryError(" ".join(str(error).split())) from None
