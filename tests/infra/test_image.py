@@ -107,11 +107,11 @@ def test_doctor_loads_the_bpf_objects_built_into_the_image(
     checks = {c["name"]: c for c in json.loads(result.stdout)}
     assert checks["kernel BTF"]["ok"], checks["kernel BTF"]
     objects = checks["BPF objects"]
-    assert objects["ok"] and "/opt/kprobe/lib/python3.11/site-packages/capture_agent/bpf" in \
-        objects["detail"], objects
+    installed = "/opt/kprobe/lib/python3.11/site-packages/kprobe/capture_agent/bpf"
+    assert objects["ok"] and installed in objects["detail"], objects
     failed = [c for c in checks.values() if c["required"] and not c["ok"]]
     assert failed == [] and result.returncode == 0, failed
-    sources = list((root / "opt/kprobe/lib/python3.11/site-packages/capture_agent/bpf"
+    sources = list((root / "opt/kprobe/lib/python3.11/site-packages/kprobe/capture_agent/bpf"
                     ).glob("*.bpf.c"))
     assert len(sources) >= 6  # the sources travel with the objects
 
