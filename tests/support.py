@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,3 +72,17 @@ def wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path,
             f"{base} did not answer within {seconds:g} s: "
             f"{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
+
+
+# A shell starts a background job (`cmd &`, no job control) with SIGINT ignored, and an
+# ignored signal stays ignored across exec: a test that sends Ctrl-C to a child must give the
+# child the default disposition, or a suite started that way waits for a child that never
+# hears it (Python installs its KeyboardInterrupt handler only over SIG_DFL).
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def hears_ctrl_c(argv: list[str]) -> list[str]:
+    """``argv`` (its first item a path) run with SIGINT at its default, whatever this
+    process inherited."""
+    return [sys.executable, "-c", _SIGINT_DEFAULT, *argv]

@@ -31,7 +31,14 @@ import pytest
 
 from kprobe.compute.window import Window
 from kprobe.lake import LakeSettings, connect, resolve
-from tests.support import REPO, deadline_s, free_port, require_binary, require_root
+from tests.support import (
+    REPO,
+    deadline_s,
+    free_port,
+    hears_ctrl_c,
+    require_binary,
+    require_root,
+)
 from tests.unit.test_compute_scenario import WINDOW_END, WINDOW_START, payment_scenario
 
 README = REPO / "README.md"
@@ -416,8 +423,8 @@ def _cpu_s(pid: int) -> float:
 @pytest.mark.parametrize("cpu_s", [1.0, 0.0], ids=["statement running", "as it starts"])
 def test_ctrl_c_cancels_the_statement(world: World, cpu_s: float) -> None:
     sql = "SELECT sum(a.range * b.range) FROM range(100000) a, range(1000000) b"
-    proc = subprocess.Popen([*KPROBE, "sql", "--lake", str(world.recorded), sql], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(hears_ctrl_c([*KPROBE, "sql", "--lake", str(world.recorded), sql]),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # GIVEN DuckDB's threads are up (the lake's tables are open) and the process has
         # burnt another cpu_s of CPU since: the statement runs. With 0 s, Ctrl-C can come

@@ -17,6 +17,7 @@ from tests.support import REPO, deadline_s
 # would run for minutes.
 PROGRAM = r"""
 import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
 import duckdb
 from kprobe.commands import sql
 from kprobe.errors import CommandError
