@@ -60,11 +60,16 @@ def _serve_getppid(skip: bool) -> int:
         assert os.WIFEXITED(status), status
         return os.WEXITSTATUS(status)
     finally:
-        P.kill_quietly(pid)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        _stop(pid)
+
+
+def _stop(pid: int) -> None:
+    """Kill the traced child if it is still there, and reap it."""
+    P.kill_quietly(pid)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def test_registers_set_at_a_seccomp_stop_serve_the_call() -> None:
@@ -92,11 +97,7 @@ def test_resume_delivers_the_signal_it_is_given_and_none_with_zero() -> None:
             else:
                 assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7, status
         finally:
-            P.kill_quietly(pid)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            _stop(pid)
 
 
 def test_a_failed_call_raises_with_its_errno() -> None:
