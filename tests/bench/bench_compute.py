@@ -1,7 +1,7 @@
 """Causal-engine throughput and latency on a synthetic lake (run by hand; prints, asserts none).
 
     .venv/bin/python -m tests.bench.bench_compute [--events 10000000] [--windows 10]
-                                                  [--no-ray] [--keep DIR]
+                                                  [--no-ray] [--keep DIR [--reuse]] [--stages]
 
 Writes a lake of about ``--events`` kernel rows for one node with 4 CPUs over ``--windows``
 minutes, generated with numpy (no Python loop per row): a coherent schedule (each thread
@@ -244,6 +244,35 @@ def write_lake(root: Path, tables: dict[str, pa.Table], minutes: int) -> int:
     return rows
 
 
+def _time_stages() -> dict[str, float]:
+    """Wrap the stages ``analyze_window`` calls so each adds its CPU time (all threads of
+    this process) to the returned dict, by stage name (a stage's own callees included)."""
+    from compute import analysis, assemble, causes, decompose, domain, rootcause, spanmap, timeline
+    from compute.causes import cpu, disk, memory, network, remote, wait
+
+    totals: dict[str, float] = {}
+    stages = [(analysis, "load"), (timeline, "names"), (timeline, "relevant"),
+              (timeline, "build"), (spanmap, "build"), (causes, "prepare"), (domain, "build"),
+              (decompose, "build"), (memory, "attribute"), (cpu, "attribute"),
+              (disk, "attribute"), (network, "attribute"), (remote, "attribute_children"),
+              (wait, "attribute"), (rootcause, "build"), (assemble, "structural_rels"),
+              (assemble, "graph_tables"), (assemble, "causal_edge_rows")]
+    for module, name in stages:
+        label = f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
+        original = getattr(module, name)
+
+        def timed(*args: object, _f: object = original, _label: str = label,
+                  **kwargs: object) -> object:
+            started = time.process_time()
+            try:
+                return _f(*args, **kwargs)  # type: ignore[operator]
+            finally:
+                totals[_label] = totals.get(_label, 0.0) + time.process_time() - started
+
+        setattr(module, name, timed)
+    return totals
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -255,6 +284,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=10, help="60 s windows (minutes)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="build the lake here, keep it")
+    parser.add_argument("--stages", action="store_true",
+                        help="also print the CPU time of each stage of the analysis")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: analyse the lake already there (no generation)")
     args = parser.parse_args()
@@ -298,6 +329,7 @@ def main() -> None:
         failures = 0
         from kprobe.compute.analysis import WindowOutput
 
+        stage_cpu = _time_stages() if args.stages else {}
         for window in windows:
             t, cpu = time.perf_counter(), time.process_time()
             result = analyze_window(location, window, settings, rules)
@@ -323,6 +355,10 @@ def main() -> None:
         print(f"analysis CPU time: {cpu_total:.1f} s of all cores (median "
               f"{statistics.median(analysis_cpu_s):.2f} s per window); "
               f"{events / cpu_total / 1e6:.3f} M events/s per core by CPU time")
+        if stage_cpu:
+            print("analysis CPU time by stage (all windows): " + ", ".join(
+                f"{name} {seconds:.1f} s" for name, seconds in
+                sorted(stage_cpu.items(), key=lambda kv: -kv[1]) if seconds >= 0.05))
         print(f"graph load per window (build + publish the LadybugDB snapshot): median "
               f"{statistics.median(publish_s):.2f} s, max {max(publish_s):.2f} s; "
               f"causal_edges: {edges:,} rows in {edges_s:.2f} s")
