@@ -247,8 +247,17 @@ def write_lake(root: Path, tables: dict[str, pa.Table], minutes: int) -> int:
 def _time_stages() -> dict[str, float]:
     """Wrap the stages ``analyze_window`` calls so each adds its CPU time (all threads of
     this process) to the returned dict, by stage name (a stage's own callees included)."""
-    from compute import analysis, assemble, causes, decompose, domain, rootcause, spanmap, timeline
-    from compute.causes import cpu, disk, memory, network, remote, wait
+    from kprobe.compute import (
+        analysis,
+        assemble,
+        causes,
+        decompose,
+        domain,
+        rootcause,
+        spanmap,
+        timeline,
+    )
+    from kprobe.compute.causes import cpu, disk, memory, network, remote, wait
 
     totals: dict[str, float] = {}
     stages = [(analysis, "load"), (timeline, "names"), (timeline, "relevant"),
