@@ -215,13 +215,18 @@ class ScenarioRun:
         return "\n".join(out) + "\n"
 
 
-def record(tmp: Path, scenario: str, *service_args: str, timeout: float = 240) -> ScenarioRun:
+def record(tmp: Path, scenario: str, *service_args: str, timeout: float = 240,
+           agent_cpu: int | None = None) -> ScenarioRun:
     """``kprobe run -- python -m tests.e2e.scenarios.<scenario> ...``: the real agent
-    records the service (and everything else on the node) and receives its spans."""
+    records the service (and everything else on the node) and receives its spans.
+    ``agent_cpu``: the agent runs on that CPU only (a scenario that keeps one CPU for the
+    service, so that the agent's own work is not a CPU fault there; the service pins
+    itself)."""
     lake, truth = tmp / "lake", tmp / "truth.json"
     started = time.monotonic()
+    pin = ["taskset", "-c", str(agent_cpu)] if agent_cpu is not None else []
     proc = subprocess.run(
-        [*KPROBE, "run", "--lake", str(lake), "--spool-dir", str(tmp / "spool"), "--format",
+        [*pin, *KPROBE, "run", "--lake", str(lake), "--spool-dir", str(tmp / "spool"), "--format",
          "json", "--", sys.executable, "-m", f"tests.e2e.scenarios.{scenario}", "--truth",
          str(truth), *service_args],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
