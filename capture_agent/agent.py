@@ -83,6 +83,9 @@ class AgentConfig:
     flush_interval_s: float = 1.0
     drain_interval_s: float = 0.1  # rings are drained this often (and when over threshold)
     min_offcpu_ns: int = 1_000_000
+    # "full" | "evidence" (families/base.py AgentOptions.capture)
+    capture: Literal["full", "evidence"] = "full"
+    slice_ns: int = 10_000_000
     spool_dir: Path = Path("/var/lib/kprobe/spool")
     spool_max_bytes: int = 512 * 1024 * 1024
     metrics_port: int | None = None  # None: no metrics endpoint; 0: any free port
@@ -186,9 +189,15 @@ class Agent:
             self.flush()
 
     def stop(self) -> None:
-        """Final flush, then everything down; the sink commits (or spools) all it holds."""
+        """Final flush, then everything down; the sink commits (or spools) all it holds.
+
+        The programs are detached first: the final flush then drains all they wrote, and
+        what the kernel was still summing (evidence capture's open slices) is read whole."""
         try:
+            for fam in self.families:
+                fam.sensor.detach()
             self.flush()
+            self._submit_tails()
             held = self.protection.release()  # exec regions still waiting for chunks
             if held is not None:
                 self.sink.submit("syscall_data", held)
@@ -247,6 +256,18 @@ class Agent:
             "ts_ns": [drained_at], "kind": ["flush"], "boot_id": [self.boot_id]}))
         self.counters.flushes += 1
         self.counters.flush_seconds_last = time.monotonic() - started
+
+    def _submit_tails(self) -> None:
+        for fam in self.families:
+            try:
+                tails = fam.probes.tails(fam.sensor, self.clock)
+            except CaptureAgentError as err:
+                log.error("cannot read what %s was still summing: %s", fam.name, err)
+                self.sink.count_loss(fam.name, "tails_unreadable", 1)
+                continue
+            for table, rows in tails.items():
+                if rows.num_rows:
+                    self.sink.submit(table, rows)
 
     def _submit_converted(self, probes: ProbeFamily, ring: str, batch: np.ndarray) -> None:
         try:
@@ -369,6 +390,8 @@ class Agent:
             target_cgroups=tuple(self.config.targets.cgroup_dirs()),
             target_all=self.config.targets.everything,
             min_offcpu_ns=self.config.min_offcpu_ns,
+            capture=self.config.capture,
+            slice_ns=self.config.slice_ns,
             payloads=self.config.payloads,
             payload_cap=self.config.payload_cap,
             vdso_clocks=self.config.vdso_clocks,

@@ -39,6 +39,8 @@ class EventKind(enum.IntEnum):
     SCHED_WAKEUP = 3
     SCHED_WAKEUP_NEW = 4
     OFFCPU = 5
+    CPU_SLICE = 6
+    SCHED_STATE = 7
     # syscalls (10-19)
     SYSCALL = 10
     SYSCALL_DATA = 11
@@ -49,6 +51,7 @@ class EventKind(enum.IntEnum):
     NET_RETRANSMIT = 22
     NET_STATE = 23
     NET_RESET = 24
+    NET_SLICE = 25
     # block (30-34)
     BLOCK_RQ = 30
     # mem (35-44); 39-40 only count drops (aggregated in maps, never ringed)

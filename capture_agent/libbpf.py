@@ -107,6 +107,7 @@ _sig("btf__name_by_offset", ctypes.c_char_p, _p, ctypes.c_uint32)
 _sig("btf__resolve_size", ctypes.c_int64, _p, ctypes.c_uint32)
 _sig("btf__resolve_type", ctypes.c_int, _p, ctypes.c_uint32)
 _sig("libbpf_major_version", ctypes.c_uint32)
+_sig("libbpf_num_possible_cpus", ctypes.c_int)
 _sig("libbpf_minor_version", ctypes.c_uint32)
 
 _libc.vsnprintf.restype = ctypes.c_int
@@ -417,6 +418,11 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
         return None
     _check(rc, "map lookup")
     return v.raw
+
+
+def possible_cpus() -> int:
+    """CPUs a per-CPU map holds a value for (the kernel's possible CPUs)."""
+    return _check(_lib.libbpf_num_possible_cpus(), "possible CPUs")
 
 
 def map_delete(fd: int, key: bytes) -> bool:

@@ -125,6 +125,47 @@ _SPECS: tuple[TableSpec, ...] = (
         "blocked interval of a watched thread above a threshold",
     ),
     TableSpec(
+        "cpu_slices",
+        (
+            _f("ts_ns", _I64, False),  # span start (a slice, or less; see dur_ns)
+            _f("dur_ns", _I64),
+            _f("cpu", _I32),
+            _f("pid", _I32),
+            _f("tid", _I32),
+            _f("comm", _STR),
+            _f("oncpu_ns", _I64),  # on this CPU within the span
+            _f("runq_ns", _I64),  # run-queue waits that ended on this CPU in the span
+            _f("switches", _I64),  # times switched out on this CPU
+            _f("waits", _I64),  # run-queue waits counted in runq_ns
+        ),
+        "ts_ns",
+        "evidence capture: a thread's time on one CPU over a slice (rows per switch are "
+        "kept only where they bound a long off-CPU interval)",
+    ),
+    TableSpec(
+        "net_slices",
+        (
+            _f("ts_ns", _I64, False),  # the first send or receive counted
+            _f("dur_ns", _I64),  # to the last one
+            _f("pid", _I32),  # the socket's owner (who last sent or received)
+            _f("tid", _I32),
+            _f("comm", _STR),
+            _f("family", _I32),
+            _f("saddr", _STR),  # local end
+            _f("sport", _I32),
+            _f("daddr", _STR),  # remote end
+            _f("dport", _I32),
+            _f("sends", _I64),
+            _f("recvs", _I64),
+            _f("sent_bytes", _I64),
+            _f("recv_bytes", _I64),
+            _f("sock_id", _I64),
+        ),
+        "ts_ns",
+        "evidence capture: a socket's TCP sends and receives by non-targets within one "
+        "slice (targets keep a `net` row each)",
+    ),
+    TableSpec(
         "syscalls",
         (
             _f("ts_ns", _I64, False),

@@ -21,6 +21,10 @@ enum event_kind {
 	EVENT_SCHED_WAKEUP = 3,
 	EVENT_SCHED_WAKEUP_NEW = 4,
 	EVENT_OFFCPU = 5,
+	/* evidence capture (sched): per-CPU slice records; 7 only counts threads whose state
+	 * the kernel could not keep (map full) */
+	EVENT_CPU_SLICE = 6,
+	EVENT_SCHED_STATE = 7,
 	/* syscalls (10-19) */
 	EVENT_SYSCALL = 10,
 	EVENT_SYSCALL_DATA = 11,
@@ -31,6 +35,7 @@ enum event_kind {
 	EVENT_NET_RETRANSMIT = 22,
 	EVENT_NET_STATE = 23,
 	EVENT_NET_RESET = 24,
+	EVENT_NET_SLICE = 25, /* evidence capture: a socket's sends/receives of one slice */
 	/* block (30-34) */
 	EVENT_BLOCK_RQ = 30,
 	/* mem (35-44); 39-40 only count drops (aggregated in maps, never ringed) */

@@ -45,6 +45,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 LAYOUT_EXPORT(struct net_event, net_event);
 LAYOUT_EXPORT(enum net_constants, net_constants);
+LAYOUT_EXPORT(struct net_slice_event, net_slice_event);
 
 /* uapi constants (macros, hence absent from vmlinux.h) */
 #define AF_INET 2
@@ -57,13 +58,38 @@ struct {
 	__uint(max_entries, 4 << 20);
 } net_events SEC(".maps");
 
+/* Evidence capture: a socket's sends and receives by non-targets in slice `slice`. */
+struct net_acc {
+	__u64 slice;
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 sent_bytes;
+	__u64 recv_bytes;
+	__u32 sends;
+	__u32 recvs;
+	__u8 saddr[NET_ADDR_LEN];
+	__u8 daddr[NET_ADDR_LEN];
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 __pad;
+};
+
 struct sock_owner {
 	__u32 pid;
 	__u32 tid;
 	char comm[TASK_COMM_LEN];
 	__u8 flags; /* NET_FLAG_LISTENER */
 	__u8 __pad[7];
+	struct net_acc acc; /* evidence capture only */
 };
+
+LAYOUT_EXPORT(struct sock_owner, sock_owner);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} net_slice_events SEC(".maps");
 
 /* struct sock pointer -> the task that last acted on it. LRU: a socket freed without a
  * CLOSE transition seen (e.g. before the sensor loaded) ages out. */
@@ -98,6 +124,10 @@ const volatile __u8 record_recv = 1;
 /* 1: send/recv records only for targets (owners are still tracked for every socket, and
  * retransmits, resets and state changes stay system-wide: they are rare) */
 const volatile __u8 net_targets_only = 0;
+/* 1: evidence capture: send/recv records for targets only, per-socket sums per slice_ns for
+ * the others (struct net_acc, left as net_slice_events) */
+const volatile __u8 evidence = 0;
+const volatile __u64 slice_ns = 10000000;
 
 /*
  * Every `sk` here is a BTF pointer (a tp_btf or fexit argument): its fields are plain
@@ -127,7 +157,8 @@ static __always_inline bool owned_by_user(const struct sock *sk)
 	return sk->sk_lock.owned != 0;
 }
 
-static __always_inline void remember_owner(const struct sock *sk)
+/* The socket's entry, naming the current task as its owner (NULL: the map refused it). */
+static __always_inline struct sock_owner *remember_owner(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -137,11 +168,14 @@ static __always_inline void remember_owner(const struct sock *sk)
 
 	/* the common case, a thread sending or receiving again: one lookup */
 	if (known && known->tid == tid && !(known->flags & NET_FLAG_LISTENER))
-		return;
+		return known;
 	owner.pid = task->tgid;
 	owner.tid = tid;
 	__builtin_memcpy(owner.comm, task->comm, TASK_COMM_LEN);
+	if (evidence && known)
+		owner.acc = known->acc; /* the socket's sums stay with it */
 	bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
+	return evidence ? bpf_map_lookup_elem(&sock_owners, &key) : NULL;
 }
 
 static __always_inline struct listener_key listener_key_of(const struct sock *sk)
@@ -241,16 +275,103 @@ static __always_inline void emit(const struct sock *sk, __u16 kind, __u32 bytes,
 	event_submit(&net_events, ev);
 }
 
+/* The socket's sums of one slice as a net_slice_event (nothing if it has none). */
+static __always_inline void emit_net_slice(__u64 sock_id, struct sock_owner *owner)
+{
+	struct net_acc *a = &owner->acc;
+	struct net_slice_event *ev;
+
+	if (!a->sends && !a->recvs)
+		return;
+	ev = EVENT_RESERVE_AT(&net_slice_events, struct net_slice_event, EVENT_NET_SLICE,
+			      NET_LAYOUT_VERSION, a->last_ns);
+	if (!ev)
+		return;
+	ev->hdr.flags = NET_FLAG_OWNER;
+	ev->sock_id = sock_id;
+	ev->first_ns = a->first_ns;
+	ev->sent_bytes = a->sent_bytes;
+	ev->recv_bytes = a->recv_bytes;
+	ev->sends = a->sends;
+	ev->recvs = a->recvs;
+	ev->pid = owner->pid;
+	ev->tid = owner->tid;
+	__builtin_memcpy(ev->comm, owner->comm, TASK_COMM_LEN);
+	__builtin_memcpy(ev->saddr, a->saddr, NET_ADDR_LEN);
+	__builtin_memcpy(ev->daddr, a->daddr, NET_ADDR_LEN);
+	ev->sport = a->sport;
+	ev->dport = a->dport;
+	ev->family = a->family;
+	ev->__pad = 0;
+	event_submit(&net_slice_events, ev);
+	a->sends = 0;
+	a->recvs = 0;
+}
+
+/* Evidence capture: one send or receive of a non-target into its socket's slice sums. */
+static __always_inline void net_account(const struct sock *sk, struct sock_owner *owner,
+					bool send, __u32 bytes)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 slice = now / slice_ns;
+	struct net_acc *a = &owner->acc;
+
+	if (a->slice != slice) {
+		emit_net_slice((__u64)sk, owner);
+		a->slice = slice;
+		a->first_ns = now;
+		a->sent_bytes = 0;
+		a->recv_bytes = 0;
+		a->sends = 0;
+		a->recvs = 0;
+		a->family = sk->__sk_common.skc_family;
+		a->sport = sk->__sk_common.skc_num;
+		a->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+		__builtin_memset(a->saddr, 0, NET_ADDR_LEN);
+		__builtin_memset(a->daddr, 0, NET_ADDR_LEN);
+		if (a->family == AF_INET6) {
+			__builtin_memcpy(a->saddr,
+					 sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(a->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		} else {
+			__u32 saddr = sk->__sk_common.skc_rcv_saddr;
+			__u32 daddr = sk->__sk_common.skc_daddr;
+
+			__builtin_memcpy(a->saddr, &saddr, 4);
+			__builtin_memcpy(a->daddr, &daddr, 4);
+		}
+	}
+	a->last_ns = now;
+	if (send) {
+		__sync_fetch_and_add(&a->sent_bytes, bytes);
+		__sync_fetch_and_add(&a->sends, 1);
+	} else {
+		__sync_fetch_and_add(&a->recv_bytes, bytes);
+		__sync_fetch_and_add(&a->recvs, 1);
+	}
+}
+
 /*
  * send/recv: the syscall's task is the actor; ret = bytes moved or -errno. The owner is
  * refreshed even when the record is not wanted: retransmits and resets need it.
  */
 static __always_inline void on_length(struct sock *sk, int ret, __u16 kind, bool wanted)
 {
+	struct sock_owner *owner;
+
 	if (ret <= 0 || !sk || !is_tcp(sk))
 		return;
-	remember_owner(sk);
-	if (!wanted || (net_targets_only && !is_target(bpf_get_current_task_btf()->tgid)))
+	owner = remember_owner(sk);
+	if (!wanted)
+		return;
+	if (evidence && !is_target(bpf_get_current_task_btf()->tgid)) {
+		if (owner)
+			net_account(sk, owner, kind == EVENT_NET_SEND, ret);
+		else
+			count_drop(EVENT_NET_SLICE);
+		return;
+	}
+	if (net_targets_only && !is_target(bpf_get_current_task_btf()->tgid))
 		return;
 	emit(sk, kind, ret, sk->__sk_common.skc_state, 0, true, true);
 }
@@ -327,6 +448,7 @@ int BPF_PROG(on_inet_sock_set_state, const struct sock *sk, const int oldstate,
 			struct sock_owner owner = l->owner;
 
 			owner.flags = NET_FLAG_LISTENER;
+			__builtin_memset(&owner.acc, 0, sizeof(owner.acc));
 			bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		} else {
 			bpf_map_delete_elem(&sock_owners, &key);
@@ -350,6 +472,12 @@ int BPF_PROG(on_inet_sock_set_state, const struct sock *sk, const int oldstate,
 	emit(sk, EVENT_NET_STATE, 0, newstate, oldstate, true, actor);
 
 	if (newstate == TCP_CLOSE) {
+		if (evidence) {
+			struct sock_owner *owner = bpf_map_lookup_elem(&sock_owners, &key);
+
+			if (owner)
+				emit_net_slice(key, owner);
+		}
 		if (oldstate == TCP_LISTEN) {
 			struct listener_key lkey = listener_key_of(sk);
 			struct listener_entry *l = bpf_map_lookup_elem(&listeners, &lkey);

@@ -10,7 +10,7 @@
 
 /* Constants mirrored in Python: an enum, so they reach the object's BTF and the layout test. */
 enum net_constants {
-	NET_LAYOUT_VERSION = 1,    /* bumped on any change to the record below */
+	NET_LAYOUT_VERSION = 2,    /* bumped on any change to the records below */
 	NET_FLAG_OWNER = 0x1,      /* pid/tid/comm are valid */
 	NET_FLAG_FROM_MAP = 0x2,   /* owner from the socket map (event fired outside the
 				    * owner's context, e.g. softirq), not the current task */
@@ -48,6 +48,31 @@ struct net_event {
 	__u16 family;   /* AF_INET / AF_INET6 */
 	__u8 state;
 	__u8 old_state;
+};
+
+/*
+ * Evidence capture: the TCP sends and receives of one socket by non-targets within one
+ * slice (net.bpf.c), 128 bytes; the tuple and owner as in struct net_event. It leaves at
+ * the socket's first send or receive of a later slice, at its close, or (the agent reads
+ * the rest) when the agent stops.
+ */
+struct net_slice_event {
+	struct event_header hdr; /* ktime_ns: the last send or receive counted */
+	__u64 sock_id;
+	__u64 first_ns;          /* the first one counted */
+	__u64 sent_bytes;
+	__u64 recv_bytes;
+	__u32 sends;
+	__u32 recvs;
+	__u32 pid;               /* the owner (NET_FLAG_OWNER): who last sent or received */
+	__u32 tid;
+	char comm[TASK_COMM_LEN];
+	__u8 saddr[NET_ADDR_LEN];
+	__u8 daddr[NET_ADDR_LEN];
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 __pad;
 };
 
 #endif /* KPROBE_NET_H */

@@ -14,6 +14,24 @@
  * is emitted then, ending at the thread's waking (flag ENDS_AT_WAKING), or counted lost
  * if nothing woke it.
  *
+ * Evidence capture (`evidence` = 1, `kprobe record --capture evidence`): no row per switch
+ * or waking. Instead
+ *
+ *   every thread's last switch-out is kept (`thread_states`, by tid): when, in what state,
+ *   who took its CPU, its first waking since and who woke it; at its switch-in, an off-CPU
+ *   interval of at least min_offcpu_ns (targets or not) leaves as the rows full capture
+ *   would have written for its bounds: the switch-out (late, unless another interval's
+ *   rows carried it already), the waking that ended the wait, and this switch-in;
+ *   each CPU sums its slice (slice_ns) per thread: on-CPU time, run-queue waits that ended
+ *   on it, switches (`cpu_acc`), and leaves it as one cpu_slice_event when a later slice
+ *   begins or the slots are full.
+ *
+ * The rows kept are real switches and wakings with every column as full capture writes
+ * it (plus SCHED_FLAG_EVIDENCE); the rest of the node's scheduling is in the slices. State
+ * is kept in a preallocated hash, not task storage: task storage allocates on first use,
+ * and an allocation under the run-queue lock can wake kswapd (a deadlock on kernels whose
+ * local storage allocates with kmalloc, 6.1).
+ *
  * Attach points: tp_btf only (no kprobes/fentry on the target kernels, no tracefs needed).
  */
 #include "vmlinux.h"
@@ -30,6 +48,7 @@ LAYOUT_EXPORT(struct sched_event, sched_event);
 LAYOUT_EXPORT(struct offcpu_event, offcpu_event);
 LAYOUT_EXPORT(enum task_state_code, task_state_code);
 LAYOUT_EXPORT(enum sched_constants, sched_constants);
+LAYOUT_EXPORT(struct cpu_slice_event, cpu_slice_event);
 
 #define MAX_STACK_DEPTH 64
 #define ENOENT 2
@@ -73,8 +92,58 @@ struct {
 	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
 } offcpu_stacks SEC(".maps");
 
+/* Evidence capture: what each thread's last switch-out was (see the top of this file). */
+struct thread_state {
+	__u64 out_ns;     /* switch-out; 0: on a CPU (or never seen leaving one) */
+	__u64 waking_ns;  /* its first sched_waking since out_ns; 0: none yet */
+	__u32 next_pid;   /* who took the CPU at out_ns */
+	__u32 next_tid;
+	__u32 waker_pid;
+	__u32 waker_tid;
+	__s32 waking_cpu; /* the wakee's CPU at the waking (as sched_event.target_cpu) */
+	__u16 out_cpu;
+	__u8 out_state;   /* enum task_state_code */
+	__u8 out_flags;   /* THREAD_OUT_WRITTEN, THREAD_OUT_PREEMPT */
+	char next_comm[TASK_COMM_LEN];
+	char waker_comm[TASK_COMM_LEN];
+};
+
+/* the switch-out row was written already (another interval's switch-in row) */
+#define THREAD_OUT_WRITTEN 0x1
+#define THREAD_OUT_PREEMPT 0x2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32); /* tid */
+	__type(value, struct thread_state);
+} thread_states SEC(".maps");
+
+/* Evidence capture: the slice each CPU is summing, and its switch bookkeeping. */
+struct cpu_acc {
+	struct cpu_slice_event ev; /* left as is into cpu_slice_events */
+	__u64 slice;               /* slice index of ev (now / slice_ns) */
+	__u64 last_switch_ns;      /* the CPU's latest switch; 0 before the first */
+	__u32 curr_tid;            /* the thread that switch put on the CPU */
+	__u32 __pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cpu_acc);
+} cpu_acc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} cpu_slice_events SEC(".maps");
+
 /* Configuration, set by the loader between open and load. */
 const volatile __u64 min_offcpu_ns = 1000000;
+const volatile __u8 evidence = 0;
+const volatile __u64 slice_ns = 10000000;
 const volatile __u8 record_switch = 1;
 const volatile __u8 record_waking = 1;
 const volatile __u8 record_wakeup = 1;
@@ -219,6 +288,241 @@ static __always_inline void offcpu_end(struct task_struct *next, __u32 tid, __u6
 	bpf_map_delete_elem(&offcpu_start, &tid);
 }
 
+/* One sched_event of a switch (prev out, next in) at `ts` on `cpu`. */
+static __always_inline void emit_switch(__u64 ts, __u16 cpu, __u8 flags, __u32 prev_pid,
+					__u32 prev_tid, const char *prev_comm, __u8 state,
+					__u32 next_pid, __u32 next_tid, const char *next_comm)
+{
+	struct sched_event *ev;
+
+	ev = EVENT_RESERVE_AT(&sched_events, struct sched_event, EVENT_SCHED_SWITCH,
+			      SCHED_LAYOUT_VERSION, ts);
+	if (!ev)
+		return;
+	ev->hdr.cpu = cpu;
+	ev->hdr.flags = flags;
+	ev->prev_pid = prev_pid;
+	ev->prev_tid = prev_tid;
+	ev->next_pid = next_pid;
+	ev->next_tid = next_tid;
+	__builtin_memcpy(ev->prev_comm, prev_comm, TASK_COMM_LEN);
+	__builtin_memcpy(ev->next_comm, next_comm, TASK_COMM_LEN);
+	ev->target_cpu = -1;
+	ev->prev_state = state;
+	ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
+	event_submit(&sched_events, ev);
+}
+
+/* The waking that ended `st`'s wait (waker in prev_*, wakee `task` in next_*), written late. */
+static __always_inline void emit_late_waking(struct thread_state *st, struct task_struct *task)
+{
+	struct sched_event *ev;
+
+	ev = EVENT_RESERVE_AT(&sched_events, struct sched_event, EVENT_SCHED_WAKING,
+			      SCHED_LAYOUT_VERSION, st->waking_ns);
+	if (!ev)
+		return;
+	ev->hdr.flags = SCHED_FLAG_EVIDENCE;
+	ev->prev_pid = st->waker_pid;
+	ev->prev_tid = st->waker_tid;
+	ev->next_pid = task->tgid;
+	ev->next_tid = task->pid;
+	__builtin_memcpy(ev->prev_comm, st->waker_comm, TASK_COMM_LEN);
+	__builtin_memcpy(ev->next_comm, task->comm, TASK_COMM_LEN);
+	ev->target_cpu = st->waking_cpu;
+	ev->prev_state = 0;
+	ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
+	event_submit(&sched_events, ev);
+}
+
+/* Leave the CPU's slice record (if it has slots) and start an empty one at `start`. */
+static __always_inline void slice_flush(struct cpu_acc *acc, __u64 end, __u64 start)
+{
+	if (acc->ev.nslots) {
+		acc->ev.hdr.ktime_ns = end;
+		acc->ev.hdr.kind = EVENT_CPU_SLICE;
+		acc->ev.hdr.size = sizeof(acc->ev);
+		acc->ev.hdr.cpu = bpf_get_smp_processor_id();
+		acc->ev.hdr.version = SCHED_LAYOUT_VERSION;
+		acc->ev.hdr.flags = 0;
+		if (bpf_ringbuf_output(&cpu_slice_events, &acc->ev, sizeof(acc->ev),
+				       BPF_RB_NO_WAKEUP))
+			count_drop(EVENT_CPU_SLICE);
+	}
+	acc->ev.nslots = 0;
+	acc->ev.start_ns = start;
+}
+
+/* The slot of thread `tid` in the CPU's record; a new one if needed (the record leaves
+ * early when all are taken: a slot is never shared). NULL only if the map is broken. */
+static __always_inline struct cpu_slice_slot *slice_slot(struct cpu_acc *acc,
+							 struct task_struct *task, __u32 tid,
+							 __u64 now)
+{
+	struct cpu_slice_slot *slot;
+	__u32 n = acc->ev.nslots;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < CPU_SLICE_SLOTS; i++) {
+		if (i >= n)
+			break;
+		if (acc->ev.slots[i].tid == tid)
+			return &acc->ev.slots[i];
+	}
+	if (n >= CPU_SLICE_SLOTS) {
+		slice_flush(acc, now, now);
+		n = 0;
+	}
+	n = bounded(n, CPU_SLICE_SLOTS - 1);
+	slot = &acc->ev.slots[n];
+	slot->oncpu_ns = 0;
+	slot->runq_ns = 0;
+	slot->pid = task->tgid;
+	slot->tid = tid;
+	slot->switches = 0;
+	slot->waits = 0;
+	__builtin_memcpy(slot->comm, task->comm, TASK_COMM_LEN);
+	acc->ev.nslots = n + 1;
+	return slot;
+}
+
+/*
+ * The CPU's slice sums for one switch at `now`: prev's run since the CPU's previous switch
+ * (when that switch put prev there), next's run-queue wait since `wait_from` (0: unknown).
+ */
+static __always_inline void slice_account(struct task_struct *prev, __u32 prev_tid,
+					  struct task_struct *next, __u32 next_tid,
+					  __u64 wait_from, __u64 now)
+{
+	__u32 zero = 0;
+	struct cpu_acc *acc = bpf_map_lookup_elem(&cpu_acc, &zero);
+	struct cpu_slice_slot *slot;
+	__u64 slice = now / slice_ns;
+	__u64 ran_from = 0;
+
+	if (!acc)
+		return;
+	if (acc->last_switch_ns && acc->curr_tid == prev_tid)
+		ran_from = acc->last_switch_ns;
+	if (acc->slice != slice) {
+		__u64 slice_start = slice * slice_ns;
+		__u64 old_end = (acc->slice + 1) * slice_ns;
+
+		/* the part of prev's run in the record's slice stays in it */
+		if (prev_tid && ran_from && acc->slice && ran_from < old_end) {
+			slot = slice_slot(acc, prev, prev_tid, now);
+			if (slot)
+				slot->oncpu_ns += old_end - ran_from;
+			ran_from = old_end;
+		}
+		slice_flush(acc, acc->slice ? old_end : slice_start, slice_start);
+		acc->slice = slice;
+	}
+	if (prev_tid) {
+		slot = slice_slot(acc, prev, prev_tid, now);
+		if (slot) {
+			if (ran_from) {
+				slot->oncpu_ns += now - ran_from;
+				if (ran_from < acc->ev.start_ns)
+					acc->ev.start_ns = ran_from;
+			}
+			slot->switches++;
+		}
+	}
+	if (next_tid && wait_from && wait_from < now) {
+		slot = slice_slot(acc, next, next_tid, now);
+		if (slot) {
+			slot->runq_ns += now - wait_from;
+			slot->waits++;
+		}
+	}
+	acc->last_switch_ns = now;
+	acc->curr_tid = next_tid;
+}
+
+/*
+ * Evidence capture at a switch (see the top of this file): next's off-CPU interval ends
+ * (rows if it was long enough), prev's begins.
+ */
+static __always_inline void evidence_switch(bool preempt, struct task_struct *prev,
+					    __u32 prev_tgid, __u32 prev_tid,
+					    struct task_struct *next, __u32 next_tgid,
+					    __u32 next_tid, __u8 state, __u64 now)
+{
+	struct thread_state *st = NULL;
+	__u64 wait_from = 0;
+	bool written = false;
+
+	if (next_tid)
+		st = bpf_map_lookup_elem(&thread_states, &next_tid);
+	if (st && st->out_ns) {
+		wait_from = st->out_flags & THREAD_OUT_PREEMPT ? st->out_ns : st->waking_ns;
+		if (now - st->out_ns >= min_offcpu_ns) {
+			if (!(st->out_flags & THREAD_OUT_WRITTEN))
+				emit_switch(st->out_ns, st->out_cpu,
+					    SCHED_FLAG_EVIDENCE |
+					    (st->out_flags & THREAD_OUT_PREEMPT ? SCHED_FLAG_PREEMPT : 0),
+					    next_tgid, next_tid, next->comm, st->out_state,
+					    st->next_pid, st->next_tid, st->next_comm);
+			if (st->waking_ns)
+				emit_late_waking(st, next);
+			emit_switch(now, bpf_get_smp_processor_id(),
+				    SCHED_FLAG_EVIDENCE | (preempt ? SCHED_FLAG_PREEMPT : 0),
+				    prev_tgid, prev_tid, prev->comm, state, next_tgid, next_tid,
+				    next->comm);
+			written = true;
+		}
+		st->out_ns = 0;
+		st->waking_ns = 0;
+	}
+
+	if (prev_tid) {
+		if (state == TASK_STATE_X || state == TASK_STATE_Z) {
+			/* it never comes back: its state goes with it */
+			bpf_map_delete_elem(&thread_states, &prev_tid);
+		} else {
+			st = bpf_map_lookup_elem(&thread_states, &prev_tid);
+			if (!st) {
+				struct thread_state fresh = {};
+
+				bpf_map_update_elem(&thread_states, &prev_tid, &fresh, BPF_NOEXIST);
+				st = bpf_map_lookup_elem(&thread_states, &prev_tid);
+			}
+			if (st) {
+				st->out_ns = now;
+				st->waking_ns = 0;
+				st->next_pid = next_tgid;
+				st->next_tid = next_tid;
+				st->out_cpu = bpf_get_smp_processor_id();
+				st->out_state = state;
+				st->out_flags = (written ? THREAD_OUT_WRITTEN : 0) |
+						(preempt ? THREAD_OUT_PREEMPT : 0);
+				__builtin_memcpy(st->next_comm, next->comm, TASK_COMM_LEN);
+			} else {
+				count_drop(EVENT_SCHED_STATE);
+			}
+		}
+	}
+	slice_account(prev, prev_tid, next, next_tid, wait_from, now);
+}
+
+/* Evidence capture at a waking: the first one since the wakee left its CPU is kept. */
+static __always_inline void evidence_waking(struct task_struct *task, __u32 tid, __u64 now)
+{
+	struct thread_state *st = bpf_map_lookup_elem(&thread_states, &tid);
+	struct task_struct *waker;
+
+	if (!st || !st->out_ns || st->waking_ns)
+		return;
+	waker = bpf_get_current_task_btf();
+	st->waking_ns = now;
+	st->waker_pid = waker->tgid;
+	st->waker_tid = waker->pid;
+	st->waking_cpu = task->thread_info.cpu;
+	__builtin_memcpy(st->waker_comm, waker->comm, TASK_COMM_LEN);
+}
+
 /*
  * Compat: the prev_state argument exists since Linux 5.18 (before, read prev->__state,
  * itself named `state` before 5.14). This object targets kernels with the argument.
@@ -236,7 +540,10 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	__u8 state = task_state_code(preempt, prev_state, prev->exit_state);
 	struct sched_event *ev;
 
-	if (record_switch && sched_in_scope(prev_tgid, next_tgid)) {
+	if (evidence)
+		evidence_switch(preempt, prev, prev_tgid, prev_tid, next, next_tgid, next_tid,
+				state, now);
+	else if (record_switch && sched_in_scope(prev_tgid, next_tgid)) {
 		ev = EVENT_RESERVE_AT(&sched_events, struct sched_event, EVENT_SCHED_SWITCH,
 				      SCHED_LAYOUT_VERSION, now);
 		if (ev) {
@@ -284,7 +591,9 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 		__builtin_memcpy(start->waker_comm, waker->comm, TASK_COMM_LEN);
 		start->flags |= OFFCPU_FLAG_WAKER;
 	}
-	if (record_waking)
+	if (evidence)
+		evidence_waking(task, tid, now);
+	else if (record_waking)
 		emit_wakeup(task, EVENT_SCHED_WAKING, now);
 	return 0;
 }

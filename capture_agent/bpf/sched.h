@@ -12,11 +12,15 @@
 /* Constants mirrored in Python: an enum, not #defines, so they reach the object's BTF
  * and the layout test. */
 enum sched_constants {
-	SCHED_LAYOUT_VERSION = 1, /* bumped on any change to the records below */
+	SCHED_LAYOUT_VERSION = 2, /* bumped on any change to the records below */
 	SCHED_FLAG_PREEMPT = 0x1, /* sched_event hdr.flags: prev was preempted (state R) */
 	OFFCPU_FLAG_WAKER = 0x1,  /* offcpu_event hdr.flags: a sched_waking named the waker */
 	OFFCPU_FLAG_ENDS_AT_WAKING = 0x2, /* the switch back in was not traced: the interval
 					   * ends at the thread's waking (hdr.ktime_ns) */
+	SCHED_FLAG_EVIDENCE = 0x2, /* sched_event hdr.flags: written by evidence capture, when
+				    * the off-CPU interval it bounds ended (hdr.ktime_ns is still
+				    * the instant of the switch or waking itself) */
+	CPU_SLICE_SLOTS = 8,      /* threads per cpu_slice_event */
 };
 
 #ifndef TASK_COMM_LEN /* 16 in every kernel (vmlinux.h's enum constant is no macro) */
@@ -77,6 +81,32 @@ struct offcpu_event {
 	__u8 __pad;
 	char comm[TASK_COMM_LEN];
 	char waker_comm[TASK_COMM_LEN];
+};
+
+/*
+ * Evidence capture: what one CPU did over [start_ns, hdr.ktime_ns), per thread (416 bytes).
+ * A span is one slice (slice_ns, 10 ms by default) or less: a record leaves when the CPU's
+ * first switch of a later slice finds it (the time up to the slice's end is counted in it,
+ * the rest in the next), or early when a ninth thread needs a slot. A run that began before
+ * start_ns (a thread on the CPU over several slices) lowers start_ns to its start. Idle time
+ * (tid 0) has no slot: the span minus the slots' on-CPU time.
+ */
+struct cpu_slice_slot {
+	__u64 oncpu_ns;  /* on this CPU within the span */
+	__u64 runq_ns;   /* run-queue waits that ended here (switched in on this CPU) */
+	__u32 pid;       /* tgid */
+	__u32 tid;
+	__u32 switches;  /* switched out on this CPU */
+	__u32 waits;     /* run-queue waits counted in runq_ns */
+	char comm[TASK_COMM_LEN];
+};
+
+struct cpu_slice_event {
+	struct event_header hdr; /* ktime_ns: end of the span */
+	__u64 start_ns;
+	__u32 nslots;            /* slots in use, first to last */
+	__u32 __pad;
+	struct cpu_slice_slot slots[CPU_SLICE_SLOTS];
 };
 
 #endif /* KPROBE_SCHED_H */

@@ -45,6 +45,11 @@ class AgentOptions:
     vdso_clocks: bool = True  # with payloads: clock reads through the vDSO, by uprobes
     # with payloads: reads of regular files by identity, contents stored once (issue 16)
     files_by_identity: bool = True
+    # "full": a row per switch, waking and TCP send/receive on the node; "evidence": rows
+    # only for what bounds an interval of at least min_offcpu_ns (and targets' TCP), in-kernel
+    # per-slice aggregates for the rest (tables cpu_slices, net_slices)
+    capture: str = "full"
+    slice_ns: int = 10_000_000  # evidence capture: the aggregates' time slice
 
 
 class ProbeFamily(ABC):
@@ -79,6 +84,11 @@ class ProbeFamily(ABC):
 
     def collect(self, sensor: Sensor, clock: ClockSample) -> dict[str, pa.Table]:
         """Rows per lake table of state aggregated in kernel maps, read once per flush."""
+        return {}
+
+    def tails(self, sensor: Sensor, clock: ClockSample) -> dict[str, pa.Table]:
+        """Rows per lake table of what the kernel was still summing when the agent stops
+        (called once, after the programs are detached and the rings drained)."""
         return {}
 
     def uprobe_places(self) -> Callable[[int], UprobePlaces] | None:

@@ -1,8 +1,13 @@
 """Sched family: mirror of bpf/sched.h, sensor configuration, and batches -> lake tables.
 
 Rings (one record size each):
-  sched_events   struct sched_event   switch / waking / wakeup / wakeup_new, system-wide
-  offcpu_events  struct offcpu_event  blocked intervals of targeted threads (lake `offcpu`)
+  sched_events      struct sched_event      switch / waking / wakeup / wakeup_new, system-wide
+                                            (evidence capture: only those that bound an
+                                            off-CPU interval of at least min_offcpu_ns)
+  offcpu_events     struct offcpu_event     blocked intervals of targeted threads (`offcpu`)
+  cpu_slice_events  struct cpu_slice_event  evidence capture: per CPU and slice, each thread's
+                                            on-CPU time, run-queue waits and switches
+                                            (lake `cpu_slices`, one row per thread)
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from types import MappingProxyType
 import numpy as np
 import pyarrow as pa
 
+from kprobe.capture_agent import libbpf
 from kprobe.capture_agent.clock import ClockSample
+from kprobe.capture_agent.errors import BpfMapError
 from kprobe.capture_agent.families._arrow import (
     check_header,
     comm_array,
@@ -27,7 +34,7 @@ from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
 from kprobe.capture_agent.sensor import Sensor, SensorSpec
 from kprobe.lake.schema import spec as table_spec
 
-SCHED_LAYOUT_VERSION = 1
+SCHED_LAYOUT_VERSION = 2
 TASK_COMM_LEN = 16
 
 # enum task_state_code: index into the letters sched_switch prints
@@ -37,6 +44,13 @@ _STATE_C_NAMES = ("R", "S", "D", "T", "t", "X", "Z", "P", "I")
 SCHED_FLAG_PREEMPT = 0x1
 OFFCPU_FLAG_WAKER = 0x1
 OFFCPU_FLAG_ENDS_AT_WAKING = 0x2  # the switch back in was not traced: ends at the waking
+SCHED_FLAG_EVIDENCE = 0x2  # a row of evidence capture (written when its interval ended)
+CPU_SLICE_SLOTS = 8
+
+# The two ways to record scheduling (`kprobe record --capture`): every switch and waking on
+# the node as a row, or rows only where they bound an off-CPU interval of at least
+# min_offcpu_ns and per-CPU slices for the rest (bpf/sched.bpf.c).
+CAPTURE_MODES = ("full", "evidence")
 
 SCHED_EVENT = record_dtype(
     [
@@ -68,6 +82,38 @@ OFFCPU_EVENT = record_dtype(
     ]
 )
 
+CPU_SLICE_SLOT = np.dtype(
+    [
+        ("oncpu_ns", "<u8"),
+        ("runq_ns", "<u8"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("switches", "<u4"),
+        ("waits", "<u4"),
+        ("comm", f"S{TASK_COMM_LEN}"),
+    ]
+)
+
+CPU_SLICE_EVENT = record_dtype(
+    [
+        ("start_ns", "<u8"),
+        ("nslots", "<u4"),
+        ("__pad", "<u4"),
+        ("slots", CPU_SLICE_SLOT, (CPU_SLICE_SLOTS,)),
+    ]
+)
+
+# struct cpu_acc (the per-CPU map the kernel sums a slice in; read once at stop)
+CPU_ACC = np.dtype(
+    [
+        ("ev", CPU_SLICE_EVENT),
+        ("slice", "<u8"),
+        ("last_switch_ns", "<u8"),
+        ("curr_tid", "<u4"),
+        ("__pad", "<u4"),
+    ]
+)
+
 SCHED_KINDS = (
     EventKind.SCHED_SWITCH,
     EventKind.SCHED_WAKING,
@@ -80,7 +126,8 @@ _KIND_NAMES = ["", "switch", "waking", "wakeup", "wakeup_new"]
 FAMILY = Family(
     name="sched",
     object_file="sched.bpf.o",
-    structs=MappingProxyType({"sched_event": SCHED_EVENT, "offcpu_event": OFFCPU_EVENT}),
+    structs=MappingProxyType({"sched_event": SCHED_EVENT, "offcpu_event": OFFCPU_EVENT,
+                              "cpu_slice_event": CPU_SLICE_EVENT}),
     enums=MappingProxyType(
         {
             "task_state_code": {f"TASK_STATE_{c}": i for i, c in enumerate(_STATE_C_NAMES)},
@@ -89,10 +136,13 @@ FAMILY = Family(
                 "SCHED_FLAG_PREEMPT": SCHED_FLAG_PREEMPT,
                 "OFFCPU_FLAG_WAKER": OFFCPU_FLAG_WAKER,
                 "OFFCPU_FLAG_ENDS_AT_WAKING": OFFCPU_FLAG_ENDS_AT_WAKING,
+                "SCHED_FLAG_EVIDENCE": SCHED_FLAG_EVIDENCE,
+                "CPU_SLICE_SLOTS": CPU_SLICE_SLOTS,
             },
         }
     ),
-    rings=MappingProxyType({"sched_events": SCHED_EVENT, "offcpu_events": OFFCPU_EVENT}),
+    rings=MappingProxyType({"sched_events": SCHED_EVENT, "offcpu_events": OFFCPU_EVENT,
+                            "cpu_slice_events": CPU_SLICE_EVENT}),
     layout_version=SCHED_LAYOUT_VERSION,
 )
 
@@ -122,11 +172,28 @@ class SchedConfig:
     offcpu_ring_bytes: int = 1 << 20
     offcpu_threads: int = 16384  # threads off CPU at once that can be tracked
     stack_entries: int = 8192
+    # Evidence capture (CAPTURE_MODES): rows only for off-CPU intervals of at least
+    # min_offcpu_ns, of any thread; per-CPU slices of slice_ns for the rest. Slice records
+    # (424-byte slots): at most one per CPU per slice, plus one per 8 more threads that ran
+    # on the CPU in it; 256 KiB = 618 records per 0.1 s drain.
+    evidence: bool = False
+    slice_ns: int = 10_000_000
+    evidence_threads: int = 32768  # threads whose last switch-out is kept (all threads)
+    slice_ring_bytes: int = 256 << 10
+
+
+def check_config(c: SchedConfig) -> None:
+    """ValueError for a configuration the kernel side cannot run."""
+    if c.slice_ns < 1_000_000 or c.slice_ns > 60_000_000_000:
+        raise ValueError(f"slice of {c.slice_ns} ns: expected 1 ms to 60 s")
+    if c.min_offcpu_ns < 0:
+        raise ValueError(f"min_offcpu_ns {c.min_offcpu_ns}: expected >= 0")
 
 
 def sensor_spec(config: SchedConfig | None = None, *,
                 shared_maps: dict[str, int] | None = None) -> SensorSpec:
     c = config or SchedConfig()
+    check_config(c)
     return SensorSpec(
         family=FAMILY,
         config={
@@ -136,17 +203,26 @@ def sensor_spec(config: SchedConfig | None = None, *,
             "record_wakeup": int(c.record_wakeup),
             "record_wakeup_new": int(c.record_wakeup_new),
             "sched_targets_only": int(c.targets_only),
+            "evidence": int(c.evidence),
+            "slice_ns": c.slice_ns,
             "target_all": int(c.target_all),
             "wakeup_fill_pct": c.wakeup_fill_pct,
         },
-        ring_bytes={"sched_events": c.sched_ring_bytes, "offcpu_events": c.offcpu_ring_bytes},
-        map_entries={"offcpu_start": c.offcpu_threads, "offcpu_stacks": c.stack_entries},
+        ring_bytes={"sched_events": c.sched_ring_bytes, "offcpu_events": c.offcpu_ring_bytes,
+                    # unused without evidence capture: the smallest ring there is
+                    "cpu_slice_events": c.slice_ring_bytes if c.evidence else _PAGE},
+        map_entries={"offcpu_start": c.offcpu_threads, "offcpu_stacks": c.stack_entries,
+                     "thread_states": c.evidence_threads if c.evidence else 1},
         shared_maps=shared_maps or {},
-        # not recording wakeups: do not even run those programs
-        disabled=frozenset(name for name, on in (("on_sched_wakeup", c.record_wakeup),
-                                                 ("on_sched_wakeup_new", c.record_wakeup_new))
-                           if not on),
+        # not recording wakeups: do not even run those programs (evidence capture keeps
+        # no wakeup rows: the waking that ends a long wait is its row)
+        disabled=frozenset(name for name, on in (
+            ("on_sched_wakeup", c.record_wakeup and not c.evidence),
+            ("on_sched_wakeup_new", c.record_wakeup_new and not c.evidence)) if not on),
     )
+
+
+_PAGE = 4096
 
 
 _SCHED_KINDS = tuple(int(k) for k in SCHED_KINDS)
@@ -208,10 +284,54 @@ def offcpu_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     return pa.table(columns, schema=table_spec("offcpu").payload_schema)
 
 
+_CPU_SLICE_KINDS = (int(EventKind.CPU_SLICE),)
+
+
+def slice_rows(starts: np.ndarray, ends: np.ndarray, cpus: np.ndarray, nslots: np.ndarray,
+               slots: np.ndarray, clock: ClockSample) -> pa.Table:
+    """Slice records (span, CPU, used slot count, the slots) -> ``cpu_slices`` rows, one
+    per used slot (vectorised)."""
+    n = len(starts)
+    used = np.arange(CPU_SLICE_SLOTS)[None, :] < np.minimum(nslots, CPU_SLICE_SLOTS)[:, None]
+    which = np.repeat(np.arange(n), used.sum(axis=1))
+    flat = slots.reshape(n, CPU_SLICE_SLOTS)[used]
+    start = starts.astype(np.int64)[which]
+    columns = {
+        "ts_ns": pa.array(clock.to_epoch(start)),
+        "dur_ns": pa.array(ends.astype(np.int64)[which] - start),
+        "cpu": int_array(cpus[which]),
+        "pid": int_array(flat["pid"]),
+        "tid": int_array(flat["tid"]),
+        "comm": comm_array(flat["comm"]),
+        "oncpu_ns": int_array(flat["oncpu_ns"], arrow_type=pa.int64()),
+        "runq_ns": int_array(flat["runq_ns"], arrow_type=pa.int64()),
+        "switches": int_array(flat["switches"], arrow_type=pa.int64()),
+        "waits": int_array(flat["waits"], arrow_type=pa.int64()),
+    }
+    return pa.table(columns, schema=table_spec("cpu_slices").payload_schema)
+
+
+def cpu_slice_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
+    """A batch of ``CPU_SLICE_EVENT`` -> rows of lake table ``cpu_slices``."""
+    hdr = check_header(batch, FAMILY, _CPU_SLICE_KINDS)
+    return slice_rows(batch["start_ns"], batch["hdr"]["ktime_ns"], hdr.cpu,
+                      batch["nslots"], batch["slots"], clock)
+
+
+def open_slices(accs: np.ndarray, now_mono_ns: int, clock: ClockSample) -> pa.Table:
+    """The slices the CPUs were still summing (``CPU_ACC`` per CPU, index = CPU), ended at
+    ``now_mono_ns``: read once when the agent stops, after the programs are detached."""
+    ev = accs["ev"]
+    ends = np.full(len(accs), now_mono_ns, np.uint64)
+    return slice_rows(ev["start_ns"], ends, np.arange(len(accs)), ev["nslots"], ev["slots"],
+                      clock)
+
+
 # ring -> (lake table, converter): what the agent's flush loop calls for this family.
 RING_TABLES = {
     "sched_events": ("sched", sched_table),
     "offcpu_events": ("offcpu", offcpu_table),
+    "cpu_slice_events": ("cpu_slices", cpu_slice_table),
 }
 
 
@@ -228,8 +348,18 @@ class SchedFamily(ProbeFamily):
 
     def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
         config = SchedConfig(min_offcpu_ns=self.options.min_offcpu_ns,
-                             target_all=self.options.target_all)
+                             target_all=self.options.target_all,
+                             evidence=self.options.capture == "evidence",
+                             slice_ns=self.options.slice_ns)
         return sensor_spec(config, shared_maps=shared_maps)
+
+    def tails(self, sensor: Sensor, clock: ClockSample) -> dict[str, pa.Table]:
+        """Evidence capture: the slices the CPUs were still summing."""
+        if self.options.capture != "evidence":
+            return {}
+        accs = read_percpu(sensor.map_fd("cpu_acc"), CPU_ACC, "cpu_acc")
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return {"cpu_slices": open_slices(accs, now, clock)}
 
     def loaded(self, sensor: Sensor) -> None:
         self._stacks = KernelStacks(Kallsyms.load(), sensor.map_fd("offcpu_stacks"))
@@ -246,7 +376,24 @@ class SchedFamily(ProbeFamily):
         self._stacks.clear()
         return {"kstacks": stacks, "offcpu": filled}
 
+def read_percpu(fd: int, value_dtype: np.dtype, name: str) -> np.ndarray:
+    """Key 0 of a one-entry per-CPU array: one value per possible CPU (index = CPU)."""
+    cpus = libbpf.possible_cpus()
+    stride = (value_dtype.itemsize + 7) // 8 * 8
+    try:
+        raw = libbpf.map_lookup(fd, b"\0\0\0\0", stride * cpus)
+    except OSError as e:
+        raise BpfMapError(f"map {name}: {e.strerror}", e.errno or 0) from None
+    if raw is None:
+        return np.zeros(0, value_dtype)
+    per_cpu = np.frombuffer(raw, np.uint8).reshape(cpus, stride)[:, :value_dtype.itemsize]
+    return np.ascontiguousarray(per_cpu).view(value_dtype).ravel()
+
+
 __all__ = [
+    "CAPTURE_MODES",
+    "CPU_ACC",
+    "CPU_SLICE_EVENT",
     "SchedFamily",
     "FAMILY",
     "RING_TABLES",
@@ -254,6 +401,10 @@ __all__ = [
     "SCHED_EVENT",
     "SchedConfig",
     "offcpu_table",
+    "cpu_slice_table",
+    "open_slices",
+    "read_percpu",
     "sched_table",
     "sensor_spec",
+    "slice_rows",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Literal
 
 from kprobe.capture_agent.agent import AgentConfig, default_spool_dir
 from kprobe.capture_agent.redaction import RedactionRules
@@ -56,7 +57,19 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
     parser.add_argument("--flush-interval", type=float, default=1.0, metavar="SECONDS",
                         help="write a batch to the lake this often (default 1 s)")
     parser.add_argument("--min-offcpu-ms", type=float, default=1.0,
-                        help="record blocked intervals of targets at least this long")
+                        help="record blocked intervals of targets at least this long (with "
+                        "--capture evidence: the shortest off-CPU interval of any thread "
+                        "whose switches and waking stay rows)")
+    parser.add_argument("--capture", choices=("full", "evidence"),
+                        default=os.environ.get("KPROBE_CAPTURE") or "full",
+                        help="full (default; $KPROBE_CAPTURE): a row per context switch, "
+                        "waking and TCP send/receive on the node; evidence: those rows only "
+                        "where they bound an off-CPU interval of at least --min-offcpu-ms "
+                        "(and TCP rows of targets), per-thread and per-socket sums per "
+                        "--slice-ms for the rest (tables cpu_slices, net_slices)")
+    parser.add_argument("--slice-ms", type=float, default=10.0, metavar="MS",
+                        help="with --capture evidence, the time slice of the sums "
+                        "(default 10 ms; 1 ms to 60 s)")
     parser.add_argument("--spool-dir", type=Path, default=None,
                         help="where batches wait while the lake is unreachable "
                         "(default $KPROBE_SPOOL or /var/lib/kprobe/spool)")
@@ -102,6 +115,20 @@ def _size(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _capture(mode: str) -> Literal["full", "evidence"]:
+    if mode == "full":
+        return "full"
+    if mode == "evidence":
+        return "evidence"
+    raise CommandError(f"--capture {mode!r} ($KPROBE_CAPTURE?): expected full or evidence")
+
+
+def _slice_ns(ms: float) -> int:
+    if not 1.0 <= ms <= 60_000.0:
+        raise CommandError(f"--slice-ms {ms:g}: expected 1 to 60000")
+    return int(ms * 1_000_000)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         raise CommandError("capture needs root (loading BPF programs): run with sudo")
@@ -132,6 +159,8 @@ def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
         file_max=args.file_max,
         flush_interval_s=args.flush_interval,
         min_offcpu_ns=int(args.min_offcpu_ms * 1_000_000),
+        capture=_capture(args.capture),
+        slice_ns=_slice_ns(args.slice_ms),
         spool_dir=args.spool_dir or default_spool_dir(),
         otlp_port=None if args.no_otlp else args.otlp_port,
         otlp_grpc_port=None if args.no_otlp else args.otlp_grpc_port,

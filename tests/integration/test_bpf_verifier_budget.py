@@ -30,7 +30,8 @@ from kprobe.capture_agent.verifier import INSN_BUDGET, STACK_BUDGET, verified_ch
 from tests.support import REPO, deadline_s, require, require_root
 from tests.unit.test_bpf_budget import build_object
 
-CONFIGS = [(name, None) for name in sorted(FAMILIES)] + [("syscalls", "payloads")]
+CONFIGS = [(name, None) for name in sorted(FAMILIES)] + [
+    ("syscalls", "payloads"), ("sched", "evidence"), ("net", "evidence")]
 
 
 def _spec(family: str, variant: str | None) -> SensorSpec:
@@ -38,6 +39,9 @@ def _spec(family: str, variant: str | None) -> SensorSpec:
     if variant == "payloads":
         return module.sensor_spec(  # type: ignore[no-any-return]
             module.SyscallsConfig(capture_payloads=True, payload_cap=module.PAYLOAD_CAP_MAX))
+    if variant == "evidence":  # the config prunes the evidence code unless it is on
+        config = module.SchedConfig if family == "sched" else module.NetConfig
+        return module.sensor_spec(config(evidence=True))  # type: ignore[no-any-return]
     return module.sensor_spec(None)  # type: ignore[no-any-return]
 
 

@@ -30,6 +30,9 @@ KEY_COLUMNS = {
     "lost": "ts_ns source count",
     "agent_meta": "ts_ns kernel agent_version boot_id mono_to_epoch_ns config",
     "causal_edges": "window src dst kind delay_ns evidence",
+    # evidence capture's sums (capture_agent/bpf/sched.bpf.c, net.bpf.c)
+    "cpu_slices": "ts_ns dur_ns cpu pid tid oncpu_ns runq_ns switches",
+    "net_slices": "ts_ns dur_ns pid tid saddr sport daddr dport sent_bytes recv_bytes sock_id",
 }
 
 

@@ -107,7 +107,7 @@ def test_net_config_becomes_the_sensor_spec() -> None:
     s = net.sensor_spec(net.NetConfig(targets_only=True, record_recv=False,
                                       ring_bytes=1 << 22, sockets=1024))
     assert s.config["net_targets_only"] == 1 and s.config["record_recv"] == 0
-    assert s.ring_bytes == {"net_events": 1 << 22}
+    assert s.ring_bytes == {"net_events": 1 << 22, "net_slice_events": 4096}
     assert s.map_entries["sock_owners"] == 1024
     assert net.sensor_spec().config["net_targets_only"] == 0  # system-wide by default
 

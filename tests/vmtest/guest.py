@@ -51,6 +51,7 @@ TESTS: tuple[str, ...] = (
     f"{_I}test_bpf_block.py",
     f"{_I}test_bpf_mem.py",
     f"{_I}test_bpf_process.py",
+    f"{_I}test_capture_evidence.py",
     f"{_I}test_agent_process_probes.py",
     # this kernel's verifier figures within the budget, payloads off and on, and the
     # one-line refusal of a program it cannot load

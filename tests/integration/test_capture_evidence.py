@@ -1,0 +1,223 @@
+"""Evidence capture on the real kernel: the rows it keeps mean what full capture's rows
+mean, and what it does not keep as rows is in its sums, exactly.
+
+Root only. Full and evidence sensors run side by side on the same switches (both attach
+to the same tracepoints), so full capture's rows are the oracle of evidence's sums.
+tests/programs/pipe_handoff.c: a reader blocked ~50 ms on a pipe until the writer writes;
+switch_storm.c: two threads bouncing a byte (short waits only); tcp_peer.c: a server that
+receives and answers known byte counts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kprobe.capture_agent.clock import sample_offset
+from kprobe.capture_agent.families import net, sched
+from kprobe.capture_agent.sensor import Sensor, object_path
+from tests.integration.test_bpf_sched import HANDOFF_MS, Handoff
+from tests.support import free_port, require, require_root
+
+BOUND_NS = 20_000_000  # long enough that the storm's waits stay under it on a busy node
+
+
+def require_root_and_objects() -> None:
+    require_root()
+    for family in (sched.FAMILY, net.FAMILY):
+        path = object_path(family.object_file)
+        require(path.exists(), f"{path} (run `make bpf`)")
+
+
+def evidence_sched(bound_ns: int = BOUND_NS) -> Sensor:
+    return Sensor(sched.sensor_spec(sched.SchedConfig(evidence=True, min_offcpu_ns=bound_ns)))
+
+
+def all_slices(sensor: Sensor) -> pa.Table:
+    """Every cpu_slices row of an evidence sensor: the ring's, then (detached) the open
+    slices."""
+    clock = sample_offset()
+    ringed = sched.cpu_slice_table(sensor.ring("cpu_slice_events").drain(), clock)
+    sensor.detach()
+    ringed = pa.concat_tables([ringed, sched.cpu_slice_table(
+        sensor.ring("cpu_slice_events").drain(), clock)])
+    accs = sched.read_percpu(sensor.map_fd("cpu_acc"), sched.CPU_ACC, "cpu_acc")
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return pa.concat_tables([ringed, sched.open_slices(accs, now, clock)])
+
+
+def of_pid(rows: pa.Table, column: str, pid: int) -> pa.Table:
+    return rows.filter(pc.equal(rows[column], pid))
+
+
+def test_a_long_wait_keeps_the_rows_full_capture_has_for_it(programs: Path) -> None:
+    require_root_and_objects()
+    handoff = Handoff(programs / "pipe_handoff")
+    try:
+        # GIVEN full and evidence capture side by side (bound 20 ms), before the handoff
+        with Sensor(sched.sensor_spec(sched.SchedConfig(sched_ring_bytes=16 << 20))) as full, \
+                evidence_sched() as ev:
+            # WHEN the reader blocks ~50 ms until the writer writes
+            blocked_ns = handoff.go()
+            full_rows = sched.sched_table(full.ring("sched_events").drain(), sample_offset())
+            ev_batch = ev.ring("sched_events").drain()
+            drops = ev.drops() | full.drops()
+    finally:
+        if handoff.proc.poll() is None:
+            handoff.proc.kill()
+            handoff.proc.wait()
+    assert blocked_ns >= (HANDOFF_MS - 10) * 1_000_000
+    assert drops == {}
+    assert set((ev_batch["hdr"]["flags"] & sched.SCHED_FLAG_EVIDENCE).tolist()) <= {
+        sched.SCHED_FLAG_EVIDENCE}
+    rows = sched.sched_table(ev_batch, sample_offset())
+    reader = handoff.reader_tid
+    # THEN the wait's switch-out, the waking by the writer and the switch-in are rows
+    is_switch = pc.equal(rows["kind"], "switch")
+    out = rows.filter(pc.and_(is_switch, pc.equal(rows["prev_tid"], reader)))
+    waking = rows.filter(pc.and_(pc.equal(rows["kind"], "waking"),
+                                 pc.equal(rows["wakee_tid"], reader)))
+    back = rows.filter(pc.and_(is_switch, pc.equal(rows["next_tid"], reader)))
+    assert waking.num_rows >= 1 and handoff.writer_tid in waking["waker_tid"].to_pylist()
+    long_out = [r for r in out.to_pylist() if r["prev_state"] == "S"]
+    assert long_out, out.to_pylist()
+    t_out = min(r["ts_ns"] for r in long_out)
+    t_wake = max(w for w in waking["ts_ns"].to_pylist() if w > t_out)
+    t_in = min(t for t in back["ts_ns"].to_pylist() if t >= t_wake)
+    assert t_out < t_wake <= t_in and t_in - t_out >= BOUND_NS
+    # AND each of those rows is, column for column, a row full capture wrote at the same
+    # switch or waking (timestamps from the two programs differ by their run times)
+    keys = ["kind", "cpu", "prev_tid", "prev_state", "next_tid", "waker_tid", "wakee_tid"]
+    full_keyed = {tuple(r[k] for k in keys): r["ts_ns"] for r in full_rows.to_pylist()}
+    for r in pa.concat_tables([out, waking, back]).to_pylist():
+        key = tuple(r[k] for k in keys)
+        assert key in full_keyed, f"no full-capture row like {r}"
+    # AND no switch row is written twice (the switch-in of one wait that is the switch-out
+    # of another is one row)
+    switch_keys = rows.filter(pc.equal(rows["kind"], "switch")).select(
+        ["ts_ns", "cpu", "prev_tid", "next_tid"]).to_pylist()
+    assert len({tuple(k.values()) for k in switch_keys}) == len(switch_keys)
+
+
+def test_short_waits_are_no_rows_and_the_slices_hold_every_switch_exactly(
+        programs: Path) -> None:
+    require_root_and_objects()
+    # GIVEN full and evidence capture side by side, both attached before the storm starts
+    with Sensor(sched.sensor_spec(sched.SchedConfig(sched_ring_bytes=32 << 20))) as full, \
+            evidence_sched() as ev:
+        # WHEN two threads bounce a byte 5000 times (each bounce a short wait)
+        storm = subprocess.Popen([str(programs / "switch_storm"), "5000"])
+        assert storm.wait(timeout=120) == 0
+        pid = storm.pid
+        clock = sample_offset()
+        full_rows = sched.sched_table(full.ring("sched_events").drain(), clock)
+        ev_rows = sched.sched_table(ev.ring("sched_events").drain(), clock)
+        drops = ev.drops() | full.drops()
+        slices = all_slices(ev)
+    assert drops == {}
+    switches = full_rows.filter(pc.equal(full_rows["kind"], "switch"))
+    outs = of_pid(switches, "prev_pid", pid)
+    assert outs.num_rows >= 10_000  # the control: full capture has a row per switch
+    # THEN evidence capture kept (almost) none of them as rows
+    ev_storm = pc.sum(pc.or_(pc.equal(pc.fill_null(ev_rows["prev_pid"], 0), pid),
+                             pc.equal(pc.fill_null(ev_rows["next_pid"], 0), pid))).as_py() or 0
+    assert ev_storm <= outs.num_rows // 20, (ev_storm, outs.num_rows)
+    # AND its slices count every switch-out of each storm thread, per CPU, exactly
+    mine = of_pid(slices, "pid", pid)
+    # (named as the thread was then: the forked child is "python" until its exec)
+    assert mine.num_rows > 0 and "switch_storm" in set(mine["comm"].to_pylist())
+    counted = mine.group_by(["tid", "cpu"]).aggregate([("switches", "sum")])
+    seen = outs.group_by(["prev_tid", "cpu"]).aggregate([("prev_tid", "count")])
+    assert sorted(zip(counted["tid"].to_pylist(), counted["cpu"].to_pylist(),
+                      counted["switches_sum"].to_pylist(), strict=True)) == sorted(
+        zip(seen["prev_tid"].to_pylist(), seen["cpu"].to_pylist(),
+            seen["prev_tid_count"].to_pylist(), strict=True))
+    # AND each thread's on-CPU time is what full capture's rows add up to (switch-in to
+    # the CPU's next switch), within the two programs' timestamp skew
+    for tid in set(outs["prev_tid"].to_pylist()):
+        expected = _oncpu_from_rows(switches, tid)
+        got = pc.sum(of_pid(mine, "tid", tid)["oncpu_ns"]).as_py()
+        assert abs(got - expected) <= 0.05 * expected + 2_000_000, (tid, got, expected)
+    # AND no slot holds more on-CPU time than its span
+    over = pc.sum(pc.greater(slices["oncpu_ns"], slices["dur_ns"])).as_py()
+    assert over == 0, slices.filter(pc.greater(slices["oncpu_ns"], slices["dur_ns"]))
+
+
+def _oncpu_from_rows(switches: pa.Table, tid: int) -> int:
+    """On-CPU ns of ``tid`` from full capture's switch rows: each switch that put it on a
+    CPU, to that CPU's next switch (which takes it off)."""
+    total = 0
+    for cpu in set(switches["cpu"].to_pylist()):
+        on = switches.filter(pc.equal(switches["cpu"], cpu)).sort_by("ts_ns")
+        ts = np.asarray(on["ts_ns"].to_numpy(zero_copy_only=False), np.int64)
+        nxt = np.asarray(pc.fill_null(on["next_tid"], 0).to_numpy(zero_copy_only=False))
+        prv = np.asarray(pc.fill_null(on["prev_tid"], 0).to_numpy(zero_copy_only=False))
+        ins = np.flatnonzero(nxt[:-1] == tid)
+        ins = ins[prv[ins + 1] == tid]
+        total += int((ts[ins + 1] - ts[ins]).sum())
+    return total
+
+
+def test_tcp_of_targets_stays_rows_and_of_others_is_summed_per_socket_exactly(
+        programs: Path) -> None:
+    require_root_and_objects()
+    port, req, resp = free_port(), 300_000, 123_457
+    # GIVEN an untargeted server (started before this process is a target: a child forked
+    # by a target would be one), and evidence capture of the net family targeting this
+    # process only
+    server = subprocess.Popen([str(programs / "tcp_peer"), "server", str(port), str(req),
+                               str(resp)], stdout=subprocess.PIPE, text=True)
+    spec = net.sensor_spec(net.NetConfig(evidence=True, ring_bytes=16 << 20))
+    try:
+        assert server.stdout is not None
+        word, server_pid = server.stdout.readline().split()
+        assert word == "ready"
+        with Sensor(spec) as sensor:
+            sensor.add_targets([os.getpid()])
+            # WHEN this process sends req bytes to the server, which answers resp bytes
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(b"x" * req)
+                got = 0
+                while got < resp:
+                    chunk = conn.recv(65536)
+                    assert chunk
+                    got += len(chunk)
+            assert server.wait(timeout=60) == 0
+            clock = sample_offset()
+            rows = net.net_table(sensor.ring("net_events").drain(), clock)
+            ringed = net.net_slice_table(sensor.ring("net_slice_events").drain(), clock)
+            drops = sensor.drops()
+            sensor.detach()
+            tails = net.open_socket_slices(sensor.map_fd("sock_owners"), clock)
+    finally:
+        if server.stdout is not None:
+            server.stdout.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert drops == {}
+    sums = pa.concat_tables([ringed, tails])
+    on_port = rows.filter(pc.or_(pc.equal(rows["sport"], port), pc.equal(rows["dport"], port)))
+    data = on_port.filter(pc.is_in(on_port["kind"], pa.array(["send", "recv"])))
+    me = os.getpid()
+    # THEN the target's sends and receives are rows, byte for byte
+    assert set(data["pid"].to_pylist()) == {me}
+    sent = pc.sum(data.filter(pc.equal(data["kind"], "send"))["bytes"]).as_py()
+    assert sent == req
+    # AND the server's are no rows but its socket's sums, byte for byte, with its 4-tuple
+    srv = of_pid(sums, "pid", int(server_pid))
+    assert srv.num_rows >= 1
+    assert set(srv["sport"].to_pylist()) == {port}
+    assert set(srv["saddr"].to_pylist()) == {"127.0.0.1"}
+    assert pc.sum(srv["recv_bytes"]).as_py() == req
+    assert pc.sum(srv["sent_bytes"]).as_py() == resp
+    assert pc.sum(srv["recvs"]).as_py() >= 1 and pc.sum(srv["sends"]).as_py() >= 1
+    # AND none of the target's own traffic is summed twice
+    assert of_pid(sums, "pid", me).num_rows == 0
