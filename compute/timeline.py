@@ -20,7 +20,9 @@ spans and, hop by hop, the threads that woke them.
 Outputs (temporary tables):
     thread_intervals(node, tid, pid, s, e, state, reason, cpu, waker_pid, waker_tid, prev_state)
         disjoint per thread; ``cpu`` is the CPU run on, or waited for when runnable
-    cpu_intervals(node, cpu, s, e, tid, pid)       who held each CPU (idle excluded)
+    cpu_intervals(node, cpu, s, e, tid, pid, share)  who held each CPU (idle excluded) for
+                                                   ``share`` of [s, e): 1 from switch rows,
+                                                   less from evidence capture's slices
     thread_names(node, tid, pid, comm)
 """
 
@@ -33,6 +35,22 @@ from kprobe.compute import thread_scan
 from kprobe.compute.interval_index import IntervalIndex, TimelineIndex
 from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import execute, translated
+
+# A node recorded with evidence capture (capture_agent/bpf/sched.bpf.c) keeps switch rows
+# only around long waits: who held a CPU comes from its slices instead, each thread's
+# on-CPU time spread evenly over the slice (share = the fraction of the slice it held).
+_SLICE_HOLDERS = """
+        AND node NOT IN (SELECT DISTINCT node FROM w_cpu_slices)
+        UNION ALL
+        SELECT node, cpu, ts_ns AS s, ts_ns + dur_ns AS e, tid::BIGINT AS tid,
+               pid::BIGINT AS pid, least(oncpu_ns / dur_ns, 1.0)::DOUBLE AS share
+        FROM w_cpu_slices WHERE tid > 0 AND dur_ns > 0 AND oncpu_ns > 0
+"""
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                            [name]).fetchone()[0])  # type: ignore[index]
 
 
 def names(con: duckdb.DuckDBPyConnection) -> None:
@@ -158,12 +176,13 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     finally:
         con.unregister("t_intervals_rows")
     threads = IntervalIndex(every, "tid")
+    sliced = _has_table(con, "w_cpu_slices")
     execute(con, "thread timeline", f"""
         -- who held each CPU: the thread the switch put there, until the CPU's next switch
         -- (unless that switch takes another thread out: the holder then left untraced, at
-        -- an unknown instant, and is not blamed for the time)
+        -- an unknown instant, and is not blamed for the time); share 1: all of [s, e)
         CREATE TEMP TABLE cpu_intervals AS
-        SELECT node, cpu, s, e, tid, pid FROM (
+        SELECT node, cpu, s, e, tid, pid, 1.0::DOUBLE AS share FROM (
             SELECT node, cpu, ts_ns AS s,
                    coalesce(lead(ts_ns) OVER w, {range_end_ns}) AS e,
                    next_tid::BIGINT AS tid, next_pid::BIGINT AS pid,
@@ -171,6 +190,7 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
             FROM w_sched WHERE kind = 'switch'
             WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
         WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
+        {_SLICE_HOLDERS if sliced else ""}
     """, "DROP TABLE t_sw", "DROP TABLE t_wk")
     with translated("thread timeline"):
         cpus = IntervalIndex(con.sql("SELECT * FROM cpu_intervals").to_arrow_table(), "cpu")

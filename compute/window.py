@@ -48,9 +48,12 @@ KERNEL_COLUMNS: dict[str, tuple[str, ...]] = {
                  "rwbs", "error"),
     "net": ("node", "ts_ns", "pid", "tid", "comm", "kind", "saddr", "sport", "daddr", "dport",
             "bytes", "state", "old_state", "srtt_us", "sock_id"),
+    # evidence capture: who held each CPU, per slice (compute/timeline.py cpu_intervals)
+    "cpu_slices": ("node", "ts_ns", "dur_ns", "cpu", "pid", "tid", "comm", "oncpu_ns",
+                   "runq_ns", "switches"),
 }
 # Tables whose rows are intervals [ts_ns, ts_ns + dur_ns): load those that started earlier.
-_INTERVAL_TABLES = ("offcpu", "mem", "block_io")
+_INTERVAL_TABLES = ("offcpu", "mem", "block_io", "cpu_slices")
 SPAN_COLUMNS = ("node", "trace_id", "span_id", "parent_span_id", "service", "name", "kind",
                 "start_ns", "end_ns", "dur_ns", "status", "status_message", "pid", "tid",
                 "client_address", "client_port", "server_address", "server_port",

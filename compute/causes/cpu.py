@@ -3,7 +3,8 @@
 A runnable piece waits for one CPU: the one it was preempted on or queued to, which is where
 it is switched in next (``cpu`` of the runnable interval). Whoever ``cpu_intervals`` says ran
 there meanwhile held it. One ``DELAYED_BY`` span -> thread edge per holder, with the time
-it held the CPU while the span waited.
+it held the CPU while the span waited (its ``share`` of the overlap: 1 from switch rows; from
+evidence capture's slices, the fraction of the slice the holder ran).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                  f" WHERE sp.level = {level} AND p.state = 'runnable' AND p.cpu IS NOT NULL",
             cpus, "cpu",
             select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
-                   " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e",
+                   " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e, r.share",
             where="r.tid <> l.tid") as holders:
         execute(con, "cpu contention", f"CREATE TEMP TABLE c_holders AS {holders}")
     # evidence only for the holders that count (most hold a CPU for less than min_delay)
@@ -39,12 +40,12 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                json_object('holder_pid', holder_pid, 'holder_tid', holder_tid,
                            'sched', evidence)
         FROM (SELECT span_key, node, holder_tid, any_value(holder_pid) AS holder_pid,
-                     sum(e - s) AS delay_ns, count(*) AS n,
-                     {evidence_list("{'cpu': cpu, 'ts_ns': s, 'dur_ns': e - s}", "s",
+                     sum(held)::BIGINT AS delay_ns, count(*) AS n,
+                     {evidence_list("{'cpu': cpu, 'ts_ns': s, 'dur_ns': held}", "s",
                                     limit)}::JSON AS evidence
-              FROM c_holders h
-              SEMI JOIN (SELECT span_key, node, holder_tid FROM c_holders
-                         GROUP BY ALL HAVING sum(e - s) >= {settings.min_delay_ns}) k
+              FROM (SELECT *, round((e - s) * share)::BIGINT AS held FROM c_holders) h
+              SEMI JOIN (SELECT span_key, node, holder_tid FROM c_holders GROUP BY ALL
+                         HAVING sum((e - s) * share) >= {settings.min_delay_ns}) k
                 USING (span_key, node, holder_tid)
               GROUP BY span_key, node, holder_tid)
     """, "DROP TABLE c_holders")

@@ -21,6 +21,10 @@ summary; bpftrace's "Lost N events"): a tracer that drops events looks cheaper t
    agent as shipped (all families): not targeting it, targeting it, targeting it with
    payloads. Throughput relative to no agent, and the agent's CPU. (A one-connection
    ping-pong measured the VM's idle-exit latency instead: the agent made it 1.7x faster.)
+   Each configuration runs with every capture mode of --captures (default both: `full`, a
+   row per switch, waking and TCP send/receive; `evidence`, rows only where they bound an
+   off-CPU interval of >= 1 ms and per-slice sums for the rest), side by side in each
+   round, with the rows each mode wrote per request.
 3. The targeted loop at full speed for --sustain seconds: events per second the agent
    wrote and events lost (kernel drops + sink losses, from the agent's own summary).
 4. Agent CPU (fraction of one core) and peak RSS while a paced loop makes ~100k syscall
@@ -31,7 +35,8 @@ summary; bpftrace's "Lost N events"): a tracer that drops events looks cheaper t
 5. BPF run time per event of each program (the kernel's own accounting: the
    kernel.bpf_stats_enabled sysctl on for this part only, then restored; read from the
    agent's program descriptors' fdinfo): the getppid loop and the payment service,
-   untargeted and targeted, per program runs/s and ns/run, and all programs' share of a core.
+   untargeted and targeted, per program runs/s and ns/run, and all programs' share of a core;
+   the payment service under each capture mode of --captures.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from pathlib import Path
 from typing import IO
 
 REPO = Path(__file__).resolve().parents[2]
+CAPTURES = ("full", "evidence")  # `kprobe record --capture` modes parts 2 and 5 compare
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -340,28 +346,39 @@ class AuthorizeService:
         self.proc.wait(10)
 
 
-def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0) -> None:
+def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
+                    captures: tuple[str, ...] = CAPTURES) -> None:
     service = AuthorizeService(work)
     sleeper = subprocess.Popen(["sleep", "3600"])
-    configs = {  # name -> agent arguments (all families: the agent as shipped)
+    shapes = {  # name -> agent arguments (all families: the agent as shipped)
         "agent running, service not targeted": ["--pid", str(sleeper.pid)],
         "service targeted, no payloads": ["--pid", str(service.proc.pid)],
         "service fully targeted with payloads": ["--payloads", "--pid", str(service.proc.pid)],
     }
+    # every shape under every capture mode, interleaved round by round
+    configs = {(name, mode): [*args, "--capture", mode]
+               for name, args in shapes.items() for mode in captures}
     base: list[float] = []
-    traced: dict[str, list[float]] = {name: [] for name in configs}
-    cpu: dict[str, list[float]] = {name: [] for name in configs}
-    losses: dict[str, list[int]] = {name: [] for name in configs}
+    traced: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+    cpu: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+    losses: dict[tuple[str, str], list[int]] = {c: [] for c in configs}
+    rows: dict[tuple[str, str], list[float]] = {c: [] for c in configs}  # rows per request
     try:
         service.load(progs, 1.0)  # warm-up
         for _ in range(rounds):
             base.append(service.load(progs, seconds))
-            for name, agent_args in configs.items():
+            for config, agent_args in configs.items():
                 rec = Recorder(work, *agent_args)
                 cpu0, t0 = rec.cpu_seconds(), time.monotonic()
-                traced[name].append(service.load(progs, seconds))
-                cpu[name].append((rec.cpu_seconds() - cpu0) / (time.monotonic() - t0))
-                losses[name].append(lost(rec.stop()))
+                rate = service.load(progs, seconds)
+                traced[config].append(rate)
+                cpu[config].append((rec.cpu_seconds() - cpu0) / (time.monotonic() - t0))
+                summary = rec.stop()
+                losses[config].append(lost(summary))
+                written = summary.get("rows")
+                if isinstance(written, dict):
+                    rows[config].append(sum(int(v) for v in written.values())
+                                        / max(rate * seconds, 1.0))
     finally:
         service.stop()
         sleeper.kill()
@@ -369,11 +386,13 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0) 
     b = statistics.median(base)
     print(f"2. payment authorisation service (HTTP/JSON, forked workers, 8 connections), "
           f"{b:,.0f} req/s without agent; with the agent (all families), median of {rounds}:")
-    for name in configs:
-        t = statistics.median(traced[name])
-        print(f"   {name:<38} {t:>9,.0f} req/s = {t / b:.3f} of baseline; agent "
-              f"{statistics.median(cpu[name]) * 100:.0f} % of a core; lost "
-              f"{sum(losses[name]):,}")
+    for name, mode in configs:
+        t = statistics.median(traced[(name, mode)])
+        per_request = statistics.median(rows[(name, mode)]) if rows[(name, mode)] else 0.0
+        print(f"   {name:<38} {mode:<8} {t:>9,.0f} req/s = {t / b:.3f} of baseline; agent "
+              f"{statistics.median(cpu[(name, mode)]) * 100:.0f} % of a core; "
+              f"{per_request:.1f} rows/request (rows of every process over the run); lost "
+              f"{sum(losses[(name, mode)]):,}")
 
 
 def bench_sustained(work: Path, seconds: int, rate: int = 1_000_000) -> None:
@@ -444,7 +463,7 @@ def bench_agent_cost(work: Path, seconds: int, rate: int = 100_000,
 
 
 def bench_prog_cost(progs: Path, work: Path, seconds: float = 4.0,
-                    iterations: int = 1_000_000) -> None:
+                    iterations: int = 1_000_000, captures: tuple[str, ...] = CAPTURES) -> None:
     """BPF run time per event of each program, from the kernel's own accounting
     (kernel.bpf_stats_enabled, on for this part only: it adds two clock reads per run, so
     parts 1-4 run without it). Untargeted runs count every process's events."""
@@ -455,11 +474,16 @@ def bench_prog_cost(progs: Path, work: Path, seconds: float = 4.0,
     cases: list[tuple[str, list[str], str]] = [
         ("getppid loop, untargeted", [*loop_agent, "--pid", str(sleeper.pid)], "loop"),
         ("getppid loop, targeted", loop_agent, "loop-target"),
-        ("payment service, untargeted", ["--pid", str(sleeper.pid)], "service"),
-        ("payment service, targeted", ["--pid", str(service.proc.pid)], "service"),
-        ("payment service, targeted with payloads",
-         ["--payloads", "--pid", str(service.proc.pid)], "service"),
     ]
+    for mode in captures:
+        cases += [
+            (f"payment service, untargeted, {mode} capture",
+             ["--pid", str(sleeper.pid), "--capture", mode], "service"),
+            (f"payment service, targeted, {mode} capture",
+             ["--pid", str(service.proc.pid), "--capture", mode], "service"),
+            (f"payment service, targeted with payloads, {mode} capture",
+             ["--payloads", "--pid", str(service.proc.pid), "--capture", mode], "service"),
+        ]
     print("5. BPF run time per program (kernel.bpf_stats_enabled=1 during this part only)")
     try:
         with bpf_stats():
@@ -529,6 +553,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1_000_000)
     parser.add_argument("--sustain", type=int, default=30)
     parser.add_argument("--only", default="12345")
+    parser.add_argument("--captures", default=",".join(CAPTURES), metavar="MODES",
+                        help="capture modes parts 2 and 5 run the payment service under, "
+                        "side by side (default full,evidence)")
     parser.add_argument("--agent-seconds", type=int, default=20,
                         help="length of part 4 (600 shows the cost of a table 10 minutes old)")
     parser.add_argument("--compact-every", type=int, default=240, metavar="SECONDS",
@@ -556,14 +583,15 @@ def run_all(args: argparse.Namespace) -> None:
         if "1" in args.only:
             bench_syscall_cost(progs, work, args.rounds, args.iterations)
             bench_clock_cost(progs, work, args.rounds, args.iterations)
+        captures = tuple(m.strip() for m in args.captures.split(",") if m.strip())
         if "2" in args.only:
-            bench_realistic(progs, work, args.rounds)
+            bench_realistic(progs, work, args.rounds, captures=captures)
         if "3" in args.only:
             bench_sustained(work, args.sustain)
         if "4" in args.only:
             bench_agent_cost(work, args.agent_seconds, compact_every=args.compact_every)
         if "5" in args.only:
-            bench_prog_cost(progs, work, iterations=args.iterations)
+            bench_prog_cost(progs, work, iterations=args.iterations, captures=captures)
         print("losses of all parts by source: " + (", ".join(
             f"{k} {v:,}" for k, v in sorted(LOSS_SOURCES.items())) or "none"))
 
