@@ -414,6 +414,9 @@ static __always_inline void slice_account(struct task_struct *prev, __u32 prev_t
 			slot = slice_slot(acc, prev, prev_tid, now);
 			if (slot)
 				slot->oncpu_ns += old_end - ran_from;
+			/* (a record that left early for want of a slot starts later) */
+			if (ran_from < acc->ev.start_ns)
+				acc->ev.start_ns = ran_from;
 			ran_from = old_end;
 		}
 		slice_flush(acc, acc->slice ? old_end : slice_start, slice_start);
