@@ -17,6 +17,15 @@ the waited interval, hop by hop (holder spans). So the span's time splits into *
   thread's time is counted where it was first met);
 - the operation's own on-CPU work (``app_cpu``).
 
+Each instant of the tree counts once, for the activity in progress. A run-queue wait
+inside a reclaim is that reclaim's cost (``causes.memory.runqueue_in_reclaim``): when the
+thread waited for a CPU while reclaiming, the wait is already in its memory-pressure delay
+(the reclaim's wall time) and leaves the CPU holder's candidate; when the thread that held
+the CPU was itself reclaiming, the wait is the holder's pressure episode's (its drivers
+forced that work). The holder's waits outside any reclaim stay its own candidate, so a CPU
+hog still wins on what it took by itself (a busy machine stretching a reclaim no longer
+counts the stretch twice and names the machine's load instead of the episode's driver).
+
 The same cause reached through several paths is one candidate (per process for CPU
 contention, per device for disk, per episode for memory, per thread for waits).
 Candidates belong to *faults*: the process behind them (a memory episode's top driver, the
@@ -86,9 +95,18 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
             WHERE d.depth < {MAX_DEPTH})
         SELECT failed_key, span_key, min(depth) AS depth FROM d GROUP BY ALL
     """, """
+        -- a span's reclaim time (less its waits for a CPU inside, to subtract from on-CPU)
         CREATE TEMP TABLE rc_mem AS
-        SELECT src, sum(delay_ns) AS delay_ns FROM rels
-        WHERE rel = 'DELAYED_BY' AND kind = 'memory_pressure' GROUP BY src
+        SELECT m.src, m.delay_ns - coalesce(o.ns, 0) AS delay_ns
+        FROM (SELECT src, sum(delay_ns) AS delay_ns FROM rels
+              WHERE rel = 'DELAYED_BY' AND kind = 'memory_pressure' GROUP BY src) m
+        LEFT JOIN (SELECT span_key, sum(ns) AS ns FROM runqueue_reclaim WHERE whose = 'own'
+                   GROUP BY span_key) o ON o.span_key = m.src
+    """, """
+        -- run-queue waits a reclaim stretched (causes.memory.runqueue_in_reclaim), per
+        -- span and CPU holder
+        CREATE TEMP TABLE rc_rq AS
+        SELECT span_key, holder_tid, sum(ns) AS ns FROM runqueue_reclaim GROUP BY ALL
     """, f"""
         CREATE TEMP TABLE rc_leaves AS
         SELECT t.failed_key, t.depth, r.src AS via_span, r.kind, r.dst_label, r.dst,
@@ -98,6 +116,9 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                                              AS BIGINT), 0)
                          - coalesce(TRY_CAST(json_extract(r.evidence, '$.cycle_ns')
                                              AS BIGINT), 0)
+                    -- a run-queue wait inside a reclaim is that reclaim's cost
+                    WHEN r.kind = 'cpu_contention'
+                    THEN greatest(r.delay_ns - coalesce(rq.ns, 0), 0)
                     ELSE r.delay_ns END AS delay_ns,
                CASE WHEN r.kind = 'cpu_contention'
                          AND json_extract_string(r.evidence, '$.holder_pid') IS NOT NULL
@@ -109,7 +130,21 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         FROM rc_tree t JOIN rels r ON r.src = t.ti AND r.rel = 'DELAYED_BY'
         LEFT JOIN (SELECT DISTINCT id, node, dev FROM episodes) ep
                ON r.dst_label = 'KernelEpisode' AND ep.id = r.dst
+        LEFT JOIN rc_rq rq
+               ON r.kind = 'cpu_contention' AND rq.span_key = r.src
+              AND rq.holder_tid = TRY_CAST(json_extract(r.evidence, '$.holder_tid') AS BIGINT)
         WHERE r.kind IN {sql_list(EDGE_LEAVES)} AND r.dst_label <> 'Span'
+        UNION ALL
+        -- the CPU went to a holder's reclaim: that episode's cost (an own reclaim's is
+        -- already in the span's memory-pressure delay, its wall time)
+        SELECT t.failed_key, t.depth, q.span_key, 'memory_pressure', 'KernelEpisode',
+               q.episode_id, least(sum(q.ns), any_value(c.delay_ns)), q.episode_id
+        FROM rc_tree t JOIN runqueue_reclaim q ON q.span_key = t.ti AND q.whose = 'holder'
+        JOIN (SELECT src, TRY_CAST(json_extract(evidence, '$.holder_tid') AS BIGINT) AS tid,
+                     delay_ns
+              FROM rels WHERE rel = 'DELAYED_BY' AND kind = 'cpu_contention') c
+          ON c.src = q.span_key AND c.tid = q.holder_tid
+        GROUP BY t.failed_key, t.depth, q.span_key, q.holder_tid, q.episode_id
         UNION ALL
         SELECT d.failed_key, d.depth, r.src, r.kind, r.dst_label, r.dst, r.delay_ns, r.dst
         FROM rc_desc d JOIN rels r ON r.src = d.span_key AND r.rel = 'DELAYED_BY'
@@ -222,7 +257,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                            'over_ns', over_ns, 'pieces', pieces, 'fault_ns', fault_ns)
         FROM root_causes
         WHERE NOT (dst_label = 'Span' AND dst = failed_key)
-    """, "DROP TABLE rc_tree", "DROP TABLE rc_mem", "DROP TABLE rc_leaves",
+    """, "DROP TABLE rc_tree", "DROP TABLE rc_mem", "DROP TABLE rc_rq", "DROP TABLE rc_leaves",
        "DROP TABLE rc_units", "DROP TABLE rc_candidates", "DROP TABLE rc_own",
        "DROP TABLE rc_inherit",
        "DROP TABLE rc_desc")

@@ -99,6 +99,15 @@ def evidence_list(struct: str, order: str, limit: int, where: str | None = None)
             f" []))")
 
 
+def followed_span(span: str) -> str:
+    """True for a span whose causes feed a root cause: a holder (what a waited-for thread
+    did) or a span of a trace in which an operation failed. ``span``: the alias of a
+    ``spans_all`` row (needs ``span_domain``, built before any cause)."""
+    return (f"({span}.origin = 'holder' OR {span}.trace_id IN ("
+            f"SELECT fs.trace_id FROM span_domain fd JOIN spans_all fs USING (span_key)"
+            f" WHERE fd.failed AND fs.trace_id IS NOT NULL))")
+
+
 @contextmanager
 def translated(stage: str) -> Iterator[None]:
     """DuckDB failures inside a stage become one-line AnalysisErrors naming the stage."""

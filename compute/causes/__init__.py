@@ -19,6 +19,7 @@ edges from the episode to the processes that drove it.
 Tables (temporary, shared by all modules):
     rels(rel, src_label, src, dst_label, dst, kind, delay_ns, rank, count, bytes, evidence)
     episodes(id, kind, subkind, node, start_ns, end_ns, memcg, dev, conn, weight_ns, detail)
+    runqueue_reclaim(span_key, holder_tid, whose, episode_id, ns)
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TEMP TABLE episodes (id VARCHAR, kind VARCHAR, subkind VARCHAR, node VARCHAR,
             start_ns BIGINT, end_ns BIGINT, memcg BIGINT, dev VARCHAR, conn VARCHAR,
             weight_ns BIGINT, detail VARCHAR)
+    """, """
+        -- run-queue time of followed spans inside a reclaim (memory.runqueue_in_reclaim)
+        CREATE TEMP TABLE runqueue_reclaim (span_key VARCHAR, holder_tid BIGINT,
+            whose VARCHAR, episode_id VARCHAR, ns BIGINT)
     """)
 
 

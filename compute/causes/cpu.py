@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import duckdb
 
+from kprobe.compute.causes.memory import runqueue_in_reclaim
 from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import evidence_list, execute, translated
+from kprobe.compute.sql import evidence_list, execute, followed_span, translated
 
 
 def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
@@ -21,12 +22,14 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     """``cpus``: ``cpu_intervals`` sorted in memory (``timeline.build``)."""
     limit = settings.max_evidence_rows
     with translated("cpu contention"), overlap(
-            con, f"SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e FROM span_pieces p"
+            con, f"SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e,"
+                 f" {followed_span('sp')} AS followed FROM span_pieces p"
                  f" JOIN spans_all sp USING (span_key)"
                  f" WHERE sp.level = {level} AND p.state = 'runnable' AND p.cpu IS NOT NULL",
             cpus, "cpu",
             select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
-                   " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e, r.share",
+                   " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e, r.share, l.tid,"
+                   " l.followed",
             where="r.tid <> l.tid") as holders:
         execute(con, "cpu contention", f"CREATE TEMP TABLE c_holders AS {holders}")
     # evidence only for the holders that count (most hold a CPU for less than min_delay)
@@ -48,4 +51,6 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                          HAVING sum((e - s) * share) >= {settings.min_delay_ns}) k
                 USING (span_key, node, holder_tid)
               GROUP BY span_key, node, holder_tid)
-    """, "DROP TABLE c_holders")
+    """)
+    runqueue_in_reclaim(con, settings, "c_holders")
+    execute(con, "cpu contention", "DROP TABLE c_holders")

@@ -138,7 +138,8 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
 
 
 def _drivers(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
-    """CAUSED_BY episode -> process for episodes that delayed a span and have no drivers yet."""
+    """CAUSED_BY episode -> process for episodes that delayed a span (or whose reclaim held
+    a CPU that a followed span waited for) and have no drivers yet."""
     slack = settings.alloc_flush_slack_ns
     limit = settings.max_evidence_rows
     execute(con, "memory drivers", f"""
@@ -171,8 +172,43 @@ def _drivers(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                      AND a.kind IN ('page_alloc', 'fault') AND a.pid > 0
                      AND a.ts_ns >= ep.start_ns AND a.ts_ns <= ep.end_ns + {slack}
                 WHERE ep.kind = 'memory_pressure'
-                  AND ep.id IN (SELECT dst FROM rels WHERE kind = 'memory_pressure')
+                  AND ep.id IN (SELECT dst FROM rels WHERE kind = 'memory_pressure'
+                                UNION SELECT episode_id FROM runqueue_reclaim
+                                WHERE whose = 'holder' GROUP BY span_key, episode_id
+                                HAVING sum(ns) >= {settings.min_delay_ns})
                   AND ep.id NOT IN (SELECT src FROM rels WHERE kind = 'memory_driver')
                 GROUP BY ep.id, ep.node, ep.memcg, ep.weight_ns, a.pid))
         WHERE rank <= {settings.max_drivers} AND (pages > 0 OR faults > 0)
     """)
+
+
+def runqueue_in_reclaim(con: duckdb.DuckDBPyConnection, settings: ComputeSettings,
+                        holders: str) -> None:
+    """Run-queue time of followed spans (``sql.followed_span``) that a reclaim stretched,
+    into ``runqueue_reclaim`` for the root cause (one instant of a critical path is one
+    cost, counted once):
+
+    - ``own``: the span's thread was runnable inside its own reclaim (preempted while
+      reclaiming). That time is already in the span's memory-pressure delay (the reclaim's
+      wall time); the CPU contention edge counts it again.
+    - ``holder``: the thread that held the CPU meanwhile was itself reclaiming: the CPU
+      went to reclaim work that the holder's memory-pressure episode forced on it.
+
+    ``holders``: CPU contention's overlap rows (span_key, node, tid, holder_tid, s, e,
+    share, followed), one per piece of run-queue wait and thread on its CPU."""
+    bucket = settings.join_bucket_ns
+    reclaim = merged("mem_reclaim", ("node", "tid", "episode_id"))
+    left = f"(SELECT * FROM {holders} WHERE followed AND e > s)"
+    own = overlap_join(left, reclaim, ("node", "tid"), bucket,
+                       select="l.span_key, l.holder_tid, 'own' AS whose, r.episode_id,"
+                              " (least(l.e, r.e) - greatest(l.s, r.s)) * l.share AS ns")
+    held = overlap_join(left, reclaim, (("node", "node"), ("holder_tid", "tid")), bucket,
+                        select="l.span_key, l.holder_tid, 'holder' AS whose, r.episode_id,"
+                               " (least(l.e, r.e) - greatest(l.s, r.s)) * l.share AS ns")
+    execute(con, "run-queue in reclaim", f"""
+        INSERT INTO runqueue_reclaim
+        SELECT span_key, holder_tid, whose, episode_id, round(sum(ns))::BIGINT
+        FROM ({own} UNION ALL {held})
+        GROUP BY ALL
+    """)
+    _drivers(con, settings)  # of the episodes whose reclaim held a CPU
