@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import duckdb
 
+from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import evidence_list, execute, merged, overlap_join
+from kprobe.compute.sql import (
+    evidence_list,
+    execute,
+    merged,
+    overlap_join,
+    scalar_row,
+    translated,
+)
 
 
 def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
@@ -196,19 +204,25 @@ def runqueue_in_reclaim(con: duckdb.DuckDBPyConnection, settings: ComputeSetting
 
     ``holders``: CPU contention's overlap rows (span_key, node, tid, holder_tid, s, e,
     share, followed), one per piece of run-queue wait and thread on its CPU."""
-    bucket = settings.join_bucket_ns
-    reclaim = merged("mem_reclaim", ("node", "tid", "episode_id"))
-    left = f"(SELECT * FROM {holders} WHERE followed AND e > s)"
-    own = overlap_join(left, reclaim, ("node", "tid"), bucket,
-                       select="l.span_key, l.holder_tid, 'own' AS whose, r.episode_id,"
-                              " (least(l.e, r.e) - greatest(l.s, r.s)) * l.share AS ns")
-    held = overlap_join(left, reclaim, (("node", "node"), ("holder_tid", "tid")), bucket,
-                        select="l.span_key, l.holder_tid, 'holder' AS whose, r.episode_id,"
-                               " (least(l.e, r.e) - greatest(l.s, r.s)) * l.share AS ns")
-    execute(con, "run-queue in reclaim", f"""
-        INSERT INTO runqueue_reclaim
-        SELECT span_key, holder_tid, whose, episode_id, round(sum(ns))::BIGINT
-        FROM ({own} UNION ALL {held})
-        GROUP BY ALL
-    """)
-    _drivers(con, settings)  # of the episodes whose reclaim held a CPU
+    # reclaim rows are few (one interval per reclaim call), the overlap rows many: the
+    # reclaim intervals are looked up in memory (interval_index), for the rows of threads
+    # that reclaimed or of CPUs such a thread held
+    with translated("run-queue in reclaim"):
+        reclaim = IntervalIndex(con.sql(
+            f"SELECT * FROM {merged('mem_reclaim', ('node', 'tid', 'episode_id'))}"
+        ).to_arrow_table(), "tid")
+    left = (f"SELECT span_key, node, tid, holder_tid, s, e, share FROM {holders}"
+            f" WHERE followed AND e > s AND (tid IN (SELECT tid FROM mem_reclaim)"
+            f" OR holder_tid IN (SELECT tid FROM mem_reclaim))")
+    for whose, key in (("own", "tid"), ("holder", "holder_tid")):
+        with translated("run-queue in reclaim"), overlap(
+                con, left, reclaim, key,
+                select=f"l.span_key, l.holder_tid, '{whose}' AS whose, r.episode_id,"
+                       f" (least(l.e, r.e) - greatest(l.s, r.s)) * l.share AS ns") as pairs:
+            execute(con, "run-queue in reclaim", f"""
+                INSERT INTO runqueue_reclaim
+                SELECT span_key, holder_tid, whose, episode_id, round(sum(ns))::BIGINT
+                FROM ({pairs}) GROUP BY ALL""")
+    # drivers of the episodes whose reclaim held a CPU (few windows have any)
+    if scalar_row(con, "SELECT count(*) FROM runqueue_reclaim WHERE whose = 'holder'")[0]:
+        _drivers(con, settings)
