@@ -118,6 +118,31 @@ struct {
 	__type(value, struct listener_entry);
 } listeners SEC(".maps");
 
+/*
+ * Evidence capture: the far ends of targets' connections, as the peer sees its socket
+ * (local = the target's remote end), from the connection's establishment (or the target's
+ * first send or receive on it). A non-target sending or receiving on such a socket keeps
+ * its rows (the causal engine matches a target's request with the server that received
+ * it by the 4-tuple); other non-targets are summed. LRU: closed connections age out.
+ */
+struct conn_key {
+	__u8 laddr[NET_ADDR_LEN];
+	__u8 raddr[NET_ADDR_LEN];
+	__u16 lport; /* host order */
+	__u16 rport;
+	__u32 __pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, __u8);
+} target_peers SEC(".maps");
+
+/* 1 once target_peers has a key: until then non-targets skip the look-up */
+__u8 peers_seen = 0;
+
 /* Configuration, set by the loader between open and load. */
 const volatile __u8 record_send = 1;
 const volatile __u8 record_recv = 1;
@@ -275,6 +300,53 @@ static __always_inline void emit(const struct sock *sk, __u16 kind, __u32 bytes,
 	event_submit(&net_events, ev);
 }
 
+/* `sk`'s 4-tuple as a conn_key; reversed: as its peer sees it. */
+static __always_inline void conn_key_of(const struct sock *sk, struct conn_key *key,
+					bool reversed)
+{
+	__u8 *local = reversed ? key->raddr : key->laddr;
+	__u8 *remote = reversed ? key->laddr : key->raddr;
+	__u16 lport = sk->__sk_common.skc_num;
+	__u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
+
+	__builtin_memset(key, 0, sizeof(*key));
+	if (sk->__sk_common.skc_family == AF_INET6) {
+		__builtin_memcpy(local, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(remote, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	} else {
+		__u32 saddr = sk->__sk_common.skc_rcv_saddr;
+		__u32 daddr = sk->__sk_common.skc_daddr;
+
+		__builtin_memcpy(local, &saddr, 4);
+		__builtin_memcpy(remote, &daddr, 4);
+	}
+	key->lport = reversed ? rport : lport;
+	key->rport = reversed ? lport : rport;
+}
+
+/* A target acts on `sk`: its peer's socket keeps rows from now on. */
+static __always_inline void remember_peer(const struct sock *sk)
+{
+	struct conn_key key;
+	__u8 one = 1;
+
+	conn_key_of(sk, &key, true);
+	if (bpf_map_lookup_elem(&target_peers, &key))
+		return;
+	bpf_map_update_elem(&target_peers, &key, &one, BPF_ANY);
+	peers_seen = 1;
+}
+
+static __always_inline bool peer_of_target(const struct sock *sk)
+{
+	struct conn_key key;
+
+	if (!peers_seen)
+		return false;
+	conn_key_of(sk, &key, false);
+	return bpf_map_lookup_elem(&target_peers, &key) != NULL;
+}
+
 /* The socket's sums of one slice as a net_slice_event (nothing if it has none). */
 static __always_inline void emit_net_slice(__u64 sock_id, struct sock_owner *owner)
 {
@@ -364,11 +436,17 @@ static __always_inline void on_length(struct sock *sk, int ret, __u16 kind, bool
 	owner = remember_owner(sk);
 	if (!wanted)
 		return;
-	if (evidence && !is_target(bpf_get_current_task_btf()->tgid)) {
-		if (owner)
-			net_account(sk, owner, kind == EVENT_NET_SEND, ret);
-		else
-			count_drop(EVENT_NET_SLICE);
+	if (evidence) {
+		if (is_target(bpf_get_current_task_btf()->tgid)) {
+			remember_peer(sk);
+		} else if (!peer_of_target(sk)) {
+			if (owner)
+				net_account(sk, owner, kind == EVENT_NET_SEND, ret);
+			else
+				count_drop(EVENT_NET_SLICE);
+			return;
+		}
+		emit(sk, kind, ret, sk->__sk_common.skc_state, 0, true, true);
 		return;
 	}
 	if (net_targets_only && !is_target(bpf_get_current_task_btf()->tgid))
@@ -467,6 +545,23 @@ int BPF_PROG(on_inet_sock_set_state, const struct sock *sk, const int oldstate,
 				bpf_map_update_elem(&listeners, &lkey, &l, BPF_ANY);
 			}
 		}
+	}
+
+	/* a target's connection is established: its peer keeps rows from the first byte */
+	if (evidence && newstate == TCP_ESTABLISHED) {
+		struct sock_owner *owner = NULL;
+		__u32 pid = 0;
+
+		/* (a helper, not a load: clang would merge the two loads into one instruction
+		 * the verifier refuses, a task pointer or a map value) */
+		if (actor)
+			pid = bpf_get_current_pid_tgid() >> 32;
+		else
+			owner = bpf_map_lookup_elem(&sock_owners, &key);
+		if (owner)
+			pid = owner->pid;
+		if (pid && is_target(pid))
+			remember_peer(sk);
 	}
 
 	emit(sk, EVENT_NET_STATE, 0, newstate, oldstate, true, actor);

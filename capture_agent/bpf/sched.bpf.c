@@ -106,6 +106,8 @@ struct thread_state {
 	__u8 out_flags;   /* THREAD_OUT_WRITTEN, THREAD_OUT_PREEMPT */
 	char next_comm[TASK_COMM_LEN];
 	char waker_comm[TASK_COMM_LEN];
+	__u16 waking_on;  /* the CPU the waking ran on (sched_event hdr.cpu) */
+	__u16 __pad[3];
 };
 
 /* the switch-out row was written already (another interval's switch-in row) */
@@ -322,6 +324,7 @@ static __always_inline void emit_late_waking(struct thread_state *st, struct tas
 			      SCHED_LAYOUT_VERSION, st->waking_ns);
 	if (!ev)
 		return;
+	ev->hdr.cpu = st->waking_on;
 	ev->hdr.flags = SCHED_FLAG_EVIDENCE;
 	ev->prev_pid = st->waker_pid;
 	ev->prev_tid = st->waker_tid;
@@ -523,6 +526,7 @@ static __always_inline void evidence_waking(struct task_struct *task, __u32 tid,
 	st->waker_pid = waker->tgid;
 	st->waker_tid = waker->pid;
 	st->waking_cpu = task->thread_info.cpu;
+	st->waking_on = bpf_get_smp_processor_id();
 	__builtin_memcpy(st->waker_comm, waker->comm, TASK_COMM_LEN);
 }
 

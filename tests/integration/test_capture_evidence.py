@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import net, sched
 from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.integration.test_bpf_sched import HANDOFF_MS, Handoff
-from tests.support import free_port, require, require_root
+from tests.support import REPO, free_port, require, require_root
 
 BOUND_NS = 20_000_000  # long enough that the storm's waits stay under it on a busy node
 
@@ -165,31 +166,65 @@ def _oncpu_from_rows(switches: pa.Table, tid: int) -> int:
     return total
 
 
-def test_tcp_of_targets_stays_rows_and_of_others_is_summed_per_socket_exactly(
+class PeerServer:
+    """A tcp_peer server receiving ``req`` bytes and answering ``resp``, started (forked)
+    before anything is targeted: a child forked by a target would be a target."""
+
+    def __init__(self, binary: Path, port: int, req: int, resp: int) -> None:
+        self.port = port
+        self.proc = subprocess.Popen([str(binary), "server", str(port), str(req), str(resp)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        word, pid = self.proc.stdout.readline().split()
+        assert word == "ready"
+        self.pid = int(pid)
+
+    def stop(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def exchange(port: int, req: int, resp: int) -> None:
+    """This process sends ``req`` bytes to the server on ``port`` and reads ``resp``."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"x" * req)
+        got = 0
+        while got < resp:
+            chunk = conn.recv(65536)
+            assert chunk
+            got += len(chunk)
+
+
+def test_tcp_of_targets_and_their_peers_stays_rows_and_the_rest_is_summed_exactly(
         programs: Path) -> None:
     require_root_and_objects()
-    port, req, resp = free_port(), 300_000, 123_457
-    # GIVEN an untargeted server (started before this process is a target: a child forked
-    # by a target would be one), and evidence capture of the net family targeting this
-    # process only
-    server = subprocess.Popen([str(programs / "tcp_peer"), "server", str(port), str(req),
-                               str(resp)], stdout=subprocess.PIPE, text=True)
+    req, resp = 300_000, 123_457
+    # GIVEN two untargeted servers and an untargeted client process waiting for a word
+    # (all forked before anything is targeted: a child forked by a target would be one),
+    # and evidence capture of the net family targeting this test process
+    server = PeerServer(programs / "tcp_peer", free_port(), req, resp)
+    other = PeerServer(programs / "tcp_peer", free_port(), req, resp)
+    client = subprocess.Popen(
+        [sys.executable, "-c", "import sys\n"
+         "from tests.integration.test_capture_evidence import exchange\n"
+         "sys.stdin.readline()\n"
+         f"exchange({other.port}, {req}, {resp})\n"],
+        stdin=subprocess.PIPE, text=True, cwd=REPO)
     spec = net.sensor_spec(net.NetConfig(evidence=True, ring_bytes=16 << 20))
     try:
-        assert server.stdout is not None
-        word, server_pid = server.stdout.readline().split()
-        assert word == "ready"
         with Sensor(spec) as sensor:
             sensor.add_targets([os.getpid()])
-            # WHEN this process sends req bytes to the server, which answers resp bytes
-            with socket.create_connection(("127.0.0.1", port)) as conn:
-                conn.sendall(b"x" * req)
-                got = 0
-                while got < resp:
-                    chunk = conn.recv(65536)
-                    assert chunk
-                    got += len(chunk)
-            assert server.wait(timeout=60) == 0
+            # WHEN this process exchanges req/resp bytes with the first server, and the
+            # client with the other
+            exchange(server.port, req, resp)
+            assert client.stdin is not None
+            client.stdin.write("go\n")
+            client.stdin.close()
+            assert client.wait(timeout=60) == 0
+            assert server.proc.wait(timeout=60) == 0 and other.proc.wait(timeout=60) == 0
             clock = sample_offset()
             rows = net.net_table(sensor.ring("net_events").drain(), clock)
             ringed = net.net_slice_table(sensor.ring("net_slice_events").drain(), clock)
@@ -197,27 +232,42 @@ def test_tcp_of_targets_stays_rows_and_of_others_is_summed_per_socket_exactly(
             sensor.detach()
             tails = net.open_socket_slices(sensor.map_fd("sock_owners"), clock)
     finally:
-        if server.stdout is not None:
-            server.stdout.close()
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        server.stop()
+        other.stop()
+        if client.poll() is None:
+            client.kill()
+            client.wait()
     assert drops == {}
     sums = pa.concat_tables([ringed, tails])
-    on_port = rows.filter(pc.or_(pc.equal(rows["sport"], port), pc.equal(rows["dport"], port)))
-    data = on_port.filter(pc.is_in(on_port["kind"], pa.array(["send", "recv"])))
+    data = rows.filter(pc.is_in(rows["kind"], pa.array(["send", "recv"])))
     me = os.getpid()
-    # THEN the target's sends and receives are rows, byte for byte
-    assert set(data["pid"].to_pylist()) == {me}
-    sent = pc.sum(data.filter(pc.equal(data["kind"], "send"))["bytes"]).as_py()
-    assert sent == req
-    # AND the server's are no rows but its socket's sums, byte for byte, with its 4-tuple
-    srv = of_pid(sums, "pid", int(server_pid))
-    assert srv.num_rows >= 1
-    assert set(srv["sport"].to_pylist()) == {port}
+
+    def on_port(t: pa.Table, port: int) -> pa.Table:
+        return t.filter(pc.or_(pc.equal(t["sport"], port), pc.equal(t["dport"], port)))
+
+    def total(t: pa.Table, column: str, **equal: object) -> int:
+        for name, value in equal.items():
+            t = t.filter(pc.equal(t[name], value))
+        return int(pc.sum(t[column]).as_py() or 0)
+
+    # THEN the target's sends and receives are rows, byte for byte, and so are those of the
+    # server it called (its peer), from the first byte on; none of it is summed
+    with_target = on_port(data, server.port)
+    assert set(with_target["pid"].to_pylist()) == {server.pid, me}
+    assert total(with_target, "bytes", pid=me, kind="send") == req
+    assert total(with_target, "bytes", pid=me, kind="recv") == resp
+    assert total(with_target, "bytes", pid=server.pid, kind="recv") == req
+    assert total(with_target, "bytes", pid=server.pid, kind="send") == resp
+    assert on_port(sums, server.port).num_rows == 0
+    # AND the other connection (no target on either end) is no row but each socket's sums,
+    # byte for byte, with its 4-tuple and owner
+    assert on_port(data, other.port).num_rows == 0
+    with_other = on_port(sums, other.port)
+    srv = with_other.filter(pc.equal(with_other["pid"], other.pid))
+    assert set(srv["sport"].to_pylist()) == {other.port}
     assert set(srv["saddr"].to_pylist()) == {"127.0.0.1"}
-    assert pc.sum(srv["recv_bytes"]).as_py() == req
-    assert pc.sum(srv["sent_bytes"]).as_py() == resp
-    assert pc.sum(srv["recvs"]).as_py() >= 1 and pc.sum(srv["sends"]).as_py() >= 1
-    # AND none of the target's own traffic is summed twice
-    assert of_pid(sums, "pid", me).num_rows == 0
+    assert (total(srv, "recv_bytes"), total(srv, "sent_bytes")) == (req, resp)
+    cli = with_other.filter(pc.equal(with_other["pid"], client.pid))
+    assert set(cli["dport"].to_pylist()) == {other.port}
+    assert (total(cli, "sent_bytes"), total(cli, "recv_bytes")) == (req, resp)
+    assert total(cli, "sends") >= 1 and total(srv, "recvs") >= 1
