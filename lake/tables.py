@@ -14,11 +14,13 @@ positive ``max_staleness_s`` accepts a check that started up to that long before
 fewer listings on object stores, at the price of seeing a commit up to that late.
 
 A table that does not exist yet reads as an empty table with its schema and is looked for
-again on every check; a table with files but no ``_delta_log`` is an error, not an empty
-table (checked when the table is opened, and, for local lakes, on every check). A check
-that fails (a torn commit, a log that went back to an older version after a repair)
-raises ``LakeUnavailable`` and drops the handle, so the next check opens the table
-afresh: a repaired log is read again without a restart.
+again on every check, and so does a local table whose directory was removed (the handle
+would still list the removed files: deltalake's ``update_incremental`` does not notice); a
+table with files but no ``_delta_log`` is an error, not an empty table (checked when the
+table is opened, and, for local lakes, on every check). A check that fails (a torn
+commit, a log that went back to an older version after a repair) raises
+``LakeUnavailable`` and drops the handle, so the next check opens the table afresh: a
+repaired log is read again without a restart.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class TableSnapshot:
     dataset: Dataset
 
 
+def _not_created(name: str) -> TableSnapshot:
+    return TableSnapshot(name, None, TABLES[name].schema.empty_table())
+
+
 class _Entry:
     """One table's handle; every change happens under ``lock``."""
 
@@ -58,7 +64,7 @@ class _Entry:
         self.name = name
         self.lock = threading.Lock()
         self.table: DeltaTable | None = None
-        self.snapshot = TableSnapshot(name, None, TABLES[name].schema.empty_table())
+        self.snapshot = _not_created(name)
         self.checked_at = float("-inf")  # monotonic time at which the last good check began
 
 
@@ -122,6 +128,9 @@ class TableCache:
             try:
                 with translate_errors(f"open {entry.name}"):
                     self.checks += 1
+                    if entry.table is not None and self.location.scheme == "file" and \
+                            not (self.location.local_path / "v1" / entry.name).is_dir():
+                        entry.table = None  # the table was removed: read it as not created
                     if entry.table is None:
                         entry.table = open_table(self.location, entry.name)
                     elif self.location.scheme == "file" and \
@@ -135,7 +144,10 @@ class TableCache:
                             # e.g. the log went back to an older version (restored from a
                             # backup): the handle is ahead of it; read the log as it is
                             entry.table = open_table(self.location, entry.name)
-                    if entry.table is not None:
+                    if entry.table is None:  # not created, or gone: never the old files
+                        if entry.snapshot.version is not None:
+                            entry.snapshot = _not_created(entry.name)
+                    else:
                         version = int(entry.table.version())
                         if version != entry.snapshot.version:
                             entry.snapshot = TableSnapshot(entry.name, version,

@@ -4,6 +4,7 @@ every cursor."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,21 @@ def test_every_read_after_a_commit_sees_it(lake_dir: Path) -> None:
         assert version is not None
         versions.append(version)
     assert versions == sorted(set(versions))  # one new version per commit
+
+
+def test_a_removed_table_reads_as_not_created_not_as_its_old_files(lake_dir: Path) -> None:
+    # GIVEN a database whose cache holds a table with rows
+    db = LakeDatabase(_location(lake_dir))
+    _commit(lake_dir, 1)
+    _commit(lake_dir, 2)
+    assert _rows(db) == 2
+    # WHEN the table's directory is removed (deltalake's handle does not notice: it would
+    # still list the two removed Parquet files, and every read would fail on them)
+    shutil.rmtree(lake_dir / "v1" / "lost")
+    # THEN it reads as a table not created yet, and a new commit is read again
+    assert _rows(db) == 0 and db.tables.snapshot("lost").version is None
+    _commit(lake_dir, 3)
+    assert _rows(db) == 1
 
 
 def test_an_unchanged_table_is_not_rebuilt(lake_dir: Path) -> None:
