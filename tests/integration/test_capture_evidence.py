@@ -38,7 +38,10 @@ def require_root_and_objects() -> None:
 
 
 def evidence_sched(bound_ns: int = BOUND_NS) -> Sensor:
-    return Sensor(sched.sensor_spec(sched.SchedConfig(evidence=True, min_offcpu_ns=bound_ns)))
+    # nothing drains the slice ring while the workload runs: room for a minute of both
+    # CPUs' slices (an emulated guest of the kernel matrix runs the storm for ~15 s)
+    return Sensor(sched.sensor_spec(sched.SchedConfig(evidence=True, min_offcpu_ns=bound_ns,
+                                                      slice_ring_bytes=16 << 20)))
 
 
 def all_slices(sensor: Sensor) -> pa.Table:
