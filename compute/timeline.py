@@ -48,6 +48,12 @@ _SLICE_HOLDERS = """
 """
 
 
+# (a CPU holder of a node recorded with evidence capture may be named by its slices only)
+_SLICE_NAMES = """
+            UNION ALL
+            SELECT node, tid, pid, comm, ts_ns FROM w_cpu_slices WHERE tid > 0"""
+
+
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
                             [name]).fetchone()[0])  # type: ignore[index]
@@ -55,7 +61,7 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def names(con: duckdb.DuckDBPyConnection) -> None:
     """``thread_names``: pid and comm of every thread any row of the window mentions."""
-    execute(con, "thread names", """
+    execute(con, "thread names", f"""
         CREATE TEMP TABLE thread_names AS
         SELECT node, tid, arg_max(pid, ts) AS pid, arg_max(comm, ts) AS comm FROM (
             SELECT node, prev_tid::BIGINT AS tid, prev_pid::BIGINT AS pid, prev_comm AS comm,
@@ -73,7 +79,8 @@ def names(con: duckdb.DuckDBPyConnection) -> None:
             UNION ALL
             SELECT node, tid, pid, comm, ts_ns FROM w_net WHERE tid > 0
             UNION ALL
-            SELECT node, tid, pid, comm, ts_ns FROM w_block_io WHERE tid > 0)
+            SELECT node, tid, pid, comm, ts_ns FROM w_block_io WHERE tid > 0
+            {_SLICE_NAMES if _has_table(con, "w_cpu_slices") else ""})
         WHERE comm IS NOT NULL OR pid IS NOT NULL
         GROUP BY node, tid
     """)

@@ -36,6 +36,9 @@ def test_cpu_holders_during_a_run_queue_wait_come_from_the_slices(lake_dir: Path
                                                     kind="cpu_contention")}
     node = next(iter(edges)).rsplit(":", 1)[0] if edges else ""
     assert edges == {f"{node}:21": 16 * MS, f"{node}:31": 4 * MS}
+    # AND a holder seen only in the slices is named by them
+    threads = {r["id"]: (r["pid"], r["comm"]) for r in analysis.tables["Thread"].to_pylist()}
+    assert threads[f"{node}:31"] == (30, "cron")
 
 
 def test_without_slices_the_wait_has_no_holder_to_blame(lake_dir: Path) -> None:
