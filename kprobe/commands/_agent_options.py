@@ -65,7 +65,8 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         help="full (default; $KPROBE_CAPTURE): a row per context switch, "
                         "waking and TCP send/receive on the node; evidence: those rows only "
                         "where they bound an off-CPU interval of at least --min-offcpu-ms "
-                        "(and TCP rows of targets), per-thread and per-socket sums per "
+                        "(and TCP rows of targets and their peers), per-thread and "
+                        "per-socket sums per "
                         "--slice-ms for the rest (tables cpu_slices, net_slices)")
     parser.add_argument("--slice-ms", type=float, default=10.0, metavar="MS",
                         help="with --capture evidence, the time slice of the sums "
