@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,36 @@ import pytest
 # replays in a process of its own (the replay worker); the suite's process must not carry
 # gRPC's fork handlers either. Set before anything imports grpc.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+# Ray keeps state across ray.init/ray.shutdown in one process. A local cluster started while
+# RAY_AUTH_MODE is unset (kprobe's connect_ray(None), as test_compute_follow_ray does) makes
+# Ray turn token authentication on for the whole process: it sets RAY_AUTH_MODE=token in
+# os.environ and reloads its C++ config, and ray.shutdown undoes neither. A cluster started
+# here later with RAY_AUTH_MODE=disabled (the Ray fixtures' clusters, which `kprobe`
+# subprocesses join without a token) then has a GCS without auth and a driver whose gRPC
+# server still wants a token: the GCS's calls to the driver fail ("Missing authorization
+# header" in the driver's log), the GCS takes the owner for dead, and every actor this process
+# owns dies "cancelled before it started running" (test_replay_fuzz's Ray fuzz in full runs;
+# tests/integration/test_ray_process_state.py). So one mode for the suite's process, set
+# before anything imports ray, and no test may leave it (or the cluster address) changed.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+_RAY_SESSION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+
+def _ray_session_env() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in _RAY_SESSION_ENV}
+
+
+@pytest.fixture(autouse=True)
+def _ray_session_env_unchanged() -> Iterator[None]:
+    """Fails the test that leaves the environment of the next Ray session in this process
+    changed (see above: its actors would die before they start)."""
+    before = _ray_session_env()
+    yield
+    after = _ray_session_env()
+    assert after == before, (
+        f"this test changed the Ray environment of the suite's process: {before} -> {after} "
+        f"(an in-process ray.init with RAY_AUTH_MODE unset does: set it first)")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -180,12 +179,12 @@ def test_fuzz_finds_nothing_when_timing_does_not_matter(
 
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A local 2-CPU Ray cluster on loopback for this module; its GCS address."""
+    """A local 2-CPU Ray cluster for this module, this process its driver; its GCS address.
+    (Without token auth: tests/conftest.py sets RAY_AUTH_MODE=disabled for the whole
+    process. Ray's GCS listens on every interface, whatever ``_node_ip_address`` says.)"""
     require(importlib.util.find_spec("ray") is not None, "ray (pip install ray)")
     import ray
 
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20,
                        _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
                        configure_logging=False, _node_ip_address="127.0.0.1")
@@ -193,35 +192,33 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield str(context.address_info["gcs_address"])  # type: ignore[attr-defined]
     finally:
         ray.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
 
 
 @pytest.mark.ray
 def test_fuzz_runs_its_replays_on_ray(close_call: tuple[Path, str, RecordedRun],
-                                      ray_address: str) -> None:
-    """``kprobe replay`` runs in a process of its own here, as a user runs it, connected to
-    the test's cluster. (Called inside the suite's process, its Ray actors twice died
-    "cancelled before it started running" in full CI runs, never when this module ran alone
-    or after the Ray compute tests: some earlier test's Ray state in that process, not yet
-    found.)"""
-    # GIVEN the 750 ms recording and a Ray cluster
+                                      ray_address: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``kprobe replay`` in this process, which is already connected to the module's cluster
+    (``connect_ray`` keeps a connection it finds): the campaign's actors are owned by this
+    process, and the campaign leaves the caller's connection up. (Its actors died "cancelled
+    before it started running" in full runs while an earlier test's local cluster had left
+    this process in Ray's token auth mode: tests/conftest.py,
+    tests/integration/test_ray_process_state.py.)"""
+    import ray
+
+    # GIVEN the 750 ms recording and a Ray cluster this process is connected to
     lake_dir, process, _run = close_call
-    # WHEN fuzzed as Ray tasks, with the same seed as the local run
-    proc = subprocess.run(
-        [sys.executable, "-P", "-m", "kprobe", "replay", "--lake", str(lake_dir), "--process",
-         process, "--format", "json", "--fuzz", "12", "--seed", "1", "--ray-address",
-         ray_address], capture_output=True, text=True, timeout=900, check=False, cwd=REPO)
-    assert proc.stdout.strip(), f"kprobe replay exit {proc.returncode}: {proc.stderr[-2000:]}"
-    code, report = proc.returncode, json.loads(proc.stdout)
+    # WHEN fuzzed as Ray actors, with the same seed as the local run
+    code, report = _fuzz(lake_dir, process, capsys, "--fuzz", "12", "--seed", "1",
+                         "--ray-address", ray_address)
     # THEN the replays ran on Ray and found the same single-row flip
     assert report["executor"] == "ray" and report["workers"] == 2
     assert not report["runs"]["errors"], report["perturbed"]
     assert code == 1, report
     (flip,) = report["minimal_flips"]
     assert len(flip["perturbations"]) == 1 and flip["perturbations"][0]["syscall"] == "poll"
+    # AND the connection the campaign found is still up: it was not the campaign's to close
+    assert ray.is_initialized()
 
 
 def test_fuzz_swaps_two_lines_that_only_timing_orders(programs: Path, tmp_path: Path) -> None:
