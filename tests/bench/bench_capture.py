@@ -363,6 +363,7 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
     cpu: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     losses: dict[tuple[str, str], list[int]] = {c: [] for c in configs}
     rows: dict[tuple[str, str], list[float]] = {c: [] for c in configs}  # rows per request
+    by_table: dict[tuple[str, str], dict[str, float]] = {c: {} for c in configs}  # summed
     try:
         service.load(progs, 1.0)  # warm-up
         for _ in range(rounds):
@@ -377,8 +378,11 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
                 losses[config].append(lost(summary))
                 written = summary.get("rows")
                 if isinstance(written, dict):
-                    rows[config].append(sum(int(v) for v in written.values())
-                                        / max(rate * seconds, 1.0))
+                    requests = max(rate * seconds, 1.0)
+                    rows[config].append(sum(int(v) for v in written.values()) / requests)
+                    for table, n in written.items():
+                        by_table[config][table] = (by_table[config].get(table, 0.0)
+                                                   + int(n) / requests / rounds)
     finally:
         service.stop()
         sleeper.kill()
@@ -393,6 +397,8 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
               f"{statistics.median(cpu[(name, mode)]) * 100:.0f} % of a core; "
               f"{per_request:.1f} rows/request (rows of every process over the run); lost "
               f"{sum(losses[(name, mode)]):,}")
+        top = sorted(by_table[(name, mode)].items(), key=lambda kv: -kv[1])[:6]
+        print("        rows/request by table: " + ", ".join(f"{t} {v:.2f}" for t, v in top))
 
 
 def bench_sustained(work: Path, seconds: int, rate: int = 1_000_000) -> None:
