@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kprobe.compute.interval_index import IntervalIndex
+
 _SWITCH_COLUMNS = "node, tid, pid, ts, cpu, opens, prev_state, ord"
 _WAKE_COLUMNS = "node, tid, ts, waker_pid, waker_tid, is_waking"
 # Keys are thread code x (ts - earliest ts) while that fits in an int64 with room for the
@@ -263,6 +265,39 @@ def with_reasons(con: duckdb.DuckDBPyConnection, rows: pa.Table, tol_ns: int) ->
             blocked[f"waker_{f}"],
             pc.if_else(matched, _take(_column(off, f"waker_{f}"), row), nulls))
     return pa.concat_tables([others, pa.table(columns, schema=INTERVAL_SCHEMA)])
+
+
+_SLICES = """
+    SELECT node, tid::BIGINT AS tid, ts_ns AS s, ts_ns + dur_ns AS e, oncpu_ns
+    FROM w_cpu_slices WHERE node IS NOT NULL AND tid > 0 AND dur_ns > 0"""
+
+
+def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
+    """``rows`` (thread_intervals) with the running segments of nodes recorded with
+    evidence capture checked against their slices (``w_cpu_slices``).
+
+    Evidence capture keeps a thread's switch rows only around its long waits, so the
+    segment from a switch in to the thread's next row may hold short waits that left no
+    row. The slices the segment overlaps say how long the thread was on a CPU in them, at
+    most: a segment longer than that is running for that long and 'unknown' for the rest
+    (never more on-CPU time than the slices hold, and no wait invented). Vectorised: the
+    overlaps come from the interval index (compute/interval_index.py)."""
+    slices = con.sql(_SLICES).to_arrow_table()
+    if not slices.num_rows:
+        return rows
+    running = pc.and_(pc.equal(rows["state"], "running"),
+                      pc.is_in(rows["node"], pc.unique(slices["node"])))
+    running = pc.fill_null(running, False)
+    segs, rest = rows.filter(running), rows.filter(pc.invert(running))
+    left, right = IntervalIndex(slices, "tid").pairs(segs, "tid")
+    oncpu = np.asarray(slices["oncpu_ns"].to_numpy(zero_copy_only=False), np.int64)
+    s, e = _ints(segs, "s"), _ints(segs, "e")
+    held = np.bincount(left, weights=oncpu[right], minlength=len(s)).astype(np.int64)
+    cut = s + np.minimum(held, e - s)
+    ran = _piece(segs, pa.array(cut > s), e=pa.array(cut, pa.int64()))
+    unknown = _piece(segs, pa.array(cut < e), s=pa.array(cut, pa.int64()),
+                     state=pa.array(np.full(len(s), "unknown", object), pa.string()))
+    return pa.concat_tables([rest, ran, unknown])
 
 
 def thread_intervals(con: duckdb.DuckDBPyConnection, range_end_ns: int, tol_ns: int

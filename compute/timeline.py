@@ -55,8 +55,9 @@ _SLICE_NAMES = """
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
-                            [name]).fetchone()[0])  # type: ignore[index]
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                        [name]).fetchall()
+    return bool(found[0][0])
 
 
 def names(con: duckdb.DuckDBPyConnection) -> None:
@@ -160,6 +161,7 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # followed by another switch in left the CPU untraced, at an unknown instant. The
     # reason of a blocked interval is the offcpu row of the same switch-out. All of it per
     # thread in time order, vectorised in numpy: compute/thread_scan.py.
+    sliced = _has_table(con, "w_cpu_slices")
     with translated("thread timeline"):
         rows = thread_scan.thread_intervals(con, range_end_ns, tol)
         only_offcpu = con.sql(f"""
@@ -176,6 +178,9 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
                "AND EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = o.node AND r.tid = o.tid)"}
         """).to_arrow_table().cast(thread_scan.INTERVAL_SCHEMA)
     every = pa.concat_tables([rows, only_offcpu])
+    if sliced:
+        with translated("thread timeline"):
+            every = thread_scan.bound_running(con, every)
     con.register("t_intervals_rows", every)
     try:
         execute(con, "thread timeline",
@@ -183,7 +188,6 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     finally:
         con.unregister("t_intervals_rows")
     threads = IntervalIndex(every, "tid")
-    sliced = _has_table(con, "w_cpu_slices")
     execute(con, "thread timeline", f"""
         -- who held each CPU: the thread the switch put there, until the CPU's next switch
         -- (unless that switch takes another thread out: the holder then left untraced, at

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.unit.test_compute_scenario import MS, T0, Scenario, analyze, key, rels
+from kprobe.compute import timeline
+from kprobe.compute.settings import ComputeSettings
+from kprobe.compute.window import Window, load
+from kprobe.lake import LakeSettings, resolve
+from tests.unit.test_compute_scenario import (
+    MS,
+    T0,
+    WINDOW_END,
+    WINDOW_START,
+    Scenario,
+    analyze,
+    key,
+    rels,
+)
 
 
 def _preempted_api(slices: bool) -> Scenario:
@@ -46,3 +59,42 @@ def test_without_slices_the_wait_has_no_holder_to_blame(lake_dir: Path) -> None:
     analysis = analyze(_preempted_api(slices=False), lake_dir)
     # THEN nobody is blamed for CPU contention
     assert rels(analysis, src=key("a"), kind="cpu_contention") == []
+
+
+def _slices_of(sc: Scenario, *rows: tuple[float, int, int, str, float]) -> Scenario:
+    for start, tid, pid, comm, oncpu in rows:
+        sc.rows["cpu_slices"].append({
+            "ts_ns": T0 + int(start * MS), "dur_ns": 10 * MS, "cpu": 0, "pid": pid,
+            "tid": tid, "comm": comm, "oncpu_ns": int(oncpu * MS), "runq_ns": 0,
+            "switches": 1, "waits": 0})
+    return sc
+
+
+def test_a_running_segment_holds_no_more_cpu_time_than_its_slices(lake_dir: Path) -> None:
+    # GIVEN evidence rows that put thread 21 on CPU 0 from 0 to 40 ms (its short sleeps in
+    # between left no rows), slices that say it ran 1 ms of that, and thread 11 whose
+    # 5 ms segment is all in its slice (it ran 5 ms)
+    sc = Scenario().process(10, "api").process(20, "ledger")
+    sc.run(0, 20, 21, 0, 40, leave="S")
+    sc.run(1, 10, 11, 0, 5, leave="S")
+    _slices_of(sc, (0, 21, 20, "ledger", 0.6), (10, 21, 20, "ledger", 0.2),
+               (20, 21, 20, "ledger", 0.2), (30, 21, 20, "ledger", 0))
+    sc.rows["cpu_slices"].append({
+        "ts_ns": T0, "dur_ns": 10 * MS, "cpu": 1, "pid": 10, "tid": 11, "comm": "api",
+        "oncpu_ns": 5 * MS, "runq_ns": 0, "switches": 1, "waits": 0})
+    sc.write(lake_dir)
+    settings = ComputeSettings(timeline_all_threads=True)
+    loaded = load(resolve(LakeSettings(lake=str(lake_dir))), Window(WINDOW_START, WINDOW_END),
+                  settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+
+    def states(tid: int) -> list[tuple[float, float, str]]:
+        return [(s / MS, e / MS, state) for s, e, state in loaded.con.execute(f"""
+            SELECT s - {T0}, e - {T0}, state FROM thread_intervals WHERE tid = {tid}
+            AND s < {T0 + 40 * MS} AND state <> 'blocked' ORDER BY s""").fetchall()]
+
+    # THEN thread 21 ran 1 ms of it and the rest is unknown (not on-CPU, not a wait)
+    assert states(21) == [(0, 1, "running"), (1, 40, "unknown")]
+    # AND a segment its slices account for stays running whole
+    assert states(11) == [(0, 5, "running")]
+    loaded.con.close()
