@@ -173,12 +173,14 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         WHERE t.depth = 0 AND sp.tid IS NOT NULL
     """, f"""
         CREATE TEMP TABLE rc_units AS
-        SELECT failed_key, kind, unit, arg_max(dst_label, delay_ns) AS dst_label,
-               arg_max(dst, delay_ns) AS dst,
+        -- ties (one retransmit episode seen from several spans) go by name, never by the
+        -- order rows arrive in
+        SELECT failed_key, kind, unit, arg_max(dst_label, (delay_ns, dst)) AS dst_label,
+               arg_max(dst, (delay_ns, dst)) AS dst,
                -- one retransmit episode seen from both ends is one delay
                CASE WHEN kind IN {sql_list(UNTIMED_KINDS)} THEN max(delay_ns)
                     ELSE sum(delay_ns) END AS delay,
-               max(depth) AS depth, arg_max(via_span, delay_ns) AS via_span,
+               max(depth) AS depth, arg_max(via_span, (delay_ns, via_span)) AS via_span,
                count(DISTINCT dst) AS pieces
         FROM rc_leaves WHERE delay_ns > 0
         GROUP BY failed_key, kind, unit

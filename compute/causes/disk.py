@@ -65,7 +65,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         SELECT b.episode_id, 'disk', 'block_io', b.node, b.s, b.e, NULL, b.dev, NULL,
                b.e - b.s,
                to_json({'requests': count(r.s), 'bytes': coalesce(sum(r.bytes), 0),
-                         'pids': list(DISTINCT r.pid)[1:20]})
+                         'pids': list_sort(list(DISTINCT r.pid))[1:20]})
         FROM disk_busy b LEFT JOIN disk_rows_ep r USING (episode_id)
         WHERE b.episode_id IN (SELECT episode_id FROM k_hits)
           AND b.episode_id NOT IN (SELECT id FROM episodes)

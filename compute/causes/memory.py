@@ -56,7 +56,7 @@ def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
                sum(e - s),
                to_json({'reclaim_ns': sum(e - s), 'nr_reclaimed': sum(nr_reclaimed),
                         'threads': count(DISTINCT tid), 'rows': count(*),
-                        'pids': list(DISTINCT pid)[1:20]})
+                        'pids': list_sort(list(DISTINCT pid))[1:20]})
         FROM mem_reclaim GROUP BY episode_id, node
     """)
 

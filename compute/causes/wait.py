@@ -237,14 +237,17 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     execute(con, "wait attribution", f"""
         CREATE TEMP TABLE w_target_spans AS
         SELECT span_key, t_tid,
-               list({{'span': w_key, 'service': service, 'name': name}})[1:{limit}] AS spans
+               -- the innermost first (the latest to start), ties by key: never by the
+               -- order rows arrive in
+               list({{'span': w_key, 'service': service, 'name': name}}
+                    ORDER BY s DESC, w_key)[1:{limit}] AS spans
         FROM ({overlap_join(
             "(SELECT span_key, t_node AS node, t_tid AS tid, s, e FROM w_waits"
             " WHERE kind IN ('lock_wait', 'thread_wait', 'remote_call') AND material)",
             "(SELECT span_key AS w_key, node, tid, s, e, service, name FROM spans_all"
             " WHERE origin IN ('otel', 'remote'))",
             ("node", "tid"), bucket,
-            select="DISTINCT l.span_key, l.tid AS t_tid, r.w_key, r.service, r.name")})
+            select="DISTINCT l.span_key, l.tid AS t_tid, r.w_key, r.service, r.name, r.s")})
         GROUP BY span_key, t_tid
     """)
     follow = level < settings.max_chain_depth
@@ -277,7 +280,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                            'waker_spans', coalesce(to_json(ts.spans), '[]'::JSON))
         FROM (SELECT span_key, kind, t_node, t_tid, any_value(t_pid) AS t_pid,
                      any_value(waker_comm) AS waker_comm, mode(how) AS how,
-                     list(DISTINCT reason) AS reasons, any_value(conn) AS conn,
+                     list_sort(list(DISTINCT reason)) AS reasons, any_value(conn) AS conn,
                      any_value(call_span) AS call_span,
                      sum(e - s) AS delay_ns, count(*) AS n,
                      coalesce(sum(e - s) FILTER (WHERE {followed}), 0) AS followed_ns,
