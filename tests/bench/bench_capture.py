@@ -24,7 +24,8 @@ summary; bpftrace's "Lost N events"): a tracer that drops events looks cheaper t
    Each configuration runs with every capture mode of --captures (default both: `full`, a
    row per switch, waking and TCP send/receive; `evidence`, rows only where they bound an
    off-CPU interval of >= 1 ms and per-slice sums for the rest), side by side in each
-   round, with the rows each mode wrote per request.
+   round (the order of the modes reversed every other round), with the rows each mode
+   wrote per request.
 3. The targeted loop at full speed for --sustain seconds: events per second the agent
    wrote and events lost (kernel drops + sink losses, from the agent's own summary).
 4. Agent CPU (fraction of one core) and peak RSS while a paced loop makes ~100k syscall
@@ -366,9 +367,14 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
     by_table: dict[tuple[str, str], dict[str, float]] = {c: {} for c in configs}  # summed
     try:
         service.load(progs, 1.0)  # warm-up
-        for _ in range(rounds):
+        for round_ in range(rounds):
             base.append(service.load(progs, seconds))
-            for config, agent_args in configs.items():
+            # odd rounds run the capture modes of each shape in the reverse order: a mode
+            # always run second inherits the first one's writeback and a larger lake
+            order = [(name, mode) for name in shapes
+                     for mode in (captures if round_ % 2 == 0 else captures[::-1])]
+            for config in order:
+                agent_args = configs[config]
                 rec = Recorder(work, *agent_args)
                 cpu0, t0 = rec.cpu_seconds(), time.monotonic()
                 rate = service.load(progs, seconds)
