@@ -268,7 +268,8 @@ def with_reasons(con: duckdb.DuckDBPyConnection, rows: pa.Table, tol_ns: int) ->
 
 
 _SLICES = """
-    SELECT node, tid::BIGINT AS tid, ts_ns AS s, ts_ns + dur_ns AS e, oncpu_ns
+    SELECT node, tid::BIGINT AS tid, ts_ns AS s, ts_ns + dur_ns AS e, oncpu_ns,
+           coalesce(runq_ns, 0) AS runq_ns
     FROM w_cpu_slices WHERE node IS NOT NULL AND tid > 0 AND dur_ns > 0"""
 
 
@@ -278,10 +279,12 @@ def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
 
     Evidence capture keeps a thread's switch rows only around its long waits, so the
     segment from a switch in to the thread's next row may hold short waits that left no
-    row. The slices the segment overlaps say how long the thread was on a CPU in them, at
-    most: a segment longer than that is running for that long and 'unknown' for the rest
-    (never more on-CPU time than the slices hold, and no wait invented). Vectorised: the
-    overlaps come from the interval index (compute/interval_index.py)."""
+    row. The slices the segment overlaps say how long the thread was on a CPU and waited
+    for one in them, at most: a segment longer than its on-CPU time is running for that
+    long, then runnable (on the CPU it ran on) for at most its run-queue waits, and
+    'unknown' for the rest (short blocked waits: never more on-CPU or run-queue time than
+    the slices hold). Vectorised: the overlaps come from the interval index
+    (compute/interval_index.py)."""
     slices = con.sql(_SLICES).to_arrow_table()
     if not slices.num_rows:
         return rows
@@ -290,14 +293,24 @@ def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
     running = pc.fill_null(running, False)
     segs, rest = rows.filter(running), rows.filter(pc.invert(running))
     left, right = IntervalIndex(slices, "tid").pairs(segs, "tid")
-    oncpu = np.asarray(slices["oncpu_ns"].to_numpy(zero_copy_only=False), np.int64)
     s, e = _ints(segs, "s"), _ints(segs, "e")
-    held = np.bincount(left, weights=oncpu[right], minlength=len(s)).astype(np.int64)
-    cut = s + np.minimum(held, e - s)
+
+    def summed(column: str) -> np.ndarray:
+        values = np.asarray(slices[column].to_numpy(zero_copy_only=False), np.int64)
+        return np.bincount(left, weights=values[right], minlength=len(s)).astype(np.int64)
+
+    cut = s + np.minimum(summed("oncpu_ns"), e - s)
+    waited = cut + np.minimum(summed("runq_ns"), e - cut)
+
+    def state(name: str) -> pa.Array:
+        return pa.array(np.full(len(s), name, object), pa.string())
+
     ran = _piece(segs, pa.array(cut > s), e=pa.array(cut, pa.int64()))
-    unknown = _piece(segs, pa.array(cut < e), s=pa.array(cut, pa.int64()),
-                     state=pa.array(np.full(len(s), "unknown", object), pa.string()))
-    return pa.concat_tables([rest, ran, unknown])
+    queued = _piece(segs, pa.array(waited > cut), s=pa.array(cut, pa.int64()),
+                    e=pa.array(waited, pa.int64()), state=state("runnable"))
+    unknown = _piece(segs, pa.array(waited < e), s=pa.array(waited, pa.int64()),
+                     state=state("unknown"))
+    return pa.concat_tables([rest, ran, queued, unknown])
 
 
 def thread_intervals(con: duckdb.DuckDBPyConnection, range_end_ns: int, tol_ns: int

@@ -79,6 +79,7 @@ def test_a_running_segment_holds_no_more_cpu_time_than_its_slices(lake_dir: Path
     sc.run(1, 10, 11, 0, 5, leave="S")
     _slices_of(sc, (0, 21, 20, "ledger", 0.6), (10, 21, 20, "ledger", 0.2),
                (20, 21, 20, "ledger", 0.2), (30, 21, 20, "ledger", 0))
+    sc.rows["cpu_slices"][-1]["runq_ns"] = 3 * MS  # and waited 3 ms for the CPU
     sc.rows["cpu_slices"].append({
         "ts_ns": T0, "dur_ns": 10 * MS, "cpu": 1, "pid": 10, "tid": 11, "comm": "api",
         "oncpu_ns": 5 * MS, "runq_ns": 0, "switches": 1, "waits": 0})
@@ -93,8 +94,9 @@ def test_a_running_segment_holds_no_more_cpu_time_than_its_slices(lake_dir: Path
             SELECT s - {T0}, e - {T0}, state FROM thread_intervals WHERE tid = {tid}
             AND s < {T0 + 40 * MS} AND state <> 'blocked' ORDER BY s""").fetchall()]
 
-    # THEN thread 21 ran 1 ms of it and the rest is unknown (not on-CPU, not a wait)
-    assert states(21) == [(0, 1, "running"), (1, 40, "unknown")]
+    # THEN thread 21 ran 1 ms of it, waited 3 ms for a CPU, and the rest is unknown
+    # (short blocked waits: neither on-CPU nor run-queue)
+    assert states(21) == [(0, 1, "running"), (1, 4, "runnable"), (4, 40, "unknown")]
     # AND a segment its slices account for stays running whole
     assert states(11) == [(0, 5, "running")]
     loaded.con.close()
