@@ -155,7 +155,8 @@ def test_postgres_row_lock_held_by_a_session_whose_client_computes(tmp_path: Pat
 def test_nginx_upstream_shares_its_cpu_with_hogs(tmp_path: Path) -> None:
     """GIVEN Debian's nginx as a reverse proxy in front of an uninstrumented upstream that
     prices each payment (10 ms of CPU), everything on CPU 1 where a hog's threads spin;
-    a bigger hog on CPU 0 (decoy)
+    a bigger hog on CPU 0 (decoy), with the recording agent (on CPU 1 its threads were a
+    CPU holder of their own: twice the verdict named the agent)
     WHEN payments POST through nginx (deadline 25 ms)
     THEN the late ones are explained by CPU contention from the hog on CPU 1 (behind the
     proxy: the payment waited for nginx, which waited for the upstream, which waited for
@@ -170,7 +171,7 @@ def test_nginx_upstream_shares_its_cpu_with_hogs(tmp_path: Path) -> None:
         (cpu / "cgroup.procs").write_text(str(up.pid))
         run = record(tmp_path, "thirdparty", "--server", "nginx", "--port", str(nginx.port),
                      "--cgroup", str(cpu), "--cpu", "1", "--ops", "15", "--deadline-ms", "25",
-                     "--interval-ms", "150")
+                     "--interval-ms", "150", agent_cpu=0)
         verdicts: list[Verdict] = []
         with run.kept_on_failure(verdicts):
             verdicts += explain_missed(run, at_least=3)
