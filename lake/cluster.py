@@ -5,11 +5,13 @@ It lives in ``lake`` because ``lake`` is the one package every layer may import
 (ARCHITECTURE.md, "Layers"); Ray itself is imported only when a caller connects.
 
 ``connect_ray(address)``: an address (``host:port``, ``ray://…``, ``auto``) or
-``RAY_ADDRESS`` joins that cluster; neither (or ``local``) starts one of our own, on
-loopback only, sized by ``num_cpus`` and ``object_store_bytes`` (Ray refuses sizes when
-joining). A process already connected stays as it is. An address nobody answers on fails
-within seconds (Ray itself retries for minutes); every failure is one ``ClusterUnavailable``
-line.
+``RAY_ADDRESS`` joins that cluster; neither (or ``local``) starts one of our own, sized by
+``num_cpus`` and ``object_store_bytes`` (Ray refuses sizes when joining). Its node address
+is 127.0.0.1, but Ray 2.60's GCS still listens on every interface while it runs: what keeps
+others out is Ray's token authentication, on by default (``RAY_AUTH_MODE`` unset), which
+kprobe never turns off (``RAY_AUTH_MODE=disabled`` in the environment would). A process
+already connected stays as it is. An address nobody answers on fails within seconds (Ray
+itself retries for minutes); every failure is one ``ClusterUnavailable`` line.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def init_kwargs(address: str | None, *, num_cpus: int | None = None,
     """``ray.init``'s arguments for ``address`` (already resolved by ``ray_address``)."""
     kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
                               "log_to_driver": False, "configure_logging": False}
-    if address in (None, "local"):  # a cluster of our own: loopback only, sized for the job
+    if address in (None, "local"):  # a cluster of our own, sized for the job (token auth)
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
         if object_store_bytes:

@@ -11,7 +11,8 @@ each pins its tracer and tracee to a different CPU (``replay_outcome``).
 
 Ray: one code path for a laptop and a cluster, as in ``compute.ray_driver``:
 ``lake.connect_ray(address)`` joins the named cluster (or ``RAY_ADDRESS``); with no address a
-local cluster is started for this campaign on 127.0.0.1 only, and shut down after it.
+local cluster of kprobe's own is started for this campaign (``lake.cluster``: Ray's token
+auth on) and shut down after it.
 Each slot is an actor holding the recording, so it crosses the object store once per
 worker, not once per replay.
 """

@@ -26,6 +26,7 @@ from kprobe.errors import CommandError
 from kprobe.lake import LakeLocation, connect
 from kprobe.lake.errors import QueryError
 from kprobe.lake.query import QueryResult, fetch, referenced_tables
+from kprobe.lake.schema import TABLE_NAMES
 from kprobe.lake.sql_guard import check_read_only
 from kprobe.lake.timespec import format_instant
 
@@ -35,9 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "sql",
         help="run one read-only SQL statement over the lake",
         description="Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, "
-        "EXPLAIN) over the lake tables with DuckDB. Tables: sched, offcpu, syscalls, "
-        "syscall_data, net, mem, block_io, processes, kstacks, spans, lost, agent_meta, "
-        "causal_edges. Text output shows instants (*_ns times) in UTC; json, csv and "
+        f"EXPLAIN) over the lake tables with DuckDB. Tables: {', '.join(TABLE_NAMES)}. "
+        "Text output shows instants (*_ns times) in UTC; json, csv and "
         "parquet keep epoch nanoseconds. Ctrl-C cancels the statement (exit 130).",
     )
     parser.add_argument("statement", help="the SQL statement")

@@ -609,8 +609,7 @@ def kprobe(args: list[str], env: dict[str, str], timeout_s: float = 300) -> str:
 
 def analysis_env(config: IncidentConfig, ray: bool) -> dict[str, str]:
     env = child_env(config.lake_env)
-    if ray:  # a small local cluster on loopback, its files under the work dir
-        env.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray:  # a small local cluster of kprobe's own (Ray's token auth on), files in the work dir
         env.setdefault("KPROBE_COMPUTE_RAY_OBJECT_STORE_MB", "128")
         env["RAY_TMPDIR"] = str(config.workdir / "ray")
     return env
