@@ -94,6 +94,25 @@ def test_output_comparison_points_at_the_first_difference() -> None:
     assert extra.fd == 2 and extra.recorded_bytes == 0
 
 
+def test_a_card_digit_the_recorder_masked_is_no_difference() -> None:
+    # GIVEN a recorded write whose digit run inside a span id looked like a card number
+    # (the recorder kept its first 6 and last 4 digits), as in a demo run's traceparent
+    from kprobe.capture_agent.cards import mask_bytes
+    written = b"traceparent: 00-4bf9-a1f6457175022520-03\r\n"
+    recorded, found = mask_bytes(written)
+    assert found == 1 and recorded != written
+    # THEN the real digits the replay writes match it, and nothing else does
+    (same,) = compare_outputs({6: recorded}, {6: written})
+    assert same.match and same.first_difference is None
+    other = written.replace(b"a1f6457175022520", b"a1f6457179922520")
+    (changed,) = compare_outputs({6: written}, {6: other})
+    assert not changed.match and changed.first_difference == written.index(b"75022520") + 1
+    (letter,) = compare_outputs({6: recorded}, {6: written.replace(b"5022520", b"5x22520")})
+    assert not letter.match
+    (shorter,) = compare_outputs({6: recorded}, {6: written[:-1]})
+    assert not shorter.match
+
+
 def test_report_renders_text_and_json() -> None:
     report = ReplayReport(
         status="diverged", mode="exact",
