@@ -376,6 +376,7 @@ class SchedFamily(ProbeFamily):
         self._stacks.clear()
         return {"kstacks": stacks, "offcpu": filled}
 
+
 def read_percpu(fd: int, value_dtype: np.dtype, name: str) -> np.ndarray:
     """Key 0 of a one-entry per-CPU array: one value per possible CPU (index = CPU)."""
     cpus = libbpf.possible_cpus()
