@@ -70,6 +70,27 @@ def replay(lake: Path, process: str, *extra: str, timeout: float = 300,
 TEXT_LIMIT = 64 << 10  # bytes of each output a report quotes (replay_sandbox.report)
 
 
+def summary(report: dict[str, Any]) -> str:
+    """What a failed replay assertion should show first (pytest cuts a whole report short):
+    the status, where and why it diverged, the notes, and each child's exit and outputs."""
+    lines = [f"status {report.get('status')}, exit {report.get('exit_code')} "
+             f"(recorded {report.get('recorded_exit_code')}), "
+             f"outputs_match {report.get('outputs_match')}",
+             f"divergence: {json.dumps(report.get('divergence'))}",
+             *(f"note: {n}" for n in report.get("notes", [])[:8])]
+    for out in report.get("outputs", []):
+        if not out.get("match"):
+            lines.append(f"root fd {out['fd']}: {json.dumps(out)[:600]}")
+    for child in report.get("children", []):
+        differ = [o for o in child.get("outputs", []) if not o.get("match")]
+        lines.append(f"child {child.get('pid')} {child.get('argv', [])[:3]}: exit "
+                     f"{child.get('exit_code')} (recorded {child.get('recorded_exit_code')}),"
+                     f" ended {child.get('ended')}"
+                     + "".join(f"; fd {o['fd']} differs: {json.dumps(o)[:400]}"
+                               for o in differ))
+    return "\n".join(lines)
+
+
 def stdout_of(report: dict[str, Any]) -> str:
     """What the replayed program (the root) wrote to its stdout (its first 64 KiB)."""
     return str(report["replayed_text"].get("1", ""))

@@ -34,6 +34,7 @@ from tests.integration.agent_replay import (
     record,
     replay,
     stdout_of,
+    summary,
     wait_listening,
 )
 from tests.support import free_port, require_binary, require_root
@@ -152,8 +153,8 @@ def test_a_program_recorded_with_the_defaults_replays_exactly(
     # WHEN it is replayed exactly from the lake
     code, report = replay(recorded.lake, process, *(("--tree",) if program.tree else ()))
     # THEN it follows its recording to the end, exits as it did, and prints what it printed
-    assert code == 0, report
-    assert report["status"] == "completed" and report["outputs_match"], report
+    assert code == 0, summary(report)
+    assert report["status"] == "completed" and report["outputs_match"], summary(report)
     assert report["exit_code"] == report["recorded_exit_code"] == 0, report
     if program.tree:  # what reached the terminal was printed by processes of the tree
         texts = [stdout_of(report), *(str(c["replayed_text"].get("1", ""))

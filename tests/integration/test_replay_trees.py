@@ -23,6 +23,7 @@ from tests.integration.agent_replay import (
     record,
     replay,
     stdout_of,
+    summary,
     wait_for,
 )
 from tests.support import REPO, free_port, require_binary, require_root
@@ -40,7 +41,7 @@ sorted.txt: in.txt
 
 
 def _exact_tree(report: dict[str, object], processes: int) -> list[dict[str, object]]:
-    assert report["status"] == "completed" and report["outputs_match"], report
+    assert report["status"] == "completed" and report["outputs_match"], summary(report)
     children = report["children"]
     assert isinstance(children, list) and len(children) >= processes, children
     for child in children:
@@ -78,7 +79,7 @@ def test_make_replays_as_a_tree_with_every_recipe(tmp_path: Path) -> None:
     recorded = record(tmp_path, "make", cwd=work)
     assert recorded.run.returncode == 0, recorded.run.stderr[-2000:]
     code, report = replay(recorded.lake, pid_of(recorded.lake, "make"), "--tree")
-    assert code == 0, report
+    assert code == 0, summary(report)
     children = _exact_tree(report, 7)  # 3 recipe shells, tr, gzip, sort, tee
     names = {c["argv"][0] for c in children if c["argv"]}
     assert {"tr", "gzip", "sort", "tee"} <= names, names
@@ -119,7 +120,7 @@ def test_a_pre_forking_server_replays_with_both_workers(tmp_path: Path) -> None:
                 agent.wait()
     assert "4 requests served by 2 workers" in out.read_text()
     code, report = replay(tmp_path / "lake", pid_of(tmp_path / "lake", PREFORK), "--tree")
-    assert code == 0, report
+    assert code == 0, summary(report)
     workers = _exact_tree(report, 2)
     assert sorted(c["exit_code"] for c in workers) == [2, 2]
     assert "4 requests served by 2 workers" in stdout_of(report)
@@ -135,7 +136,7 @@ def test_a_child_that_runs_another_program_than_recorded_is_caught(tmp_path: Pat
     assert recorded.run.stdout == "settled\n", recorded.run
     shell = pid_of(recorded.lake, f"{tool} settled | gzip -c | gzip -dc")
     code, report = replay(recorded.lake, shell, "--tree")
-    assert code == 0, report
+    assert code == 0, summary(report)
     shutil.copy("/usr/bin/true", tool)
     code, report = replay(recorded.lake, shell, "--tree")
     assert code == 1 and report["status"] == "diverged", report
