@@ -1015,8 +1015,13 @@ class Engine(IoServing):
         replayed = {fd: bytes(data) for (pid, fd), data in self.replayed.items() if pid == root}
         written = {fd: n for (pid, fd), n in self.output_bytes.items() if pid == root}
         recorded = self.rec.outputs()
+        gaps = self.rec.output_gaps()
         if self.status != "completed":  # compare only what the replay got to
             recorded = {fd: data[:written.get(fd, 0)] for fd, data in recorded.items()}
+        for fd, ranges in sorted(gaps.items()):
+            self.notes.append(
+                f"fd {fd}: {sum(e - s for s, e in ranges)} bytes the program wrote were cut "
+                f"by the recorder (--payload-cap); the replay's bytes there are not compared")
         cut = sorted(fd for (_pid, fd), n in self.output_bytes.items()
                      if n > len(self.replayed.get((_pid, fd), b"")))
         if cut:
@@ -1058,7 +1063,7 @@ class Engine(IoServing):
                      "argv": self.opts.argv if self.opts.argv is not None else proc.argv},
             exit_code=self.exit_code, exit_signal=self.exit_signal,
             recorded_exit_code=proc.exit_code, divergence=self.divergence,
-            outputs=compare_outputs(recorded, replayed, written),
+            outputs=compare_outputs(recorded, replayed, written, gaps),
             children=self._children_report(),
             injections={i.text: self.injected.get(i.text, 0) for i in self.opts.injections},
             stats=stats, notes=self.notes, replayed_outputs=replayed,
@@ -1077,7 +1082,8 @@ class Engine(IoServing):
                 recorded = {fd: d[:written.get(fd, 0)] for fd, d in recorded.items()}
             out.append(ChildReport(pid, info.exe, list(info.argv), code, sig, info.exit_code,
                                    pid in self.child_exits,
-                                   compare_outputs(recorded, replayed, written), replayed))
+                                   compare_outputs(recorded, replayed, written,
+                                                   self.rec.output_gaps(pid)), replayed))
         return out
 
 

@@ -248,11 +248,17 @@ class _Reordered(Recording):
     compared with) stay those of the original order."""
 
     original_outputs: dict[int, bytes] = field(default_factory=dict)
+    original_gaps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
     def outputs(self, pid: int | None = None) -> dict[int, bytes]:
         if pid is None or pid == self.process.pid:
             return self.original_outputs
         return super().outputs(pid)
+
+    def output_gaps(self, pid: int | None = None) -> dict[int, list[tuple[int, int]]]:
+        if pid is None or pid == self.process.pid:
+            return self.original_gaps
+        return super().output_gaps(pid)
 
 
 def perturbed(recording: Recording, options: ReplayOptions,
@@ -281,7 +287,8 @@ def perturbed(recording: Recording, options: ReplayOptions,
                for tid, rows in recording.threads.items()}
     copy = _Reordered(recording.process, threads, recording.total_rows,
                       recording.initial_fds, recording.real_paths, recording.mono_to_epoch_ns,
-                      recording.peers, original_outputs=recording.outputs())
+                      recording.peers, original_outputs=recording.outputs(),
+                      original_gaps=recording.output_gaps())
     return copy, options
 
 

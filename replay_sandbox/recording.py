@@ -142,18 +142,32 @@ class Recording:
 
     def outputs(self, pid: int | None = None) -> dict[int, bytes]:
         """What the recorded process (the root, or ``pid`` of the tree) wrote to each fd
-        (write family), concatenated."""
+        (write family), concatenated. A call the recorder cut at --payload-cap is zeros
+        past what it kept (``output_gaps`` says where), so later offsets stay right."""
+        return self._output_streams(pid)[0]
+
+    def output_gaps(self, pid: int | None = None) -> dict[int, list[tuple[int, int]]]:
+        """fd -> the [start, end) byte ranges of ``outputs`` the recorder did not keep."""
+        return self._output_streams(pid)[1]
+
+    def _output_streams(self, pid: int | None) -> tuple[dict[int, bytes],
+                                                        dict[int, list[tuple[int, int]]]]:
         pid = self.process.pid if pid is None else pid
         out: dict[int, bytearray] = defaultdict(bytearray)
+        gaps: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for row in sorted((r for rows in self.threads.values() for r in rows),
                           key=lambda r: r.order):
             if (row.pid or self.process.pid) != pid:
                 continue
             if SPECS[row.nr].policy is Policy.OUTPUT and row.ret > 0:
                 # at most ret bytes: a partial write's rest is offered again by the next
-                out[row.fd] += b"".join(row.ins[a] for a in sorted(row.ins) if a in (1,))[
-                    :row.ret]
-        return {fd: bytes(data) for fd, data in out.items()}
+                held = b"".join(row.ins[a] for a in sorted(row.ins) if a in (1,))[:row.ret]
+                stream = out[row.fd]
+                stream += held
+                if row.truncated and len(held) < row.ret:
+                    gaps[row.fd].append((len(stream), len(stream) + row.ret - len(held)))
+                    stream += bytes(row.ret - len(held))
+        return {fd: bytes(data) for fd, data in out.items()}, dict(gaps)
 
     # -- building ----------
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -86,33 +87,41 @@ class OutputComparison:
 CARD_MASK = ord("*")  # what the recorder writes over a card number's middle digits
 
 
-def first_difference(recorded: bytes, replayed: bytes) -> int | None:
+def first_difference(recorded: bytes, replayed: bytes,
+                     unknown: Sequence[tuple[int, int]] = ()) -> int | None:
     """The first offset of the common length where the bytes differ. A recorded ``*``
     over a replayed digit is no difference: the recorder masks the middle digits of
     anything that looks like a card number before it reaches the lake (including, one
     time in a few thousand, a digit run inside a random hex id the program wrote), and
-    the replayed program writes the real digits."""
+    the replayed program writes the real digits. ``unknown``: [start, end) ranges of the
+    recording the recorder cut (--payload-cap), where any byte matches."""
     n = min(len(recorded), len(replayed))
     rec = np.frombuffer(recorded, np.uint8, n)
     rep = np.frombuffer(replayed, np.uint8, n)
     masked = (rec == CARD_MASK) & (np.subtract(rep, 48, dtype=np.uint8) < 10)
+    for start, end in unknown:
+        masked[min(start, n):min(end, n)] = True
     differ = np.flatnonzero((rec != rep) & ~masked)
     return int(differ[0]) if len(differ) else None
 
 
 def compare_outputs(recorded: dict[int, bytes], replayed: dict[int, bytes],
-                    written: dict[int, int] | None = None) -> list[OutputComparison]:
+                    written: dict[int, int] | None = None,
+                    unknown: dict[int, list[tuple[int, int]]] | None = None,
+                    ) -> list[OutputComparison]:
     """Each descriptor's recorded and replayed bytes (``first_difference``: a masked card
-    digit matches). ``written``: how many bytes the replay wrote per fd when more than
+    digit matches, and so does any byte in ``unknown``'s ranges of a fd, the bytes the
+    recorder cut). ``written``: how many bytes the replay wrote per fd when more than
     ``replayed`` holds (the output cap): the kept prefix is compared, and the lengths."""
     written = written or {}
+    unknown = unknown or {}
     out = []
     for fd in sorted(set(recorded) | set(replayed) | set(written)):
         rec = recorded.get(fd, b"")
         rep = replayed.get(fd, b"")
         total = max(written.get(fd, 0), len(rep))
         cut = total > len(rep)
-        diff = first_difference(rec, rep)
+        diff = first_difference(rec, rep, unknown.get(fd, ()))
         if diff is None and len(rec) != total:
             diff = min(len(rec), len(rep))
         start = max(0, (diff or 0) - 16)

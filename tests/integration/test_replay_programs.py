@@ -86,6 +86,10 @@ PROGRAMS = (
             "openssl"),
     Program("git", "git", ("git", "-C", "{in}/repo", "--no-pager", "log", "--format=%s %an"),
             "log"),
+    # one write bigger than the payload cap: the recorder keeps its first 64 KiB, the
+    # replay compares those and the length (the rest is a gap any byte fills)
+    Program("dd one write over the cap", "coreutils",
+            ("dd", "if={in}/ledger.csv", "bs=1M", "status=none"), "dd"),
     Program("shell pipeline", "dash",
             ("sh", "-c", "echo hello | gzip -c | gzip -dc; sort -r {in}/pay.json | wc -c"),
             "-c", tree=True),

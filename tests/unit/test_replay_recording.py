@@ -14,6 +14,7 @@ from kprobe.lake.storage import LakeSettings, resolve
 from kprobe.replay_sandbox.errors import RecordingError
 from kprobe.replay_sandbox.lake_source import load, parse_process
 from kprobe.replay_sandbox.recording import ProcessInfo, Recording
+from kprobe.replay_sandbox.report import compare_outputs
 
 PID = 4242
 START = 1_700_000_000_000_000_000
@@ -152,3 +153,29 @@ def test_load_from_a_local_lake(lake_dir: Path) -> None:
         load(location, PID + 1, "n1")
     with pytest.raises(RecordingError, match="no exec of pid"):
         load(location, PID, "n2")
+
+
+def test_a_write_the_recorder_cut_is_a_gap_any_replayed_byte_fills() -> None:
+    """A program wrote 10 bytes in one call and the recorder kept 4 (--payload-cap): the
+    recorded stream keeps its offsets (the next write's bytes stay where they were), the
+    cut bytes are a gap any replayed byte matches, and a wrong byte outside it still
+    differs (the control)."""
+    # GIVEN two writes to stdout, the first cut at 4 of its 10 bytes
+    table = _syscalls([(PID, 1, 1, 1, 10, [1, 0, 10, 0, 0, 0]),
+                       (PID, 2, 2, 1, 3, [1, 0, 3, 0, 0, 0])])
+    rows = [{"ts_ns": START, "pid": PID, "tid": PID, "seq": seq, "nr": 1, "arg_index": 1,
+             "offset": 0, "data": data, "total_len": total, "truncated": cut}
+            for seq, data, total, cut in ((1, b"head", 10, True), (2, b"end", 3, False))]
+    data = pa.Table.from_pylist(rows, schema=TABLES["syscall_data"].payload_schema)
+    rec = Recording.from_tables(PROC, table, data)
+    # THEN the stream is 13 bytes long, with the six cut bytes named as a gap
+    assert rec.outputs() == {1: b"head" + bytes(6) + b"end"}
+    assert rec.output_gaps() == {1: [(4, 10)]}
+    # AND the whole write the replay makes matches it, a wrong kept byte does not
+    gaps = rec.output_gaps()
+    (same,) = compare_outputs(rec.outputs(), {1: b"head-rest!end"}, unknown=gaps)
+    assert same.match and same.first_difference is None
+    (other,) = compare_outputs(rec.outputs(), {1: b"head-rest!END"}, unknown=gaps)
+    assert not other.match and other.first_difference == 10
+    (without,) = compare_outputs(rec.outputs(), {1: b"head-rest!end"})
+    assert not without.match and without.first_difference == 4
