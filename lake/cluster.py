@@ -9,19 +9,23 @@ It lives in ``lake`` because ``lake`` is the one package every layer may import
 ``num_cpus`` and ``object_store_bytes`` (Ray refuses sizes when joining). Its node address
 is 127.0.0.1, but Ray 2.60's GCS still listens on every interface while it runs: what keeps
 others out is Ray's token authentication, on by default (``RAY_AUTH_MODE`` unset), which
-kprobe never turns off (``RAY_AUTH_MODE=disabled`` in the environment would). A process
+kprobe never turns off (``RAY_AUTH_MODE=disabled`` in the environment would: starting a
+cluster of our own that way logs a warning naming the exposure). A process
 already connected stays as it is. An address nobody answers on fails within seconds (Ray
 itself retries for minutes); every failure is one ``ClusterUnavailable`` line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 from typing import Any
 
 from kprobe.lake.errors import ClusterUnavailable, one_line
+
+log = logging.getLogger(__name__)
 
 _HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$")
 
@@ -42,6 +46,17 @@ def check_reachable(address: str | None, timeout_s: float = 3.0) -> None:
     except OSError as err:
         raise ClusterUnavailable(f"cannot reach Ray at {address}: {err.strerror or err}"
                                  ) from None
+
+
+def unauthenticated_warning(address: str | None) -> str | None:
+    """What to say when a cluster of our own would start without Ray's token auth."""
+    if address not in (None, "local"):
+        return None  # joining: the cluster's own settings decide
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "disabled":
+        return None
+    return ("RAY_AUTH_MODE=disabled: the Ray cluster kprobe starts accepts anyone who "
+            "reaches its ports (its GCS listens on every interface); unset it to keep "
+            "Ray's token authentication")
 
 
 def init_kwargs(address: str | None, *, num_cpus: int | None = None,
@@ -68,6 +83,9 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
         return False
     where = ray_address(address)
     check_reachable(where)
+    warning = unauthenticated_warning(where)
+    if warning:
+        log.warning(warning)
     try:
         ray.init(**init_kwargs(where, num_cpus=num_cpus, object_store_bytes=object_store_bytes))
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -76,4 +94,5 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
     return True
 
 
-__all__ = ["check_reachable", "connect_ray", "init_kwargs", "ray_address"]
+__all__ = ["check_reachable", "connect_ray", "init_kwargs", "ray_address",
+           "unauthenticated_warning"]

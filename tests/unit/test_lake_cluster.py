@@ -11,7 +11,12 @@ import pytest
 
 from kprobe.compute import ray_driver
 from kprobe.lake import ClusterUnavailable
-from kprobe.lake.cluster import check_reachable, init_kwargs, ray_address
+from kprobe.lake.cluster import (
+    check_reachable,
+    init_kwargs,
+    ray_address,
+    unauthenticated_warning,
+)
 from kprobe.query_api import replays
 from kprobe.replay_sandbox import fuzz_pool
 from tests.support import free_port
@@ -48,3 +53,16 @@ def test_nobody_else_calls_ray_init(module: object) -> None:
              and isinstance(n.func, ast.Attribute) and n.func.attr == "init"
              and isinstance(n.func.value, ast.Name) and n.func.value.id == "ray"]
     assert not calls
+
+
+def test_a_cluster_of_our_own_without_auth_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAY_AUTH_MODE=disabled opens a cluster of our own to anyone who reaches its ports:
+    kprobe says so; Ray's default (unset, token) and joining someone's cluster say nothing."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "Disabled")
+    assert "accepts anyone" in (unauthenticated_warning(None) or "")
+    assert "accepts anyone" in (unauthenticated_warning("local") or "")
+    assert unauthenticated_warning("10.0.0.5:6379") is None
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert unauthenticated_warning(None) is None
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert unauthenticated_warning(None) is None
