@@ -6,7 +6,8 @@ client's (``client.port``); a client span knows the server's port. The ``net`` s
 rows on that connection during the span, by the span's process when its pid is known, name
 the thread (the one with most rows) and the full 4-tuple, which the network and remote-call
 causes use. A process that had a single thread alive while the span ran (first to last row
-seen of each thread) maps the span to that thread.
+seen of each thread, its ``cpu_slices`` included: evidence capture keeps switch rows only
+around long waits) maps the span to that thread.
 
 ``net`` rows carry the local end in saddr/sport and the remote end in daddr/dport.
 
@@ -21,7 +22,17 @@ from __future__ import annotations
 import duckdb
 
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import execute, overlap_join
+from kprobe.compute.sql import execute, has_table, overlap_join
+
+# a node recorded with evidence capture: a thread whose waits were all short has no switch
+# rows, only slices (each bounds when it ran: first and last instant of the slice)
+_SLICE_LIFE = """
+            UNION ALL
+            SELECT node, pid::BIGINT, tid::BIGINT, ts_ns FROM w_cpu_slices
+            WHERE tid > 0 AND oncpu_ns > 0
+            UNION ALL
+            SELECT node, pid::BIGINT, tid::BIGINT, ts_ns + dur_ns FROM w_cpu_slices
+            WHERE tid > 0 AND oncpu_ns > 0"""
 
 SPANS_ALL_COLUMNS = """
     span_key VARCHAR, trace_id VARCHAR, span_id VARCHAR, parent_key VARCHAR, node VARCHAR,
@@ -79,7 +90,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         FROM (SELECT span_key, tid, pid, saddr, sport, daddr, dport, count(*) AS n
               FROM ({match}) GROUP BY ALL)
         GROUP BY span_key
-    """, """
+    """, f"""
         -- the threads alive (first to last row seen) of processes with spans on no thread
         CREATE TEMP TABLE thread_life AS
         WITH wanted AS (SELECT DISTINCT node, pid FROM span_src
@@ -91,7 +102,8 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
             SELECT node, next_pid, next_tid, ts_ns FROM w_sched
             WHERE kind = 'switch' AND next_tid > 0
             UNION ALL
-            SELECT node, pid, tid, ts_ns FROM w_offcpu WHERE tid > 0) x
+            SELECT node, pid, tid, ts_ns FROM w_offcpu WHERE tid > 0
+            {_SLICE_LIFE if has_table(con, "w_cpu_slices") else ""}) x
         SEMI JOIN wanted USING (node, pid)
         GROUP BY node, pid, tid
     """, """

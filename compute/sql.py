@@ -124,6 +124,13 @@ def scalar_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
     return tuple(rows[0]) if rows else ()
 
 
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the connection holds a table ``name`` (a window's optional inputs)."""
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                        [name]).fetchall()
+    return bool(found[0][0])
+
+
 def execute(con: duckdb.DuckDBPyConnection, stage: str, *statements: str) -> None:
     with translated(stage):
         for statement in statements:

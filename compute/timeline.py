@@ -34,7 +34,7 @@ import pyarrow as pa
 from kprobe.compute import thread_scan
 from kprobe.compute.interval_index import IntervalIndex, TimelineIndex
 from kprobe.compute.settings import ComputeSettings
-from kprobe.compute.sql import execute, translated
+from kprobe.compute.sql import execute, has_table, translated
 
 # A node recorded with evidence capture (capture_agent/bpf/sched.bpf.c) keeps switch rows
 # only around long waits: who held a CPU comes from its slices instead, each thread's
@@ -52,12 +52,6 @@ _SLICE_HOLDERS = """
 _SLICE_NAMES = """
             UNION ALL
             SELECT node, tid, pid, comm, ts_ns FROM w_cpu_slices WHERE tid > 0"""
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
-                        [name]).fetchall()
-    return bool(found[0][0])
 
 
 def names(con: duckdb.DuckDBPyConnection) -> None:
@@ -81,7 +75,7 @@ def names(con: duckdb.DuckDBPyConnection) -> None:
             SELECT node, tid, pid, comm, ts_ns FROM w_net WHERE tid > 0
             UNION ALL
             SELECT node, tid, pid, comm, ts_ns FROM w_block_io WHERE tid > 0
-            {_SLICE_NAMES if _has_table(con, "w_cpu_slices") else ""})
+            {_SLICE_NAMES if has_table(con, "w_cpu_slices") else ""})
         WHERE comm IS NOT NULL OR pid IS NOT NULL
         GROUP BY node, tid
     """)
@@ -161,7 +155,7 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # followed by another switch in left the CPU untraced, at an unknown instant. The
     # reason of a blocked interval is the offcpu row of the same switch-out. All of it per
     # thread in time order, vectorised in numpy: compute/thread_scan.py.
-    sliced = _has_table(con, "w_cpu_slices")
+    sliced = has_table(con, "w_cpu_slices")
     with translated("thread timeline"):
         rows = thread_scan.thread_intervals(con, range_end_ns, tol)
         only_offcpu = con.sql(f"""

@@ -18,6 +18,7 @@ from tests.unit.test_compute_scenario import (
     analyze,
     key,
     rels,
+    span_row,
 )
 
 
@@ -100,3 +101,36 @@ def test_a_running_segment_holds_no_more_cpu_time_than_its_slices(lake_dir: Path
     # AND a segment its slices account for stays running whole
     assert states(11) == [(0, 5, "running")]
     loaded.con.close()
+
+
+def _untagged_span(slices: bool) -> Scenario:
+    """A span of process 10 that names no thread and no socket (single-thread mapping).
+    Thread 11 ran it, 0-40 ms, with only short waits: evidence capture kept no switch row
+    of it, only its slices. Thread 12 of the same process slept -100 to -50 ms and then
+    exited: its long wait is a row."""
+    sc = Scenario().process(10, "ledger")
+    sc.offcpu(10, 12, -100, -50, "other")
+    sc.span("t1", "a", None, "ledger", "POST /post", 0, 40, pid=10)
+    if slices:
+        for start in (0, 10, 20, 30):
+            sc.rows["cpu_slices"].append({
+                "ts_ns": T0 + start * MS, "dur_ns": 10 * MS, "cpu": 0, "pid": 10, "tid": 11,
+                "comm": "ledger", "oncpu_ns": 9 * MS, "runq_ns": 0, "switches": 3,
+                "waits": 0})
+    return sc
+
+
+def test_a_thread_seen_only_in_its_slices_is_alive_for_single_thread_mapping(
+        lake_dir: Path) -> None:
+    # GIVEN the span's thread known only by its slices
+    analysis = analyze(_untagged_span(slices=True), lake_dir)
+    # THEN the span maps to it: the one thread of the process alive while the span ran
+    row = span_row(analysis, "a")
+    assert (row["tid"], row["mapped_by"]) == (11, "single_thread")
+
+
+def test_without_the_slices_the_span_maps_to_no_thread(lake_dir: Path) -> None:
+    # GIVEN the same rows without slices (the control: thread 12 ended before the span)
+    row = span_row(analyze(_untagged_span(slices=False), lake_dir), "a")
+    # THEN no thread is named rather than a wrong one
+    assert row["tid"] is None and row["mapped_by"] is None
