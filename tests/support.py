@@ -48,6 +48,31 @@ def deadline_s(seconds: float) -> float:
     return seconds * float(os.environ.get("KPROBE_TEST_DEADLINE_SCALE") or 1)
 
 
+def stacks_of(pid: int) -> str:
+    """What a process that outlived its deadline is doing, for the failure message: each
+    thread's kernel state and wait channel, then its Python and native stacks (py-spy)."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            stat = (task / "stat").read_text()
+            wchan = (task / "wchan").read_text() or "-"
+        except OSError:
+            continue
+        name, state = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2]
+        lines.append(f"thread {task.name} ({name}): state {state}, waiting in {wchan}")
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        lines.append("(py-spy is not installed: no Python stacks)")
+    else:
+        try:
+            dump = subprocess.run([spy, "dump", "--native", "--pid", str(pid)],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            lines.append((dump.stdout + dump.stderr)[-12000:])
+        except subprocess.TimeoutExpired:
+            lines.append("(py-spy dump did not finish in 60 s)")
+    return "\n".join(lines)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

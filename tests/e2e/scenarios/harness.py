@@ -31,7 +31,7 @@ from kprobe.compute.explain_model import ExplainedTransaction
 from kprobe.compute.settings import ComputeSettings
 from kprobe.lake import LakeSettings, connect, resolve
 from tests.e2e.scenarios.telemetry import GroundTruth, Operation
-from tests.support import REPO
+from tests.support import REPO, stacks_of
 
 KPROBE = [sys.executable, "-P", "-m", "kprobe"]
 _PID = re.compile(r"\bPID (\d+)")
@@ -75,8 +75,19 @@ class Verdict:
 
 
 def kprobe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*KPROBE, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    """``kprobe ARGS``, which must succeed; one that outlives ``timeout`` fails with what
+    each of its threads was doing (a hang is diagnosed from the failure alone)."""
+    child = subprocess.Popen([*KPROBE, *args], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stacks = stacks_of(child.pid)
+        child.kill()
+        out, err = child.communicate()
+        raise AssertionError(f"kprobe {args[0]} did not finish in {timeout:.0f} s; its "
+                             f"threads:\n{stacks}\nstderr: {err[-3000:]}") from None
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     assert proc.returncode == 0, f"kprobe {args[0]} failed ({proc.returncode}): " \
                                  f"{proc.stderr[-3000:]}"
     return proc
