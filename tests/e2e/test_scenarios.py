@@ -54,7 +54,7 @@ def test_memory_pressure_from_a_colocated_allocator(tmp_path: Path) -> None:
         run = record(tmp_path, "memory", "--cgroup", str(cg.path), "--cgroup", str(cpu),
                      "--ops", "10", "--deadline-ms", "100", "--interval-ms", "300",
                      "--batch-mb", "32")
-        verdicts = explain_missed(run, at_least=3)
+    verdicts = explain_missed(run, at_least=3)
     for v in verdicts:
         assert v.failed and v.covers_lateness(), v.text
         assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
@@ -71,7 +71,7 @@ def test_cpu_contention_from_hog_threads_on_the_service_cpu(tmp_path: Path) -> N
             culprit("hog", "--threads", "4", "--cpu", "0", "--cgroup", str(cpu)):
         run = record(tmp_path, "cpu", "--cpu", "1", "--quiet-cpu", "0", "--ops", "10",
                      "--interval-ms", "150", "--cgroup", str(cpu))
-        verdicts = explain_missed(run, at_least=3)
+    verdicts = explain_missed(run, at_least=3)
     for v in verdicts:
         assert v.failed and v.covers_lateness(), v.text
         assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
@@ -134,7 +134,7 @@ def test_packet_loss_on_loopback_makes_tcp_retransmit(tmp_path: Path) -> None:
         run = record(tmp_path, "network", "--port", str(port), "--ops", "20",
                      "--deadline-ms", "100", "--interval-ms", "100", "--cgroup", str(cpu),
                      "--decoy-port", str(decoy_port))
-        verdicts = explain_missed(run, at_least=2)
+    verdicts = explain_missed(run, at_least=2)
     conn = {f"127.0.0.1:{run.truth.facts['client_port']}", f"127.0.0.1:{port}"}
     for v in verdicts:
         assert v.failed and v.covers_lateness(), v.text

@@ -70,14 +70,14 @@ def test_unnamed_wait_followed_into_the_workers_memory_pressure(tmp_path: Path,
         run = record(tmp_path, "waits", "--ipc", ipc, "--worker-cgroup", str(cg.path),
                      "--cgroup", str(cpu), "--ops", "10", "--deadline-ms", "100",
                      "--interval-ms", "300", "--batch-mb", "32")
-        verdicts: list[Verdict] = []
-        with run.kept_on_failure(verdicts):
-            verdicts += explain_missed(run, at_least=3)
-            for v in verdicts:
-                assert v.failed and v.covers_lateness(), v.text
-                assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
-                assert v.culprit_pid != decoy.pid
-                assert "thread_wait" in v.kernel_causes, v.text  # the wait for the worker
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
+            assert v.culprit_pid != decoy.pid
+            assert "thread_wait" in v.kernel_causes, v.text  # the wait for the worker
 
 
 def test_redis_memory_pressure_inside_the_server(tmp_path: Path) -> None:
@@ -104,16 +104,16 @@ def test_redis_memory_pressure_inside_the_server(tmp_path: Path) -> None:
         run = record(tmp_path, "thirdparty", "--server", "redis", "--port", str(redis.port),
                      "--cgroup", str(cpu), "--cpu", "0", "--ops", "12", "--deadline-ms", "80",
                      "--interval-ms", "300", "--value-mb", "16", agent_cpu=1)
-        verdicts: list[Verdict] = []
-        with run.kept_on_failure(verdicts):
-            verdicts += explain_missed(run, at_least=3)
-            for v in verdicts:
-                assert v.failed and v.covers_lateness(), v.text
-                assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
-                assert v.culprit_pid != decoy.pid
-            mapped = {(s["name"], s["mapped_by"]) for s in _spans(run, "settlement-cache-client")}
-            assert mapped == {("POST /payments", "single_thread"), ("redis SET", "net_tuple"),
-                              ("redis DEL", "net_tuple")}, mapped
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
+            assert v.culprit_pid != decoy.pid
+        mapped = {(s["name"], s["mapped_by"]) for s in _spans(run, "settlement-cache-client")}
+        assert mapped == {("POST /payments", "single_thread"), ("redis SET", "net_tuple"),
+                          ("redis DEL", "net_tuple")}, mapped
 
 
 def test_postgres_row_lock_held_by_a_session_whose_client_computes(tmp_path: Path) -> None:
@@ -139,17 +139,17 @@ def test_postgres_row_lock_held_by_a_session_whose_client_computes(tmp_path: Pat
             run = record(tmp_path, "thirdparty", "--server", "postgres", "--port",
                          str(pg.port), "--cgroup", str(cpu), "--ops", "15",
                          "--deadline-ms", "100", "--interval-ms", "200")
-        verdicts: list[Verdict] = []
-        with run.kept_on_failure(verdicts):
-            verdicts += explain_missed(run, at_least=3)
-            for v in verdicts:
-                assert v.failed and v.covers_lateness(), v.text
-                # the wait for the batch's client, or (when that client itself waited for
-                # a CPU meanwhile) the CPU taken from it: either way the culprit is it
-                assert v.kind in (*WAITS, "cpu_contention"), v.text
-                if v.kind in WAITS:
-                    assert v.culprit_pid == locker.pid, v.text
-                assert v.culprit_pid not in (decoy.pid, decoy2.pid), v.text
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            # the wait for the batch's client, or (when that client itself waited for
+            # a CPU meanwhile) the CPU taken from it: either way the culprit is it
+            assert v.kind in (*WAITS, "cpu_contention"), v.text
+            if v.kind in WAITS:
+                assert v.culprit_pid == locker.pid, v.text
+            assert v.culprit_pid not in (decoy.pid, decoy2.pid), v.text
 
 
 def test_nginx_upstream_shares_its_cpu_with_hogs(tmp_path: Path) -> None:
@@ -172,13 +172,13 @@ def test_nginx_upstream_shares_its_cpu_with_hogs(tmp_path: Path) -> None:
         run = record(tmp_path, "thirdparty", "--server", "nginx", "--port", str(nginx.port),
                      "--cgroup", str(cpu), "--cpu", "1", "--ops", "15", "--deadline-ms", "25",
                      "--interval-ms", "150", agent_cpu=0)
-        verdicts: list[Verdict] = []
-        with run.kept_on_failure(verdicts):
-            verdicts += explain_missed(run, at_least=3)
-            for v in verdicts:
-                assert v.failed and v.covers_lateness(), v.text
-                assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
-                assert v.culprit_pid != decoy.pid
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
+            assert v.culprit_pid != decoy.pid
 
 
 def test_two_concurrent_faults_are_both_reported_ranked_by_delay(tmp_path: Path) -> None:
@@ -210,41 +210,41 @@ def test_two_concurrent_faults_are_both_reported_ranked_by_delay(tmp_path: Path)
         # shared machine took the rest
         hog_share = (_cpu_time(hog.pid) - hog_cpu_ns) / (time.monotonic_ns() - started)
         print(f"hog's share of CPU 1: {hog_share:.2f}")
-        verdicts: list[Verdict] = []
-        with run.kept_on_failure(verdicts):
-            verdicts += explain_missed(run, at_least=3)
-            steps = run.truth.facts["steps"]
-            ops = {op.payment_id: op for op in run.truth.operations}
-            for v in verdicts:
-                step, op = steps[v.payment_id], ops[v.payment_id]
-                # what the kernel measured: the handoff, of which the worker waited for a
-                # CPU (held by the batch job or by neighbours: at most that), and the
-                # payment's own wait for CPU 1 (the hog's threads, at most that)
-                handoff, worker_cpu = step["handoff_ns"], step["worker_runqueue_ns"]
-                hog_ns = op.runqueue_ns * hog_share
-                measured = {"batch": (handoff - worker_cpu, handoff),
-                            "hog": (hog_ns, op.runqueue_ns),
-                            "neighbour": (0, max(worker_cpu, op.runqueue_ns))}
-                # (at least, at most)
-                print(v.payment_id, {k: [round(x / 1e6) for x in m]
-                                     for k, m in measured.items()}, v.others)
-                assert v.failed, v.text
-                fault = ("batch" if v.culprit_pid == batch.pid and v.kind in (
-                             "memory_pressure", "cpu_contention") else
-                         "hog" if (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid) else
-                         "neighbour" if v.kind == "cpu_contention" else None)
-                assert fault is not None, (v.text, measured)
-                # the larger fault wins when it is clearly larger
-                largest = max(at_least for at_least, _ in measured.values())
-                assert measured[fault][1] * 1.5 >= largest, (v.text, fault, measured)
-                # and the delay attributed to it is most of what was measured for it (not
-                # of the whole lateness: at a load of 24 on 2 cores, thirty neighbours
-                # together took the worker's CPU longer than the batch job did)
-                assert (v.delay_ns or 0) >= measured[fault][0] / 2, (v.text, measured)
-                # the other culprit is reported too when its fault was material
-                others = {(k, p) for k, p, _ in v.others}
-                if fault != "batch" and measured["batch"][0] >= 10e6:
-                    assert {("memory_pressure", batch.pid),
-                            ("cpu_contention", batch.pid)} & others, (v.text, v.others)
-                if fault != "hog" and hog_ns >= 10e6:
-                    assert ("cpu_contention", hog.pid) in others, (v.text, v.others)
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        steps = run.truth.facts["steps"]
+        ops = {op.payment_id: op for op in run.truth.operations}
+        for v in verdicts:
+            step, op = steps[v.payment_id], ops[v.payment_id]
+            # what the kernel measured: the handoff, of which the worker waited for a
+            # CPU (held by the batch job or by neighbours: at most that), and the
+            # payment's own wait for CPU 1 (the hog's threads, at most that)
+            handoff, worker_cpu = step["handoff_ns"], step["worker_runqueue_ns"]
+            hog_ns = op.runqueue_ns * hog_share
+            measured = {"batch": (handoff - worker_cpu, handoff),
+                        "hog": (hog_ns, op.runqueue_ns),
+                        "neighbour": (0, max(worker_cpu, op.runqueue_ns))}
+            # (at least, at most)
+            print(v.payment_id, {k: [round(x / 1e6) for x in m]
+                                 for k, m in measured.items()}, v.others)
+            assert v.failed, v.text
+            fault = ("batch" if v.culprit_pid == batch.pid and v.kind in (
+                         "memory_pressure", "cpu_contention") else
+                     "hog" if (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid) else
+                     "neighbour" if v.kind == "cpu_contention" else None)
+            assert fault is not None, (v.text, measured)
+            # the larger fault wins when it is clearly larger
+            largest = max(at_least for at_least, _ in measured.values())
+            assert measured[fault][1] * 1.5 >= largest, (v.text, fault, measured)
+            # and the delay attributed to it is most of what was measured for it (not
+            # of the whole lateness: at a load of 24 on 2 cores, thirty neighbours
+            # together took the worker's CPU longer than the batch job did)
+            assert (v.delay_ns or 0) >= measured[fault][0] / 2, (v.text, measured)
+            # the other culprit is reported too when its fault was material
+            others = {(k, p) for k, p, _ in v.others}
+            if fault != "batch" and measured["batch"][0] >= 10e6:
+                assert {("memory_pressure", batch.pid),
+                        ("cpu_contention", batch.pid)} & others, (v.text, v.others)
+            if fault != "hog" and hog_ns >= 10e6:
+                assert ("cpu_contention", hog.pid) in others, (v.text, v.others)
