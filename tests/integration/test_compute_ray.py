@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,20 +36,14 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require(importlib.util.find_spec("ray") is not None, "ray (pip install ray)")
     import ray
 
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    temp = tmp_path_factory.mktemp("ray")
+    temp = tmp_path_factory.mktemp("ray")  # token auth: the suite's mode (tests/conftest.py)
     context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20,
                        _temp_dir=str(temp), log_to_driver=False, configure_logging=False,
-                       _node_ip_address="127.0.0.1")  # loopback only, never the host's IP
+                       _node_ip_address="127.0.0.1")
     try:
         yield str(context.address_info["gcs_address"])  # type: ignore[attr-defined]
     finally:
         ray.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
 
 
 @pytest.fixture(scope="module")

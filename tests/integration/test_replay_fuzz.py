@@ -180,8 +180,8 @@ def test_fuzz_finds_nothing_when_timing_does_not_matter(
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local 2-CPU Ray cluster for this module, this process its driver; its GCS address.
-    (Without token auth: tests/conftest.py sets RAY_AUTH_MODE=disabled for the whole
-    process. Ray's GCS listens on every interface, whatever ``_node_ip_address`` says.)"""
+    (With token auth, the suite's mode, tests/conftest.py: Ray's GCS listens on every
+    interface, whatever ``_node_ip_address`` says.)"""
     require(importlib.util.find_spec("ray") is not None, "ray (pip install ray)")
     import ray
 
