@@ -1014,8 +1014,7 @@ class Engine(IoServing):
         root = proc.pid
         replayed = {fd: bytes(data) for (pid, fd), data in self.replayed.items() if pid == root}
         written = {fd: n for (pid, fd), n in self.output_bytes.items() if pid == root}
-        recorded = self.rec.outputs()
-        gaps = self.rec.output_gaps()
+        recorded, gaps = self.rec.output_streams()
         if self.status != "completed":  # compare only what the replay got to
             recorded = {fd: data[:written.get(fd, 0)] for fd, data in recorded.items()}
         for fd, ranges in sorted(gaps.items()):
@@ -1076,14 +1075,14 @@ class Engine(IoServing):
         for pid, info in sorted(self.rec.children.items()):
             written = {fd: n for (p, fd), n in self.output_bytes.items() if p == pid}
             replayed = {fd: bytes(d) for (p, fd), d in self.replayed.items() if p == pid}
-            recorded = self.rec.outputs(pid)
+            recorded, gaps = self.rec.output_streams(pid)
             code, sig = self.child_exits.get(pid, (None, None))
             if self.status != "completed":
                 recorded = {fd: d[:written.get(fd, 0)] for fd, d in recorded.items()}
             out.append(ChildReport(pid, info.exe, list(info.argv), code, sig, info.exit_code,
                                    pid in self.child_exits,
-                                   compare_outputs(recorded, replayed, written,
-                                                   self.rec.output_gaps(pid)), replayed))
+                                   compare_outputs(recorded, replayed, written, gaps),
+                                   replayed))
         return out
 
 

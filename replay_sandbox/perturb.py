@@ -250,15 +250,11 @@ class _Reordered(Recording):
     original_outputs: dict[int, bytes] = field(default_factory=dict)
     original_gaps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
-    def outputs(self, pid: int | None = None) -> dict[int, bytes]:
+    def output_streams(self, pid: int | None = None) -> tuple[
+            dict[int, bytes], dict[int, list[tuple[int, int]]]]:
         if pid is None or pid == self.process.pid:
-            return self.original_outputs
-        return super().outputs(pid)
-
-    def output_gaps(self, pid: int | None = None) -> dict[int, list[tuple[int, int]]]:
-        if pid is None or pid == self.process.pid:
-            return self.original_gaps
-        return super().output_gaps(pid)
+            return self.original_outputs, self.original_gaps
+        return super().output_streams(pid)
 
 
 def perturbed(recording: Recording, options: ReplayOptions,
@@ -285,10 +281,10 @@ def perturbed(recording: Recording, options: ReplayOptions,
     threads = {tid: [r if order[(r.tid, r.seq)] == r.order
                      else replace(r, order=order[(r.tid, r.seq)]) for r in rows]
                for tid, rows in recording.threads.items()}
+    outputs, gaps = recording.output_streams()
     copy = _Reordered(recording.process, threads, recording.total_rows,
                       recording.initial_fds, recording.real_paths, recording.mono_to_epoch_ns,
-                      recording.peers, original_outputs=recording.outputs(),
-                      original_gaps=recording.output_gaps())
+                      recording.peers, original_outputs=outputs, original_gaps=gaps)
     return copy, options
 
 

@@ -144,14 +144,15 @@ class Recording:
         """What the recorded process (the root, or ``pid`` of the tree) wrote to each fd
         (write family), concatenated. A call the recorder cut at --payload-cap is zeros
         past what it kept (``output_gaps`` says where), so later offsets stay right."""
-        return self._output_streams(pid)[0]
+        return self.output_streams(pid)[0]
 
     def output_gaps(self, pid: int | None = None) -> dict[int, list[tuple[int, int]]]:
         """fd -> the [start, end) byte ranges of ``outputs`` the recorder did not keep."""
-        return self._output_streams(pid)[1]
+        return self.output_streams(pid)[1]
 
-    def _output_streams(self, pid: int | None) -> tuple[dict[int, bytes],
-                                                        dict[int, list[tuple[int, int]]]]:
+    def output_streams(self, pid: int | None = None) -> tuple[
+            dict[int, bytes], dict[int, list[tuple[int, int]]]]:
+        """``outputs`` and ``output_gaps`` from one pass over the rows."""
         pid = self.process.pid if pid is None else pid
         out: dict[int, bytearray] = defaultdict(bytearray)
         gaps: dict[int, list[tuple[int, int]]] = defaultdict(list)
