@@ -11,6 +11,7 @@ never race on the ``causal_edges`` table.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,10 +89,30 @@ def run_window(location: lake.LakeLocation, window: Window, settings: ComputeSet
     never run at once, whoever started them. The snapshot's manifest records how many spans
     the window owned (``inputs``), so a reader can tell when rows arrived after it."""
     with window_lock(location, window, settings):
-        analysis = analyze_window(location, window, settings, rules)
-        inputs = {"owned_spans": int(analysis.summary.get("owned_spans", 0))}
-        uri = (store.publish(location, window, analysis.tables, settings, inputs=inputs)
-               if publish_graph else None)
+        return _analyse_and_publish(location, window, settings, rules, publish_graph)
+
+
+def run_window_unless(location: lake.LakeLocation, window: Window, settings: ComputeSettings,
+                      answered: Callable[[], bool], rules: Rules | None = None
+                      ) -> WindowOutput | None:
+    """``run_window``, unless ``answered()``, asked once the window's lock is held, says an
+    analysis another process finished while this one waited for the lock already answers:
+    then nothing is analysed and None is returned. Asked under the lock, so two callers
+    that raced to one window (each saw it unanalysed, neither saw the other's lock yet)
+    analyse it once, not once each in turn."""
+    with window_lock(location, window, settings):
+        if answered():
+            return None
+        return _analyse_and_publish(location, window, settings, rules, True)
+
+
+def _analyse_and_publish(location: lake.LakeLocation, window: Window,
+                         settings: ComputeSettings, rules: Rules | None, publish_graph: bool
+                         ) -> WindowOutput:
+    analysis = analyze_window(location, window, settings, rules)
+    inputs = {"owned_spans": int(analysis.summary.get("owned_spans", 0))}
+    uri = (store.publish(location, window, analysis.tables, settings, inputs=inputs)
+           if publish_graph else None)
     return WindowOutput(window, analysis.edges, analysis.summary, uri)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -225,14 +226,22 @@ async def get_ondemand(request: HTTPConnection, location: LocationDep,
                        metrics: MetricsDep) -> OnDemand:
     """This process's on-demand analyses (query_api/ondemand.py)."""
     def build() -> OnDemand:
-        from kprobe.compute.ray_driver import analyze_windows
+        from kprobe.compute.analysis import run_window_unless, write_edges
+        from kprobe.compute.graph.store import list_snapshots
         from kprobe.compute.window_lock import is_busy
 
-        def analyse(window: Window) -> None:
+        def analyse(window: Window, proceed: Callable[[], bool]) -> None:
             # the path of `kprobe analyze` for one window: run_window, then write_edges
-            analyze_windows(location, [window], compute, executor="local")
+            output = run_window_unless(location, window, compute, lambda: not proceed())
+            if output is not None:
+                write_edges(location, [output], compute)
+
+        def published_since(window: Window, ns: int) -> bool:
+            return any(s.window_id == window.id and int(s.manifest.get("created_ns", 0)) >= ns
+                       for s in list_snapshots(location))
 
         return OnDemand(analyse, lambda window: is_busy(location, window, compute),
+                        published_since,
                         max_concurrent=settings.analyze_max_concurrent,
                         timeout_s=settings.analyze_timeout_s,
                         count=lambda outcome: metrics.analyses.labels(outcome).inc())

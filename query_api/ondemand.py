@@ -2,8 +2,7 @@
 
 An explanation is answered from the windows' graph snapshots. When the transaction is in
 none (or its window's snapshot is older than spans that arrived since), the API analyses
-that window itself, through the one path every analysis takes
-(``compute.ray_driver.analyze_windows`` with the in-process executor: ``run_window`` then
+that window itself, through the path every analysis takes (``run_window`` then
 ``write_edges``, as ``kprobe analyze`` and ``kprobe analyze --follow`` do), so the snapshot
 lands where they put it and the next request and ``kprobe explain`` reuse it.
 
@@ -17,7 +16,9 @@ Bounds (``OnDemand``):
 - single flight: one analysis per window in this process (a second request waits for the
   first's), and across processes the window's lock file (compute/window_lock.py): a
   request for a window another process is analysing waits for that analysis (within the
-  bound) and is answered from its snapshot;
+  bound) and is answered from its snapshot. A request whose look at the lock raced another
+  process's taking it waits for that lock, finds the snapshot published since it asked,
+  and does not analyse the window again (``compute.analysis.run_window_unless``);
 - admission: at most ``analyze_max_concurrent`` analyses at once in this process; one more
   is refused with 503 and Retry-After;
 - time: a request waits ``analyze_timeout_s`` at most, then gets 503 "analysis of window W
@@ -153,14 +154,21 @@ class OnDemand:
     """Analyses of single windows for this process: one per window at a time, at most
     ``max_concurrent`` at once, each waited for ``timeout_s`` at most by a request.
 
-    ``analyse(window)`` runs the analysis; ``busy(window)`` tells whether another process
-    holds the window's lock; ``count(outcome)`` is told every outcome (metrics)."""
+    ``analyse(window, proceed)`` runs the analysis once it holds the window's lock and
+    ``proceed()`` says so (False: another process published the window's snapshot after
+    this request asked, so that analysis answers); ``busy(window)`` tells whether another
+    process holds the window's lock; ``published_since(window, ns)`` whether a snapshot of
+    the window was published at or after wall time ``ns``; ``count(outcome)`` is told every
+    outcome (metrics)."""
 
-    def __init__(self, analyse: Callable[[Window], None], busy: Callable[[Window], bool], *,
+    def __init__(self, analyse: Callable[[Window, Callable[[], bool]], None],
+                 busy: Callable[[Window], bool],
+                 published_since: Callable[[Window, int], bool], *,
                  max_concurrent: int, timeout_s: float,
                  count: Callable[[str], None] | None = None) -> None:
         self._analyse = analyse
         self._busy = busy
+        self._published_since = published_since
         self.max_concurrent = max_concurrent
         self.timeout_s = timeout_s
         self._count = count or (lambda outcome: None)
@@ -199,6 +207,7 @@ class OnDemand:
         analysis's own error if it failed here."""
         wait = self.timeout_s if wait_s is None else max(0.0, wait_s)
         began = time.monotonic()
+        asked_ns = time.time_ns()
         waited = False
         while True:
             with self._lock:
@@ -217,9 +226,9 @@ class OnDemand:
                             f"{len(self._jobs)} on-demand analyses already running on this "
                             f"replica (limit {self.max_concurrent}); retry after {retry} s",
                             {"Retry-After": str(retry)})
-                    job = _Job(window, self._pool.submit(self._run, window), time.monotonic())
+                    job = _Job(window, self._pool.submit(self._run, window, asked_ns),
+                               time.monotonic())
                     self._jobs[window.id] = job
-                    self._count("started")
                     break
             # another process analyses it: wait for it within the bound, never run it twice
             left = wait - (time.monotonic() - began)
@@ -240,11 +249,23 @@ class OnDemand:
                 f"analysis of window {window.id} is running; retry after {retry} s",
                 {"Retry-After": str(retry)}) from None
 
-    def _run(self, window: Window) -> None:
+    def _run(self, window: Window, asked_ns: int) -> None:
         started = time.monotonic()
+        analysed = False
+
+        def proceed() -> bool:
+            # the window's lock is held: a snapshot published since the request asked came
+            # from another process that took the lock first (the request's probe of the
+            # lock and that process's taking it raced)
+            nonlocal analysed
+            analysed = not self._published_since(window, asked_ns)
+            self._count("started" if analysed else "waited")
+            return analysed
+
         try:
-            self._analyse(window)
-            self.last_seconds = time.monotonic() - started
+            self._analyse(window, proceed)
+            if analysed:
+                self.last_seconds = time.monotonic() - started
             with self._lock:
                 self._counts.pop(window.id, None)
         except BaseException:

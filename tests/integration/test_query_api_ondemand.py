@@ -25,7 +25,7 @@ import pytest
 
 from kprobe.compute.window import Window
 from kprobe.query_api.auth import add_token
-from tests.e2e.scenarios.harness import record
+from tests.e2e.scenarios.harness import ScenarioRun, record
 from tests.e2e.scenarios.telemetry import Operation
 from tests.support import REPO, deadline_s, free_port, require_root, wait_healthy
 
@@ -40,6 +40,7 @@ class Served:
     tokens: dict[str, str]
     node: str
     missed: list[Operation]  # payments that missed their deadline, in one window
+    run: ScenarioRun  # the recording (its diagnosis when an answer is wrong)
 
     def client(self, token: str, replica: int = 0) -> httpx.Client:
         return httpx.Client(base_url=self.bases[replica], timeout=deadline_s(300),
@@ -94,7 +95,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             bases.append(f"http://127.0.0.1:{port}")
         for proc, base, log in zip(procs, bases, logs, strict=True):
             wait_healthy(proc, base, Path(log.name))
-        yield Served(bases, lake, tokens, node, missed)
+        yield Served(bases, lake, tokens, node, missed, run)
     finally:
         for proc in procs:
             proc.terminate()
@@ -147,7 +148,8 @@ def test_the_first_request_analyses_the_window_once_and_answers_the_root_cause(
     # the others shared it: in the same process, or waiting for the other process's
     assert _analyses(served, "joined") + _analyses(served, "waited") == 2
     [txn] = answers[0].json()["transactions"]
-    assert txn["failed"] and txn["root_cause"] is not None, txn
+    assert txn["failed"] and txn["root_cause"] is not None, (
+        f"{json.dumps(txn)[:3000]}\n{served.run.diagnose(served.missed[:1], [])}")
     window = txn["window"]
     assert "@" not in window  # the reader's window is every node's, as kprobe analyze makes
     assert (served.lake / "graphs" / window / "manifest.json").is_file()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,17 @@ class _Analyses:
         self.started: list[str] = []
         self.lock = threading.Lock()
 
-    def __call__(self, window: Window) -> None:
+    def __call__(self, window: Window, proceed: Callable[[], bool]) -> None:
+        if not proceed():
+            return
         with self.lock:
             self.started.append(window.id)
         assert self.release.wait(30)
+
+
+def _never(window: Window, ns: int) -> bool:
+    """published_since: no other process publishes these windows."""
+    return False
 
 
 def _ensure_in_thread(od: OnDemand, window: Window, wait_s: float = 30
@@ -117,7 +125,7 @@ def _until(condition: Any, what: str) -> None:
 def test_one_analysis_per_window_however_many_ask() -> None:
     analyses = _Analyses()
     outcomes: list[str] = []
-    od = OnDemand(analyses, lambda w: False, max_concurrent=2, timeout_s=30,
+    od = OnDemand(analyses, lambda w: False, _never, max_concurrent=2, timeout_s=30,
                   count=outcomes.append)
     threads = [_ensure_in_thread(od, W) for _ in range(5)]
     _until(lambda: len(outcomes) == 5, "five requests seen")
@@ -132,7 +140,7 @@ def test_one_analysis_per_window_however_many_ask() -> None:
 
 def test_past_capacity_is_refused_with_retry_after() -> None:
     analyses = _Analyses()
-    od = OnDemand(analyses, lambda w: False, max_concurrent=1, timeout_s=30)
+    od = OnDemand(analyses, lambda w: False, _never, max_concurrent=1, timeout_s=30)
     first, result = _ensure_in_thread(od, W)
     _until(lambda: analyses.started, "the first analysis started")
     other = Window(W.end_ns, W.end_ns + 60 * S)
@@ -149,7 +157,7 @@ def test_past_capacity_is_refused_with_retry_after() -> None:
 
 def test_past_the_time_bound_it_answers_running_and_finishes_in_the_background() -> None:
     analyses = _Analyses()
-    od = OnDemand(analyses, lambda w: False, max_concurrent=1, timeout_s=0.2)
+    od = OnDemand(analyses, lambda w: False, _never, max_concurrent=1, timeout_s=0.2)
     with pytest.raises(AnalysisRunning) as running:
         od.ensure(W)
     assert f"analysis of window {W.id} is running; retry after" in str(running.value)
@@ -173,7 +181,7 @@ def test_a_window_another_process_analyses_is_not_analysed_again(tmp_path: Path)
         probes.append(is_busy(location, window, settings))
         return probes[-1]
 
-    od = OnDemand(analyses, busy, max_concurrent=1, timeout_s=5, count=outcomes.append)
+    od = OnDemand(analyses, busy, _never, max_concurrent=1, timeout_s=5, count=outcomes.append)
     # GIVEN another holder of the window's lock (an flock on its own open file: the same
     # as another process)
     with window_lock(location, W, settings):
@@ -204,6 +212,49 @@ def test_a_window_another_process_analyses_is_not_analysed_again(tmp_path: Path)
     assert result == [None] and analyses.started == [] and outcomes[-1] == "waited"
     od.ensure(W)  # nobody holds it now: analysed here
     assert analyses.started == [W.id]
+    od.close()
+
+
+def test_a_request_that_raced_another_process_to_the_window_does_not_analyse_it_again(
+        tmp_path: Path) -> None:
+    location = resolve(LakeSettings(lake=str(tmp_path / "lake")))
+    settings = ComputeSettings(graph_cache_dir=tmp_path / "cache")
+    published: list[tuple[str, int]] = []  # (window id, created_ns) of the lake's snapshots
+    ran: list[str] = []
+    outcomes: list[str] = []
+
+    def analyse(window: Window, proceed: Callable[[], bool]) -> None:
+        # the shape of the API's analysis (compute.analysis.run_window_unless): asked under
+        # the window's lock
+        with window_lock(location, window, settings):
+            if proceed():
+                ran.append(window.id)
+
+    # GIVEN a request whose probe of the lock came just before another process took it
+    od = OnDemand(analyse, lambda w: False,
+                  lambda w, ns: any(i == w.id and t >= ns for i, t in published),
+                  max_concurrent=1, timeout_s=30, count=outcomes.append)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_process() -> None:
+        with window_lock(location, W, settings):
+            holding.set()
+            assert release.wait(30)
+            published.append((W.id, time.time_ns()))  # its snapshot, before it lets go
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    assert holding.wait(deadline_s(10))
+    waiter, result = _ensure_in_thread(od, W, 30)
+    _until(lambda: od.running == [W.id], "the request's analysis waits for the lock")
+    release.set()
+    waiter.join(deadline_s(10))
+    holder.join(deadline_s(10))
+    # THEN it is answered by the other process's analysis: not analysed a second time
+    assert result == [None] and ran == [] and outcomes == ["waited"]
+    # control: a snapshot published before a request asked does not stop its analysis
+    od.ensure(W)
+    assert ran == [W.id] and outcomes[-1] == "started"
     od.close()
 
 
