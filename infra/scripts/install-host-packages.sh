@@ -12,6 +12,9 @@ PACKAGES=(
   bubblewrap strace iptables iproute2 util-linux        # sandbox, peers, fault injection
   bpftrace                                              # benchmark peer
   sqlite3 curl python3-venv                             # test programs and the demo
+  nodejs lua5.4 bc bzip2 xz-utils zstd pigz jq gawk     # programs the replay tests record
+  openssl git perl dash
+  golang-go default-jdk-headless gcc make               # runtimes the replay tests name
   qemu-system-x86 busybox-static kmod e2fsprogs         # make vmtest: guests, initramfs
   chromium                                              # the console's browser tests
   postgresql redis-server nginx-light                   # e2e: third-party servers, uninstrumented
