@@ -50,6 +50,7 @@ def _size(n: int) -> str:
 DUP3 = 292
 CLOSE = 3
 CLONE_THREAD = 0x10000
+WNOHANG = 1  # wait4 and waitid options
 AT_FDCWD = (1 << 64) - 100  # -100, as a register holds it
 RESTARTS = frozenset({-512, -513, -514, -516})  # ERESTART*: the kernel restarts the call
 _TRACE = bool(os.environ.get("KPROBE_REPLAY_TRACE"))
@@ -349,6 +350,12 @@ class IoServing(TimeServing):
             new[1] = self.rec_to_ns.get(args[1] & 0xFFFF_FFFF, args[1])
         elif args[0] == 0 and reaped in self.rec_to_ns:  # waitid(P_ALL)
             new[0], new[1] = 1, self.rec_to_ns[reaped]
+        options = 2 if nr == 61 else 3
+        if reaped is not None and new[options] & WNOHANG:
+            # the recording's poll found the child gone; the replay reaches the poll
+            # sooner (its sleeps are virtual) while the child still runs for real: wait
+            # for it, so the poll finds it gone here too
+            new[options] &= ~WNOHANG
         if new != list(args):
             regs.set_syscall_args(new)
             P.set_regs(task.tid, regs)

@@ -7,9 +7,9 @@ The inputs are bigger than the payload cap (a 165 KB ledger, Python's .pyc files
 own files): their reads are recorded by identity and each file version stored once
 (capture_agent/file_store.py), so nothing is cut. A shell pipeline is replayed as a tree
 (``--tree``: every process of it served from its own recording). The suite covers
-interpreters (python3, perl, node, lua, bc), compressors (gzip, bzip2, xz, zstd, pigz with
-two threads), a database CLI (sqlite3), an HTTP client against a local server (curl), text
-tools (jq, gawk, sort), openssl and git.
+interpreters (python3, one polling its child with WNOHANG, perl, node, lua, bc),
+compressors (gzip, bzip2, xz, zstd, pigz with two threads), a database CLI (sqlite3), an
+HTTP client against a local server (curl), text tools (jq, gawk, sort), openssl and git.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class Program:
 
 PY = ("import json, hashlib, sys; d = open(sys.argv[1], 'rb').read(); "
       "print(json.dumps({'bytes': len(d), 'sha256': hashlib.sha256(d).hexdigest()}))")
+# a poller: waitpid(WNOHANG) after a sleep found its child gone when recorded; the replay's
+# sleep is virtual, so it polls while the child (run for real) may still be running
+POLL = ("import subprocess, time; p = subprocess.Popen(['/bin/sh', '-c', 'exit 3']); "
+        "time.sleep(0.3); print('child exit', p.poll())")
 NODE = ("const c = require('crypto'), fs = require('fs'); const d = fs.readFileSync("
         "process.argv[1]); console.log(d.length, c.createHash('sha256').update(d)"
         ".digest('hex'))")
@@ -61,6 +65,7 @@ PERL = ('$n++; $s += (split /,/)[1]; END { printf "%d %d %s\\n", $n, $s, '
 
 PROGRAMS = (
     Program("python3", "python3", ("/usr/bin/python3", "-c", PY, "{in}/ledger.csv"), PY),
+    Program("python3 polling its child", "python3", ("/usr/bin/python3", "-c", POLL), POLL),
     Program("node", "nodejs", ("/usr/bin/node", "-e", NODE, "{in}/ledger.csv"), NODE),
     Program("perl", "perl", ("perl", "-MDigest::MD5", "-ne", PERL, "{in}/ledger.csv"), PERL),
     Program("lua", "lua5.4", ("lua5.4", "{in}/squares.lua"), "lua5.4"),
