@@ -148,7 +148,8 @@ def pytest_counts(output: str) -> str:
 
 
 def step_tests(work: Path, tests: Sequence[str]) -> StepResult:
-    command = [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-ra",
+    # -v: each test's name as it ends, so a guest that hangs names the test it hung in
+    command = [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-ra",
                "--durations=10", f"--basetemp={work / 'pytest'}", *tests]
     # wide enough that the short summary keeps each failure's message
     code, output = _stream(command, env={"COLUMNS": "400"})

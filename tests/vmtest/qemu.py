@@ -28,7 +28,10 @@ VIRTIOFSD = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 Accel = Literal["kvm", "tcg"]
 
 # Console on the first serial port; results on the second (no kernel messages there).
-KERNEL_ARGS = "console=ttyS0 loglevel=4 panic=-1"
+# loglevel=5: warnings reach the log, with the registers and stacks a lockup or a BUG prints
+# after its one emergency line; a soft lockup prints every CPU's stack (what a hung guest
+# was doing, in its log)
+KERNEL_ARGS = "console=ttyS0 loglevel=5 panic=-1 softlockup_all_cpu_backtrace=1"
 
 
 @dataclass(frozen=True)
