@@ -59,6 +59,7 @@ from kprobe.replay_sandbox._state import (
 from kprobe.replay_sandbox.context import RLIM_INFINITY, RLIMIT_NAMES, ProcessContext
 from kprobe.replay_sandbox.errors import RecordingError, SandboxError, TracerError
 from kprobe.replay_sandbox.limits import ReplayCgroup
+from kprobe.replay_sandbox.mapped_files import changed_notes
 from kprobe.replay_sandbox.recording import Recording, Row, redaction_notes
 from kprobe.replay_sandbox.report import (
     CallInfo,
@@ -189,6 +190,7 @@ class Engine(IoServing):
         self.notes.extend(redaction_notes(env, argv))
         exe = self.opts.exe or proc.exe
         self.notes.extend(runtime_notes(exe, self.rec.real_paths))
+        self.notes.extend(changed_notes(self.rec.mapped_files))
         if not argv:
             argv = [exe]
         self.exec_argv0 = argv[0].encode()

@@ -18,6 +18,7 @@ import pyarrow as pa
 from kprobe.lake.schema import REDACTED, TABLES
 from kprobe.replay_sandbox.context import FILE_ID, KERNEL_ARGS, OPENED, Descriptor, ProcessContext
 from kprobe.replay_sandbox.errors import RecordingError
+from kprobe.replay_sandbox.mapped_files import recorded_stats
 from kprobe.replay_sandbox.peers import PeerStream
 from kprobe.replay_sandbox.syscall_table import (
     FD_CREATORS,
@@ -124,6 +125,8 @@ class Recording:
     # threads whose recording holds their own exit: past their last row, nothing is left
     # to come (a thread without one was ended by another's exit_group while it ran)
     exited: frozenset[int] = frozenset()
+    # files the program maps: path -> (size, mtime_ns) its own fstat of them saw
+    mapped_files: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def pid_of(self, tid: int) -> int:
         """The recorded process of a recorded thread."""
@@ -208,6 +211,7 @@ class Recording:
         trapped = [r for r in all_rows if r.nr in TRAPPED]
         if syscall_data is not None and syscall_data.num_rows:
             _attach_data(set(starts), trapped, syscall_data, blobs or {})
+        mapped = recorded_stats(trapped, _path_of)  # still in time order here
         # Cross-thread order: served calls complete at once, so they follow the recorded
         # completion order, and so do new descriptors (an open takes its number somewhere
         # inside the call; when the replay meets the number taken or free against the
@@ -232,7 +236,8 @@ class Recording:
         tid_pid = {r.tid: r.pid for r in all_rows}
         return cls(process, dict(threads), len(all_rows), initial,
                    tuple(sorted(real_paths)), mono_to_epoch_ns, children=dict(children or {}),
-                   tid_pid=tid_pid, exited=frozenset(r.tid for r in all_rows if r.nr == _EXIT))
+                   tid_pid=tid_pid, exited=frozenset(r.tid for r in all_rows if r.nr == _EXIT),
+                   mapped_files=mapped)
 
 
 def _path_of(row: Row) -> str | None:

@@ -230,6 +230,36 @@ def test_a_cut_payload_is_named_with_how_to_record_it_whole(
     assert not [n for n in report["notes"] if "bytes it read" in n]
 
 
+MMAP = ("import mmap, sys\nwith open(sys.argv[1], 'rb') as f:\n"
+        "    print(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)[:11].decode())\n")
+
+
+def test_a_mapped_file_that_changed_since_the_recording_is_named(tmp_path: Path) -> None:
+    """A mapping is today's file, not recorded bytes: a replay after the file changed (a
+    library upgraded, a data file rewritten) names the file and both versions' size and
+    mtime, read from the program's own recorded fstat. The same replay before the change
+    (the control) names nothing: python's own libraries and ld.so.cache are unchanged."""
+    require_root()
+    data = tmp_path / "statement.txt"
+    data.write_text("PAY-1 50000\n")
+    recorded = record(tmp_path, "/usr/bin/python3", "-c", MMAP, str(data))
+    assert recorded.run.returncode == 0 and recorded.stdout == b"PAY-1 50000\n", recorded.run
+    process = pid_of(recorded.lake, MMAP)
+    code, report = replay(recorded.lake, process)
+    assert code == 0 and report["outputs_match"], summary(report)
+    assert not [n for n in report["notes"] if "changed since the recording" in n], summary(
+        report)
+    # WHEN the mapped file is rewritten after the recording
+    data.write_text("PAY-2 12000\n")
+    os.utime(data, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    code, report = replay(recorded.lake, process)
+    # THEN the replay maps today's bytes and says why they differ
+    assert code == 1 and not report["outputs_match"], summary(report)
+    [note] = [n for n in report["notes"] if "changed since the recording" in n]
+    assert note.startswith(f"{data}, which the program maps") and "now 12 bytes modified " \
+        "2023-11-14T22:13:20Z" in note, note
+
+
 @pytest.fixture
 def overlay(inputs: Path, tmp_path: Path) -> Iterator[Path]:
     """An overlay mount as a container's root is one: a layer on this file system with the
