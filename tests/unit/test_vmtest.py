@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vmtest import guest
+from tests.vmtest import guest, qemu
 from tests.vmtest.errors import NoQemuError, VmtestError
 from tests.vmtest.initramfs import CpioWriter
 from tests.vmtest.kernels import newest_per_line, parse_package
@@ -18,6 +18,7 @@ from tests.vmtest.qemu import (
     VmSpec,
     clock_args,
     find_qemu,
+    lockup_summary,
     qemu_command,
     tsc_khz_from_cpuinfo,
     tsc_khz_from_kernel_log,
@@ -243,3 +244,56 @@ def test_a_clone_or_cache_under_tmp_is_refused_in_one_line() -> None:
         with pytest.raises(VmtestError, match="under /tmp") as err:
             _check_visible_in_guests(python, cache)
         assert "\n" not in str(err.value)
+
+
+# a 6.1 guest's console at a soft lockup (softlockup_all_cpu_backtrace=1): the stuck CPU's
+# registers and stack, then the other CPU's, by NMI
+LOCKUP_CONSOLE = """\
+[  192.491352] watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [python:212]
+[  192.491400] Modules linked in: virtiofs fuse
+[  192.491500] CPU: 0 PID: 212 Comm: python Not tainted 6.1.0-57-cloud-amd64 #1  Debian 6.1.192-3
+[  192.491600] RIP: 0010:native_queued_spin_lock_slowpath+0x5b/0x2b0
+[  192.491650] Code: 6d f0 0f ba 2f 08 0f 92 c0 0f b6 c0 c1 e0 08 89 c2 8b 07 30 e4 09 d0
+[  192.491700] RSP: 0018:ffffb4d1c0003e48 EFLAGS: 00000202
+[  192.491750] RAX: 0000000000000001 RBX: ffff9f0a41c2a000 RCX: 0000000000000000
+[  192.491800] Call Trace:
+[  192.491850]  <TASK>
+[  192.491900]  _raw_spin_lock_irqsave+0x39/0x50
+[  192.491950]  ? htab_lock_bucket+0x20/0x40
+[  192.492000]  htab_map_update_elem+0x1b1/0x3c0
+[  192.492050]  bpf_prog_1234abcd_on_switch+0x123/0x1000
+[  192.492100]  __bpf_trace_sched_switch+0x10/0x20
+[  192.492150]  __schedule+0x2c5/0x8d0
+[  192.492200]  schedule+0x5d/0xe0
+[  192.492300] NMI backtrace for cpu 1
+[  192.492400] RIP: 0010:smp_call_function_many_cond+0x12d/0x350
+[  192.492500] Call Trace:
+[  192.492600]  on_each_cpu_cond_mask+0x1d/0x30
+[  192.492700]  flush_tlb_mm_range+0x100/0x150
+""".splitlines()
+
+
+def test_a_soft_lockup_is_summed_up_with_where_each_cpu_spun() -> None:
+    said = lockup_summary(["boot noise", *LOCKUP_CONSOLE])
+    assert said == (
+        "soft lockup of CPU#0 in task python:212: native_queued_spin_lock_slowpath+0x5b/0x2b0"
+        " < _raw_spin_lock_irqsave+0x39/0x50 < htab_lock_bucket+0x20/0x40"
+        " < htab_map_update_elem+0x1b1/0x3c0 < bpf_prog_1234abcd_on_switch+0x123/0x1000"
+        " < __bpf_trace_sched_switch+0x10/0x20; smp_call_function_many_cond+0x12d/0x350"
+        " < on_each_cpu_cond_mask+0x1d/0x30 < flush_tlb_mm_range+0x100/0x150")
+    assert lockup_summary(["[ 1.0] nothing of the kind"]) == ""
+
+
+def test_a_guest_stuck_in_a_lockup_is_stopped_long_before_its_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qemu, "LOCKUP_GRACE_S", 0.2)
+    console = [line.replace("stuck for 23s", "stuck for 130s") for line in LOCKUP_CONSOLE]
+    script = "printf '%s\\n' \"$@\"; exec sleep 60"  # a console, then a guest that never ends
+    log = io.StringIO()
+    run = qemu.run_vm(["sh", "-c", script, "sh", *console], log, deadline_s=30)
+    assert run.seconds < 20 and run.exit_code is None, run
+    assert run.lockup.startswith("soft lockup of CPU#0 in task python:212: "
+                                 "native_queued_spin_lock_slowpath"), run.lockup
+    # control: 23 s stuck (a starved emulated vCPU can recover) is not given up on
+    short = qemu.run_vm(["sh", "-c", "printf '%s\\n' \"$@\"", "sh", *LOCKUP_CONSOLE], log, 30)
+    assert short.exit_code == 0 and short.lockup == "", short

@@ -128,7 +128,9 @@ def run_guest(qemu_bin: str, kernel: kernels.UnpackedKernel, spec: qemu.VmSpec,
                          stopped=f"could not start: {err}", log=str(log_path))
         finally:
             (work / "scratch.img").unlink(missing_ok=True)
-    if vm.exit_code is None:
+    if vm.lockup:
+        stopped = f"the guest kernel hung, stopped after {vm.seconds:.0f} s: {vm.lockup}"
+    elif vm.exit_code is None:
         stopped = f"killed at the {deadline_s:.0f} s deadline; last: {vm.last_lines[-1:]}"
     else:
         stopped = f"the guest stopped, qemu exit {vm.exit_code}"

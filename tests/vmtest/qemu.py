@@ -184,6 +184,38 @@ class VmRun:
     exit_code: int | None  # None when it was killed at the deadline
     marker_seen: bool  # the ``stop_on`` text appeared on the console
     last_lines: tuple[str, ...]  # the console's last lines, for a reason on a timeout
+    lockup: str = ""  # the guest kernel's soft lockup that stopped it, with where it spun
+
+
+# A CPU stuck this long in the kernel is a hung guest: it is stopped then (its backtraces
+# printed first), not at the deadline; a short lockup of a starved emulated vCPU recovers.
+LOCKUP_GIVE_UP_S = 120
+LOCKUP_GRACE_S = 10.0  # for every CPU's backtrace to reach the console
+_LOCKUP = re.compile(r"soft lockup - CPU#(\d+) stuck for (\d+)s! \[(.*)\]")
+_RIP = re.compile(r"RIP: 0010:(\S+)")
+_FRAME = re.compile(r"^\[\s*[0-9.]+\]\s+(?:\? )?([A-Za-z_][\w.]*\+0x[0-9a-f]+/0x[0-9a-f]+)")
+
+
+def lockup_summary(lines: Sequence[str]) -> str:
+    """The first soft lockup of a guest console, in one line: which CPU, which task, and
+    where each CPU was (its RIP, then the first frames of its stack)."""
+    first = next((m for m in map(_LOCKUP.search, lines) if m), None)
+    if first is None:
+        return ""
+    places: list[str] = []
+    frames: list[str] = []
+    for line in lines:
+        rip = _RIP.search(line)
+        if rip:
+            if frames:
+                places.append(" < ".join(frames))
+            frames = [rip[1]]
+        elif frames and len(frames) < 6 and (frame := _FRAME.match(line)):
+            frames.append(frame[1])
+    if frames:
+        places.append(" < ".join(frames))
+    where = "; ".join(dict.fromkeys(places)) or "no stack printed"
+    return f"soft lockup of CPU#{first[1]} in task {first[3]}: {where}"
 
 
 def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
@@ -195,6 +227,8 @@ def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
                             stderr=subprocess.STDOUT)
     seen = threading.Event()
     tail: list[str] = []
+    kernel: list[str] = []  # from the first soft lockup on
+    hung_at: list[float] = []  # when a CPU had been stuck LOCKUP_GIVE_UP_S
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -207,13 +241,20 @@ def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
                 del tail[:-20]
             if stop_on is not None and stop_on in line:
                 seen.set()
+            lockup = _LOCKUP.search(line)
+            if lockup or kernel:
+                if len(kernel) < 2000:
+                    kernel.append(line.rstrip())
+                if lockup and int(lockup[2]) >= LOCKUP_GIVE_UP_S and not hung_at:
+                    hung_at.append(time.monotonic())
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     exit_code: int | None = None
     while True:
         remaining = deadline_s - (time.monotonic() - start)
-        if seen.is_set() or remaining <= 0:
+        hung = bool(hung_at) and time.monotonic() - hung_at[0] > LOCKUP_GRACE_S
+        if seen.is_set() or remaining <= 0 or hung:
             proc.kill()
             proc.wait()
             break
@@ -224,4 +265,5 @@ def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
             continue
     reader.join(timeout=5)
     return VmRun(seconds=time.monotonic() - start, exit_code=exit_code,
-                 marker_seen=seen.is_set(), last_lines=tuple(tail))
+                 marker_seen=seen.is_set(), last_lines=tuple(tail),
+                 lockup=lockup_summary(kernel) if hung_at else "")
