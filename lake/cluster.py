@@ -17,15 +17,12 @@ itself retries for minutes); every failure is one ``ClusterUnavailable`` line.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
 from typing import Any
 
 from kprobe.lake.errors import ClusterUnavailable, one_line
-
-log = logging.getLogger(__name__)
 
 _HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\]/]+?)\]?:(\d+)$")
 
@@ -48,15 +45,17 @@ def check_reachable(address: str | None, timeout_s: float = 3.0) -> None:
                                  ) from None
 
 
-def unauthenticated_warning(address: str | None) -> str | None:
-    """What to say when a cluster of our own would start without Ray's token auth."""
+def unauthenticated_refusal(address: str | None) -> str | None:
+    """Why a cluster of our own is not started: ``RAY_AUTH_MODE=disabled`` would open it to
+    anyone who reaches its ports (None: Ray's token authentication is on, or we join)."""
     if address not in (None, "local"):
         return None  # joining: the cluster's own settings decide
     if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "disabled":
         return None
-    return ("RAY_AUTH_MODE=disabled: the Ray cluster kprobe starts accepts anyone who "
-            "reaches its ports (its GCS listens on every interface); unset it to keep "
-            "Ray's token authentication")
+    return ("RAY_AUTH_MODE=disabled: kprobe does not start a Ray cluster without "
+            "authentication (its GCS listens on every interface: anyone who reaches its "
+            "ports could run code as this user); unset RAY_AUTH_MODE to keep Ray's token "
+            "authentication, or start a cluster yourself and give its address")
 
 
 def init_kwargs(address: str | None, *, num_cpus: int | None = None,
@@ -83,9 +82,9 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
         return False
     where = ray_address(address)
     check_reachable(where)
-    warning = unauthenticated_warning(where)
-    if warning:
-        log.warning(warning)
+    refusal = unauthenticated_refusal(where)
+    if refusal:
+        raise ClusterUnavailable(refusal)
     try:
         ray.init(**init_kwargs(where, num_cpus=num_cpus, object_store_bytes=object_store_bytes))
     except (ConnectionError, RuntimeError, ValueError) as err:
@@ -95,4 +94,4 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
 
 
 __all__ = ["check_reachable", "connect_ray", "init_kwargs", "ray_address",
-           "unauthenticated_warning"]
+           "unauthenticated_refusal"]

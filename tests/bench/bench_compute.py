@@ -409,7 +409,6 @@ def main() -> None:
         if not args.no_ray:
             import ray
 
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             t = time.perf_counter()
             ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20,
                      _temp_dir=str(work / "ray"), log_to_driver=False,

@@ -103,7 +103,6 @@ def main() -> int:
     print(f"2. fuzz campaigns of {args.runs} perturbed replays (seed 1), all replays counted")
     setups: list[tuple[Kind, int]] = [("inline", 1), ("processes", 1), ("processes", 2)]
     if not args.no_ray:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         setups.append(("ray", 2))
     rates: dict[tuple[Kind, int], list[float]] = {setup: [] for setup in setups}
     for _ in range(args.repeat):  # interleaved: the load of this shared machine drifts

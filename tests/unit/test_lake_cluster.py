@@ -10,12 +10,13 @@ import inspect
 import pytest
 
 from kprobe.compute import ray_driver
-from kprobe.lake import ClusterUnavailable
+from kprobe.lake import ClusterUnavailable, cluster
 from kprobe.lake.cluster import (
     check_reachable,
+    connect_ray,
     init_kwargs,
     ray_address,
-    unauthenticated_warning,
+    unauthenticated_refusal,
 )
 from kprobe.query_api import replays
 from kprobe.replay_sandbox import fuzz_pool
@@ -55,14 +56,18 @@ def test_nobody_else_calls_ray_init(module: object) -> None:
     assert not calls
 
 
-def test_a_cluster_of_our_own_without_auth_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    """RAY_AUTH_MODE=disabled opens a cluster of our own to anyone who reaches its ports:
-    kprobe says so; Ray's default (unset, token) and joining someone's cluster say nothing."""
+def test_a_cluster_of_our_own_without_auth_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAY_AUTH_MODE=disabled would open a cluster of our own to anyone who reaches its
+    ports: kprobe refuses to start it, in one line, before Ray is asked; Ray's default
+    (unset, token) and joining someone's cluster are not refused."""
     monkeypatch.setenv("RAY_AUTH_MODE", "Disabled")
-    assert "accepts anyone" in (unauthenticated_warning(None) or "")
-    assert "accepts anyone" in (unauthenticated_warning("local") or "")
-    assert unauthenticated_warning("10.0.0.5:6379") is None
+    assert "without authentication" in (unauthenticated_refusal(None) or "")
+    assert "without authentication" in (unauthenticated_refusal("local") or "")
+    assert unauthenticated_refusal("10.0.0.5:6379") is None
+    monkeypatch.setattr(cluster, "check_reachable", lambda where: None)
+    with pytest.raises(ClusterUnavailable, match="^RAY_AUTH_MODE=disabled: kprobe does not"):
+        connect_ray(None, num_cpus=1)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    assert unauthenticated_warning(None) is None
+    assert unauthenticated_refusal(None) is None
     monkeypatch.delenv("RAY_AUTH_MODE")
-    assert unauthenticated_warning(None) is None
+    assert unauthenticated_refusal(None) is None
