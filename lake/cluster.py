@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from typing import Any
 
 from kprobe.lake.errors import ClusterUnavailable, one_line
@@ -76,15 +77,16 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None,
                 object_store_bytes: int | None = None) -> bool:
     """Join or start the cluster (module doc); True when this call connected, so the
     caller shuts Ray down when done, False when the process already was connected."""
-    import ray
-
-    if ray.is_initialized():
+    loaded = sys.modules.get("ray")
+    if loaded is not None and loaded.is_initialized():
         return False
     where = ray_address(address)
     check_reachable(where)
     refusal = unauthenticated_refusal(where)
-    if refusal:
+    if refusal:  # before Ray is imported: its import fixes the auth mode for the process
         raise ClusterUnavailable(refusal)
+    import ray
+
     try:
         ray.init(**init_kwargs(where, num_cpus=num_cpus, object_store_bytes=object_store_bytes))
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -444,10 +444,13 @@ def test_openapi_fuzz_finds_no_server_error(served: Served, tmp_path: Path) -> N
     are excluded (each example would launch one); their validation is covered above."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     require(schemathesis.exists(), "schemathesis in the venv (pip install schemathesis)")
+    # one worker: with two threads, CPython 3.11 before 3.11.8 can fail hypothesis's own
+    # ast.parse ("SystemError: AST constructor recursion depth mismatch", cpython#106905: a
+    # race when the GIL is released mid-conversion), a run's error that is no server's
     result = subprocess.run(
         [str(schemathesis), "run", f"{served.base}/openapi.json",
          "--checks", "not_a_server_error", "--max-examples", "25", "--max-time", "50",
-         "--seed", "7", "--workers", "2", "--request-timeout", "20",
+         "--seed", "7", "--workers", "1", "--request-timeout", "20",
          "--exclude-path-regex", "^/v1/replays$",
          "--header", f"Authorization: Bearer {served.tokens['full']}",
          "--report", "junit", "--report-junit-path", str(tmp_path / "fuzz.xml"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import sys
 
 import pytest
 
@@ -65,8 +66,12 @@ def test_a_cluster_of_our_own_without_auth_is_refused(monkeypatch: pytest.Monkey
     assert "without authentication" in (unauthenticated_refusal("local") or "")
     assert unauthenticated_refusal("10.0.0.5:6379") is None
     monkeypatch.setattr(cluster, "check_reachable", lambda where: None)
+    imported = "ray" in sys.modules
     with pytest.raises(ClusterUnavailable, match="^RAY_AUTH_MODE=disabled: kprobe does not"):
         connect_ray(None, num_cpus=1)
+    # refused before Ray was imported: its import fixes the auth mode for the whole process
+    # (imported here with the mode disabled, every later token cluster of it fails)
+    assert ("ray" in sys.modules) == imported
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     assert unauthenticated_refusal(None) is None
     monkeypatch.delenv("RAY_AUTH_MODE")
