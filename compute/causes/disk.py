@@ -2,7 +2,10 @@
 
 Block requests (issue -> complete) on one device that overlap form a busy period: a disk
 episode. An operation blocked with reason ``disk`` during a busy period was delayed by it
-(restricted to the devices its own process used, when it issued requests itself). Drivers
+(restricted to the devices its own process used, when it issued requests itself during the
+wait or within ``TAIL_OWN_REQUEST_NS`` after it), and by the rest of the wait past the last
+busy period of that one device (its own request still waited to be sent while the device
+was idle: writeback throttling after the busy period's latency, the scheduler's queue). Drivers
 are the processes with the most bytes in the episode (``CAUSED_BY`` episode -> process):
 a writer doing buffered rewrites plus fdatasync makes another process's fsync wait.
 """
@@ -13,6 +16,9 @@ import duckdb
 
 from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import evidence_list, execute, merged, overlap_join
+
+# how soon after a disk wait the process's own request names the device it waited for
+TAIL_OWN_REQUEST_NS = 1_000_000
 
 
 def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
@@ -40,8 +46,11 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
     pieces = (f"(SELECT p.span_key, p.node, p.tid, sp.pid, p.s, p.e FROM span_pieces p"
               f" JOIN spans_all sp USING (span_key)"
               f" WHERE sp.level = {level} AND p.state = 'blocked' AND p.reason = 'disk')")
-    own = overlap_join(pieces, "disk_rows", ("node",), bucket,
-                       select="DISTINCT l.span_key, r.dev", where="r.pid = l.pid")
+    # the devices the wait was for: the process's own requests within the wait or right
+    # after it (the write its fsync waited to send, once the device let it)
+    own = overlap_join(f"(SELECT span_key, node, pid, s, e + {TAIL_OWN_REQUEST_NS} AS e "
+                        f"FROM k_pieces)", "disk_rows", ("node",), bucket,
+                        select="DISTINCT l.span_key, r.dev", where="r.pid = l.pid")
     hit = overlap_join(pieces, "disk_busy", ("node",), bucket,
                        select="l.span_key, l.node, r.dev, r.episode_id,"
                               " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e")
@@ -54,6 +63,24 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         SELECT h.* FROM ({hit}) h
         WHERE NOT EXISTS (SELECT 1 FROM k_own o WHERE o.span_key = h.span_key)
            OR EXISTS (SELECT 1 FROM k_own o WHERE o.span_key = h.span_key AND o.dev = h.dev)
+    """, """
+        -- the tail of a wait past the last busy period of the device it waited for (its
+        -- own request there issued within the wait or just after): the device was idle
+        -- while the request still waited to be sent (writeback throttling after the
+        -- latency the busy period caused, the scheduler's queue), so the wait stays that
+        -- episode's cost. Only with one such device; never before the first busy period.
+        INSERT INTO k_hits
+        SELECT p.span_key, p.node, t.dev, t.episode_id, t.e, p.e
+        FROM k_pieces p
+        JOIN (SELECT h.span_key, h.dev, q.s AS piece_s, max(h.e) AS e,
+                     arg_max(h.episode_id, h.e) AS episode_id
+              FROM k_hits h JOIN k_pieces q
+                ON q.span_key = h.span_key AND h.s >= q.s AND h.e <= q.e
+              GROUP BY h.span_key, h.dev, q.s) t
+          ON t.span_key = p.span_key AND t.piece_s = p.s
+        WHERE t.e < p.e
+          AND (SELECT count(DISTINCT n.dev) FROM k_own n WHERE n.span_key = p.span_key) = 1
+          AND EXISTS (SELECT 1 FROM k_own n WHERE n.span_key = p.span_key AND n.dev = t.dev)
     """, """
         -- blocked on disk with no block request seen: an episode of its own
         INSERT INTO k_hits
