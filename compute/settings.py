@@ -42,6 +42,9 @@ class ComputeSettings(BaseSettings):
     # page_alloc/fault rows are per flush interval, stamped at its end: look this far after
     # an episode for the allocations that happened during it.
     alloc_flush_slack_ns: int = Field(default=5 * S, ge=0)
+    # A disk wait on a device while it is idle this soon after one of its busy periods (its
+    # writes held back after the latency that busy period caused) is that period's cost.
+    disk_aftermath_ns: int = Field(default=250 * MS, ge=0)
     # An offcpu row belongs to the blocked interval that starts within this of its ts.
     offcpu_match_tolerance_ns: int = Field(default=50_000, ge=0)
     # Follow lock holders and remote servers this many hops from the operation.

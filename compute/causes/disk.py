@@ -3,9 +3,10 @@
 Block requests (issue -> complete) on one device that overlap form a busy period: a disk
 episode. An operation blocked with reason ``disk`` during a busy period was delayed by it
 (restricted to the devices its own process used, when it issued requests itself during the
-wait or within ``TAIL_OWN_REQUEST_NS`` after it), and by the rest of the wait past the last
-busy period of that one device (its own request still waited to be sent while the device
-was idle: writeback throttling after the busy period's latency, the scheduler's queue). Drivers
+wait or within ``TAIL_OWN_REQUEST_NS`` after it). The rest of a wait on that one device,
+while the device was idle but the process's request still waited to be sent (writeback
+throttled after a busy period's latency, the scheduler's queue), is the cost of the busy
+period that ended last before it, within ``disk_aftermath_ns``. Drivers
 are the processes with the most bytes in the episode (``CAUSED_BY`` episode -> process):
 a writer doing buffered rewrites plus fdatasync makes another process's fsync wait.
 """
@@ -64,23 +65,36 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         WHERE NOT EXISTS (SELECT 1 FROM k_own o WHERE o.span_key = h.span_key)
            OR EXISTS (SELECT 1 FROM k_own o WHERE o.span_key = h.span_key AND o.dev = h.dev)
     """, """
-        -- the tail of a wait past the last busy period of the device it waited for (its
-        -- own request there issued within the wait or just after): the device was idle
-        -- while the request still waited to be sent (writeback throttling after the
-        -- latency the busy period caused, the scheduler's queue), so the wait stays that
-        -- episode's cost. Only with one such device; never before the first busy period.
+        -- the rest of a wait on the one device it was for (its own request there within
+        -- the wait or just after): before its first busy period, between two, after the
+        -- last. The device was idle while the request still waited to be sent (writeback
+        -- throttled after the latency a busy period caused, the scheduler's queue): that
+        -- time is the cost of the busy period that ended last before it, within
+        -- disk_aftermath_ns; else it stays unexplained, never guessed.
+        CREATE TEMP TABLE k_gaps AS
+        WITH named AS (SELECT span_key, any_value(dev) AS dev FROM k_own GROUP BY span_key
+                       HAVING count(DISTINCT dev) = 1),
+        pc AS (SELECT p.span_key, p.node, p.s, p.e, n.dev
+               FROM k_pieces p JOIN named n USING (span_key)),
+        h AS (SELECT pc.span_key, pc.node, pc.dev, pc.s AS ps, pc.e AS pe, k.s, k.e
+              FROM pc JOIN k_hits k ON k.span_key = pc.span_key AND k.dev = pc.dev
+               AND k.s >= pc.s AND k.e <= pc.e)
+        SELECT * FROM (
+            SELECT span_key, node, dev, hit_e AS s, coalesce(next_s, pe) AS e
+            FROM (SELECT span_key, node, dev, pe, e AS hit_e,
+                         lead(s) OVER (PARTITION BY span_key, ps ORDER BY s) AS next_s
+                  FROM h)
+            UNION ALL
+            SELECT pc.span_key, pc.node, pc.dev, pc.s, coalesce(min(h.s), pc.e)
+            FROM pc LEFT JOIN h ON h.span_key = pc.span_key AND h.ps = pc.s
+            GROUP BY pc.span_key, pc.node, pc.dev, pc.s, pc.e)
+        WHERE e > s
+    """, f"""
         INSERT INTO k_hits
-        SELECT p.span_key, p.node, t.dev, t.episode_id, t.e, p.e
-        FROM k_pieces p
-        JOIN (SELECT h.span_key, h.dev, q.s AS piece_s, max(h.e) AS e,
-                     arg_max(h.episode_id, h.e) AS episode_id
-              FROM k_hits h JOIN k_pieces q
-                ON q.span_key = h.span_key AND h.s >= q.s AND h.e <= q.e
-              GROUP BY h.span_key, h.dev, q.s) t
-          ON t.span_key = p.span_key AND t.piece_s = p.s
-        WHERE t.e < p.e
-          AND (SELECT count(DISTINCT n.dev) FROM k_own n WHERE n.span_key = p.span_key) = 1
-          AND EXISTS (SELECT 1 FROM k_own n WHERE n.span_key = p.span_key AND n.dev = t.dev)
+        SELECT g.span_key, g.node, g.dev, b.episode_id, g.s, g.e
+        FROM k_gaps g ASOF JOIN disk_busy b
+          ON b.node = g.node AND b.dev = g.dev AND g.s >= b.e
+        WHERE g.s - b.e <= {settings.disk_aftermath_ns}
     """, """
         -- blocked on disk with no block request seen: an episode of its own
         INSERT INTO k_hits
@@ -146,4 +160,5 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
                     AND r.episode_id NOT IN (SELECT src FROM rels WHERE kind = 'disk_driver')
                   GROUP BY r.episode_id, r.node, r.pid))
         WHERE rank <= {settings.max_drivers}
-    """, "DROP TABLE k_pieces", "DROP TABLE k_own", "DROP TABLE k_hits")
+    """, "DROP TABLE k_pieces", "DROP TABLE k_own", "DROP TABLE k_gaps",
+       "DROP TABLE k_hits")

@@ -161,6 +161,37 @@ def test_a_disk_wait_past_the_flood_is_the_floods_on_the_device_it_waited_for(
     assert delays == [("254", 55 * MS), ("7", 35 * MS)]
 
 
+def _fsync_after_a_flood(flood_ended_ms_before: float) -> Scenario:
+    """An fsync blocked 0-80 ms on 254:0 with nothing in flight there: the backup's flood
+    ended before the wait began; the fsync's own write goes out as the wait ends."""
+    sc = Scenario().process(1000, "settlement").process(1100, "backup-agent")
+    sc.run(0, 1000, 1001, -1, 0, leave="D")
+    sc.offcpu(1000, 1001, 0, 80, "disk", state="D")
+    sc.wake(80, (1000, 1001), (0, 0))
+    sc.run(0, 1000, 1001, 80, 90, leave="S")
+    end = -flood_ended_ms_before
+    for i in range(4):
+        sc.block_io(1100, 1101, end - 80 + i, end, 4 << 20, dev="254:0")
+    sc.block_io(1000, 1001, 80.03, 80.2, 4096, dev="254:0")
+    sc.span("t8", "s", None, "settlement", "settlement.write", 0, 90, pid=1000, tid=1001)
+    return sc
+
+
+def test_a_disk_wait_just_after_a_flood_is_the_floods_and_a_later_one_is_not(
+        lake_dir: Path, tmp_path: Path) -> None:
+    # GIVEN the flood ended 20 ms before the wait (within disk_aftermath_ns, 250 ms)
+    analysis = analyze(_fsync_after_a_flood(20), lake_dir)
+    [edge] = rels(analysis, src=key("s", "t8"), kind="disk")
+    assert (edge["dst"].split(":")[2], edge["delay_ns"]) == ("254", 80 * MS)
+    drivers = rels(analysis, "CAUSED_BY", src=edge["dst"], kind="disk_driver")
+    assert min(drivers, key=lambda d: d["rank"])["dst"] == "n1:1100"
+    # control: a flood that ended 400 ms before is not blamed: the wait is I/O unseen
+    other = tmp_path / "control"
+    other.mkdir()
+    [edge] = rels(analyze(_fsync_after_a_flood(400), other), src=key("s", "t8"), kind="disk")
+    assert edge["dst"].split(":")[2] == "?" and edge["delay_ns"] == 80 * MS
+
+
 def test_retransmit_on_the_span_connection(lake_dir: Path) -> None:
     # GIVEN a client span with no thread id: its server port and pid find the connection
     sc = Scenario().process(1200, "gateway").process(1250, "other")
