@@ -92,16 +92,16 @@ def run_window(location: lake.LakeLocation, window: Window, settings: ComputeSet
         return _analyse_and_publish(location, window, settings, rules, publish_graph)
 
 
-def run_window_unless(location: lake.LakeLocation, window: Window, settings: ComputeSettings,
-                      answered: Callable[[], bool], rules: Rules | None = None
-                      ) -> WindowOutput | None:
-    """``run_window``, unless ``answered()``, asked once the window's lock is held, says an
-    analysis another process finished while this one waited for the lock already answers:
-    then nothing is analysed and None is returned. Asked under the lock, so two callers
-    that raced to one window (each saw it unanalysed, neither saw the other's lock yet)
-    analyse it once, not once each in turn."""
+def run_window_if(location: lake.LakeLocation, window: Window, settings: ComputeSettings,
+                  proceed: Callable[[], bool], rules: Rules | None = None
+                  ) -> WindowOutput | None:
+    """``run_window`` if ``proceed()``, asked once the window's lock is held, says so (False:
+    an analysis another process finished while this one waited for the lock already
+    answers; nothing is analysed, None returned). Asked under the lock, so two callers that
+    raced to one window (each saw it unanalysed, neither saw the other's lock yet) analyse
+    it once, not once each in turn."""
     with window_lock(location, window, settings):
-        if answered():
+        if not proceed():
             return None
         return _analyse_and_publish(location, window, settings, rules, True)
 

@@ -226,13 +226,13 @@ async def get_ondemand(request: HTTPConnection, location: LocationDep,
                        metrics: MetricsDep) -> OnDemand:
     """This process's on-demand analyses (query_api/ondemand.py)."""
     def build() -> OnDemand:
-        from kprobe.compute.analysis import run_window_unless, write_edges
+        from kprobe.compute.analysis import run_window_if, write_edges
         from kprobe.compute.graph.store import list_snapshots
         from kprobe.compute.window_lock import is_busy
 
         def analyse(window: Window, proceed: Callable[[], bool]) -> None:
             # the path of `kprobe analyze` for one window: run_window, then write_edges
-            output = run_window_unless(location, window, compute, lambda: not proceed())
+            output = run_window_if(location, window, compute, proceed)
             if output is not None:
                 write_edges(location, [output], compute)
 

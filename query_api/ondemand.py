@@ -18,7 +18,7 @@ Bounds (``OnDemand``):
   request for a window another process is analysing waits for that analysis (within the
   bound) and is answered from its snapshot. A request whose look at the lock raced another
   process's taking it waits for that lock, finds the snapshot published since it asked,
-  and does not analyse the window again (``compute.analysis.run_window_unless``);
+  and does not analyse the window again (``compute.analysis.run_window_if``);
 - admission: at most ``analyze_max_concurrent`` analyses at once in this process; one more
   is refused with 503 and Retry-After;
 - time: a request waits ``analyze_timeout_s`` at most, then gets 503 "analysis of window W

@@ -18,7 +18,6 @@ import pyarrow as pa
 from kprobe.lake.schema import REDACTED, TABLES
 from kprobe.replay_sandbox.context import FILE_ID, KERNEL_ARGS, OPENED, Descriptor, ProcessContext
 from kprobe.replay_sandbox.errors import RecordingError
-from kprobe.replay_sandbox.mapped_files import recorded_stats
 from kprobe.replay_sandbox.peers import PeerStream
 from kprobe.replay_sandbox.syscall_table import (
     FD_CREATORS,
@@ -211,7 +210,7 @@ class Recording:
         trapped = [r for r in all_rows if r.nr in TRAPPED]
         if syscall_data is not None and syscall_data.num_rows:
             _attach_data(set(starts), trapped, syscall_data, blobs or {})
-        mapped = recorded_stats(trapped, _path_of)  # still in time order here
+        mapped = _mapped_stats(trapped)  # still in time order here
         # Cross-thread order: served calls complete at once, so they follow the recorded
         # completion order, and so do new descriptors (an open takes its number somewhere
         # inside the call; when the replay meets the number taken or free against the
@@ -304,6 +303,42 @@ def _mark_real_opens(rows: list[Row]) -> None:
             open_rows.pop((row.pid, row.args[0] & 0xFFFF_FFFF), None)
         elif row.nr in (_DUP2, _DUP3):
             open_rows.pop((row.pid, row.args[1] & 0xFFFF_FFFF), None)
+
+
+_FSTAT = 5
+_NEWFSTATAT = 262
+AT_EMPTY_PATH = 0x1000
+# struct stat on x86-64: 144 bytes, st_size at 48, st_mtim (seconds, nanoseconds) at 88
+_STAT_SIZE, _SIZE_AT, _MTIME_AT = 144, 48, 88
+
+
+def _mapped_stats(rows: list[Row]) -> dict[str, tuple[int, int]]:
+    """``path -> (size, mtime_ns)`` the program's first fstat of each file it maps saw
+    (``rows`` in time order, their data attached; recorded without payloads: none)."""
+    open_paths: dict[tuple[int, int], str] = {}  # (process, fd) -> a mapped file's path
+    stats: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        if row.nr in _OPENS and row.open_for_real and row.ret >= 0:
+            path = _path_of(row)
+            if path is not None and path.startswith("/"):
+                open_paths[(row.pid, row.ret)] = path
+        elif row.nr == _CLOSE:
+            open_paths.pop((row.pid, row.args[0] & 0xFFFF_FFFF), None)
+        elif row.nr in (_DUP2, _DUP3):
+            open_paths.pop((row.pid, row.args[1] & 0xFFFF_FFFF), None)
+        elif row.ret == 0 and (row.nr == _FSTAT or (
+                row.nr == _NEWFSTATAT and row.args[3] & AT_EMPTY_PATH)):
+            path = open_paths.get((row.pid, row.args[0] & 0xFFFF_FFFF))
+            if path is None or path in stats:
+                continue
+            buffer_arg = 1 if row.nr == _FSTAT else 2
+            stat = next((d for arg, offset, d in row.outs
+                         if arg == buffer_arg and offset == 0 and len(d) >= _STAT_SIZE), None)
+            if stat is not None:
+                (size,) = struct.unpack_from("<q", stat, _SIZE_AT)
+                seconds, nanoseconds = struct.unpack_from("<qq", stat, _MTIME_AT)
+                stats[path] = (size, seconds * 1_000_000_000 + nanoseconds)
+    return stats
 
 
 def _attach_data(pids: set[int], rows: list[Row], data: pa.Table,

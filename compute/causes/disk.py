@@ -3,7 +3,7 @@
 Block requests (issue -> complete) on one device that overlap form a busy period: a disk
 episode. An operation blocked with reason ``disk`` during a busy period was delayed by it
 (restricted to the devices its own process used, when it issued requests itself during the
-wait or within ``TAIL_OWN_REQUEST_NS`` after it). The rest of a wait on that one device,
+wait or within ``OWN_REQUEST_AFTER_WAIT_NS`` after it). The rest of a wait on that one device,
 while the device was idle but the process's request still waited to be sent (writeback
 throttled after a busy period's latency, the scheduler's queue), is the cost of the busy
 period that ended last before it, within ``disk_aftermath_ns``. Drivers
@@ -19,7 +19,7 @@ from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import evidence_list, execute, merged, overlap_join
 
 # how soon after a disk wait the process's own request names the device it waited for
-TAIL_OWN_REQUEST_NS = 1_000_000
+OWN_REQUEST_AFTER_WAIT_NS = 1_000_000
 
 
 def prepare(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
@@ -49,7 +49,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
               f" WHERE sp.level = {level} AND p.state = 'blocked' AND p.reason = 'disk')")
     # the devices the wait was for: the process's own requests within the wait or right
     # after it (the write its fsync waited to send, once the device let it)
-    own = overlap_join(f"(SELECT span_key, node, pid, s, e + {TAIL_OWN_REQUEST_NS} AS e "
+    own = overlap_join(f"(SELECT span_key, node, pid, s, e + {OWN_REQUEST_AFTER_WAIT_NS} AS e "
                         f"FROM k_pieces)", "disk_rows", ("node",), bucket,
                         select="DISTINCT l.span_key, r.dev", where="r.pid = l.pid")
     hit = overlap_join(pieces, "disk_busy", ("node",), bucket,

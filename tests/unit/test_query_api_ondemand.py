@@ -224,7 +224,7 @@ def test_a_request_that_raced_another_process_to_the_window_does_not_analyse_it_
     outcomes: list[str] = []
 
     def analyse(window: Window, proceed: Callable[[], bool]) -> None:
-        # the shape of the API's analysis (compute.analysis.run_window_unless): asked under
+        # the shape of the API's analysis (compute.analysis.run_window_if): asked under
         # the window's lock
         with window_lock(location, window, settings):
             if proceed():

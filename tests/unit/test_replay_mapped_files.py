@@ -1,5 +1,6 @@
-"""Which files a recording maps and what its fstat saw (replay_sandbox/mapped_files.py),
-on synthetic rows; the real program: tests/integration/test_replay_programs.py."""
+"""Which files a recording maps and what its fstat saw (replay_sandbox/recording.py), and
+the note naming one changed since (replay_sandbox/mapped_files.py), on synthetic rows; the
+real program: tests/integration/test_replay_programs.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 import struct
 from pathlib import Path
 
-from kprobe.replay_sandbox.mapped_files import AT_EMPTY_PATH, changed_notes, recorded_stats
-from kprobe.replay_sandbox.recording import Row
+from kprobe.replay_sandbox.mapped_files import changed_notes
+from kprobe.replay_sandbox.recording import AT_EMPTY_PATH, Row, _mapped_stats
 
 
 def _stat(size: int, mtime_ns: int) -> bytes:
@@ -38,7 +39,7 @@ def test_only_the_first_fstat_of_a_mapped_descriptor_counts() -> None:
         _open(3, "/srv/ledger.csv", mapped=False),  # read, not mapped: its bytes are served
         _fstatat(3, AT_EMPTY_PATH, _stat(50, 1)),
     ]
-    assert recorded_stats(rows, lambda r: r.path) == {"/lib/libz.so.1": (120_000, 5 * 10**9 + 7)}
+    assert _mapped_stats(rows) == {"/lib/libz.so.1": (120_000, 5 * 10**9 + 7)}
 
 
 def test_a_changed_or_missing_file_is_named_and_an_unchanged_one_is_not(tmp_path: Path) -> None:
