@@ -29,6 +29,7 @@ from kprobe.capture_agent.clock import ClockSample, sample_offset
 from kprobe.capture_agent.drainer import RingDrainer
 from kprobe.capture_agent.errors import BpfLoadError, CaptureAgentError
 from kprobe.capture_agent.families import FAMILIES, PROBE_FAMILIES, AgentOptions, ProbeFamily
+from kprobe.capture_agent.families.base import DEFAULT_CAPTURE, CaptureMode
 from kprobe.capture_agent.file_store import FileStore, FileStoreConfig
 from kprobe.capture_agent.lake_sink import LakeSink
 from kprobe.capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
@@ -83,8 +84,7 @@ class AgentConfig:
     flush_interval_s: float = 1.0
     drain_interval_s: float = 0.1  # rings are drained this often (and when over threshold)
     min_offcpu_ns: int = 1_000_000
-    # "full" | "evidence" (families/base.py AgentOptions.capture)
-    capture: Literal["full", "evidence"] = "full"
+    capture: CaptureMode = DEFAULT_CAPTURE  # families/base.py
     slice_ns: int = 10_000_000
     spool_dir: Path = Path("/var/lib/kprobe/spool")
     spool_max_bytes: int = 512 * 1024 * 1024

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,13 @@ from kprobe.capture_agent.sensor import Sensor, SensorSpec
 Converter = Callable[[np.ndarray, ClockSample], pa.Table]
 # Per-process uprobe places: program -> (binary, file offset, retprobe) places.
 UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
+
+# How scheduling and TCP are recorded (`kprobe record --capture`): "evidence" (the default)
+# keeps as rows only what bounds an off-CPU interval of at least min_offcpu_ns (and targets'
+# TCP), with in-kernel per-slice sums for the rest; "full" keeps a row per switch, waking
+# and TCP send/receive on the node.
+CaptureMode = Literal["full", "evidence"]
+DEFAULT_CAPTURE: CaptureMode = "evidence"
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,7 @@ class AgentOptions:
     vdso_clocks: bool = True  # with payloads: clock reads through the vDSO, by uprobes
     # with payloads: reads of regular files by identity, contents stored once (issue 16)
     files_by_identity: bool = True
-    # "full": a row per switch, waking and TCP send/receive on the node; "evidence": rows
-    # only for what bounds an interval of at least min_offcpu_ns (and targets' TCP), in-kernel
-    # per-slice aggregates for the rest (tables cpu_slices, net_slices)
-    capture: str = "full"
+    capture: CaptureMode = DEFAULT_CAPTURE  # tables cpu_slices, net_slices under evidence
     slice_ns: int = 10_000_000  # evidence capture: the aggregates' time slice
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Literal
 
 from kprobe.capture_agent.agent import AgentConfig, default_spool_dir
+from kprobe.capture_agent.families.base import DEFAULT_CAPTURE, CaptureMode
 from kprobe.capture_agent.redaction import RedactionRules
 from kprobe.capture_agent.targets import Targets
 from kprobe.commands._common import add_lake_option, lake_settings
@@ -61,13 +61,13 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         "--capture evidence: the shortest off-CPU interval of any thread "
                         "whose switches and waking stay rows)")
     parser.add_argument("--capture", choices=("full", "evidence"),
-                        default=os.environ.get("KPROBE_CAPTURE") or "full",
-                        help="full (default; $KPROBE_CAPTURE): a row per context switch, "
-                        "waking and TCP send/receive on the node; evidence: those rows only "
-                        "where they bound an off-CPU interval of at least --min-offcpu-ms "
-                        "(and TCP rows of targets and their peers), per-thread and "
-                        "per-socket sums per "
-                        "--slice-ms for the rest (tables cpu_slices, net_slices)")
+                        default=os.environ.get("KPROBE_CAPTURE") or DEFAULT_CAPTURE,
+                        help="evidence (default; $KPROBE_CAPTURE): switch, waking and TCP "
+                        "rows only where they bound an off-CPU interval of at least "
+                        "--min-offcpu-ms (and TCP rows of targets and their peers), "
+                        "per-thread and per-socket sums per --slice-ms for the rest (tables "
+                        "cpu_slices, net_slices); full: a row per context switch, waking "
+                        "and TCP send/receive on the node")
     parser.add_argument("--slice-ms", type=float, default=10.0, metavar="MS",
                         help="with --capture evidence, the time slice of the sums "
                         "(default 10 ms; 1 ms to 60 s)")
@@ -116,7 +116,7 @@ def _size(text: str) -> int:
     return int(number) * units[unit]
 
 
-def _capture(mode: str) -> Literal["full", "evidence"]:
+def _capture(mode: str) -> CaptureMode:
     if mode == "full":
         return "full"
     if mode == "evidence":

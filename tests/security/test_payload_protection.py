@@ -107,15 +107,57 @@ def setup(tmp_path_factory: pytest.TempPathFactory, programs: Path) -> Setup:
 
 
 def _every_byte(lake: Path) -> list[tuple[str, bytes]]:
-    """Each file of the lake as stored, and each Parquet file's values decompressed."""
+    """Where a secret could sit in the lake's files, as stored and as values: each file's
+    bytes, except that of a Parquet file only the parts that can hold text verbatim are
+    taken as stored (its byte-array column chunks and its footer, which holds their
+    statistics) beside its values decompressed. Integer columns are left to the values:
+    their bit-packed bytes spell digits by chance (ciH found '4111111111111111' in the RLE
+    dictionary indices of a ``sched.next_pid`` chunk), and a number stored as a number shows
+    in the values."""
     found = []
     for path in sorted(p for p in lake.rglob("*") if p.is_file()):
-        found.append((str(path), path.read_bytes()))
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-            values = repr(table.to_pylist()).encode()
-            found.append((f"{path} (values)", values))
+        if path.suffix != ".parquet":
+            found.append((str(path), path.read_bytes()))
+            continue
+        found.extend(_parquet_parts(path))
     return found
+
+
+def _parquet_parts(path: Path) -> list[tuple[str, bytes]]:
+    raw = path.read_bytes()
+    meta = pq.ParquetFile(path).metadata
+    parts = []
+    for group in range(meta.num_row_groups):
+        for index in range(meta.num_columns):
+            chunk = meta.row_group(group).column(index)
+            if chunk.physical_type not in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY"):
+                continue
+            start = chunk.dictionary_page_offset or chunk.data_page_offset
+            parts.append((f"{path} (column {chunk.path_in_schema} as stored)",
+                          raw[start:start + chunk.total_compressed_size]))
+    footer_len = int.from_bytes(raw[-8:-4], "little")
+    parts.append((f"{path} (footer)", raw[-8 - footer_len:]))
+    parts.append((f"{path} (values)", repr(pq.read_table(path).to_pylist()).encode()))
+    return parts
+
+
+def test_the_scan_finds_a_card_number_wherever_parquet_keeps_it(tmp_path: Path) -> None:
+    """The oracle's own control: a card number in a string column, stored plain (in its
+    page and in the footer's statistics) or compressed, or as an integer, is found."""
+    import pyarrow as pa
+    for codec in ("NONE", "ZSTD"):
+        table = pa.table({"n": pa.array(range(1000), pa.int64()),
+                          "text": pa.array(["x"] * 999 + [f"card {PAN.replace(' ', '')}"])})
+        pq.write_table(table, tmp_path / f"text-{codec}.parquet", compression=codec)
+    pq.write_table(pa.table({"n": pa.array([int(PAN.replace(" ", ""))], pa.int64())}),
+                   tmp_path / "number.parquet")
+    for name in ("text-NONE", "text-ZSTD", "number"):
+        parts = _parquet_parts(tmp_path / f"{name}.parquet")
+        assert any(PAN.replace(" ", "").encode() in content for _, content in parts), name
+    # stored plain, the column chunk itself and the footer's max statistic hold it
+    stored = dict(_parquet_parts(tmp_path / "text-NONE.parquet"))
+    assert sum(PAN.replace(" ", "").encode() in content for name, content in stored.items()
+               if not name.endswith("(values)")) == 2
 
 
 # -- the lake --------------------------------------------------------------------------------------
