@@ -189,11 +189,19 @@ def _piece(t: pa.Table, mask: pa.Array, **columns: Any) -> pa.Table:
     return pa.table(out).filter(mask)
 
 
-def segments(successors: pa.Table, first_wake: pa.Table) -> pa.Table:
+def segments(successors: pa.Table, first_wake: pa.Table,
+             sliced_nodes: pa.Array | None = None) -> pa.Table:
     """Thread states from the switch rows and their successors (the rules of the module
     docstring of compute/timeline.py): running, runnable, blocked until the wakeup then
     runnable, and 'unknown' where a switch in or out was not traced. ``reason`` is left
-    null; rows of any length (``e <= s`` included)."""
+    null; rows of any length (``e <= s`` included).
+
+    On ``sliced_nodes`` (recorded with evidence capture) a switch without its pair is no
+    lost row: rows are kept around waits of at least the capture's bound, so a switch in
+    followed by another switch in had a short preemption or wait between them, and a
+    switch out (or a waking) followed by another switch out had a short wait and then ran.
+    Such a segment is ``running``, and ``bound_running`` cuts it to what the thread's
+    slices show (on CPU first: the short wait's place in it is not recorded)."""
     t = successors
     s, e, opens, next_ord = t["s"], t["e"], t["opens"], t["next_ord"]
     wake_ts = t["any_ts"]
@@ -207,17 +215,22 @@ def segments(successors: pa.Table, first_wake: pa.Table) -> pa.Table:
                                       pc.if_else(use_any, t[f"any_{f}"], nulls))
              for f in ("pid", "tid")}
     then_cpu = pc.coalesce(t["next_cpu"], t["cpu"])
-    then_state = pc.if_else(lost_in, "unknown", "runnable")
+    # what a segment with an untraced end is: unknown, or on sliced nodes running
+    sliced = _on(t, sliced_nodes)
+    untraced = pc.if_else(sliced, "running", "unknown")
+    then_state = pc.if_else(lost_in, untraced, "runnable")
     waits = pc.is_in(opens, pa.array(["blocked", "unknown"]))
     parts = [
         _piece(t, pc.equal(opens, "running"), waker_pid=None, waker_tid=None,
-               state=pc.if_else(pc.fill_null(pc.equal(next_ord, 2), False), "unknown",
+               state=pc.if_else(pc.fill_null(pc.equal(next_ord, 2), False), untraced,
                                 "running")),
         _piece(t, pc.equal(opens, "runnable"), state=then_state, cpu=then_cpu,
                waker_pid=None, waker_tid=None),
         _piece(t, waits, e=pc.if_else(woken_true, wake_ts, e), **waker,
-               state=pc.if_else(pc.fill_null(pc.and_kleene(lost_in, pc.invert(woken)), False),
-                                "unknown", opens)),
+               state=pc.if_else(
+                   pc.and_(sliced, pc.and_(lost_in, pc.invert(woken_true))), "running",
+                   pc.if_else(pc.fill_null(pc.and_kleene(lost_in, pc.invert(woken)), False),
+                              "unknown", opens))),
         _piece(t, pc.and_(waits, woken_true), s=wake_ts, state=then_state, cpu=then_cpu,
                **waker),
     ]
@@ -227,6 +240,13 @@ def segments(successors: pa.Table, first_wake: pa.Table) -> pa.Table:
                                          "unknown", "runnable"),
                         cpu=pc.coalesce(f["next_cpu"], f["cpu"])))
     return pa.concat_tables(parts)
+
+
+def _on(t: pa.Table, nodes: pa.Array | None) -> pa.Array:
+    """Whether each row's node is in ``nodes`` (never null)."""
+    if nodes is None or not len(nodes):
+        return pa.array(np.zeros(t.num_rows, bool))
+    return pc.fill_null(pc.is_in(t["node"], nodes), False)
 
 
 def with_reasons(con: duckdb.DuckDBPyConnection, rows: pa.Table, tol_ns: int) -> pa.Table:
@@ -313,9 +333,10 @@ def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
     return pa.concat_tables([rest, ran, queued, unknown])
 
 
-def thread_intervals(con: duckdb.DuckDBPyConnection, range_end_ns: int, tol_ns: int
-                     ) -> pa.Table:
-    """The rows of ``thread_intervals`` from ``t_sw`` and ``t_wk`` (and ``w_offcpu``)."""
+def thread_intervals(con: duckdb.DuckDBPyConnection, range_end_ns: int, tol_ns: int,
+                     sliced_nodes: pa.Array | None = None) -> pa.Table:
+    """The rows of ``thread_intervals`` from ``t_sw`` and ``t_wk`` (and ``w_offcpu``);
+    ``sliced_nodes``: the nodes recorded with evidence capture (``segments``)."""
     first_wake = con.sql(_FIRST_WAKE).to_arrow_table()
-    return with_reasons(con, segments(switch_successors(con, range_end_ns), first_wake),
-                        tol_ns)
+    return with_reasons(con, segments(switch_successors(con, range_end_ns), first_wake,
+                                      sliced_nodes), tol_ns)

@@ -152,12 +152,16 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # wakeup rows only when no 'waking' row exists). A segment whose next switch takes the
     # thread out again lost its switch in: the thread ran from an unknown instant, so that
     # part is 'unknown' (neither run-queue wait nor on-CPU); likewise a running segment
-    # followed by another switch in left the CPU untraced, at an unknown instant. The
+    # followed by another switch in left the CPU untraced, at an unknown instant. On a node
+    # recorded with evidence capture both are a short wait, which keeps no row: the
+    # segment is running, cut to its slices by bound_running (thread_scan.segments). The
     # reason of a blocked interval is the offcpu row of the same switch-out. All of it per
     # thread in time order, vectorised in numpy: compute/thread_scan.py.
     sliced = has_table(con, "w_cpu_slices")
     with translated("thread timeline"):
-        rows = thread_scan.thread_intervals(con, range_end_ns, tol)
+        sliced_nodes = (con.sql("SELECT DISTINCT node FROM w_cpu_slices WHERE node IS NOT NULL")
+                        .to_arrow_table().column("node").combine_chunks() if sliced else None)
+        rows = thread_scan.thread_intervals(con, range_end_ns, tol, sliced_nodes)
         only_offcpu = con.sql(f"""
             -- threads seen only by the offcpu probe: their blocked intervals, nothing invented
             SELECT o.node, o.tid::BIGINT AS tid, o.pid::BIGINT AS pid, o.ts_ns AS s,

@@ -103,6 +103,74 @@ def test_a_running_segment_holds_no_more_cpu_time_than_its_slices(lake_dir: Path
     loaded.con.close()
 
 
+def _thread_21_states(lake_dir: Path, sc: Scenario) -> list[tuple[float, float, str]]:
+    sc.write(lake_dir)
+    settings = ComputeSettings(timeline_all_threads=True)
+    loaded = load(resolve(LakeSettings(lake=str(lake_dir))), Window(WINDOW_START, WINDOW_END),
+                  settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+    got = [(s / MS, e / MS, state) for s, e, state in loaded.con.execute(f"""
+        SELECT s - {T0}, e - {T0}, state FROM thread_intervals WHERE tid = 21
+        AND s < {T0 + 40 * MS} ORDER BY s""").fetchall()]
+    loaded.con.close()
+    return got
+
+
+def _switched_in_again(slices: bool) -> Scenario:
+    """Thread 21 runs on CPU 0 from 0 ms, is preempted at 30 ms without a row (evidence
+    capture keeps none for a short wait), and is switched in again at 31 ms (a row: it
+    bounds another thread's long wait), then runs to 40 ms."""
+    sc = Scenario().process(20, "ledger")
+    sc.run(0, 20, 21, 0, 30, leave="R").untraced_switch(0, 30)
+    sc.run(0, 20, 21, 31, 40, leave="S")
+    if slices:
+        _slices_of(sc, (0, 21, 20, "ledger", 10), (10, 21, 20, "ledger", 10),
+                   (20, 21, 20, "ledger", 10), (30, 21, 20, "ledger", 9))
+        sc.rows["cpu_slices"][-1]["runq_ns"] = 1 * MS
+    return sc
+
+
+def _switched_out_again(slices: bool) -> Scenario:
+    """Thread 21 runs from 0 ms, sleeps at 10 ms (a row), is woken and back on CPU 0 at
+    10.5 ms without a row (a short sleep keeps none), runs to 30 ms, sleeps (a row)."""
+    sc = Scenario().process(20, "ledger")
+    sc.run(0, 20, 21, 0, 10, leave="S")
+    sc.run(0, 20, 21, 10.5, 30, leave="S").untraced_switch(0, 10.5)
+    if slices:
+        _slices_of(sc, (0, 21, 20, "ledger", 10), (10, 21, 20, "ledger", 9.5),
+                   (20, 21, 20, "ledger", 10))
+    return sc
+
+
+def test_a_thread_switched_in_again_ran_as_its_slices_say(lake_dir: Path) -> None:
+    # GIVEN a node recorded with evidence capture, and a thread's switch in followed by
+    # another switch in (its short preemption in between left no row)
+    # THEN it was running from the first (ciK: the postgres scenario's lock holder, on CPU
+    # for 220 ms of a payment's 151 ms wait, was 'unknown' and the payment had no cause)
+    assert _thread_21_states(lake_dir, _switched_in_again(slices=True)) == [
+        (0, 31, "running"), (31, 40, "running")]
+
+
+def test_a_thread_switched_out_again_ran_as_its_slices_say(lake_dir: Path) -> None:
+    # GIVEN a sleep's switch out followed by another switch out (the short sleep, its
+    # waking and the switch back in left no rows)
+    # THEN after the first it ran for what its slices show, the rest unknown (the control
+    # below: without slices, blocked throughout)
+    assert _thread_21_states(lake_dir, _switched_out_again(slices=True)) == [
+        (0, 10, "running"), (10, 29.5, "running"), (29.5, 30, "unknown"),
+        (30, 60, "blocked")]
+
+
+def test_with_full_capture_a_switch_without_its_pair_is_a_lost_row(lake_dir: Path) -> None:
+    # GIVEN the same rows on a node without slices (full capture: every switch has a row)
+    # THEN the segment before the second switch in is unknown, and the sleep before the
+    # second switch out, never seen woken, is blocked (a wait with no waker: no cause)
+    assert _thread_21_states(lake_dir, _switched_in_again(slices=False)) == [
+        (0, 31, "unknown"), (31, 40, "running")]
+    assert _thread_21_states(lake_dir / "out", _switched_out_again(slices=False)) == [
+        (0, 10, "running"), (10, 30, "blocked"), (30, 60, "blocked")]
+
+
 def _untagged_span(slices: bool) -> Scenario:
     """A span of process 10 that names no thread and no socket (single-thread mapping).
     Thread 11 ran it, 0-40 ms, with only short waits: evidence capture kept no switch row
