@@ -290,8 +290,12 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_at_its_waking() -> None
     clock = sample_offset()
 
     def planted_row(tid: int) -> list[dict[str, object]]:
+        # the planted start and state: the spinners share a CPU and take turns each tick,
+        # so a real preemption (state R) of the thread can start at the planted instant
+        # (2 runs in 25 here: 60 ms back from a switch in is a switch out, 4 ms ticks)
         start_ns = int(clock.to_epoch(np.array([planted[tid][0]]))[0])
-        return [r for r in rows if r["tid"] == tid and abs(r["ts_ns"] - start_ns) < 1_000]
+        return [r for r in rows if r["tid"] == tid and abs(r["ts_ns"] - start_ns) < 1_000
+                and r["state"] == "S"]
 
     # (this kernel also leaves real switch-ins untraced now and then: only the planted
     # entries' rows are judged)
