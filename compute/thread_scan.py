@@ -199,9 +199,12 @@ def segments(successors: pa.Table, first_wake: pa.Table,
     On ``sliced_nodes`` (recorded with evidence capture) a switch without its pair is no
     lost row: rows are kept around waits of at least the capture's bound, so a switch in
     followed by another switch in had a short preemption or wait between them, and a
-    switch out (or a waking) followed by another switch out had a short wait and then ran.
-    Such a segment is ``running``, and ``bound_running`` cuts it to what the thread's
-    slices show (on CPU first: the short wait's place in it is not recorded)."""
+    preemption or a waking followed by another switch out had a short run-queue wait and
+    then ran. Such a segment is ``running``, and ``bound_running`` cuts it to what the
+    thread's slices show (on CPU first: the short wait's place in it is not recorded).
+    A sleep followed by another switch out stays blocked, as under full capture: a
+    target's ``offcpu`` row may name its waker when its waking row is missing (ciR: the
+    kernel traced no switch in, and evidence capture writes the waking with it)."""
     t = successors
     s, e, opens, next_ord = t["s"], t["e"], t["opens"], t["next_ord"]
     wake_ts = t["any_ts"]
@@ -227,10 +230,8 @@ def segments(successors: pa.Table, first_wake: pa.Table,
         _piece(t, pc.equal(opens, "runnable"), state=then_state, cpu=then_cpu,
                waker_pid=None, waker_tid=None),
         _piece(t, waits, e=pc.if_else(woken_true, wake_ts, e), **waker,
-               state=pc.if_else(
-                   pc.and_(sliced, pc.and_(lost_in, pc.invert(woken_true))), "running",
-                   pc.if_else(pc.fill_null(pc.and_kleene(lost_in, pc.invert(woken)), False),
-                              "unknown", opens))),
+               state=pc.if_else(pc.fill_null(pc.and_kleene(lost_in, pc.invert(woken)), False),
+                                "unknown", opens)),
         _piece(t, pc.and_(waits, woken_true), s=wake_ts, state=then_state, cpu=then_cpu,
                **waker),
     ]

@@ -62,12 +62,12 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         "whose switches and waking stay rows)")
     parser.add_argument("--capture", choices=("full", "evidence"),
                         default=os.environ.get("KPROBE_CAPTURE") or DEFAULT_CAPTURE,
-                        help="evidence (default; $KPROBE_CAPTURE): switch, waking and TCP "
-                        "rows only where they bound an off-CPU interval of at least "
-                        "--min-offcpu-ms (and TCP rows of targets and their peers), "
-                        "per-thread and per-socket sums per --slice-ms for the rest (tables "
-                        "cpu_slices, net_slices); full: a row per context switch, waking "
-                        "and TCP send/receive on the node")
+                        help="full (default; $KPROBE_CAPTURE): a row per context switch, "
+                        "waking and TCP send/receive on the node; evidence: those rows only "
+                        "where they bound an off-CPU interval of at least --min-offcpu-ms "
+                        "(and TCP rows of targets and their peers), per-thread and "
+                        "per-socket sums per --slice-ms for the rest (tables cpu_slices, "
+                        "net_slices)")
     parser.add_argument("--slice-ms", type=float, default=10.0, metavar="MS",
                         help="with --capture evidence, the time slice of the sums "
                         "(default 10 ms; 1 ms to 60 s)")

@@ -130,15 +130,17 @@ def _switched_in_again(slices: bool) -> Scenario:
     return sc
 
 
-def _switched_out_again(slices: bool) -> Scenario:
-    """Thread 21 runs from 0 ms, sleeps at 10 ms (a row), is woken and back on CPU 0 at
-    10.5 ms without a row (a short sleep keeps none), runs to 30 ms, sleeps (a row)."""
+def _preempted_then_out(slices: bool) -> Scenario:
+    """Thread 21 runs from 0 ms, is preempted at 10 ms (a row), is back on CPU 0 at
+    10.5 ms without a row (a short run-queue wait keeps none), runs to 30 ms, sleeps (a
+    row)."""
     sc = Scenario().process(20, "ledger")
-    sc.run(0, 20, 21, 0, 10, leave="S")
+    sc.run(0, 20, 21, 0, 10, leave="R")
     sc.run(0, 20, 21, 10.5, 30, leave="S").untraced_switch(0, 10.5)
     if slices:
         _slices_of(sc, (0, 21, 20, "ledger", 10), (10, 21, 20, "ledger", 9.5),
                    (20, 21, 20, "ledger", 10))
+        sc.rows["cpu_slices"][1]["runq_ns"] = MS // 2
     return sc
 
 
@@ -151,23 +153,35 @@ def test_a_thread_switched_in_again_ran_as_its_slices_say(lake_dir: Path) -> Non
         (0, 31, "running"), (31, 40, "running")]
 
 
-def test_a_thread_switched_out_again_ran_as_its_slices_say(lake_dir: Path) -> None:
-    # GIVEN a sleep's switch out followed by another switch out (the short sleep, its
-    # waking and the switch back in left no rows)
-    # THEN after the first it ran for what its slices show, the rest unknown (the control
-    # below: without slices, blocked throughout)
-    assert _thread_21_states(lake_dir, _switched_out_again(slices=True)) == [
-        (0, 10, "running"), (10, 29.5, "running"), (29.5, 30, "unknown"),
+def test_a_preempted_thread_switched_out_again_ran_as_its_slices_say(lake_dir: Path) -> None:
+    # GIVEN a preemption's switch out followed by another switch out (the short run-queue
+    # wait and the switch back in left no rows)
+    # THEN after the first it ran and waited for a CPU as its slices show
+    assert _thread_21_states(lake_dir, _preempted_then_out(slices=True)) == [
+        (0, 10, "running"), (10, 29.5, "running"), (29.5, 30, "runnable"),
         (30, 60, "blocked")]
 
 
 def test_with_full_capture_a_switch_without_its_pair_is_a_lost_row(lake_dir: Path) -> None:
     # GIVEN the same rows on a node without slices (full capture: every switch has a row)
-    # THEN the segment before the second switch in is unknown, and the sleep before the
-    # second switch out, never seen woken, is blocked (a wait with no waker: no cause)
+    # THEN the segments before the second switch in or out are unknown
     assert _thread_21_states(lake_dir, _switched_in_again(slices=False)) == [
         (0, 31, "unknown"), (31, 40, "running")]
-    assert _thread_21_states(lake_dir / "out", _switched_out_again(slices=False)) == [
+    assert _thread_21_states(lake_dir / "out", _preempted_then_out(slices=False)) == [
+        (0, 10, "running"), (10, 30, "unknown"), (30, 60, "blocked")]
+
+
+def test_a_sleep_followed_by_another_switch_out_stays_blocked(lake_dir: Path) -> None:
+    # GIVEN evidence rows of a sleep's switch out and the next switch out, no waking row
+    # between them (the kernel traced no switch in, and evidence capture writes the waking
+    # with it), and the slices
+    sc = Scenario().process(20, "ledger")
+    sc.run(0, 20, 21, 0, 10, leave="S")
+    sc.run(0, 20, 21, 10.5, 30, leave="S").untraced_switch(0, 10.5)
+    _slices_of(sc, (0, 21, 20, "ledger", 10), (10, 21, 20, "ledger", 9.5),
+               (20, 21, 20, "ledger", 10))
+    # THEN it stays blocked (a target's offcpu row may name its waker), not running
+    assert _thread_21_states(lake_dir, sc) == [
         (0, 10, "running"), (10, 30, "blocked"), (30, 60, "blocked")]
 
 
