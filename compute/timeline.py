@@ -153,8 +153,9 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # thread out again lost its switch in: the thread ran from an unknown instant, so that
     # part is 'unknown' (neither run-queue wait nor on-CPU); likewise a running segment
     # followed by another switch in left the CPU untraced, at an unknown instant. On a node
-    # recorded with evidence capture both are a short wait, which keeps no row: the
-    # segment is running, cut to its slices by bound_running (thread_scan.segments). The
+    # recorded with evidence capture that, and a preemption followed by another switch
+    # out, are a short wait, which keeps no row: the segment is running, cut to its slices
+    # by bound_running (thread_scan.segments; a sleep so followed stays blocked). The
     # reason of a blocked interval is the offcpu row of the same switch-out. All of it per
     # thread in time order, vectorised in numpy: compute/thread_scan.py.
     sliced = has_table(con, "w_cpu_slices")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,7 @@ UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
 # traces no switch in (README: some kernels skip some switches), it loses the waking row
 # with it, and a wait has no waker (ciR: 1 payment of 8 in the semaphore scenario).
 CaptureMode = Literal["full", "evidence"]
+CAPTURE_MODES: tuple[CaptureMode, ...] = get_args(CaptureMode)
 DEFAULT_CAPTURE: CaptureMode = "full"
 
 

@@ -28,7 +28,7 @@ from kprobe.capture_agent.families._arrow import (
     int_array,
     lookup_strings,
 )
-from kprobe.capture_agent.families.base import AgentOptions, ProbeFamily
+from kprobe.capture_agent.families.base import CAPTURE_MODES, AgentOptions, ProbeFamily
 from kprobe.capture_agent.kallsyms import Kallsyms, KernelStacks
 from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
 from kprobe.capture_agent.sensor import Sensor, SensorSpec
@@ -46,11 +46,6 @@ OFFCPU_FLAG_WAKER = 0x1
 OFFCPU_FLAG_ENDS_AT_WAKING = 0x2  # the switch back in was not traced: ends at the waking
 SCHED_FLAG_EVIDENCE = 0x2  # a row of evidence capture (written when its interval ended)
 CPU_SLICE_SLOTS = 8
-
-# The two ways to record scheduling (`kprobe record --capture`): every switch and waking on
-# the node as a row, or rows only where they bound an off-CPU interval of at least
-# min_offcpu_ns and per-CPU slices for the rest (bpf/sched.bpf.c).
-CAPTURE_MODES = ("full", "evidence")
 
 SCHED_EVENT = record_dtype(
     [

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from kprobe.capture_agent.agent import AgentConfig, default_spool_dir
-from kprobe.capture_agent.families.base import DEFAULT_CAPTURE, CaptureMode
+from kprobe.capture_agent.families.base import CAPTURE_MODES, DEFAULT_CAPTURE, CaptureMode
 from kprobe.capture_agent.redaction import RedactionRules
 from kprobe.capture_agent.targets import Targets
 from kprobe.commands._common import add_lake_option, lake_settings
@@ -60,7 +60,7 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         help="record blocked intervals of targets at least this long (with "
                         "--capture evidence: the shortest off-CPU interval of any thread "
                         "whose switches and waking stay rows)")
-    parser.add_argument("--capture", choices=("full", "evidence"),
+    parser.add_argument("--capture", choices=CAPTURE_MODES,
                         default=os.environ.get("KPROBE_CAPTURE") or DEFAULT_CAPTURE,
                         help="full (default; $KPROBE_CAPTURE): a row per context switch, "
                         "waking and TCP send/receive on the node; evidence: those rows only "

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -144,7 +145,6 @@ def _parquet_parts(path: Path) -> list[tuple[str, bytes]]:
 def test_the_scan_finds_a_card_number_wherever_parquet_keeps_it(tmp_path: Path) -> None:
     """The oracle's own control: a card number in a string column, stored plain (in its
     page and in the footer's statistics) or compressed, or as an integer, is found."""
-    import pyarrow as pa
     for codec in ("NONE", "ZSTD"):
         table = pa.table({"n": pa.array(range(1000), pa.int64()),
                           "text": pa.array(["x"] * 999 + [f"card {PAN.replace(' ', '')}"])})
