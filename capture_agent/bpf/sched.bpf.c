@@ -496,6 +496,24 @@ static __always_inline void evidence_switch(bool preempt, struct task_struct *pr
 				st = bpf_map_lookup_elem(&thread_states, &prev_tid);
 			}
 			if (st) {
+				/*
+				 * Still open: the switch that brought it back was not traced (as
+				 * offcpu_begin finds for targets). A wait of at least the bound that
+				 * was woken leaves its rows now, ending at its waking: the switch
+				 * out (unless written) and the waking; full capture has both.
+				 */
+				if (st->out_ns && st->waking_ns &&
+				    st->waking_ns - st->out_ns >= min_offcpu_ns) {
+					if (!(st->out_flags & THREAD_OUT_WRITTEN))
+						emit_switch(st->out_ns, st->out_cpu,
+							    SCHED_FLAG_EVIDENCE |
+							    (st->out_flags & THREAD_OUT_PREEMPT ?
+							     SCHED_FLAG_PREEMPT : 0),
+							    prev_tgid, prev_tid, prev->comm,
+							    st->out_state, st->next_pid, st->next_tid,
+							    st->next_comm);
+					emit_late_waking(st, prev);
+				}
 				st->out_ns = now;
 				st->waking_ns = 0;
 				st->next_pid = next_tgid;
