@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kprobe.capture_agent import libbpf
 from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import net, sched
 from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.integration.test_bpf_sched import HANDOFF_MS, Handoff
-from tests.support import REPO, free_port, require, require_root
+from tests.support import REPO, deadline_s, free_port, require, require_root
 
 BOUND_NS = 20_000_000  # long enough that the storm's waits stay under it on a busy node
 
@@ -108,6 +111,64 @@ def test_a_long_wait_keeps_the_rows_full_capture_has_for_it(programs: Path) -> N
     switch_keys = rows.filter(pc.equal(rows["kind"], "switch")).select(
         ["ts_ns", "cpu", "prev_tid", "next_tid"]).to_pylist()
     assert len({tuple(k.values()) for k in switch_keys}) == len(switch_keys)
+
+
+THREAD_STATE = "<QQIIIIiHBB16s16sH6x"  # struct thread_state (sched.bpf.c)
+
+
+def test_a_wait_whose_switch_in_was_not_traced_keeps_its_rows(programs: Path) -> None:
+    """Some kernels fire no sched_switch for some switches, so a thread can come back on a
+    CPU unseen and leave its wait open in ``thread_states`` (ciR lost a 231 ms semaphore
+    wait's waking this way). GIVEN such an entry, planted as the kernel leaves it for a
+    running thread (switched out 60 ms ago in state S, woken 40 ms ago by tid 4243, never
+    seen coming in) WHEN the thread next leaves its CPU THEN the wait's switch-out and its
+    waking are rows, as full capture writes them when they happen."""
+    require_root_and_objects()
+    stop = tempfile.mktemp(prefix="kprobe-spin-stop-")
+    code = ("import os, sys, time\nwhile not os.path.exists(sys.argv[1]): pass\n"
+            "time.sleep(0.2)\n")
+    spinner = subprocess.Popen([sys.executable, "-c", code, stop])
+    key = struct.pack("<I", spinner.pid)
+    size = struct.calcsize(THREAD_STATE)
+    try:
+        with evidence_sched() as ev:
+            with libbpf.Btf(str(object_path(sched.FAMILY.object_file))) as btf:
+                assert btf.struct_size("thread_state") == size
+            fd = ev.map_fd("thread_states")
+            # plant only while the spinner is on a CPU: its entry exists (it was seen
+            # switching) and is closed (out_ns 0, it was seen coming back)
+            planted: tuple[int, int] | None = None
+            deadline = time.monotonic() + deadline_s(30)
+            while planted is None and time.monotonic() < deadline:
+                value = libbpf.map_lookup(fd, key, size)
+                if value is None or struct.unpack(THREAD_STATE, value)[0] != 0:
+                    time.sleep(0.0005)
+                    continue
+                now = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+                out, waking = now - 60_000_000, now - 40_000_000
+                libbpf.map_update(fd, key, struct.pack(
+                    THREAD_STATE, out, waking, 1, 1, 4242, 4243, 0, 0,
+                    sched.TASK_STATE_LETTERS.index("S"), 0, b"swapper", b"planted-waker", 0),
+                    flags=2)  # BPF_EXIST
+                planted = (out, waking)
+            assert planted is not None, "the spinner was never seen on a CPU"
+            Path(stop).touch()
+            assert spinner.wait(timeout=30) == 0
+            clock = sample_offset()
+            rows = sched.sched_table(ev.ring("sched_events").drain(), clock)
+    finally:
+        if spinner.poll() is None:
+            spinner.kill()
+            spinner.wait()
+        Path(stop).unlink(missing_ok=True)
+    out_ns, waking_ns = (int(t) for t in clock.to_epoch(np.array(planted)))
+    mine = [r for r in rows.to_pylist()
+            if spinner.pid in (r["prev_tid"], r["wakee_tid"])]
+    # THEN the planted switch-out (state S, to the planted next) and waking are rows
+    assert [r for r in mine if r["kind"] == "switch" and r["ts_ns"] == out_ns
+            and r["prev_state"] == "S" and r["next_tid"] == 1], mine
+    assert [r for r in mine if r["kind"] == "waking" and r["ts_ns"] == waking_ns
+            and (r["waker_pid"], r["waker_tid"]) == (4242, 4243)], mine
 
 
 def test_short_waits_are_no_rows_and_the_slices_hold_every_switch_exactly(
