@@ -202,9 +202,9 @@ def segments(successors: pa.Table, first_wake: pa.Table,
     preemption or a waking followed by another switch out had a short run-queue wait and
     then ran. Such a segment is ``running``, and ``bound_running`` cuts it to what the
     thread's slices show (on CPU first: the short wait's place in it is not recorded).
-    A sleep followed by another switch out stays blocked, as under full capture: a
-    target's ``offcpu`` row may name its waker when its waking row is missing (ciR: the
-    kernel traced no switch in, and evidence capture writes the waking with it)."""
+    A sleep followed by another switch out stays blocked until its waking, as under full
+    capture (when the kernel traced no switch in, evidence capture writes the sleep's
+    waking at that next switch out; a target's ``offcpu`` row also names it)."""
     t = successors
     s, e, opens, next_ord = t["s"], t["e"], t["opens"], t["next_ord"]
     wake_ts = t["any_ts"]

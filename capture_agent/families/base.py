@@ -31,15 +31,13 @@ Converter = Callable[[np.ndarray, ClockSample], pa.Table]
 # Per-process uprobe places: program -> (binary, file offset, retprobe) places.
 UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
 
-# How scheduling and TCP are recorded (`kprobe record --capture`): "full" (the default)
-# keeps a row per switch, waking and TCP send/receive on the node; "evidence" keeps as rows
-# only what bounds an off-CPU interval of at least min_offcpu_ns (and targets' TCP), with
-# in-kernel per-slice sums for the rest. Evidence is not the default yet: when the kernel
-# traces no switch in (README: some kernels skip some switches), it loses the waking row
-# with it, and a wait has no waker (ciR: 1 payment of 8 in the semaphore scenario).
+# How scheduling and TCP are recorded (`kprobe record --capture`): "evidence" (the
+# default) keeps as rows only what bounds an off-CPU interval of at least min_offcpu_ns
+# (and targets' TCP, and their peers'), with in-kernel per-slice sums for the rest; "full"
+# keeps a row per switch, waking and TCP send/receive on the node.
 CaptureMode = Literal["full", "evidence"]
 CAPTURE_MODES: tuple[CaptureMode, ...] = get_args(CaptureMode)
-DEFAULT_CAPTURE: CaptureMode = "full"
+DEFAULT_CAPTURE: CaptureMode = "evidence"
 
 
 @dataclass(frozen=True)

@@ -58,18 +58,18 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         help="write a batch to the lake this often (default 1 s)")
     parser.add_argument("--min-offcpu-ms", type=float, default=1.0,
                         help="record blocked intervals of targets at least this long (with "
-                        "--capture evidence: the shortest off-CPU interval of any thread "
+                        "evidence capture: the shortest off-CPU interval of any thread "
                         "whose switches and waking stay rows)")
     parser.add_argument("--capture", choices=CAPTURE_MODES,
                         default=os.environ.get("KPROBE_CAPTURE") or DEFAULT_CAPTURE,
-                        help="full (default; $KPROBE_CAPTURE): a row per context switch, "
-                        "waking and TCP send/receive on the node; evidence: those rows only "
-                        "where they bound an off-CPU interval of at least --min-offcpu-ms "
-                        "(and TCP rows of targets and their peers), per-thread and "
-                        "per-socket sums per --slice-ms for the rest (tables cpu_slices, "
-                        "net_slices)")
+                        help=f"default {DEFAULT_CAPTURE} ($KPROBE_CAPTURE). evidence: a "
+                        "context switch, waking and TCP send/receive is a row only where it "
+                        "bounds an off-CPU interval of at least --min-offcpu-ms (and TCP "
+                        "rows of targets and their peers), per-thread and per-socket sums "
+                        "per --slice-ms for the rest (tables cpu_slices, net_slices); full: "
+                        "a row for each of them on the node")
     parser.add_argument("--slice-ms", type=float, default=10.0, metavar="MS",
-                        help="with --capture evidence, the time slice of the sums "
+                        help="with evidence capture, the time slice of the sums "
                         "(default 10 ms; 1 ms to 60 s)")
     parser.add_argument("--spool-dir", type=Path, default=None,
                         help="where batches wait while the lake is unreachable "
