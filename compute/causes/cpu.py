@@ -4,7 +4,8 @@ A runnable piece waits for one CPU: the one it was preempted on or queued to, wh
 it is switched in next (``cpu`` of the runnable interval). Whoever ``cpu_intervals`` says ran
 there meanwhile held it. One ``DELAYED_BY`` span -> thread edge per holder, with the time
 it held the CPU while the span waited (its ``share`` of the overlap: 1 from switch rows; from
-evidence capture's slices, the fraction of the slice the holder ran).
+evidence capture's slices, its fraction of the slice among the threads that ran in it other
+than the waiting one).
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ from kprobe.compute.causes.memory import runqueue_in_reclaim
 from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import evidence_list, execute, followed_span, translated
+
+
+# While the span's thread waited for the CPU, the CPU ran the other threads, not it: a slice
+# holder's share of the wait is its share among the slice's other holders (a slice's shares
+# include the waiting thread's own on-CPU time and sum to at most 1), never more than it ran
+# in the slice. ciY: an upstream that ran 11 ms of a slice's time and waited 16 ms for it
+# had only 11 of those 16 ms attributed, and its own work outranked the hog. Switch-row
+# holders (share 1, one per stretch of a piece) are unchanged.
+_SHARE_WHILE_WAITING = """
+    least(share / sum(share) OVER (PARTITION BY span_key, node, cpu, piece_s, held_s, held_e),
+          share * (held_e - held_s) / greatest(e - s, 1))"""
 
 
 def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: int,
@@ -29,9 +41,14 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
             cpus, "cpu",
             select="l.span_key, l.node, l.cpu, r.tid AS holder_tid, r.pid AS holder_pid,"
                    " greatest(l.s, r.s) AS s, least(l.e, r.e) AS e, r.share, l.tid,"
-                   " l.followed",
+                   " l.followed, l.s AS piece_s, r.s AS held_s, r.e AS held_e",
             where="r.tid <> l.tid") as holders:
-        execute(con, "cpu contention", f"CREATE TEMP TABLE c_holders AS {holders}")
+        execute(con, "cpu contention", f"""
+            CREATE TEMP TABLE c_holders AS
+            SELECT span_key, node, cpu, holder_tid, holder_pid, s, e, tid, followed,
+                   {_SHARE_WHILE_WAITING} AS share
+            FROM ({holders})
+        """)
     # evidence only for the holders that count (most hold a CPU for less than min_delay)
     execute(con, "cpu contention", f"""
         -- ranked by delay, ties by tid: a rank never depends on the order rows arrive in

@@ -62,6 +62,52 @@ def test_without_slices_the_wait_has_no_holder_to_blame(lake_dir: Path) -> None:
     assert rels(analysis, src=key("a"), kind="cpu_contention") == []
 
 
+def _waits_in_its_own_slice(*others: tuple[int, int, str, float]) -> Scenario:
+    """Thread 11 (api) runs 0-4 ms on CPU 0, is preempted, waits for CPU 0 until 10 ms,
+    runs 10-14 ms. The slice [0, 10) holds its own 4 ms and ``others`` (tid, pid, comm,
+    on-CPU ms)."""
+    sc = Scenario().process(10, "api")
+    for tid, pid, comm, _ in others:
+        sc.process(pid, comm)
+    sc.run(0, 10, 11, 0, 4, leave="R")
+    sc.run(0, 10, 11, 10, 14, leave="S")
+    sc.span("t1", "a", None, "api", "GET /quote", 0, 14, pid=10, tid=11)
+    _slices_of(sc, (0, 11, 10, "api", 4), *((0, tid, pid, comm, ms)
+                                           for tid, pid, comm, ms in others),
+               (10, 11, 10, "api", 4))
+    return sc
+
+
+def test_a_wait_in_a_slice_the_waiter_also_ran_in_is_the_other_threads_time(
+        lake_dir: Path) -> None:
+    # GIVEN the api's 6 ms wait in a slice where it ran 4 ms and a batch thread 6 ms
+    analysis = analyze(_waits_in_its_own_slice((21, 20, "batch", 6)), lake_dir)
+    # THEN the batch thread held the CPU all 6 ms of the wait (not 6 x 0.6: the api's own
+    # share of the slice is time it ran, not time it waited)
+    edges = {r["dst"].rsplit(":", 1)[1]: r["delay_ns"]
+             for r in rels(analysis, src=key("a"), kind="cpu_contention")}
+    assert edges == {"21": 6 * MS}
+
+
+def test_a_wait_is_shared_among_the_other_holders_by_what_each_ran(lake_dir: Path) -> None:
+    # GIVEN the same wait, and the slice's other 6 ms split 4:2 between batch and cron
+    analysis = analyze(_waits_in_its_own_slice((21, 20, "batch", 4), (31, 30, "cron", 2)),
+                       lake_dir)
+    # THEN each is blamed in that proportion, for the whole wait
+    edges = {r["dst"].rsplit(":", 1)[1]: r["delay_ns"]
+             for r in rels(analysis, src=key("a"), kind="cpu_contention")}
+    assert edges == {"21": 4 * MS, "31": 2 * MS}
+
+
+def test_a_holder_is_never_blamed_for_more_than_it_ran(lake_dir: Path) -> None:
+    # GIVEN the same wait, and a slice whose only other thread ran 1 ms (the CPU idle else)
+    analysis = analyze(_waits_in_its_own_slice((21, 20, "batch", 1)), lake_dir)
+    # THEN it is blamed for its 1 ms, not for the whole 6 ms wait
+    edges = {r["dst"].rsplit(":", 1)[1]: r["delay_ns"]
+             for r in rels(analysis, src=key("a"), kind="cpu_contention")}
+    assert edges == {"21": 1 * MS}
+
+
 def _slices_of(sc: Scenario, *rows: tuple[float, int, int, str, float]) -> Scenario:
     for start, tid, pid, comm, oncpu in rows:
         sc.rows["cpu_slices"].append({
