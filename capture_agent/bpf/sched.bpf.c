@@ -108,6 +108,7 @@ struct thread_state {
 	char waker_comm[TASK_COMM_LEN];
 	__u16 waking_on;  /* the CPU the waking ran on (sched_event hdr.cpu) */
 	__u16 __pad[3];
+	__u64 runtime_ns; /* its se.sum_exec_runtime at its latest traced switch; 0: unknown */
 };
 
 /* the switch-out row was written already (another interval's switch-in row) */
@@ -396,7 +397,7 @@ static __always_inline struct cpu_slice_slot *slice_slot(struct cpu_acc *acc,
  */
 static __always_inline void slice_account(struct task_struct *prev, __u32 prev_tid,
 					  struct task_struct *next, __u32 next_tid,
-					  __u64 wait_from, __u64 now)
+					  __u64 wait_from, __u64 ran, __u64 now)
 {
 	__u32 zero = 0;
 	struct cpu_acc *acc = bpf_map_lookup_elem(&cpu_acc, &zero);
@@ -408,6 +409,14 @@ static __always_inline void slice_account(struct task_struct *prev, __u32 prev_t
 		return;
 	if (acc->last_switch_ns && acc->curr_tid == prev_tid)
 		ran_from = acc->last_switch_ns;
+	/*
+	 * prev came onto this CPU by a switch the kernel did not trace (this VM's kernel fires
+	 * none when one of PID 1's threads leaves a CPU): the CPU's last traced switch put
+	 * another thread there. prev's run since its own latest traced switch is the kernel's
+	 * runtime accounting (`ran`), ending now; before, it was not credited at all.
+	 */
+	else if (acc->last_switch_ns && ran && ran <= now - acc->last_switch_ns)
+		ran_from = now - ran;
 	if (acc->slice != slice) {
 		__u64 slice_start = slice * slice_ns;
 		__u64 old_end = (acc->slice + 1) * slice_ns;
@@ -457,11 +466,13 @@ static __always_inline void evidence_switch(bool preempt, struct task_struct *pr
 					    __u32 next_tid, __u8 state, __u64 now)
 {
 	struct thread_state *st = NULL;
-	__u64 wait_from = 0;
+	__u64 wait_from = 0, ran = 0;
 	bool written = false;
 
 	if (next_tid)
 		st = bpf_map_lookup_elem(&thread_states, &next_tid);
+	if (st)
+		st->runtime_ns = next->se.sum_exec_runtime;
 	if (st && st->out_ns) {
 		wait_from = st->out_flags & THREAD_OUT_PREEMPT ? st->out_ns : st->waking_ns;
 		if (now - st->out_ns >= min_offcpu_ns) {
@@ -485,7 +496,10 @@ static __always_inline void evidence_switch(bool preempt, struct task_struct *pr
 
 	if (prev_tid) {
 		if (state == TASK_STATE_X || state == TASK_STATE_Z) {
-			/* it never comes back: its state goes with it */
+			/* it never comes back: its state goes with it (its last run counted) */
+			st = bpf_map_lookup_elem(&thread_states, &prev_tid);
+			if (st && st->runtime_ns && prev->se.sum_exec_runtime > st->runtime_ns)
+				ran = prev->se.sum_exec_runtime - st->runtime_ns;
 			bpf_map_delete_elem(&thread_states, &prev_tid);
 		} else {
 			st = bpf_map_lookup_elem(&thread_states, &prev_tid);
@@ -496,6 +510,11 @@ static __always_inline void evidence_switch(bool preempt, struct task_struct *pr
 				st = bpf_map_lookup_elem(&thread_states, &prev_tid);
 			}
 			if (st) {
+				__u64 runtime = prev->se.sum_exec_runtime;
+
+				if (st->runtime_ns && runtime > st->runtime_ns)
+					ran = runtime - st->runtime_ns;
+				st->runtime_ns = runtime;
 				/*
 				 * Still open: the switch that brought it back was not traced (as
 				 * offcpu_begin finds for targets). A wait of at least the bound that
@@ -528,7 +547,7 @@ static __always_inline void evidence_switch(bool preempt, struct task_struct *pr
 			}
 		}
 	}
-	slice_account(prev, prev_tid, next, next_tid, wait_from, now);
+	slice_account(prev, prev_tid, next, next_tid, wait_from, ran, now);
 }
 
 /* Evidence capture at a waking: the first one since the wakee left its CPU is kept. */
