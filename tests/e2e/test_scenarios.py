@@ -54,10 +54,12 @@ def test_memory_pressure_from_a_colocated_allocator(tmp_path: Path) -> None:
         run = record(tmp_path, "memory", "--cgroup", str(cg.path), "--cgroup", str(cpu),
                      "--ops", "10", "--deadline-factor", "3", "--interval-ms", "300",
                      "--batch-mb", "32")
-    verdicts = explain_missed(run, at_least=3)
-    for v in verdicts:
-        assert v.failed and v.covers_lateness(), v.text
-        assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
 
 
 def test_cpu_contention_from_hog_threads_on_the_service_cpu(tmp_path: Path) -> None:
@@ -71,11 +73,13 @@ def test_cpu_contention_from_hog_threads_on_the_service_cpu(tmp_path: Path) -> N
             culprit("hog", "--threads", "4", "--cpu", "0", "--cgroup", str(cpu)):
         run = record(tmp_path, "cpu", "--cpu", "1", "--quiet-cpu", "0", "--ops", "10",
                      "--interval-ms", "150", "--cgroup", str(cpu))
-    verdicts = explain_missed(run, at_least=3)
-    for v in verdicts:
-        assert v.failed and v.covers_lateness(), v.text
-        assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
-        assert v.culprit_tid in hog.tids, v.text
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
+            assert v.culprit_tid in hog.tids, v.text
 
 
 def test_slow_disk_fsync_behind_heavy_concurrent_writeback(tmp_path: Path) -> None:
@@ -134,12 +138,14 @@ def test_packet_loss_on_loopback_makes_tcp_retransmit(tmp_path: Path) -> None:
         run = record(tmp_path, "network", "--port", str(port), "--ops", "20",
                      "--deadline-ms", "100", "--interval-ms", "100", "--cgroup", str(cpu),
                      "--decoy-port", str(decoy_port))
-    verdicts = explain_missed(run, at_least=2)
-    conn = {f"127.0.0.1:{run.truth.facts['client_port']}", f"127.0.0.1:{port}"}
-    for v in verdicts:
-        assert v.failed and v.covers_lateness(), v.text
-        assert v.kind == "network", v.text
-        assert v.conn is not None and set(v.conn.split("-")) == conn, v.text
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=2)
+        conn = {f"127.0.0.1:{run.truth.facts['client_port']}", f"127.0.0.1:{port}"}
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert v.kind == "network", v.text
+            assert v.conn is not None and set(v.conn.split("-")) == conn, v.text
 
 
 def test_mutex_held_by_another_thread(tmp_path: Path) -> None:
@@ -152,13 +158,15 @@ def test_mutex_held_by_another_thread(tmp_path: Path) -> None:
     with cpu_cgroup() as cpu:
         run = record(tmp_path, "lock", "--ops", "20", "--deadline-ms", "50", "--interval-ms",
                      "100", "--cgroup", str(cpu), "--decoy-lock-ms", "30")
-    verdicts = explain_missed(run, at_least=3)
-    holder = run.truth.facts["holder_tid"]
-    for v in verdicts:
-        assert v.failed and v.covers_lateness(), v.text
-        assert (v.kind, v.culprit_tid, v.culprit_pid) == ("lock_wait", holder, run.truth.pid), \
-            v.text
-        assert v.culprit_tid not in run.truth.facts["decoy_tids"]
+    verdicts: list[Verdict] = []
+    with run.kept_on_failure(verdicts):
+        verdicts += explain_missed(run, at_least=3)
+        holder = run.truth.facts["holder_tid"]
+        for v in verdicts:
+            assert v.failed and v.covers_lateness(), v.text
+            assert (v.kind, v.culprit_tid, v.culprit_pid) == ("lock_wait", holder, run.truth.pid), \
+                v.text
+            assert v.culprit_tid not in run.truth.facts["decoy_tids"]
 
 
 def test_healthy_control_invents_no_kernel_cause(tmp_path: Path) -> None:
