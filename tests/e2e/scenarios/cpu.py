@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 import time
 
-from tests.e2e.scenarios.telemetry import Service, join_cgroups, pace, parser, pin_to_cpu
+from tests.e2e.scenarios.telemetry import (
+    Service,
+    best_cpu_ms,
+    join_cgroups,
+    pace,
+    parser,
+    pin_to_cpu,
+)
 
 
 def price(paths: int, seed: int) -> float:
@@ -26,12 +33,7 @@ def calibrate(paths: int, cpu: int) -> float:
     """What one payment costs without contention (ms): the best of a few runs on ``cpu``,
     in this thread's own CPU time (other load on the machine does not inflate it)."""
     pin_to_cpu(cpu)
-    best = float("inf")
-    for i in range(7):
-        started = time.thread_time_ns()
-        price(paths, i)
-        best = min(best, (time.thread_time_ns() - started) / 1e6)
-    return best
+    return best_cpu_ms(lambda i: price(paths, i), 7)
 
 
 def main() -> None:

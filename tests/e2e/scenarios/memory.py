@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tests.e2e.scenarios.telemetry import Service, join_cgroups, pace, parser
+from tests.e2e.scenarios.telemetry import Service, best_cpu_ms, join_cgroups, pace, parser
 
 
 def build_batch(size: int, seed: int) -> int:
@@ -39,12 +39,7 @@ def build_batch(size: int, seed: int) -> int:
 def calibrate(size: int) -> float:
     """One batch's cost without memory pressure (ms): the best of a few builds, in this
     thread's CPU time (user and kernel: the page faults are the cost), outside the cgroup."""
-    best = float("inf")
-    for i in range(5):
-        started = time.thread_time_ns()
-        build_batch(size, i)
-        best = min(best, (time.thread_time_ns() - started) / 1e6)
-    return best
+    return best_cpu_ms(lambda i: build_batch(size, i), 5)
 
 
 def main() -> None:
