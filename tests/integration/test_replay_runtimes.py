@@ -69,8 +69,10 @@ def test_a_go_binary_is_named_as_such_before_any_divergence(tmp_path: Path) -> N
     code, report = replay(recorded.lake, pid_of(recorded.lake, str(tmp_path / "ledger")))
     notes = " ".join(report["notes"])
     assert "a Go program" in notes and "vDSO itself" in notes, report["notes"]
+    # a replay that is not exact says so with exit 1: it diverged, timed out, or ran to the
+    # end with other output (ciC2: completed, outputs_match false, exit 1)
     if report["status"] != "completed" or not report["outputs_match"]:
-        assert code == 1 and report["status"] in ("diverged", "timeout"), report
+        assert code == 1 and report["status"] in ("diverged", "timeout", "completed"), report
 
 
 def test_a_hotspot_jvm_is_named_as_such_before_any_divergence(
@@ -85,4 +87,4 @@ def test_a_hotspot_jvm_is_named_as_such_before_any_divergence(
     code, report = replay(recorded.lake, pid_of(recorded.lake, "Ledger"), "--timeout", "30")
     assert "a HotSpot JVM" in " ".join(report["notes"]), report["notes"]
     if report["status"] != "completed" or not report["outputs_match"]:
-        assert code == 1 and report["status"] in ("diverged", "timeout"), report
+        assert code == 1 and report["status"] in ("diverged", "timeout", "completed"), report
