@@ -17,7 +17,6 @@ from kprobe.compute.interval_index import IntervalIndex, overlap
 from kprobe.compute.settings import ComputeSettings
 from kprobe.compute.sql import evidence_list, execute, followed_span, translated
 
-
 # While the span's thread waited for the CPU, the CPU ran the other threads, not it: a slice
 # holder's share of the wait is its share among the slice's other holders (a slice's shares
 # include the waiting thread's own on-CPU time and sum to at most 1), never more than it ran

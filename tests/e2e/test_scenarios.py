@@ -31,7 +31,7 @@ from tests.e2e.scenarios.faults import (
     loop_filesystem,
     zram_swap,
 )
-from tests.e2e.scenarios.harness import Verdict, explain_missed, record
+from tests.e2e.scenarios.harness import record
 from tests.support import free_port, require_root
 
 MB = 1 << 20
@@ -54,9 +54,7 @@ def test_memory_pressure_from_a_colocated_allocator(tmp_path: Path) -> None:
         run = record(tmp_path, "memory", "--cgroup", str(cg.path), "--cgroup", str(cpu),
                      "--ops", "10", "--deadline-factor", "3", "--interval-ms", "300",
                      "--batch-mb", "32")
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
             assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
@@ -73,9 +71,7 @@ def test_cpu_contention_from_hog_threads_on_the_service_cpu(tmp_path: Path) -> N
             culprit("hog", "--threads", "4", "--cpu", "0", "--cgroup", str(cpu)):
         run = record(tmp_path, "cpu", "--cpu", "1", "--quiet-cpu", "0", "--ops", "10",
                      "--interval-ms", "150", "--cgroup", str(cpu))
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
             assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
@@ -104,9 +100,7 @@ def test_slow_disk_fsync_behind_heavy_concurrent_writeback(tmp_path: Path) -> No
                     "--mb", "384", "--chunk-kb", "1024") as writer:
         run = record(tmp_path, "disk", "--journal", str(tmp_path / "journal"), "--ops", "30",
                      "--deadline-ms", "30", "--interval-ms", "120", "--cgroup", str(cpu))
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         ops = {op.payment_id: op for op in run.truth.missed()}
         assert all(op.runqueue_ns >= 0 for op in ops.values()), "no schedstat"
         by_fault = [v for v in verdicts if ops[v.payment_id].late_without_runqueue]
@@ -138,9 +132,7 @@ def test_packet_loss_on_loopback_makes_tcp_retransmit(tmp_path: Path) -> None:
         run = record(tmp_path, "network", "--port", str(port), "--ops", "20",
                      "--deadline-ms", "100", "--interval-ms", "100", "--cgroup", str(cpu),
                      "--decoy-port", str(decoy_port))
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=2)
+    with run.judged(at_least=2) as verdicts:
         conn = {f"127.0.0.1:{run.truth.facts['client_port']}", f"127.0.0.1:{port}"}
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
@@ -158,9 +150,7 @@ def test_mutex_held_by_another_thread(tmp_path: Path) -> None:
     with cpu_cgroup() as cpu:
         run = record(tmp_path, "lock", "--ops", "20", "--deadline-ms", "50", "--interval-ms",
                      "100", "--cgroup", str(cpu), "--decoy-lock-ms", "30")
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         holder = run.truth.facts["holder_tid"]
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text

@@ -21,7 +21,7 @@ from kprobe.compute.graph.store import list_snapshots
 from kprobe.compute.settings import ComputeSettings
 from tests.cgroups import TestCgroup
 from tests.e2e.scenarios.faults import cpu_cgroup, culprit, zram_swap
-from tests.e2e.scenarios.harness import ScenarioRun, Verdict, explain_missed, record
+from tests.e2e.scenarios.harness import ScenarioRun, record
 from tests.e2e.scenarios.servers import Postgres, nginx_proxy, postgres_server, redis_server
 from tests.support import free_port, require_root
 
@@ -72,9 +72,7 @@ def test_unnamed_wait_followed_into_the_workers_memory_pressure(tmp_path: Path,
         run = record(tmp_path, "waits", "--ipc", ipc, "--worker-cgroup", str(cg.path),
                      "--cgroup", str(cpu), "--ops", "10", "--deadline-ms", "60",
                      "--interval-ms", "300", "--batch-mb", "32")
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
             assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
@@ -106,9 +104,7 @@ def test_redis_memory_pressure_inside_the_server(tmp_path: Path) -> None:
         run = record(tmp_path, "thirdparty", "--server", "redis", "--port", str(redis.port),
                      "--cgroup", str(cpu), "--cpu", "0", "--ops", "12", "--deadline-ms", "80",
                      "--interval-ms", "300", "--value-mb", "16", agent_cpu=1)
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
             assert (v.kind, v.culprit_pid) == ("memory_pressure", batch.pid), v.text
@@ -141,9 +137,7 @@ def test_postgres_row_lock_held_by_a_session_whose_client_computes(tmp_path: Pat
             run = record(tmp_path, "thirdparty", "--server", "postgres", "--port",
                          str(pg.port), "--cgroup", str(cpu), "--ops", "15",
                          "--deadline-ms", "100", "--interval-ms", "200")
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
             # the wait for the batch's client, or (when that client itself waited for
@@ -174,9 +168,7 @@ def test_nginx_upstream_shares_its_cpu_with_hogs(tmp_path: Path) -> None:
         run = record(tmp_path, "thirdparty", "--server", "nginx", "--port", str(nginx.port),
                      "--cgroup", str(cpu), "--cpu", "1", "--ops", "15", "--deadline-ms", "25",
                      "--interval-ms", "150", agent_cpu=0)
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
             assert (v.kind, v.culprit_pid) == ("cpu_contention", hog.pid), v.text
@@ -214,9 +206,7 @@ def test_two_concurrent_faults_are_both_reported_ranked_by_delay(tmp_path: Path)
         # shared machine took the rest
         hog_share = (_cpu_time(hog.pid) - hog_cpu_ns) / (time.monotonic_ns() - started)
         print(f"hog's share of CPU 1: {hog_share:.2f}")
-    verdicts: list[Verdict] = []
-    with run.kept_on_failure(verdicts):
-        verdicts += explain_missed(run, at_least=3)
+    with run.judged(at_least=3) as verdicts:
         steps = run.truth.facts["steps"]
         ops = {op.payment_id: op for op in run.truth.operations}
         for v in verdicts:

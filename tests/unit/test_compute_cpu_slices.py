@@ -67,7 +67,7 @@ def _waits_in_its_own_slice(*others: tuple[int, int, str, float]) -> Scenario:
     runs 10-14 ms. The slice [0, 10) holds its own 4 ms and ``others`` (tid, pid, comm,
     on-CPU ms)."""
     sc = Scenario().process(10, "api")
-    for tid, pid, comm, _ in others:
+    for _tid, pid, comm, _ms in others:
         sc.process(pid, comm)
     sc.run(0, 10, 11, 0, 4, leave="R")
     sc.run(0, 10, 11, 10, 14, leave="S")

@@ -126,6 +126,16 @@ class ScenarioRun:
         return verdict(op, result.model_dump(mode="json"))
 
     @contextmanager
+    def judged(self, *, at_least: int) -> Iterator[list[Verdict]]:
+        """The verdicts of every operation that missed its deadline (``explain_missed``),
+        for the assertions inside; on a failed one, the lake is kept (``kept_on_failure``),
+        also when fewer than ``at_least`` operations missed."""
+        verdicts: list[Verdict] = []
+        with self.kept_on_failure(verdicts):
+            verdicts += explain_missed(self, at_least=at_least)
+            yield verdicts
+
+    @contextmanager
     def kept_on_failure(self, verdicts: list[Verdict] | None = None) -> Iterator[None]:
         """On a failed assertion inside, keep the lake, the ground truth and a diagnosis of
         every operation that missed its deadline (``diagnose``) in a directory that outlives
