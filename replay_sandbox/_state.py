@@ -133,6 +133,9 @@ class Task:
     # never resumed (the process's exit takes it, as it did when recorded)
     finished: bool = False
     restart_row: Row | None = None  # a wait for a child interrupted by a signal, to redo
+    # a call run for real, as it was served: (row index, now_ns, shift_ns, synth_clock) to
+    # undo it if the kernel restarts it (see ``_undo``); None once its exit was seen
+    rewind: tuple[int, int, int, int] | None = None
     pending_child_rec: int | None = None
     synth_clock: int = 0
     injecting: bool = False  # running syscalls the tracer injected (see serving._inject)
@@ -364,6 +367,23 @@ class EngineState:
             task.mark_at_exit = task.rows[index]
         else:
             self._mark(task.rows[index])
+
+    def _undo(self, task: Task, rewind: tuple[int, int, int, int]) -> None:
+        """A call run for real returned ERESTART*: a signal came in before it did anything
+        (a fork sees a pending signal and backs out), and the kernel runs it again after
+        the handler. Its row is the thread's next again, for the restarted call to take.
+        Under ptrace this happens where the recording saw nothing: a child's SIGCHLD that
+        arrives while the parent sits in the tracer's stop at its next fork is pending when
+        the fork begins; unrecorded, the second try met the row after it and diverged."""
+        index, task.now_ns, task.shift_ns, task.synth_clock = rewind
+        row = task.rows[index]
+        task.pos = index
+        task.at_exit = None
+        task.mark_at_exit = None
+        if self.consumed[row.order]:
+            self.consumed[row.order] = 0
+            self.frontier = min(self.frontier, row.order)
+        self.stats["restarted"] += 1
 
     def _mark(self, row: Row) -> None:
         consumed = self.consumed

@@ -72,7 +72,7 @@ from kprobe.replay_sandbox.report import (
 from kprobe.replay_sandbox.runtimes import runtime_notes
 from kprobe.replay_sandbox.sandbox import HOST_UID, LaunchSpec, spawn
 from kprobe.replay_sandbox.seccomp import compile_filter
-from kprobe.replay_sandbox.serving import RECEIVES, IoServing
+from kprobe.replay_sandbox.serving import RECEIVES, RESTARTS, IoServing
 from kprobe.replay_sandbox.syscall_table import (
     CSTRING,
     F_DUPFD,
@@ -556,6 +556,7 @@ class Engine(IoServing):
 
     # -- seccomp stops ----------
     def _on_seccomp(self, task: Task) -> None:
+        task.rewind = None  # a new call: the last one's exit, if it had a stop, is past
         if task.injecting:  # a call the tracer made it run: let it
             self._resume(task)
             return
@@ -667,6 +668,8 @@ class Engine(IoServing):
         # thread's: with several threads, the order moves on only once it has returned.
         defer = proc.threads > 1 and (policy in RUN_FOR_REAL or (
             nr == FCNTL and (args[1] & 0xFFFF_FFFF) in (F_DUPFD, F_DUPFD_CLOEXEC)))
+        if policy in RUN_FOR_REAL:  # the kernel may restart it: see _undo
+            task.rewind = (index, task.now_ns, task.shift_ns, task.synth_clock)
         self._consume(task, index, defer)
         self.stats["served"] += 1
         if policy is _SERVE:
@@ -1001,6 +1004,9 @@ class Engine(IoServing):
 
     def _on_syscall_exit(self, task: Task) -> None:
         regs = P.get_regs(task.tid, task.regs)
+        rewind, task.rewind = task.rewind, None
+        if rewind is not None and task.proc is not None and P.to_signed(regs.rax) in RESTARTS:
+            self._undo(task, rewind)
         handler, task.at_exit = task.at_exit, None
         if handler is not None and task.proc is not None:
             handler(task, regs)

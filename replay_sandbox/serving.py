@@ -271,15 +271,17 @@ class IoServing(TimeServing):
         self._advance(task, row)
         if spec.nr in CLONES:
             task.pending_child_rec = row.ret
-            if row.ret > 0 and self._makes_process(task, spec.nr, args):
-                # the program lives among recorded pids (getpid is served): its child is
-                # the recorded one (waits, kills translate; the sandbox's pid never shows)
-                def returned(task: Task, regs: P.UserRegs) -> None:
-                    if P.to_signed(regs.rax) > 0:
-                        regs.rax = row.ret
-                        P.set_regs(task.tid, regs)
+            # the program lives among recorded pids (getpid is served): its child is the
+            # recorded one (waits, kills translate; the sandbox's pid never shows)
+            renumber = row.ret > 0 and self._makes_process(task, spec.nr, args)
 
-                task.at_exit = returned
+            def returned(task: Task, regs: P.UserRegs) -> None:
+                # always stopped at: a fork a signal interrupts is restarted (_undo)
+                if renumber and P.to_signed(regs.rax) > 0:
+                    regs.rax = row.ret
+                    P.set_regs(task.tid, regs)
+
+            task.at_exit = returned
             self._resume(task)
             return
         if spec.nr == 3:  # close: nothing to check that matters, save the exit stop

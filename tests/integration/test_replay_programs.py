@@ -7,9 +7,10 @@ The inputs are bigger than the payload cap (a 165 KB ledger, Python's .pyc files
 own files): their reads are recorded by identity and each file version stored once
 (capture_agent/file_store.py), so nothing is cut. A shell pipeline is replayed as a tree
 (``--tree``: every process of it served from its own recording). The suite covers
-interpreters (python3, one polling its child with WNOHANG, perl, node, lua, bc),
-compressors (gzip, bzip2, xz, zstd, pigz with two threads), a database CLI (sqlite3), an
-HTTP client against a local server (curl), text tools (jq, gawk, sort), openssl and git.
+interpreters (python3, one polling its child with WNOHANG, one forking children under a
+SIGCHLD handler, perl, node, lua, bc), compressors (gzip, bzip2, xz, zstd, pigz with two
+threads), a database CLI (sqlite3), an HTTP client against a local server (curl), text
+tools (jq, gawk, sort), openssl and git.
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ import gzip
 import os
 import random
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kprobe.lake import LakeSettings, connect, resolve
+from kprobe.replay_sandbox._state import Task
+from kprobe.replay_sandbox.engine import Engine, ReplayOptions
+from kprobe.replay_sandbox.engine import replay as replay_in_process
+from kprobe.replay_sandbox.lake_source import load
+from kprobe.replay_sandbox.syscall_table import CLONES
 from tests.integration.agent_replay import (
     pid_of,
     quoted,
@@ -57,6 +65,13 @@ PY = ("import json, hashlib, sys; d = open(sys.argv[1], 'rb').read(); "
 # sleep is virtual, so it polls while the child (run for real) may still be running
 POLL = ("import subprocess, time; p = subprocess.Popen(['/bin/sh', '-c', 'exit 3']); "
         "time.sleep(0.3); print('child exit', p.poll())")
+# a parent with a SIGCHLD handler forking children that exit at once: under the tracer a
+# child's SIGCHLD often comes while the parent is stopped at its next fork, which the kernel
+# then restarts (ERESTARTNOINTR); its 128 MiB make each fork long enough for that
+FORKS = ("import os, signal; signal.signal(signal.SIGCHLD, lambda s, f: None); "
+         "b = bytearray(128 << 20); b[::4096] = b'x' * len(b[::4096]); "
+         "kids = [os.fork() or os._exit(i % 7) for i in range(16)]; "
+         "print(sorted(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids))")
 NODE = ("const c = require('crypto'), fs = require('fs'); const d = fs.readFileSync("
         "process.argv[1]); console.log(d.length, c.createHash('sha256').update(d)"
         ".digest('hex'))")
@@ -66,6 +81,8 @@ PERL = ('$n++; $s += (split /,/)[1]; END { printf "%d %d %s\\n", $n, $s, '
 PROGRAMS = (
     Program("python3", "python3", ("/usr/bin/python3", "-c", PY, "{in}/ledger.csv"), PY),
     Program("python3 polling its child", "python3", ("/usr/bin/python3", "-c", POLL), POLL),
+    Program("python3 forking children", "python3", ("/usr/bin/python3", "-c", FORKS), FORKS,
+            tree=True),
     Program("node", "nodejs", ("/usr/bin/node", "-e", NODE, "{in}/ledger.csv"), NODE),
     Program("perl", "perl", ("perl", "-MDigest::MD5", "-ne", PERL, "{in}/ledger.csv"), PERL),
     Program("lua", "lua5.4", ("lua5.4", "{in}/squares.lua"), "lua5.4"),
@@ -319,3 +336,40 @@ def test_reads_through_an_overlay_are_stored_and_replayed(overlay: Path, tmp_pat
     assert code_ == 0 and report["status"] == "completed" and report["outputs_match"], report
     assert stdout_of(report) == quoted(recorded.stdout), report
     assert not [n for n in report["notes"] if "bytes it read" in n], report["notes"]
+
+
+def test_a_fork_the_kernel_restarts_for_a_signal_replays_exactly(
+        inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ptrace a signal can reach a program where, unwatched, none did: a child's
+    SIGCHLD that comes while its parent sits in the tracer's stop at its next fork is
+    pending when the fork begins, and the kernel backs the fork out (ERESTARTNOINTR) and
+    runs it again after the handler. The shell pipeline met this under load in CI ("expected
+    close, got clone": the second try took the row after the fork's). Here the signal is
+    made to come at that moment every time: the tracer sends the shell a SIGCHLD at the
+    fork of its second pipeline process, before letting it run the call."""
+    require_root()
+    require_binary("sh")
+    command = ["sh", "-c", f"echo hello | gzip -c | gzip -dc; sort -r {inputs}/pay.json | wc -c"]
+    recorded = record(tmp_path, *command, cwd=inputs)
+    assert recorded.run.returncode == 0, recorded.run.stderr[-2000:]
+    pid, node = pid_of(recorded.lake, "-c", first=True).split("@")
+    recording = load(resolve(LakeSettings(lake=str(recorded.lake))), int(pid), node, tree=True)
+    forks = {"root": 0, "signalled": 0}
+    real = Engine._run_real
+
+    def signalled_at_second_fork(self: Engine, task: Task, regs: Any, spec: Any, row: Any,
+                                 args: Any) -> None:
+        if spec.nr in CLONES and task.proc is not None and task.proc.rec_pid == int(pid):
+            forks["root"] += 1
+            if forks["root"] == 2:
+                os.kill(task.tid, signal.SIGCHLD)  # pending while the shell is stopped here
+                forks["signalled"] += 1
+        real(self, task, regs, spec, row, args)
+
+    monkeypatch.setattr(Engine, "_run_real", signalled_at_second_fork)
+    report = replay_in_process(recording, ReplayOptions(hidden_paths=(str(recorded.lake),)))
+    assert forks["signalled"] == 1, forks
+    # THEN the replay follows its recording to the end, and the fork was restarted in it
+    assert report.status == "completed" and report.outputs_match, report.render_text()
+    assert report.exit_code == 0, report.render_text()
+    assert report.stats.get("restarted", 0) >= 1, report.render_text()
