@@ -26,6 +26,14 @@ done
 [ -f console/dist/index.html ] || { echo "image: console/dist is not built (make console)" >&2; exit 2; }
 
 mkdir -p "$OUT/wheelhouse"
+# the build holds the chroot (TMPDIR), its tarball and the OCI archive at once: ~1.1 GB each
+NEED_KB=$((4 * 1024 * 1024))
+for dir in "$OUT" "${TMPDIR:-/tmp}"; do
+  free=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  [ "$free" -ge "$NEED_KB" ] || {
+    echo "image: $((free / 1024)) MiB free under $dir, the build needs 4096 MiB (it stops with a half-written image otherwise)" >&2
+    exit 2; }
+done
 rm -rf "$OUT/wheel" "$OUT/rootfs.tar"
 echo "image: wheel"
 $PY -m pip wheel --quiet --no-deps -w "$OUT/wheel" .

@@ -128,3 +128,23 @@ def test_agent_api_and_ray_import_and_the_console_is_in_the_image(
     assert (root / env["KPROBE_API_CONSOLE_DIR"].lstrip("/") / "index.html").is_file()
     # nothing the image does not need: no apt, no compiler
     assert not (root / "usr/bin/apt-get").exists() and not (root / "usr/bin/gcc").exists()
+
+
+def test_a_build_without_room_stops_before_writing_anything(tmp_path: Path) -> None:
+    """A build that ran out of disk halfway (stop 26's CI: mmdebstrap's tarball) left a
+    chroot with /proc mounted and no image; it now says how much room it has and needs,
+    and stops first (a 64 MiB tmpfs as its temp directory here)."""
+    require_root()
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    try:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": str(small)}
+        run = subprocess.run(["bash", "infra/image/build.sh"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, run
+        assert run.stderr.strip().splitlines() == [
+            f"image: 64 MiB free under {small}, the build needs 4096 MiB (it stops with a "
+            f"half-written image otherwise)"], run.stderr
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
