@@ -256,6 +256,8 @@ class Agent:
             "ts_ns": [drained_at], "kind": ["flush"], "boot_id": [self.boot_id]}))
         self.counters.flushes += 1
         self.counters.flush_seconds_last = time.monotonic() - started
+        if self._drainer is not None:
+            self.counters.drain_gap_max_s = self._drainer.max_gap_s
 
     def _submit_tails(self) -> None:
         for fam in self.families:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +32,10 @@ class RingDrainer:
             self._epoll.register(reader.fileno(), select.EPOLLIN | select.EPOLLET)
         self._thread = threading.Thread(target=self._loop, name="ring-drain", daemon=True)
         self.wakeups = 0
+        # the longest time between two drains: what the rings had to hold (a drain thread
+        # that gets no CPU, or no GIL, on a busy node is how a ring overflows)
+        self.max_gap_s = 0.0
+        self._last = time.monotonic()
 
     def start(self) -> RingDrainer:
         self._thread.start()
@@ -38,6 +43,9 @@ class RingDrainer:
 
     def drain_now(self) -> None:
         with self._lock:
+            now = time.monotonic()
+            self.max_gap_s = max(self.max_gap_s, now - self._last)
+            self._last = now
             for key, reader in self.readers:
                 batch = reader.drain_slots()
                 if len(batch):

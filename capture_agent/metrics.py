@@ -22,6 +22,7 @@ class AgentCounters:
     kernel_drops: dict[str, int] = field(default_factory=dict)  # source -> ring reserve failures
     ring_fill: dict[str, float] = field(default_factory=dict)  # ring -> fill ratio at last drain
     flush_seconds_last: float = 0.0
+    drain_gap_max_s: float = 0.0  # the longest time the rings went undrained
     flushes: int = 0
     clock_probe_processes: int = 0  # targets with their libc clock uprobes attached
     clock_probe_failures: int = 0  # targets whose uprobes could not be attached
@@ -63,6 +64,9 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("kprobe_flush_seconds", "Duration of the last flush",
                                 value=c.flush_seconds_last)
         yield CounterMetricFamily("kprobe_flushes", "Flushes done", value=c.flushes)
+        yield GaugeMetricFamily("kprobe_drain_gap_max_seconds", "The longest time the rings "
+                                "went undrained (what they had to hold)",
+                                value=c.drain_gap_max_s)
         yield GaugeMetricFamily("kprobe_clock_probe_processes", "Target processes whose libc "
                                 "clock reads are recorded (uprobes attached)",
                                 value=c.clock_probe_processes)

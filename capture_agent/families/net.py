@@ -164,7 +164,7 @@ class NetConfig:
     targets_only: bool = False
     target_all: bool = False  # every process is a target
     wakeup_fill_pct: int = 50
-    ring_bytes: int = 4 << 20
+    ring_bytes: int = 16 << 20  # a TCP send/recv of every process each: see SchedConfig
     sockets: int = 65536  # sockets whose owner is remembered (LRU)
     listeners: int = 4096  # listening sockets (owners of not yet accepted connections)
     # evidence capture: send/recv rows for targets only; for the others, per-socket sums of

@@ -157,13 +157,14 @@ class SchedConfig:
     targets_only: bool = False  # sched_events only when a target is involved
     target_all: bool = False  # every process is a target (off-CPU for all threads)
     wakeup_fill_pct: int = 50
-    # Ring sizes: one drain interval (0.1 s) of the rate to absorb, plus headroom; every
-    # mapped page of a ring is resident in the agent. sched_events (every switch and wakeup
-    # on the node, 80-byte slots): 4 MiB = 52k slots = 0.1 s of 520k events/s, far above
-    # what two CPUs switch (the 50 % wakeup drains early from 260k/s). offcpu_events
-    # (88-byte slots, watched threads blocked over min_offcpu_ns): 1 MiB = 11.9k intervals
-    # per 0.1 s.
-    sched_ring_bytes: int = 4 << 20
+    # Ring sizes: what the drain thread may fall behind by; every mapped page of a ring is
+    # resident in the agent. sched_events (every switch and wakeup on the node, 80-byte
+    # slots): 16 MiB = 210k slots. The drain runs every 0.1 s, but on a node whose CPUs a
+    # service keeps busy the agent's threads wait for a CPU and for each other: a payment
+    # service at 20k requests/s (~120k sched events/s) overflowed the 4 MiB ring this was
+    # (0.43 s of them), losing 286k events in one bench_capture run. offcpu_events (88-byte
+    # slots, watched threads blocked over min_offcpu_ns): 1 MiB = 11.9k intervals per 0.1 s.
+    sched_ring_bytes: int = 16 << 20
     offcpu_ring_bytes: int = 1 << 20
     offcpu_threads: int = 16384  # threads off CPU at once that can be tracked
     stack_entries: int = 8192

@@ -11,6 +11,7 @@ than the waiting one).
 from __future__ import annotations
 
 import duckdb
+import pyarrow.compute as pc
 
 from kprobe.compute.causes.memory import runqueue_in_reclaim
 from kprobe.compute.interval_index import IntervalIndex, overlap
@@ -32,6 +33,10 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
               cpus: IntervalIndex) -> None:
     """``cpus``: ``cpu_intervals`` sorted in memory (``timeline.build``)."""
     limit = settings.max_evidence_rows
+    # only slices hold a CPU for a share under 1; with switch rows alone (full capture) the
+    # share is 1, one holder per stretch, and the window over the pieces would keep it so
+    shares = cpus.table.column("share")
+    sliced = shares.null_count < len(shares) and pc.min(shares).as_py() < 1.0
     with translated("cpu contention"), overlap(
             con, f"SELECT p.span_key, p.node, p.tid, p.cpu, p.s, p.e,"
                  f" {followed_span('sp')} AS followed FROM span_pieces p"
@@ -45,7 +50,7 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         execute(con, "cpu contention", f"""
             CREATE TEMP TABLE c_holders AS
             SELECT span_key, node, cpu, holder_tid, holder_pid, s, e, tid, followed,
-                   {_SHARE_WHILE_WAITING} AS share
+                   {_SHARE_WHILE_WAITING if sliced else "share"} AS share
             FROM ({holders})
         """)
     # evidence only for the holders that count (most hold a CPU for less than min_delay)

@@ -62,6 +62,7 @@ def print_summary(agent: Agent, fmt: str) -> None:
         "rows": dict(stats.committed_rows),
         "lost": {k: v for k, v in stats.lost_rows.items()},
         "kernel_drops": agent.counters.kernel_drops,
+        "drain_gap_max_s": round(agent.counters.drain_gap_max_s, 3),
         "spooled_batches": len(agent.spool),
         "lake": agent.writer.location.root,
     }

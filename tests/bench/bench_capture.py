@@ -363,6 +363,7 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
     traced: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     cpu: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     losses: dict[tuple[str, str], list[int]] = {c: [] for c in configs}
+    gaps: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
     rows: dict[tuple[str, str], list[float]] = {c: [] for c in configs}  # rows per request
     by_table: dict[tuple[str, str], dict[str, float]] = {c: {} for c in configs}  # summed
     try:
@@ -382,6 +383,7 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
                 cpu[config].append((rec.cpu_seconds() - cpu0) / (time.monotonic() - t0))
                 summary = rec.stop()
                 losses[config].append(lost(summary))
+                gaps[config].append(float(summary.get("drain_gap_max_s", 0.0)))  # type: ignore[arg-type]
                 written = summary.get("rows")
                 if isinstance(written, dict):
                     requests = max(rate * seconds, 1.0)
@@ -402,7 +404,8 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
         print(f"   {name:<38} {mode:<8} {t:>9,.0f} req/s = {t / b:.3f} of baseline; agent "
               f"{statistics.median(cpu[(name, mode)]) * 100:.0f} % of a core; "
               f"{per_request:.1f} rows/request (rows of every process over the run); lost "
-              f"{sum(losses[(name, mode)]):,}")
+              f"{sum(losses[(name, mode)]):,}; rings undrained for {max(gaps[(name, mode)]):.2f}"
+              f" s at most")
         top = sorted(by_table[(name, mode)].items(), key=lambda kv: -kv[1])[:6]
         print("        rows/request by table: " + ", ".join(f"{t} {v:.2f}" for t, v in top))
 
