@@ -172,7 +172,7 @@ class NetConfig:
     # at close, and the rest read at stop)
     evidence: bool = False
     slice_ns: int = 10_000_000
-    slice_ring_bytes: int = 256 << 10
+    slice_ring_bytes: int = 1 << 20  # 120-byte records (+8 header): 8.2k (see SchedConfig)
 
 
 def sensor_spec(config: NetConfig | None = None, *,

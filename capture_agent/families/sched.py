@@ -171,11 +171,13 @@ class SchedConfig:
     # Evidence capture (CAPTURE_MODES): rows only for off-CPU intervals of at least
     # min_offcpu_ns, of any thread; per-CPU slices of slice_ns for the rest. Slice records
     # (424-byte slots): at most one per CPU per slice, plus one per 8 more threads that ran
-    # on the CPU in it; 256 KiB = 618 records per 0.1 s drain.
+    # on the CPU in it. The payment service of bench_capture at 20k requests/s makes 16k
+    # slots/s (0.8 per request), 2k+ records/s: the 256 KiB ring this was held 0.3 s of them
+    # and lost 2,868 records in one run; 2 MiB = 4.9k records, 2.4 s.
     evidence: bool = False
     slice_ns: int = 10_000_000
     evidence_threads: int = 32768  # threads whose last switch-out is kept (all threads)
-    slice_ring_bytes: int = 256 << 10
+    slice_ring_bytes: int = 2 << 20
 
 
 def check_config(c: SchedConfig) -> None:
