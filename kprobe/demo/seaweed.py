@@ -228,6 +228,17 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        self._remove_grpc_sockets()
+
+    def _remove_grpc_sockets(self) -> None:
+        """weed binds a local socket beside each gRPC port, always under /tmp
+        (``seaweedfs-master-grpc-PORT.sock``; TMPDIR is not read) and leaves it behind:
+        ours are named by our ports."""
+        for role in ("master", "volume", "filer", "s3"):
+            port = self.ports.get(f"{role}_grpc")
+            path = Path(f"/tmp/seaweedfs-{role}-grpc-{port}.sock")
+            if port and path.is_socket():
+                path.unlink(missing_ok=True)
 
     def stop_gracefully(self, timeout_s: float = 60.0) -> None:
         """SIGTERM, and wait for the server to write everything out (~25 s here) so its

