@@ -49,12 +49,15 @@ console/dist/index.html: console/node_modules/.installed $(CONSOLE_SOURCES)
 	cd console && npm run --silent build
 	@touch $@
 
-## test: the whole suite (root needed for the kernel tests); any pytest failure, including
-## exit 5 (no tests collected), fails the target. In CI (CI=true, or KPROBE_CI=1 as .ci/run
-## sets) the image is built first for tests/infra/test_image.py; elsewhere `make image` builds
-## it when wanted (it takes minutes).
+## test: the whole suite (root needed for the kernel tests), then `make lint`; any pytest
+## failure, including exit 5 (no tests collected), or a lint finding fails the target (lint
+## runs after the tests either way). In CI (CI=true, or KPROBE_CI=1 as .ci/run sets) the
+## image is built first for tests/infra/test_image.py; elsewhere `make image` builds it when
+## wanted (it takes minutes).
 test: setup $(if $(or $(CI),$(KPROBE_CI)),image)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	$(MAKE) --no-print-directory lint || [ $$status -ne 0 ] || status=1; \
+	exit $$status
 
 ## vmtest: the kernel matrix: Debian's 6.1 and 6.12 cloud kernels in QEMU guests that see this
 ## machine's root read-only, and the host's own kernel natively (root; tests/vmtest/)
