@@ -8,7 +8,11 @@ American Express), 4-6-4 (14, Diners). A match keeps its first 6 and last 4 digi
 BIN and the last four, as PCI DSS allows displaying) and every other digit becomes
 ``MASK`` (``*``); separators and the length stay, so a replay serves and compares the same
 number of bytes at the same offsets. A digit run that fails the Luhn check (an order id, a
-timestamp, a phone number) is left alone.
+timestamp, a phone number) is left alone, and so is one inside a hex word of at least
+``HEX_WORD`` (32) characters: a hash, a trace id, a UUID written without dashes. A git
+object's name (``585b9907bee39765385016483cc6c…``) held a Luhn-valid run: masked, the path
+the program opened no longer matched its recording in a replay. Letters elsewhere are
+boundaries: track data (``%B4111…^``) or a fixed-width record keeps its PAN masked.
 
 Cost: one vectorised RE2 scan of the whole batch (``PREFILTER``, a superset of every PAN
 shape: 13 digits in a row, or the first 13 digits of a grouped form) finds the rows that
@@ -47,8 +51,24 @@ _GROUPED = ((4, 6, 5), (4, 6, 4))  # American Express, Diners
 _ISSUER_DIGITS = b"234568"
 
 
+HEX_WORD = 32  # an MD5 in hex; longer than any PAN with the letters around it
+
+
 def _issuer(first: int) -> bool:
     return first in _ISSUER_DIGITS
+
+
+def _is_hex(byte: int) -> bool:
+    return 48 <= byte <= 57 or 97 <= (byte | 0x20) <= 102
+
+
+def _in_hex_word(data: bytes, start: int, end: int) -> bool:
+    """Whether the digits ``data[start:end]`` lie in a hex word of ``HEX_WORD`` or more."""
+    while start > 0 and _is_hex(data[start - 1]):
+        start -= 1
+    while end < len(data) and _is_hex(data[end]):
+        end += 1
+    return end - start >= HEX_WORD
 
 
 def luhn(digits: bytes) -> bool:
@@ -96,7 +116,8 @@ def _mask_runs(data: bytes, *, unbroken: bool) -> tuple[bytes, int]:
         bounds = [(m.start() + start, m.end() + start) for m in re.finditer(rb"[0-9]+", text)]
         if unbroken:  # each group alone: 13 to 19 digits between non-digits
             for a, b in bounds:
-                if 13 <= b - a <= 19 and _issuer(data[a]) and luhn(data[a:b]):
+                if (13 <= b - a <= 19 and _issuer(data[a]) and luhn(data[a:b])
+                        and not _in_hex_word(data, a, b)):
                     out = out if out is not None else bytearray(data)
                     _mask_span(out, list(range(a, b)))
                     found += 1
@@ -140,6 +161,21 @@ def _mask_unbroken(buffer: np.ndarray, starts: np.ndarray) -> int:
     if not pick.any():
         return 0
     run_start, run_end, length = run_start[pick], run_end[pick], length[pick]
+    # not inside a long hex word (a hash, a trace id): the hex runs, split at row starts too
+    folded = buffer | 0x20
+    hexa = digit | ((folded >= 97) & (folded <= 102))
+    h_edges = np.diff(hexa.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    h_start, h_end = np.flatnonzero(h_edges == 1), np.flatnonzero(h_edges == -1)
+    h_split = inside[hexa[inside] & hexa[inside - 1]]
+    if len(h_split):
+        h_start = np.sort(np.concatenate([h_start, h_split]))
+        h_end = np.sort(np.concatenate([h_end, h_split]))
+    word = np.searchsorted(h_start, run_start, side="right") - 1
+    keep = (h_end[word] - h_start[word]) < HEX_WORD
+    if not keep.all():
+        run_start, run_end, length = run_start[keep], run_end[keep], length[keep]
+        if not len(length):
+            return 0
     first = np.cumsum(length) - length
     position = np.repeat(run_start, length) + (np.arange(length.sum()) - np.repeat(first, length))
     from_end = np.repeat(run_end - 1, length) - position
