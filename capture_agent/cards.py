@@ -161,21 +161,6 @@ def _mask_unbroken(buffer: np.ndarray, starts: np.ndarray) -> int:
     if not pick.any():
         return 0
     run_start, run_end, length = run_start[pick], run_end[pick], length[pick]
-    # not inside a long hex word (a hash, a trace id): the hex runs, split at row starts too
-    folded = buffer | 0x20
-    hexa = digit | ((folded >= 97) & (folded <= 102))
-    h_edges = np.diff(hexa.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    h_start, h_end = np.flatnonzero(h_edges == 1), np.flatnonzero(h_edges == -1)
-    h_split = inside[hexa[inside] & hexa[inside - 1]]
-    if len(h_split):
-        h_start = np.sort(np.concatenate([h_start, h_split]))
-        h_end = np.sort(np.concatenate([h_end, h_split]))
-    word = np.searchsorted(h_start, run_start, side="right") - 1
-    keep = (h_end[word] - h_start[word]) < HEX_WORD
-    if not keep.all():
-        run_start, run_end, length = run_start[keep], run_end[keep], length[keep]
-        if not len(length):
-            return 0
     first = np.cumsum(length) - length
     position = np.repeat(run_start, length) + (np.arange(length.sum()) - np.repeat(first, length))
     from_end = np.repeat(run_end - 1, length) - position
@@ -185,10 +170,42 @@ def _mask_unbroken(buffer: np.ndarray, starts: np.ndarray) -> int:
     leading = buffer[run_start]
     valid = (np.add.reduceat(value, first) % 10 == 0) & np.isin(
         leading, np.frombuffer(_ISSUER_DIGITS, np.uint8))
+    if valid.any():  # a run with a hex letter beside it may lie in a hash: look closer
+        before = buffer[np.maximum(run_start - 1, 0)] | 0x20
+        after = buffer[np.minimum(run_end, len(buffer) - 1)] | 0x20
+        near = valid & (((before >= 97) & (before <= 102) & (run_start > 0))
+                        | ((after >= 97) & (after <= 102) & (run_end < len(buffer))))
+        if near.any():
+            valid[near] = ~_in_hex_words(buffer, starts, run_start[near], run_end[near])
     from_start = position - np.repeat(run_start, length)
     masked = np.repeat(valid, length) & (from_start >= 6) & (from_end >= 4)
     buffer[position[masked]] = MASK
     return int(valid.sum())
+
+
+def _in_hex_words(buffer: np.ndarray, starts: np.ndarray, run_start: np.ndarray,
+                  run_end: np.ndarray) -> np.ndarray:
+    """Which digit runs lie in a hex word of ``HEX_WORD`` or more bytes of their own row:
+    the hex bytes next to each run are counted in a window of ``HEX_WORD`` bytes on each
+    side (the runs' neighbourhoods only, never the whole buffer)."""
+    row = np.searchsorted(starts, run_start, side="right") - 1
+    row_start = starts[row]
+    row_end = np.append(starts, len(buffer))[row + 1]
+    steps = np.arange(1, HEX_WORD, dtype=np.int64)
+
+    def hex_run(at: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        # hex bytes in a row from each run's edge outwards (a cumulative product stops at
+        # the first byte that is not hex or not in the run's row)
+        byte = buffer[np.clip(at, 0, len(buffer) - 1)]
+        folded = byte | 0x20
+        hexa = ((byte >= 48) & (byte <= 57)) | ((folded >= 97) & (folded <= 102))
+        return np.asarray(np.cumprod(hexa & inside, axis=1).sum(axis=1), np.int64)
+
+    left = run_start[:, None] - steps[None, :]
+    right = run_end[:, None] - 1 + steps[None, :]
+    word = (hex_run(left, left >= row_start[:, None]) + (run_end - run_start)
+            + hex_run(right, right < row_end[:, None]))
+    return np.asarray(word >= HEX_WORD, bool)
 
 
 def mask_pans(values: pa.Array) -> tuple[pa.Array, int]:

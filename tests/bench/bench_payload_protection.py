@@ -61,7 +61,8 @@ def _payloads(rows: int, pan_share: float, seed: int = 1) -> pa.Table:
                      "tid": np.full(n, 7, np.int32), "seq": np.arange(n),
                      "nr": np.zeros(n, np.int32), "arg_index": np.ones(n, np.int32),
                      "offset": np.zeros(n), "data": pa.array(values, pa.binary()),
-                     "total_len": sizes.astype(np.int64), "truncated": np.zeros(n, bool)},
+                     "total_len": sizes.astype(np.int64), "truncated": np.zeros(n, bool),
+                     "blob": pa.nulls(n, pa.string()), "blob_offset": pa.nulls(n, pa.int64())},
                     schema=spec("syscall_data").payload_schema)
 
 
