@@ -33,7 +33,7 @@ from kprobe.capture_agent.families.base import DEFAULT_CAPTURE, CaptureMode
 from kprobe.capture_agent.file_store import FileStore, FileStoreConfig
 from kprobe.capture_agent.lake_sink import LakeSink
 from kprobe.capture_agent.metrics import AgentCollector, AgentCounters, MetricsServer
-from kprobe.capture_agent.process_probes import ProcessProbes
+from kprobe.capture_agent.process_probes import ProcessProbes, VdsoPatcher
 from kprobe.capture_agent.protection import PayloadProtection, ProtectionConfig
 from kprobe.capture_agent.redaction import RedactionRules
 from kprobe.capture_agent.sensor import Sensor, object_path
@@ -81,6 +81,8 @@ class AgentConfig:
     payloads: bool = False
     payload_cap: int = 64 << 10  # bytes per payload region (syscalls.PAYLOAD_CAP_DEFAULT)
     vdso_clocks: bool = True  # with payloads: clock_gettime through the vDSO, by uprobes
+    # with payloads: targets' vDSO clock reads made syscalls instead (vdso_patch.py)
+    vdso_patch: bool = False
     flush_interval_s: float = 1.0
     drain_interval_s: float = 0.1  # rings are drained this often (and when over threshold)
     min_offcpu_ns: int = 1_000_000
@@ -396,7 +398,7 @@ class Agent:
             slice_ns=self.config.slice_ns,
             payloads=self.config.payloads,
             payload_cap=self.config.payload_cap,
-            vdso_clocks=self.config.vdso_clocks,
+            vdso_clocks=self.config.vdso_clocks and not self.config.vdso_patch,
             files_by_identity=self.config.file_reads == "identity")
 
     def _add_initial_targets(self) -> None:
@@ -419,7 +421,13 @@ class Agent:
             probes.attach_now(pid)
 
     def _start_process_probes(self) -> None:
-        """Per-process uprobes (libc clock reads) for targets, as the targets change."""
+        """Per-process uprobes (libc clock reads) for targets, as the targets change; or,
+        with ``vdso_patch``, the targets' vDSO rewritten to make clock reads syscalls."""
+        if self.config.payloads and self.config.vdso_patch:
+            syscalls = [f for f in self.families if f.name == "syscalls"]
+            if syscalls:
+                self._probes.append(VdsoPatcher(syscalls[0].sensor).start())
+            return
         for fam in self.families:
             places_for = fam.probes.uprobe_places()
             if fam.sensor.spec.uprobes and fam.sensor.spec.uprobes_per_process and places_for:

@@ -22,9 +22,19 @@ _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 def function_offsets(path: str, names: list[str]) -> dict[str, int]:
     """name -> file offset of each of ``names`` (BpfAttachError if one is missing or
     ambiguous)."""
-    data = Path(path).read_bytes()
+    found = dynamic_functions(Path(path).read_bytes(), names, path)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise BpfAttachError(f"{path}: function {missing[0]}: not exported", 0)
+    return found
+
+
+def dynamic_functions(data: bytes, names: list[str], what: str) -> dict[str, int]:
+    """name -> file offset of those of ``names`` that the ELF image ``data`` (a file, or a
+    mapped vDSO) exports as functions; BpfAttachError, naming ``what``, if one is ambiguous
+    or the image is no 64-bit little-endian ELF."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise BpfAttachError(f"{path}: not a 64-bit little-endian ELF file", 0)
+        raise BpfAttachError(f"{what}: not a 64-bit little-endian ELF file", 0)
     phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
     phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 0x36)
     loads = []
@@ -51,13 +61,14 @@ def function_offsets(path: str, names: list[str]) -> dict[str, int]:
                 found[name].add(st_value)
     out = {}
     for name, addresses in found.items():
+        if not addresses:
+            continue
         if len(addresses) != 1:
-            what = "not exported" if not addresses else "several addresses"
-            raise BpfAttachError(f"{path}: function {name}: {what}", 0)
+            raise BpfAttachError(f"{what}: function {name}: several addresses", 0)
         address = addresses.pop()
         segment = next(((v, s, o) for v, s, o in loads if v <= address < v + s), None)
         if segment is None:
-            raise BpfAttachError(f"{path}: function {name} outside every segment", 0)
+            raise BpfAttachError(f"{what}: function {name} outside every segment", 0)
         out[name] = address - segment[0] + segment[2]
     return out
 

@@ -69,6 +69,10 @@ class BpfAttachError(BpfError):
     """A loaded program could not be attached to its tracepoint."""
 
 
+class VdsoPatchError(CaptureAgentError):
+    """A target whose vDSO could not be rewritten (gone, traced by another, no vDSO)."""
+
+
 class BpfMapError(BpfError):
     """A map could not be resized, shared, read or updated."""
 

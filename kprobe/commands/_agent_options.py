@@ -35,6 +35,12 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         help="with --payloads, do not record clock_gettime calls libc answers "
                         "through the vDSO (uprobes: ~22 us per clock read here); a replay then "
                         "interpolates those clock values")
+    parser.add_argument("--vdso-patch", action="store_true",
+                        help="with --payloads, record targets' clock reads by rewriting their "
+                        "vDSO clock functions into syscalls (each target's threads are "
+                        "stopped once for it) instead of uprobes on libc: ~0.4 us per clock "
+                        "read instead of ~1 us, and gettimeofday, time and runtimes that call "
+                        "the vDSO themselves (Go, HotSpot) are recorded too")
     protect = parser.add_argument_group(
         "protecting what is recorded (before anything reaches the lake)")
     protect.add_argument("--redact-env", action="append", default=[], metavar="NAME_GLOB",
@@ -156,6 +162,7 @@ def agent_config(args: argparse.Namespace, targets: Targets) -> AgentConfig:
         payloads=args.payloads,
         payload_cap=args.payload_cap,
         vdso_clocks=not args.no_vdso_clocks,
+        vdso_patch=args.vdso_patch and not args.no_vdso_clocks,
         file_reads=args.file_reads,
         file_max=args.file_max,
         flush_interval_s=args.flush_interval,

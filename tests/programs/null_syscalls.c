@@ -6,6 +6,7 @@
  *   null_syscalls read:N ITERATIONS ROUNDS    read(/dev/zero, N bytes) (a payload of N)
  *   null_syscalls clock ITERATIONS ROUNDS     clock_gettime() through libc (the vDSO: no
  *                                             syscall, but a uprobe on libc traps it)
+ *   null_syscalls clocksys ITERATIONS ROUNDS  the clock_gettime syscall itself
  *
  * Prints "ready <pid>", waits for a line on stdin (so the caller can target it first),
  * runs ROUNDS rounds of ITERATIONS calls and prints "ns <best round's ns per call>".
@@ -37,7 +38,7 @@ int main(int argc, char **argv)
 	char line[16];
 
 	if (argc != 4) {
-		fprintf(stderr, "usage: %s getppid|read:N|clock ITERATIONS ROUNDS\n", argv[0]);
+		fprintf(stderr, "usage: %s getppid|read:N|clock|clocksys ITERATIONS ROUNDS\n", argv[0]);
 		return 2;
 	}
 	if (strncmp(argv[1], "read:", 5) == 0) {
@@ -49,6 +50,8 @@ int main(int argc, char **argv)
 			return 3;
 	} else if (strcmp(argv[1], "clock") == 0) {
 		clock = 1;
+	} else if (strcmp(argv[1], "clocksys") == 0) {
+		clock = 2;
 	} else if (strcmp(argv[1], "getppid") != 0) {
 		return 2;
 	}
@@ -62,8 +65,10 @@ int main(int argc, char **argv)
 		long long t0 = now_ns();
 
 		for (i = 0; i < iterations; i++) {
-			if (clock) {
+			if (clock == 1) {
 				clock_gettime(CLOCK_REALTIME, &ts);
+			} else if (clock) {
+				syscall(SYS_clock_gettime, CLOCK_REALTIME, &ts);
 			} else if (fd >= 0) {
 				if (read(fd, buf, size) != size)
 					return 5;
