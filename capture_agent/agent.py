@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from kprobe.capture_agent import procinfo
+from kprobe.capture_agent import procinfo, vdso_patch
 from kprobe.capture_agent.clock import ClockSample, sample_offset
 from kprobe.capture_agent.drainer import RingDrainer
 from kprobe.capture_agent.errors import BpfLoadError, CaptureAgentError
@@ -415,10 +415,17 @@ class Agent:
                                    procinfo.processes_table(infos, time.time_ns()))
 
     def add_target(self, pid: int) -> None:
-        """Target a process started after the agent (``kprobe run``)."""
+        """Target a process started after the agent (``kprobe run``; with ``vdso_patch``,
+        its vDSO is rewritten at its exec: ``vdso_patch.ExecWatch``)."""
         self.families[0].sensor.add_targets([pid])
         for probes in self._probes:
             probes.attach_now(pid)
+
+    def vdso_rewritten_at_exec(self, pid: int, result: vdso_patch.PatchResult) -> None:
+        """``kprobe run`` rewrote its child's vDSO at its exec (``vdso_patch.ExecWatch``)."""
+        for probes in self._probes:
+            if isinstance(probes, VdsoPatcher):
+                probes.rewritten_at_exec(pid, result)
 
     def _start_process_probes(self) -> None:
         """Per-process uprobes (libc clock reads) for targets, as the targets change; or,

@@ -94,17 +94,45 @@ class ProcessProbes:
 class VdsoPatcher(ProcessProbes):
     """The same following of the targets, rewriting each target's vDSO clock entry points
     into syscalls (capture_agent/vdso_patch.py) instead of attaching uprobes: the syscall
-    path then records every clock read. A process that stops being a target keeps its
-    rewritten vDSO (a clock read then costs it a syscall, ~0.1 us, and is not recorded)."""
+    path then records every clock read. Each poll also checks that a rewritten target
+    still has its stubs (an exec maps a fresh vDSO) and rewrites it again. A process that
+    stops being a target keeps its rewritten vDSO (a clock read then costs it a syscall,
+    ~0.1 us, and is not recorded)."""
 
     def __init__(self, sensor: Sensor, interval_s: float = 0.05) -> None:
         super().__init__(sensor, lambda pid: {}, interval_s)
-        self.patched: set[int] = set()
+        self.patched: dict[int, tuple[int, bytes]] = {}  # pid -> an entry point, its stub
         self.busy = 0  # tries put off: a thread stood inside an entry point's first bytes
+        self.rewritten = 0  # processes rewritten (again after an exec counts again)
+        self.owned: set[int] = set()  # rewritten by their ExecWatch, not here
 
     @property
     def attached(self) -> int:
         return len(self.patched)
+
+    def attach_now(self, pid: int) -> None:
+        """The agent's own child is rewritten at each exec by ``vdso_patch.ExecWatch``, its
+        tracer: never stopped from here (the tracer's waits would take this stop)."""
+        with self._lock:
+            self._tried.add(pid)
+            self.owned.add(pid)
+
+    def rewritten_at_exec(self, pid: int, result: vdso_patch.PatchResult) -> None:
+        with self._lock:
+            self._tried.add(pid)
+            if result.sample is not None:
+                self.patched[pid] = result.sample
+                self.rewritten += 1
+
+    def sync(self) -> None:
+        super().sync()
+        with self._lock:
+            for pid, (address, code) in list(self.patched.items()):
+                if pid in self.owned:
+                    continue
+                if not vdso_patch.still_rewritten(pid, address, code):
+                    del self.patched[pid]  # an exec: rewrite its new vDSO
+                    self._attach(pid)
 
     def _attach(self, pid: int) -> None:
         try:
@@ -116,9 +144,12 @@ class VdsoPatcher(ProcessProbes):
             return
         if result.patched:
             self._tried.add(pid)
-            self.patched.add(pid)
+            if result.sample is not None:
+                self.patched[pid] = result.sample
+            self.rewritten += result.entries > 0
         else:
             self.busy += 1  # not marked tried: the next poll tries again
 
     def _detach(self, pid: int) -> None:
-        self.patched.discard(pid)
+        self.patched.pop(pid, None)
+        self.owned.discard(pid)

@@ -18,15 +18,18 @@ stop (``epoll_wait``, ``semop``, ...) returns EINTR once.
 
 A fork inherits the rewritten vDSO; an exec maps a fresh one, rewritten at the agent's next
 poll of its targets (clock reads of the new image before then are not recorded; a replay
-synthesizes them).
+synthesizes them). The command ``kprobe run`` starts is rewritten at its exec, before it
+runs (``ExecWatch``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kprobe.capture_agent.elfsyms import dynamic_functions
@@ -40,11 +43,18 @@ VDSO_SYSCALLS: dict[str, int] = {
     "__vdso_getcpu": 309,
 }
 STUB_LEN = 8
+log = logging.getLogger(__name__)
 
+_PTRACE_CONT = 7
 _PTRACE_GETREGS = 12
 _PTRACE_DETACH = 17
 _PTRACE_SEIZE = 0x4206
 _PTRACE_INTERRUPT = 0x4207
+_PTRACE_O_TRACEEXEC = 0x10
+_PTRACE_EVENT_EXEC = 4
+_PTRACE_EVENT_STOP = 128
+_PTRACE_LISTEN = 0x4208
+_STOP_SIGNALS = {19, 20, 21, 22}  # SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU
 _WALL = 0x40000000
 _RIP = 16  # index of rip in struct user_regs_struct
 _SIGTRAP = 5
@@ -64,6 +74,26 @@ class PatchResult:
     patched: bool  # the entry points are syscall stubs now (False: try again later)
     entries: int  # entry points rewritten by this call (0: already were, or busy)
     threads: int  # threads stopped for it
+    sample: tuple[int, bytes] | None = None  # an entry point and its stub (still_rewritten)
+
+
+def _sample(todo: dict[int, bytes]) -> tuple[int, bytes] | None:
+    return min(todo.items()) if todo else None
+
+
+def still_rewritten(pid: int, address: int, code: bytes) -> bool:
+    """Does ``pid`` still hold ``code`` at ``address``? (No after an exec: the new image's
+    vDSO is elsewhere and fresh; no if the process is gone.)"""
+    try:
+        mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    except OSError:
+        return True  # gone: the targets' walk drops it
+    try:
+        return os.pread(mem, len(code), address) == code
+    except OSError:
+        return False  # unmapped there now
+    finally:
+        os.close(mem)
 
 
 def _ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
@@ -145,6 +175,65 @@ def _ip(tid: int) -> int:
     return int(regs[_RIP])
 
 
+def _write_stubs(pid: int, mem: int, todo: dict[int, bytes]) -> None:
+    for address, code in todo.items():
+        os.pwrite(mem, code, address)
+
+
+class ExecWatch:
+    """The agent's own child (``kprobe run``), rewritten at each exec before its new image
+    runs a single instruction: traced for its execs alone (``PTRACE_O_TRACEEXEC``), so the
+    kernel stops it at each one; its fresh vDSO is rewritten there. Signals pass through
+    as they came; a stop signal leaves it stopped (``PTRACE_LISTEN``) until SIGCONT.
+
+    Create it, and call ``wait``, from one thread, the only one of the process that waits
+    for this child: a tracer's stops are reported to any thread of it that waits."""
+
+    def __init__(self, pid: int, rewritten: Callable[[PatchResult], None]) -> None:
+        self.pid = pid
+        self.rewritten = rewritten
+        self.failures = 0
+        _ptrace(_PTRACE_SEIZE, pid, 0, _PTRACE_O_TRACEEXEC)
+
+    def wait(self) -> int:
+        """Follow the child until it ends; its wait status (as ``os.waitpid`` gives it)."""
+        while True:
+            _, status = os.waitpid(self.pid, _WALL)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                return status
+            sig, event = os.WSTOPSIG(status), status >> 16
+            try:
+                if event == _PTRACE_EVENT_EXEC:
+                    self._rewrite()
+                    _ptrace(_PTRACE_CONT, self.pid)
+                elif event == _PTRACE_EVENT_STOP:
+                    if sig in _STOP_SIGNALS:  # a group stop: stays stopped until SIGCONT
+                        _ptrace(_PTRACE_LISTEN, self.pid)
+                    else:
+                        _ptrace(_PTRACE_CONT, self.pid)
+                else:  # a signal on its way to the child: deliver it
+                    _ptrace(_PTRACE_CONT, self.pid, 0, sig)
+            except OSError as err:
+                if err.errno != errno.ESRCH:
+                    raise
+                # killed while stopped: its end is the next wait
+
+    def _rewrite(self) -> None:
+        """At the exec stop: one thread, stopped; write the stubs into the fresh vDSO."""
+        try:
+            mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
+            try:
+                todo = _entries(self.pid, mem)
+                _write_stubs(self.pid, mem, todo)
+            finally:
+                os.close(mem)
+        except (OSError, VdsoPatchError) as err:
+            self.failures += 1
+            log.warning("process %d: vDSO not rewritten at its exec: %s", self.pid, err)
+            return
+        self.rewritten(PatchResult(True, len(todo), 1, _sample(todo)))
+
+
 def patch(pid: int) -> PatchResult:
     """Rewrite ``pid``'s vDSO clock entry points into syscall stubs (idempotent).
 
@@ -161,7 +250,7 @@ def patch(pid: int) -> PatchResult:
         entries = _entries(pid, mem)
         todo = {a: s for a, s in entries.items() if os.pread(mem, STUB_LEN, a) != s}
         if not todo:
-            return PatchResult(True, 0, 0)
+            return PatchResult(True, 0, 0, _sample(entries))
         try:
             stopped = _seize_all(pid)
         except OSError as err:
@@ -171,11 +260,10 @@ def patch(pid: int) -> PatchResult:
             ips = [_ip(tid) for tid in stopped]
             if any(a < ip < a + STUB_LEN for a in todo for ip in ips):
                 return PatchResult(False, 0, len(stopped))
-            for address, code in todo.items():
-                os.pwrite(mem, code, address)
+            _write_stubs(pid, mem, todo)
         finally:
             _detach_all(stopped)
-        return PatchResult(True, len(todo), len(stopped))
+        return PatchResult(True, len(todo), len(stopped), _sample(entries))
     except OSError as err:
         raise VdsoPatchError(f"process {pid}: {err.strerror}") from err
     finally:

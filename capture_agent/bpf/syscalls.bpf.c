@@ -53,6 +53,9 @@ LAYOUT_EXPORT(struct file_id, file_id);
 LAYOUT_EXPORT(struct proc_context, proc_context);
 
 #define NR_EXIT 60
+#define NR_GETTIMEOFDAY 96
+#define NR_TIME 201
+#define NR_GETCPU 309
 #define NR_EXIT_GROUP 231
 #define NR_URETPROBE 335  /* x86_64 uretprobe trampolines return through it (6.11+) */
 #define NR_IA32_EXIT 1
@@ -123,7 +126,9 @@ struct syscall_call {
 	__u64 args[SYSCALL_ARGS];
 	__s32 nr;
 	__u16 active;  /* entered and not yet exited */
-	__u16 compat;  /* an ia32 syscall */
+	__u8 compat;   /* an ia32 syscall */
+	__u8 vdso;     /* a clock syscall made from the vDSO (its fallback, or a rewritten
+			* entry point: capture_agent/vdso_patch.py) */
 };
 
 /* One region being copied, chunk by chunk (the bpf_loop context). */
@@ -224,6 +229,7 @@ static __always_inline struct syscall_state *syscall_begin(struct task_struct *t
 	st->sys.nr = nr;
 	st->sys.active = 1;
 	st->sys.compat = 0;
+	st->sys.vdso = 0;
 	return st;
 }
 
@@ -316,7 +322,24 @@ static __always_inline void syscall_end(long ret)
 	if (!st || !st->sys.active)
 		return;
 	st->sys.active = 0;
-	syscall_emit(st, &st->sys, ret, bpf_ktime_get_ns(), 0);
+	syscall_emit(st, &st->sys, ret, bpf_ktime_get_ns(), st->sys.vdso ? SYSCALL_FLAG_VDSO : 0);
+}
+
+/* Was this clock syscall made by code of the thread's vDSO (x86: mm->context.vdso, the
+ * image's size from its vdso_image)? A replay treats it as the clock read it stands for. */
+static __always_inline __u8 from_vdso(struct task_struct *task, long nr, __u64 ip)
+{
+	struct mm_struct *mm;
+	__u64 base, size;
+
+	if (nr != NR_CLOCK_GETTIME && nr != NR_GETTIMEOFDAY && nr != NR_TIME && nr != NR_GETCPU)
+		return 0;
+	mm = task->mm;
+	if (!mm)
+		return 0;
+	base = (__u64)BPF_CORE_READ(mm, context.vdso);
+	size = BPF_CORE_READ(mm, context.vdso_image, size);
+	return base && ip >= base && ip < base + size;
 }
 
 #ifndef SYSCALLS_NO_ATTACH_POINTS
@@ -344,6 +367,7 @@ int BPF_PROG(on_sys_enter, struct pt_regs *regs, long id)
 		st->sys.args[3] = regs->r10;
 		st->sys.args[4] = regs->r8;
 		st->sys.args[5] = regs->r9;
+		st->sys.vdso = from_vdso(task, id, regs->ip);
 	}
 	syscall_entered(st);
 	return 0;

@@ -32,8 +32,10 @@ enum syscalls_constants {
 	SYSCALL_FLAG_PAYLOAD_LOST = 0x4, /* a data chunk found its ring full (counted in drops) */
 	SYSCALL_FLAG_COMPAT = 0x8,       /* an ia32 syscall (32-bit code): nr is the i386 number,
 					  * args are ebx..ebp; no payloads */
-	SYSCALL_FLAG_VDSO = 0x10,        /* not a syscall: a clock_gettime libc answered
-					  * through the vDSO (uprobe), numbered as the syscall */
+	SYSCALL_FLAG_VDSO = 0x10,        /* a clock read through the vDSO, numbered as the
+					  * syscall: answered there (libc's clock_gettime, by
+					  * uprobe), or a syscall the vDSO made (its fallback, or
+					  * an entry point rewritten by --vdso-patch) */
 	/* syscall_data_event hdr.flags */
 	DATA_FLAG_TRUNCATED = 0x1,       /* the region had more than payload_cap bytes */
 	DATA_FLAG_FAULT = 0x2,           /* user memory unreadable: len 0, the rest not copied */

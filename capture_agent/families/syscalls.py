@@ -636,7 +636,7 @@ def syscalls_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
     vdso = (hdr.flags & SYSCALL_FLAG_VDSO) != 0
     numbers = syscall_names.index(nr)
     names = syscall_names.names_array(numbers)
-    if vdso.any():  # clock reads libc answered without a syscall: not counted as syscalls
+    if vdso.any():  # clock reads through the vDSO (answered there, or a syscall it made)
         names = pc.if_else(pa.array(vdso), pc.binary_join_element_wise("vdso:", names, ""),
                            names)
     if compat.any():

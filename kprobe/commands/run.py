@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 
+from kprobe.capture_agent import vdso_patch
 from kprobe.capture_agent.agent import Agent
 from kprobe.capture_agent.targets import Targets
 from kprobe.commands._agent_options import add_agent_options, agent_config, require_root
@@ -75,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     status: list[int] = []
 
+    watching = threading.Event()
+
     def reap() -> None:
-        _, raw = os.waitpid(pid, 0)
+        # with --vdso-patch this thread traces CMD's process for its execs (the kernel
+        # stops it at each one, its fresh vDSO is rewritten before it runs): a tracer's
+        # stops go to whichever thread of the tracer waits, so only this one waits
+        watch = vdso_exec_watch(pid, agent) if config.payloads and config.vdso_patch else None
+        watching.set()
+        raw = watch.wait() if watch is not None else os.waitpid(pid, 0)[1]
         status.append(os.waitstatus_to_exitcode(raw))
         stop.set()
 
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
     waiter = threading.Thread(target=reap, daemon=True)
     waiter.start()
+    watching.wait()
     os.write(release_w, f"1{agent.otlp_port or 0}\n".encode())
     os.close(release_w)
     try:
@@ -95,6 +104,18 @@ def run(args: argparse.Namespace) -> int:
     print_summary(agent, args.format)
     code = status[0] if status else 1
     return code if code >= 0 else 128 - code  # killed by signal N -> 128+N, as shells do
+
+
+def vdso_exec_watch(pid: int, agent: Agent) -> vdso_patch.ExecWatch | None:
+    """Trace the held child for its execs (--vdso-patch); None, said on stderr, if it
+    cannot be (the agent's poll then rewrites its vDSO, after it started)."""
+    try:
+        return vdso_patch.ExecWatch(pid, lambda result: agent.vdso_rewritten_at_exec(pid,
+                                                                                   result))
+    except OSError as err:
+        print(f"kprobe run: the command's vDSO is not rewritten at exec ({err.strerror});"
+              " the agent's poll rewrites it", file=sys.stderr)
+        return None
 
 
 if sys.platform != "linux":  # pragma: no cover

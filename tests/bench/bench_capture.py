@@ -372,6 +372,9 @@ def bench_realistic(progs: Path, work: Path, rounds: int, seconds: float = 4.0,
         "agent running, service not targeted": ["--pid", str(sleeper.pid)],
         "service targeted, no payloads": ["--pid", str(service.proc.pid)],
         "service fully targeted with payloads": ["--payloads", "--pid", str(service.proc.pid)],
+        # the same, its clock reads recorded by its rewritten vDSO instead of libc uprobes
+        "payloads, vDSO rewritten": ["--payloads", "--vdso-patch",
+                                     "--pid", str(service.proc.pid)],
     }
     # every shape under every capture mode, interleaved round by round
     configs = {(name, mode): [*args, "--capture", mode]

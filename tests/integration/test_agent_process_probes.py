@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from kprobe.capture_agent.clock import sample_offset
@@ -39,6 +40,27 @@ if child == 0:
 os.waitpid(child, 0)
 sys.stdin.readline()
 """
+
+
+def drain_syscalls(sensor: Sensor) -> tuple[pa.Table, dict[tuple[int, int, int], bytes]]:
+    """The syscall rows a payload sensor's rings hold, and their payload regions by
+    (pid, seq, argument) (the rings are drained)."""
+    clock = sample_offset()
+    rows = syscalls.syscalls_table(sensor.ring("syscall_events").drain(), clock)
+    regions = {}
+    for ring in ("syscall_data", "syscall_data_small"):
+        data = syscalls.syscall_data_table(sensor.ring(ring).drain(), clock)
+        regions.update(syscalls.region_bytes(data))
+    return rows, regions
+
+
+def clock_read_recorded(rows: pa.Table, regions: dict[tuple[int, int, int], bytes],
+                        pid: int, value_ns: int) -> bool:
+    """Is a clock read of ``pid`` through the vDSO recorded with the value it printed?"""
+    reads = rows.filter(pc.and_(pc.equal(rows["pid"], pid),
+                                pc.equal(rows["name"], "vdso:clock_gettime")))
+    timespec = struct.pack("<qq", value_ns // 1_000_000_000, value_ns % 1_000_000_000)
+    return timespec in [regions.get((pid, seq, 1)) for seq in reads["seq"].to_pylist()]
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -92,22 +114,11 @@ def test_clock_uprobes_are_attached_to_targets_only_and_follow_forks_and_exits()
                 assert probes.failed == 0
             finally:
                 probes.stop()
-            events = sensor.ring("syscall_events").drain()
-            small = sensor.ring("syscall_data_small").drain()
-            big = sensor.ring("syscall_data").drain()
+            rows, regions = drain_syscalls(sensor)
     finally:
         say("done")
         forker.wait(10)
         bystander.kill()
         bystander.wait()
-    clock = sample_offset()
-    rows = syscalls.syscalls_table(events, clock)
-    reads = rows.filter(pc.and_(pc.equal(rows["pid"], child),
-                                pc.equal(rows["name"], "vdso:clock_gettime")))
-    assert reads.num_rows >= 1
-    regions = {**syscalls.region_bytes(syscalls.syscall_data_table(big, clock)),
-               **syscalls.region_bytes(syscalls.syscall_data_table(small, clock))}
-    recorded = [regions.get((child, seq, 1)) for seq in reads["seq"].to_pylist()]
-    timespec = struct.pack("<qq", value // 1_000_000_000, value % 1_000_000_000)
-    assert timespec in recorded
+    assert clock_read_recorded(rows, regions, child, value)
     assert rows.filter(pc.equal(rows["pid"], bystander.pid)).num_rows == 0

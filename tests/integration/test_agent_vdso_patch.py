@@ -11,20 +11,25 @@ vDSO, and a process that is no target is left alone.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pytest
 
 from kprobe.capture_agent import vdso_patch
-from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import syscalls
 from kprobe.capture_agent.process_probes import VdsoPatcher
 from kprobe.capture_agent.sensor import Sensor, object_path
-from tests.integration.test_agent_process_probes import FORKER, wait_for
+from tests.integration.agent_replay import pid_of, quoted, record, replay, stdout_of, summary
+from tests.integration.test_agent_process_probes import (
+    FORKER,
+    clock_read_recorded,
+    drain_syscalls,
+    wait_for,
+)
 from tests.support import require, require_root
 
 
@@ -74,8 +79,9 @@ def test_a_target_s_clock_reads_become_recorded_syscalls_with_their_values() -> 
     bystander
     WHEN the target forks and the child reads the realtime clock through libc
     THEN the child inherited the rewrite (nothing left to rewrite), its read is a
-    clock_gettime syscall row holding the exact value it printed, and the bystander's vDSO
-    is untouched and it has no rows."""
+    clock_gettime syscall made from its vDSO (a ``vdso:clock_gettime`` row, as a replay
+    wants it) holding the exact value it printed, and the bystander's vDSO is untouched
+    and it has no rows."""
     require_root()
     path = object_path(syscalls.FAMILY.object_file)
     require(path.exists(), f"{path} (run `make bpf`)")
@@ -99,7 +105,7 @@ def test_a_target_s_clock_reads_become_recorded_syscalls_with_their_values() -> 
             sensor.add_targets([parent])
             patcher = VdsoPatcher(sensor, interval_s=0.05).start()
             try:
-                assert patcher.patched == {parent}
+                assert set(patcher.patched) == {parent}
                 say("fork")
                 child = int(forker.stdout.readline())
                 assert _entry_bytes(child) <= stubs  # inherited at fork
@@ -112,23 +118,94 @@ def test_a_target_s_clock_reads_become_recorded_syscalls_with_their_values() -> 
                 assert patcher.failed == 0
             finally:
                 patcher.stop()
-            events = sensor.ring("syscall_events").drain()
-            small = sensor.ring("syscall_data_small").drain()
-            big = sensor.ring("syscall_data").drain()
+            rows, regions = drain_syscalls(sensor)
     finally:
         say("done")
         forker.wait(10)
         bystander.kill()
         bystander.wait()
-    clock = sample_offset()
-    rows = syscalls.syscalls_table(events, clock)
-    reads = rows.filter(pc.and_(pc.equal(rows["pid"], child),
-                                pc.equal(rows["name"], "clock_gettime")))
-    assert reads.num_rows >= 1
-    assert rows.filter(pc.equal(rows["name"], "vdso:clock_gettime")).num_rows == 0
-    regions = {**syscalls.region_bytes(syscalls.syscall_data_table(big, clock)),
-               **syscalls.region_bytes(syscalls.syscall_data_table(small, clock))}
-    recorded = [regions.get((child, seq, 1)) for seq in reads["seq"].to_pylist()]
-    timespec = struct.pack("<qq", value // 1_000_000_000, value % 1_000_000_000)
-    assert timespec in recorded
+    assert clock_read_recorded(rows, regions, child, value)
     assert rows.filter(pc.equal(rows["pid"], bystander.pid)).num_rows == 0
+
+
+def test_only_clock_syscalls_made_by_the_vdso_are_marked_as_vdso_reads(programs: Path) -> None:
+    """GIVEN two targets with their vDSO rewritten: one reads the clock through libc (the
+    vDSO, now a syscall from it), the other calls the clock_gettime syscall directly
+    THEN the first one's reads are ``vdso:clock_gettime`` rows, the second one's plain
+    ``clock_gettime`` rows (the mark comes from where the syscall was made). Both time
+    their loop through libc with CLOCK_MONOTONIC; the reads compared are the loop's
+    CLOCK_REALTIME ones."""
+    require_root()
+    path = object_path(syscalls.FAMILY.object_file)
+    require(path.exists(), f"{path} (run `make bpf`)")
+    config = syscalls.SyscallsConfig(capture_payloads=True, vdso_clocks=False)
+    procs = {mode: subprocess.Popen([str(programs / "null_syscalls"), mode, "5", "1"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for mode in ("clock", "clocksys")}
+    try:
+        pids = {mode: int(p.stdout.readline().split()[1])  # type: ignore[union-attr]
+                for mode, p in procs.items()}
+        with Sensor(syscalls.sensor_spec(config)) as sensor:
+            sensor.add_targets(list(pids.values()))
+            for pid in pids.values():
+                assert vdso_patch.patch(pid).patched
+            for p in procs.values():
+                p.communicate("go\n", timeout=10)
+            rows, _ = drain_syscalls(sensor)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def names(pid: int) -> list[str]:  # of its CLOCK_REALTIME reads
+        mine = rows.filter(pc.equal(rows["pid"], pid)).to_pylist()
+        return [r["name"] for r in mine
+                if r["name"].endswith("clock_gettime") and r["args"][0] == 0]
+
+    assert names(pids["clock"]).count("vdso:clock_gettime") >= 5
+    assert "clock_gettime" not in names(pids["clock"])
+    assert names(pids["clocksys"]).count("clock_gettime") >= 5
+    assert "vdso:clock_gettime" not in names(pids["clocksys"])
+
+
+# reads every clock libc answers through the vDSO and prints them: clock_gettime (which the
+# libc uprobes record too) and gettimeofday and time (which glibc binds to the vDSO
+# directly: no libc code runs, so only a rewritten vDSO makes them recorded calls)
+CLOCKS = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+tv = (ctypes.c_long * 2)()
+for _ in range(3):
+    libc.gettimeofday(tv, None)
+    print(time.time_ns(), tv[0], tv[1], libc.time(None), flush=True)
+"""
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["uprobes", "vdso-patch"])
+def test_with_the_vdso_rewritten_every_clock_a_program_printed_replays_exactly(
+        tmp_path: Path, rewrite: bool) -> None:
+    """GIVEN a program that prints what clock_gettime, gettimeofday and time returned,
+    recorded by `kprobe run --payloads` with its vDSO rewritten (``--vdso-patch``), and,
+    the control, with the default libc uprobes
+    WHEN each recording is replayed
+    THEN with the rewrite every clock read is served from the recording (none
+    synthesized) and the replay prints exactly what the program printed; with uprobes the
+    gettimeofday and time reads were never recorded, the replay synthesizes them and its
+    output differs."""
+    require_root()
+    recorded = record(tmp_path, sys.executable, "-c", CLOCKS,
+                      options=("--vdso-patch",) if rewrite else ())
+    assert recorded.run.returncode == 0, recorded.run.stderr[-2000:]
+    assert len(recorded.stdout.splitlines()) == 3
+    code, report = replay(recorded.lake, pid_of(recorded.lake, "-c"))
+    assert report["status"] == "completed" and report["divergence"] is None, summary(report)
+    synthesized = report["stats"].get("synthesized", 0)
+    if rewrite:
+        assert code == 0 and report["outputs_match"], summary(report)
+        assert synthesized == 0, summary(report)
+        assert stdout_of(report) == quoted(recorded.stdout), summary(report)
+        assert report["stats"]["clock_reads"] >= 9
+    else:  # exit 1: the outputs differ
+        assert code == 1 and not report["outputs_match"], summary(report)
+        assert synthesized >= 6, summary(report)  # 3 gettimeofday + 3 time
