@@ -398,7 +398,7 @@ class Agent:
             slice_ns=self.config.slice_ns,
             payloads=self.config.payloads,
             payload_cap=self.config.payload_cap,
-            vdso_clocks=self.config.vdso_clocks and not self.config.vdso_patch,
+            vdso_clocks=self.config.vdso_clocks,
             files_by_identity=self.config.file_reads == "identity")
 
     def _add_initial_targets(self) -> None:
@@ -421,6 +421,11 @@ class Agent:
         for probes in self._probes:
             probes.attach_now(pid)
 
+    @property
+    def vdso_patching(self) -> bool:
+        """Are targets' clock reads recorded by rewriting their vDSO (``vdso_patch``)?"""
+        return any(isinstance(p, VdsoPatcher) for p in self._probes)
+
     def vdso_rewritten_at_exec(self, pid: int, result: vdso_patch.PatchResult) -> None:
         """``kprobe run`` rewrote its child's vDSO at its exec (``vdso_patch.ExecWatch``)."""
         for probes in self._probes:
@@ -430,15 +435,18 @@ class Agent:
     def _start_process_probes(self) -> None:
         """Per-process uprobes (libc clock reads) for targets, as the targets change; or,
         with ``vdso_patch``, the targets' vDSO rewritten to make clock reads syscalls."""
-        if self.config.payloads and self.config.vdso_patch:
-            syscalls = [f for f in self.families if f.name == "syscalls"]
-            if syscalls:
-                self._probes.append(VdsoPatcher(syscalls[0].sensor).start())
-            return
         for fam in self.families:
             places_for = fam.probes.uprobe_places()
             if fam.sensor.spec.uprobes and fam.sensor.spec.uprobes_per_process and places_for:
-                self._probes.append(ProcessProbes(fam.sensor, places_for).start())
+                # with vdso_patch the uprobes stay for targets whose vDSO cannot be rewritten
+                follow = VdsoPatcher if self._vdso_patch() else ProcessProbes
+                self._probes.append(follow(fam.sensor, places_for).start())
+
+    def _vdso_patch(self) -> bool:
+        """Rewrite targets' vDSO (with payloads and libc clock reads recorded; not when every
+        process is a target: that would stop every process of the node)."""
+        return (self.config.payloads and self.config.vdso_clocks and self.config.vdso_patch
+                and not self.config.targets.everything)
 
     def _write_meta(self, kind: str) -> None:
         self.sink.submit("agent_meta", pa.table({

@@ -68,12 +68,13 @@ class AgentCollector(Collector):
                                 "went undrained (what they had to hold)",
                                 value=c.drain_gap_max_s)
         yield GaugeMetricFamily("kprobe_clock_probe_processes", "Target processes whose libc "
-                                "clock reads are recorded (uprobes attached, or with --vdso-patch their "
-                                "vDSO rewritten)",
+                                "clock reads are recorded (uprobes attached, or with "
+                                "--vdso-patch their vDSO rewritten)",
                                 value=c.clock_probe_processes)
         yield CounterMetricFamily("kprobe_clock_probe_failures", "Target processes whose "
                                   "clock uprobes could not be attached, or whose vDSO could "
-                                  "not be rewritten (their vDSO clock reads are not recorded)", value=c.clock_probe_failures)
+                                  "not be rewritten (their vDSO clock reads are not recorded)",
+                                  value=c.clock_probe_failures)
         if self.sink_stats is not None:
             stats = self.sink_stats()
             rows = CounterMetricFamily("kprobe_lake_rows", "Rows committed to the lake",

@@ -95,12 +95,14 @@ class VdsoPatcher(ProcessProbes):
     """The same following of the targets, rewriting each target's vDSO clock entry points
     into syscalls (capture_agent/vdso_patch.py) instead of attaching uprobes: the syscall
     path then records every clock read. Each poll also checks that a rewritten target
-    still has its stubs (an exec maps a fresh vDSO) and rewrites it again. A process that
-    stops being a target keeps its rewritten vDSO (a clock read then costs it a syscall,
-    ~0.1 us, and is not recorded)."""
+    still has its stubs (an exec maps a fresh vDSO) and rewrites it again. A target whose
+    vDSO cannot be rewritten (traced by another tool, ptrace refused) gets the libc uprobes
+    instead, when ``places_for`` has them. A process that stops being a target keeps its
+    rewritten vDSO (a clock read then costs it a syscall, ~0.1 us, and is not recorded)."""
 
-    def __init__(self, sensor: Sensor, interval_s: float = 0.05) -> None:
-        super().__init__(sensor, lambda pid: {}, interval_s)
+    def __init__(self, sensor: Sensor, places_for: Callable[[int], Places] = lambda pid: {},
+                 interval_s: float = 0.05) -> None:
+        super().__init__(sensor, places_for, interval_s)
         self.patched: dict[int, tuple[int, bytes]] = {}  # pid -> an entry point, its stub
         self.busy = 0  # tries put off: a thread stood inside an entry point's first bytes
         self.rewritten = 0  # processes rewritten (again after an exec counts again)
@@ -108,7 +110,7 @@ class VdsoPatcher(ProcessProbes):
 
     @property
     def attached(self) -> int:
-        return len(self.patched)
+        return len(self.patched) + len(self.sensor.uprobe_pids)
 
     def attach_now(self, pid: int) -> None:
         """The agent's own child is rewritten at each exec by ``vdso_patch.ExecWatch``, its
@@ -138,9 +140,12 @@ class VdsoPatcher(ProcessProbes):
         try:
             result = vdso_patch.patch(pid)
         except VdsoPatchError as err:
-            self._tried.add(pid)
-            self.failed += 1
             log.debug("vDSO of pid %d not rewritten: %s", pid, err)
+            if self.places_for(pid):
+                super()._attach(pid)  # the libc uprobes instead (counts its own failure)
+            else:
+                self._tried.add(pid)
+                self.failed += 1
             return
         if result.patched:
             self._tried.add(pid)
@@ -153,3 +158,5 @@ class VdsoPatcher(ProcessProbes):
     def _detach(self, pid: int) -> None:
         self.patched.pop(pid, None)
         self.owned.discard(pid)
+        if pid in self.sensor.uprobe_pids:
+            self.sensor.detach_uprobes(pid)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         # with --vdso-patch this thread traces CMD's process for its execs (the kernel
         # stops it at each one, its fresh vDSO is rewritten before it runs): a tracer's
         # stops go to whichever thread of the tracer waits, so only this one waits
-        watch = vdso_exec_watch(pid, agent) if config.payloads and config.vdso_patch else None
+        watch = vdso_exec_watch(pid, agent) if agent.vdso_patching else None
         watching.set()
         raw = watch.wait() if watch is not None else os.waitpid(pid, 0)[1]
         status.append(os.waitstatus_to_exitcode(raw))

@@ -11,6 +11,7 @@ vDSO, and a process that is no target is left alone.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -209,3 +210,57 @@ def test_with_the_vdso_rewritten_every_clock_a_program_printed_replays_exactly(
     else:  # exit 1: the outputs differ
         assert code == 1 and not report["outputs_match"], summary(report)
         assert synthesized >= 6, summary(report)  # 3 gettimeofday + 3 time
+
+
+def test_a_target_another_tool_traces_gets_the_libc_uprobes_instead(tmp_path: Path) -> None:
+    """GIVEN a target already traced by strace (ptrace refuses a second tracer), and one
+    that is not
+    WHEN the patcher follows them
+    THEN the untraced one is rewritten; the traced one is left as it is and gets the libc
+    clock uprobes, which record its clock read with the value it printed."""
+    require_root()
+    require(shutil.which("strace") is not None, "strace (apt install strace)")
+    path = object_path(syscalls.FAMILY.object_file)
+    require(path.exists(), f"{path} (run `make bpf`)")
+    config = syscalls.SyscallsConfig(capture_payloads=True)  # uprobes loaded, not attached
+    reader = ("import sys, time\nprint(flush=True)\nsys.stdin.readline()\n"
+              "print(time.clock_gettime_ns(time.CLOCK_REALTIME), flush=True)\n"
+              "sys.stdin.readline()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", reader], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    traced, free = procs
+    for p in procs:
+        p.stdout.readline()  # type: ignore[union-attr]
+    strace = subprocess.Popen(["strace", "-qq", "-o", str(tmp_path / "strace.out"), "-p",
+                               str(traced.pid)])
+    try:
+        assert wait_for(lambda: _tracer(traced.pid) == strace.pid), "strace did not attach"
+        with Sensor(syscalls.sensor_spec(config)) as sensor:
+            sensor.add_targets([traced.pid, free.pid])
+            patcher = VdsoPatcher(sensor, syscalls.uprobe_places_for, interval_s=0.05).start()
+            try:
+                assert set(patcher.patched) == {free.pid}
+                assert sensor.uprobe_pids == [traced.pid]
+                assert not _entry_bytes(traced.pid) & {vdso_patch.stub(nr) for nr in
+                                                       vdso_patch.VDSO_SYSCALLS.values()}
+                assert patcher.failed == 0
+                traced.stdin.write("go\n")  # type: ignore[union-attr]
+                traced.stdin.flush()  # type: ignore[union-attr]
+                value = int(traced.stdout.readline())  # type: ignore[union-attr]
+            finally:
+                patcher.stop()
+            rows, regions = drain_syscalls(sensor)
+    finally:
+        strace.terminate()
+        strace.wait(10)
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert clock_read_recorded(rows, regions, traced.pid, value)
+
+
+def _tracer(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
