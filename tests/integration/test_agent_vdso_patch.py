@@ -264,3 +264,87 @@ def _tracer(pid: int) -> int:
         if line.startswith("TracerPid:"):
             return int(line.split()[1])
     return 0
+
+
+# re-executes itself once (same pid, a fresh vDSO), then reads the realtime clock
+EXECS_ITSELF = """
+import os, sys, time
+if sys.argv[1:] != ["again"]:
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+    os.execv(sys.executable, [sys.executable, __file__, "again"])
+print(flush=True)
+sys.stdin.readline()
+print(time.clock_gettime_ns(time.CLOCK_REALTIME), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_rewritten_target_that_execs_is_rewritten_again(tmp_path: Path) -> None:
+    """GIVEN a rewritten target
+    WHEN it execs (same pid: its new image maps a fresh vDSO)
+    THEN the patcher's next poll rewrites the new vDSO, and the new image's clock read is
+    recorded with the value it printed."""
+    require_root()
+    path = object_path(syscalls.FAMILY.object_file)
+    require(path.exists(), f"{path} (run `make bpf`)")
+    config = syscalls.SyscallsConfig(capture_payloads=True)
+    script = tmp_path / "execs_itself.py"
+    script.write_text(EXECS_ITSELF)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin and proc.stdout
+
+    def say(line: str) -> None:
+        assert proc.stdin
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+    try:
+        pid = int(proc.stdout.readline())
+        with Sensor(syscalls.sensor_spec(config)) as sensor:
+            sensor.add_targets([pid])
+            patcher = VdsoPatcher(sensor, syscalls.uprobe_places_for, interval_s=0.05).start()
+            try:
+                first = patcher.patched[pid]
+                say("exec")
+                proc.stdout.readline()  # the new image runs
+                assert wait_for(lambda: patcher.patched.get(pid, first) != first), \
+                    "the new vDSO was not rewritten"
+                assert patcher.rewritten == 2 and not sensor.uprobe_pids
+                say("go")
+                value = int(proc.stdout.readline())
+            finally:
+                patcher.stop()
+            rows, regions = drain_syscalls(sensor)
+    finally:
+        say("done")
+        proc.wait(10)
+    assert clock_read_recorded(rows, regions, pid, value)
+
+
+# handles a signal it sends itself; stops itself and is continued by a child; dies by SIGTERM
+SIGNALS = """
+import os, signal, subprocess
+signal.signal(signal.SIGUSR1, lambda *_: print("usr1", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+subprocess.Popen(["sh", "-c", f"sleep 0.3; kill -CONT {os.getpid()}"])
+os.kill(os.getpid(), signal.SIGSTOP)
+print("continued", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["uprobes", "vdso-patch"])
+def test_kprobe_run_passes_signals_stops_and_the_exit_status_through(
+        tmp_path: Path, rewrite: bool) -> None:
+    """GIVEN `kprobe run --payloads` (with ``--vdso-patch`` its command is traced for its
+    execs: every signal to it passes through the agent's tracer)
+    WHEN the command handles a signal, is stopped and continued, and dies by SIGTERM
+    THEN it behaves as without the tracer: it handled the signal, ran on after SIGCONT,
+    and `kprobe run` exits 143 (128 + SIGTERM)."""
+    require_root()
+    recorded = record(tmp_path, sys.executable, "-c", SIGNALS,
+                      options=("--vdso-patch",) if rewrite else ())
+    assert recorded.stdout.decode() == "usr1\ncontinued\n", recorded.run.stderr[-2000:]
+    assert recorded.run.returncode == 143, recorded.run.stderr[-2000:]
