@@ -21,7 +21,14 @@ import time
 
 import numpy as np
 
-from tests.e2e.scenarios.telemetry import Service, best_cpu_ms, join_cgroups, pace, parser
+from tests.e2e.scenarios.telemetry import (
+    Service,
+    best_cpu_ms,
+    join_cgroups,
+    pace,
+    parser,
+    pin_to_cpu,
+)
 
 
 def build_batch(size: int, seed: int) -> int:
@@ -47,15 +54,18 @@ def main() -> None:
     p.add_argument("--batch-mb", type=int, default=4)
     p.add_argument("--deadline-factor", type=float, default=None,
                    help="deadline = this x one batch's own cost (overrides --deadline-ms)")
+    p.add_argument("--cpu", type=int, default=None,
+                   help="pin the service to this CPU (after calibrating)")
     args = p.parse_args()
     size = args.batch_mb << 20
     own_ms = calibrate(size)
     deadline_ms = (round(args.deadline_factor * own_ms, 1) if args.deadline_factor
                    else args.deadline_ms)
     join_cgroups(args.cgroup)
+    pin_to_cpu(args.cpu)
     service = Service("memory", args.truth, "payment-batcher")
     service.truth.facts.update({"own_ms": own_ms, "deadline_ms": deadline_ms,
-                                "pid": os.getpid()})
+                                "pid": os.getpid(), "cpu": args.cpu})
     build_batch(size, 0)  # warm: numpy, the exporter, first-touch of the code paths
     for i in range(args.ops):
         started = time.monotonic()
