@@ -3,12 +3,14 @@
 Block requests (issue -> complete) on one device that overlap form a busy period: a disk
 episode. An operation blocked with reason ``disk`` during a busy period was delayed by it
 (restricted to the devices its own process used, when it issued requests itself during the
-wait or within ``OWN_REQUEST_AFTER_WAIT_NS`` after it). The rest of a wait on that one device,
-while the device was idle but the process's request still waited to be sent (writeback
-throttled after a busy period's latency, the scheduler's queue), is the cost of the busy
-period that ended last before it, within ``disk_aftermath_ns``. Drivers
-are the processes with the most bytes in the episode (``CAUSED_BY`` episode -> process):
-a writer doing buffered rewrites plus fdatasync makes another process's fsync wait.
+wait or within ``OWN_REQUEST_AFTER_WAIT_NS`` after it; else to the device it last sent a
+request to before the wait: a flusher thread may write its pages back for it). The rest of
+a wait on that one device, while the device was idle but the process's request still
+waited to be sent (writeback throttled after a busy period's latency, the scheduler's
+queue), is the cost of the busy period that ended last before it, within
+``disk_aftermath_ns``. Drivers are the processes with the most bytes in the episode
+(``CAUSED_BY`` episode -> process): a writer doing buffered rewrites plus fdatasync makes
+another process's fsync wait.
 """
 
 from __future__ import annotations
@@ -59,6 +61,18 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
         CREATE TEMP TABLE k_pieces AS {pieces}
     """, f"""
         CREATE TEMP TABLE k_own AS {own}
+    """, """
+        -- no request of its own in or right after the wait (a flusher thread wrote its
+        -- pages back): the device its process last sent a request to before the wait, in
+        -- the window (where its files are); only a process that sent none is left with
+        -- every busy device (ciP3: an fsync whose writeback the flusher sent was blamed
+        -- on a busy loop device the service never used)
+        INSERT INTO k_own
+        SELECT p.span_key, r.dev
+        FROM (SELECT span_key, node, pid, min(s) AS s FROM k_pieces
+              WHERE span_key NOT IN (SELECT span_key FROM k_own) GROUP BY ALL) p
+        ASOF JOIN (SELECT node, pid, s, dev FROM disk_rows WHERE pid IS NOT NULL) r
+          ON r.node = p.node AND r.pid = p.pid AND r.s <= p.s
     """, f"""
         CREATE TEMP TABLE k_hits AS
         SELECT h.* FROM ({hit}) h

@@ -122,7 +122,8 @@ def test_disk_wait_names_the_writer(lake_dir: Path) -> None:
     assert top["dst"] == "n1:1100" and top["bytes"] == 4 * (64 << 20)
 
 
-def _fsync_behind_a_flood(own_request_after_the_wait: bool) -> Scenario:
+def _fsync_behind_a_flood(own_request_after_the_wait: bool,
+                          own_request_before_the_wait: bool = False) -> Scenario:
     """Settlement's fsync blocked 5-150 ms on device 254:0, whose busy period (a backup's
     flood) ended at 60 ms; a decoy kept 7:0 busy until 40 ms. Settlement's own write to
     254:0 goes out when the wait ends (a CI run of the disk scenario: 46 ms of the wait
@@ -138,6 +139,8 @@ def _fsync_behind_a_flood(own_request_after_the_wait: bool) -> Scenario:
         sc.block_io(1200, 1201, -10 + i * 5, 40, 4 << 20, dev="7:0")
     if own_request_after_the_wait:
         sc.block_io(1000, 1001, 150.03, 150.2, 4096, dev="254:0")
+    if own_request_before_the_wait:  # its previous write, before the flood
+        sc.block_io(1000, 1001, -40, -39.8, 4096, dev="254:0")
     sc.span("t7", "s", None, "settlement", "settlement.write", 0, 160, pid=1000, tid=1001)
     return sc
 
@@ -159,6 +162,21 @@ def test_a_disk_wait_past_the_flood_is_the_floods_on_the_device_it_waited_for(
     delays = sorted((e["dst"].split(":")[2], e["delay_ns"])
                     for e in rels(control, src=key("s", "t7"), kind="disk"))
     assert delays == [("254", 55 * MS), ("7", 35 * MS)]
+
+
+def test_a_disk_wait_whose_write_a_flusher_sent_is_on_the_device_its_process_writes_to(
+        lake_dir: Path) -> None:
+    """GIVEN the same fsync, none of whose requests its process sent (the kernel's flusher
+    wrote its pages back: a clean-clone run of the disk scenario), but whose process sent
+    its previous write to 254:0
+    THEN its wait is the 254:0 episode's (the backup's), the busier decoy device's
+    nothing (before: every busy device, and a payment was blamed on the decoy)."""
+    analysis = analyze(_fsync_behind_a_flood(False, own_request_before_the_wait=True),
+                       lake_dir)
+    edges = rels(analysis, src=key("s", "t7"), kind="disk")
+    assert [(e["dst"].split(":")[2], e["delay_ns"]) for e in edges] == [("254", 145 * MS)]
+    drivers = rels(analysis, "CAUSED_BY", src=edges[0]["dst"], kind="disk_driver")
+    assert min(drivers, key=lambda d: d["rank"])["dst"] == "n1:1100"
 
 
 def _fsync_after_a_flood(flood_ended_ms_before: float) -> Scenario:
