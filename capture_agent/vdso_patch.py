@@ -175,7 +175,7 @@ def _ip(tid: int) -> int:
     return int(regs[_RIP])
 
 
-def _write_stubs(pid: int, mem: int, todo: dict[int, bytes]) -> None:
+def _write_stubs(mem: int, todo: dict[int, bytes]) -> None:
     for address, code in todo.items():
         os.pwrite(mem, code, address)
 
@@ -224,7 +224,7 @@ class ExecWatch:
             mem = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
             try:
                 todo = _entries(self.pid, mem)
-                _write_stubs(self.pid, mem, todo)
+                _write_stubs(mem, todo)
             finally:
                 os.close(mem)
         except (OSError, VdsoPatchError) as err:
@@ -260,7 +260,7 @@ def patch(pid: int) -> PatchResult:
             ips = [_ip(tid) for tid in stopped]
             if any(a < ip < a + STUB_LEN for a in todo for ip in ips):
                 return PatchResult(False, 0, len(stopped))
-            _write_stubs(pid, mem, todo)
+            _write_stubs(mem, todo)
         finally:
             _detach_all(stopped)
         return PatchResult(True, len(todo), len(stopped), _sample(entries))
