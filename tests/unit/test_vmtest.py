@@ -297,3 +297,20 @@ def test_a_guest_stuck_in_a_lockup_is_stopped_long_before_its_deadline(
     # control: 23 s stuck (a starved emulated vCPU can recover) is not given up on
     short = qemu.run_vm(["sh", "-c", "printf '%s\\n' \"$@\"", "sh", *LOCKUP_CONSOLE], log, 30)
     assert short.exit_code == 0 and short.lockup == "", short
+
+
+def test_a_guest_that_panics_says_the_kernels_words_not_just_that_it_stopped() -> None:
+    # panic=-1 and -no-reboot: a panicking guest ends QEMU with exit 0, like a power-off
+    console = ["[  200.1] random: crng init done",
+               "[  201.5] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+               "[  201.6] Oops: 0000 [#1] PREEMPT SMP NOPTI",
+               "[  201.9] Kernel panic - not syncing: Fatal exception"]
+    run = qemu.run_vm(["sh", "-c", "printf '%s\\n' \"$@\"", "sh", *console], io.StringIO(), 30)
+    assert run.exit_code == 0
+    assert run.crash == ("BUG: kernel NULL pointer dereference, address: 0000000000000008; "
+                         "Oops: 0000 [#1] PREEMPT SMP NOPTI; "
+                         "Kernel panic - not syncing: Fatal exception"), run.crash
+    # control: a clean power-off names no crash
+    calm = qemu.run_vm(["sh", "-c", "printf '%s\\n' \"$@\"", "sh", *console[:1],
+                        "vmtest guest: checks done (exit 0), powering off"], io.StringIO(), 30)
+    assert calm.exit_code == 0 and calm.crash == "", calm

@@ -132,8 +132,11 @@ def run_guest(qemu_bin: str, kernel: kernels.UnpackedKernel, spec: qemu.VmSpec,
         stopped = f"the guest kernel hung, stopped after {vm.seconds:.0f} s: {vm.lockup}"
     elif vm.exit_code is None:
         stopped = f"killed at the {deadline_s:.0f} s deadline; last: {vm.last_lines[-1:]}"
+    elif vm.crash:
+        stopped = f"the guest kernel crashed (qemu exit {vm.exit_code}): {vm.crash}"
     else:
-        stopped = f"the guest stopped, qemu exit {vm.exit_code}"
+        stopped = (f"the guest stopped, qemu exit {vm.exit_code}; its console's last lines: "
+                   f"{' | '.join(vm.last_lines[-3:]) or '(none)'}")
     found = decode_all(results.read_text(errors="replace")) if results.exists() else []
     return judge(kernel.release, spec.accel, vm.seconds, found, stopped=stopped,
                  log=str(log_path))

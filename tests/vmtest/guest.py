@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -81,8 +82,9 @@ def _say(text: str) -> None:
 def _stream(command: Sequence[str], timeout: float = STEP_TIMEOUT_S, cwd: Path = REPO,
             env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """Run ``command``, echoing its output to stdout; (exit code or None on timeout, output)."""
+    # errors="replace": a test that prints bytes that are not UTF-8 must not end the checks
     proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**_env(), **(env or {})}, cwd=cwd)
+                            text=True, errors="replace", env={**_env(), **(env or {})}, cwd=cwd)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     lines: list[str] = []
@@ -112,7 +114,7 @@ def doctor_failures(checks: list[dict[str, Any]]) -> list[str]:
 
 def step_doctor() -> StepResult:
     proc = subprocess.run([*KPROBE, "doctor", "--format", "json"],
-                          capture_output=True, text=True, env=_env(), cwd=REPO,
+                          capture_output=True, text=True, errors="replace", env=_env(), cwd=REPO,
                           timeout=STEP_TIMEOUT_S, check=False)
     try:
         checks: list[dict[str, Any]] = json.loads(proc.stdout)
@@ -195,7 +197,7 @@ def step_record_replay(work: Path) -> StepResult:
     run = subprocess.run([*KPROBE, "run", "--payloads", "--lake", str(lake),
                           "--spool-dir", str(base / "spool"), "--no-otlp", "--no-metrics",
                           "--", sqlite3, str(db), QUERY],
-                         capture_output=True, text=True, env=_env(), cwd=base,
+                         capture_output=True, text=True, errors="replace", env=_env(), cwd=base,
                          timeout=STEP_TIMEOUT_S, check=False)
     _say(run.stdout + run.stderr)
     if run.returncode != 0 or run.stdout != EXPECTED_ROWS:
@@ -209,7 +211,7 @@ def step_record_replay(work: Path) -> StepResult:
     _say(f"record-replay: kprobe replay --process {process} (exact, database deleted)")
     replay = subprocess.run([*KPROBE, "replay", "--lake", str(lake),
                              "--process", process, "--format", "json"],
-                            capture_output=True, text=True, env=_env(), cwd=base,
+                            capture_output=True, text=True, errors="replace", env=_env(), cwd=base,
                             timeout=STEP_TIMEOUT_S, check=False)
     _say(replay.stdout + replay.stderr)
     problem = replay_problem(replay.returncode, replay.stdout, replay.stderr)
@@ -248,7 +250,8 @@ def _timed(results: IO[str], run: Callable[[], StepResult]) -> StepResult:
     start = time.monotonic()
     try:
         result = run()
-    except (OSError, subprocess.SubprocessError) as err:
+    except Exception as err:  # noqa: BLE001 - any step's crash is that step's result line
+        traceback.print_exc(file=sys.stdout)
         result = StepResult("error", ok=False, reason=one_line(f"{type(err).__name__}: {err}"))
     timed = StepResult(result.step, result.ok, round(time.monotonic() - start, 1),
                        result.reason, result.failures, result.release)

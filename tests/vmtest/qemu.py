@@ -185,6 +185,7 @@ class VmRun:
     marker_seen: bool  # the ``stop_on`` text appeared on the console
     last_lines: tuple[str, ...]  # the console's last lines, for a reason on a timeout
     lockup: str = ""  # the guest kernel's soft lockup that stopped it, with where it spun
+    crash: str = ""  # the guest kernel's first panic, oops, BUG or OOM kill line, if any
 
 
 # A CPU stuck this long in the kernel is a hung guest: it is stopped then (its backtraces
@@ -193,6 +194,11 @@ LOCKUP_GIVE_UP_S = 120
 LOCKUP_GRACE_S = 10.0  # for every CPU's backtrace to reach the console
 _LOCKUP = re.compile(r"soft lockup - CPU#(\d+) stuck for (\d+)s! \[(.*)\]")
 _RIP = re.compile(r"RIP: 0010:(\S+)")
+# a guest kernel's own words for why it stopped (panic=-1 and -no-reboot: a panic ends QEMU
+# with exit 0, like a clean power-off); the first such line names the cause
+_CRASH = re.compile(r"Kernel panic - not syncing.*|kernel BUG at .*|BUG: .*|Oops: .*|"
+                    r"general protection fault.*|Out of memory: Killed process.*|"
+                    r"invalid opcode: .*")
 _FRAME = re.compile(r"^\[\s*[0-9.]+\]\s+(?:\? )?([A-Za-z_][\w.]*\+0x[0-9a-f]+/0x[0-9a-f]+)")
 
 
@@ -229,6 +235,7 @@ def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
     tail: list[str] = []
     kernel: list[str] = []  # from the first soft lockup on
     hung_at: list[float] = []  # when a CPU had been stuck LOCKUP_GIVE_UP_S
+    crashes: list[str] = []  # the kernel's crash lines, first ones kept
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -241,6 +248,9 @@ def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
                 del tail[:-20]
             if stop_on is not None and stop_on in line:
                 seen.set()
+            crash = _CRASH.search(line)
+            if crash and len(crashes) < 5:
+                crashes.append(crash[0].strip())
             lockup = _LOCKUP.search(line)
             if lockup or kernel:
                 if len(kernel) < 2000:
@@ -266,4 +276,5 @@ def run_vm(command: Sequence[str], log: IO[str], deadline_s: float,
     reader.join(timeout=5)
     return VmRun(seconds=time.monotonic() - start, exit_code=exit_code,
                  marker_seen=seen.is_set(), last_lines=tuple(tail),
-                 lockup=lockup_summary(kernel) if hung_at else "")
+                 lockup=lockup_summary(kernel) if hung_at else "",
+                 crash="; ".join(crashes))
