@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from kprobe.compute.interval_index import IntervalIndex
 
-_SWITCH_COLUMNS = "node, tid, pid, ts, cpu, opens, prev_state, ord"
+_SWITCH_COLUMNS = "node, tid, pid, ts, cpu, opens, prev_state, ord, cpu_prev_ts"
 _WAKE_COLUMNS = "node, tid, ts, waker_pid, waker_tid, is_waking"
 # Keys are thread code x (ts - earliest ts) while that fits in an int64 with room for the
 # switch order (x 4); beyond, the instants' ranks replace the nanoseconds.
@@ -106,7 +106,8 @@ def _first_at_or_after(keys: np.ndarray, groups: np.ndarray, order: np.ndarray,
 
 def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.Table:
     """``t_sw``'s rows (``ts`` named ``s``) with ``e`` (the thread's next switch, else
-    ``range_end_ns``), ``next_ord``, ``next_cpu``, and the first wakeup at or after ``ts``
+    ``range_end_ns``), ``next_ord``, ``next_cpu``, ``next_cpu_prev_ts`` (when the CPU of
+    that next switch last switched before it), and the first wakeup at or after ``ts``
     (``any_*``) and first ``waking`` row at or after it (``waking_*``), from ``t_wk``'s rows
     with a waker.
 
@@ -141,10 +142,12 @@ def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.T
         rows[name] = np.where(sw_known, found, -1)
 
     end = np.where(following >= 0, sw_ts[np.maximum(following, 0)], range_end_ns)
-    columns = {"s" if name == "ts" else name: _column(sw, name) for name in sw.column_names}
+    columns = {"s" if name == "ts" else name: _column(sw, name) for name in sw.column_names
+               if name != "cpu_prev_ts"}
     columns["e"] = pa.array(end, pa.int64())
     columns["next_ord"] = _take(_column(sw, "ord"), following)
     columns["next_cpu"] = _take(_column(sw, "cpu"), following)
+    columns["next_cpu_prev_ts"] = _take(_column(sw, "cpu_prev_ts"), following)
     for prefix, index in rows.items():
         for field in ("ts", "pid", "tid"):
             columns[f"{prefix}_{field}"] = _take(_column(wk, "ts" if field == "ts"
@@ -156,9 +159,10 @@ def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.T
 # at most), in the shape of the other runnable segments.
 _FIRST_WAKE = """
     SELECT k.node, k.tid, k.pid, k.ts AS s, f.first_ts AS e, f.first_ord AS next_ord,
-           k.cpu, f.first_cpu AS next_cpu, k.waker_pid, k.waker_tid
+           k.cpu, f.first_cpu AS next_cpu, f.next_cpu_prev_ts, k.waker_pid, k.waker_tid
     FROM (SELECT node, tid, min(ts) AS first_ts, arg_min(ord, (ts, ord)) AS first_ord,
-                 arg_min(cpu, (ts, ord)) AS first_cpu
+                 arg_min(cpu, (ts, ord)) AS first_cpu,
+                 arg_min(cpu_prev_ts, (ts, ord)) AS next_cpu_prev_ts
           FROM t_sw GROUP BY node, tid) f
     JOIN (SELECT node, tid, arg_min(pid, ts) AS pid, min(ts) AS ts,
                  arg_min(cpu, ts) AS cpu, arg_min(waker_pid, ts) AS waker_pid,
@@ -223,24 +227,46 @@ def segments(successors: pa.Table, first_wake: pa.Table,
     untraced = pc.if_else(sliced, "running", "unknown")
     then_state = pc.if_else(lost_in, untraced, "runnable")
     waits = pc.is_in(opens, pa.array(["blocked", "unknown"]))
+    running, runnable = pc.equal(opens, "running"), pc.equal(opens, "runnable")
     parts = [
-        _piece(t, pc.equal(opens, "running"), waker_pid=None, waker_tid=None,
+        _piece(t, running, waker_pid=None, waker_tid=None,
                state=pc.if_else(pc.fill_null(pc.equal(next_ord, 2), False), untraced,
                                 "running")),
-        _piece(t, pc.equal(opens, "runnable"), state=then_state, cpu=then_cpu,
-               waker_pid=None, waker_tid=None),
+        *_queued(t, runnable, s, lost_in, sliced, then_state, then_cpu,
+                 waker_pid=None, waker_tid=None),
         _piece(t, waits, e=pc.if_else(woken_true, wake_ts, e), **waker,
                state=pc.if_else(pc.fill_null(pc.and_kleene(lost_in, pc.invert(woken)), False),
                                 "unknown", opens)),
-        _piece(t, pc.and_(waits, woken_true), s=wake_ts, state=then_state, cpu=then_cpu,
-               **waker),
+        *_queued(t, pc.and_(waits, woken_true), wake_ts, lost_in, sliced, then_state,
+                 then_cpu, **waker),
     ]
     f = first_wake
-    parts.append(_piece(f, pa.array(np.ones(f.num_rows, bool)), prev_state=None,
-                        state=pc.if_else(pc.fill_null(pc.equal(f["next_ord"], 0), False),
-                                         "unknown", "runnable"),
-                        cpu=pc.coalesce(f["next_cpu"], f["cpu"])))
+    f_lost = pc.fill_null(pc.equal(f["next_ord"], 0), False)
+    parts += _queued(f, pa.array(np.ones(f.num_rows, bool)), f["s"], f_lost,
+                     pa.array(np.zeros(f.num_rows, bool)),
+                     pc.if_else(f_lost, "unknown", "runnable"),
+                     pc.coalesce(f["next_cpu"], f["cpu"]), prev_state=None)
     return pa.concat_tables(parts)
+
+
+def _queued(t: pa.Table, mask: pa.Array, start: pa.Array, lost_in: pa.Array,
+            sliced: pa.Array, state: pa.Array, cpu: pa.Array, **columns: Any
+            ) -> list[pa.Table]:
+    """The run-queue wait of ``t``'s rows under ``mask`` from ``start`` to the segment's
+    end, as ``state``. A segment whose switch in was lost (``lost_in``, a fully traced
+    node) waited until at least its next switch's CPU last switched
+    (``next_cpu_prev_ts``): runnable until then, unknown only from then on."""
+    e = t["e"]
+    precise = pc.and_(lost_in, pc.invert(sliced))
+    bound = pc.fill_null(t["next_cpu_prev_ts"], np.iinfo(np.int64).min)
+    until = pc.if_else(precise, pc.max_element_wise(start, pc.min_element_wise(bound, e)), e)
+    return [
+        _piece(t, mask, s=start, e=until, state=pc.if_else(precise, "runnable", state),
+               cpu=cpu, **columns),
+        _piece(t, pc.and_(mask, precise), s=until,
+               state=pa.array(np.full(t.num_rows, "unknown", object), pa.string()), cpu=cpu,
+               **columns),
+    ]
 
 
 def _on(t: pa.Table, nodes: pa.Array | None) -> pa.Array:

@@ -125,17 +125,28 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     tol = settings.offcpu_match_tolerance_ns
     only = ("" if settings.timeline_all_threads else
             "WHERE EXISTS (SELECT 1 FROM t_relevant r WHERE r.node = x.node AND r.tid = x.tid)")
-    execute(con, "thread timeline", f"""
-        -- switch rows of each thread: out (prev) and in (next)
+    execute(con, "thread timeline", """
+        -- every switch row with its CPU's previous and next switch rows (one sort for the
+        -- threads' lost switches in and for the CPUs' holders)
+        CREATE TEMP TABLE t_cpu_sw AS
+        SELECT node, cpu, ts_ns, prev_tid, prev_pid, prev_state, next_tid, next_pid,
+               lag(ts_ns) OVER w AS cpu_prev_ts, lead(ts_ns) OVER w AS cpu_next_ts,
+               lead(prev_tid) OVER w AS cpu_next_prev
+        FROM w_sched WHERE kind = 'switch'
+        WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns)
+    """, f"""
+        -- switch rows of each thread: out (prev) and in (next); a switch out also keeps
+        -- when its CPU last switched before it (cpu_prev_ts): a thread whose switch in was
+        -- not traced came onto the CPU after that
         CREATE TEMP TABLE t_sw AS SELECT * FROM (
         SELECT node, prev_tid::BIGINT AS tid, prev_pid::BIGINT AS pid, ts_ns AS ts, cpu,
                CASE WHEN prev_state IS NULL OR prev_state = '' THEN 'unknown'
                     WHEN prev_state LIKE 'R%' THEN 'runnable' ELSE 'blocked' END AS opens,
-               0 AS ord, prev_state
-        FROM w_sched WHERE kind = 'switch' AND prev_tid > 0
+               0 AS ord, prev_state, cpu_prev_ts
+        FROM t_cpu_sw WHERE prev_tid > 0
         UNION ALL
-        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL
-        FROM w_sched WHERE kind = 'switch' AND next_tid > 0) x
+        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL, NULL
+        FROM t_cpu_sw WHERE next_tid > 0) x
         {only}
     """, f"""
         -- wakeups of each thread (waking rows name the real waker)
@@ -152,7 +163,10 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # wakeup rows only when no 'waking' row exists). A segment whose next switch takes the
     # thread out again lost its switch in: the thread ran from an unknown instant, so that
     # part is 'unknown' (neither run-queue wait nor on-CPU); likewise a running segment
-    # followed by another switch in left the CPU untraced, at an unknown instant. On a node
+    # followed by another switch in left the CPU untraced, at an unknown instant. The lost
+    # switch in came after the CPU's last traced switch before that switch out (any traced
+    # switch on the CPU meanwhile would have taken the thread out): until then the thread
+    # still waited (runnable), only the rest is unknown. On a node
     # recorded with evidence capture that, and a preemption followed by another switch
     # out, are a short wait, which keeps no row: the segment is running, cut to its slices
     # by bound_running (thread_scan.segments; a sleep so followed stays blocked). The
@@ -193,15 +207,13 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
         -- an unknown instant, and is not blamed for the time); share 1: all of [s, e)
         CREATE TEMP TABLE cpu_intervals AS
         SELECT node, cpu, s, e, tid, pid, 1.0::DOUBLE AS share FROM (
-            SELECT node, cpu, ts_ns AS s,
-                   coalesce(lead(ts_ns) OVER w, {range_end_ns}) AS e,
+            SELECT node, cpu, ts_ns AS s, coalesce(cpu_next_ts, {range_end_ns}) AS e,
                    next_tid::BIGINT AS tid, next_pid::BIGINT AS pid,
-                   lead(prev_tid) OVER w AS next_prev
-            FROM w_sched WHERE kind = 'switch'
-            WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns))
+                   cpu_next_prev AS next_prev
+            FROM t_cpu_sw)
         WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
         {_SLICE_HOLDERS if sliced else ""}
-    """, "DROP TABLE t_sw", "DROP TABLE t_wk")
+    """, "DROP TABLE t_sw", "DROP TABLE t_wk", "DROP TABLE t_cpu_sw")
     with translated("thread timeline"):
         cpus = IntervalIndex(con.sql("SELECT * FROM cpu_intervals").to_arrow_table(), "cpu")
     return TimelineIndex(threads, cpus)

@@ -123,6 +123,63 @@ def test_untraced_switch_in_decomposes_as_unknown(lake_dir: Path) -> None:
     assert not [r for r in rels(analysis, src=key("a")) if r["kind"] == "cpu_contention"]
 
 
+def _untraced_after_a_wait_scenario() -> Scenario:
+    """Thread 11 (pid 10) on CPU 0 sleeps on a futex from 10 ms until thread 21 wakes it at
+    30 ms; 21 holds CPU 0 until 40 ms, when a thread of PID 1 (tid 1001) takes it. 1001
+    leaves at 45 ms untraced (as above), so thread 11's switch in at 45 ms is never seen;
+    it runs to 50 ms."""
+    sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
+    sc.run(0, 10, 11, 0, 10, leave="S")
+    sc.run(0, 20, 21, 12, 40, leave="S")
+    sc.run(0, 1, 1001, 40, 45, leave="S")
+    sc.run(0, 10, 11, 45, 50, leave="S")
+    sc.untraced_switch(0, 45)
+    sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
+    sc.wake(30, (10, 11), (20, 21))
+    return sc
+
+
+def test_a_lost_switch_in_is_a_run_queue_wait_until_the_cpus_last_traced_switch(
+        lake_dir: Path) -> None:
+    # GIVEN a thread woken while another held its CPU, whose switch back in was not traced
+    _untraced_after_a_wait_scenario().write(lake_dir)
+    location = resolve(LakeSettings(lake=str(lake_dir)))
+    settings = ComputeSettings(timeline_all_threads=True)
+    # WHEN the timeline is built
+    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+    rows = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid, cpu
+        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    # THEN it waited for CPU 0 until 40 ms (every traced switch of CPU 0 before its switch
+    # out came before it was back on it), and only the time after that is unknown (the
+    # control, the scenario above: a CPU that last switched before the waking leaves the
+    # whole time from the waking on unknown)
+    assert rows == [
+        (0, 10, "running", None, None, 0),
+        (10, 30, "blocked", "futex", 21, 0),
+        (30, 40, "runnable", None, 21, 0),
+        (40, 50, "unknown", None, 21, 0),
+        (50, 60, "blocked", "other", None, 0),
+    ]
+    loaded.con.close()
+
+
+def test_a_lost_switch_in_after_a_wait_blames_the_cpus_traced_holder(lake_dir: Path) -> None:
+    # GIVEN a span over thread 11's 50 ms in the scenario above
+    sc = _untraced_after_a_wait_scenario()
+    sc.span("t1", "a", None, "api", "GET /x", 0, 50, pid=10, tid=11)
+    analysis = analyze(sc, lake_dir)
+    a = span_row(analysis, "a")
+    # THEN 10 ms of run-queue wait, 10 unknown, and the parts still sum up
+    assert (a["on_cpu_ns"], a["runqueue_ns"], a["blocked_ns"], a["unknown_ns"]) == (
+        10 * MS, 10 * MS, 20 * MS, 10 * MS)
+    # AND the CPU contention names thread 21, which held CPU 0 for those 10 ms, and not
+    # the PID-1 thread whose end on the CPU is unknown
+    assert [(r["dst"], r["delay_ns"]) for r in rels(analysis, src=key("a"))
+            if r["kind"] == "cpu_contention"] == [("n1:21", 10 * MS)]
+
+
 def test_decomposition_sums_to_the_span(lake_dir: Path) -> None:
     # GIVEN a span over the whole life of thread 11 and one that starts before its first
     # switch (time the timeline cannot know)
