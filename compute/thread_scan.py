@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from kprobe.compute.interval_index import IntervalIndex
 
-_SWITCH_COLUMNS = "node, tid, pid, ts, cpu, opens, prev_state, ord, cpu_prev_ts"
+_SWITCH_COLUMNS = "node, tid, pid, ts, cpu, opens, prev_state, ord, cpu_prev_ts, run_ns"
 _WAKE_COLUMNS = "node, tid, ts, waker_pid, waker_tid, is_waking"
 # Keys are thread code x (ts - earliest ts) while that fits in an int64 with room for the
 # switch order (x 4); beyond, the instants' ranks replace the nanoseconds.
@@ -107,7 +107,8 @@ def _first_at_or_after(keys: np.ndarray, groups: np.ndarray, order: np.ndarray,
 def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.Table:
     """``t_sw``'s rows (``ts`` named ``s``) with ``e`` (the thread's next switch, else
     ``range_end_ns``), ``next_ord``, ``next_cpu``, ``next_cpu_prev_ts`` (when the CPU of
-    that next switch last switched before it), and the first wakeup at or after ``ts``
+    that next switch last switched before it), ``next_run_ns`` (how long the thread had run
+    at that next switch, when it is a switch out), and the first wakeup at or after ``ts``
     (``any_*``) and first ``waking`` row at or after it (``waking_*``), from ``t_wk``'s rows
     with a waker.
 
@@ -143,11 +144,12 @@ def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.T
 
     end = np.where(following >= 0, sw_ts[np.maximum(following, 0)], range_end_ns)
     columns = {"s" if name == "ts" else name: _column(sw, name) for name in sw.column_names
-               if name != "cpu_prev_ts"}
+               if name not in ("cpu_prev_ts", "run_ns")}
     columns["e"] = pa.array(end, pa.int64())
     columns["next_ord"] = _take(_column(sw, "ord"), following)
     columns["next_cpu"] = _take(_column(sw, "cpu"), following)
     columns["next_cpu_prev_ts"] = _take(_column(sw, "cpu_prev_ts"), following)
+    columns["next_run_ns"] = _take(_column(sw, "run_ns"), following)
     for prefix, index in rows.items():
         for field in ("ts", "pid", "tid"):
             columns[f"{prefix}_{field}"] = _take(_column(wk, "ts" if field == "ts"
@@ -159,10 +161,12 @@ def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.T
 # at most), in the shape of the other runnable segments.
 _FIRST_WAKE = """
     SELECT k.node, k.tid, k.pid, k.ts AS s, f.first_ts AS e, f.first_ord AS next_ord,
-           k.cpu, f.first_cpu AS next_cpu, f.next_cpu_prev_ts, k.waker_pid, k.waker_tid
+           k.cpu, f.first_cpu AS next_cpu, f.next_cpu_prev_ts, f.next_run_ns, k.waker_pid,
+           k.waker_tid
     FROM (SELECT node, tid, min(ts) AS first_ts, arg_min(ord, (ts, ord)) AS first_ord,
                  arg_min(cpu, (ts, ord)) AS first_cpu,
-                 arg_min(cpu_prev_ts, (ts, ord)) AS next_cpu_prev_ts
+                 arg_min(cpu_prev_ts, (ts, ord)) AS next_cpu_prev_ts,
+                 arg_min(run_ns, (ts, ord)) AS next_run_ns
           FROM t_sw GROUP BY node, tid) f
     JOIN (SELECT node, tid, arg_min(pid, ts) AS pid, min(ts) AS ts,
                  arg_min(cpu, ts) AS cpu, arg_min(waker_pid, ts) AS waker_pid,
@@ -243,7 +247,7 @@ def segments(successors: pa.Table, first_wake: pa.Table,
     f = first_wake
     f_lost = pc.fill_null(pc.equal(f["next_ord"], 0), False)
     parts += _queued(f, pa.array(np.ones(f.num_rows, bool)), f["s"], f_lost,
-                     pa.array(np.zeros(f.num_rows, bool)),
+                     _on(f, sliced_nodes),
                      pc.if_else(f_lost, "unknown", "runnable"),
                      pc.coalesce(f["next_cpu"], f["cpu"]), prev_state=None)
     return pa.concat_tables(parts)
@@ -255,18 +259,32 @@ def _queued(t: pa.Table, mask: pa.Array, start: pa.Array, lost_in: pa.Array,
     """The run-queue wait of ``t``'s rows under ``mask`` from ``start`` to the segment's
     end, as ``state``. A segment whose switch in was lost (``lost_in``, a fully traced
     node) waited until at least its next switch's CPU last switched
-    (``next_cpu_prev_ts``): runnable until then, unknown only from then on."""
+    (``next_cpu_prev_ts``), and ran for ``next_run_ns`` before that switch out: runnable
+    until it came in, running after. A run that would start before that bound is not
+    believed (not a fair-class task's); with none, the time after the bound is unknown."""
     e = t["e"]
     precise = pc.and_(lost_in, pc.invert(sliced))
-    bound = pc.fill_null(t["next_cpu_prev_ts"], np.iinfo(np.int64).min)
-    until = pc.if_else(precise, pc.max_element_wise(start, pc.min_element_wise(bound, e)), e)
+    bound = pc.max_element_wise(start, pc.min_element_wise(
+        pc.fill_null(t["next_cpu_prev_ts"], np.iinfo(np.int64).min), e))
+    came_in = pc.subtract(e, t["next_run_ns"])
+    dated = pc.fill_null(pc.and_kleene(precise, pc.greater_equal(came_in, bound)), False)
+    until = pc.if_else(dated, came_in, pc.if_else(precise, bound, e))
+    after = pc.if_else(dated, "running", "unknown")
     return [
         _piece(t, mask, s=start, e=until, state=pc.if_else(precise, "runnable", state),
                cpu=cpu, **columns),
-        _piece(t, pc.and_(mask, precise), s=until,
-               state=pa.array(np.full(t.num_rows, "unknown", object), pa.string()), cpu=cpu,
-               **columns),
+        # a waker belongs to the wait: the run after it has none
+        _piece(t, pc.and_(mask, precise), s=until, state=after, cpu=cpu,
+               **{name: _unless(dated, value) if name.startswith("waker_") else value
+                  for name, value in columns.items()}),
     ]
+
+
+def _unless(mask: pa.Array, values: Any) -> Any:
+    """``values`` (an array, or None for all-null) with nulls where ``mask`` holds."""
+    if values is None:
+        return None
+    return pc.if_else(mask, pa.nulls(len(mask), values.type), values)
 
 
 def _on(t: pa.Table, nodes: pa.Array | None) -> pa.Array:

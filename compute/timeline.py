@@ -130,22 +130,25 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
         -- threads' lost switches in and for the CPUs' holders)
         CREATE TEMP TABLE t_cpu_sw AS
         SELECT node, cpu, ts_ns, prev_tid, prev_pid, prev_state, next_tid, next_pid,
-               lag(ts_ns) OVER w AS cpu_prev_ts, lead(ts_ns) OVER w AS cpu_next_ts,
-               lead(prev_tid) OVER w AS cpu_next_prev
+               prev_run_ns, lag(ts_ns) OVER w AS cpu_prev_ts,
+               lag(next_tid) OVER w AS cpu_prev_next, lead(ts_ns) OVER w AS cpu_next_ts,
+               lead(prev_tid) OVER w AS cpu_next_prev,
+               lead(prev_run_ns) OVER w AS cpu_next_run
         FROM w_sched WHERE kind = 'switch'
         WINDOW w AS (PARTITION BY node, cpu ORDER BY ts_ns)
     """, f"""
         -- switch rows of each thread: out (prev) and in (next); a switch out also keeps
-        -- when its CPU last switched before it (cpu_prev_ts): a thread whose switch in was
-        -- not traced came onto the CPU after that
+        -- when its CPU last switched before it (cpu_prev_ts) and how long the thread had
+        -- run (run_ns): a thread whose switch in was not traced came onto the CPU after
+        -- the one, at the other's distance from its switch out
         CREATE TEMP TABLE t_sw AS SELECT * FROM (
         SELECT node, prev_tid::BIGINT AS tid, prev_pid::BIGINT AS pid, ts_ns AS ts, cpu,
                CASE WHEN prev_state IS NULL OR prev_state = '' THEN 'unknown'
                     WHEN prev_state LIKE 'R%' THEN 'runnable' ELSE 'blocked' END AS opens,
-               0 AS ord, prev_state, cpu_prev_ts
+               0 AS ord, prev_state, cpu_prev_ts, prev_run_ns AS run_ns
         FROM t_cpu_sw WHERE prev_tid > 0
         UNION ALL
-        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL, NULL
+        SELECT node, next_tid, next_pid, ts_ns, cpu, 'running', 2, NULL, NULL, NULL
         FROM t_cpu_sw WHERE next_tid > 0) x
         {only}
     """, f"""
@@ -165,8 +168,9 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
     # part is 'unknown' (neither run-queue wait nor on-CPU); likewise a running segment
     # followed by another switch in left the CPU untraced, at an unknown instant. The lost
     # switch in came after the CPU's last traced switch before that switch out (any traced
-    # switch on the CPU meanwhile would have taken the thread out): until then the thread
-    # still waited (runnable), only the rest is unknown. On a node
+    # switch on the CPU meanwhile would have taken the thread out), and the switch out says
+    # how long the thread had run (prev_run_ns): runnable until then, running after; with
+    # no run known, runnable until the CPU's last switch and unknown after. On a node
     # recorded with evidence capture that, and a preemption followed by another switch
     # out, are a short wait, which keeps no row: the segment is running, cut to its slices
     # by bound_running (thread_scan.segments; a sleep so followed stays blocked). The
@@ -202,16 +206,26 @@ def build(con: duckdb.DuckDBPyConnection, range_end_ns: int, settings: ComputeSe
         con.unregister("t_intervals_rows")
     threads = IntervalIndex(every, "tid")
     execute(con, "thread timeline", f"""
-        -- who held each CPU: the thread the switch put there, until the CPU's next switch
-        -- (unless that switch takes another thread out: the holder then left untraced, at
-        -- an unknown instant, and is not blamed for the time); share 1: all of [s, e)
+        -- who held each CPU: the thread the switch put there, until the CPU's next switch.
+        -- When that switch takes another thread out, the holder left untraced and the
+        -- other came in untraced: the other held the CPU for its run (prev_run_ns) before
+        -- it left, the holder (or threads after it that left no row either) before that.
+        -- Without the run the holder left at an unknown instant and is not blamed for the
+        -- time. Share 1: all of [s, e).
         CREATE TEMP TABLE cpu_intervals AS
         SELECT node, cpu, s, e, tid, pid, 1.0::DOUBLE AS share FROM (
-            SELECT node, cpu, ts_ns AS s, coalesce(cpu_next_ts, {range_end_ns}) AS e,
-                   next_tid::BIGINT AS tid, next_pid::BIGINT AS pid,
-                   cpu_next_prev AS next_prev
-            FROM t_cpu_sw)
-        WHERE tid > 0 AND e > s AND (next_prev IS NULL OR next_prev = tid)
+            SELECT node, cpu, ts_ns AS s,
+                   CASE WHEN cpu_next_prev IS NULL OR cpu_next_prev = next_tid
+                        THEN coalesce(cpu_next_ts, {range_end_ns})
+                        ELSE cpu_next_ts - cpu_next_run END AS e,
+                   next_tid::BIGINT AS tid, next_pid::BIGINT AS pid
+            FROM t_cpu_sw
+            UNION ALL
+            SELECT node, cpu, greatest(cpu_prev_ts, ts_ns - prev_run_ns), ts_ns,
+                   prev_tid::BIGINT, prev_pid::BIGINT
+            FROM t_cpu_sw
+            WHERE prev_run_ns IS NOT NULL AND cpu_prev_next IS DISTINCT FROM prev_tid)
+        WHERE tid > 0 AND e > s
         {_SLICE_HOLDERS if sliced else ""}
     """, "DROP TABLE t_sw", "DROP TABLE t_wk", "DROP TABLE t_cpu_sw")
     with translated("thread timeline"):

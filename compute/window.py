@@ -39,7 +39,7 @@ _UNITS = {"s": NS, "ms": 1_000_000, "ns": 1}
 KERNEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "sched": ("node", "ts_ns", "cpu", "kind", "prev_pid", "prev_tid", "prev_comm", "prev_state",
               "next_pid", "next_tid", "next_comm", "waker_pid", "waker_tid", "wakee_pid",
-              "wakee_tid", "target_cpu"),
+              "wakee_tid", "target_cpu", "prev_run_ns"),
     "offcpu": ("node", "ts_ns", "dur_ns", "pid", "tid", "cpu", "comm", "state", "wait_reason",
                "kstack_id", "waker_pid", "waker_tid", "waker_comm"),
     "mem": ("node", "ts_ns", "dur_ns", "pid", "tid", "comm", "kind", "nr_reclaimed", "count",

@@ -40,6 +40,16 @@ def without_columns(dataset: Any, hidden: tuple[str, ...]) -> Any:
     return dataset.replace_schema(pa.schema([dataset.schema.field(n) for n in names]))
 
 
+def with_current_columns(dataset: Any, schema: pa.Schema) -> Any:
+    """``dataset`` with the columns ``schema`` gained since its table was created (a table
+    no agent has written since an upgrade: the writer adds them at its next write), read as
+    nulls, so that queries of the current schema run on lakes of every version."""
+    missing = [f for f in schema if f.name not in dataset.schema.names]
+    if not missing or isinstance(dataset, pa.Table):
+        return dataset
+    return dataset.replace_schema(pa.schema([*dataset.schema, *missing]))
+
+
 def install_opener(con: duckdb.DuckDBPyConnection, keys_file: str,
                    dataset: Callable[[], Any], cache_bytes: int = 256 << 20) -> SegmentOpener:
     """Register ``OPEN_FUNCTION`` on ``con``'s database: it opens sealed ``data`` with the
@@ -76,6 +86,7 @@ def register_tables(con: duckdb.DuckDBPyConnection, datasets: Mapping[str, Any],
     """Register each table of ``datasets`` (name -> dataset) on ``con`` as this reader may
     see it (module doc). ``opened``: ``OPEN_FUNCTION`` is installed on ``con``'s database."""
     for name, dataset in datasets.items():
+        dataset = with_current_columns(dataset, TABLES[name].schema)
         hidden = SENSITIVE_COLUMNS.get(name, ())
         sealed = TABLES[name].sealed_column
         if hidden and not payloads:

@@ -98,6 +98,9 @@ _SPECS: tuple[TableSpec, ...] = (
             _f("wakee_pid", _I32),
             _f("wakee_tid", _I32),
             _f("target_cpu", _I32),
+            # switch: how long prev ran since it was switched in (its CPU time in this
+            # run, fair-class tasks; null: unknown); dates a switch in that left no row
+            _f("prev_run_ns", _I64),
         ),
         "ts_ns",
         "sched_switch / sched_waking / sched_wakeup_new (sched_wakeup: agent option)",

@@ -191,6 +191,27 @@ static __always_inline __u8 task_state_code(bool preempt, __u32 state, __u32 exi
 	return TASK_STATE_R;
 }
 
+/* scheduling policies (uapi sched.h macros: not in vmlinux.h) */
+#define SCHED_NORMAL 0
+#define SCHED_BATCH 3
+#define SCHED_IDLE 5
+
+/*
+ * How long `task` has run since the scheduler put it on a CPU: the fair class sets
+ * se.prev_sum_exec_runtime at that instant (set_next_entity) and sum_exec_runtime is
+ * brought up to date before sched_switch fires. Other classes (RT, deadline, sched_ext)
+ * keep no such mark: 0, unknown.
+ */
+static __always_inline __u64 run_since_switch_in(struct task_struct *task)
+{
+	unsigned int policy = task->policy;
+	__u64 sum = task->se.sum_exec_runtime, since = task->se.prev_sum_exec_runtime;
+
+	if (policy != SCHED_NORMAL && policy != SCHED_BATCH && policy != SCHED_IDLE)
+		return 0;
+	return sum > since ? sum - since : 0;
+}
+
 static __always_inline bool sched_in_scope(__u32 tgid_a, __u32 tgid_b)
 {
 	if (!sched_targets_only)
@@ -224,6 +245,7 @@ static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __
 	ev->target_cpu = task->thread_info.cpu;
 	ev->prev_state = 0;
 	ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
+	ev->prev_run_ns = 0;
 	event_submit(&sched_events, ev);
 }
 
@@ -313,6 +335,7 @@ static __always_inline void emit_switch(__u64 ts, __u16 cpu, __u8 flags, __u32 p
 	ev->target_cpu = -1;
 	ev->prev_state = state;
 	ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
+	ev->prev_run_ns = 0;
 	event_submit(&sched_events, ev);
 }
 
@@ -336,6 +359,7 @@ static __always_inline void emit_late_waking(struct thread_state *st, struct tas
 	ev->target_cpu = st->waking_cpu;
 	ev->prev_state = 0;
 	ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
+	ev->prev_run_ns = 0;
 	event_submit(&sched_events, ev);
 }
 
@@ -601,6 +625,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 			ev->target_cpu = -1;
 			ev->prev_state = state;
 			ev->__pad[0] = ev->__pad[1] = ev->__pad[2] = 0;
+			ev->prev_run_ns = prev_tid ? run_since_switch_in(prev) : 0;
 			event_submit(&sched_events, ev);
 		}
 	}

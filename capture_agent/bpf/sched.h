@@ -12,7 +12,7 @@
 /* Constants mirrored in Python: an enum, not #defines, so they reach the object's BTF
  * and the layout test. */
 enum sched_constants {
-	SCHED_LAYOUT_VERSION = 2, /* bumped on any change to the records below */
+	SCHED_LAYOUT_VERSION = 3, /* bumped on any change to the records below */
 	SCHED_FLAG_PREEMPT = 0x1, /* sched_event hdr.flags: prev was preempted (state R) */
 	OFFCPU_FLAG_WAKER = 0x1,  /* offcpu_event hdr.flags: a sched_waking named the waker */
 	OFFCPU_FLAG_ENDS_AT_WAKING = 0x2, /* the switch back in was not traced: the interval
@@ -45,8 +45,9 @@ enum task_state_code {
 };
 
 /*
- * One record for sched_switch, sched_waking, sched_wakeup and sched_wakeup_new (72 bytes).
- *   switch:          prev = task switched out, next = task switched in
+ * One record for sched_switch, sched_waking, sched_wakeup and sched_wakeup_new (80 bytes).
+ *   switch:          prev = task switched out, next = task switched in; prev_run_ns: how
+ *                    long prev ran since it was switched in (0: unknown)
  *   waking / wakeup: prev = the waker (current task), next = the wakee, target_cpu set
  */
 struct sched_event {
@@ -60,6 +61,13 @@ struct sched_event {
 	__s32 target_cpu; /* waking/wakeup: CPU the wakee will run on; switch: -1 */
 	__u8 prev_state;  /* enum task_state_code; switch only */
 	__u8 __pad[3];
+	/*
+	 * switch: prev's CPU time since the scheduler last put it on a CPU, which is the
+	 * switch in (sum_exec_runtime - prev_sum_exec_runtime, fair-class tasks; 0 for
+	 * others). It dates a switch in the kernel did not trace (as when the task before it
+	 * left without a sched_switch) and the ring lost.
+	 */
+	__u64 prev_run_ns;
 };
 
 /*

@@ -34,7 +34,7 @@ from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
 from kprobe.capture_agent.sensor import Sensor, SensorSpec
 from kprobe.lake.schema import spec as table_spec
 
-SCHED_LAYOUT_VERSION = 2
+SCHED_LAYOUT_VERSION = 3
 TASK_COMM_LEN = 16
 
 # enum task_state_code: index into the letters sched_switch prints
@@ -58,6 +58,7 @@ SCHED_EVENT = record_dtype(
         ("target_cpu", "<i4"),
         ("prev_state", "u1"),
         ("__pad", "u1", (3,)),
+        ("prev_run_ns", "<u8"),
     ]
 )
 
@@ -251,6 +252,10 @@ def sched_table(batch: np.ndarray, clock: ClockSample) -> pa.Table:
         "wakee_pid": int_array(batch["next_pid"], null=is_switch),
         "wakee_tid": int_array(batch["next_tid"], null=is_switch),
         "target_cpu": int_array(batch["target_cpu"], null=is_switch),
+        # 0: not known (not a fair-class task, or a row of evidence capture)
+        "prev_run_ns": int_array(batch["prev_run_ns"],
+                                 null=not_switch | (batch["prev_run_ns"] == 0),
+                                 arrow_type=pa.int64()),
     }
     return pa.table(columns, schema=table_spec("sched").payload_schema)
 

@@ -176,13 +176,13 @@ def _switched_in_again(slices: bool) -> Scenario:
     return sc
 
 
-def _preempted_then_out(slices: bool) -> Scenario:
+def _preempted_then_out(slices: bool, dated: bool = True) -> Scenario:
     """Thread 21 runs from 0 ms, is preempted at 10 ms (a row), is back on CPU 0 at
     10.5 ms without a row (a short run-queue wait keeps none), runs to 30 ms, sleeps (a
     row)."""
     sc = Scenario().process(20, "ledger")
     sc.run(0, 20, 21, 0, 10, leave="R")
-    sc.run(0, 20, 21, 10.5, 30, leave="S").untraced_switch(0, 10.5)
+    sc.run(0, 20, 21, 10.5, 30, leave="S", dated=dated).untraced_switch(0, 10.5)
     if slices:
         _slices_of(sc, (0, 21, 20, "ledger", 10), (10, 21, 20, "ledger", 9.5),
                    (20, 21, 20, "ledger", 10))
@@ -210,11 +210,14 @@ def test_a_preempted_thread_switched_out_again_ran_as_its_slices_say(lake_dir: P
 
 def test_with_full_capture_a_switch_without_its_pair_is_a_lost_row(lake_dir: Path) -> None:
     # GIVEN the same rows on a node without slices (full capture: every switch has a row)
-    # THEN the segments before the second switch in or out are unknown
+    # THEN the segments before the second switch in or out are unknown, unless the second
+    # switch out says how long the thread ran: then it waited for the CPU until it came in
     assert _thread_21_states(lake_dir, _switched_in_again(slices=False)) == [
         (0, 31, "unknown"), (31, 40, "running")]
-    assert _thread_21_states(lake_dir / "out", _preempted_then_out(slices=False)) == [
+    assert _thread_21_states(lake_dir / "out", _preempted_then_out(False, dated=False)) == [
         (0, 10, "running"), (10, 30, "unknown"), (30, 60, "blocked")]
+    assert _thread_21_states(lake_dir / "dated", _preempted_then_out(False)) == [
+        (0, 10, "running"), (10, 10.5, "runnable"), (10.5, 30, "running"), (30, 60, "blocked")]
 
 
 def test_a_sleep_followed_by_another_switch_out_stays_blocked(lake_dir: Path) -> None:

@@ -38,6 +38,7 @@ class _Run:
     tid: int
     comm: str
     leave: str
+    dated: bool = True  # its switch out says how long it ran (prev_run_ns)
 
 
 class Scenario:
@@ -59,10 +60,12 @@ class Scenario:
         return self
 
     def run(self, cpu: int, pid: int, tid: int, start: float, end: float,
-            leave: str = "S") -> Scenario:
-        """Thread ``tid`` on ``cpu`` from ``start`` to ``end`` ms; leaves in state ``leave``."""
+            leave: str = "S", dated: bool = True) -> Scenario:
+        """Thread ``tid`` on ``cpu`` from ``start`` to ``end`` ms; leaves in state ``leave``.
+        ``dated``: its switch out carries how long it ran (the kernel's prev_run_ns; not
+        for a task outside the fair class)."""
         self.runs.append(_Run(cpu, ns(start), ns(end), pid, tid,
-                              self.comms.get(pid, f"p{pid}"), leave))
+                              self.comms.get(pid, f"p{pid}"), leave, dated))
         return self
 
     def untraced_switch(self, cpu: int, at: float) -> Scenario:
@@ -243,7 +246,8 @@ def _switch(cpu: int, ts: int, prev: _Run | None, nxt: _Run | None) -> dict[str,
         "prev_comm": prev.comm if prev else "swapper/0",
         "prev_state": prev.leave if prev else "R",
         "next_pid": nxt.pid if nxt else 0, "next_tid": nxt.tid if nxt else 0,
-        "next_comm": nxt.comm if nxt else "swapper/0"}
+        "next_comm": nxt.comm if nxt else "swapper/0",
+        "prev_run_ns": prev.e - prev.s if prev and prev.dated else None}
 
 
 def test_sched_rows_follow_cpu_occupancy() -> None:

@@ -51,7 +51,7 @@ def _tables(rng: np.random.Generator, rows: int, wakes: int, span: int
         "cpu": pa.array(rng.integers(0, 2, rows), pa.int32(), mask=rng.random(rows) < 0.1),
         "opens": pa.array(np.where(ordv == 2, "running", "blocked")),
         "prev_state": pa.array(np.where(ordv == 2, "", "S"), pa.string(), mask=ordv == 2),
-        "cpu_prev_ts": pa.nulls(rows, pa.int64()),
+        "cpu_prev_ts": pa.nulls(rows, pa.int64()), "run_ns": pa.nulls(rows, pa.int64()),
         "ord": pa.array(ordv, pa.int32())})
     # half the wakeups on the instant of a switch row (of any thread), the rest anywhere
     on_switch = rng.random(wakes) < 0.5
@@ -113,10 +113,10 @@ def test_a_wakeup_on_the_switch_instant_counts_and_a_null_node_matches_none() ->
     """The control: the exact boundary (a wakeup at the switch's own ts) and a null node."""
     con = duckdb.connect()
     con.execute("""CREATE TABLE t_sw AS SELECT * FROM (VALUES
-        ('a', 1, 1, 100, 0, 'blocked', 'S', 0, NULL::BIGINT),
-        ('a', 1, 1, 200, 0, 'running', NULL, 2, NULL),
-        (NULL, 1, 1, 100, 0, 'blocked', 'S', 0, NULL))
-        t(node, tid, pid, ts, cpu, opens, prev_state, ord, cpu_prev_ts)""")
+        ('a', 1, 1, 100, 0, 'blocked', 'S', 0, NULL::BIGINT, NULL::BIGINT),
+        ('a', 1, 1, 200, 0, 'running', NULL, 2, NULL, NULL),
+        (NULL, 1, 1, 100, 0, 'blocked', 'S', 0, NULL, NULL))
+        t(node, tid, pid, ts, cpu, opens, prev_state, ord, cpu_prev_ts, run_ns)""")
     con.execute("""CREATE TABLE t_wk AS SELECT * FROM (VALUES
         ('a', 1, 1, 100, 0, 7, 70, true), (NULL, 1, 1, 100, 0, 8, 80, true))
         t(node, tid, pid, ts, cpu, waker_pid, waker_tid, is_waking)""")

@@ -66,25 +66,56 @@ def test_timeline_from_switch_rows(lake_dir: Path) -> None:
     loaded.con.close()
 
 
-def _untraced_scenario() -> Scenario:
+def _untraced_scenario(dated: bool = False) -> Scenario:
     """Thread 11 (pid 10) on CPU 0 runs 0-10 ms and sleeps on a futex until thread 21 wakes
     it at 30 ms. Meanwhile a thread of PID 1 (tid 1001) took CPU 0 at 25 ms; it leaves at
     35 ms and the kernel fires no sched_switch for that (this VM's 6.18 kernel, for PID 1's
     threads), so thread 11's switch in at 35 ms is never seen. Thread 11 runs to 50 ms;
-    the capture emits its off-CPU interval ending at its waking (ends_at_waking)."""
+    the capture emits its off-CPU interval ending at its waking (ends_at_waking).
+    ``dated``: its switch out at 50 ms says it ran 15 ms (else, as for a task outside the
+    fair class, it says nothing)."""
     sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
     sc.run(0, 10, 11, 0, 10, leave="S")
     sc.run(0, 20, 21, 12, 25, leave="S")
     sc.run(0, 1, 1001, 25, 35, leave="S")
-    sc.run(0, 10, 11, 35, 50, leave="S")
+    sc.run(0, 10, 11, 35, 50, leave="S", dated=dated)
     sc.untraced_switch(0, 35)
     sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
     sc.wake(30, (10, 11), (20, 21))
     return sc
 
 
+def test_a_lost_switch_in_is_dated_by_the_run_its_switch_out_reports(lake_dir: Path) -> None:
+    # GIVEN a thread whose switch back onto the CPU was not traced, and whose switch out
+    # says how long it had run
+    _untraced_scenario(dated=True).write(lake_dir)
+    location = resolve(LakeSettings(lake=str(lake_dir)))
+    settings = ComputeSettings(timeline_all_threads=True)
+    # WHEN the timeline is built
+    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+    rows = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid
+        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    # THEN it waited for the CPU from its waking until it came in, 15 ms before it left
+    assert rows == [
+        (0, 10, "running", None, None),
+        (10, 30, "blocked", "futex", 21),
+        (30, 35, "runnable", None, 21),
+        (35, 50, "running", None, None),
+        (50, 60, "blocked", "other", None),
+    ]
+    # AND the PID-1 thread that left untraced held CPU 0 until then, and thread 11 after
+    holders = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, tid FROM cpu_intervals
+        WHERE cpu = 0 ORDER BY s""").fetchall()
+    assert holders == [(0, 10, 11), (12, 25, 21), (25, 35, 1001), (35, 50, 11)]
+    loaded.con.close()
+
+
 def test_untraced_switch_in_is_unknown_not_run_queue(lake_dir: Path) -> None:
-    # GIVEN a thread whose switch back onto the CPU was not traced
+    # GIVEN a thread whose switch back onto the CPU was not traced, and whose switch out
+    # does not say how long it ran
     _untraced_scenario().write(lake_dir)
     location = resolve(LakeSettings(lake=str(lake_dir)))
     settings = ComputeSettings(timeline_all_threads=True)
@@ -127,12 +158,12 @@ def _untraced_after_a_wait_scenario() -> Scenario:
     """Thread 11 (pid 10) on CPU 0 sleeps on a futex from 10 ms until thread 21 wakes it at
     30 ms; 21 holds CPU 0 until 40 ms, when a thread of PID 1 (tid 1001) takes it. 1001
     leaves at 45 ms untraced (as above), so thread 11's switch in at 45 ms is never seen;
-    it runs to 50 ms."""
+    it runs to 50 ms, and its switch out does not say for how long."""
     sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
     sc.run(0, 10, 11, 0, 10, leave="S")
     sc.run(0, 20, 21, 12, 40, leave="S")
     sc.run(0, 1, 1001, 40, 45, leave="S")
-    sc.run(0, 10, 11, 45, 50, leave="S")
+    sc.run(0, 10, 11, 45, 50, leave="S", dated=False)
     sc.untraced_switch(0, 45)
     sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
     sc.wake(30, (10, 11), (20, 21))

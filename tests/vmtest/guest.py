@@ -46,6 +46,8 @@ TESTS: tuple[str, ...] = (
     f"{_I}test_bpf_sched.py::test_drain_across_wrap_around_yields_whole_records",
     f"{_I}test_bpf_sched.py::test_the_reader_sleeps_while_quiet_and_wakes_when_the_ring_fills",
     f"{_I}test_bpf_sched.py::test_sensors_can_share_one_targets_map",
+    f"{_I}test_bpf_sched.py::test_each_switch_out_says_how_long_the_thread_ran_since_its_"
+    "switch_in",
     f"{_I}test_bpf_kstacks.py",
     f"{_I}test_bpf_syscalls.py",
     f"{_I}test_bpf_net.py",
