@@ -159,8 +159,8 @@ class SchedConfig:
     target_all: bool = False  # every process is a target (off-CPU for all threads)
     wakeup_fill_pct: int = 50
     # Ring sizes: what the drain thread may fall behind by; every mapped page of a ring is
-    # resident in the agent. sched_events (every switch and wakeup on the node, 80-byte
-    # slots): 16 MiB = 210k slots. The drain runs every 0.1 s, but on a node whose CPUs a
+    # resident in the agent. sched_events (every switch and wakeup on the node, 88-byte
+    # slots): 16 MiB = 190k slots. The drain runs every 0.1 s, but on a node whose CPUs a
     # service keeps busy the agent's threads wait for a CPU and for each other: a payment
     # service at 20k requests/s (~120k sched events/s) overflowed the 4 MiB ring this was
     # (0.43 s of them), losing 286k events in one bench_capture run. offcpu_events (88-byte
