@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,25 @@ def test_timeline_from_switch_rows(lake_dir: Path) -> None:
     loaded.con.close()
 
 
+def _thread_11_and_cpu_0(lake_dir: Path, sc: Scenario
+                         ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """``sc``'s timeline: thread 11's intervals (ms, state, reason, waker) and CPU 0's
+    holders (ms, tid)."""
+    sc.write(lake_dir)
+    settings = ComputeSettings(timeline_all_threads=True)
+    loaded = load(resolve(LakeSettings(lake=str(lake_dir))), Window(WINDOW_START, WINDOW_END),
+                  settings)
+    timeline.build(loaded.con, T0 + 60 * MS, settings)
+    rows = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid
+        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    holders = loaded.con.execute(f"""
+        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, tid FROM cpu_intervals
+        WHERE cpu = 0 ORDER BY s""").fetchall()
+    loaded.con.close()
+    return rows, holders
+
+
 def _untraced_scenario(dated: bool = False) -> Scenario:
     """Thread 11 (pid 10) on CPU 0 runs 0-10 ms and sleeps on a futex until thread 21 wakes
     it at 30 ms. Meanwhile a thread of PID 1 (tid 1001) took CPU 0 at 25 ms; it leaves at
@@ -88,15 +108,8 @@ def _untraced_scenario(dated: bool = False) -> Scenario:
 def test_a_lost_switch_in_is_dated_by_the_run_its_switch_out_reports(lake_dir: Path) -> None:
     # GIVEN a thread whose switch back onto the CPU was not traced, and whose switch out
     # says how long it had run
-    _untraced_scenario(dated=True).write(lake_dir)
-    location = resolve(LakeSettings(lake=str(lake_dir)))
-    settings = ComputeSettings(timeline_all_threads=True)
     # WHEN the timeline is built
-    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
-    timeline.build(loaded.con, T0 + 60 * MS, settings)
-    rows = loaded.con.execute(f"""
-        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid
-        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    rows, holders = _thread_11_and_cpu_0(lake_dir, _untraced_scenario(dated=True))
     # THEN it waited for the CPU from its waking until it came in, 15 ms before it left
     assert rows == [
         (0, 10, "running", None, None),
@@ -106,25 +119,14 @@ def test_a_lost_switch_in_is_dated_by_the_run_its_switch_out_reports(lake_dir: P
         (50, 60, "blocked", "other", None),
     ]
     # AND the PID-1 thread that left untraced held CPU 0 until then, and thread 11 after
-    holders = loaded.con.execute(f"""
-        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, tid FROM cpu_intervals
-        WHERE cpu = 0 ORDER BY s""").fetchall()
     assert holders == [(0, 10, 11), (12, 25, 21), (25, 35, 1001), (35, 50, 11)]
-    loaded.con.close()
 
 
 def test_untraced_switch_in_is_unknown_not_run_queue(lake_dir: Path) -> None:
     # GIVEN a thread whose switch back onto the CPU was not traced, and whose switch out
     # does not say how long it ran
-    _untraced_scenario().write(lake_dir)
-    location = resolve(LakeSettings(lake=str(lake_dir)))
-    settings = ComputeSettings(timeline_all_threads=True)
     # WHEN the timeline is built
-    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
-    timeline.build(loaded.con, T0 + 60 * MS, settings)
-    rows = loaded.con.execute(f"""
-        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid
-        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    rows, holders = _thread_11_and_cpu_0(lake_dir, _untraced_scenario())
     # THEN the wait ends at the waking, and the time from the waking to the next switch
     # out is unknown: neither run-queue wait nor on-CPU (it ran from an unknown instant)
     assert rows == [
@@ -134,11 +136,7 @@ def test_untraced_switch_in_is_unknown_not_run_queue(lake_dir: Path) -> None:
         (50, 60, "blocked", "other", None),  # asleep to the end, nothing recorded woke it
     ]
     # AND the PID-1 thread that left untraced is not blamed for holding CPU 0 past 35 ms
-    holders = loaded.con.execute(f"""
-        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, tid FROM cpu_intervals
-        WHERE cpu = 0 ORDER BY s""").fetchall()
     assert holders == [(0, 10, 11), (12, 25, 21)]
-    loaded.con.close()
 
 
 def test_untraced_switch_in_decomposes_as_unknown(lake_dir: Path) -> None:
@@ -173,27 +171,19 @@ def _untraced_after_a_wait_scenario() -> Scenario:
 def test_a_lost_switch_in_is_a_run_queue_wait_until_the_cpus_last_traced_switch(
         lake_dir: Path) -> None:
     # GIVEN a thread woken while another held its CPU, whose switch back in was not traced
-    _untraced_after_a_wait_scenario().write(lake_dir)
-    location = resolve(LakeSettings(lake=str(lake_dir)))
-    settings = ComputeSettings(timeline_all_threads=True)
     # WHEN the timeline is built
-    loaded = load(location, Window(WINDOW_START, WINDOW_END), settings)
-    timeline.build(loaded.con, T0 + 60 * MS, settings)
-    rows = loaded.con.execute(f"""
-        SELECT (s - {T0}) // {MS}, (e - {T0}) // {MS}, state, reason, waker_tid, cpu
-        FROM thread_intervals WHERE tid = 11 ORDER BY s""").fetchall()
+    rows, holders = _thread_11_and_cpu_0(lake_dir, _untraced_after_a_wait_scenario())
     # THEN it waited for CPU 0 until 40 ms (every traced switch of CPU 0 before its switch
     # out came before it was back on it), and only the time after that is unknown (the
     # control, the scenario above: a CPU that last switched before the waking leaves the
     # whole time from the waking on unknown)
     assert rows == [
-        (0, 10, "running", None, None, 0),
-        (10, 30, "blocked", "futex", 21, 0),
-        (30, 40, "runnable", None, 21, 0),
-        (40, 50, "unknown", None, 21, 0),
-        (50, 60, "blocked", "other", None, 0),
+        (0, 10, "running", None, None),
+        (10, 30, "blocked", "futex", 21),
+        (30, 40, "runnable", None, 21),
+        (40, 50, "unknown", None, 21),
+        (50, 60, "blocked", "other", None),
     ]
-    loaded.con.close()
 
 
 def test_a_lost_switch_in_after_a_wait_blames_the_cpus_traced_holder(lake_dir: Path) -> None:
