@@ -64,8 +64,9 @@ struct sched_event {
 	/*
 	 * switch: prev's CPU time since the scheduler last put it on a CPU, which is the
 	 * switch in (sum_exec_runtime - prev_sum_exec_runtime, fair-class tasks; 0 for
-	 * others). It dates a switch in the kernel did not trace (as when the task before it
-	 * left without a sched_switch) and the ring lost.
+	 * others; the mark moves when a running task's affinity, cgroup or priority changes,
+	 * and at exit). It dates a switch in the kernel did not trace (as when the task
+	 * before it left without a sched_switch) or the ring lost.
 	 */
 	__u64 prev_run_ns;
 };

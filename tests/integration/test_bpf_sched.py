@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -234,11 +235,15 @@ def test_each_switch_out_says_how_long_the_thread_ran_since_its_switch_in() -> N
     THEN they agree: the kernel's CPU time of the run is the time between the two rows
     (what dates a switch in the kernel did not trace); a waking row carries none."""
     require_root_and_objects()
-    code = ("import os, time\nos.sched_setaffinity(0, {0})\nend = time.time() + 0.6\n"
+    # pinned before exec: changing a running task's affinity (or cgroup, or priority, and
+    # its exit) restarts the fair class's count mid-run, so those runs read short
+    code = ("import time\nend = time.time() + 0.6\n"
             "while time.time() < end:\n    t = time.time() + 0.01\n"
             "    while time.time() < t: pass\n    time.sleep(0.002)\n")
     with Sensor(sched.sensor_spec(sched.SchedConfig(targets_only=True))) as sensor:
-        spinners = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+        spinners = [subprocess.Popen([sys.executable, "-c", code],
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+                    for _ in range(2)]
         sensor.add_targets([p.pid for p in spinners])
         batches = []
         for p in spinners:
@@ -253,8 +258,8 @@ def test_each_switch_out_says_how_long_the_thread_ran_since_its_switch_in() -> N
     rows = sched.sched_table(np.concatenate(batches), sample_offset())
     by_time = rows.sort_by([("ts_ns", "ascending")]).to_pylist()
     pids = {p.pid for p in spinners}
-    last_in: dict[int, dict] = {}
-    pairs: list[tuple[int, int]] = []  # (traced run, prev_run_ns)
+    last_in: dict[int, dict[str, Any]] = {}
+    pairs: list[tuple[int, int | None]] = []  # (traced run, prev_run_ns)
     for r in by_time:
         if r["kind"] == "waking":
             assert r["prev_run_ns"] is None
@@ -262,20 +267,18 @@ def test_each_switch_out_says_how_long_the_thread_ran_since_its_switch_in() -> N
             continue
         if r["prev_pid"] in pids and r["prev_tid"] in last_in:
             switched_in = last_in.pop(r["prev_tid"])
-            if switched_in["cpu"] == r["cpu"]:
+            if switched_in["cpu"] == r["cpu"] and r["prev_state"] not in ("X", "Z"):
                 pairs.append((r["ts_ns"] - switched_in["ts_ns"], r["prev_run_ns"]))
         if r["next_pid"] in pids:
             last_in[r["next_tid"]] = r
     assert len(pairs) >= 40, pairs  # ~100 runs of each spinner (the control: data to judge)
     assert all(run is not None for _, run in pairs), pairs
-    # nearly all within 50 us of the traced run (the scheduler's clock and the rows' are
-    # read a few instructions apart); rarely the scheduler counts a few hundred us more
-    # (seen here: 1 run in ~2,500, once 1.4 ms under load), and that is all the engine
-    # trusts it for: it never dates a switch in before the CPU's last traced switch
-    off = sorted(traced - run for traced, run in pairs if run is not None)
-    close = sum(abs(d) <= 50_000 for d in off)
-    assert close >= 0.9 * len(off), (off[:5], off[-5:])
-    assert abs(off[len(off) // 2]) <= 20_000, off[len(off) // 2]
+    # relative to the traced run: here the median is within 0.5 % (10 us) and 90 % within
+    # 3 %; emulated (make vmtest) 1 % and 9 % (interrupts, slow there, are not the task's
+    # CPU time when the kernel accounts IRQ time apart)
+    rel = sorted(abs(traced - (run or 0)) / traced for traced, run in pairs)
+    quartiles = [round(rel[int(f * (len(rel) - 1))], 4) for f in (0.25, 0.5, 0.75)]
+    assert quartiles[1] <= 0.02 and quartiles[2] <= 0.05, (quartiles, rel[-5:])
 
 
 def _plant(fd: int, tid: int, start: int, waking: int) -> bool:
