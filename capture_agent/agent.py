@@ -332,6 +332,8 @@ class Agent:
                     sources.append(name)
                     counts.append(delta)
                     reasons.append("ring_full")
+            for (table, reason), n in fam.probes.take_losses().items():
+                self.sink.count_loss(table, reason, n)
         for (table, reason), n in self.sink.take_new_losses().items():
             sources.append(table)
             counts.append(n)

@@ -89,6 +89,11 @@ class ProbeFamily(ABC):
         table, convert = self.rings[ring]
         return {table: convert(batch, clock)}
 
+    def take_losses(self) -> dict[tuple[str, str], int]:
+        """What the converted rows lost since the last call, ``(table, reason) -> rows``
+        (the agent reports it in ``lost`` with the kernel's drops)."""
+        return {}
+
     def collect(self, sensor: Sensor, clock: ClockSample) -> dict[str, pa.Table]:
         """Rows per lake table of state aggregated in kernel maps, read once per flush."""
         return {}

@@ -12,6 +12,7 @@ Rings (one record size each):
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -348,6 +349,21 @@ class SchedFamily(ProbeFamily):
     def __init__(self, options: AgentOptions) -> None:
         super().__init__(options)
         self._stacks: KernelStacks | None = None
+        self._losses: dict[tuple[str, str], int] = {}
+
+    def take_losses(self) -> dict[tuple[str, str], int]:
+        """Off-CPU rows whose kernel stack the kernel could not give (so no wait reason),
+        by the helper's error: ``("offcpu", "kernel_stack_EEXIST")`` etc."""
+        taken, self._losses = self._losses, {}
+        return taken
+
+    def _count_failed_stacks(self, batch: np.ndarray) -> None:
+        # a preempted thread's stack is not walked (-ENOENT, state R): not a loss
+        ids = batch["kstack_id"]
+        failed = ids[(ids < 0) & (batch["state"] != TASK_STATE_LETTERS.index("R"))]
+        for err, n in zip(*np.unique(-failed.astype(np.int64), return_counts=True)):
+            key = ("offcpu", f"kernel_stack_{errno.errorcode.get(int(err), str(int(err)))}")
+            self._losses[key] = self._losses.get(key, 0) + int(n)
 
     def sensor_spec(self, shared_maps: dict[str, int]) -> SensorSpec:
         config = SchedConfig(min_offcpu_ns=self.options.min_offcpu_ns,
@@ -370,6 +386,8 @@ class SchedFamily(ProbeFamily):
     def convert(self, ring: str, batch: np.ndarray, clock: ClockSample
                 ) -> dict[str, pa.Table]:
         out = super().convert(ring, batch, clock)
+        if ring == "offcpu_events" and len(batch):
+            self._count_failed_stacks(batch)
         offcpu = out.get("offcpu")
         if offcpu is None or self._stacks is None:
             return out

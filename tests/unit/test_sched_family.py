@@ -10,6 +10,7 @@ import pytest
 from kprobe.capture_agent.clock import ClockSample, sample_offset
 from kprobe.capture_agent.errors import RingBufferError
 from kprobe.capture_agent.families import sched
+from kprobe.capture_agent.families.base import AgentOptions
 from kprobe.capture_agent.layouts import EventKind
 from kprobe.lake.schema import spec
 
@@ -29,6 +30,7 @@ def _sched_batch() -> np.ndarray:
     b["next_comm"] = [b"app", b"reader", b"reader"]
     b["prev_state"] = [2, 0, 0]  # D
     b["target_cpu"] = [-1, 1, 1]
+    b["prev_run_ns"] = [7_000, 0, 0]
     return b
 
 
@@ -41,6 +43,7 @@ def test_sched_rows_follow_the_lake_schema_and_record_kinds() -> None:
     assert (switch["kind"], switch["prev_tid"], switch["prev_state"], switch["next_comm"]) == (
         "switch", 11, "D", "app")
     assert switch["waker_tid"] is None and switch["target_cpu"] is None
+    assert switch["prev_run_ns"] == 7_000 and waking["prev_run_ns"] is None
     assert (waking["kind"], waking["waker_pid"], waking["waker_tid"], waking["wakee_tid"]) == (
         "waking", 20, 21, 41)
     assert waking["prev_tid"] is None and waking["prev_state"] is None
@@ -68,6 +71,28 @@ def test_offcpu_rows_carry_duration_state_and_optional_waker() -> None:
     assert (preempted["state"], preempted["waker_tid"], preempted["waker_comm"]) == (
         "R", None, None)
     assert preempted["kstack_id"] is None  # a negative id is the kernel's errno
+
+
+def test_an_interval_whose_stack_the_kernel_could_not_give_is_counted_by_its_error() -> None:
+    # GIVEN intervals: a sleep with its stack, a preemption (never walked: -ENOENT), two
+    # sleeps whose stack id was refused (-EEXIST: its bucket held another stack) and one
+    # whose walk failed (-EFAULT)
+    b = np.zeros(5, sched.OFFCPU_EVENT)
+    b["hdr"]["version"] = sched.SCHED_LAYOUT_VERSION
+    b["hdr"]["size"] = sched.OFFCPU_EVENT.itemsize
+    b["hdr"]["kind"] = EventKind.OFFCPU
+    b["hdr"]["ktime_ns"] = 9_000
+    b["start_ns"] = 4_000
+    b["state"] = [1, 0, 1, 2, 1]  # S, R, S, D, S
+    b["kstack_id"] = [42, -2, -17, -17, -14]
+    family = sched.SchedFamily(AgentOptions())
+    # WHEN the agent converts them
+    rows = family.convert("offcpu_events", b, CLOCK)["offcpu"]
+    # THEN every row is kept, and the lost stacks are counted by error, once
+    assert rows.num_rows == 5
+    assert family.take_losses() == {("offcpu", "kernel_stack_EEXIST"): 2,
+                                     ("offcpu", "kernel_stack_EFAULT"): 1}
+    assert family.take_losses() == {}
 
 
 def test_a_comm_that_is_not_utf8_is_kept_with_replacement_characters() -> None:
