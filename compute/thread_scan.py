@@ -275,8 +275,9 @@ def _queued(t: pa.Table, mask: pa.Array, start: pa.Array, lost_in: pa.Array,
                cpu=cpu, **columns),
         # a waker belongs to the wait: the run after it has none
         _piece(t, pc.and_(mask, precise), s=until, state=after, cpu=cpu,
-               **{name: _unless(dated, value) if name.startswith("waker_") else value
-                  for name, value in columns.items()}),
+               **{**columns, **{name: _unless(dated, columns[name] if name in columns
+                                              else t[name])
+                                for name in ("waker_pid", "waker_tid")}}),
     ]
 
 

@@ -246,3 +246,18 @@ def test_bad_window_inputs() -> None:
         parse_instant("yesterday-ish")
     with pytest.raises(WindowError, match="windows of"):
         split(T0, T0 + 10**15, 10**9, max_windows=100)
+
+
+def test_a_wakeup_before_a_threads_first_row_is_dated_the_same_way(lake_dir: Path) -> None:
+    # GIVEN thread 11, woken by 21 at 5 ms, whose switch in at 10 ms (after a PID-1 thread)
+    # was not traced: its first row is its switch out at 20 ms, which says it ran 10 ms
+    sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
+    sc.run(0, 1, 1001, 2, 10, leave="S")
+    sc.run(0, 10, 11, 10, 20, leave="S")
+    sc.untraced_switch(0, 10)
+    sc.wake(5, (10, 11), (20, 21))
+    rows, holders = _thread_11_and_cpu_0(lake_dir, sc)
+    # THEN it waited for the CPU (held by the PID-1 thread) from its waking until it came
+    # in, and ran after; the waker is the wait's, not the run's
+    assert rows[:2] == [(5, 10, "runnable", None, 21), (10, 20, "running", None, None)]
+    assert holders[:2] == [(2, 10, 1001), (10, 20, 11)]
