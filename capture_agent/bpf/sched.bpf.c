@@ -11,8 +11,9 @@
  * A switch-in the kernel does not trace (seen on a 6.18 VM: no sched_switch fires when
  * one of PID 1's threads leaves a CPU, so the thread that takes it over is never seen
  * coming in) leaves its entry behind. The thread's next switch-out finds it: the interval
- * is emitted then, ending at the thread's waking (flag ENDS_AT_WAKING), or counted lost
- * if nothing woke it.
+ * is emitted then, ending where the thread's run since its switch in dates that switch in
+ * (flag END_DATED), else at the thread's waking (flag ENDS_AT_WAKING), or counted lost if
+ * nothing woke it.
  *
  * Evidence capture (`evidence` = 1, `kprobe record --capture evidence`): no row per switch
  * or waking. Instead
@@ -280,9 +281,19 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 	struct offcpu_start start = {};
 	struct offcpu_start *left = bpf_map_lookup_elem(&offcpu_start, &tid);
 
-	/* still there: the switch that brought it back was not traced */
+	/*
+	 * Still there: the switch that brought it back was not traced. The thread has run
+	 * since it came in for run_since_switch_in(): that dates the switch in, unless the
+	 * count is unknown (not a fair-class task) or runs back past the interval's start.
+	 */
 	if (left) {
-		if (!left->waking_ns)
+		__u64 ran = run_since_switch_in(prev);
+		__u64 came_in = ran && ran < now ? now - ran : 0;
+
+		if (came_in > left->start_ns) {
+			if (came_in - left->start_ns >= min_offcpu_ns)
+				offcpu_emit(left, prev, tid, came_in, OFFCPU_FLAG_END_DATED);
+		} else if (!left->waking_ns)
 			count_drop(EVENT_OFFCPU);
 		else if (left->waking_ns - left->start_ns >= min_offcpu_ns)
 			offcpu_emit(left, prev, tid, left->waking_ns, OFFCPU_FLAG_ENDS_AT_WAKING);

@@ -17,6 +17,8 @@ enum sched_constants {
 	OFFCPU_FLAG_WAKER = 0x1,  /* offcpu_event hdr.flags: a sched_waking named the waker */
 	OFFCPU_FLAG_ENDS_AT_WAKING = 0x2, /* the switch back in was not traced: the interval
 					   * ends at the thread's waking (hdr.ktime_ns) */
+	OFFCPU_FLAG_END_DATED = 0x4, /* the switch back in was not traced: its instant
+				      * (hdr.ktime_ns) is dated by the run since */
 	SCHED_FLAG_EVIDENCE = 0x2, /* sched_event hdr.flags: written by evidence capture, when
 				    * the off-CPU interval it bounds ended (hdr.ktime_ns is still
 				    * the instant of the switch or waking itself) */

@@ -45,6 +45,7 @@ _STATE_C_NAMES = ("R", "S", "D", "T", "t", "X", "Z", "P", "I")
 SCHED_FLAG_PREEMPT = 0x1
 OFFCPU_FLAG_WAKER = 0x1
 OFFCPU_FLAG_ENDS_AT_WAKING = 0x2  # the switch back in was not traced: ends at the waking
+OFFCPU_FLAG_END_DATED = 0x4  # the switch back in was not traced: dated by the run since
 SCHED_FLAG_EVIDENCE = 0x2  # a row of evidence capture (written when its interval ended)
 CPU_SLICE_SLOTS = 8
 
@@ -133,6 +134,7 @@ FAMILY = Family(
                 "SCHED_FLAG_PREEMPT": SCHED_FLAG_PREEMPT,
                 "OFFCPU_FLAG_WAKER": OFFCPU_FLAG_WAKER,
                 "OFFCPU_FLAG_ENDS_AT_WAKING": OFFCPU_FLAG_ENDS_AT_WAKING,
+                "OFFCPU_FLAG_END_DATED": OFFCPU_FLAG_END_DATED,
                 "SCHED_FLAG_EVIDENCE": SCHED_FLAG_EVIDENCE,
                 "CPU_SLICE_SLOTS": CPU_SLICE_SLOTS,
             },

@@ -294,23 +294,32 @@ def _plant(fd: int, tid: int, start: int, waking: int) -> bool:
     return True
 
 
-def test_an_interval_whose_switch_in_was_not_traced_ends_at_its_waking() -> None:
+def test_an_interval_whose_switch_in_was_not_traced_ends_where_its_run_dates_it() -> None:
     """Some kernels fire no sched_switch for some switches (seen here: none when one of
     PID 1's threads leaves a CPU), so a target can come back on a CPU unseen and leave its
-    interval's entry behind. GIVEN such an entry, planted as the kernel leaves it (switched
-    out 60 ms ago, woken 40 ms ago, never seen coming in), for a thread that is running
-    WHEN the thread next leaves the CPU THEN that interval is emitted, ending at its waking
-    and flagged; a control entry that nothing woke is counted lost instead."""
+    interval's entry behind. GIVEN such entries, planted as the kernel leaves them for
+    threads that are running: one switched out 60 ms ago and woken 40 ms ago; one whose
+    planted switch-out is after the thread's real switch in (so its run cannot date it),
+    woken 2 ms later; and one like it that nothing woke
+    WHEN each thread next leaves the CPU THEN the first interval ends where the thread's run
+    since its switch in dates it (flagged END_DATED: at its real switch in, which was
+    traced here), the second ends at its waking (flagged ENDS_AT_WAKING), and the third is
+    counted lost."""
     require_root_and_objects()
-    # spinners that stay runnable until told to stop (a busy machine gives each only a
-    # slice of a CPU: planting needs it on one), then sleep once
+    # spinners on one CPU, so that each runs a few ms at a time (a run longer than 60 ms
+    # could not date the first entry), until told to stop; then they sleep once
     stop = tempfile.mktemp(prefix="kprobe-spin-stop-")
     code = ("import os, sys, time\nwhile not os.path.exists(sys.argv[1]): pass\n"
             "time.sleep(0.2)\n")
-    woken, unwoken = (subprocess.Popen([sys.executable, "-c", code, stop]) for _ in range(2))
+    dated, woken, unwoken = (
+        subprocess.Popen([sys.executable, "-c", code, stop],
+                         preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+        for _ in range(3))
+    spinners = (dated, woken, unwoken)
+    switches: list[np.ndarray] = []
     try:
         with Sensor(sched.sensor_spec(sched.SchedConfig(min_offcpu_ns=1_000_000))) as sensor:
-            sensor.add_targets([woken.pid, unwoken.pid])
+            sensor.add_targets([p.pid for p in spinners])
             targeted_ns = time.monotonic_ns()
             fd = sensor.map_fd("offcpu_start")
             with libbpf.Btf(str(object_path(sched.FAMILY.object_file))) as btf:
@@ -319,52 +328,59 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_at_its_waking() -> None
             # is off CPU: plant only once each was seen coming in as a target
             came_in: set[int] = set()
             deadline = time.monotonic() + deadline_s(30)
-            while len(came_in) < 2 and time.monotonic() < deadline:
-                switches = sensor.ring("sched_events").drain()
-                since = switches[switches["hdr"]["ktime_ns"] > targeted_ns]
-                came_in |= {int(t) for t in since["next_tid"]} & {woken.pid, unwoken.pid}
+            while len(came_in) < 3 and time.monotonic() < deadline:
+                switches.append(sensor.ring("sched_events").drain())
+                since = switches[-1][switches[-1]["hdr"]["ktime_ns"] > targeted_ns]
+                came_in |= {int(t) for t in since["next_tid"]} & {p.pid for p in spinners}
                 time.sleep(0.001)
-            assert len(came_in) == 2, "a spinner was never seen coming onto a CPU"
+            assert len(came_in) == 3, "a spinner was never seen coming onto a CPU"
             planted: dict[int, tuple[int, int]] = {}
-            while len(planted) < 2 and time.monotonic() < deadline:
+            while len(planted) < 3 and time.monotonic() < deadline:
                 now = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
-                for proc, waking in ((woken, now - 40_000_000), (unwoken, 0)):
-                    if proc.pid not in planted and _plant(fd, proc.pid, now - 60_000_000,
-                                                          waking):
-                        planted[proc.pid] = (now - 60_000_000, waking)
-            assert len(planted) == 2, "a spinner was never seen on a CPU"
+                for proc, start, waking in ((dated, now - 60_000_000, now - 40_000_000),
+                                            (woken, now, now + 2_000_000),
+                                            (unwoken, now, 0)):
+                    if proc.pid not in planted and _plant(fd, proc.pid, start, waking):
+                        planted[proc.pid] = (start, waking)
+            assert len(planted) == 3, "a spinner was never seen on a CPU"
             Path(stop).touch()
-            assert woken.wait(timeout=30) == 0 and unwoken.wait(timeout=30) == 0
+            assert all(p.wait(timeout=30) == 0 for p in spinners)
+            switches.append(sensor.ring("sched_events").drain())
             intervals = sensor.ring("offcpu_events").drain()
             drops = sensor.drops()
-        rows = sched.offcpu_table(intervals, sample_offset()).to_pylist()
     finally:
-        for proc in (woken, unwoken):
+        for proc in spinners:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         Path(stop).unlink(missing_ok=True)
-    clock = sample_offset()
 
-    def planted_row(tid: int) -> list[dict[str, object]]:
-        # the planted start and state: the spinners share a CPU and take turns each tick,
-        # so a real preemption (state R) of the thread can start at the planted instant
-        # (2 runs in 25 here: 60 ms back from a switch in is a switch out, 4 ms ticks)
-        start_ns = int(clock.to_epoch(np.array([planted[tid][0]]))[0])
-        return [r for r in rows if r["tid"] == tid and abs(r["ts_ns"] - start_ns) < 1_000
-                and r["state"] == "S"]
+    def planted_interval(tid: int) -> np.ndarray:
+        # the planted start (and state S): the spinners take turns on CPU 0, so a real
+        # preemption (state R) of the thread can start at the planted instant
+        return intervals[(intervals["tid"] == tid) & (intervals["start_ns"] == planted[tid][0])
+                         & (intervals["state"] == sched.TASK_STATE_LETTERS.index("S"))]
 
     # (this kernel also leaves real switch-ins untraced now and then: only the planted
-    # entries' rows are judged)
-    (row,) = planted_row(woken.pid)
-    assert row["ends_at_waking"], row
-    assert planted_row(unwoken.pid) == [], rows
-    start, waking = planted[woken.pid]
-    assert row["dur_ns"] == waking - start
-    assert (row["tid"], row["waker_pid"], row["waker_comm"]) == (woken.pid, 4242,
-                                                                 "planted-waker")
-    # the never-woken entry gave no interval, and was counted
+    # entries' intervals are judged)
+    (first,) = planted_interval(dated.pid)
+    assert first["hdr"]["flags"] & sched.OFFCPU_FLAG_END_DATED, first
+    end = int(first["hdr"]["ktime_ns"])
+    assert end > planted[dated.pid][1]  # after the planted waking: the real switch in
+    every = np.concatenate(switches)
+    ins = every[(every["hdr"]["kind"] == EventKind.SCHED_SWITCH)
+                & (every["next_tid"] == dated.pid)]["hdr"]["ktime_ns"].astype(np.int64)
+    # the switch in it dates was traced (the entry was planted): within 1 ms of it
+    assert np.min(np.abs(ins - end)) <= 1_000_000, (end, sorted(ins.tolist())[-5:])
+    assert (first["waker_pid"], bytes(first["waker_comm"]).rstrip(b"\0")) == (
+        4242, b"planted-waker")
+    (second,) = planted_interval(woken.pid)
+    assert second["hdr"]["flags"] & sched.OFFCPU_FLAG_ENDS_AT_WAKING, second
+    assert int(second["hdr"]["ktime_ns"]) - int(second["start_ns"]) == 2_000_000
+    # the third gave no interval, and was counted
+    assert len(planted_interval(unwoken.pid)) == 0
     assert drops.get(EventKind.OFFCPU, 0) >= 1
-    # both threads' own intervals (their sleep at the end) are traced as usual
-    assert {r["tid"] for r in rows if not r["ends_at_waking"]} >= {woken.pid, unwoken.pid}
+    # every thread's own interval (its sleep at the end) is traced as usual
+    rows = sched.offcpu_table(intervals, sample_offset()).to_pylist()
+    assert {r["tid"] for r in rows if not r["ends_at_waking"]} >= {p.pid for p in spinners}
 
