@@ -48,6 +48,8 @@ TESTS: tuple[str, ...] = (
     f"{_I}test_bpf_sched.py::test_sensors_can_share_one_targets_map",
     f"{_I}test_bpf_sched.py::test_each_switch_out_says_how_long_the_thread_ran_since_its_"
     "switch_in",
+    f"{_I}test_bpf_sched.py::test_an_interval_whose_switch_in_was_not_traced_ends_where_its_"
+    "run_dates_it",
     f"{_I}test_bpf_kstacks.py",
     f"{_I}test_bpf_syscalls.py",
     f"{_I}test_bpf_net.py",
