@@ -274,11 +274,12 @@ def test_each_switch_out_says_how_long_the_thread_ran_since_its_switch_in() -> N
     assert len(pairs) >= 40, pairs  # ~100 runs of each spinner (the control: data to judge)
     assert all(run is not None for _, run in pairs), pairs
     # relative to the traced run: here the median is within 0.5 % (10 us) and 90 % within
-    # 3 %; emulated (make vmtest) 1 % and 9 % (interrupts, slow there, are not the task's
-    # CPU time when the kernel accounts IRQ time apart)
+    # 3 %; emulated (make vmtest, two guests at once) medians of 0.7-2.4 % and 3rd
+    # quartiles of 2.5-5.9 % (interrupts, slow there, are not the task's CPU time when the
+    # kernel accounts IRQ time apart). A count of 0 or the total runtime is off by ~100 %.
     rel = sorted(abs(traced - (run or 0)) / traced for traced, run in pairs)
     quartiles = [round(rel[int(f * (len(rel) - 1))], 4) for f in (0.25, 0.5, 0.75)]
-    assert quartiles[1] <= 0.02 and quartiles[2] <= 0.05, (quartiles, rel[-5:])
+    assert quartiles[1] <= 0.05 and quartiles[2] <= 0.12, (quartiles, rel[-5:])
 
 
 def _plant(fd: int, tid: int, start: int, waking: int) -> bool:
@@ -299,8 +300,8 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_where_its_run_dates_it(
     PID 1's threads leaves a CPU), so a target can come back on a CPU unseen and leave its
     interval's entry behind. GIVEN such entries, planted as the kernel leaves them for
     threads that are running: one switched out 60 ms ago and woken 40 ms ago; one whose
-    planted switch-out is after the thread's real switch in (so its run cannot date it),
-    woken 2 ms later; and one like it that nothing woke
+    planted switch-out is after the thread's real switch in (so its run cannot date it:
+    50 ms ahead), woken 2 ms later; and one like it that nothing woke
     WHEN each thread next leaves the CPU THEN the first interval ends where the thread's run
     since its switch in dates it (flagged END_DATED: at its real switch in, which was
     traced here), the second ends at its waking (flagged ENDS_AT_WAKING), and the third is
@@ -337,9 +338,12 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_where_its_run_dates_it(
             planted: dict[int, tuple[int, int]] = {}
             while len(planted) < 3 and time.monotonic() < deadline:
                 now = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+                # the other two start 50 ms ahead: after the thread's current run began
+                # (before the plant) even if it came in again since `now` was read
+                later = now + 50_000_000
                 for proc, start, waking in ((dated, now - 60_000_000, now - 40_000_000),
-                                            (woken, now, now + 2_000_000),
-                                            (unwoken, now, 0)):
+                                            (woken, later, later + 2_000_000),
+                                            (unwoken, later, 0)):
                     if proc.pid not in planted and _plant(fd, proc.pid, start, waking):
                         planted[proc.pid] = (start, waking)
             assert len(planted) == 3, "a spinner was never seen on a CPU"

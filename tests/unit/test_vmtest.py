@@ -314,3 +314,12 @@ def test_a_guest_that_panics_says_the_kernels_words_not_just_that_it_stopped() -
     calm = qemu.run_vm(["sh", "-c", "printf '%s\\n' \"$@\"", "sh", *console[:1],
                         "vmtest guest: checks done (exit 0), powering off"], io.StringIO(), 30)
     assert calm.exit_code == 0 and calm.crash == "", calm
+
+
+def test_a_kernel_line_carries_its_note_whatever_the_outcome() -> None:
+    from tests.vmtest.results import KernelOutcome, kernel_line
+    passed = KernelOutcome("6.12.118", "tcg", True, 290.0,
+                           note="the first boot's kernel crashed: Oops: int3")
+    assert kernel_line(passed).endswith("pass   290.0 s  [the first boot's kernel crashed: "
+                                        "Oops: int3]")
+    assert "[" not in kernel_line(KernelOutcome("6.1.0", "tcg", True, 280.0))

@@ -73,6 +73,8 @@ class KernelOutcome:
     reason: str = ""
     failures: tuple[str, ...] = field(default=())  # "step: failure", every one seen
     log: str = ""
+    crashed: str = ""  # the guest kernel's crash that stopped it before a step failed
+    note: str = ""  # said on its line whatever the outcome (a first boot that crashed)
 
 
 def judge(release: str, accel: str, seconds: float, results: Sequence[StepResult],
@@ -108,6 +110,8 @@ def kernel_line(outcome: KernelOutcome) -> str:
             f"{'pass' if outcome.ok else 'FAIL'} {outcome.seconds:7.1f} s")
     if not outcome.ok:
         line += f"  {outcome.reason}"
+    if outcome.note:
+        line += f"  [{outcome.note}]"
     return line
 
 
