@@ -86,20 +86,21 @@ def _thread_11_and_cpu_0(lake_dir: Path, sc: Scenario
     return rows, holders
 
 
-def _untraced_scenario(dated: bool = False) -> Scenario:
+def _untraced_scenario(dated: bool = False, pid1_from: float = 25, back_at: float = 35
+                       ) -> Scenario:
     """Thread 11 (pid 10) on CPU 0 runs 0-10 ms and sleeps on a futex until thread 21 wakes
-    it at 30 ms. Meanwhile a thread of PID 1 (tid 1001) took CPU 0 at 25 ms; it leaves at
-    35 ms and the kernel fires no sched_switch for that (this VM's 6.18 kernel, for PID 1's
-    threads), so thread 11's switch in at 35 ms is never seen. Thread 11 runs to 50 ms;
-    the capture emits its off-CPU interval ending at its waking (ends_at_waking).
-    ``dated``: its switch out at 50 ms says it ran 15 ms (else, as for a task outside the
-    fair class, it says nothing)."""
+    it at 30 ms. Thread 21 holds CPU 0 from 12 ms until a thread of PID 1 (tid 1001) takes
+    it at ``pid1_from``; 1001 leaves at ``back_at`` and the kernel fires no sched_switch for
+    that (this VM's 6.18 kernel, for PID 1's threads), so thread 11's switch in then is
+    never seen. Thread 11 runs to 50 ms; the capture emits its off-CPU interval ending at
+    its waking (ends_at_waking). ``dated``: its switch out at 50 ms says how long it ran
+    (else, as for a task outside the fair class, it says nothing)."""
     sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
     sc.run(0, 10, 11, 0, 10, leave="S")
-    sc.run(0, 20, 21, 12, 25, leave="S")
-    sc.run(0, 1, 1001, 25, 35, leave="S")
-    sc.run(0, 10, 11, 35, 50, leave="S", dated=dated)
-    sc.untraced_switch(0, 35)
+    sc.run(0, 20, 21, 12, pid1_from, leave="S")
+    sc.run(0, 1, 1001, pid1_from, back_at, leave="S")
+    sc.run(0, 10, 11, back_at, 50, leave="S", dated=dated)
+    sc.untraced_switch(0, back_at)
     sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
     sc.wake(30, (10, 11), (20, 21))
     return sc
@@ -153,19 +154,9 @@ def test_untraced_switch_in_decomposes_as_unknown(lake_dir: Path) -> None:
 
 
 def _untraced_after_a_wait_scenario() -> Scenario:
-    """Thread 11 (pid 10) on CPU 0 sleeps on a futex from 10 ms until thread 21 wakes it at
-    30 ms; 21 holds CPU 0 until 40 ms, when a thread of PID 1 (tid 1001) takes it. 1001
-    leaves at 45 ms untraced (as above), so thread 11's switch in at 45 ms is never seen;
-    it runs to 50 ms, and its switch out does not say for how long."""
-    sc = Scenario().process(10, "api").process(20, "holder").process(1, "process_api")
-    sc.run(0, 10, 11, 0, 10, leave="S")
-    sc.run(0, 20, 21, 12, 40, leave="S")
-    sc.run(0, 1, 1001, 40, 45, leave="S")
-    sc.run(0, 10, 11, 45, 50, leave="S", dated=False)
-    sc.untraced_switch(0, 45)
-    sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
-    sc.wake(30, (10, 11), (20, 21))
-    return sc
+    """As above, but thread 21 holds CPU 0 until 40 ms, after thread 11's waking; 1001
+    leaves at 45 ms, and thread 11's switch out does not say how long it ran."""
+    return _untraced_scenario(pid1_from=40, back_at=45)
 
 
 def test_a_lost_switch_in_is_a_run_queue_wait_until_the_cpus_last_traced_switch(
