@@ -141,7 +141,9 @@ def run_guest(qemu_bin: str, kernel: kernels.UnpackedKernel, spec: qemu.VmSpec,
     found = decode_all(results.read_text(errors="replace")) if results.exists() else []
     outcome = judge(kernel.release, spec.accel, vm.seconds, found, stopped=stopped,
                     log=str(log_path))
-    if vm.crash and not outcome.ok and all(r.ok for r in found):
+    if vm.crash and outcome.ok:  # after every check passed: said, not failed
+        return replace(outcome, note=f"the kernel crashed after its checks: {vm.crash}")
+    if vm.crash and all(r.ok for r in found):
         return replace(outcome, crashed=vm.crash)
     return outcome
 
