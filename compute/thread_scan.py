@@ -260,14 +260,16 @@ def _queued(t: pa.Table, mask: pa.Array, start: pa.Array, lost_in: pa.Array,
     end, as ``state``. A segment whose switch in was lost (``lost_in``, a fully traced
     node) waited until at least its next switch's CPU last switched
     (``next_cpu_prev_ts``), and ran for ``next_run_ns`` before that switch out: runnable
-    until it came in, running after. A run that would start before that bound is not
-    believed (not a fair-class task's); with none, the time after the bound is unknown."""
+    until it came in, running after. A run reaching back past that bound (the scheduler's
+    clock can lag a little) starts at the bound, as its CPU holder does in
+    ``cpu_intervals``; with no run (a task outside the fair class) the time after the bound
+    is unknown."""
     e = t["e"]
     precise = pc.and_(lost_in, pc.invert(sliced))
     bound = pc.max_element_wise(start, pc.min_element_wise(
         pc.fill_null(t["next_cpu_prev_ts"], np.iinfo(np.int64).min), e))
-    came_in = pc.subtract(e, t["next_run_ns"])
-    dated = pc.fill_null(pc.and_kleene(precise, pc.greater_equal(came_in, bound)), False)
+    came_in = pc.max_element_wise(pc.subtract(e, t["next_run_ns"]), bound)
+    dated = pc.fill_null(pc.and_kleene(precise, pc.is_valid(t["next_run_ns"])), False)
     until = pc.if_else(dated, came_in, pc.if_else(precise, bound, e))
     after = pc.if_else(dated, "running", "unknown")
     return [

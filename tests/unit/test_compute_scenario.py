@@ -39,6 +39,7 @@ class _Run:
     comm: str
     leave: str
     dated: bool = True  # its switch out says how long it ran (prev_run_ns)
+    ran_ms: float | None = None  # what it says, when not the run's own length
 
 
 class Scenario:
@@ -60,12 +61,13 @@ class Scenario:
         return self
 
     def run(self, cpu: int, pid: int, tid: int, start: float, end: float,
-            leave: str = "S", dated: bool = True) -> Scenario:
+            leave: str = "S", dated: bool = True, ran_ms: float | None = None) -> Scenario:
         """Thread ``tid`` on ``cpu`` from ``start`` to ``end`` ms; leaves in state ``leave``.
-        ``dated``: its switch out carries how long it ran (the kernel's prev_run_ns; not
+        ``dated``: its switch out carries how long it ran (the kernel's prev_run_ns,
+        ``ran_ms`` if given, as when the scheduler's clock lagged; not
         for a task outside the fair class)."""
         self.runs.append(_Run(cpu, ns(start), ns(end), pid, tid,
-                              self.comms.get(pid, f"p{pid}"), leave, dated))
+                              self.comms.get(pid, f"p{pid}"), leave, dated, ran_ms))
         return self
 
     def untraced_switch(self, cpu: int, at: float) -> Scenario:
@@ -247,7 +249,8 @@ def _switch(cpu: int, ts: int, prev: _Run | None, nxt: _Run | None) -> dict[str,
         "prev_state": prev.leave if prev else "R",
         "next_pid": nxt.pid if nxt else 0, "next_tid": nxt.tid if nxt else 0,
         "next_comm": nxt.comm if nxt else "swapper/0",
-        "prev_run_ns": prev.e - prev.s if prev and prev.dated else None}
+        "prev_run_ns": (None if prev is None or not prev.dated else prev.e - prev.s
+                        if prev.ran_ms is None else round(prev.ran_ms * MS))}
 
 
 def test_sched_rows_follow_cpu_occupancy() -> None:

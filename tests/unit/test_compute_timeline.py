@@ -86,8 +86,8 @@ def _thread_11_and_cpu_0(lake_dir: Path, sc: Scenario
     return rows, holders
 
 
-def _untraced_scenario(dated: bool = False, pid1_from: float = 25, back_at: float = 35
-                       ) -> Scenario:
+def _untraced_scenario(dated: bool = False, pid1_from: float = 25, back_at: float = 35,
+                       ran_ms: float | None = None) -> Scenario:
     """Thread 11 (pid 10) on CPU 0 runs 0-10 ms and sleeps on a futex until thread 21 wakes
     it at 30 ms. Thread 21 holds CPU 0 from 12 ms until a thread of PID 1 (tid 1001) takes
     it at ``pid1_from``; 1001 leaves at ``back_at`` and the kernel fires no sched_switch for
@@ -99,7 +99,7 @@ def _untraced_scenario(dated: bool = False, pid1_from: float = 25, back_at: floa
     sc.run(0, 10, 11, 0, 10, leave="S")
     sc.run(0, 20, 21, 12, pid1_from, leave="S")
     sc.run(0, 1, 1001, pid1_from, back_at, leave="S")
-    sc.run(0, 10, 11, back_at, 50, leave="S", dated=dated)
+    sc.run(0, 10, 11, back_at, 50, leave="S", dated=dated, ran_ms=ran_ms)
     sc.untraced_switch(0, back_at)
     sc.offcpu(10, 11, 10, 30, "futex", waker=(20, 21), ends_at_waking=True)
     sc.wake(30, (10, 11), (20, 21))
@@ -252,3 +252,15 @@ def test_a_wakeup_before_a_threads_first_row_is_dated_the_same_way(lake_dir: Pat
     # in, and ran after; the waker is the wait's, not the run's
     assert rows[:2] == [(5, 10, "runnable", None, 21), (10, 20, "running", None, None)]
     assert holders[:2] == [(2, 10, 1001), (10, 20, 11)]
+
+
+def test_a_run_that_reaches_back_past_the_cpus_last_switch_starts_there(
+        lake_dir: Path) -> None:
+    # GIVEN the dated scenario, but thread 11's switch out says it ran 30 ms: back past
+    # 25 ms, when the PID-1 thread's switch in (traced) put another thread on CPU 0
+    rows, holders = _thread_11_and_cpu_0(lake_dir, _untraced_scenario(dated=True, ran_ms=30))
+    # THEN it came in no earlier than that switch, nor than its waking (30 ms): running
+    # from there; CPU 0's holders know only the CPU's rows, so thread 11 holds it from
+    # 25 ms (a scheduler count this far off is rare: up to 1.4 ms here against traced runs)
+    assert rows[2:4] == [(30, 50, "running", None, None), (50, 60, "blocked", "other", None)]
+    assert holders == [(0, 10, 11), (12, 25, 21), (25, 50, 11)]
