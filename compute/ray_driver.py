@@ -68,7 +68,12 @@ def _on_ray(location: lake.LakeLocation, windows: list[Window], settings: Comput
         task: Any = ray.remote(num_cpus=1, max_retries=2)(run_window)
         in_flight = settings.ray_max_in_flight or max(
             2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
-        location_ref, settings_ref, rules_ref = (ray.put(location), ray.put(settings),
+        # a task holds one CPU: its DuckDB gets one thread unless told otherwise. With a
+        # thread per core each, the tasks oversubscribed the cores, and a second thread
+        # bought a window no time anyway (bench_compute, 2 cores: 7.8 s per window on one
+        # thread, 8.0 s on two, 25 % more CPU)
+        per_task = settings.model_copy(update={"duckdb_threads": settings.duckdb_threads or 1})
+        location_ref, settings_ref, rules_ref = (ray.put(location), ray.put(per_task),
                                                  ray.put(rules))
         pending: dict[Any, int] = {}
         results: dict[int, WindowOutput] = {}

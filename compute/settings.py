@@ -63,7 +63,7 @@ class ComputeSettings(BaseSettings):
     rules_path: Path | None = None  # default: compute/domain_rules.yaml
 
     # Engines -------------------------------------------------------------------------------
-    duckdb_threads: int | None = None
+    duckdb_threads: int | None = None  # None: every core in-process, 1 in a Ray task
     duckdb_memory_limit: str | None = None
     graph_buffer_pool_mb: int = Field(default=256, gt=0)
     graph_cache_dir: Path = Path.home() / ".cache" / "kprobe" / "graphs"

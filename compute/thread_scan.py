@@ -13,9 +13,12 @@ and for every blocked interval the thread's latest ``offcpu`` row at or before i
 (its reason). In SQL those were a window sort and three ASOF joins over every switch row and
 then four passes to cut the segments, the engine's largest stage (4.2-5.8 CPU seconds of
 timeline in a 1 M-event window of ``bench_compute``). Here each row gets one integer sort
-key (thread, time), the look-ups are a shift of the sorted keys and ``searchsorted``, and
-the segments are masks over the switch rows (2.3-3.4 CPU seconds for the whole timeline,
-same rows; ``tests/unit/test_compute_thread_scan.py`` keeps the SQL as its oracle).
+key (thread, time) and the switch rows are put in that order once, so a thread's next row is
+the next position (a shift, not a gather) and the first wakeup is a ``searchsorted``; the
+segments are cut on integer state codes, and the strings (node, state, reason) are taken
+once at the end (``tests/unit/test_compute_thread_scan.py`` keeps the SQL as its oracle).
+Per 1 M-event window of ``bench_compute``: 1.6-1.8 CPU seconds with Arrow compute on
+strings per piece, 1.1-1.2 s so.
 
 Ties (two rows of one thread at the same instant) are left in an unspecified order, as the
 window and ASOF joins left them.
@@ -61,15 +64,19 @@ def _node_codes(nodes: pa.Array, dictionary: pa.Array) -> tuple[np.ndarray, np.n
     return np.asarray(filled, dtype=np.int64), known
 
 
-def _thread_ids(a: pa.Table, b: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One int64 per row for (node, tid) of ``a`` and of ``b`` (columns ``node``, ``tid``,
-    tid an int32 value), and whether ``a``'s node is known (a null node matches nothing)."""
-    a_node, b_node = _column(a, "node"), _column(b, "node")
-    dictionary = pc.unique(pa.chunked_array([a_node, b_node]).combine_chunks()).drop_null()
-    a_code, a_known = _node_codes(a_node, dictionary)
-    b_code, _ = _node_codes(b_node, dictionary)
-    return ((a_code << 32) | (_ints(a, "tid") + (1 << 31)),
-            (b_code << 32) | (_ints(b, "tid") + (1 << 31)), a_known)
+def _thread_ids(*tables: pa.Table) -> tuple[list[np.ndarray], np.ndarray]:
+    """One int64 per row for (node, tid) of each table (columns ``node``, ``tid``, tid an
+    int32 value), codes shared across the tables, and whether the first table's node is
+    known (a null node matches nothing)."""
+    nodes = [_column(t, "node") for t in tables]
+    dictionary = pc.unique(pa.chunked_array(nodes, pa.string()).combine_chunks()).drop_null()
+    ids, known = [], np.zeros(0, bool)
+    for i, (t, node) in enumerate(zip(tables, nodes)):
+        code, ok = _node_codes(node, dictionary)
+        ids.append((code << 32) | (_ints(t, "tid") + (1 << 31)))
+        if i == 0:
+            known = ok
+    return ids, known
 
 
 def _sorted_keys(sw_thread: np.ndarray, wk_thread: np.ndarray, sw_ts: np.ndarray,
@@ -104,57 +111,118 @@ def _first_at_or_after(keys: np.ndarray, groups: np.ndarray, order: np.ndarray,
     return np.where(found, order[clipped], -1)
 
 
+class _Col:
+    """A nullable int64 column in numpy: ``v`` (0 where null) and ``ok`` (not null)."""
+
+    __slots__ = ("v", "ok")
+
+    def __init__(self, v: np.ndarray, ok: np.ndarray) -> None:
+        self.v, self.ok = v, ok
+
+    @classmethod
+    def of(cls, array: pa.Array | pa.ChunkedArray) -> _Col:
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        ok = (np.ones(len(array), bool) if not array.null_count else
+              np.asarray(array.is_valid().to_numpy(zero_copy_only=False), bool))
+        v = np.asarray(pc.fill_null(array, 0).to_numpy(zero_copy_only=False), np.int64)
+        return cls(v, ok)
+
+    @classmethod
+    def nulls(cls, n: int) -> _Col:
+        return cls(np.zeros(n, np.int64), np.zeros(n, bool))
+
+    def take(self, index: np.ndarray) -> _Col:
+        """Rows ``index``; null where ``index`` is negative."""
+        if not len(self.v):
+            return _Col.nulls(len(index))
+        at = np.maximum(index, 0)
+        return _Col(self.v[at], self.ok[at] & (index >= 0))
+
+    def where(self, mask: np.ndarray, other: _Col) -> _Col:
+        return _Col(np.where(mask, self.v, other.v), np.where(mask, self.ok, other.ok))
+
+    def arrow(self, type_: pa.DataType | None = None) -> pa.Array:
+        return pa.array(self.v, type_ or pa.int64(), mask=None if self.ok.all() else ~self.ok)
+
+
+class _Switches:
+    """``t_sw``'s rows in (thread, ts, ord) order (``order[i]``: the row at position i),
+    each with its thread's next switch row (the following position, when ``has_next``) and
+    the positions in ``wk`` (``t_wk``'s rows with a waker, in (thread, ts) order) of the
+    first wakeup and of the first ``waking`` at or after it (-1 if none). In this order a
+    thread's next row is the next position: the look-ups are shifts, not gathers."""
+
+    def __init__(self, sw: pa.Table, wk: pa.Table, sw_thread: np.ndarray,
+                 wk_thread: np.ndarray, sw_known: np.ndarray, range_end_ns: int) -> None:
+        sw_ts = _ints(sw, "ts")
+        sw_key, wk_key, sw_group, wk_group = _sorted_keys(sw_thread, wk_thread, sw_ts,
+                                                          _ints(wk, "ts"))
+        n = len(sw_ts)
+        order = np.argsort(sw_key * 4 + _ints(sw, "ord"))
+        group = sw_group[order]
+        self.order, self.n = order, n
+        self.thread, self.known = sw_thread[order], sw_known[order]
+        self.has_next = np.r_[group[1:] == group[:-1], False] if n else np.zeros(0, bool)
+        self.s = sw_ts[order]
+        self.e = np.where(self.has_next, np.r_[self.s[1:], 0][:n], range_end_ns)
+        self.cols = {name: _Col.of(_column(sw, name)).take(order)
+                     for name in ("ord", "cpu", "cpu_prev_ts", "run_ns")}
+        # the first wakeup at or after each switch row (queries in sorted order:
+        # searchsorted walks the keys once); a switch row of a null node finds none
+        wk_order = np.argsort(wk_key)
+        self.wk = {name: _Col.of(_column(wk, name)).take(wk_order)
+                   for name in ("ts", "waker_pid", "waker_tid")}
+        waking = np.asarray(_column(wk, "is_waking").to_numpy(zero_copy_only=False),
+                            bool)[wk_order]
+        keys, groups = wk_key[wk_order], wk_group[wk_order]
+        queries = sw_key[order]
+        self.found = {}
+        for name, subset in (("any", np.arange(len(wk_order))),
+                             ("waking", np.flatnonzero(waking))):
+            found = _first_at_or_after(keys, groups, subset, queries, group)
+            self.found[name] = np.where(self.known, found, -1)
+
+    def following(self, col: _Col) -> _Col:
+        """``col`` (in this order) at each row's next switch row; null where none."""
+        if not self.n:
+            return col
+        return _Col(np.r_[col.v[1:], 0], np.r_[col.ok[1:], False] & self.has_next)
+
+
 def switch_successors(con: duckdb.DuckDBPyConnection, range_end_ns: int) -> pa.Table:
     """``t_sw``'s rows (``ts`` named ``s``) with ``e`` (the thread's next switch, else
     ``range_end_ns``), ``next_ord``, ``next_cpu``, ``next_cpu_prev_ts`` (when the CPU of
     that next switch last switched before it), ``next_run_ns`` (how long the thread had run
     at that next switch, when it is a switch out), and the first wakeup at or after ``ts``
     (``any_*``) and first ``waking`` row at or after it (``waking_*``), from ``t_wk``'s rows
-    with a waker.
+    with a waker; in (thread, ts, ord) order.
 
     Threads are (node, tid); a switch row ``s`` of a thread is followed by the row with the
     next (ts, ord); a wakeup counts from ``ts >= s`` on (as the ASOF joins did: a null node
     matches no wakeup)."""
+    sw, wk = _switches_and_wakeups(con)
+    (sw_thread, wk_thread), sw_known = _thread_ids(sw, wk)
+    x = _Switches(sw, wk, sw_thread, wk_thread, sw_known, range_end_ns)
+    index = pa.array(x.order)
+    columns = {"s" if name == "ts" else name: _column(sw, name).take(index)
+               for name in sw.column_names if name not in ("cpu_prev_ts", "run_ns")}
+    columns["e"] = pa.array(x.e, pa.int64())
+    for name, type_ in (("ord", pa.int32()), ("cpu", pa.int32()),
+                        ("cpu_prev_ts", pa.int64()), ("run_ns", pa.int64())):
+        columns[f"next_{name}"] = x.following(x.cols[name]).arrow(type_)
+    for prefix in ("any", "waking"):
+        for field in ("ts", "pid", "tid"):
+            columns[f"{prefix}_{field}"] = x.wk["ts" if field == "ts" else f"waker_{field}"
+                                               ].take(x.found[prefix]).arrow()
+    return pa.table(columns)
+
+
+def _switches_and_wakeups(con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, pa.Table]:
     sw = con.sql(f"SELECT {_SWITCH_COLUMNS} FROM t_sw").to_arrow_table()
     wk = con.sql(f"SELECT {_WAKE_COLUMNS} FROM t_wk WHERE waker_tid IS NOT NULL"
                  ).to_arrow_table()
-    sw_thread, wk_thread, sw_known = _thread_ids(sw, wk)
-    sw_ts = _ints(sw, "ts")
-    sw_key, wk_key, sw_group, wk_group = _sorted_keys(sw_thread, wk_thread, sw_ts,
-                                                      _ints(wk, "ts"))
-    n = len(sw_ts)
-
-    # the switch rows by (thread, ts, ord): the next row of the same thread follows
-    order = np.argsort(sw_key * 4 + _ints(sw, "ord"))
-    group = sw_group[order]
-    same = group[1:] == group[:-1]
-    following = np.full(n, -1, dtype=np.int64)
-    following[order[:-1][same]] = order[1:][same]
-
-    # the first wakeup at or after each switch row (queries in sorted order: searchsorted
-    # walks the keys once); a switch row of a null node finds none
-    waking = np.asarray(_column(wk, "is_waking").to_numpy(zero_copy_only=False), dtype=bool)
-    wk_order = np.argsort(wk_key)
-    queries = sw_key[order]
-    rows = {}
-    for name, subset in (("any", wk_order), ("waking", wk_order[waking[wk_order]])):
-        found = np.full(n, -1, dtype=np.int64)
-        found[order] = _first_at_or_after(wk_key, wk_group, subset, queries, group)
-        rows[name] = np.where(sw_known, found, -1)
-
-    end = np.where(following >= 0, sw_ts[np.maximum(following, 0)], range_end_ns)
-    columns = {"s" if name == "ts" else name: _column(sw, name) for name in sw.column_names
-               if name not in ("cpu_prev_ts", "run_ns")}
-    columns["e"] = pa.array(end, pa.int64())
-    columns["next_ord"] = _take(_column(sw, "ord"), following)
-    columns["next_cpu"] = _take(_column(sw, "cpu"), following)
-    columns["next_cpu_prev_ts"] = _take(_column(sw, "cpu_prev_ts"), following)
-    columns["next_run_ns"] = _take(_column(sw, "run_ns"), following)
-    for prefix, index in rows.items():
-        for field in ("ts", "pid", "tid"):
-            columns[f"{prefix}_{field}"] = _take(_column(wk, "ts" if field == "ts"
-                                                         else f"waker_{field}"), index)
-    return pa.table(columns)
+    return sw, wk
 
 
 # The runnable segment a wakeup opens before the thread's first switch row (one per thread
@@ -181,6 +249,124 @@ INTERVAL_SCHEMA = pa.schema([
     ("node", pa.string()), ("tid", pa.int64()), ("pid", pa.int64()), ("s", pa.int64()),
     ("e", pa.int64()), ("state", pa.string()), ("reason", pa.string()), ("cpu", pa.int32()),
     ("waker_pid", pa.int64()), ("waker_tid", pa.int64()), ("prev_state", pa.string())])
+# state codes of the numpy scan (``STATES[code]``)
+STATES = ("running", "runnable", "blocked", "unknown")
+_RUNNING, _RUNNABLE, _BLOCKED, _UNKNOWN = range(4)
+
+
+class _Pieces:
+    """Rows of thread_intervals being cut, as numpy arrays: the source row (its node, tid,
+    pid and prev_state, when ``own_prev``), the interval, the state code, the CPU and the
+    waker."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, mask: np.ndarray, src: np.ndarray, s: np.ndarray, e: np.ndarray,
+            state: np.ndarray | int, cpu: _Col, waker_pid: _Col, waker_tid: _Col,
+            own_prev: bool) -> None:
+        n = len(mask)
+        state_arr = np.broadcast_to(np.asarray(state, np.int8), n)
+        self.parts.append(tuple(a[mask] for a in (
+            src, s, e, state_arr, cpu.v, cpu.ok, waker_pid.v, waker_pid.ok, waker_tid.v,
+            waker_tid.ok, np.broadcast_to(np.bool_(own_prev), n))))
+
+    def columns(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate([p[i] for p in self.parts]) for i in range(11))
+
+
+def _queued(out: _Pieces, src: np.ndarray, mask: np.ndarray, start: np.ndarray,
+            e: np.ndarray, lost_in: np.ndarray, sliced: np.ndarray, state: np.ndarray,
+            cpu: _Col, next_cpu_prev_ts: _Col, next_run_ns: _Col, waker_pid: _Col,
+            waker_tid: _Col, own_prev: bool) -> None:
+    """The run-queue wait of the rows under ``mask`` from ``start`` to the segment's end
+    ``e``, as ``state``. A segment whose switch in was lost (``lost_in``, a fully traced
+    node) waited until at least its next switch's CPU last switched
+    (``next_cpu_prev_ts``), and ran for ``next_run_ns`` before that switch out: runnable
+    until it came in, running after. A run reaching back past that bound (the scheduler's
+    clock can lag a little) starts at the bound, as its CPU holder does in
+    ``cpu_intervals``; with no run (a task outside the fair class) the time after the bound
+    is unknown."""
+    precise = lost_in & ~sliced
+    prev_ts = np.where(next_cpu_prev_ts.ok, next_cpu_prev_ts.v, np.iinfo(np.int64).min)
+    bound = np.maximum(start, np.minimum(prev_ts, e))
+    dated = precise & next_run_ns.ok
+    came_in = np.where(next_run_ns.ok, np.maximum(e - next_run_ns.v, bound), bound)
+    until = np.where(dated, came_in, np.where(precise, bound, e))
+    out.add(mask, src, start, until, np.where(precise, _RUNNABLE, state), cpu, waker_pid,
+            waker_tid, own_prev)
+    # a waker belongs to the wait: the run after it has none
+    none = _Col.nulls(len(mask))
+    out.add(mask & precise, src, until, e, np.where(dated, _RUNNING, _UNKNOWN), cpu,
+            none.where(dated, waker_pid), none.where(dated, waker_tid), own_prev)
+
+
+def _segments(sw: pa.Table, x: _Switches, first_wake: pa.Table,
+              sliced_nodes: pa.Array | None) -> _Pieces:
+    """Thread states from the switch rows and their successors (the rules of the module
+    docstring of compute/timeline.py): running, runnable, blocked until the wakeup then
+    runnable, and 'unknown' where a switch in or out was not traced. Rows of any length
+    (``e <= s`` included); sources: ``x``'s positions, then ``first_wake``'s rows after them.
+
+    On ``sliced_nodes`` (recorded with evidence capture) a switch without its pair is no
+    lost row: rows are kept around waits of at least the capture's bound, so a switch in
+    followed by another switch in had a short preemption or wait between them, and a
+    preemption or a waking followed by another switch out had a short run-queue wait and
+    then ran. Such a segment is ``running``, and ``bound_running`` cuts it to what the
+    thread's slices show (on CPU first: the short wait's place in it is not recorded).
+    A sleep followed by another switch out stays blocked until its waking, as under full
+    capture (when the kernel traced no switch in, evidence capture writes the sleep's
+    waking at that next switch out; a target's ``offcpu`` row also names it)."""
+    out = _Pieces()
+    n = x.n
+    src = np.arange(n, dtype=np.int64)  # positions in x's order
+    s, e = x.s, x.e
+    cpu = x.cols["cpu"]
+    next_ord, next_cpu = x.following(x.cols["ord"]), x.following(cpu)
+    next_cpu_prev_ts = x.following(x.cols["cpu_prev_ts"])
+    next_run_ns = x.following(x.cols["run_ns"])
+    opens = np.asarray(pc.index_in(_column(sw, "opens"), pa.array(STATES))
+                       .fill_null(_UNKNOWN).to_numpy(zero_copy_only=False), np.int8)[x.order]
+    any_ts, waking_ts = x.wk["ts"].take(x.found["any"]), x.wk["ts"].take(x.found["waking"])
+    woken = any_ts.ok & (any_ts.v >= s) & (any_ts.v < e)
+    lost_in = next_ord.ok & (next_ord.v == 0)
+    use_waking = waking_ts.ok & (waking_ts.v < e)
+    use_any = any_ts.ok & (any_ts.v < e)
+    none = _Col.nulls(n)
+    waker = {}
+    for f in ("pid", "tid"):
+        of = x.wk[f"waker_{f}"]
+        waker[f] = of.take(x.found["waking"]).where(
+            use_waking, of.take(x.found["any"]).where(use_any, none))
+    then_cpu = next_cpu.where(next_cpu.ok, cpu)
+    # what a segment with an untraced end is: unknown, or on sliced nodes running
+    sliced = _on(sw, sliced_nodes)[x.order]
+    untraced = np.where(sliced, _RUNNING, _UNKNOWN).astype(np.int8)
+    then_state = np.where(lost_in, untraced, _RUNNABLE).astype(np.int8)
+    waits = (opens == _BLOCKED) | (opens == _UNKNOWN)
+    out.add(opens == _RUNNING, src, s, e,
+            np.where(next_ord.ok & (next_ord.v == 2), untraced, _RUNNING), cpu, none, none,
+            True)
+    _queued(out, src, opens == _RUNNABLE, s, e, lost_in, sliced, then_state, then_cpu,
+            next_cpu_prev_ts, next_run_ns, none, none, True)
+    out.add(waits, src, s, np.where(woken, any_ts.v, e),
+            np.where(lost_in & any_ts.ok & ~woken, _UNKNOWN, opens), cpu, waker["pid"],
+            waker["tid"], True)
+    _queued(out, src, waits & woken, any_ts.v, e, lost_in, sliced, then_state, then_cpu,
+            next_cpu_prev_ts, next_run_ns, waker["pid"], waker["tid"], True)
+
+    f = first_wake
+    m = f.num_rows
+    f_next_ord = _Col.of(_column(f, "next_ord"))
+    f_lost = f_next_ord.ok & (f_next_ord.v == 0)
+    f_next_cpu, f_cpu = _Col.of(_column(f, "next_cpu")), _Col.of(_column(f, "cpu"))
+    _queued(out, n + np.arange(m, dtype=np.int64), np.ones(m, bool), _ints(f, "s"),
+            _ints(f, "e"), f_lost, _on(f, sliced_nodes),
+            np.where(f_lost, _UNKNOWN, _RUNNABLE).astype(np.int8),
+            f_next_cpu.where(f_next_cpu.ok, f_cpu), _Col.of(_column(f, "next_cpu_prev_ts")),
+            _Col.of(_column(f, "next_run_ns")), _Col.of(_column(f, "waker_pid")),
+            _Col.of(_column(f, "waker_tid")), False)
+    return out
 
 
 def _piece(t: pa.Table, mask: pa.Array, **columns: Any) -> pa.Table:
@@ -197,142 +383,33 @@ def _piece(t: pa.Table, mask: pa.Array, **columns: Any) -> pa.Table:
     return pa.table(out).filter(mask)
 
 
-def segments(successors: pa.Table, first_wake: pa.Table,
-             sliced_nodes: pa.Array | None = None) -> pa.Table:
-    """Thread states from the switch rows and their successors (the rules of the module
-    docstring of compute/timeline.py): running, runnable, blocked until the wakeup then
-    runnable, and 'unknown' where a switch in or out was not traced. ``reason`` is left
-    null; rows of any length (``e <= s`` included).
-
-    On ``sliced_nodes`` (recorded with evidence capture) a switch without its pair is no
-    lost row: rows are kept around waits of at least the capture's bound, so a switch in
-    followed by another switch in had a short preemption or wait between them, and a
-    preemption or a waking followed by another switch out had a short run-queue wait and
-    then ran. Such a segment is ``running``, and ``bound_running`` cuts it to what the
-    thread's slices show (on CPU first: the short wait's place in it is not recorded).
-    A sleep followed by another switch out stays blocked until its waking, as under full
-    capture (when the kernel traced no switch in, evidence capture writes the sleep's
-    waking at that next switch out; a target's ``offcpu`` row also names it)."""
-    t = successors
-    s, e, opens, next_ord = t["s"], t["e"], t["opens"], t["next_ord"]
-    wake_ts = t["any_ts"]
-    woken = pc.and_kleene(pc.greater_equal(wake_ts, s), pc.less(wake_ts, e))
-    woken_true = pc.fill_null(woken, False)
-    lost_in = pc.fill_null(pc.equal(next_ord, 0), False)
-    use_waking = pc.fill_null(pc.less(t["waking_ts"], e), False)
-    use_any = pc.fill_null(pc.less(wake_ts, e), False)
-    nulls = pa.nulls(t.num_rows, pa.int64())
-    waker = {f"waker_{f}": pc.if_else(use_waking, t[f"waking_{f}"],
-                                      pc.if_else(use_any, t[f"any_{f}"], nulls))
-             for f in ("pid", "tid")}
-    then_cpu = pc.coalesce(t["next_cpu"], t["cpu"])
-    # what a segment with an untraced end is: unknown, or on sliced nodes running
-    sliced = _on(t, sliced_nodes)
-    untraced = pc.if_else(sliced, "running", "unknown")
-    then_state = pc.if_else(lost_in, untraced, "runnable")
-    waits = pc.is_in(opens, pa.array(["blocked", "unknown"]))
-    running, runnable = pc.equal(opens, "running"), pc.equal(opens, "runnable")
-    parts = [
-        _piece(t, running, waker_pid=None, waker_tid=None,
-               state=pc.if_else(pc.fill_null(pc.equal(next_ord, 2), False), untraced,
-                                "running")),
-        *_queued(t, runnable, s, lost_in, sliced, then_state, then_cpu,
-                 waker_pid=None, waker_tid=None),
-        _piece(t, waits, e=pc.if_else(woken_true, wake_ts, e), **waker,
-               state=pc.if_else(pc.fill_null(pc.and_kleene(lost_in, pc.invert(woken)), False),
-                                "unknown", opens)),
-        *_queued(t, pc.and_(waits, woken_true), wake_ts, lost_in, sliced, then_state,
-                 then_cpu, **waker),
-    ]
-    f = first_wake
-    f_lost = pc.fill_null(pc.equal(f["next_ord"], 0), False)
-    parts += _queued(f, pa.array(np.ones(f.num_rows, bool)), f["s"], f_lost,
-                     _on(f, sliced_nodes),
-                     pc.if_else(f_lost, "unknown", "runnable"),
-                     pc.coalesce(f["next_cpu"], f["cpu"]), prev_state=None)
-    return pa.concat_tables(parts)
-
-
-def _queued(t: pa.Table, mask: pa.Array, start: pa.Array, lost_in: pa.Array,
-            sliced: pa.Array, state: pa.Array, cpu: pa.Array, **columns: Any
-            ) -> list[pa.Table]:
-    """The run-queue wait of ``t``'s rows under ``mask`` from ``start`` to the segment's
-    end, as ``state``. A segment whose switch in was lost (``lost_in``, a fully traced
-    node) waited until at least its next switch's CPU last switched
-    (``next_cpu_prev_ts``), and ran for ``next_run_ns`` before that switch out: runnable
-    until it came in, running after. A run reaching back past that bound (the scheduler's
-    clock can lag a little) starts at the bound, as its CPU holder does in
-    ``cpu_intervals``; with no run (a task outside the fair class) the time after the bound
-    is unknown."""
-    e = t["e"]
-    precise = pc.and_(lost_in, pc.invert(sliced))
-    bound = pc.max_element_wise(start, pc.min_element_wise(
-        pc.fill_null(t["next_cpu_prev_ts"], np.iinfo(np.int64).min), e))
-    came_in = pc.max_element_wise(pc.subtract(e, t["next_run_ns"]), bound)
-    dated = pc.fill_null(pc.and_kleene(precise, pc.is_valid(t["next_run_ns"])), False)
-    until = pc.if_else(dated, came_in, pc.if_else(precise, bound, e))
-    after = pc.if_else(dated, "running", "unknown")
-    return [
-        _piece(t, mask, s=start, e=until, state=pc.if_else(precise, "runnable", state),
-               cpu=cpu, **columns),
-        # a waker belongs to the wait: the run after it has none
-        _piece(t, pc.and_(mask, precise), s=until, state=after, cpu=cpu,
-               **{**columns, **{name: _unless(dated, columns[name] if name in columns
-                                              else t[name])
-                                for name in ("waker_pid", "waker_tid")}}),
-    ]
-
-
-def _unless(mask: pa.Array, values: Any) -> Any:
-    """``values`` (an array, or None for all-null) with nulls where ``mask`` holds."""
-    if values is None:
-        return None
-    return pc.if_else(mask, pa.nulls(len(mask), values.type), values)
-
-
-def _on(t: pa.Table, nodes: pa.Array | None) -> pa.Array:
+def _on(t: pa.Table, nodes: pa.Array | None) -> np.ndarray:
     """Whether each row's node is in ``nodes`` (never null)."""
     if nodes is None or not len(nodes):
-        return pa.array(np.zeros(t.num_rows, bool))
-    return pc.fill_null(pc.is_in(t["node"], nodes), False)
+        return np.zeros(t.num_rows, bool)
+    return np.asarray(pc.fill_null(pc.is_in(t["node"], nodes), False)
+                      .to_numpy(zero_copy_only=False), bool)
 
 
-def with_reasons(con: duckdb.DuckDBPyConnection, rows: pa.Table, tol_ns: int) -> pa.Table:
-    """``rows`` with ``e > s``; each blocked one gets the reason (and, when it has none, the
-    waker) of its thread's latest ``offcpu`` row at or before ``s + tol_ns``, when that row
-    is the same switch-out (starts within ``tol_ns`` of ``s``, ends after it); else
-    ``other``."""
-    rows = rows.filter(pc.greater(rows["e"], rows["s"]))
-    blocked_mask = pc.equal(rows["state"], "blocked")
-    others = rows.filter(pc.invert(blocked_mask))
-    blocked = rows.filter(blocked_mask)
-    off = con.sql(_OFFCPU).to_arrow_table()
-    b_thread, o_thread, known = _thread_ids(blocked, off)
-    s = _ints(blocked, "s")
+def _reasons(off: pa.Table, off_thread: np.ndarray, b_thread: np.ndarray, s: np.ndarray,
+             known: np.ndarray, tol_ns: int) -> np.ndarray:
+    """For blocked intervals of threads ``b_thread`` starting at ``s``: the row of ``off``
+    (the thread's latest ``offcpu`` row at or before ``s + tol_ns``) when that row is the
+    same switch-out (starts within ``tol_ns`` of ``s``, ends after it), else -1."""
     b_key, o_key, b_group, o_group = _sorted_keys(
-        b_thread, o_thread, np.minimum(s, np.iinfo(np.int64).max - tol_ns) + tol_ns,
+        b_thread, off_thread, np.minimum(s, np.iinfo(np.int64).max - tol_ns) + tol_ns,
         _ints(off, "ts_ns"))
-    row = np.full(len(s), -1, dtype=np.int64)
-    if len(o_key):
-        order = np.argsort(o_key)
-        at = np.searchsorted(o_key[order], b_key, side="right") - 1
-        clipped = np.maximum(at, 0)
-        found = (at >= 0) & known & (o_group[order][clipped] == b_group)
-        row = np.where(found, order[clipped], -1)
-    o_ts, o_dur = _take(_column(off, "ts_ns"), row), _take(_column(off, "dur_ns"), row)
-    start = blocked["s"]
-    matched = pc.fill_null(pc.and_kleene(
-        pc.greater_equal(o_ts, pc.subtract(start, tol_ns)),
-        pc.greater(pc.add(o_ts, o_dur), start)), False)
-    columns = {name: blocked[name] for name in blocked.column_names}
-    columns["reason"] = pc.if_else(
-        matched, pc.coalesce(_take(_column(off, "wait_reason"), row), "other"), "other")
-    nulls = pa.nulls(blocked.num_rows, pa.int64())
-    for f in ("pid", "tid"):
-        columns[f"waker_{f}"] = pc.coalesce(
-            blocked[f"waker_{f}"],
-            pc.if_else(matched, _take(_column(off, f"waker_{f}"), row), nulls))
-    return pa.concat_tables([others, pa.table(columns, schema=INTERVAL_SCHEMA)])
+    if not len(o_key):
+        return np.full(len(s), -1, dtype=np.int64)
+    order = np.argsort(o_key)
+    at = np.searchsorted(o_key[order], b_key, side="right") - 1
+    clipped = np.maximum(at, 0)
+    row = np.where((at >= 0) & known & (o_group[order][clipped] == b_group),
+                   order[clipped], -1)
+    o_ts, o_dur = _Col.of(_column(off, "ts_ns")).take(row), _Col.of(
+        _column(off, "dur_ns")).take(row)
+    matched = o_ts.ok & o_dur.ok & (o_ts.v >= s - tol_ns) & (o_ts.v + o_dur.v > s)
+    return np.where(matched, row, -1)
 
 
 _SLICES = """
@@ -384,7 +461,55 @@ def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
 def thread_intervals(con: duckdb.DuckDBPyConnection, range_end_ns: int, tol_ns: int,
                      sliced_nodes: pa.Array | None = None) -> pa.Table:
     """The rows of ``thread_intervals`` from ``t_sw`` and ``t_wk`` (and ``w_offcpu``);
-    ``sliced_nodes``: the nodes recorded with evidence capture (``segments``)."""
+    ``sliced_nodes``: the nodes recorded with evidence capture (``_segments``). Rows with
+    ``e > s``; each blocked one gets the reason (and, when it has none, the waker) of its
+    offcpu row (``_reasons``), else reason ``other``. Computed on integer codes in numpy;
+    the strings (node, state, reason, prev_state) are taken once, at the end."""
     first_wake = con.sql(_FIRST_WAKE).to_arrow_table()
-    return with_reasons(con, segments(switch_successors(con, range_end_ns), first_wake,
-                                      sliced_nodes), tol_ns)
+    sw, wk = _switches_and_wakeups(con)
+    off = con.sql(_OFFCPU).to_arrow_table()
+    (sw_thread, wk_thread, off_thread), sw_known = _thread_ids(sw, wk, off)
+    x = _Switches(sw, wk, sw_thread, wk_thread, sw_known, range_end_ns)
+    src, s, e, state, cpu_v, cpu_ok, wp_v, wp_ok, wt_v, wt_ok, own_prev = _segments(
+        sw, x, first_wake, sliced_nodes).columns()
+    at = np.flatnonzero(e > s)
+    src, s, e, state, own_prev = src[at], s[at], e[at], state[at], own_prev[at]
+    cpu, wpid, wtid = _Col(cpu_v[at], cpu_ok[at]), _Col(wp_v[at], wp_ok[at]), _Col(
+        wt_v[at], wt_ok[at])
+    blocked = state == _BLOCKED  # every blocked row comes from a switch row (src < n)
+    b_src = src[blocked]
+    row = np.full(len(s), -1, dtype=np.int64)
+    row[blocked] = _reasons(off, off_thread, x.thread[b_src], s[blocked], x.known[b_src],
+                            tol_ns)
+    for waker, name in ((wpid, "waker_pid"), (wtid, "waker_tid")):
+        from_off = _Col.of(_column(off, name)).take(row)
+        filled = blocked & ~waker.ok & from_off.ok
+        waker.v[filled], waker.ok[filled] = from_off.v[filled], True
+    reasons = pc.dictionary_encode(_column(off, "wait_reason"))
+    other = len(reasons.dictionary)
+    r_code = np.asarray(reasons.indices.fill_null(other).to_numpy(zero_copy_only=False),
+                        np.int32)
+    code = np.where(row >= 0, r_code[np.maximum(row, 0)] if len(r_code) else other, other)
+    reason = pa.DictionaryArray.from_arrays(
+        pa.array(code.astype(np.int32), mask=~blocked),
+        pa.concat_arrays([reasons.dictionary.cast(pa.string()), pa.array(["other"])]))
+
+    f = first_wake
+    source = {name: pa.concat_arrays([_column(sw, name).cast(INTERVAL_SCHEMA.field(name).type),
+                                      _column(f, name).cast(INTERVAL_SCHEMA.field(name).type)])
+              for name in ("node", "tid", "pid")}
+    if x.n:  # positions in x's order to t_sw's rows
+        src = np.where(src < x.n, x.order[np.minimum(src, x.n - 1)], src)
+    prev = np.where(own_prev, src, -1)
+    prev_state = _take(pa.concat_arrays([
+        _column(sw, "prev_state").cast(pa.string()), pa.nulls(f.num_rows, pa.string())]), prev)
+    index = pa.array(src)
+    return pa.table({
+        "node": source["node"].take(index), "tid": source["tid"].take(index),
+        "pid": source["pid"].take(index), "s": pa.array(s, pa.int64()),
+        "e": pa.array(e, pa.int64()),
+        "state": pa.DictionaryArray.from_arrays(pa.array(state), pa.array(STATES))
+        .cast(pa.string()),
+        "reason": reason.cast(pa.string()), "cpu": cpu.arrow(pa.int32()),
+        "waker_pid": wpid.arrow(), "waker_tid": wtid.arrow(), "prev_state": prev_state},
+        schema=INTERVAL_SCHEMA)

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.bench.bench_compute [--events 10000000] [--windows 10]
                                                   [--no-ray] [--keep DIR [--reuse]] [--stages]
+                                                  [--duckdb-threads N]
 
 Writes a lake of about ``--events`` kernel rows for one node with 4 CPUs over ``--windows``
 minutes, generated with numpy (no Python loop per row): a coherent schedule (each thread
@@ -295,6 +296,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="build the lake here, keep it")
     parser.add_argument("--stages", action="store_true",
                         help="also print the CPU time of each stage of the analysis")
+    parser.add_argument("--duckdb-threads", type=int, default=None,
+                        help="DuckDB threads of the in-process analysis (default: every "
+                             "core; a Ray task uses one)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: analyse the lake already there (no generation)")
     args = parser.parse_args()
@@ -329,7 +333,8 @@ def main() -> None:
         location = lake.resolve(lake.LakeSettings(lake=str(root)))
         # a window's graph (~30 k spans, ~300 k relationships) outgrows the default pool
         settings = ComputeSettings(graph_cache_dir=work / "graph-cache",
-                                   graph_buffer_pool_mb=2048)
+                                   graph_buffer_pool_mb=2048,
+                                   duckdb_threads=args.duckdb_threads)
         rules = load_rules()
         windows = split(T0, T0 + args.windows * 60 * NS, 60 * NS)
 
