@@ -406,6 +406,8 @@ class _Context:
                        f"alone ({late})" if late else f"largest cause: {root.name}")
             else:
                 why = f"root cause: {root.name}" + (f" ({late})" if late else "")
+            if root.retransmits:
+                why += "; the TCP retransmits were its too (their receiver was held up by it)"
         return FailureStep(
             ts_ns=s["end_ns"], label=head, detail=why, span=s["id"], failure_kind=kind,
             deadline_ns=s.get("deadline_ns"), dur_ns=s["dur_ns"], over_ns=s.get("over_ns"),
@@ -432,7 +434,8 @@ class _Context:
         return Cause(rank=edge["rank"], kind=edge["kind"], name=name, target=edge["dst"],
                      target_label=edge["dst_label"], delay_ns=edge["delay_ns"],
                      sufficient=ev.get("sufficient"), depth=ev.get("depth"),
-                     via_span=ev.get("via_span"), driver=summary or None)
+                     via_span=ev.get("via_span"), driver=summary or None,
+                     retransmits=list(ev.get("retransmits") or []))
 
 
 def _who(driver: dict[str, Any]) -> str:

@@ -70,6 +70,9 @@ class Cause(_Model):
     depth: int | None = None
     via_span: str | None = None
     driver: str | None = Field(default=None, description="who drove it, in words")
+    retransmits: list[str] = Field(
+        default_factory=list, description="TCP retransmit episodes this cause made: their "
+        "receiver was held up by it (rootcause.py)")
 
 
 class EventStep(_Model):

@@ -38,6 +38,15 @@ thread's work) before the operation's own CPU or timers; the larger fault; the l
 delay. Several concurrent faults are all reported, ranked so: the first ``TOP`` and
 every other one of at least ``material_delay_ns``.
 
+A retransmit is a symptom when its receiver was held up: the operation waited on the
+receiving process (a span of the tree on it, overlapping the episode) while that process's
+own kernel causes (its reclaim, a CPU taken from it, its disk) took at least half the
+episode's delay. A receiver that does not drain its socket gets the sender's segments
+dropped and sent again; the episode then joins that cause (the same instants: the larger of
+the two delays, not their sum), and the verdict names the retransmits it made
+(``retransmits``). A receiver that sat idle until the segment came (a real loss) leaves
+the retransmits their own cause.
+
 One verdict per failure chain: an operation that failed while (or because) an operation it
 contains failed reports the verdict of the innermost failed one, when that cause is among
 its own candidates and the outer failure has no deadline of its own to weigh it against
@@ -46,9 +55,9 @@ gateway's request that gave up with the settlement call it made names what delay
 settlement, whichever of the two timeouts fired first.
 
 Output: ``root_causes(failed_key, rank, kind, dst_label, dst, delay_ns, depth, via_span,
-sufficient, over_ns, failure_kind, pieces, fault_ns)``; ``CAUSED_BY`` edges from the failed
-span, ranked (``pieces``: how many episodes or threads the candidate groups; ``fault_ns``:
-the delay of its whole fault).
+sufficient, over_ns, failure_kind, pieces, fault_ns, retransmits)``; ``CAUSED_BY`` edges from
+the failed span, ranked (``pieces``: how many episodes or threads the candidate groups;
+``fault_ns``: the delay of its whole fault).
 """
 
 from __future__ import annotations
@@ -171,17 +180,68 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         JOIN span_breakdown b ON b.span_key = t.ti
         LEFT JOIN rc_mem m ON m.src = t.ti
         WHERE t.depth = 0 AND sp.tid IS NOT NULL
+    """, """
+        -- retransmits to a receiver that was held up: the operation waited on the
+        -- receiving process (a span of the tree on it, overlapping the episode) while that
+        -- process's own kernel causes (its reclaim, a CPU taken from it, its disk) took at
+        -- least half the episode's delay. A receiver that does not drain its socket makes
+        -- the sender's segments be dropped and sent again (its buffer overruns, or its
+        -- cgroup's memory refuses them): the retransmits are that cause's, the same
+        -- instants (so its unit's delay is the larger of the two, not their sum)
+        CREATE TEMP TABLE rc_stalled AS
+        WITH net AS (
+            SELECT l.failed_key, l.dst AS episode_id, e.start_ns, e.end_ns,
+                   max(l.delay_ns) AS delay_ns
+            FROM rc_leaves l JOIN episodes e ON e.id = l.dst
+            WHERE l.kind = 'network' AND l.dst_label = 'KernelEpisode'
+            GROUP BY ALL),
+        receivers AS (
+            SELECT DISTINCT t.episode_id, n.node, n.pid
+            FROM net_trouble t JOIN net_io n
+              ON n.node = t.node AND n.saddr = t.daddr AND n.sport = t.dport
+            WHERE t.kind = 'retransmit' AND n.pid > 0),
+        held AS (
+            SELECT t.failed_key, sp.node, sp.pid, sp.s, sp.e, l.kind, l.unit, l.dst_label,
+                   l.dst, l.delay_ns
+            FROM rc_tree t JOIN spans_all sp ON sp.span_key = t.ti
+            JOIN rc_leaves l ON l.failed_key = t.failed_key AND l.via_span = t.ti
+            WHERE t.depth > 0 AND l.delay_ns > 0
+              AND l.kind IN ('memory_pressure', 'cpu_contention', 'disk'))
+        SELECT n.failed_key, n.episode_id,
+               arg_max({'kind': h.kind, 'unit': h.unit, 'dst_label': h.dst_label,
+                         'dst': h.dst}, (h.delay_ns, h.dst)) AS cause
+        FROM net n JOIN receivers r ON r.episode_id = n.episode_id
+        JOIN held h ON h.failed_key = n.failed_key AND h.node = r.node AND h.pid = r.pid
+                   AND h.s <= n.end_ns AND h.e >= n.start_ns
+        GROUP BY n.failed_key, n.episode_id
+        HAVING sum(h.delay_ns) * 2 >= any_value(n.delay_ns)
+    """, """
+        ALTER TABLE rc_leaves ADD COLUMN stalled BOOLEAN DEFAULT false
+    """, """
+        ALTER TABLE rc_leaves ADD COLUMN net_episode VARCHAR
+    """, """
+        UPDATE rc_leaves SET kind = s.cause.kind, unit = s.cause.unit,
+               dst_label = s.cause.dst_label, dst = s.cause.dst, stalled = true,
+               net_episode = rc_leaves.dst
+        FROM rc_stalled s
+        WHERE rc_leaves.failed_key = s.failed_key AND rc_leaves.kind = 'network'
+          AND rc_leaves.dst = s.episode_id
     """, f"""
         CREATE TEMP TABLE rc_units AS
         -- ties (one retransmit episode seen from several spans) go by name, never by the
         -- order rows arrive in
         SELECT failed_key, kind, unit, arg_max(dst_label, (delay_ns, dst)) AS dst_label,
                arg_max(dst, (delay_ns, dst)) AS dst,
-               -- one retransmit episode seen from both ends is one delay
+               -- one retransmit episode seen from both ends is one delay, and so is one
+               -- that a held-up receiver's cause made (the same instants as that cause)
                CASE WHEN kind IN {sql_list(UNTIMED_KINDS)} THEN max(delay_ns)
-                    ELSE sum(delay_ns) END AS delay,
+                    ELSE greatest(coalesce(sum(delay_ns) FILTER (WHERE NOT stalled), 0),
+                                  coalesce(max(delay_ns) FILTER (WHERE stalled), 0))
+                    END AS delay,
                max(depth) AS depth, arg_max(via_span, (delay_ns, via_span)) AS via_span,
-               count(DISTINCT dst) AS pieces
+               count(DISTINCT dst) AS pieces,
+               list(DISTINCT net_episode ORDER BY net_episode) FILTER (WHERE stalled)
+                 AS retransmits
         FROM rc_leaves WHERE delay_ns > 0
         GROUP BY failed_key, kind, unit
     """, f"""
@@ -240,7 +300,7 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
     """, f"""
         CREATE TEMP TABLE root_causes AS
         SELECT failed_key, kind, dst_label, dst, delay_ns, depth, via_span, sufficient,
-               over_ns, failure_kind, pieces, fault_ns, rank
+               over_ns, failure_kind, pieces, fault_ns, retransmits, rank
         FROM (
             SELECT c.*, row_number() OVER (
                        PARTITION BY c.failed_key
@@ -256,10 +316,12 @@ def build(con: duckdb.DuckDBPyConnection, settings: ComputeSettings) -> None:
         SELECT 'CAUSED_BY', 'Span', failed_key, dst_label, dst, kind, delay_ns, rank, NULL,
                NULL,
                json_object('via_span', via_span, 'depth', depth, 'sufficient', sufficient,
-                           'over_ns', over_ns, 'pieces', pieces, 'fault_ns', fault_ns)
+                           'over_ns', over_ns, 'pieces', pieces, 'fault_ns', fault_ns,
+                           'retransmits', coalesce(retransmits, []))
         FROM root_causes
         WHERE NOT (dst_label = 'Span' AND dst = failed_key)
-    """, "DROP TABLE rc_tree", "DROP TABLE rc_mem", "DROP TABLE rc_rq", "DROP TABLE rc_leaves",
+    """, "DROP TABLE rc_tree", "DROP TABLE rc_stalled", "DROP TABLE rc_mem",
+       "DROP TABLE rc_rq", "DROP TABLE rc_leaves",
        "DROP TABLE rc_units", "DROP TABLE rc_candidates", "DROP TABLE rc_own",
        "DROP TABLE rc_inherit",
        "DROP TABLE rc_desc")

@@ -307,3 +307,53 @@ def test_healthy_control_invents_no_cause(lake_dir: Path) -> None:
     assert not p["failed"] and p["root_cause_kind"] is None
     assert p["on_cpu_ns"] + p["runqueue_ns"] + p["blocked_ns"] == 50 * MS
     assert analysis.summary["failures"] == 0 and analysis.summary["root_causes"] == 0
+
+
+def _retransmits_to_a_server(reclaiming: bool) -> Scenario:
+    """A client sends a request at 1 ms and resends it at 101, 201 and 285 ms (no answer
+    yet: the segments were dropped); the server answers at 290 ms. With ``reclaiming`` the
+    server received the request at 2 ms and then spent 10-280 ms in memcg reclaim (a batch
+    job's pressure in its cgroup: it did not drain the socket); else it got the request
+    only at 285 ms, from the last retransmit (a real loss), and sat idle before."""
+    sc = Scenario().process(1300, "settle-client").process(1400, "cache-svc", cgroup_id=4)
+    sc.process(1500, "batch-job", cgroup_id=4)
+    client, server = ("127.0.0.1", 41000), ("127.0.0.1", 9000)
+    sc.run(0, 1300, 1301, 0, 1, leave="S").run(0, 1300, 1301, 291, 300, leave="S")
+    sc.net("send", 1, 1300, 1301, client, server, 16_000)
+    for at in (101, 201, 285):
+        sc.net("retransmit", at, None, None, client, server)
+    if reclaiming:
+        sc.net("recv", 2, 1400, 1401, server, client, 16_000)
+        sc.run(1, 1400, 1401, 2, 290, leave="S")
+        sc.reclaim(1400, 1401, 10, 280, memcg=4)
+        sc.page_alloc(1500, 290, 50_000, 4)
+    else:
+        sc.run(1, 1400, 1401, -50, 0, leave="S")
+        sc.net("recv", 285, 1400, 1401, server, client, 16_000)
+        sc.run(1, 1400, 1401, 285, 290, leave="S")
+    sc.net("send", 290, 1400, 1401, server, client, 800)
+    sc.net("recv", 291, 1300, 1301, client, server, 800)
+    sc.span("t9", "c", None, "settle-client", "cache SET", 0, 300, pid=1300, kind="CLIENT",
+            server_port=9000, attrs={"kprobe.deadline_ms": 100})
+    return sc
+
+
+def test_retransmits_to_a_server_held_up_in_reclaim_are_that_reclaims(
+        tmp_path: Path) -> None:
+    # GIVEN retransmits (284 ms of waiting) to a server that spent 270 ms of the call in
+    # memcg reclaim: both sufficient for a call 200 ms late, the retransmits the longer
+    analysis = analyze(_retransmits_to_a_server(reclaiming=True), tmp_path)
+    c = span_row(analysis, "c", "t9")
+    [net] = rels(analysis, src=key("c", "t9"), kind="network")
+    assert net["delay_ns"] == 284 * MS  # the retransmits stay on the span, as evidence
+    # THEN the root cause is the server's memory pressure (the segments waited for a
+    # receiver that did not read), counted once: the longer of the two, not their sum
+    assert c["root_cause_kind"] == "memory_pressure", c
+    [cause] = [r for r in rels(analysis, "CAUSED_BY", src=key("c", "t9")) if r["rank"] == 1]
+    assert cause["delay_ns"] == 284 * MS
+    assert cause["evidence"]["retransmits"] == [net["dst"]]  # the verdict says so
+    # control: a server that was idle until the last retransmit reached it (a real loss)
+    other = tmp_path / "control"
+    other.mkdir()
+    lost = span_row(analyze(_retransmits_to_a_server(reclaiming=False), other), "c", "t9")
+    assert lost["root_cause_kind"] == "network", lost
