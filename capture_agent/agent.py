@@ -322,16 +322,17 @@ class Agent:
         counts: list[int] = []
         reasons: list[str] = []
         for fam in self.families:
-            for kind, total in fam.sensor.drops().items():
+            for (kind, why), total in fam.sensor.drop_reasons().items():
                 name = kind.name.lower() if hasattr(kind, "name") else str(kind)
-                key = f"{fam.name}:{name}"
-                self.counters.kernel_drops[name] = total
+                reason = why.name.lower()
+                key = f"{fam.name}:{name}:{reason}"
+                self.counters.kernel_drops[(name, reason)] = total
                 delta = total - self._reported_drops.get(key, 0)
                 if delta > 0:
                     self._reported_drops[key] = total
                     sources.append(name)
                     counts.append(delta)
-                    reasons.append("ring_full")
+                    reasons.append(reason)
             for (table, reason), n in fam.probes.take_losses().items():
                 self.sink.count_loss(table, reason, n)
         for (table, reason), n in self.sink.take_new_losses().items():

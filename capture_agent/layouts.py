@@ -74,6 +74,22 @@ COMMON_ENUMS["event_kind"] = {f"EVENT_{k.name}": int(k) for k in EventKind} | {
 }
 
 
+class DropReason(enum.IntEnum):
+    """Why the kernel lost a record (common.h: enum drop_reason): the ``lost`` table's
+    ``reason`` of a kernel drop."""
+
+    RING_FULL = 0  # its ring buffer had no room
+    MAP_FULL = 1  # a bookkeeping map (or task storage) had no room
+    UNDATED = 2  # an off-CPU interval whose end no traced event dates
+    NO_OWNER = 3  # evidence capture: socket bytes of no known process
+
+
+DROP_REASON_MAX = 4
+COMMON_ENUMS["drop_reason"] = {f"DROP_{r.name}": int(r) for r in DropReason} | {
+    "DROP_REASON_MAX": DROP_REASON_MAX
+}
+
+
 def record_dtype(fields: list[tuple[Any, ...]]) -> np.dtype:
     """A record: the common header ``hdr`` then ``fields``; size must be a multiple of 8
     (the ring rounds records up to 8 bytes, and a fixed-size ring relies on no rounding)."""

@@ -19,7 +19,8 @@ class AgentCounters:
     """Totals the agent updates once per drain/flush."""
 
     events: dict[str, int] = field(default_factory=dict)  # source -> events drained
-    kernel_drops: dict[str, int] = field(default_factory=dict)  # source -> ring reserve failures
+    # (source, reason) -> records the kernel lost (layouts.DropReason: ring_full, map_full...)
+    kernel_drops: dict[tuple[str, str], int] = field(default_factory=dict)
     ring_fill: dict[str, float] = field(default_factory=dict)  # ring -> fill ratio at last drain
     flush_seconds_last: float = 0.0
     drain_gap_max_s: float = 0.0  # the longest time the rings went undrained
@@ -51,10 +52,11 @@ class AgentCollector(Collector):
         for source, n in sorted(c.events.items()):
             events.add_metric([source], n)
         yield events
-        drops = CounterMetricFamily("kprobe_kernel_drops", "Events the kernel could not "
-                                    "queue (ring buffer full)", labels=["source"])
-        for source, n in sorted(c.kernel_drops.items()):
-            drops.add_metric([source], n)
+        drops = CounterMetricFamily("kprobe_kernel_drops", "Records the kernel lost, by "
+                                    "reason (ring_full, map_full, undated, no_owner)",
+                                    labels=["source", "reason"])
+        for (source, reason), n in sorted(c.kernel_drops.items()):
+            drops.add_metric([source, reason], n)
         yield drops
         fill = GaugeMetricFamily("kprobe_ring_fill_ratio", "Ring buffer fill at last drain",
                                  labels=["ring"])

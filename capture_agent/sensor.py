@@ -33,7 +33,12 @@ from kprobe.capture_agent.errors import (
     BpfObjectError,
 )
 from kprobe.capture_agent.kernel_btf import attach_point_exists
-from kprobe.capture_agent.layouts import EVENT_KIND_MAX, EventKind, Family
+from kprobe.capture_agent.layouts import (
+    EVENT_KIND_MAX,
+    DropReason,
+    EventKind,
+    Family,
+)
 from kprobe.capture_agent.ringbuf import RingReader
 from kprobe.capture_agent.verifier import VerifierStats, failure_reason, limit_of, parse_stats
 
@@ -322,15 +327,26 @@ class Sensor:
         return sorted(struct.unpack("<I", k)[0] for k in keys)
 
     def drops(self) -> dict[EventKind | int, int]:
-        """Records lost in the kernel so far, per event kind (cumulative, nonzero only)."""
-        fd = self.map_fd("drops")
+        """Records lost in the kernel so far, per event kind, whatever the reason
+        (cumulative, nonzero only)."""
         out: dict[EventKind | int, int] = {}
-        for index in range(EVENT_KIND_MAX):
-            with self._map_errors("drops"):
-                raw = libbpf.map_lookup(fd, _u32(index), 8)
-            count = int(np.frombuffer(raw, "<u8")[0]) if raw else 0
-            if count:
-                out[_kind(index)] = count
+        for (kind, _), count in self.drop_reasons().items():
+            out[kind] = out.get(kind, 0) + count
+        return out
+
+    def drop_reasons(self) -> dict[tuple[EventKind | int, DropReason], int]:
+        """Records lost in the kernel so far, per event kind and reason (cumulative,
+        nonzero only)."""
+        fd = self.map_fd("drops")
+        out: dict[tuple[EventKind | int, DropReason], int] = {}
+        for reason in DropReason:
+            for kind in range(EVENT_KIND_MAX):
+                index = int(reason) * EVENT_KIND_MAX + kind
+                with self._map_errors("drops"):
+                    raw = libbpf.map_lookup(fd, _u32(index), 8)
+                count = int(np.frombuffer(raw, "<u8")[0]) if raw else 0
+                if count:
+                    out[(_kind(kind), reason)] = count
         return out
 
     # -- internals ---------------------------------------------------------------------------

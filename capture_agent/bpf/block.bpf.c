@@ -150,7 +150,7 @@ int BPF_PROG(on_block_io_start, struct request *rq)
 	bpf_get_current_comm(start.comm, sizeof(start.comm));
 	request_device(rq, BPF_CORE_READ(rq, bio, bi_bdev), &start);
 	if (bpf_map_update_elem(&requests, &key, &start, BPF_ANY))
-		count_drop(EVENT_BLOCK_RQ);
+		count_drop(EVENT_BLOCK_RQ, DROP_MAP_FULL);
 	return 0;
 }
 
@@ -172,7 +172,7 @@ int BPF_PROG(on_block_getrq, struct bio *bio)
 		start.part_start = BPF_CORE_READ(bdev, bd_start_sect);
 	}
 	if (bpf_map_update_elem(&bio_starts, &key, &start, BPF_ANY))
-		count_drop(EVENT_BLOCK_RQ);
+		count_drop(EVENT_BLOCK_RQ, DROP_MAP_FULL);
 	return 0;
 }
 
@@ -198,14 +198,14 @@ int BPF_PROG(on_block_rq_issue, struct request *rq)
 		bpf_map_delete_elem(&bio_starts, &bio);
 		start.issue_ns = now;
 		if (bpf_map_update_elem(&requests, &key, &start, BPF_ANY))
-			count_drop(EVENT_BLOCK_RQ);
+			count_drop(EVENT_BLOCK_RQ, DROP_MAP_FULL);
 		return 0;
 	}
 	start.issue_ns = now;
 	/* rq->part is set for accounted requests (block_io_start missed them) */
 	request_device(rq, BPF_CORE_READ(rq, part), &start);
 	if (bpf_map_update_elem(&requests, &key, &start, BPF_ANY))
-		count_drop(EVENT_BLOCK_RQ);
+		count_drop(EVENT_BLOCK_RQ, DROP_MAP_FULL);
 	return 0;
 }
 

@@ -14,7 +14,8 @@
 #ifndef KPROBE_COMMON_H
 #define KPROBE_COMMON_H
 
-/* Registry of record kinds, unique across families (also the index of `drops`). */
+/* Registry of record kinds, unique across families (with a drop_reason, the index of
+ * `drops`). */
 enum event_kind {
 	EVENT_SCHED_SWITCH = 1,
 	EVENT_SCHED_WAKING = 2,
@@ -54,6 +55,15 @@ enum event_kind {
 	EVENT_KIND_MAX = 64,
 };
 
+/* Why the kernel lost a record: `drops` counts per reason and kind. */
+enum drop_reason {
+	DROP_RING_FULL = 0, /* its ring buffer had no room */
+	DROP_MAP_FULL = 1,  /* a bookkeeping map (or task storage) had no room */
+	DROP_UNDATED = 2,   /* an off-CPU interval whose end no traced event dates */
+	DROP_NO_OWNER = 3,  /* evidence capture: socket bytes of no known process */
+	DROP_REASON_MAX = 4,
+};
+
 /* Tetragon-style common header: 16 bytes, first in every record. */
 struct event_header {
 	__u64 ktime_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the event fired */
@@ -76,6 +86,7 @@ struct event_header {
 
 LAYOUT_EXPORT(struct event_header, event_header);
 LAYOUT_EXPORT(enum event_kind, event_kind);
+LAYOUT_EXPORT(enum drop_reason, drop_reason);
 
 #ifdef KPROBE_BUILD
 /* The compiler that built this object and the kernel its vmlinux.h came from (set by the
@@ -110,10 +121,11 @@ struct {
 	__type(value, __u8);
 } target_hint SEC(".maps");
 
-/* Records lost in the kernel, per enum event_kind: ring full or a bookkeeping map full. */
+/* Records lost in the kernel, at reason * EVENT_KIND_MAX + kind (enum drop_reason, enum
+ * event_kind). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EVENT_KIND_MAX);
+	__uint(max_entries, EVENT_KIND_MAX * DROP_REASON_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
@@ -169,9 +181,10 @@ static __always_inline __u64 bounded(__u64 v, const __u64 max)
 	return v;
 }
 
-static __always_inline void count_drop(__u32 kind)
+static __always_inline void count_drop(__u32 kind, __u32 reason)
 {
-	__u64 *count = bpf_map_lookup_elem(&drops, &kind);
+	__u32 index = reason * EVENT_KIND_MAX + kind;
+	__u64 *count = bpf_map_lookup_elem(&drops, &index);
 
 	if (count)
 		__sync_fetch_and_add(count, 1);
@@ -183,7 +196,7 @@ static __always_inline void *event_reserve(void *ring, __u32 size, __u16 kind, _
 	struct event_header *hdr = bpf_ringbuf_reserve(ring, size, 0);
 
 	if (!hdr) {
-		count_drop(kind);
+		count_drop(kind, DROP_RING_FULL);
 		return NULL;
 	}
 	hdr->ktime_ns = now;

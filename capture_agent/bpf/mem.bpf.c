@@ -107,7 +107,7 @@ static __always_inline void reclaim_begin(__u16 kind, int order, gfp_t gfp_flags
 	start.kind = kind;
 
 	if (bpf_map_update_elem(&reclaim_start, &tid, &start, BPF_ANY))
-		count_drop(kind);
+		count_drop(kind, DROP_MAP_FULL);
 }
 
 static __always_inline void reclaim_end(__u16 kind, unsigned long nr_reclaimed)
@@ -262,7 +262,7 @@ int BPF_PROG(on_page_fault_user, unsigned long address, struct pt_regs *regs,
 	fresh.pid = ids >> 32;
 	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
 	if (bpf_map_update_elem(&faults, &tid, &fresh, BPF_NOEXIST))
-		count_drop(EVENT_MEM_FAULT); /* map full (EEXIST cannot happen: one CPU per tid) */
+		count_drop(EVENT_MEM_FAULT, DROP_MAP_FULL); /* map full (EEXIST cannot happen: one CPU per tid) */
 	return 0;
 }
 
@@ -299,6 +299,6 @@ int BPF_PROG(on_mm_page_alloc, struct page *page, unsigned int order, gfp_t gfp_
 	if (stat)
 		__sync_fetch_and_add(&stat->pages, pages);
 	else
-		count_drop(EVENT_MEM_PAGE_ALLOC);
+		count_drop(EVENT_MEM_PAGE_ALLOC, DROP_MAP_FULL);
 	return 0;
 }

@@ -443,7 +443,7 @@ static __always_inline void on_length(struct sock *sk, int ret, __u16 kind, bool
 			if (owner)
 				net_account(sk, owner, kind == EVENT_NET_SEND, ret);
 			else
-				count_drop(EVENT_NET_SLICE);
+				count_drop(EVENT_NET_SLICE, DROP_NO_OWNER);
 			return;
 		}
 		emit(sk, kind, ret, sk->__sk_common.skc_state, 0, true, true);

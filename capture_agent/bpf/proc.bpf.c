@@ -97,7 +97,7 @@ static __always_inline __u8 add_target(__u32 tgid)
 		return 0;
 	hint_target(tgid);
 	if (bpf_map_update_elem(&targets, &tgid, &one, BPF_NOEXIST)) {
-		count_drop(EVENT_PROC_TARGET);
+		count_drop(EVENT_PROC_TARGET, DROP_MAP_FULL);
 		return 0;
 	}
 	return PROC_FLAG_TARGETED;

@@ -294,7 +294,7 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 			if (came_in - left->start_ns >= min_offcpu_ns)
 				offcpu_emit(left, prev, tid, came_in, OFFCPU_FLAG_END_DATED);
 		} else if (!left->waking_ns)
-			count_drop(EVENT_OFFCPU);
+			count_drop(EVENT_OFFCPU, DROP_UNDATED);
 		else if (left->waking_ns - left->start_ns >= min_offcpu_ns)
 			offcpu_emit(left, prev, tid, left->waking_ns, OFFCPU_FLAG_ENDS_AT_WAKING);
 	}
@@ -310,7 +310,7 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 	 */
 	start.kstack_id = state == TASK_STATE_R ? -ENOENT : bpf_get_stackid(ctx, &offcpu_stacks, 0);
 	if (bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY))
-		count_drop(EVENT_OFFCPU);
+		count_drop(EVENT_OFFCPU, DROP_MAP_FULL);
 }
 
 static __always_inline void offcpu_end(struct task_struct *next, __u32 tid, __u64 now)
@@ -386,7 +386,7 @@ static __always_inline void slice_flush(struct cpu_acc *acc, __u64 end, __u64 st
 		acc->ev.hdr.flags = 0;
 		if (bpf_ringbuf_output(&cpu_slice_events, &acc->ev, sizeof(acc->ev),
 				       BPF_RB_NO_WAKEUP))
-			count_drop(EVENT_CPU_SLICE);
+			count_drop(EVENT_CPU_SLICE, DROP_RING_FULL);
 	}
 	acc->ev.nslots = 0;
 	acc->ev.start_ns = start;
@@ -578,7 +578,7 @@ static __always_inline void evidence_switch(bool preempt, struct task_struct *pr
 						(preempt ? THREAD_OUT_PREEMPT : 0);
 				__builtin_memcpy(st->next_comm, next->comm, TASK_COMM_LEN);
 			} else {
-				count_drop(EVENT_SCHED_STATE);
+				count_drop(EVENT_SCHED_STATE, DROP_MAP_FULL);
 			}
 		}
 	}

@@ -220,7 +220,7 @@ static __always_inline struct syscall_state *syscall_begin(struct task_struct *t
 		return NULL; /* the kernel's uretprobe trampoline, not the program's call */
 	st = bpf_task_storage_get(&syscall_state, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st) {
-		count_drop(EVENT_SYSCALL);
+		count_drop(EVENT_SYSCALL, DROP_MAP_FULL);
 		return NULL;
 	}
 	st->seq += 1;
@@ -917,7 +917,7 @@ static __always_inline void ring_output(void *ring, void *record, __u64 size)
 	if (bpf_ringbuf_output(ring, record, size,
 			       crossing || avail >= ring_size - ring_size / 8 ? BPF_RB_FORCE_WAKEUP
 									 : BPF_RB_NO_WAKEUP))
-		count_drop(EVENT_SYSCALL_DATA);
+		count_drop(EVENT_SYSCALL_DATA, DROP_RING_FULL);
 }
 
 /*

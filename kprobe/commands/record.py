@@ -61,7 +61,8 @@ def print_summary(agent: Agent, fmt: str) -> None:
         "events": agent.counters.events,
         "rows": dict(stats.committed_rows),
         "lost": {k: v for k, v in stats.lost_rows.items()},
-        "kernel_drops": agent.counters.kernel_drops,
+        "kernel_drops": {f"{source}:{reason}": n
+                         for (source, reason), n in agent.counters.kernel_drops.items()},
         "drain_gap_max_s": round(agent.counters.drain_gap_max_s, 3),
         "spooled_batches": len(agent.spool),
         "lake": agent.writer.location.root,

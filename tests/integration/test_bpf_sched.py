@@ -23,7 +23,7 @@ import pytest
 from kprobe.capture_agent import libbpf
 from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import sched
-from kprobe.capture_agent.layouts import EventKind
+from kprobe.capture_agent.layouts import DropReason, EventKind
 from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.support import deadline_s, require, require_root
 
@@ -150,13 +150,15 @@ def test_a_full_ring_counts_its_losses(programs: Path) -> None:
     with Sensor(sched.sensor_spec(config)) as sensor:
         # WHEN tens of thousands of switches happen
         subprocess.run([str(programs / "switch_storm"), "20000"], check=True, timeout=60)
-        drops = sensor.drops()
+        drops = sensor.drop_reasons()
         kept = sensor.ring("sched_events").drain()
-    # THEN the kernel counted what it could not keep, and the ring holds what fits
+    # THEN the kernel counted what it could not keep, as a full ring, and the ring holds
+    # what fits
     capacity = 4096 // (8 + sched.SCHED_EVENT.itemsize)
     assert 0 < len(kept) <= capacity
-    assert drops.get(EventKind.SCHED_SWITCH, 0) > 0
-    assert drops.get(EventKind.SCHED_WAKING, 0) > 0
+    assert drops.get((EventKind.SCHED_SWITCH, DropReason.RING_FULL), 0) > 0
+    assert drops.get((EventKind.SCHED_WAKING, DropReason.RING_FULL), 0) > 0
+    assert {reason for _, reason in drops} == {DropReason.RING_FULL}, drops
 
 
 def test_drain_across_wrap_around_yields_whole_records(programs: Path) -> None:
@@ -351,7 +353,7 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_where_its_run_dates_it(
             assert all(p.wait(timeout=30) == 0 for p in spinners)
             switches.append(sensor.ring("sched_events").drain())
             intervals = sensor.ring("offcpu_events").drain()
-            drops = sensor.drops()
+            drops = sensor.drop_reasons()
     finally:
         for proc in spinners:
             if proc.poll() is None:
@@ -383,7 +385,7 @@ def test_an_interval_whose_switch_in_was_not_traced_ends_where_its_run_dates_it(
     assert int(second["hdr"]["ktime_ns"]) - int(second["start_ns"]) == 2_000_000
     # the third gave no interval, and was counted
     assert len(planted_interval(unwoken.pid)) == 0
-    assert drops.get(EventKind.OFFCPU, 0) >= 1
+    assert drops.get((EventKind.OFFCPU, DropReason.UNDATED), 0) >= 1
     # every thread's own interval (its sleep at the end) is traced as usual
     rows = sched.offcpu_table(intervals, sample_offset()).to_pylist()
     assert {r["tid"] for r in rows if not r["ends_at_waking"]} >= {p.pid for p in spinners}

@@ -12,7 +12,7 @@ def test_scrape_shows_events_drops_fill_and_lake_state() -> None:
     counters = AgentCounters()
     counters.add_events("sched", 10)
     counters.add_events("sched", 5)
-    counters.kernel_drops["sched"] = 3
+    counters.kernel_drops[("sched_switch", "ring_full")] = 3
     counters.ring_fill["sched"] = 0.25
     counters.clock_probe_processes, counters.clock_probe_failures = 4, 1
     stats = SinkStats()
@@ -25,7 +25,7 @@ def test_scrape_shows_events_drops_fill_and_lake_state() -> None:
     finally:
         server.stop()
     assert 'kprobe_events_total{source="sched"} 15.0' in body
-    assert 'kprobe_kernel_drops_total{source="sched"} 3.0' in body
+    assert 'kprobe_kernel_drops_total{reason="ring_full",source="sched_switch"} 3.0' in body
     assert 'kprobe_ring_fill_ratio{ring="sched"} 0.25' in body
     assert 'kprobe_lost_rows_total{reason="queue_full",table="sched"} 2.0' in body
     assert "kprobe_spool_bytes 4096.0" in body
