@@ -221,91 +221,6 @@ static __always_inline bool sched_in_scope(__u32 tgid_a, __u32 tgid_b)
 }
 
 /*
- * Per CPU, the timer whose callback is running (hrtimer and timer-wheel expiries), and
- * since when. A waking inside one is the timer's, not the task the timer's interrupt
- * happened to land on: a poll() or a nanosleep() whose time is up named, without this,
- * whichever process was running. An entry whose exit was not seen (the exit program not
- * yet attached) goes stale after TIMER_CALLBACK_MAX_NS instead of marking the CPU for
- * good; a callback nested in another (a hard interrupt's hrtimer in a softirq's timer)
- * ends the mark for the rest of the outer one.
- * (The preempt count would say "interrupt" more generally, but reading it needs the
- * per-CPU symbol's address, which a kernel without CONFIG_KALLSYMS_ALL does not give.)
- */
-#define TIMER_CALLBACK_MAX_NS 1000000ULL
-
-struct timer_mark {
-	__u64 timer; /* the hrtimer or timer_list, 0: none running */
-	__u64 since;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct timer_mark);
-} timer_running SEC(".maps");
-
-static __always_inline void timer_mark(__u64 timer, bool entry)
-{
-	__u32 zero = 0;
-	struct timer_mark *mark = bpf_map_lookup_elem(&timer_running, &zero);
-
-	if (!mark)
-		return;
-	if (entry) {
-		mark->timer = timer;
-		mark->since = bpf_ktime_get_ns();
-	} else if (mark->timer == timer) {
-		mark->timer = 0;
-	}
-}
-
-SEC("tp_btf/hrtimer_expire_entry")
-int BPF_PROG(on_hrtimer_expire_entry, struct hrtimer *timer)
-{
-	timer_mark((__u64)timer, true);
-	return 0;
-}
-
-SEC("tp_btf/hrtimer_expire_exit")
-int BPF_PROG(on_hrtimer_expire_exit, struct hrtimer *timer)
-{
-	timer_mark((__u64)timer, false);
-	return 0;
-}
-
-SEC("tp_btf/timer_expire_entry")
-int BPF_PROG(on_timer_expire_entry, struct timer_list *timer)
-{
-	timer_mark((__u64)timer, true);
-	return 0;
-}
-
-SEC("tp_btf/timer_expire_exit")
-int BPF_PROG(on_timer_expire_exit, struct timer_list *timer)
-{
-	timer_mark((__u64)timer, false);
-	return 0;
-}
-
-/*
- * Whether the current task is not the waker: a timer's callback is running on this CPU.
- * Such a waker is written as task 0, comm "[irq]": the kernel woke the thread (the engine
- * then finds what it waited for by its connection, else its timer). A softirq's other
- * wakings (a loopback TCP delivery, served by the sender as it enables bottom halves)
- * still name the task that served them.
- */
-static __always_inline bool waker_is_irq(__u64 now)
-{
-	__u32 zero = 0;
-	struct timer_mark *mark = bpf_map_lookup_elem(&timer_running, &zero);
-
-	return mark && mark->timer && now - mark->since < TIMER_CALLBACK_MAX_NS;
-}
-
-static const char irq_comm[TASK_COMM_LEN] = "[irq]";
-
-/*
  * One sched_event for a wakeup-type tracepoint: waker = current, wakee = task. Both are
  * BTF pointers: plain loads, no probe-read or comm helper calls (this runs at every
  * waking on the node).
@@ -313,8 +228,7 @@ static const char irq_comm[TASK_COMM_LEN] = "[irq]";
 static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __u64 now)
 {
 	struct task_struct *waker = bpf_get_current_task_btf();
-	bool irq = waker_is_irq(now);
-	__u32 waker_tgid = irq ? 0 : waker->tgid;
+	__u32 waker_tgid = waker->tgid;
 	__u32 wakee_tgid = task->tgid;
 	struct sched_event *ev;
 
@@ -324,13 +238,10 @@ static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __
 	if (!ev)
 		return;
 	ev->prev_pid = waker_tgid;
-	ev->prev_tid = irq ? 0 : waker->pid;
+	ev->prev_tid = waker->pid;
 	ev->next_pid = wakee_tgid;
 	ev->next_tid = task->pid;
-	if (irq)
-		__builtin_memcpy(ev->prev_comm, irq_comm, TASK_COMM_LEN);
-	else
-		__builtin_memcpy(ev->prev_comm, waker->comm, TASK_COMM_LEN);
+	__builtin_memcpy(ev->prev_comm, waker->comm, TASK_COMM_LEN);
 	__builtin_memcpy(ev->next_comm, task->comm, TASK_COMM_LEN);
 	ev->target_cpu = task->thread_info.cpu;
 	ev->prev_state = 0;
@@ -684,16 +595,11 @@ static __always_inline void evidence_waking(struct task_struct *task, __u32 tid,
 		return;
 	waker = bpf_get_current_task_btf();
 	st->waking_ns = now;
+	st->waker_pid = waker->tgid;
+	st->waker_tid = waker->pid;
 	st->waking_cpu = task->thread_info.cpu;
 	st->waking_on = bpf_get_smp_processor_id();
-	if (waker_is_irq(now)) {
-		st->waker_pid = st->waker_tid = 0;
-		__builtin_memcpy(st->waker_comm, irq_comm, TASK_COMM_LEN);
-	} else {
-		st->waker_pid = waker->tgid;
-		st->waker_tid = waker->pid;
-		__builtin_memcpy(st->waker_comm, waker->comm, TASK_COMM_LEN);
-	}
+	__builtin_memcpy(st->waker_comm, waker->comm, TASK_COMM_LEN);
 }
 
 /*
@@ -760,14 +666,9 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 		struct task_struct *waker = bpf_get_current_task_btf();
 
 		start->waking_ns = now;
-		if (waker_is_irq(now)) {
-			start->waker_pid = start->waker_tid = 0;
-			__builtin_memcpy(start->waker_comm, irq_comm, TASK_COMM_LEN);
-		} else {
-			start->waker_pid = waker->tgid;
-			start->waker_tid = waker->pid;
-			__builtin_memcpy(start->waker_comm, waker->comm, TASK_COMM_LEN);
-		}
+		start->waker_pid = waker->tgid;
+		start->waker_tid = waker->pid;
+		__builtin_memcpy(start->waker_comm, waker->comm, TASK_COMM_LEN);
 		start->flags |= OFFCPU_FLAG_WAKER;
 	}
 	if (evidence)

@@ -50,7 +50,6 @@ TESTS: tuple[str, ...] = (
     "switch_in",
     f"{_I}test_bpf_sched.py::test_an_interval_whose_switch_in_was_not_traced_ends_where_its_"
     "run_dates_it",
-    f"{_I}test_bpf_sched.py::test_a_timer_that_ends_a_sleep_is_no_task_waker",
     f"{_I}test_bpf_kstacks.py",
     f"{_I}test_bpf_syscalls.py",
     f"{_I}test_bpf_net.py",
