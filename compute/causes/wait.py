@@ -182,7 +182,16 @@ def attribute(con: duckdb.DuckDBPyConnection, settings: ComputeSettings, level: 
             LEFT JOIN w_peers pe USING (piece)),
         h AS (
             SELECT *,
-                   CASE WHEN waker_kind = 'user' AND reason <> 'sleep' THEN 'waker'
+                   -- a socket wait while a call (or a request) on another process is in
+                   -- flight is a wait for that call, unless that process (or the thread's
+                   -- own) woke it: another waker is only the task a timer's interrupt (the
+                   -- wait's timeout) or a softirq happened to land on
+                   CASE WHEN waker_kind = 'user' AND reason <> 'sleep'
+                             AND NOT (reason IN ('socket', 'poll')
+                                      AND coalesce(c.pid, p.pid) IS NOT NULL
+                                      AND coalesce(c.pid, p.pid) <> pid
+                                      AND waker_pid IS DISTINCT FROM coalesce(c.pid, p.pid)
+                                      AND waker_pid IS DISTINCT FROM pid) THEN 'waker'
                         WHEN c.tid IS NOT NULL THEN 'call'
                         WHEN p.tid IS NOT NULL AND reason <> 'sleep' THEN 'peer'
                         WHEN waker_kind IN ('kernel', 'self', 'user') THEN 'kernel'

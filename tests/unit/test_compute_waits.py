@@ -232,3 +232,44 @@ def test_a_fault_of_another_process_is_not_added_to_the_batch_job(lake_dir: Path
     # THEN the hog's 45 ms is the larger fault
     assert a["root_cause_kind"] == "cpu_contention", a
     assert a["root_cause_target"] == "n1:501"
+
+
+def _timeout_during_a_call(reason: str) -> Scenario:
+    """A gateway thread (pid 100, tid 101) waits 300 ms (``reason``) while its child call
+    runs on the settlement thread (pid 300, tid 301), which spends it in memcg reclaim; the
+    wait ends at the gateway's timeout, and the timer's interrupt landed on a busy batch
+    process (pid 700, tid 701): the recorded waker is that process."""
+    sc = Scenario().process(100, "gateway").process(300, "settlement", cgroup_id=9)
+    sc.process(700, "batch-job", cgroup_id=9)
+    sc.run(0, 100, 101, 0, 10, leave="S")
+    sc.offcpu(100, 101, 10, 310, reason, waker=(700, 701))
+    sc.wake(310, (100, 101), (700, 701))
+    sc.run(0, 100, 101, 310, 320, leave="S")
+    sc.run(1, 300, 301, 5, 330, leave="S")
+    sc.reclaim(300, 301, 20, 300, memcg=9)
+    sc.run(0, 700, 701, 320, 400, leave="R")
+    sc.page_alloc(700, 300, 80_000, 9)
+    sc.span("t1", "a", None, "gateway", "POST /postings", 0, 320, pid=100, tid=101,
+            kind="CLIENT", attrs=PAY)
+    sc.span("t1", "b", "a", "settlement", "settlement.write", 5, 330, pid=300, tid=301)
+    return sc
+
+
+def test_a_socket_wait_that_timed_out_during_a_call_waited_for_the_call(
+        lake_dir: Path) -> None:
+    # GIVEN a poll() that timed out while the call it waited for ran in reclaim, its
+    # recorded waker a batch job the timer's interrupt happened to land on
+    analysis = analyze(_timeout_during_a_call("poll"), lake_dir)
+    # THEN the wait is for the call's thread (not for the batch job), and the verdict is
+    # that thread's memory pressure
+    waits = rels(analysis, src=key("a"), kind="remote_call")
+    assert [(w["dst"], w["evidence"]["how"]) for w in waits
+            if w["dst_label"] == "Thread"] == [("n1:301", "call")]
+    assert span_row(analysis, "a")["root_cause_kind"] == "memory_pressure"
+
+
+def test_a_lock_wait_during_a_call_still_waited_for_its_waker(tmp_path: Path) -> None:
+    # control: a futex wait is a wait for the thread that released it, call or not
+    analysis = analyze(_timeout_during_a_call("futex"), tmp_path)
+    waits = rels(analysis, src=key("a"), kind="lock_wait")
+    assert [(w["dst"], w["evidence"]["how"]) for w in waits] == [("n1:701", "waker")]
