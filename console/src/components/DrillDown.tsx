@@ -41,7 +41,12 @@ function EpisodeDrill({ node, graph, explained, processes }: { node: GraphNode }
   const episode = step?.episode;
   const where = episode?.node ?? nodeName(node.id.replace(/^[a-z]+:/, ""));
   const delayed: GraphLink[] = graph.links.filter((l) => l.target === node.id && l.rel === "DELAYED_BY");
-  const delayedSpan = graph.nodes.find((n) => n.id === (delayed[0]?.source ?? step?.span));
+  // the span the explanation shows the episode under, else one of a known process (a
+  // holder span belongs to none): never whichever link the graph happened to list first
+  const delayedId = step?.span
+    ?? delayed.map((l) => l.source).find((id) => processes.some((p) => p.spans.includes(id)))
+    ?? delayed[0]?.source;
+  const delayedSpan = graph.nodes.find((n) => n.id === delayedId);
   const [from, to] = delayedSpan ? spanRange(delayedSpan) : [int((node.start_ns ?? 0) - PAD_NS), int((node.start_ns ?? 0) + (node.dur_ns ?? 0) + PAD_NS)];
   const culprits = graph.links.filter((l) => l.source === node.id && l.rel === "CAUSED_BY")
     .map((l) => graph.nodes.find((n) => n.id === l.target)).filter((n): n is GraphNode => !!n && !!n.pid);
