@@ -24,11 +24,16 @@ more specific cause):
   other          anything else
 A stack that could not be captured (negative id) has no reason (null).
 
-Stack ids are the kernel map's bucket indexes. Once cleared, an id may be given to a
-different stack later; ``resolve`` then emits a new ``kstacks`` row (readers take the
-latest row at or before an interval's time). A thread that switched out with a stack
-whose id was cleared and reused before it switched in gets the newer stack: rare (a
-bucket collision within one blocked interval) and accepted.
+Stack ids are a hash of the stack's addresses (the sched programs walk a blocked thread's
+stack once its wait is long enough to be written: capture_agent/bpf/sched.bpf.c); a
+different stack with the same id is not stored (its interval has the errno EEXIST). Once
+cleared, an id may be given to a different stack later; ``resolve`` then emits a new
+``kstacks`` row (readers take the latest row at or before an interval's time).
+
+Frame 0 of a stack is the scheduler function the thread called to sleep (``schedule``,
+``mutex_lock``, ``io_schedule``...): the kernel leaves .sched.text out of another task's
+stack, so the BPF program reads it from the call instruction before frame 1. It is an
+address, not a return address, and is symbolised as such.
 """
 
 from __future__ import annotations
@@ -199,8 +204,11 @@ class Kallsyms:
 
 
 def function_name(frame: str) -> str:
-    """``name.constprop.0+0x1a [module]`` -> ``name`` (compiler suffixes dropped)."""
-    return frame.split("+", 1)[0].split(" ", 1)[0].split(".", 1)[0]
+    """``name.constprop.0+0x1a [module]`` -> ``name`` (compiler suffixes dropped; a call
+    into a function's padding, ``__pfx_name``, as kernels with call thunks make, is
+    ``name``)."""
+    name = frame.split("+", 1)[0].split(" ", 1)[0].split(".", 1)[0]
+    return name.removeprefix("__pfx_")
 
 
 def classify(frames: Iterable[str]) -> str:

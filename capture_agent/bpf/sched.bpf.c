@@ -53,6 +53,13 @@ LAYOUT_EXPORT(struct cpu_slice_event, cpu_slice_event);
 
 #define MAX_STACK_DEPTH 64
 #define ENOENT 2
+#define EEXIST 17
+#define ENODATA 61
+#define ESRCH 3
+/* offcpu_start.kstack_id of a blocked thread whose stack is not walked yet; left so when
+ * its interval is written without a walk (a switch in dated late): the row has no stack,
+ * counted as lost (kernel_stack_ENODATA) */
+#define KSTACK_PENDING (-ENODATA)
 
 /* Sizes are defaults; the loader resizes rings and maps before load. */
 struct {
@@ -85,13 +92,30 @@ struct {
 	__type(value, struct offcpu_start);
 } offcpu_start SEC(".maps");
 
-/* Kernel stacks at switch-out; user space symbolises and clears them. */
+/* One kernel stack: return addresses, zero after the last (as a stack-trace map's value). */
+struct kstack {
+	__u64 ips[MAX_STACK_DEPTH];
+};
+
+/*
+ * The kernel stacks blocked intervals slept in, by id (a hash of the addresses); user
+ * space symbolises and clears them. Read as a BPF_MAP_TYPE_STACK_TRACE map is (same key
+ * and value), but filled here: the stack is walked with bpf_get_task_stack() on the
+ * sleeping thread, not with bpf_get_stackid() on the running one (see sleeping_stack_id).
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, MAX_STACK_DEPTH * sizeof(__u64));
+	__type(key, __u32);
+	__type(value, struct kstack);
 } offcpu_stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kstack);
+} kstack_scratch SEC(".maps");
 
 /* Evidence capture: what each thread's last switch-out was (see the top of this file). */
 struct thread_state {
@@ -250,6 +274,65 @@ static __always_inline void emit_wakeup(struct task_struct *task, __u16 kind, __
 	event_submit(&sched_events, ev);
 }
 
+/*
+ * The kernel stack `task` sleeps in, as an id in offcpu_stacks; < 0: an errno (-EEXIST:
+ * another stack has its id). `task` must be off CPU and not have run since it blocked (at
+ * its waking or its switch back in): its stack is then frozen where it went to sleep.
+ *
+ * Walked once the interval is known to be long enough to be written (>= min_offcpu_ns),
+ * not at every switch-out: the walk is most of a switch's cost (~1 us), it ran on the
+ * target's own time, and most waits of a busy service are shorter than the bound.
+ */
+static __always_inline __s32 sleeping_stack_id(struct task_struct *task)
+{
+	__u32 zero = 0, id, n, i;
+	struct kstack *buf = bpf_map_lookup_elem(&kstack_scratch, &zero);
+	struct kstack *have;
+	__u64 h = 0xcbf29ce484222325ULL; /* FNV-1a over the addresses */
+	__u8 call[5];
+	__s32 rel;
+	long len, err;
+
+	if (!buf)
+		return -ENOENT;
+	/*
+	 * The kernel leaves the scheduler's own functions (.sched.text: schedule, mutex_lock,
+	 * down_read, io_schedule, do_nanosleep...) out of another task's stack, and some of
+	 * them name the wait. The first frame it keeps returns from a call into the
+	 * outermost of them: that call's target (a direct call, e8 rel32) becomes frame 0,
+	 * as the current task's walk would have had it among its frames. Else frame 0
+	 * repeats frame 1's address.
+	 */
+	len = bpf_get_task_stack(task, &buf->ips[1], sizeof(buf->ips) - sizeof(__u64), 0);
+	if (len <= 0)
+		return len < 0 ? len : -ESRCH;
+	n = len / sizeof(__u64) + 1;
+	buf->ips[0] = buf->ips[1];
+	if (!bpf_probe_read_kernel(call, sizeof(call), (void *)(buf->ips[1] - sizeof(call))) &&
+	    call[0] == 0xe8) {
+		__builtin_memcpy(&rel, &call[1], sizeof(rel));
+		buf->ips[0] = buf->ips[1] + (__s64)rel;
+	}
+	for (i = 0; i < MAX_STACK_DEPTH; i++) {
+		if (i >= n)
+			break;
+		h = (h ^ buf->ips[i]) * 0x100000001b3ULL;
+	}
+	id = (h ^ (h >> 32)) & 0x7fffffff;
+	err = bpf_map_update_elem(&offcpu_stacks, &id, buf, BPF_NOEXIST);
+	if (!err)
+		return id;
+	if (err != -EEXIST)
+		return err;
+	have = bpf_map_lookup_elem(&offcpu_stacks, &id);
+	if (!have)
+		return -ENOENT;
+	for (i = 0; i < MAX_STACK_DEPTH; i++)
+		if (have->ips[i] != buf->ips[i])
+			return -EEXIST;
+	return id;
+}
+
 /* One offcpu_event for `start`, ended at `end` by thread `task`. */
 static __always_inline void offcpu_emit(struct offcpu_start *start, struct task_struct *task,
 					__u32 tid, __u64 end, __u8 flags)
@@ -276,7 +359,7 @@ static __always_inline void offcpu_emit(struct offcpu_start *start, struct task_
 }
 
 static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __u8 state,
-					 __u64 now, void *ctx)
+					 __u64 now)
 {
 	struct offcpu_start start = {};
 	struct offcpu_start *left = bpf_map_lookup_elem(&offcpu_start, &tid);
@@ -303,12 +386,12 @@ static __always_inline void offcpu_begin(struct task_struct *prev, __u32 tid, __
 	start.state = state;
 	start.cpu = bpf_get_smp_processor_id();
 	/*
-	 * The stack walk is most of this program's cost (~0.9 us of 1.4 us per switch under
-	 * a request/response load). A preempted thread waits for a CPU, not for whatever
-	 * kernel code it was preempted in: its stack names no wait reason (compute/ reads
-	 * reasons of blocked intervals only), so it is not walked.
+	 * The stack is walked later, once the wait is long enough to be written (at the
+	 * waking or the switch in: sleeping_stack_id). A preempted thread waits for a CPU, not
+	 * for whatever kernel code it was preempted in: its stack names no wait reason
+	 * (compute/ reads reasons of blocked intervals only), so it is never walked.
 	 */
-	start.kstack_id = state == TASK_STATE_R ? -ENOENT : bpf_get_stackid(ctx, &offcpu_stacks, 0);
+	start.kstack_id = state == TASK_STATE_R ? -ENOENT : KSTACK_PENDING;
 	if (bpf_map_update_elem(&offcpu_start, &tid, &start, BPF_ANY))
 		count_drop(EVENT_OFFCPU, DROP_MAP_FULL);
 }
@@ -319,8 +402,12 @@ static __always_inline void offcpu_end(struct task_struct *next, __u32 tid, __u6
 
 	if (!start)
 		return;
-	if (now - start->start_ns >= min_offcpu_ns)
+	if (now - start->start_ns >= min_offcpu_ns) {
+		/* not walked at the waking (shorter then, or none traced): next has not run yet */
+		if (start->kstack_id == KSTACK_PENDING)
+			start->kstack_id = sleeping_stack_id(next);
 		offcpu_emit(start, next, tid, now, 0);
+	}
 	bpf_map_delete_elem(&offcpu_start, &tid);
 }
 
@@ -644,7 +731,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	/* A dying task never comes back: no interval to start. */
 	if (prev_tid != 0 && state != TASK_STATE_X && state != TASK_STATE_Z &&
 	    is_target(prev_tgid))
-		offcpu_begin(prev, prev_tid, state, now, ctx);
+		offcpu_begin(prev, prev_tid, state, now);
 	/* intervals are only started for targets: others skip the lookup */
 	if (next_tid != 0 && ever_target(next_tgid))
 		offcpu_end(next, next_tid, now);
@@ -670,6 +757,13 @@ int BPF_PROG(on_sched_waking, struct task_struct *task)
 		start->waker_tid = waker->pid;
 		__builtin_memcpy(start->waker_comm, waker->comm, TASK_COMM_LEN);
 		start->flags |= OFFCPU_FLAG_WAKER;
+		/*
+		 * Long enough already: walk its stack now, while it still sleeps in it. An
+		 * interval whose switch back in is not traced ends here (ENDS_AT_WAKING) and
+		 * has its stack only this way.
+		 */
+		if (start->kstack_id == KSTACK_PENDING && now - start->start_ns >= min_offcpu_ns)
+			start->kstack_id = sleeping_stack_id(task);
 	}
 	if (evidence)
 		evidence_waking(task, tid, now);

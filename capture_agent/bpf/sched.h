@@ -85,8 +85,9 @@ struct offcpu_event {
 	__u32 tid;
 	__u32 waker_pid;   /* valid with OFFCPU_FLAG_WAKER (no waking when preempted) */
 	__u32 waker_tid;
-	__s32 kstack_id;   /* id in the `offcpu_stacks` map at switch-out; < 0 = errno
-			    * (-ENOENT: preempted, state R, not walked) */
+	__s32 kstack_id;   /* id in `offcpu_stacks` of the stack it slept in; < 0 = errno
+			    * (-ENOENT: preempted, state R, not walked;
+			    * -ENODATA: its switch in was not traced, no walk) */
 	__u16 cpu_out;     /* CPU the thread switched out on */
 	__u8 state;        /* enum task_state_code at switch-out */
 	__u8 __pad;

@@ -1,8 +1,11 @@
 """Off-CPU kernel stacks symbolised from /proc/kallsyms and classified into wait reasons.
 
 Root only (kallsyms addresses, BPF). tests/programs/pipe_handoff.c: a reader thread blocks
-in read() on a pipe until the writer thread writes ~50 ms later. A preempted thread (state
-R) waits for a CPU: its stack is not walked (the walk is most of sched_switch's cost).
+in read() on a pipe until the writer thread writes ~50 ms later;
+tests/programs/inode_lock_wait.c: a thread blocks on a file's inode lock (a kernel
+rw-semaphore: its stack keeps `down_write` only because the BPF program recovers the
+scheduler function the thread called, which the kernel leaves out of a sleeping task's
+stack). A preempted thread (state R) waits for a CPU: its stack is never walked.
 """
 
 from __future__ import annotations
@@ -82,6 +85,66 @@ def test_a_thread_blocked_in_a_pipe_read_waits_for_reason_pipe(programs: Path) -
     assert with_stack["wait_reason"].null_count == 0
     assert cleared is None
     assert again.num_rows == 0 and stacks.reasons()[stack_id] == "pipe"
+
+
+HOLD_MS = 100
+
+
+def test_a_thread_blocked_on_an_inode_lock_waits_for_reason_lock(programs: Path) -> None:
+    require_root()
+    require(object_path(sched.FAMILY.object_file).exists(), "sched.bpf.o (run `make bpf`)")
+    symbols = Kallsyms.load()
+    # GIVEN the sched sensor targeting inode_lock_wait: A sleeps in a userfault inside its
+    # write() holding the file's inode lock, B's write() sleeps on that lock for HOLD_MS
+    config = sched.SchedConfig(min_offcpu_ns=10_000_000, record_switch=False,
+                               record_waking=False, record_wakeup=False)
+    with Sensor(sched.sensor_spec(config)) as sensor:
+        waiter = subprocess.Popen([str(programs / "inode_lock_wait"), str(HOLD_MS)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert waiter.stdin is not None and waiter.stdout is not None
+            word, pid = waiter.stdout.readline().split()
+            assert word == "ready"
+            sensor.add_targets([int(pid)])
+            waiter.stdin.write("go\n")
+            waiter.stdin.flush()
+            done = waiter.stdout.readline().split()
+            assert waiter.wait(timeout=10) == 0
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait()
+        assert done[0] == "done", done
+        a_tid, b_tid = int(done[1]), int(done[2])
+        offcpu = sched.offcpu_table(sensor.ring("offcpu_events").drain(), sample_offset())
+        stacks = KernelStacks(symbols, sensor.map_fd("offcpu_stacks"))
+        # WHEN the intervals' stacks are symbolised and classified
+        stacks.resolve(offcpu["kstack_id"], time.time_ns())
+        filled = stacks.fill_wait_reason(offcpu)
+
+    def longest_blocked(tid: int) -> dict:
+        """tid's longest blocked interval (not preempted: on a busy host a thread may
+        wait longer for a CPU than on the lock) and its frames' function names"""
+        rows = filled.filter(pc.and_(pc.equal(filled["tid"], tid),
+                                     pc.not_equal(filled["state"], "R")))
+        rows = rows.sort_by([("dur_ns", "descending")])
+        assert rows.num_rows >= 1, (tid, filled.to_pydict())
+        row = rows.slice(0, 1).to_pylist()[0]
+        frames = stacks.frames(row["kstack_id"]) if row["kstack_id"] is not None else None
+        return row | {"names": [function_name(f) for f in frames or []]}
+
+    # THEN B's wait on the inode lock (about HOLD_MS) has reason "lock", down_write in it
+    b = longest_blocked(b_tid)
+    assert b["dur_ns"] >= (HOLD_MS - 10) * 1_000_000, (b["dur_ns"], b["names"])
+    assert b["wait_reason"] == "lock", b["names"]
+    assert any(n in ("down_write", "rwsem_down_write_slowpath") for n in b["names"]), \
+        b["names"]
+    # and A, holding that lock while asleep in the userfault, is not waiting for a lock
+    a = longest_blocked(a_tid)
+    assert a["dur_ns"] >= (HOLD_MS - 10) * 1_000_000, (a["dur_ns"], a["names"])
+    assert "handle_userfault" in a["names"], a["names"]
+    assert a["wait_reason"] is not None and a["wait_reason"] != "lock", \
+        (a["wait_reason"], a["names"])
 
 
 _SPIN = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
