@@ -251,6 +251,8 @@ class Agent:
         self.counters.clock_probe_processes = sum(p.attached for p in self._probes)
         self.counters.clock_probe_failures = sum(p.failed for p in self._probes)
         self._report_losses()
+        for fam in self.families:
+            self.counters.below_bound |= fam.probes.below_bound(fam.sensor)
         # The flush marker, the watermark of `kprobe analyze --follow` (compute/follow.py):
         # one committing thread commits (or spools) it after this flush's batches, so once it
         # is in the lake, so is every row this node drained before ``drained_at``.

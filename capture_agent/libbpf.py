@@ -94,6 +94,8 @@ _sig("bpf_map_delete_elem", ctypes.c_int, ctypes.c_int, _p)
 _sig("bpf_map_get_next_key", ctypes.c_int, ctypes.c_int, _p, _p)
 _sig("bpf_map_lookup_and_delete_batch", ctypes.c_int, ctypes.c_int, _p, _p, _p, _p,
      ctypes.POINTER(ctypes.c_uint32), _p)
+_sig("bpf_map_lookup_batch", ctypes.c_int, ctypes.c_int, _p, _p, _p, _p,
+     ctypes.POINTER(ctypes.c_uint32), _p)
 _sig("bpf_obj_get_info_by_fd", ctypes.c_int, ctypes.c_int, _p, ctypes.POINTER(ctypes.c_uint32))
 _sig("bpf_map_create", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
      ctypes.c_uint32, ctypes.c_uint32, _p)
@@ -418,6 +420,22 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
         return None
     _check(rc, "map lookup")
     return v.raw
+
+
+def array_values(fd: int, entries: int, value_size: int) -> bytes:
+    """Every value of an array map (``entries`` of ``value_size`` bytes, packed in index
+    order), in one batch syscall rather than one lookup per index."""
+    keys = ctypes.create_string_buffer(max(1, entries * 4))
+    values = ctypes.create_string_buffer(max(1, entries * value_size))
+    token = ctypes.create_string_buffer(8)
+    count = ctypes.c_uint32(entries)
+    rc = _lib.bpf_map_lookup_batch(fd, None, token, keys, values, ctypes.byref(count), None)
+    # an array's traversal ends with ENOENT once its last index is read
+    if rc != -errno_mod.ENOENT:
+        _check(rc, "map lookup_batch")
+    if count.value != entries:
+        raise OSError(errno_mod.EIO, f"map lookup_batch: {count.value} of {entries} entries")
+    return values.raw
 
 
 def possible_cpus() -> int:

@@ -22,6 +22,9 @@ class AgentCounters:
     # (source, reason) -> records the kernel lost (layouts.DropReason: ring_full, map_full...)
     kernel_drops: dict[tuple[str, str], int] = field(default_factory=dict)
     ring_fill: dict[str, float] = field(default_factory=dict)  # ring -> fill ratio at last drain
+    # source -> records counted in the kernel instead of written (evidence capture: a
+    # target's quick syscall), by design, not lost
+    below_bound: dict[str, int] = field(default_factory=dict)
     flush_seconds_last: float = 0.0
     drain_gap_max_s: float = 0.0  # the longest time the rings went undrained
     flushes: int = 0
@@ -58,6 +61,13 @@ class AgentCollector(Collector):
         for (source, reason), n in sorted(c.kernel_drops.items()):
             drops.add_metric([source, reason], n)
         yield drops
+        below = CounterMetricFamily("kprobe_records_below_bound", "Records counted in the "
+                                    "kernel instead of written: evidence capture leaves them "
+                                    "out by design (a target's quick syscall)",
+                                    labels=["source"])
+        for source, n in sorted(c.below_bound.items()):
+            below.add_metric([source], n)
+        yield below
         fill = GaugeMetricFamily("kprobe_ring_fill_ratio", "Ring buffer fill at last drain",
                                  labels=["ring"])
         for ring, ratio in sorted(c.ring_fill.items()):

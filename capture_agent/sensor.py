@@ -34,6 +34,7 @@ from kprobe.capture_agent.errors import (
 )
 from kprobe.capture_agent.kernel_btf import attach_point_exists
 from kprobe.capture_agent.layouts import (
+    DROP_REASON_MAX,
     EVENT_KIND_MAX,
     DropReason,
     EventKind,
@@ -338,15 +339,13 @@ class Sensor:
         """Records lost in the kernel so far, per event kind and reason (cumulative,
         nonzero only)."""
         fd = self.map_fd("drops")
+        with self._map_errors("drops"):  # one syscall for the whole array (every report)
+            raw = libbpf.array_values(fd, DROP_REASON_MAX * EVENT_KIND_MAX, 8)
+        counts = np.frombuffer(raw, "<u8")
         out: dict[tuple[EventKind | int, DropReason], int] = {}
-        for reason in DropReason:
-            for kind in range(EVENT_KIND_MAX):
-                index = int(reason) * EVENT_KIND_MAX + kind
-                with self._map_errors("drops"):
-                    raw = libbpf.map_lookup(fd, _u32(index), 8)
-                count = int(np.frombuffer(raw, "<u8")[0]) if raw else 0
-                if count:
-                    out[(_kind(kind), reason)] = count
+        for index in np.flatnonzero(counts).tolist():
+            reason, kind = divmod(index, EVENT_KIND_MAX)
+            out[(_kind(kind), DropReason(reason))] = int(counts[index])
         return out
 
     # -- internals ---------------------------------------------------------------------------

@@ -53,6 +53,8 @@ LAYOUT_EXPORT(struct file_id, file_id);
 LAYOUT_EXPORT(struct proc_context, proc_context);
 
 #define NR_EXIT 60
+#define NR_EXECVEAT 322
+#define EAGAIN 11
 #define NR_GETTIMEOFDAY 96
 #define NR_TIME 201
 #define NR_GETCPU 309
@@ -205,6 +207,21 @@ const volatile __s64 mono_to_real_ns = 0;
 const volatile __u64 fresh_file_ns = 5ULL * NSEC_PER_SEC;
 const volatile __u32 fresh_file_cap = 1 << 20;
 
+/*
+ * Evidence capture without payloads (`kprobe record --capture evidence`; no replay to
+ * feed): a target's call that returned within min_syscall_ns, without an error other than
+ * EAGAIN, is counted here instead of written. Slow calls, errors, exits and execs stay
+ * rows. 0: every call is a row (full capture, and always with payloads).
+ */
+const volatile __u64 min_syscall_ns = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} syscalls_below_bound SEC(".maps");
+
 /* ---- entry and exit ---------------------------------------------------------------- */
 
 /* The state of a syscall entering now, or NULL if the thread is not captured. */
@@ -282,10 +299,33 @@ static __always_inline void syscall_record(struct syscall_call *call, long ret, 
 	event_submit(&syscall_events, ev);
 }
 
+/* Is `call` one that evidence capture counts instead of writing (min_syscall_ns)? */
+static __always_inline bool below_bound(struct syscall_call *call, long ret, __u64 now,
+					__u8 flags)
+{
+	__u32 zero = 0;
+	__u64 *count;
+
+	if (!min_syscall_ns || capture_payloads || (flags & SYSCALL_FLAG_NO_RETURN))
+		return false;
+	if (now - call->start_ns >= min_syscall_ns || (is_error(ret) && ret != -EAGAIN))
+		return false;
+	if (!call->compat && (call->nr == NR_EXECVE || call->nr == NR_EXECVEAT))
+		return false;
+	count = bpf_map_lookup_elem(&syscalls_below_bound, &zero);
+	if (count)
+		__sync_fetch_and_add(count, 1); /* another program may preempt this one */
+	return true;
+}
+
 static __always_inline void syscall_emit(struct syscall_state *st, struct syscall_call *call,
 					 long ret, __u64 now, __u8 flags)
 {
-	__u64 ids = bpf_get_current_pid_tgid();
+	__u64 ids;
+
+	if (below_bound(call, ret, now, flags))
+		return;
+	ids = bpf_get_current_pid_tgid();
 
 	if (call->compat)
 		flags |= SYSCALL_FLAG_COMPAT;

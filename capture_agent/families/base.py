@@ -94,6 +94,12 @@ class ProbeFamily(ABC):
         (the agent reports it in ``lost`` with the kernel's drops)."""
         return {}
 
+    def below_bound(self, sensor: Sensor) -> dict[str, int]:
+        """Records the kernel counted instead of writing, by source (cumulative): evidence
+        capture leaves them out by design (a target's quick syscall), so they are not
+        lost, but the summary and the metrics say how many."""
+        return {}
+
     def collect(self, sensor: Sensor, clock: ClockSample) -> dict[str, pa.Table]:
         """Rows per lake table of state aggregated in kernel maps, read once per flush."""
         return {}

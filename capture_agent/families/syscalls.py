@@ -53,14 +53,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kprobe.capture_agent import syscall_names
+from kprobe.capture_agent import libbpf, syscall_names
 from kprobe.capture_agent.clock import ClockSample, sample_offset
 from kprobe.capture_agent.elfsyms import emulated_probe_offset, function_offsets
 from kprobe.capture_agent.errors import BpfAttachError, CaptureAgentError
 from kprobe.capture_agent.families._arrow import check_header, comm_array, int_array
 from kprobe.capture_agent.families.base import ProbeFamily, UprobePlaces
 from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
-from kprobe.capture_agent.sensor import SensorSpec
+from kprobe.capture_agent.sensor import Sensor, SensorSpec
 from kprobe.lake.schema import spec as table_spec
 
 SYSCALLS_LAYOUT_VERSION = 3
@@ -482,6 +482,9 @@ class SyscallsConfig:
     fresh_file_ns: int = 5_000_000_000
     fresh_file_cap: int = 1 << 20
     target_all: bool = False  # every process is a target (expensive: every syscall)
+    # evidence capture without payloads: calls that returned sooner (and did not fail) are
+    # counted, not written (syscalls_below_bound); 0: every call is a row
+    min_syscall_ns: int = 0
     wakeup_fill_pct: int = 50
     # Ring sizes: what arrives in one drain interval (0.1 s) at the rate to absorb, plus
     # headroom; every mapped page of a ring is resident in the agent. syscall_events: 1 M
@@ -586,6 +589,7 @@ def sensor_spec(config: SyscallsConfig | None = None, *,
             "fresh_file_cap": c.fresh_file_cap,
             "target_all": int(c.target_all),
             "wakeup_fill_pct": c.wakeup_fill_pct,
+            "min_syscall_ns": 0 if c.capture_payloads else c.min_syscall_ns,
         },
         ring_bytes={
             "syscall_events": c.events_ring_bytes,
@@ -762,8 +766,20 @@ class SyscallsFamily(ProbeFamily):
         o = self.options
         return sensor_spec(SyscallsConfig(capture_payloads=o.payloads, payload_cap=o.payload_cap,
                                           vdso_clocks=o.vdso_clocks, target_all=o.target_all,
-                                          files_by_identity=o.files_by_identity),
+                                          files_by_identity=o.files_by_identity,
+                                          min_syscall_ns=self._min_syscall_ns()),
                            shared_maps=shared_maps)
+
+    def _min_syscall_ns(self) -> int:
+        o = self.options
+        return o.min_offcpu_ns if o.capture == "evidence" and not o.payloads else 0
+
+    def below_bound(self, sensor: Sensor) -> dict[str, int]:
+        if not self._min_syscall_ns():
+            return {}
+        raw = libbpf.map_lookup(sensor.map_fd("syscalls_below_bound"), bytes(4),
+                                8 * libbpf.possible_cpus())
+        return {"syscall": int(np.frombuffer(raw, "<u8").sum())} if raw else {}
 
     def uprobe_places(self) -> Callable[[int], UprobePlaces]:
         return uprobe_places_for

@@ -63,6 +63,7 @@ def print_summary(agent: Agent, fmt: str) -> None:
         "lost": {k: v for k, v in stats.lost_rows.items()},
         "kernel_drops": {f"{source}:{reason}": n
                          for (source, reason), n in agent.counters.kernel_drops.items()},
+        "below_bound": dict(agent.counters.below_bound),
         "drain_gap_max_s": round(agent.counters.drain_gap_max_s, 3),
         "spooled_batches": len(agent.spool),
         "lake": agent.writer.location.root,

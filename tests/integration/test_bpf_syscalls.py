@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,3 +261,66 @@ def test_the_target_hint_only_filters(syscall_io: Path, tmp_path: Path) -> None:
 
     both = run_io(syscall_io, tmp_path / "c.dat", config, targeted=False, before_go=both_set)
     assert len(both.calls("write")) >= M
+
+
+# After "go": 200 quick getppid calls, one 50 ms sleep, one stat of a missing path.
+_QUICK_SLOW_FAILED = r"""
+import os, sys, time
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+for _ in range(200):
+    os.getppid()
+time.sleep(0.05)
+try:
+    os.stat("/nonexistent/kprobe-evidence")
+except FileNotFoundError:
+    pass
+print("done", flush=True)
+"""
+
+
+def _quick_slow_failed(bound_ns: int) -> tuple[pa.Table, int]:
+    """The target's rows (pid, name, ret, dur_ns) and the calls counted instead."""
+    with Sensor(syscalls.sensor_spec(syscalls.SyscallsConfig(min_syscall_ns=bound_ns))) \
+            as sensor:
+        with subprocess.Popen([sys.executable, "-c", _QUICK_SLOW_FAILED], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                word, pid = proc.stdout.readline().split()
+                assert word == "ready"
+                sensor.add_targets([int(pid)])
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == "done"
+                assert proc.wait(timeout=30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        rows = syscalls.syscalls_table(sensor.ring("syscall_events").drain(), sample_offset())
+        raw = libbpf.map_lookup(sensor.map_fd("syscalls_below_bound"), bytes(4),
+                                8 * libbpf.possible_cpus())
+        assert raw is not None
+        counted = int(sum(struct.unpack(f"<{len(raw) // 8}Q", raw)))
+        assert sensor.drops() == {}
+    return rows.filter(pc.equal(rows["pid"], int(pid))), counted
+
+
+def test_evidence_capture_writes_slow_and_failed_calls_and_counts_the_quick_ones() -> None:
+    require_root_and_objects()
+    # GIVEN evidence capture's bound of 20 ms on a target's syscalls (no payloads)
+    # WHEN it makes 200 quick getppid calls, sleeps 50 ms and fails a stat
+    rows, counted = _quick_slow_failed(20_000_000)
+    names = rows["name"].to_pylist()
+    # THEN the sleep, the failed stat and the exit are rows; no getppid is
+    sleeps = rows.filter(pc.match_substring_regex(rows["name"], "nanosleep|select"))
+    assert sleeps.num_rows >= 1 and max(sleeps["dur_ns"].to_pylist()) >= 45_000_000, names
+    failed = rows.filter(pc.equal(rows["ret"], -2))  # ENOENT
+    assert failed.num_rows >= 1 and set(failed["name"].to_pylist()) & {
+        "stat", "newfstatat", "statx"}, names
+    assert "exit_group" in names and "getppid" not in names, names
+    # and the quick ones are counted, not lost
+    assert counted >= 200, counted
+    # control: without the bound, the same run writes every getppid
+    rows, counted = _quick_slow_failed(0)
+    assert rows["name"].to_pylist().count("getppid") >= 200 and counted == 0

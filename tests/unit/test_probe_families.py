@@ -77,6 +77,17 @@ def test_the_agents_options_reach_each_sensor() -> None:
     assert PROBE_FAMILIES["sched"](options).uprobe_places() is None
 
 
+def test_evidence_capture_bounds_a_targets_syscalls_only_without_payloads() -> None:
+    def bound(**kw: object) -> object:
+        return PROBE_FAMILIES["syscalls"](AgentOptions(**kw)).sensor_spec({}) \
+            .config["min_syscall_ns"]  # type: ignore[arg-type]
+
+    assert bound(capture="evidence", min_offcpu_ns=3_000_000) == 3_000_000
+    # payloads feed a replay, which needs every call; full capture writes every call
+    assert bound(capture="evidence", payloads=True) == 0
+    assert bound(capture="full") == 0
+
+
 def test_the_agent_knows_no_family_by_name() -> None:
     """No getattr probing of family modules, no family or table special-cased."""
     tree = ast.parse(inspect.getsource(agent.Agent))
