@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,25 @@ def hears_ctrl_c(argv: list[str]) -> list[str]:
     """``argv`` (its first item a path) run with SIGINT at its default, whatever this
     process inherited."""
     return [sys.executable, "-c", _SIGINT_DEFAULT, *argv]
+
+
+def run_ready_go(argv: list[str], on_ready: Callable[[list[str]], None],
+                 timeout_s: float = 30) -> tuple[list[str], list[str]]:
+    """Run a test program that prints ``ready ...`` and waits for a line on stdin: call
+    ``on_ready`` with the ready line's words (to target its pid, say), send ``go``, and
+    return (ready words, the words of the line it prints next) once it exited 0."""
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            ready = proc.stdout.readline().split()
+            assert ready and ready[0] == "ready", ready
+            on_ready(ready)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            after = proc.stdout.readline().split()
+            assert proc.wait(timeout=deadline_s(timeout_s)) == 0, after
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return ready, after

@@ -25,34 +25,32 @@ from kprobe.capture_agent.families import sched
 from kprobe.capture_agent.kallsyms import Kallsyms, KernelStacks, function_name
 from kprobe.capture_agent.sensor import Sensor, object_path
 from kprobe.lake.schema import spec
-from tests.support import require, require_root
+from tests.support import require, require_root, run_ready_go
 
 HANDOFF_MS = 50
 
 
-def test_a_thread_blocked_in_a_pipe_read_waits_for_reason_pipe(programs: Path) -> None:
+def _symbols() -> Kallsyms:
     require_root()
     require(object_path(sched.FAMILY.object_file).exists(), "sched.bpf.o (run `make bpf`)")
-    symbols = Kallsyms.load()
+    return Kallsyms.load()
+
+
+def _offcpu_sensor() -> Sensor:
+    """The sched sensor writing targets' off-CPU intervals of 10 ms or more, nothing else."""
+    return Sensor(sched.sensor_spec(sched.SchedConfig(
+        min_offcpu_ns=10_000_000, record_switch=False, record_waking=False,
+        record_wakeup=False)))
+
+
+def test_a_thread_blocked_in_a_pipe_read_waits_for_reason_pipe(programs: Path) -> None:
+    symbols = _symbols()
     # GIVEN the sched sensor targeting pipe_handoff, whose reader blocks on a pipe
-    config = sched.SchedConfig(min_offcpu_ns=10_000_000, record_switch=False,
-                               record_waking=False, record_wakeup=False)
-    with Sensor(sched.sensor_spec(config)) as sensor:
-        handoff = subprocess.Popen([str(programs / "pipe_handoff"), str(HANDOFF_MS)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert handoff.stdin is not None and handoff.stdout is not None
-            word, pid, reader_tid, _writer = handoff.stdout.readline().split()
-            assert word == "ready"
-            sensor.add_targets([int(pid)])
-            handoff.stdin.write("go\n")
-            handoff.stdin.flush()
-            assert handoff.stdout.readline().startswith("done")
-            assert handoff.wait(timeout=10) == 0
-        finally:
-            if handoff.poll() is None:
-                handoff.kill()
-                handoff.wait()
+    with _offcpu_sensor() as sensor:
+        (_, _pid, reader_tid, _writer), done = run_ready_go(
+            [str(programs / "pipe_handoff"), str(HANDOFF_MS)],
+            lambda ready: sensor.add_targets([int(ready[1])]))
+        assert done[0] == "done"
         offcpu = sched.offcpu_table(sensor.ring("offcpu_events").drain(), sample_offset())
         stacks = KernelStacks(symbols, sensor.map_fd("offcpu_stacks"))
         # WHEN the intervals' stacks are symbolised and classified
@@ -91,29 +89,12 @@ HOLD_MS = 100
 
 
 def test_a_thread_blocked_on_an_inode_lock_waits_for_reason_lock(programs: Path) -> None:
-    require_root()
-    require(object_path(sched.FAMILY.object_file).exists(), "sched.bpf.o (run `make bpf`)")
-    symbols = Kallsyms.load()
+    symbols = _symbols()
     # GIVEN the sched sensor targeting inode_lock_wait: A sleeps in a userfault inside its
     # write() holding the file's inode lock, B's write() sleeps on that lock for HOLD_MS
-    config = sched.SchedConfig(min_offcpu_ns=10_000_000, record_switch=False,
-                               record_waking=False, record_wakeup=False)
-    with Sensor(sched.sensor_spec(config)) as sensor:
-        waiter = subprocess.Popen([str(programs / "inode_lock_wait"), str(HOLD_MS)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert waiter.stdin is not None and waiter.stdout is not None
-            word, pid = waiter.stdout.readline().split()
-            assert word == "ready"
-            sensor.add_targets([int(pid)])
-            waiter.stdin.write("go\n")
-            waiter.stdin.flush()
-            done = waiter.stdout.readline().split()
-            assert waiter.wait(timeout=10) == 0
-        finally:
-            if waiter.poll() is None:
-                waiter.kill()
-                waiter.wait()
+    with _offcpu_sensor() as sensor:
+        _, done = run_ready_go([str(programs / "inode_lock_wait"), str(HOLD_MS)],
+                               lambda ready: sensor.add_targets([int(ready[1])]))
         assert done[0] == "done", done
         a_tid, b_tid = int(done[1]), int(done[2])
         offcpu = sched.offcpu_table(sensor.ring("offcpu_events").drain(), sample_offset())

@@ -23,7 +23,7 @@ from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import syscalls
 from kprobe.capture_agent.layouts import EventKind
 from kprobe.capture_agent.sensor import TARGET_HINT_SLOTS, Sensor, object_path
-from tests.support import require, require_root
+from tests.support import require, require_root, run_ready_go
 
 N, M, BIG = 1000, 5, 100_000  # bytes per write, writes, bytes of the big pread
 STAT_SIZE_OFFSET, STAT_INO_OFFSET = 48, 8  # in x86_64 struct stat
@@ -283,20 +283,9 @@ def _quick_slow_failed(bound_ns: int) -> tuple[pa.Table, int]:
     """The target's rows (pid, name, ret, dur_ns) and the calls counted instead."""
     with Sensor(syscalls.sensor_spec(syscalls.SyscallsConfig(min_syscall_ns=bound_ns))) \
             as sensor:
-        with subprocess.Popen([sys.executable, "-c", _QUICK_SLOW_FAILED], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) as proc:
-            try:
-                assert proc.stdin is not None and proc.stdout is not None
-                word, pid = proc.stdout.readline().split()
-                assert word == "ready"
-                sensor.add_targets([int(pid)])
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-                assert proc.stdout.readline().strip() == "done"
-                assert proc.wait(timeout=30) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        (_, pid), done = run_ready_go([sys.executable, "-c", _QUICK_SLOW_FAILED],
+                                      lambda ready: sensor.add_targets([int(ready[1])]))
+        assert done == ["done"]
         rows = syscalls.syscalls_table(sensor.ring("syscall_events").drain(), sample_offset())
         raw = libbpf.map_lookup(sensor.map_fd("syscalls_below_bound"), bytes(4),
                                 8 * libbpf.possible_cpus())

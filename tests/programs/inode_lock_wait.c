@@ -28,20 +28,13 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "now_ns.h"
 
 static long page;
 static char *fault_page;
 static int fd_a, fd_b;
 static volatile pid_t a_tid, b_tid;
 static long long b_blocked_ns;
-
-static long long now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static void *writer_a(void *arg)
 {

@@ -14,20 +14,13 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "now_ns.h"
 
 static int handoff[2];
 static pthread_barrier_t started, go;
 static volatile pid_t reader_tid, writer_tid;
 static long handoff_ms = 50;
 static long long blocked_ns;
-
-static long long now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static void *reader(void *arg)
 {
