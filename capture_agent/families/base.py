@@ -31,15 +31,16 @@ Converter = Callable[[np.ndarray, ClockSample], pa.Table]
 # Per-process uprobe places: program -> (binary, file offset, retprobe) places.
 UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
 
-# How scheduling and TCP are recorded (`kprobe record --capture`): "full" (the default)
-# keeps a row per switch, waking and TCP send/receive on the node; "evidence" keeps as rows
-# only what bounds an off-CPU interval of at least min_offcpu_ns (and targets' TCP, and
-# their peers'), with in-kernel per-slice sums for the rest. Evidence is not the default
-# yet: of its last four clean-clone runs here, two failed a causal test (each cause fixed;
-# README, evidence capture).
+# How scheduling, TCP and targets' syscalls are recorded (`kprobe record --capture`):
+# "evidence" (the default) keeps as rows only what bounds an off-CPU interval of at least
+# min_offcpu_ns (and targets' TCP, and their peers'; and without payloads a target's
+# syscalls that took that long or failed), with in-kernel per-slice sums (and counts) for
+# the rest; "full" keeps a row per switch, waking, TCP send/receive and target syscall on
+# the node. Evidence became the default once its clean-clone runs passed (README, evidence
+# capture).
 CaptureMode = Literal["full", "evidence"]
 CAPTURE_MODES: tuple[CaptureMode, ...] = get_args(CaptureMode)
-DEFAULT_CAPTURE: CaptureMode = "full"
+DEFAULT_CAPTURE: CaptureMode = "evidence"
 
 
 @dataclass(frozen=True)
