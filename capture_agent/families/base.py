@@ -32,15 +32,15 @@ Converter = Callable[[np.ndarray, ClockSample], pa.Table]
 UprobePlaces = dict[str, tuple[tuple[str, int, bool], ...]]
 
 # How scheduling, TCP and targets' syscalls are recorded (`kprobe record --capture`):
-# "evidence" (the default) keeps as rows only what bounds an off-CPU interval of at least
-# min_offcpu_ns (and targets' TCP, and their peers'; and without payloads a target's
-# syscalls that took that long or failed), with in-kernel per-slice sums (and counts) for
-# the rest; "full" keeps a row per switch, waking, TCP send/receive and target syscall on
-# the node. Evidence became the default once its clean-clone runs passed (README, evidence
-# capture).
+# "full" (the default) keeps a row per switch, waking, TCP send/receive and target syscall;
+# "evidence" keeps as rows only what bounds an off-CPU interval of at least min_offcpu_ns
+# (and targets' TCP, and their peers'; and without payloads a target's syscalls that took
+# that long or failed), with in-kernel per-slice sums (and counts) for the rest. Evidence
+# is not the default yet (README, evidence capture: a run-queue segment its rows can
+# invent).
 CaptureMode = Literal["full", "evidence"]
 CAPTURE_MODES: tuple[CaptureMode, ...] = get_args(CaptureMode)
-DEFAULT_CAPTURE: CaptureMode = "evidence"
+DEFAULT_CAPTURE: CaptureMode = "full"
 
 
 @dataclass(frozen=True)

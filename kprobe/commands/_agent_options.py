@@ -72,10 +72,8 @@ def add_agent_options(parser: argparse.ArgumentParser, *, otlp_default: int | No
                         "context switch, waking and TCP send/receive is a row only where it "
                         "bounds an off-CPU interval of at least --min-offcpu-ms (and TCP "
                         "rows of targets and their peers), per-thread and per-socket sums "
-                        "per --slice-ms for the rest (tables cpu_slices, net_slices); "
-                        "without --payloads a target's syscall is a row only if it took "
-                        "that long or failed (the others counted); full: a row for each of "
-                        "them")
+                        "per --slice-ms for the rest (tables cpu_slices, net_slices); full: "
+                        "a row for each of them on the node")
     parser.add_argument("--slice-ms", type=float, default=10.0, metavar="MS",
                         help="with evidence capture, the time slice of the sums "
                         "(default 10 ms; 1 ms to 60 s)")

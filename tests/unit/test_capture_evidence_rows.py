@@ -112,7 +112,7 @@ def test_evidence_configuration_reaches_the_kernel_side_and_bad_slices_are_refus
     assert net.sensor_spec(net.NetConfig(evidence=True)).config["evidence"] == 1
 
 
-def test_capture_option_defaults_to_evidence_and_refuses_other_modes(
+def test_capture_option_defaults_to_full_and_refuses_other_modes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def parse(*argv: str) -> argparse.Namespace:
         parser = argparse.ArgumentParser()
@@ -120,11 +120,11 @@ def test_capture_option_defaults_to_evidence_and_refuses_other_modes(
         return parser.parse_args(list(argv))
 
     monkeypatch.delenv("KPROBE_CAPTURE", raising=False)
-    assert parse().capture == "evidence"
-    assert parse("--capture", "full").capture == "full"
-    monkeypatch.setenv("KPROBE_CAPTURE", "full")
     assert parse().capture == "full"
     assert parse("--capture", "evidence").capture == "evidence"
+    monkeypatch.setenv("KPROBE_CAPTURE", "evidence")
+    assert parse().capture == "evidence"
+    assert parse("--capture", "full").capture == "full"
     monkeypatch.setenv("KPROBE_CAPTURE", "everything")
     with pytest.raises(CommandError, match="expected full or evidence"):
         _agent_options._capture(parse().capture)
