@@ -433,10 +433,11 @@ def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
     slices = con.sql(_SLICES).to_arrow_table()
     if not slices.num_rows:
         return rows
-    running = pc.and_(pc.equal(rows["state"], "running"),
-                      pc.is_in(rows["node"], pc.unique(slices["node"])))
-    running = pc.fill_null(running, False)
-    segs, rest = rows.filter(running), rows.filter(pc.invert(running))
+    sliced = pc.fill_null(pc.is_in(rows["node"], pc.unique(slices["node"])), False)
+    running = pc.fill_null(pc.and_(pc.equal(rows["state"], "running"), sliced), False)
+    runnable = pc.fill_null(pc.and_(pc.equal(rows["state"], "runnable"), sliced), False)
+    segs, rest = rows.filter(running), rows.filter(pc.invert(pc.or_(running, runnable)))
+    waits = _runnable_that_ran(slices, rows.filter(runnable))
     left, right = IntervalIndex(slices, "tid").pairs(segs, "tid")
     s, e = _ints(segs, "s"), _ints(segs, "e")
 
@@ -455,7 +456,53 @@ def bound_running(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> pa.Table:
                     e=pa.array(waited, pa.int64()), state=state("runnable"))
     unknown = _piece(segs, pa.array(waited < e), s=pa.array(waited, pa.int64()),
                      state=state("unknown"))
-    return pa.concat_tables([rest, ran, queued, unknown])
+    return pa.concat_tables([rest, ran, queued, unknown, waits])
+
+
+# A run-queue segment in which the thread's slices show at least this much running is no
+# single wait (a short wait of evidence capture keeps no row, see _runnable_that_ran)
+RAN_IN_A_WAIT_NS = 1_000_000
+
+
+def _runnable_that_ran(slices: pa.Table, segs: pa.Table) -> pa.Table:
+    """Run-queue segments of nodes recorded with evidence capture, checked against the
+    thread's slices.
+
+    Under evidence capture a switch row is also written to bound another thread's wait
+    (the switch that put it on the CPU, or took the CPU from it): a preemption of this
+    thread and its later switch in can both be rows while everything between them (a
+    short wait, a run of 200 ms, another short wait) left none. The pair reads as one
+    run-queue wait. The slices say what the thread did inside: a slice's on-CPU time, less
+    the part of the slice outside the segment, ran inside it. A segment in which the thread
+    ran at least RAN_IN_A_WAIT_NS is runnable for at most the slices' run-queue waits, then
+    running for what it ran, then 'unknown' (where the short waits lay is not recorded)."""
+    if not segs.num_rows:
+        return segs
+    left, right = IntervalIndex(slices, "tid").pairs(segs, "tid")
+    s, e = _ints(segs, "s"), _ints(segs, "e")
+    a, b = _ints(slices, "s")[right], _ints(slices, "e")[right]
+    oncpu = _ints(slices, "oncpu_ns")[right]
+    inside = np.maximum(oncpu - np.maximum(s[left] - a, 0) - np.maximum(b - e[left], 0), 0)
+    ran = np.minimum(np.bincount(left, weights=inside, minlength=len(s)).astype(np.int64),
+                     e - s)
+    runq = np.bincount(left, weights=_ints(slices, "runq_ns")[right],
+                       minlength=len(s)).astype(np.int64)
+    did_run = ran >= RAN_IN_A_WAIT_NS
+    waited = s + np.minimum(runq, e - s - ran)
+    cut = waited + ran
+    no_waker = pa.nulls(len(s), pa.int64())
+
+    def state(name: str) -> pa.Array:
+        return pa.array(np.full(len(s), name, object), pa.string())
+
+    return pa.concat_tables([
+        _piece(segs, pa.array(~did_run)),
+        _piece(segs, pa.array(did_run & (waited > s)), e=pa.array(waited, pa.int64())),
+        _piece(segs, pa.array(did_run), s=pa.array(waited, pa.int64()),
+               e=pa.array(cut, pa.int64()), state=state("running"), waker_pid=no_waker,
+               waker_tid=no_waker),
+        _piece(segs, pa.array(did_run & (cut < e)), s=pa.array(cut, pa.int64()),
+               state=state("unknown"), waker_pid=no_waker, waker_tid=no_waker)])
 
 
 def thread_intervals(con: duckdb.DuckDBPyConnection, range_end_ns: int, tol_ns: int,

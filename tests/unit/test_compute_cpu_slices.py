@@ -265,3 +265,46 @@ def test_without_the_slices_the_span_maps_to_no_thread(lake_dir: Path) -> None:
     row = span_row(analyze(_untagged_span(slices=False), lake_dir), "a")
     # THEN no thread is named rather than a wrong one
     assert row["tid"] is None and row["mapped_by"] is None
+
+
+def _preempted_then_back_in(ran_between: bool) -> Scenario:
+    """Thread 21 runs 0-5 ms on CPU 0 and is preempted (a row: it bounds another thread's
+    long wait), and has its next row at 36.5 ms, a switch in (it bounds another wait too).
+    ``ran_between``: back on the CPU at 5.5 ms without a row, it ran to 36 ms and slept
+    0.5 ms (short waits keep no rows); else it waited for the CPU all along, thread 31 on
+    it."""
+    sc = Scenario().process(20, "ledger").process(30, "batch")
+    sc.run(0, 20, 21, 0, 5, leave="R")
+    if ran_between:
+        sc.run(0, 20, 21, 5.5, 36, leave="S").untraced_switch(0, 5.5).untraced_switch(0, 36)
+        _slices_of(sc, (0, 21, 20, "ledger", 9.5), (10, 21, 20, "ledger", 10),
+                   (20, 21, 20, "ledger", 10), (30, 21, 20, "ledger", 9.5))
+        sc.rows["cpu_slices"][0]["runq_ns"] = MS // 2
+    else:
+        sc.run(0, 30, 31, 5, 36.5, leave="S")
+        _slices_of(sc, (0, 21, 20, "ledger", 5), (0, 31, 30, "batch", 5),
+                   (10, 31, 30, "batch", 10), (20, 31, 30, "batch", 10),
+                   (30, 31, 30, "batch", 6.5), (30, 21, 20, "ledger", 3.5))
+        sc.rows["cpu_slices"][-1]["runq_ns"] = int(31.5 * MS)
+    sc.run(0, 20, 21, 36.5, 40, leave="S")
+    return sc
+
+
+def test_a_run_queue_wait_the_slices_say_the_thread_ran_through_is_no_wait(
+        lake_dir: Path) -> None:
+    # GIVEN a preemption row and a switch-in row 31.5 ms apart, and slices in which the
+    # thread ran 30.5 ms of that (the postgres scenario under evidence capture, 2026-12-08:
+    # a batch client's 200 ms of computing read as a run-queue wait, a payment waiting on
+    # it left with no cause)
+    # THEN it waited for the CPU as long as the slices say, ran, and the rest is unknown
+    assert _thread_21_states(lake_dir, _preempted_then_back_in(ran_between=True)) == [
+        (0, 5, "running"), (5, 5.5, "runnable"), (5.5, 36, "running"), (36, 36.5, "unknown"),
+        (36.5, 40, "running")]
+
+
+def test_a_run_queue_wait_the_slices_agree_with_stays_a_wait(lake_dir: Path) -> None:
+    # GIVEN the same rows, and slices in which the thread ran only before and after them
+    # (thread 31 held the CPU): the control
+    # THEN the whole 31.5 ms is a run-queue wait
+    assert _thread_21_states(lake_dir, _preempted_then_back_in(ran_between=False)) == [
+        (0, 5, "running"), (5, 36.5, "runnable"), (36.5, 40, "running")]
