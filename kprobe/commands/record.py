@@ -76,6 +76,11 @@ def print_summary(agent: Agent, fmt: str) -> None:
     lost = sum(stats.lost_rows.values()) + sum(agent.counters.kernel_drops.values())
     print(f"lost: {lost} (details in the `lost` table)" if lost else "lost: 0",
           file=sys.stderr)
+    below = ", ".join(f"{source} {n}" for source, n in sorted(
+        agent.counters.below_bound.items()) if n)
+    if below:
+        print(f"counted, not written (evidence capture: under the bound): {below}",
+              file=sys.stderr)
     if summary["spooled_batches"]:
         print(f"{summary['spooled_batches']} batch(es) wait in the spool {agent.spool.directory}"
               " and upload at the next start", file=sys.stderr)
