@@ -3,10 +3,12 @@
  * Sched family: system-wide context switches and wakeups (compact, one record size),
  * and off-CPU intervals of targeted threads computed in the kernel:
  *
- *   switch-out of a target  -> offcpu_start[tid] = {time, state, kernel stack, cpu}
+ *   switch-out of a target  -> offcpu_start[tid] = {time, state, cpu}
  *   sched_waking of it      -> offcpu_start[tid].waker = current (the real waker;
- *                              sched_wakeup often runs in the idle task: ARCHITECTURE.md)
- *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event : nothing
+ *                              sched_wakeup often runs in the idle task: ARCHITECTURE.md);
+ *                              blocked >= min_offcpu_ns by now: its kernel stack
+ *   switch-in               -> interval >= min_offcpu_ns ? one offcpu_event (its stack
+ *                              walked now if not at the waking) : nothing
  *
  * A switch-in the kernel does not trace (seen on a 6.18 VM: no sched_switch fires when
  * one of PID 1's threads leaves a CPU, so the thread that takes it over is never seen
