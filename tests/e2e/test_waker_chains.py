@@ -55,8 +55,11 @@ def test_unnamed_wait_followed_into_the_workers_memory_pressure(tmp_path: Path,
                                                                 ipc: str) -> None:
     """GIVEN a payment that hands its settlement batch to a worker process and waits for it
     on a System V semaphore (or an eventfd): stacks no wait-reason rule names; the worker
-    in a memory cgroup where a batch job cycles more than the limit through zram; a bigger
-    allocator in another cgroup (the decoy)
+    (on CPU 0) in a memory cgroup where a batch job cycles more than the limit through
+    zram; a bigger allocator in another cgroup (the decoy), on CPU 1: a decoy that shared
+    the worker's CPU delayed it for real, holding that CPU while reclaiming in its own
+    cgroup (ciF, 2026-12-08: 32 ms of that against 31 ms of the worker's own reclaim, and
+    the verdict went to the decoy's episode)
     WHEN payments run (deadline 60 ms; ~15 ms without the batch job)
     THEN each late one is explained by memory pressure driven by the batch job's pid, found
     through the wait for the worker (the payment's own thread only waited)."""
@@ -66,12 +69,12 @@ def test_unnamed_wait_followed_into_the_workers_memory_pressure(tmp_path: Path,
             culprit("allocator", "--mb", "256", "--cgroup", str(cg.path),
                     "--cgroup", str(cpu)) as batch, \
             culprit("allocator", "--mb", "384", "--cgroup", str(other.path),
-                    "--cgroup", str(cpu)) as decoy:
+                    "--cgroup", str(cpu), "--cpu", "1") as decoy:
         # deadline 60 ms: under the batch job's pressure a payment takes 70-180 ms here
         # (ci11: 72-92 ms in 8 of 10, so a 100 ms deadline saw only 2 of them late)
         run = record(tmp_path, "waits", "--ipc", ipc, "--worker-cgroup", str(cg.path),
-                     "--cgroup", str(cpu), "--ops", "10", "--deadline-ms", "60",
-                     "--interval-ms", "300", "--batch-mb", "32")
+                     "--worker-cpu", "0", "--cgroup", str(cpu), "--ops", "10",
+                     "--deadline-ms", "60", "--interval-ms", "300", "--batch-mb", "32")
     with run.judged(at_least=3) as verdicts:
         for v in verdicts:
             assert v.failed and v.covers_lateness(), v.text
