@@ -20,15 +20,14 @@ from types import MappingProxyType
 import numpy as np
 import pyarrow as pa
 
-from kprobe.capture_agent import libbpf
 from kprobe.capture_agent.clock import ClockSample
-from kprobe.capture_agent.errors import BpfMapError
 from kprobe.capture_agent.families._arrow import (
     check_header,
     comm_array,
     int_array,
     lookup_strings,
 )
+from kprobe.capture_agent.families._maps import read_percpu
 from kprobe.capture_agent.families.base import CAPTURE_MODES, AgentOptions, ProbeFamily
 from kprobe.capture_agent.kallsyms import Kallsyms, KernelStacks
 from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
@@ -400,20 +399,6 @@ class SchedFamily(ProbeFamily):
         return {"kstacks": stacks, "offcpu": filled}
 
 
-def read_percpu(fd: int, value_dtype: np.dtype, name: str) -> np.ndarray:
-    """Key 0 of a one-entry per-CPU array: one value per possible CPU (index = CPU)."""
-    cpus = libbpf.possible_cpus()
-    stride = (value_dtype.itemsize + 7) // 8 * 8
-    try:
-        raw = libbpf.map_lookup(fd, b"\0\0\0\0", stride * cpus)
-    except OSError as e:
-        raise BpfMapError(f"map {name}: {e.strerror}", e.errno or 0) from None
-    if raw is None:
-        return np.zeros(0, value_dtype)
-    per_cpu = np.frombuffer(raw, np.uint8).reshape(cpus, stride)[:, :value_dtype.itemsize]
-    return np.ascontiguousarray(per_cpu).view(value_dtype).ravel()
-
-
 __all__ = [
     "CAPTURE_MODES",
     "CPU_ACC",
@@ -427,7 +412,6 @@ __all__ = [
     "offcpu_table",
     "cpu_slice_table",
     "open_slices",
-    "read_percpu",
     "sched_table",
     "sensor_spec",
     "slice_rows",

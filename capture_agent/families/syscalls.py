@@ -53,11 +53,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kprobe.capture_agent import libbpf, syscall_names
+from kprobe.capture_agent import syscall_names
 from kprobe.capture_agent.clock import ClockSample, sample_offset
 from kprobe.capture_agent.elfsyms import emulated_probe_offset, function_offsets
 from kprobe.capture_agent.errors import BpfAttachError, CaptureAgentError
 from kprobe.capture_agent.families._arrow import check_header, comm_array, int_array
+from kprobe.capture_agent.families._maps import read_percpu
 from kprobe.capture_agent.families.base import ProbeFamily, UprobePlaces
 from kprobe.capture_agent.layouts import EventKind, Family, record_dtype
 from kprobe.capture_agent.sensor import Sensor, SensorSpec
@@ -777,9 +778,9 @@ class SyscallsFamily(ProbeFamily):
     def below_bound(self, sensor: Sensor) -> dict[str, int]:
         if not self._min_syscall_ns():
             return {}
-        raw = libbpf.map_lookup(sensor.map_fd("syscalls_below_bound"), bytes(4),
-                                8 * libbpf.possible_cpus())
-        return {"syscall": int(np.frombuffer(raw, "<u8").sum())} if raw else {}
+        counts = read_percpu(sensor.map_fd("syscalls_below_bound"), np.dtype("<u8"),
+                             "syscalls_below_bound")
+        return {"syscall": int(counts.sum())}
 
     def uprobe_places(self) -> Callable[[int], UprobePlaces]:
         return uprobe_places_for

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from kprobe.capture_agent import libbpf
 from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import syscalls
+from kprobe.capture_agent.families._maps import read_percpu
 from kprobe.capture_agent.layouts import EventKind
 from kprobe.capture_agent.sensor import TARGET_HINT_SLOTS, Sensor, object_path
 from tests.support import require, require_root, run_ready_go
@@ -287,10 +289,8 @@ def _quick_slow_failed(bound_ns: int) -> tuple[pa.Table, int]:
                                       lambda ready: sensor.add_targets([int(ready[1])]))
         assert done == ["done"]
         rows = syscalls.syscalls_table(sensor.ring("syscall_events").drain(), sample_offset())
-        raw = libbpf.map_lookup(sensor.map_fd("syscalls_below_bound"), bytes(4),
-                                8 * libbpf.possible_cpus())
-        assert raw is not None
-        counted = int(sum(struct.unpack(f"<{len(raw) // 8}Q", raw)))
+        counted = int(read_percpu(sensor.map_fd("syscalls_below_bound"), np.dtype("<u8"),
+                                  "syscalls_below_bound").sum())
         assert sensor.drops() == {}
     return rows.filter(pc.equal(rows["pid"], int(pid))), counted
 

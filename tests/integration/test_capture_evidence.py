@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from kprobe.capture_agent import libbpf
 from kprobe.capture_agent.clock import sample_offset
 from kprobe.capture_agent.families import net, sched
+from kprobe.capture_agent.families._maps import read_percpu
 from kprobe.capture_agent.sensor import Sensor, object_path
 from tests.integration.test_bpf_sched import HANDOFF_MS, Handoff
 from tests.support import REPO, deadline_s, free_port, require, require_root
@@ -55,7 +56,7 @@ def all_slices(sensor: Sensor) -> pa.Table:
     sensor.detach()
     ringed = pa.concat_tables([ringed, sched.cpu_slice_table(
         sensor.ring("cpu_slice_events").drain(), clock)])
-    accs = sched.read_percpu(sensor.map_fd("cpu_acc"), sched.CPU_ACC, "cpu_acc")
+    accs = read_percpu(sensor.map_fd("cpu_acc"), sched.CPU_ACC, "cpu_acc")
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     return pa.concat_tables([ringed, sched.open_slices(accs, now, clock)])
 
